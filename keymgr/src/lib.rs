@@ -1,0 +1,17 @@
+//! wiremesh key manager.
+//!
+//! Owns a node's WireGuard identity (the private key file and the public key derived from it), the
+//! node record every agent publishes, and the stores through which records are published and
+//! learned (`dir` today; `etcd` and `kubernetes` sit behind the same [`Store`] seam).
+//!
+//! It must never log, print, serialise or `Debug`-format a private key, and never hand a record
+//! that failed validation to the data path: a bad record is reported (naming its source and the
+//! problem) and dropped, and every other record keeps working.
+
+mod key;
+mod record;
+pub mod store;
+
+pub use key::{KeyError, KeyFile, PrivateKey, PublicKey};
+pub use record::{validate_set, NodeRecord, RecordError, Rejected};
+pub use store::{Snapshot, Store, StoreError};

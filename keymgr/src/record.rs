@@ -1,0 +1,194 @@
+//! The node record: what one node tells every other node about itself, and the rules a set of
+//! records must satisfy before any of it reaches the data path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::PublicKey;
+
+/// One node as published in the store. Unknown fields are ignored so that newer agents can add
+/// fields without older ones refusing their records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    pub node_name: String,
+    #[serde(default)]
+    pub cluster_name: String,
+    pub public_key: PublicKey,
+    pub endpoint: SocketAddr,
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<IpNet>,
+    #[serde(default, rename = "nodeIPs")]
+    pub node_ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("field nodeName: {0:?} is not a valid node name (lowercase RFC 1123 subdomain)")]
+    NodeName(String),
+    #[error("field publicKey: the all-zero key is not a valid WireGuard key")]
+    ZeroKey,
+    #[error("field publicKey: {key} is also published by node {other}; both records are refused")]
+    DuplicateKey { key: PublicKey, other: String },
+    #[error("field podCIDRs: {cidr} overlaps {other_cidr} of node {other}; both records are refused")]
+    OverlappingCidr { cidr: IpNet, other: String, other_cidr: IpNet },
+    #[error("field podCIDRs: {0} has host bits set (did you mean {1}?)")]
+    HostBits(IpNet, IpNet),
+    #[error("field nodeName: record for {found:?} is stored under the name {expected:?}")]
+    NameMismatch { expected: String, found: String },
+}
+
+/// A record refused during validation, with where it came from (a file, a key) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub source: String,
+    pub node_name: Option<String>,
+    pub reason: String,
+}
+
+impl NodeRecord {
+    /// Checks that hold for one record on its own.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if !is_rfc1123_subdomain(&self.node_name) {
+            return Err(RecordError::NodeName(self.node_name.clone()));
+        }
+        if self.public_key.is_zero() {
+            return Err(RecordError::ZeroKey);
+        }
+        for cidr in &self.pod_cidrs {
+            if cidr.trunc() != *cidr {
+                return Err(RecordError::HostBits(*cidr, cidr.trunc()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that hold across records: no two nodes share a key or overlapping pod CIDRs. Both sides
+/// of a conflict are refused, because the store alone cannot tell which one is genuine and
+/// WireGuard would silently route a shared CIDR to whichever peer was configured last.
+pub fn validate_set(
+    records: BTreeMap<String, (String, NodeRecord)>,
+) -> (BTreeMap<String, NodeRecord>, Vec<Rejected>) {
+    let mut refused: HashMap<String, RecordError> = HashMap::new();
+    let mut by_key: HashMap<PublicKey, &str> = HashMap::new();
+    let mut cidrs: Vec<(IpNet, &str)> = Vec::new();
+    for (name, (_, rec)) in &records {
+        if let Some(other) = by_key.insert(rec.public_key, name) {
+            let key = rec.public_key;
+            refused.insert(name.clone(), RecordError::DuplicateKey { key, other: other.into() });
+            refused.insert(other.into(), RecordError::DuplicateKey { key, other: name.clone() });
+        }
+        for cidr in &rec.pod_cidrs {
+            for (other_cidr, other) in &cidrs {
+                if *other != name && (other_cidr.contains(cidr) || cidr.contains(other_cidr)) {
+                    let e = RecordError::OverlappingCidr {
+                        cidr: *cidr,
+                        other: (*other).into(),
+                        other_cidr: *other_cidr,
+                    };
+                    refused.insert(name.clone(), e);
+                    let e = RecordError::OverlappingCidr {
+                        cidr: *other_cidr,
+                        other: name.clone(),
+                        other_cidr: *cidr,
+                    };
+                    refused.insert((*other).into(), e);
+                }
+            }
+            cidrs.push((*cidr, name));
+        }
+    }
+    let mut accepted = BTreeMap::new();
+    let mut rejected = Vec::new();
+    for (name, (source, rec)) in records {
+        match refused.remove(&name) {
+            Some(e) => rejected.push(Rejected { source, node_name: Some(name), reason: e.to_string() }),
+            None => {
+                accepted.insert(name, rec);
+            }
+        }
+    }
+    (accepted, rejected)
+}
+
+fn is_rfc1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PrivateKey;
+
+    fn rec(name: &str, cidr: &str) -> NodeRecord {
+        NodeRecord {
+            node_name: name.into(),
+            cluster_name: "c".into(),
+            public_key: PrivateKey::generate().public_key(),
+            endpoint: "198.18.0.1:51871".parse().unwrap(),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+            node_ips: vec![],
+        }
+    }
+
+    fn set(recs: Vec<NodeRecord>) -> BTreeMap<String, (String, NodeRecord)> {
+        recs.into_iter().map(|r| (r.node_name.clone(), (format!("{}.json", r.node_name), r))).collect()
+    }
+
+    #[test]
+    fn record_json_uses_documented_field_names() {
+        let r = rec("node-1", "10.244.1.0/24");
+        let v = serde_json::to_value(&r).unwrap();
+        for field in ["nodeName", "clusterName", "publicKey", "endpoint", "podCIDRs", "nodeIPs"] {
+            assert!(v.get(field).is_some(), "missing {field} in {v}");
+        }
+        let back: NodeRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn zero_key_and_bad_names_are_refused() {
+        let mut r = rec("node-1", "10.244.1.0/24");
+        r.public_key = PublicKey::from_bytes([0; 32]);
+        assert_eq!(r.validate(), Err(RecordError::ZeroKey));
+        let r = rec("Node_1", "10.244.1.0/24");
+        assert!(matches!(r.validate(), Err(RecordError::NodeName(_))));
+        let r = rec("node-1", "10.244.1.7/24");
+        assert!(matches!(r.validate(), Err(RecordError::HostBits(..))));
+    }
+
+    #[test]
+    fn duplicate_keys_refuse_both_records_and_keep_others() {
+        let a = rec("a", "10.244.1.0/24");
+        let mut b = rec("b", "10.244.2.0/24");
+        b.public_key = a.public_key;
+        let c = rec("c", "10.244.3.0/24");
+        let (ok, bad) = validate_set(set(vec![a, b, c]));
+        assert_eq!(ok.keys().collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!(bad.len(), 2);
+        assert!(bad.iter().all(|r| r.reason.contains("publicKey")));
+    }
+
+    #[test]
+    fn overlapping_pod_cidrs_refuse_both_records() {
+        let (ok, bad) = validate_set(set(vec![
+            rec("a", "10.244.0.0/16"),
+            rec("b", "10.244.2.0/24"),
+            rec("c", "10.245.0.0/24"),
+        ]));
+        assert_eq!(ok.keys().collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+    }
+}

@@ -1,0 +1,290 @@
+//! The embedded store: one JSON file per node in a directory (`<path>/<nodeName>.json`), written
+//! atomically and watched with inotify. It needs no server; nodes share it through whatever
+//! keeps the directory in sync (a shared volume, configuration management, or the lab's shared
+//! directory).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use inotify::{Inotify, WatchMask};
+use tokio::sync::watch;
+
+use super::{Snapshot, StoreError};
+use crate::{validate_set, NodeRecord, RecordError, Rejected};
+
+/// How long to let a burst of file events settle before rescanning.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// A full rescan also runs on this period, so a lost inotify event (queue overflow) heals.
+const RESCAN_EVERY: Duration = Duration::from_secs(10);
+
+pub struct DirStore {
+    path: PathBuf,
+    rx: watch::Receiver<Arc<Snapshot>>,
+    rescan: tokio::sync::mpsc::Sender<()>,
+}
+
+impl DirStore {
+    /// Opens (creating if needed) the directory, scans it once, and starts watching it.
+    /// Must be called inside a tokio runtime.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let path = path.into();
+        std::fs::create_dir_all(&path).map_err(|source| io(&path, source))?;
+        let inotify = Inotify::init().map_err(|source| io(&path, source))?;
+        let mask = WatchMask::CREATE
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_TO
+            | WatchMask::MOVED_FROM
+            | WatchMask::DELETE
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF;
+        inotify.watches().add(&path, mask).map_err(|source| io(&path, source))?;
+        let events = inotify.into_event_stream([0u8; 4096]).map_err(|source| io(&path, source))?;
+
+        let mut scanner = Scanner::default();
+        let (tx, rx) = watch::channel(Arc::new(scanner.scan(&path)));
+        let (rescan, rescan_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(watch_loop(path.clone(), events, scanner, tx, rescan_rx));
+        Ok(Self { path, rx, rescan })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.rx.clone()
+    }
+
+    pub async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let record = record.clone();
+        let node = record.node_name.clone();
+        let json = serde_json::to_vec_pretty(&record)
+            .map_err(|source| StoreError::Encode { node: node.clone(), source })?;
+        tokio::task::spawn_blocking(move || write_atomically(&path, &node, &json))
+            .await
+            .map_err(|e| io(&self.path, std::io::Error::other(e)))??;
+        // Do not wait for inotify: the caller may read its own record right after publishing.
+        let _ = self.rescan.try_send(());
+        Ok(())
+    }
+}
+
+fn io(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io { path: path.to_path_buf(), source }
+}
+
+fn write_atomically(dir: &Path, node: &str, json: &[u8]) -> Result<(), StoreError> {
+    let target = dir.join(format!("{node}.json"));
+    let tmp = dir.join(format!(".{node}.json.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    f.write_all(json).and_then(|()| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))
+}
+
+async fn watch_loop(
+    path: PathBuf,
+    mut events: inotify::EventStream<[u8; 4096]>,
+    mut scanner: Scanner,
+    tx: watch::Sender<Arc<Snapshot>>,
+    mut rescan: tokio::sync::mpsc::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(RESCAN_EVERY);
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(_)) => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    // Drain what arrived meanwhile; one rescan covers them all.
+                    while let Some(Some(_)) = futures::FutureExt::now_or_never(events.next()) {}
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(store = %path.display(), error = %e, "inotify error; relying on periodic rescans");
+                    tokio::time::sleep(RESCAN_EVERY).await;
+                }
+                None => {
+                    tracing::error!(store = %path.display(), "inotify stream ended; relying on periodic rescans");
+                    tokio::time::sleep(RESCAN_EVERY).await;
+                }
+            },
+            Some(()) = rescan.recv() => {}
+            _ = tick.tick() => {}
+        }
+        let snap = scanner.scan(&path);
+        tx.send_if_modified(|cur| {
+            if **cur == snap {
+                return false;
+            }
+            *cur = Arc::new(snap);
+            true
+        });
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Turns the directory's files into a snapshot, remembering what it already reported so that a
+/// bad file is warned about once per change, not once per rescan.
+#[derive(Default)]
+struct Scanner {
+    reported: HashMap<String, String>,
+}
+
+impl Scanner {
+    fn scan(&mut self, dir: &Path) -> Snapshot {
+        let (records, mut rejected) = read_dir(dir);
+        let (nodes, conflicts) = validate_set(records);
+        rejected.extend(conflicts);
+        let mut now: HashMap<String, String> = HashMap::new();
+        for r in rejected {
+            if self.reported.get(&r.source) != Some(&r.reason) {
+                tracing::warn!(
+                    file = %r.source,
+                    node = r.node_name.as_deref().unwrap_or("?"),
+                    "store record refused and ignored: {}; other nodes are unaffected",
+                    r.reason
+                );
+            }
+            now.insert(r.source, r.reason);
+        }
+        self.reported = now;
+        Snapshot { nodes }
+    }
+}
+
+type Parsed = BTreeMap<String, (String, NodeRecord)>;
+
+fn read_dir(dir: &Path) -> (Parsed, Vec<Rejected>) {
+    let mut records = BTreeMap::new();
+    let mut rejected = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(store = %dir.display(), error = %e, "cannot read store directory");
+            return (records, rejected);
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || path.extension() != Some(OsStr::new("json")) {
+            continue;
+        }
+        let source = path.display().to_string();
+        match read_record(&path) {
+            Ok(rec) => {
+                records.insert(rec.node_name.clone(), (source, rec));
+            }
+            Err(reason) => rejected.push(Rejected { source, node_name: None, reason }),
+        }
+    }
+    (records, rejected)
+}
+
+fn read_record(path: &Path) -> Result<NodeRecord, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    let rec: NodeRecord = serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
+        p if p == "." => format!("invalid JSON: {}", e.inner()),
+        p => format!("field {p}: {}", e.inner()),
+    })?;
+    rec.validate().map_err(|e| e.to_string())?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if stem != rec.node_name {
+        return Err(RecordError::NameMismatch { expected: stem, found: rec.node_name }.to_string());
+    }
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PrivateKey;
+
+    fn rec(name: &str, n: u8) -> NodeRecord {
+        NodeRecord {
+            node_name: name.into(),
+            cluster_name: "lab".into(),
+            public_key: PrivateKey::generate().public_key(),
+            endpoint: format!("198.18.0.{n}:51871").parse().unwrap(),
+            pod_cidrs: vec![format!("10.244.{n}.0/24").parse().unwrap()],
+            node_ips: vec![format!("198.18.0.{n}").parse().unwrap()],
+        }
+    }
+
+    async fn wait_for(
+        rx: &mut watch::Receiver<Arc<Snapshot>>,
+        f: impl Fn(&Snapshot) -> bool,
+    ) -> Arc<Snapshot> {
+        tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let snap = rx.borrow_and_update().clone();
+                if f(&snap) {
+                    return snap;
+                }
+                rx.changed().await.expect("store watcher stopped");
+            }
+        })
+        .await
+        .expect("store did not reach the expected state within 2 s")
+    }
+
+    #[tokio::test]
+    async fn publish_then_watch_add_change_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let mut rx = store.subscribe();
+        let a = rec("node-1", 1);
+        store.publish(&a).await.unwrap();
+        wait_for(&mut rx, |s| s.nodes.get("node-1") == Some(&a)).await;
+
+        // Another writer (a peer) adds a record: seen through inotify.
+        let b = rec("node-2", 2);
+        write_atomically(dir.path(), "node-2", &serde_json::to_vec(&b).unwrap()).unwrap();
+        wait_for(&mut rx, |s| s.nodes.len() == 2).await;
+
+        let mut b2 = b.clone();
+        b2.endpoint = "198.18.0.9:51871".parse().unwrap();
+        write_atomically(dir.path(), "node-2", &serde_json::to_vec(&b2).unwrap()).unwrap();
+        wait_for(&mut rx, |s| s.nodes.get("node-2") == Some(&b2)).await;
+
+        std::fs::remove_file(dir.path().join("node-2.json")).unwrap();
+        wait_for(&mut rx, |s| !s.nodes.contains_key("node-2")).await;
+    }
+
+    #[tokio::test]
+    async fn malformed_and_zero_key_records_are_ignored_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = rec("node-1", 1);
+        write_atomically(dir.path(), "node-1", &serde_json::to_vec(&good).unwrap()).unwrap();
+        std::fs::write(dir.path().join("node-2.json"), b"{ not json").unwrap();
+        let mut zero = serde_json::to_value(rec("node-3", 3)).unwrap();
+        zero["publicKey"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+        std::fs::write(dir.path().join("node-3.json"), zero.to_string()).unwrap();
+        let mut misnamed = rec("node-4", 4);
+        misnamed.node_name = "node-5".into();
+        std::fs::write(dir.path().join("node-4.json"), serde_json::to_vec(&misnamed).unwrap()).unwrap();
+
+        let store = DirStore::open(dir.path()).unwrap();
+        let snap = store.subscribe().borrow().clone();
+        assert_eq!(snap.nodes.keys().collect::<Vec<_>>(), vec!["node-1"]);
+    }
+
+    #[test]
+    fn rejections_name_the_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-2.json"), b"{\"nodeName\": 3}").unwrap();
+        let (ok, bad) = read_dir(dir.path());
+        assert!(ok.is_empty());
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].source.ends_with("node-2.json"), "{bad:?}");
+        assert!(bad[0].reason.contains("nodeName"), "{bad:?}");
+    }
+}
