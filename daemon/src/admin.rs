@@ -1,0 +1,138 @@
+//! The local admin API on `<runDir>/wiremesh.sock` (HTTP/1.1 over a Unix socket, root only),
+//! used by the CLI. Read-only for now: `GET /v1/encrypt/status`, `GET /healthz`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use keymgr::PublicKey;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::datapath::Datapath;
+use crate::status::{rfc3339, EncryptStatus, PeerStatus};
+
+pub const STATUS_PATH: &str = "/v1/encrypt/status";
+
+/// What the admin API reads to answer: static facts plus live views of the data path and of
+/// which node owns which key.
+pub struct AdminState {
+    pub interface: String,
+    pub public_key: PublicKey,
+    pub mtu: u32,
+    pub node_name: String,
+    pub cluster_name: String,
+    pub store: String,
+    pub datapath: Arc<Datapath>,
+    pub node_names: watch::Receiver<Arc<HashMap<PublicKey, String>>>,
+}
+
+impl AdminState {
+    async fn status(&self) -> Result<EncryptStatus> {
+        let state = self.datapath.get().await?;
+        let names = self.node_names.borrow().clone();
+        let peers = state
+            .peers
+            .into_iter()
+            .map(|p| PeerStatus {
+                node_name: names.get(&p.public_key).cloned(),
+                public_key: p.public_key.to_base64(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                allowed_ips: p.allowed_ips.iter().map(|n| n.to_string()).collect(),
+                last_handshake: p.last_handshake.map(rfc3339),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect();
+        Ok(EncryptStatus {
+            encryption: "Wireguard".into(),
+            interface: self.interface.clone(),
+            public_key: self.public_key.to_base64(),
+            listen_port: state.listen_port,
+            mtu: self.mtu,
+            datapath: self.datapath.kind().into(),
+            node_name: self.node_name.clone(),
+            cluster_name: self.cluster_name.clone(),
+            store: self.store.clone(),
+            peers,
+        })
+    }
+}
+
+pub struct AdminServer {
+    path: PathBuf,
+}
+
+impl AdminServer {
+    pub fn bind(path: &Path, state: Arc<AdminState>) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(path);
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(req, state.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<AdminState>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |code: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        Ok(r)
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, STATUS_PATH) => match state.status().await {
+            Ok(s) => reply(StatusCode::OK, serde_json::to_string(&s).unwrap_or_default()),
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
+        },
+        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// CLI side: one GET against the admin socket.
+pub async fn get(socket: &Path, path: &str) -> Result<String> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach the wiremesh agent at {} (is it running? use --run-dir if its runDir differs)",
+            socket.display()
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path).header("host", "wiremesh").body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    anyhow::ensure!(status.is_success(), "agent answered {status}: {}", body.trim());
+    Ok(body)
+}

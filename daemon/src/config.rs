@@ -1,0 +1,327 @@
+//! The agent's configuration: one YAML file, every key documented in docs/config.md, validated
+//! at start-up with every problem reported at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub const DEFAULT_INTERFACE: &str = "wiremesh_wg0";
+pub const DEFAULT_PORT: u16 = 51871;
+/// Outer IPv6 header (40) + UDP (8) + WireGuard data header (16) + Poly1305 tag (16): the
+/// largest overhead, so the same MTU works over IPv4 and IPv6 underlays.
+pub const WIREGUARD_OVERHEAD: u32 = 80;
+
+/// The file as written. Unknown keys are an error: a misspelt key silently ignored is a
+/// setting silently not applied.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    node_name: Option<String>,
+    cluster_name: Option<String>,
+    interface: Option<String>,
+    listen_port: Option<u16>,
+    mtu: Option<u32>,
+    state_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    endpoint: Option<String>,
+    #[serde(rename = "nodeIPs")]
+    node_ips: Option<Vec<String>>,
+    #[serde(rename = "podCIDRs")]
+    pod_cidrs: Option<Vec<String>>,
+    persistent_keepalive: Option<u16>,
+    datapath: Option<DatapathKind>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawStore {
+    kind: StoreKind,
+    dir: Option<RawDirStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirStore {
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    Auto,
+    Userspace,
+    Kernel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Dir,
+    Etcd,
+    Kubernetes,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub cluster_name: String,
+    pub interface: String,
+    pub listen_port: u16,
+    /// 0 = derive from the underlay.
+    pub mtu: u32,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub endpoint: SocketAddr,
+    pub node_ips: Vec<IpAddr>,
+    pub pod_cidrs: Vec<IpNet>,
+    pub persistent_keepalive: u16,
+    pub datapath: DatapathKind,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Dir { path: PathBuf },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {} error(s):\n{}", .errors.len(), .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text)
+                .map_err(|e| ConfigError::Parse { path: path.into(), message: describe_yaml_error(&e) })?
+        };
+        raw.validate().map_err(|errors| ConfigError::Invalid { path: path.into(), errors })
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.key", self.interface))
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.run_dir.join("wiremesh.sock")
+    }
+}
+
+fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+    match e.location() {
+        Some(loc) => format!("line {}, column {}: {e}", loc.line(), loc.column()),
+        None => e.to_string(),
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let node_name = match self.node_name {
+            Some(n) if is_dns_subdomain(&n) => n,
+            Some(n) => {
+                errors.push(format!("nodeName: {n:?} is not a lowercase RFC 1123 name"));
+                String::new()
+            }
+            None => {
+                errors.push("nodeName: required (this node's name, unique in the cluster)".into());
+                String::new()
+            }
+        };
+        let cluster_name = self.cluster_name.unwrap_or_else(|| "default".into());
+        if !is_dns_subdomain(&cluster_name) {
+            errors.push(format!("clusterName: {cluster_name:?} is not a lowercase RFC 1123 name"));
+        }
+        let interface = self.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
+        if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\0']) {
+            errors.push(format!("interface: {interface:?} is not a valid Linux interface name (1-15 characters, no '/' or spaces)"));
+        }
+        let listen_port = self.listen_port.unwrap_or(DEFAULT_PORT);
+        let mtu = self.mtu.unwrap_or(0);
+        if mtu != 0 && !(1280..=65_535).contains(&mtu) {
+            errors.push(format!("mtu: {mtu} is out of range (0 for auto, or 1280-65535)"));
+        }
+        let node_ips: Vec<IpAddr> = self
+            .node_ips
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    errors.push(format!("nodeIPs[{i}]: {s:?} is not an IP address"));
+                    None
+                }
+            })
+            .collect();
+        let pod_cidrs: Vec<IpNet> = self
+            .pod_cidrs
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.parse::<IpNet>() {
+                Ok(net) if net.trunc() == net => Some(net),
+                Ok(net) => {
+                    errors.push(format!("podCIDRs[{i}]: {s:?} has host bits set (did you mean {}?)", net.trunc()));
+                    None
+                }
+                Err(_) => {
+                    errors.push(format!("podCIDRs[{i}]: {s:?} is not a CIDR (e.g. 10.244.1.0/24 or fd00:10:244:1::/64)"));
+                    None
+                }
+            })
+            .collect();
+        let endpoint = match (self.endpoint, node_ips.first()) {
+            (Some(s), _) => match parse_endpoint(&s, listen_port) {
+                Some(ep) => Some(ep),
+                None => {
+                    errors.push(format!("endpoint: {s:?} is not ip:port (IPv6 as [addr]:port)"));
+                    None
+                }
+            },
+            (None, Some(ip)) => Some(SocketAddr::new(*ip, listen_port)),
+            (None, None) => {
+                errors.push("endpoint: required when nodeIPs is empty (how other nodes reach this one, ip:port)".into());
+                None
+            }
+        };
+        let store = match self.store {
+            None => Some(StoreConfig::Dir { path: PathBuf::from("/var/lib/wiremesh/store") }),
+            Some(RawStore { kind: StoreKind::Dir, dir }) => Some(StoreConfig::Dir {
+                path: dir.map_or_else(|| PathBuf::from("/var/lib/wiremesh/store"), |d| d.path),
+            }),
+            Some(RawStore { kind, .. }) => {
+                errors.push(format!(
+                    "store.kind: {kind:?} is not available in this build yet; use \"dir\" (the etcd and kubernetes backends are tracked in the key-manager issue)"
+                ));
+                None
+            }
+        };
+        let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
+            return Err(errors);
+        };
+        Ok(Config {
+            node_name,
+            cluster_name,
+            interface,
+            listen_port,
+            mtu,
+            state_dir: self.state_dir.unwrap_or_else(|| "/var/lib/wiremesh".into()),
+            run_dir: self.run_dir.unwrap_or_else(|| "/run/wiremesh".into()),
+            endpoint,
+            node_ips,
+            pod_cidrs,
+            persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
+            datapath: self.datapath.unwrap_or(DatapathKind::Auto),
+            store,
+        })
+    }
+}
+
+fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port)))
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/wiremesh/agent.yaml")).map_err(|e| e.to_string())
+    }
+
+    const FULL: &str = "
+nodeName: node-1
+clusterName: default
+interface: wiremesh_wg0
+listenPort: 51871
+mtu: 0
+stateDir: /var/lib/wiremesh
+runDir: /run/wiremesh
+endpoint: 198.18.0.1:51871
+nodeIPs: [198.18.0.1]
+podCIDRs: [10.244.1.0/24, fd00:10:244:1::/64]
+store:
+  kind: dir
+  dir: { path: /var/lib/wiremesh/store }
+";
+
+    #[test]
+    fn documented_example_parses() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.node_name, "node-1");
+        assert_eq!(c.endpoint, "198.18.0.1:51871".parse().unwrap());
+        assert_eq!(c.pod_cidrs.len(), 2);
+        assert_eq!(c.key_path(), PathBuf::from("/var/lib/wiremesh/wiremesh_wg0.key"));
+        assert_eq!(c.datapath, DatapathKind::Auto);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse("nodeName: n1\nnodeIPs: [198.18.0.7]\n").unwrap();
+        assert_eq!(c.interface, "wiremesh_wg0");
+        assert_eq!(c.listen_port, 51871);
+        assert_eq!(c.endpoint, "198.18.0.7:51871".parse().unwrap());
+        assert_eq!(c.cluster_name, "default");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nlistenPrt: 1\n").unwrap_err();
+        assert!(err.contains("listenPrt"), "{err}");
+        assert!(err.contains("agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse("podCIDRs: [10.244.1.0/33, 10.244.1.5/24]\nnodeIPs: [nope]\nmtu: 5\n").unwrap_err();
+        for needle in ["nodeName: required", "podCIDRs[0]", "podCIDRs[1]", "nodeIPs[0]", "mtu: 5", "endpoint"] {
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn unsupported_store_kind_says_so() {
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: etcd }\n").unwrap_err();
+        assert!(err.contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_endpoint() {
+        let c = parse("nodeName: n1\nendpoint: \"[fd00::1]:51871\"\n").unwrap();
+        assert!(c.endpoint.is_ipv6());
+    }
+}

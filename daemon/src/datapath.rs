@@ -1,0 +1,46 @@
+//! The data-path seam: one enum, one variant per backend, both speaking `SetRequest` /
+//! `DeviceState`. `auto` picks the kernel module where it exists and the userspace data path
+//! everywhere else.
+
+use std::sync::Arc;
+
+use crate::device::{DeviceError, DeviceState, SetRequest};
+use crate::{kernel, userspace};
+
+pub enum Datapath {
+    Userspace(userspace::Handle),
+    Kernel(Arc<kernel::Kernel>),
+}
+
+impl Datapath {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Datapath::Userspace(_) => "userspace",
+            Datapath::Kernel(_) => "kernel",
+        }
+    }
+
+    pub async fn set(&self, req: SetRequest) -> Result<(), DeviceError> {
+        match self {
+            Datapath::Userspace(h) => h.set(req).await,
+            Datapath::Kernel(k) => {
+                let k = k.clone();
+                tokio::task::spawn_blocking(move || k.set(req))
+                    .await
+                    .map_err(|e| DeviceError::Kernel(e.to_string()))?
+            }
+        }
+    }
+
+    pub async fn get(&self) -> Result<DeviceState, DeviceError> {
+        match self {
+            Datapath::Userspace(h) => h.get().await,
+            Datapath::Kernel(k) => {
+                let k = k.clone();
+                tokio::task::spawn_blocking(move || k.get())
+                    .await
+                    .map_err(|e| DeviceError::Kernel(e.to_string()))?
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The WireGuard device seam. Both data paths (our userspace one and the kernel module) are
+//! driven through the same typed configuration language, which is the cross-platform UAPI's
+//! `set`/`get` model: the agent reconciles the store into [`SetRequest`]s, `wg set` arrives as
+//! UAPI text parsed into the same type, and status comes back as a [`DeviceState`].
+
+pub mod uapi;
+pub mod uapi_server;
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use keymgr::{PrivateKey, PublicKey};
+
+/// A change to the device, in UAPI `set` semantics: absent fields are left as they are.
+#[derive(Debug, Default, Clone)]
+pub struct SetRequest {
+    pub private_key: Option<PrivateKey>,
+    pub listen_port: Option<u16>,
+    /// `Some(0)` removes the mark.
+    pub fwmark: Option<u32>,
+    pub replace_peers: bool,
+    pub peers: Vec<PeerChange>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerChange {
+    pub public_key: PublicKey,
+    pub remove: bool,
+    pub update_only: bool,
+    /// `Some(None)` clears the preshared key.
+    pub preshared_key: Option<Option<Psk>>,
+    pub endpoint: Option<SocketAddr>,
+    /// `Some(0)` disables keepalives.
+    pub persistent_keepalive: Option<u16>,
+    pub replace_allowed_ips: bool,
+    pub allowed_ips: Vec<IpNet>,
+}
+
+impl PeerChange {
+    pub fn new(public_key: PublicKey) -> Self {
+        Self {
+            public_key,
+            remove: false,
+            update_only: false,
+            preshared_key: None,
+            endpoint: None,
+            persistent_keepalive: None,
+            replace_allowed_ips: false,
+            allowed_ips: Vec::new(),
+        }
+    }
+
+    pub fn removal(public_key: PublicKey) -> Self {
+        Self { remove: true, ..Self::new(public_key) }
+    }
+}
+
+/// A preshared key. Secret: `Debug` is redacted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Psk(pub [u8; 32]);
+
+impl std::fmt::Debug for Psk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Psk(<redacted>)")
+    }
+}
+
+/// The device as `get` reports it.
+#[derive(Debug, Clone)]
+pub struct DeviceState {
+    pub private_key: Option<PrivateKey>,
+    pub listen_port: u16,
+    pub fwmark: u32,
+    pub peers: Vec<PeerState>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerState {
+    pub public_key: PublicKey,
+    pub preshared_key: Option<Psk>,
+    pub endpoint: Option<SocketAddr>,
+    pub persistent_keepalive: u16,
+    pub allowed_ips: Vec<IpNet>,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("the data path has stopped")]
+    Stopped,
+    #[error("cannot bind UDP port {port}: {reason}")]
+    Bind { port: u16, reason: String },
+    #[error("kernel WireGuard: {0}")]
+    Kernel(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DeviceError {
+    /// The errno the UAPI reports for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DeviceError::Stopped => libc::ENODEV,
+            DeviceError::Bind { .. } => libc::EADDRINUSE,
+            DeviceError::Kernel(_) => libc::EIO,
+            DeviceError::Invalid(_) => libc::EINVAL,
+        }
+    }
+}

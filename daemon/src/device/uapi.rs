@@ -1,0 +1,239 @@
+//! The WireGuard cross-platform userspace API (UAPI) text protocol, as `wg` speaks it over
+//! `/var/run/wireguard/<interface>.sock`: `get=1` and `set=1` requests of `key=value` lines ended
+//! by an empty line, answered with `errno=N`. Pure: text in, typed requests out, and back.
+//! Reference: <https://www.wireguard.com/xplatform/>.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
+
+use keymgr::{PrivateKey, PublicKey};
+
+use super::{DeviceState, PeerChange, Psk, SetRequest};
+
+#[derive(Debug)]
+pub enum Request {
+    Get,
+    Set(SetRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UapiError {
+    #[error("line {line}: expected key=value, got {text:?}")]
+    Syntax { line: usize, text: String },
+    #[error("line {line}: unknown key {key:?}")]
+    UnknownKey { line: usize, key: String },
+    #[error("line {line}: invalid value for {key}: {value:?}")]
+    Value { line: usize, key: String, value: String },
+    #[error("line {line}: {key} must follow a public_key line")]
+    PeerKeyOutsidePeer { line: usize, key: String },
+    #[error("first line must be get=1 or set=1")]
+    Operation,
+}
+
+impl UapiError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            UapiError::Operation => libc::EIO,
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// Parses one request: everything up to (not including) the terminating empty line.
+pub fn parse(text: &str) -> Result<Request, UapiError> {
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    match lines.next() {
+        Some((_, "get=1")) => return Ok(Request::Get),
+        Some((_, "set=1")) => {}
+        _ => return Err(UapiError::Operation),
+    }
+    let mut req = SetRequest::default();
+    for (line, text) in lines {
+        if text.is_empty() {
+            break;
+        }
+        let Some((key, value)) = text.split_once('=') else {
+            return Err(UapiError::Syntax { line, text: text.into() });
+        };
+        let bad = || UapiError::Value { line, key: key.into(), value: value.into() };
+        match key {
+            "private_key" => req.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?),
+            "listen_port" => req.listen_port = Some(value.parse().map_err(|_| bad())?),
+            "fwmark" => req.fwmark = Some(value.parse().map_err(|_| bad())?),
+            "replace_peers" => req.replace_peers = parse_true(value).ok_or_else(bad)?,
+            "public_key" => {
+                let key = PublicKey::from_hex(value).map_err(|_| bad())?;
+                req.peers.push(PeerChange::new(key));
+            }
+            "remove" => last(&mut req, line, key)?.remove = parse_true(value).ok_or_else(bad)?,
+            "update_only" => last(&mut req, line, key)?.update_only = parse_true(value).ok_or_else(bad)?,
+            "preshared_key" => {
+                let bytes = *PublicKey::from_hex(value).map_err(|_| bad())?.as_bytes();
+                let psk = (bytes != [0; 32]).then_some(Psk(bytes));
+                last(&mut req, line, key)?.preshared_key = Some(psk);
+            }
+            "endpoint" => {
+                last(&mut req, line, key)?.endpoint = Some(value.parse::<SocketAddr>().map_err(|_| bad())?)
+            }
+            "persistent_keepalive_interval" => {
+                last(&mut req, line, key)?.persistent_keepalive = Some(value.parse().map_err(|_| bad())?)
+            }
+            "replace_allowed_ips" => {
+                last(&mut req, line, key)?.replace_allowed_ips = parse_true(value).ok_or_else(bad)?
+            }
+            "allowed_ip" => {
+                let net: ipnet::IpNet = value.parse().map_err(|_| bad())?;
+                last(&mut req, line, key)?.allowed_ips.push(net.trunc());
+            }
+            "protocol_version" => {
+                last(&mut req, line, key)?;
+                if value != "1" {
+                    return Err(bad());
+                }
+            }
+            _ => return Err(UapiError::UnknownKey { line, key: key.into() }),
+        }
+    }
+    Ok(Request::Set(req))
+}
+
+/// The peer the current line applies to: the one opened by the latest `public_key=`.
+fn last<'a>(req: &'a mut SetRequest, line: usize, key: &str) -> Result<&'a mut PeerChange, UapiError> {
+    req.peers.last_mut().ok_or_else(|| UapiError::PeerKeyOutsidePeer { line, key: key.into() })
+}
+
+fn parse_true(v: &str) -> Option<bool> {
+    (v == "true").then_some(true)
+}
+
+/// Formats a `get` answer, including the final `errno=0` and empty line.
+pub fn format_get(state: &DeviceState) -> String {
+    let mut out = String::new();
+    if let Some(key) = &state.private_key {
+        let _ = writeln!(out, "private_key={}", key.to_hex_for_uapi().as_str());
+    }
+    let _ = writeln!(out, "listen_port={}", state.listen_port);
+    if state.fwmark != 0 {
+        let _ = writeln!(out, "fwmark={}", state.fwmark);
+    }
+    for p in &state.peers {
+        let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
+        if let Some(psk) = p.preshared_key {
+            let _ = writeln!(out, "preshared_key={}", PublicKey::from_bytes(psk.0).to_hex());
+        }
+        let _ = writeln!(out, "protocol_version=1");
+        if let Some(ep) = p.endpoint {
+            let _ = writeln!(out, "endpoint={ep}");
+        }
+        let (sec, nsec) = p
+            .last_handshake
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
+        let _ = writeln!(out, "last_handshake_time_sec={sec}");
+        let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
+        let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
+        let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
+        let _ = writeln!(out, "persistent_keepalive_interval={}", p.persistent_keepalive);
+        for ip in &p.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={ip}");
+        }
+    }
+    out.push_str("errno=0\n\n");
+    out
+}
+
+pub fn format_errno(errno: i32) -> String {
+    format!("errno={errno}\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::PeerState;
+    use proptest::prelude::*;
+    use std::time::{Duration, SystemTime};
+
+    const PUB: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+
+    #[test]
+    fn parses_what_wg_set_sends() {
+        let text = format!(
+            "set=1\nlisten_port=51871\nreplace_peers=true\npublic_key={PUB}\nendpoint=198.18.0.2:51871\n\
+             persistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.244.2.0/24\n\
+             allowed_ip=fd00::/64\n"
+        );
+        let Request::Set(req) = parse(&text).unwrap() else { panic!("not a set") };
+        assert_eq!(req.listen_port, Some(51871));
+        assert!(req.replace_peers);
+        assert_eq!(req.peers.len(), 1);
+        let p = &req.peers[0];
+        assert_eq!(p.public_key.to_hex(), PUB);
+        assert_eq!(p.endpoint, Some("198.18.0.2:51871".parse().unwrap()));
+        assert_eq!(p.persistent_keepalive, Some(25));
+        assert!(p.replace_allowed_ips);
+        assert_eq!(p.allowed_ips.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_endpoint_and_removal() {
+        let text = format!("set=1\npublic_key={PUB}\nendpoint=[fd00::1]:51871\npublic_key={PUB}\nremove=true\n");
+        let Request::Set(req) = parse(&text).unwrap() else { panic!("not a set") };
+        assert_eq!(req.peers[0].endpoint, Some("[fd00::1]:51871".parse().unwrap()));
+        assert!(req.peers[1].remove);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        assert_eq!(
+            parse("set=1\nendpoint=1.2.3.4:5\n").unwrap_err(),
+            UapiError::PeerKeyOutsidePeer { line: 2, key: "endpoint".into() }
+        );
+        assert!(matches!(parse("set=1\nbogus=1\n"), Err(UapiError::UnknownKey { line: 2, .. })));
+        assert!(matches!(parse("set=1\nlisten_port=99999\n"), Err(UapiError::Value { line: 2, .. })));
+        assert_eq!(parse("hello\n").unwrap_err(), UapiError::Operation);
+    }
+
+    #[test]
+    fn get_lists_peers_with_handshake_and_counters() {
+        let state = DeviceState {
+            private_key: None,
+            listen_port: 51871,
+            fwmark: 0,
+            peers: vec![PeerState {
+                public_key: PublicKey::from_hex(PUB).unwrap(),
+                preshared_key: None,
+                endpoint: Some("198.18.0.2:51871".parse().unwrap()),
+                persistent_keepalive: 0,
+                allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
+                last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
+                rx_bytes: 10,
+                tx_bytes: 20,
+            }],
+        };
+        let text = format_get(&state);
+        assert!(text.contains(&format!("public_key={PUB}\n")));
+        assert!(text.contains("last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n"));
+        assert!(text.contains("tx_bytes=20\nrx_bytes=10\n"));
+        assert!(text.contains("allowed_ip=10.244.2.0/24\n"));
+        assert!(text.ends_with("errno=0\n\n"));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC*") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_keyvalue_noise(
+            lines in proptest::collection::vec(("[a-z_]{1,30}", "[ -~]{0,70}"), 0..20)
+        ) {
+            let mut text = String::from("set=1\n");
+            for (k, v) in lines {
+                text.push_str(&format!("{k}={v}\n"));
+            }
+            let _ = parse(&text);
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Link and route management through rtnetlink: bring the WireGuard interface up with its MTU,
+//! route each peer's pod CIDRs into it, find the underlay's MTU. Never shells out to `ip`.
+
+use std::net::IpAddr;
+
+use anyhow::{anyhow, Context, Result};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::RouteProtocol;
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+
+/// `proto static`: what `ip route` shows for routes set by a daemon rather than the kernel.
+const PROTO: RouteProtocol = RouteProtocol::Static;
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: rtnetlink::Handle,
+}
+
+impl Netlink {
+    /// Must be called inside a tokio runtime: the netlink connection runs as a task.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<u32> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let link = links
+            .try_next()
+            .await
+            .with_context(|| format!("looking up interface {name}"))?
+            .ok_or_else(|| anyhow!("interface {name} not found"))?;
+        Ok(link.header.index)
+    }
+
+    pub async fn set_up(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .with_context(|| format!("setting interface #{index} up with MTU {mtu}"))
+    }
+
+    /// Probes for the kernel WireGuard module by creating (and keeping) an interface of kind
+    /// `wireguard`. Returns its index.
+    pub async fn create_wireguard(&self, name: &str) -> Result<u32> {
+        self.handle
+            .link()
+            .add(rtnetlink::LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating WireGuard interface {name}"))?;
+        self.link_index(name).await
+    }
+
+    /// Routes `net` into the interface, replacing any route to exactly `net` in the main table.
+    pub async fn replace_route(&self, net: IpNet, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .map_err(|e| anyhow!("route to {net}: {e:?}"))?
+            .output_interface(index)
+            .protocol(PROTO)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding route {net} dev #{index}"))
+    }
+
+    pub async fn delete_route(&self, net: IpNet, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .map_err(|e| anyhow!("route to {net}: {e:?}"))?
+            .output_interface(index)
+            .protocol(PROTO)
+            .build();
+        self.handle
+            .route()
+            .del(msg)
+            .execute()
+            .await
+            .with_context(|| format!("deleting route {net} dev #{index}"))
+    }
+
+    /// The MTU of the interface that holds `addr` (the node's underlay address), if any does.
+    pub async fn mtu_of_interface_with(&self, addr: IpAddr) -> Result<Option<u32>> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            let holds = msg.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == addr)
+            });
+            if holds {
+                index = Some(msg.header.index);
+                break;
+            }
+        }
+        let Some(index) = index else { return Ok(None) };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let Some(link) = links.try_next().await.context("reading link")? else { return Ok(None) };
+        Ok(link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        }))
+    }
+}
