@@ -76,13 +76,15 @@ impl AdminServer {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let _ = std::fs::remove_file(path);
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("binding admin socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod {}", path.display()))?;
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(req, state.clone()));
@@ -92,7 +94,9 @@ impl AdminServer {
                 });
             }
         });
-        Ok(Self { path: path.to_path_buf() })
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -102,7 +106,10 @@ impl Drop for AdminServer {
     }
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<AdminState>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<AdminState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |code: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = code;
@@ -111,7 +118,10 @@ async fn handle(req: Request<Incoming>, state: Arc<AdminState>) -> Result<Respon
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n".into()),
         (&Method::GET, STATUS_PATH) => match state.status().await {
-            Ok(s) => reply(StatusCode::OK, serde_json::to_string(&s).unwrap_or_default()),
+            Ok(s) => reply(
+                StatusCode::OK,
+                serde_json::to_string(&s).unwrap_or_default(),
+            ),
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
         },
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -128,11 +138,17 @@ pub async fn get(socket: &Path, path: &str) -> Result<String> {
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = Request::get(path).header("host", "wiremesh").body(Empty::<Bytes>::new())?;
+    let req = Request::get(path)
+        .header("host", "wiremesh")
+        .body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();
-    anyhow::ensure!(status.is_success(), "agent answered {status}: {}", body.trim());
+    anyhow::ensure!(
+        status.is_success(),
+        "agent answered {status}: {}",
+        body.trim()
+    );
     Ok(body)
 }

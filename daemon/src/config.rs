@@ -104,8 +104,10 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -113,10 +115,15 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text)
-                .map_err(|e| ConfigError::Parse { path: path.into(), message: describe_yaml_error(&e) })?
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.into(),
+                message: describe_yaml_error(&e),
+            })?
         };
-        raw.validate().map_err(|errors| ConfigError::Invalid { path: path.into(), errors })
+        raw.validate().map_err(|errors| ConfigError::Invalid {
+            path: path.into(),
+            errors,
+        })
     }
 
     pub fn key_path(&self) -> PathBuf {
@@ -151,7 +158,9 @@ impl RawConfig {
         };
         let cluster_name = self.cluster_name.unwrap_or_else(|| "default".into());
         if !is_dns_subdomain(&cluster_name) {
-            errors.push(format!("clusterName: {cluster_name:?} is not a lowercase RFC 1123 name"));
+            errors.push(format!(
+                "clusterName: {cluster_name:?} is not a lowercase RFC 1123 name"
+            ));
         }
         let interface = self.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
         if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\0']) {
@@ -160,7 +169,9 @@ impl RawConfig {
         let listen_port = self.listen_port.unwrap_or(DEFAULT_PORT);
         let mtu = self.mtu.unwrap_or(0);
         if mtu != 0 && !(1280..=65_535).contains(&mtu) {
-            errors.push(format!("mtu: {mtu} is out of range (0 for auto, or 1280-65535)"));
+            errors.push(format!(
+                "mtu: {mtu} is out of range (0 for auto, or 1280-65535)"
+            ));
         }
         let node_ips: Vec<IpAddr> = self
             .node_ips
@@ -196,7 +207,9 @@ impl RawConfig {
             (Some(s), _) => match parse_endpoint(&s, listen_port) {
                 Some(ep) => Some(ep),
                 None => {
-                    errors.push(format!("endpoint: {s:?} is not ip:port (IPv6 as [addr]:port)"));
+                    errors.push(format!(
+                        "endpoint: {s:?} is not ip:port (IPv6 as [addr]:port)"
+                    ));
                     None
                 }
             },
@@ -207,8 +220,13 @@ impl RawConfig {
             }
         };
         let store = match self.store {
-            None => Some(StoreConfig::Dir { path: PathBuf::from("/var/lib/wiremesh/store") }),
-            Some(RawStore { kind: StoreKind::Dir, dir }) => Some(StoreConfig::Dir {
+            None => Some(StoreConfig::Dir {
+                path: PathBuf::from("/var/lib/wiremesh/store"),
+            }),
+            Some(RawStore {
+                kind: StoreKind::Dir,
+                dir,
+            }) => Some(StoreConfig::Dir {
                 path: dir.map_or_else(|| PathBuf::from("/var/lib/wiremesh/store"), |d| d.path),
             }),
             Some(RawStore { kind, .. }) => {
@@ -240,7 +258,11 @@ impl RawConfig {
 }
 
 fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
-    s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port)))
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -249,7 +271,8 @@ fn is_dns_subdomain(s: &str) -> bool {
         && s.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -285,7 +308,10 @@ store:
         assert_eq!(c.node_name, "node-1");
         assert_eq!(c.endpoint, "198.18.0.1:51871".parse().unwrap());
         assert_eq!(c.pod_cidrs.len(), 2);
-        assert_eq!(c.key_path(), PathBuf::from("/var/lib/wiremesh/wiremesh_wg0.key"));
+        assert_eq!(
+            c.key_path(),
+            PathBuf::from("/var/lib/wiremesh/wiremesh_wg0.key")
+        );
         assert_eq!(c.datapath, DatapathKind::Auto);
     }
 
@@ -307,15 +333,24 @@ store:
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let err = parse("podCIDRs: [10.244.1.0/33, 10.244.1.5/24]\nnodeIPs: [nope]\nmtu: 5\n").unwrap_err();
-        for needle in ["nodeName: required", "podCIDRs[0]", "podCIDRs[1]", "nodeIPs[0]", "mtu: 5", "endpoint"] {
+        let err = parse("podCIDRs: [10.244.1.0/33, 10.244.1.5/24]\nnodeIPs: [nope]\nmtu: 5\n")
+            .unwrap_err();
+        for needle in [
+            "nodeName: required",
+            "podCIDRs[0]",
+            "podCIDRs[1]",
+            "nodeIPs[0]",
+            "mtu: 5",
+            "endpoint",
+        ] {
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
     }
 
     #[test]
     fn unsupported_store_kind_says_so() {
-        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: etcd }\n").unwrap_err();
+        let err =
+            parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: etcd }\n").unwrap_err();
         assert!(err.contains("store.kind"), "{err}");
     }
 

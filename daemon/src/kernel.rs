@@ -28,7 +28,12 @@ fn kerr(e: impl std::fmt::Display) -> DeviceError {
 impl Kernel {
     /// Configures an existing kernel WireGuard interface (created by the caller through
     /// rtnetlink) with the node's key and port.
-    pub fn configure(interface: &str, key: &PrivateKey, port: u16, mtu: u32) -> Result<Self, DeviceError> {
+    pub fn configure(
+        interface: &str,
+        key: &PrivateKey,
+        port: u16,
+        mtu: u32,
+    ) -> Result<Self, DeviceError> {
         let api = WGApi::<defguard_wireguard_rs::Kernel>::new(interface).map_err(kerr)?;
         let b64 = {
             use base64::Engine;
@@ -46,11 +51,17 @@ impl Kernel {
             fwmark: None,
         };
         api.configure_interface(&config).map_err(kerr)?;
-        Ok(Self { api: Mutex::new(api), interface: interface.to_string() })
+        Ok(Self {
+            api: Mutex::new(api),
+            interface: interface.to_string(),
+        })
     }
 
     pub fn set(&self, req: SetRequest) -> Result<(), DeviceError> {
-        let api = self.api.lock().map_err(|_| kerr("kernel backend lock poisoned"))?;
+        let api = self
+            .api
+            .lock()
+            .map_err(|_| kerr("kernel backend lock poisoned"))?;
         if req.private_key.is_some() || req.listen_port.is_some() || req.fwmark.is_some() {
             return Err(DeviceError::Invalid(format!(
                 "changing key, port or fwmark of kernel interface {} through wiremesh is not \
@@ -74,20 +85,26 @@ impl Kernel {
             if existing.is_none() && change.update_only {
                 continue;
             }
-            api.configure_peer(&merge_peer(existing, &change)).map_err(kerr)?;
+            api.configure_peer(&merge_peer(existing, &change))
+                .map_err(kerr)?;
         }
         Ok(())
     }
 
     pub fn get(&self) -> Result<DeviceState, DeviceError> {
-        let api = self.api.lock().map_err(|_| kerr("kernel backend lock poisoned"))?;
+        let api = self
+            .api
+            .lock()
+            .map_err(|_| kerr("kernel backend lock poisoned"))?;
         Ok(host_to_state(api.read_interface_data().map_err(kerr)?))
     }
 }
 
 /// The peer as it must be after `change`, starting from what the kernel has now.
 fn merge_peer(existing: Option<&Peer>, change: &PeerChange) -> Peer {
-    let mut peer = existing.cloned().unwrap_or_else(|| Peer::new(Key::new(*change.public_key.as_bytes())));
+    let mut peer = existing
+        .cloned()
+        .unwrap_or_else(|| Peer::new(Key::new(*change.public_key.as_bytes())));
     if let Some(psk) = change.preshared_key {
         peer.preshared_key = psk.map(|p| Key::new(p.0));
     }
@@ -130,7 +147,9 @@ fn host_to_state(host: Host) -> DeviceState {
         .collect();
     peers.sort_by_key(|p| p.public_key);
     DeviceState {
-        private_key: host.private_key.map(|k| PrivateKey::from_bytes(k.as_array())),
+        private_key: host
+            .private_key
+            .map(|k| PrivateKey::from_bytes(k.as_array())),
         listen_port: host.listen_port,
         fwmark: host.fwmark.unwrap_or(0),
         peers,
@@ -153,7 +172,10 @@ mod tests {
         change.allowed_ips = vec!["10.244.2.0/24".parse().unwrap()];
         let first = merge_peer(None, &change);
         assert_eq!(first.public_key.as_array(), *pk.as_bytes());
-        assert_eq!(first.allowed_ips, vec![IpAddrMask::new("10.244.2.0".parse().unwrap(), 24)]);
+        assert_eq!(
+            first.allowed_ips,
+            vec![IpAddrMask::new("10.244.2.0".parse().unwrap(), 24)]
+        );
 
         let mut second = PeerChange::new(pk);
         second.allowed_ips = vec!["fd00::/64".parse().unwrap()];
@@ -182,6 +204,9 @@ mod tests {
         assert_eq!(state.peers.len(), 1);
         assert_eq!(state.peers[0].public_key, pk);
         assert_eq!(state.peers[0].rx_bytes, 7);
-        assert_eq!(state.peers[0].allowed_ips, vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            state.peers[0].allowed_ips,
+            vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]
+        );
     }
 }

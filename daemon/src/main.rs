@@ -54,14 +54,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent { config } => run_agent(config),
-        Command::Encrypt { command: EncryptCommand::Status { json, run_dir } } => {
-            encrypt_status(json, run_dir)
-        }
+        Command::Encrypt {
+            command: EncryptCommand::Status { json, run_dir },
+        } => encrypt_status(json, run_dir),
     }
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 fn run_agent(path: PathBuf) -> ExitCode {
@@ -80,7 +83,9 @@ fn run_agent(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(agent::run(config)));
+    let result = runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(agent::run(config)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

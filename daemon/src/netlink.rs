@@ -28,7 +28,12 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<u32> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         let link = links
             .try_next()
             .await
@@ -106,7 +111,9 @@ impl Netlink {
         }
         let Some(index) = index else { return Ok(None) };
         let mut links = self.handle.link().get().match_index(index).execute();
-        let Some(link) = links.try_next().await.context("reading link")? else { return Ok(None) };
+        let Some(link) = links.try_next().await.context("reading link")? else {
+            return Ok(None);
+        };
         Ok(link.attributes.iter().find_map(|a| match a {
             LinkAttribute::Mtu(m) => Some(*m),
             _ => None,

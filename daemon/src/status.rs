@@ -59,7 +59,10 @@ impl EncryptStatus {
                     || "never".to_string(),
                     |t| {
                         let age = now.duration_since(t).unwrap_or(Duration::ZERO);
-                        format!("{} ago", humantime::format_duration(Duration::from_secs(age.as_secs())))
+                        format!(
+                            "{} ago",
+                            humantime::format_duration(Duration::from_secs(age.as_secs()))
+                        )
                     },
                 );
             out.push_str(&format!(
@@ -105,14 +108,32 @@ mod tests {
             }],
         };
         let text = s.render(now);
-        assert!(text.starts_with("Encryption: Wireguard\nInterface: wiremesh_wg0\n\tPublic key: PUB\n"));
+        assert!(
+            text.starts_with("Encryption: Wireguard\nInterface: wiremesh_wg0\n\tPublic key: PUB\n")
+        );
         assert!(text.contains("\tNumber of peers: 1\n"));
         assert!(text.contains("Peer node-2: endpoint 198.18.0.2:51871, allowed IPs 10.244.2.0/24, latest handshake 3s ago"));
         let json = serde_json::to_value(&s).unwrap();
-        for k in ["encryption", "interface", "publicKey", "listenPort", "mtu", "datapath", "peers"] {
+        for k in [
+            "encryption",
+            "interface",
+            "publicKey",
+            "listenPort",
+            "mtu",
+            "datapath",
+            "peers",
+        ] {
             assert!(json.get(k).is_some(), "{k}");
         }
-        for k in ["nodeName", "publicKey", "endpoint", "allowedIPs", "lastHandshake", "rxBytes", "txBytes"] {
+        for k in [
+            "nodeName",
+            "publicKey",
+            "endpoint",
+            "allowedIPs",
+            "lastHandshake",
+            "rxBytes",
+            "txBytes",
+        ] {
             assert!(json["peers"][0].get(k).is_some(), "{k}");
         }
     }

@@ -77,7 +77,9 @@ pub struct PrivateKey(x25519_dalek::StaticSecret);
 
 impl PrivateKey {
     pub fn generate() -> Self {
-        Self(x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng))
+        Self(x25519_dalek::StaticSecret::random_from_rng(
+            rand_core::OsRng,
+        ))
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -159,11 +161,15 @@ impl KeyFile {
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o7777;
                 if mode & 0o077 != 0 {
-                    return Err(KeyError::Permissions { path: self.path.clone(), mode });
+                    return Err(KeyError::Permissions {
+                        path: self.path.clone(),
+                        mode,
+                    });
                 }
                 let text = Zeroizing::new(fs::read(&self.path).map_err(|e| self.io(e))?);
-                let bytes = decode_key(trim_ascii(&text))
-                    .map_err(|_| KeyError::MalformedFile { path: self.path.clone() })?;
+                let bytes = decode_key(trim_ascii(&text)).map_err(|_| KeyError::MalformedFile {
+                    path: self.path.clone(),
+                })?;
                 Ok((PrivateKey::from_bytes(bytes), false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -179,7 +185,10 @@ impl KeyFile {
     /// A crash leaves either the old key or the new one, never a torn file.
     pub fn store(&self, key: &PrivateKey) -> Result<(), KeyError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|e| KeyError::Io { path: dir.to_path_buf(), source: e })?;
+        fs::create_dir_all(dir).map_err(|e| KeyError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
         let tmp = tmp_path(&self.path);
         let _ = fs::remove_file(&tmp);
         let mut f = OpenOptions::new()
@@ -187,29 +196,47 @@ impl KeyFile {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(|e| KeyError::Io { path: tmp.clone(), source: e })?;
+            .map_err(|e| KeyError::Io {
+                path: tmp.clone(),
+                source: e,
+            })?;
         let mut line = key.to_base64();
         line.push('\n');
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
-            .map_err(|e| KeyError::Io { path: tmp.clone(), source: e })?;
+            .map_err(|e| KeyError::Io {
+                path: tmp.clone(),
+                source: e,
+            })?;
         fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
         Ok(())
     }
 
     fn io(&self, source: std::io::Error) -> KeyError {
-        KeyError::Io { path: self.path.clone(), source }
+        KeyError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp"))
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -222,7 +249,12 @@ fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     bytes
         .iter()
-        .flat_map(|b| [DIGITS[(b >> 4) as usize] as char, DIGITS[(b & 0xf) as usize] as char])
+        .flat_map(|b| {
+            [
+                DIGITS[(b >> 4) as usize] as char,
+                DIGITS[(b & 0xf) as usize] as char,
+            ]
+        })
         .collect()
 }
 
@@ -233,8 +265,12 @@ fn unhex(s: &str) -> Result<[u8; 32], KeyError> {
     }
     let mut out = [0u8; 32];
     for (i, pair) in s.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16).ok_or(KeyError::MalformedHex)?;
-        let lo = (pair[1] as char).to_digit(16).ok_or(KeyError::MalformedHex)?;
+        let hi = (pair[0] as char)
+            .to_digit(16)
+            .ok_or(KeyError::MalformedHex)?;
+        let lo = (pair[1] as char)
+            .to_digit(16)
+            .ok_or(KeyError::MalformedHex)?;
         out[i] = (hi * 16 + lo) as u8;
     }
     Ok(out)

@@ -33,8 +33,14 @@ pub enum RecordError {
     ZeroKey,
     #[error("field publicKey: {key} is also published by node {other}; both records are refused")]
     DuplicateKey { key: PublicKey, other: String },
-    #[error("field podCIDRs: {cidr} overlaps {other_cidr} of node {other}; both records are refused")]
-    OverlappingCidr { cidr: IpNet, other: String, other_cidr: IpNet },
+    #[error(
+        "field podCIDRs: {cidr} overlaps {other_cidr} of node {other}; both records are refused"
+    )]
+    OverlappingCidr {
+        cidr: IpNet,
+        other: String,
+        other_cidr: IpNet,
+    },
     #[error("field podCIDRs: {0} has host bits set (did you mean {1}?)")]
     HostBits(IpNet, IpNet),
     #[error("field nodeName: record for {found:?} is stored under the name {expected:?}")]
@@ -79,8 +85,20 @@ pub fn validate_set(
     for (name, (_, rec)) in &records {
         if let Some(other) = by_key.insert(rec.public_key, name) {
             let key = rec.public_key;
-            refused.insert(name.clone(), RecordError::DuplicateKey { key, other: other.into() });
-            refused.insert(other.into(), RecordError::DuplicateKey { key, other: name.clone() });
+            refused.insert(
+                name.clone(),
+                RecordError::DuplicateKey {
+                    key,
+                    other: other.into(),
+                },
+            );
+            refused.insert(
+                other.into(),
+                RecordError::DuplicateKey {
+                    key,
+                    other: name.clone(),
+                },
+            );
         }
         for cidr in &rec.pod_cidrs {
             for (other_cidr, other) in &cidrs {
@@ -106,7 +124,11 @@ pub fn validate_set(
     let mut rejected = Vec::new();
     for (name, (source, rec)) in records {
         match refused.remove(&name) {
-            Some(e) => rejected.push(Rejected { source, node_name: Some(name), reason: e.to_string() }),
+            Some(e) => rejected.push(Rejected {
+                source,
+                node_name: Some(name),
+                reason: e.to_string(),
+            }),
             None => {
                 accepted.insert(name, rec);
             }
@@ -121,7 +143,9 @@ fn is_rfc1123_subdomain(s: &str) -> bool {
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -144,14 +168,23 @@ mod tests {
     }
 
     fn set(recs: Vec<NodeRecord>) -> BTreeMap<String, (String, NodeRecord)> {
-        recs.into_iter().map(|r| (r.node_name.clone(), (format!("{}.json", r.node_name), r))).collect()
+        recs.into_iter()
+            .map(|r| (r.node_name.clone(), (format!("{}.json", r.node_name), r)))
+            .collect()
     }
 
     #[test]
     fn record_json_uses_documented_field_names() {
         let r = rec("node-1", "10.244.1.0/24");
         let v = serde_json::to_value(&r).unwrap();
-        for field in ["nodeName", "clusterName", "publicKey", "endpoint", "podCIDRs", "nodeIPs"] {
+        for field in [
+            "nodeName",
+            "clusterName",
+            "publicKey",
+            "endpoint",
+            "podCIDRs",
+            "nodeIPs",
+        ] {
             assert!(v.get(field).is_some(), "missing {field} in {v}");
         }
         let back: NodeRecord = serde_json::from_value(v).unwrap();

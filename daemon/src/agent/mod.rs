@@ -80,7 +80,10 @@ pub async fn run(config: Config) -> Result<()> {
         pod_cidrs: config.pod_cidrs.clone(),
         node_ips: config.node_ips.clone(),
     };
-    store.publish(&record).await.context("publishing this node's record")?;
+    store
+        .publish(&record)
+        .await
+        .context("publishing this node's record")?;
     tracing::info!(store = %store.describe(), node = %config.node_name, "node record published");
 
     let mut reconciler = Reconciler {
@@ -149,7 +152,9 @@ async fn start_datapath(
         match kernel {
             Ok(index) => {
                 let k = Kernel::configure(&config.interface, key, config.listen_port, mtu)
-                    .with_context(|| format!("configuring kernel WireGuard on {}", config.interface))?;
+                    .with_context(|| {
+                        format!("configuring kernel WireGuard on {}", config.interface)
+                    })?;
                 netlink.set_up(index, mtu).await?;
                 return Ok((Datapath::Kernel(Arc::new(k)), index));
             }
@@ -199,7 +204,10 @@ impl Reconciler {
         });
         let plan = reconcile::plan(&self.peers, &desired, self.keepalive);
         if !plan.is_empty() {
-            let set = SetRequest { peers: plan.set.peers, ..SetRequest::default() };
+            let set = SetRequest {
+                peers: plan.set.peers,
+                ..SetRequest::default()
+            };
             if let Err(e) = self.datapath.set(set).await {
                 tracing::error!(error = %e, "applying peer changes failed; retrying on the next resync");
                 return;
@@ -214,7 +222,11 @@ impl Reconciler {
                 tracing::info!(peer = %n, "peer removed");
             }
             self.peers = desired;
-            let names = self.peers.iter().map(|(n, r)| (r.public_key, n.clone())).collect();
+            let names = self
+                .peers
+                .iter()
+                .map(|(n, r)| (r.public_key, n.clone()))
+                .collect();
             self.names.send_replace(Arc::new(names));
         }
         self.sync_routes().await;
@@ -237,7 +249,9 @@ impl Reconciler {
                 Ok(()) => {
                     self.routes.insert(net);
                 }
-                Err(e) => tracing::warn!(%net, error = %format!("{e:#}"), "cannot route pod CIDR into the tunnel; retrying"),
+                Err(e) => {
+                    tracing::warn!(%net, error = %format!("{e:#}"), "cannot route pod CIDR into the tunnel; retrying")
+                }
             }
         }
     }

@@ -24,8 +24,15 @@ impl Plan {
 }
 
 /// The peers wanted: every valid record but this node's own.
-pub fn desired(nodes: &BTreeMap<String, NodeRecord>, self_name: &str) -> BTreeMap<String, NodeRecord> {
-    nodes.iter().filter(|(n, _)| n.as_str() != self_name).map(|(n, r)| (n.clone(), r.clone())).collect()
+pub fn desired(
+    nodes: &BTreeMap<String, NodeRecord>,
+    self_name: &str,
+) -> BTreeMap<String, NodeRecord> {
+    nodes
+        .iter()
+        .filter(|(n, _)| n.as_str() != self_name)
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect()
 }
 
 pub fn plan(
@@ -85,7 +92,10 @@ fn full_peer(rec: &NodeRecord, keepalive: u16) -> PeerChange {
 
 /// The routes the interface must carry: every peer's pod CIDRs.
 pub fn routes(peers: &BTreeMap<String, NodeRecord>) -> BTreeSet<IpNet> {
-    peers.values().flat_map(|r| r.pod_cidrs.iter().copied()).collect()
+    peers
+        .values()
+        .flat_map(|r| r.pod_cidrs.iter().copied())
+        .collect()
 }
 
 #[cfg(test)]
@@ -105,7 +115,9 @@ mod tests {
     }
 
     fn map(recs: &[NodeRecord]) -> BTreeMap<String, NodeRecord> {
-        recs.iter().map(|r| (r.node_name.clone(), r.clone())).collect()
+        recs.iter()
+            .map(|r| (r.node_name.clone(), r.clone()))
+            .collect()
     }
 
     #[test]
@@ -127,7 +139,12 @@ mod tests {
         // a is untouched; b is updated in place (update_only keeps its session); c is added.
         assert_eq!(p.set.peers.len(), 2);
         assert!(p.set.peers.iter().all(|c| c.public_key != a.public_key));
-        let b_change = p.set.peers.iter().find(|c| c.public_key == b.public_key).unwrap();
+        let b_change = p
+            .set
+            .peers
+            .iter()
+            .find(|c| c.public_key == b.public_key)
+            .unwrap();
         assert!(b_change.update_only && !b_change.remove);
         assert_eq!(b_change.endpoint, Some(b2.endpoint));
     }
@@ -140,7 +157,13 @@ mod tests {
         let p = plan(&map(&[a.clone(), b.clone()]), &map(&[a2.clone()]), 25);
         assert_eq!(p.removed, vec!["b"]);
         assert_eq!(p.changed, vec!["a"]);
-        let removed: Vec<_> = p.set.peers.iter().filter(|c| c.remove).map(|c| c.public_key).collect();
+        let removed: Vec<_> = p
+            .set
+            .peers
+            .iter()
+            .filter(|c| c.remove)
+            .map(|c| c.public_key)
+            .collect();
         assert!(removed.contains(&a.public_key) && removed.contains(&b.public_key));
         let added = p.set.peers.iter().find(|c| !c.remove).unwrap();
         assert_eq!(added.public_key, a2.public_key);

@@ -52,7 +52,10 @@ impl PeerChange {
     }
 
     pub fn removal(public_key: PublicKey) -> Self {
-        Self { remove: true, ..Self::new(public_key) }
+        Self {
+            remove: true,
+            ..Self::new(public_key)
+        }
     }
 }
 

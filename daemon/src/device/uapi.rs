@@ -24,7 +24,11 @@ pub enum UapiError {
     #[error("line {line}: unknown key {key:?}")]
     UnknownKey { line: usize, key: String },
     #[error("line {line}: invalid value for {key}: {value:?}")]
-    Value { line: usize, key: String, value: String },
+    Value {
+        line: usize,
+        key: String,
+        value: String,
+    },
     #[error("line {line}: {key} must follow a public_key line")]
     PeerKeyOutsidePeer { line: usize, key: String },
     #[error("first line must be get=1 or set=1")]
@@ -54,11 +58,20 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
             break;
         }
         let Some((key, value)) = text.split_once('=') else {
-            return Err(UapiError::Syntax { line, text: text.into() });
+            return Err(UapiError::Syntax {
+                line,
+                text: text.into(),
+            });
         };
-        let bad = || UapiError::Value { line, key: key.into(), value: value.into() };
+        let bad = || UapiError::Value {
+            line,
+            key: key.into(),
+            value: value.into(),
+        };
         match key {
-            "private_key" => req.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?),
+            "private_key" => {
+                req.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?)
+            }
             "listen_port" => req.listen_port = Some(value.parse().map_err(|_| bad())?),
             "fwmark" => req.fwmark = Some(value.parse().map_err(|_| bad())?),
             "replace_peers" => req.replace_peers = parse_true(value).ok_or_else(bad)?,
@@ -67,20 +80,25 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
                 req.peers.push(PeerChange::new(key));
             }
             "remove" => last(&mut req, line, key)?.remove = parse_true(value).ok_or_else(bad)?,
-            "update_only" => last(&mut req, line, key)?.update_only = parse_true(value).ok_or_else(bad)?,
+            "update_only" => {
+                last(&mut req, line, key)?.update_only = parse_true(value).ok_or_else(bad)?
+            }
             "preshared_key" => {
                 let bytes = *PublicKey::from_hex(value).map_err(|_| bad())?.as_bytes();
                 let psk = (bytes != [0; 32]).then_some(Psk(bytes));
                 last(&mut req, line, key)?.preshared_key = Some(psk);
             }
             "endpoint" => {
-                last(&mut req, line, key)?.endpoint = Some(value.parse::<SocketAddr>().map_err(|_| bad())?)
+                last(&mut req, line, key)?.endpoint =
+                    Some(value.parse::<SocketAddr>().map_err(|_| bad())?)
             }
             "persistent_keepalive_interval" => {
-                last(&mut req, line, key)?.persistent_keepalive = Some(value.parse().map_err(|_| bad())?)
+                last(&mut req, line, key)?.persistent_keepalive =
+                    Some(value.parse().map_err(|_| bad())?)
             }
             "replace_allowed_ips" => {
-                last(&mut req, line, key)?.replace_allowed_ips = parse_true(value).ok_or_else(bad)?
+                last(&mut req, line, key)?.replace_allowed_ips =
+                    parse_true(value).ok_or_else(bad)?
             }
             "allowed_ip" => {
                 let net: ipnet::IpNet = value.parse().map_err(|_| bad())?;
@@ -92,15 +110,29 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
                     return Err(bad());
                 }
             }
-            _ => return Err(UapiError::UnknownKey { line, key: key.into() }),
+            _ => {
+                return Err(UapiError::UnknownKey {
+                    line,
+                    key: key.into(),
+                })
+            }
         }
     }
     Ok(Request::Set(req))
 }
 
 /// The peer the current line applies to: the one opened by the latest `public_key=`.
-fn last<'a>(req: &'a mut SetRequest, line: usize, key: &str) -> Result<&'a mut PeerChange, UapiError> {
-    req.peers.last_mut().ok_or_else(|| UapiError::PeerKeyOutsidePeer { line, key: key.into() })
+fn last<'a>(
+    req: &'a mut SetRequest,
+    line: usize,
+    key: &str,
+) -> Result<&'a mut PeerChange, UapiError> {
+    req.peers
+        .last_mut()
+        .ok_or_else(|| UapiError::PeerKeyOutsidePeer {
+            line,
+            key: key.into(),
+        })
 }
 
 fn parse_true(v: &str) -> Option<bool> {
@@ -120,7 +152,11 @@ pub fn format_get(state: &DeviceState) -> String {
     for p in &state.peers {
         let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
         if let Some(psk) = p.preshared_key {
-            let _ = writeln!(out, "preshared_key={}", PublicKey::from_bytes(psk.0).to_hex());
+            let _ = writeln!(
+                out,
+                "preshared_key={}",
+                PublicKey::from_bytes(psk.0).to_hex()
+            );
         }
         let _ = writeln!(out, "protocol_version=1");
         if let Some(ep) = p.endpoint {
@@ -134,7 +170,11 @@ pub fn format_get(state: &DeviceState) -> String {
         let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
         let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
         let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
-        let _ = writeln!(out, "persistent_keepalive_interval={}", p.persistent_keepalive);
+        let _ = writeln!(
+            out,
+            "persistent_keepalive_interval={}",
+            p.persistent_keepalive
+        );
         for ip in &p.allowed_ips {
             let _ = writeln!(out, "allowed_ip={ip}");
         }
@@ -163,7 +203,9 @@ mod tests {
              persistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.244.2.0/24\n\
              allowed_ip=fd00::/64\n"
         );
-        let Request::Set(req) = parse(&text).unwrap() else { panic!("not a set") };
+        let Request::Set(req) = parse(&text).unwrap() else {
+            panic!("not a set")
+        };
         assert_eq!(req.listen_port, Some(51871));
         assert!(req.replace_peers);
         assert_eq!(req.peers.len(), 1);
@@ -177,9 +219,16 @@ mod tests {
 
     #[test]
     fn ipv6_endpoint_and_removal() {
-        let text = format!("set=1\npublic_key={PUB}\nendpoint=[fd00::1]:51871\npublic_key={PUB}\nremove=true\n");
-        let Request::Set(req) = parse(&text).unwrap() else { panic!("not a set") };
-        assert_eq!(req.peers[0].endpoint, Some("[fd00::1]:51871".parse().unwrap()));
+        let text = format!(
+            "set=1\npublic_key={PUB}\nendpoint=[fd00::1]:51871\npublic_key={PUB}\nremove=true\n"
+        );
+        let Request::Set(req) = parse(&text).unwrap() else {
+            panic!("not a set")
+        };
+        assert_eq!(
+            req.peers[0].endpoint,
+            Some("[fd00::1]:51871".parse().unwrap())
+        );
         assert!(req.peers[1].remove);
     }
 
@@ -187,10 +236,19 @@ mod tests {
     fn errors_name_the_line_and_key() {
         assert_eq!(
             parse("set=1\nendpoint=1.2.3.4:5\n").unwrap_err(),
-            UapiError::PeerKeyOutsidePeer { line: 2, key: "endpoint".into() }
+            UapiError::PeerKeyOutsidePeer {
+                line: 2,
+                key: "endpoint".into()
+            }
         );
-        assert!(matches!(parse("set=1\nbogus=1\n"), Err(UapiError::UnknownKey { line: 2, .. })));
-        assert!(matches!(parse("set=1\nlisten_port=99999\n"), Err(UapiError::Value { line: 2, .. })));
+        assert!(matches!(
+            parse("set=1\nbogus=1\n"),
+            Err(UapiError::UnknownKey { line: 2, .. })
+        ));
+        assert!(matches!(
+            parse("set=1\nlisten_port=99999\n"),
+            Err(UapiError::Value { line: 2, .. })
+        ));
         assert_eq!(parse("hello\n").unwrap_err(), UapiError::Operation);
     }
 

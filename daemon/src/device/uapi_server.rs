@@ -73,7 +73,9 @@ async fn serve(stream: UnixStream, datapath: Arc<Datapath>) {
             }
             request.push_str(&line);
             if request.len() > MAX_REQUEST {
-                let _ = write.write_all(uapi::format_errno(libc::ENOMEM).as_bytes()).await;
+                let _ = write
+                    .write_all(uapi::format_errno(libc::ENOMEM).as_bytes())
+                    .await;
                 return;
             }
         };

@@ -16,7 +16,10 @@ pub struct AllowedIps<T> {
 
 impl<T: Copy + PartialEq> AllowedIps<T> {
     pub fn new() -> Self {
-        Self { v4: BTreeMap::new(), v6: BTreeMap::new() }
+        Self {
+            v4: BTreeMap::new(),
+            v6: BTreeMap::new(),
+        }
     }
 
     fn table(&mut self, net: &IpNet) -> &mut BTreeMap<std::cmp::Reverse<u8>, HashMap<IpAddr, T>> {
@@ -76,7 +79,9 @@ impl<T: Copy + PartialEq> AllowedIps<T> {
             for (std::cmp::Reverse(len), map) in table {
                 for (addr, v) in map {
                     if *v == value {
-                        out.push(IpNet::new(*addr, *len).expect("prefix lengths in the table are valid"));
+                        out.push(
+                            IpNet::new(*addr, *len).expect("prefix lengths in the table are valid"),
+                        );
                     }
                 }
             }

@@ -31,7 +31,10 @@ pub struct Sockets {
 
 impl Sockets {
     pub fn bind(port: u16, fwmark: u32) -> Result<Self, DeviceError> {
-        let bind_err = |e: io::Error| DeviceError::Bind { port, reason: e.to_string() };
+        let bind_err = |e: io::Error| DeviceError::Bind {
+            port,
+            reason: e.to_string(),
+        };
         let v4 = udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), fwmark).map_err(bind_err)?;
         let port = v4.local_addr().map_err(bind_err)?.port();
         // IPv6 is optional: a node whose kernel has it disabled still runs over IPv4.
@@ -119,18 +122,24 @@ impl Device {
     /// A packet the kernel routed into the interface: encrypt it for the peer owning its
     /// destination, or drop it (never send it anywhere in the clear).
     pub fn handle_tun_packet(&mut self, packet: &[u8]) {
-        let Some(dst) = Tunn::dst_address(packet) else { return };
+        let Some(dst) = Tunn::dst_address(packet) else {
+            return;
+        };
         let Some(idx) = self.allowed.lookup(dst) else {
             tracing::trace!(%dst, "no peer for destination; dropped");
             return;
         };
-        let Some(peer) = self.peers.get_mut(&idx) else { return };
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            return;
+        };
         match peer.tunn.encapsulate(packet, &mut self.out) {
             TunnResult::WriteToNetwork(p) => match peer.endpoint {
                 Some(ep) => self.sockets.send(p, ep),
                 None => tracing::trace!(peer = %peer.public_key, "peer has no endpoint; dropped"),
             },
-            TunnResult::Err(e) => tracing::trace!(peer = %peer.public_key, error = ?e, "encapsulate"),
+            TunnResult::Err(e) => {
+                tracing::trace!(peer = %peer.public_key, error = ?e, "encapsulate")
+            }
             _ => {}
         }
     }
@@ -138,8 +147,12 @@ impl Device {
     /// A datagram from the underlay.
     pub fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let Some(idx) = self.peer_for_datagram(datagram, from) else { return };
-        let Some(peer) = self.peers.get_mut(&idx) else { return };
+        let Some(idx) = self.peer_for_datagram(datagram, from) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            return;
+        };
         let mut first = true;
         loop {
             let input = if first { datagram } else { &[][..] };
@@ -174,7 +187,10 @@ impl Device {
         match Tunn::parse_incoming_packet(datagram).ok()? {
             Packet::HandshakeInit(init) => {
                 // MAC and load check before the Diffie-Hellman that identifies the sender.
-                match self.rate_limiter.verify_packet(Some(from.ip()), datagram, &mut self.out) {
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), datagram, &mut self.out)
+                {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         self.sockets.send(cookie, from);
@@ -205,15 +221,20 @@ impl Device {
                         self.sockets.send(p, ep);
                     }
                 }
-                TunnResult::Err(e) => tracing::trace!(peer = %peer.public_key, error = ?e, "timers"),
+                TunnResult::Err(e) => {
+                    tracing::trace!(peer = %peer.public_key, error = ?e, "timers")
+                }
                 _ => {}
             }
         }
     }
 
     pub fn state(&self) -> DeviceState {
-        let mut peers: Vec<_> =
-            self.peers.values().map(|p| p.state(self.allowed.networks_of(p.index))).collect();
+        let mut peers: Vec<_> = self
+            .peers
+            .values()
+            .map(|p| p.state(self.allowed.networks_of(p.index)))
+            .collect();
         peers.sort_by_key(|p| p.public_key);
         DeviceState {
             private_key: Some(self.key.clone()),
@@ -294,7 +315,10 @@ impl Device {
                 idx
             }
         };
-        let peer = self.peers.get_mut(&idx).expect("by_key and peers are kept in step");
+        let peer = self
+            .peers
+            .get_mut(&idx)
+            .expect("by_key and peers are kept in step");
         if existing.is_some() {
             let psk = change.preshared_key.unwrap_or(peer.preshared_key);
             let keepalive = change.persistent_keepalive.unwrap_or(peer.keepalive);

@@ -38,13 +38,19 @@ pub struct Handle {
 impl Handle {
     pub async fn set(&self, req: SetRequest) -> Result<(), DeviceError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Set(req, tx)).await.map_err(|_| DeviceError::Stopped)?;
+        self.tx
+            .send(Command::Set(req, tx))
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)?
     }
 
     pub async fn get(&self) -> Result<DeviceState, DeviceError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Get(tx)).await.map_err(|_| DeviceError::Stopped)?;
+        self.tx
+            .send(Command::Get(tx))
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)
     }
 }
@@ -53,15 +59,19 @@ impl Handle {
 /// then starts the data-path thread.
 pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Result<Handle> {
     use anyhow::Context;
-    let tun = tun::Tun::create(interface)
-        .with_context(|| format!("creating TUN interface {interface} (is /dev/net/tun available?)"))?;
+    let tun = tun::Tun::create(interface).with_context(|| {
+        format!("creating TUN interface {interface} (is /dev/net/tun available?)")
+    })?;
     let (tx, rx) = mpsc::channel(64);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let name = interface.to_string();
     std::thread::Builder::new()
         .name(format!("datapath-{interface}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(anyhow::anyhow!("data-path runtime: {e}")));
@@ -84,7 +94,9 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
             });
         })
         .context("spawning the data-path thread")?;
-    ready_rx.recv().context("data-path thread died during start-up")??;
+    ready_rx
+        .recv()
+        .context("data-path thread died during start-up")??;
     Ok(Handle { tx })
 }
 
@@ -122,7 +134,7 @@ async fn run(mut device: Device, mut commands: mpsc::Receiver<Command>) -> io::R
             _ = tick.tick() => {
                 device.tick();
                 ticks = ticks.wrapping_add(1);
-                if ticks % 4 == 0 {
+                if ticks.is_multiple_of(4) {
                     device.rate_limiter().reset_count();
                 }
             }
@@ -159,4 +171,3 @@ async fn readable_v6(device: &Device) -> io::Result<()> {
         None => std::future::pending().await,
     }
 }
-

@@ -29,8 +29,22 @@ impl Peer {
         keepalive: u16,
         rate_limiter: Arc<RateLimiter>,
     ) -> Self {
-        let tunn = new_tunn(key, public_key, index, preshared_key, keepalive, rate_limiter);
-        Self { public_key, index, tunn, endpoint: None, preshared_key, keepalive }
+        let tunn = new_tunn(
+            key,
+            public_key,
+            index,
+            preshared_key,
+            keepalive,
+            rate_limiter,
+        );
+        Self {
+            public_key,
+            index,
+            tunn,
+            endpoint: None,
+            preshared_key,
+            keepalive,
+        }
     }
 
     /// Rebuilds the Noise state with new parameters. boringtun fixes the preshared key and the
@@ -43,8 +57,14 @@ impl Peer {
         keepalive: u16,
         rate_limiter: Arc<RateLimiter>,
     ) {
-        self.tunn =
-            new_tunn(key, self.public_key, self.index, preshared_key, keepalive, rate_limiter);
+        self.tunn = new_tunn(
+            key,
+            self.public_key,
+            self.index,
+            preshared_key,
+            keepalive,
+            rate_limiter,
+        );
         self.preshared_key = preshared_key;
         self.keepalive = keepalive;
     }

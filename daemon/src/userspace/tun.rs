@@ -24,7 +24,8 @@ pub struct Tun {
 
 impl Tun {
     pub fn create(name: &str) -> io::Result<Self> {
-        let cname = CString::new(name).map_err(|_| io::Error::other("interface name has a NUL byte"))?;
+        let cname =
+            CString::new(name).map_err(|_| io::Error::other("interface name has a NUL byte"))?;
         if cname.as_bytes().len() >= libc::IFNAMSIZ {
             return Err(io::Error::other(format!(
                 "interface name {name:?} is longer than {} bytes",
@@ -33,7 +34,10 @@ impl Tun {
         }
         // SAFETY: plain open(2) of a constant path; the result is checked below.
         let raw = unsafe {
-            libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
         };
         if raw < 0 {
             let e = io::Error::last_os_error();
@@ -41,7 +45,11 @@ impl Tun {
         }
         // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TUN | IFF_NO_PI,
+            _pad: [0; 22],
+        };
         for (dst, src) in req.name.iter_mut().zip(cname.as_bytes()) {
             *dst = *src as libc::c_char;
         }

@@ -42,8 +42,13 @@ impl DirStore {
             | WatchMask::DELETE
             | WatchMask::DELETE_SELF
             | WatchMask::MOVE_SELF;
-        inotify.watches().add(&path, mask).map_err(|source| io(&path, source))?;
-        let events = inotify.into_event_stream([0u8; 4096]).map_err(|source| io(&path, source))?;
+        inotify
+            .watches()
+            .add(&path, mask)
+            .map_err(|source| io(&path, source))?;
+        let events = inotify
+            .into_event_stream([0u8; 4096])
+            .map_err(|source| io(&path, source))?;
 
         let mut scanner = Scanner::default();
         let (tx, rx) = watch::channel(Arc::new(scanner.scan(&path)));
@@ -64,8 +69,10 @@ impl DirStore {
         let path = self.path.clone();
         let record = record.clone();
         let node = record.node_name.clone();
-        let json = serde_json::to_vec_pretty(&record)
-            .map_err(|source| StoreError::Encode { node: node.clone(), source })?;
+        let json = serde_json::to_vec_pretty(&record).map_err(|source| StoreError::Encode {
+            node: node.clone(),
+            source,
+        })?;
         tokio::task::spawn_blocking(move || write_atomically(&path, &node, &json))
             .await
             .map_err(|e| io(&self.path, std::io::Error::other(e)))??;
@@ -76,14 +83,19 @@ impl DirStore {
 }
 
 fn io(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io { path: path.to_path_buf(), source }
+    StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn write_atomically(dir: &Path, node: &str, json: &[u8]) -> Result<(), StoreError> {
     let target = dir.join(format!("{node}.json"));
     let tmp = dir.join(format!(".{node}.json.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(json).and_then(|()| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    f.write_all(json)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))
 }
 
@@ -182,7 +194,11 @@ fn read_dir(dir: &Path) -> (Parsed, Vec<Rejected>) {
             Ok(rec) => {
                 records.insert(rec.node_name.clone(), (source, rec));
             }
-            Err(reason) => rejected.push(Rejected { source, node_name: None, reason }),
+            Err(reason) => rejected.push(Rejected {
+                source,
+                node_name: None,
+                reason,
+            }),
         }
     }
     (records, rejected)
@@ -191,14 +207,22 @@ fn read_dir(dir: &Path) -> (Parsed, Vec<Rejected>) {
 fn read_record(path: &Path) -> Result<NodeRecord, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    let rec: NodeRecord = serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
-        p if p == "." => format!("invalid JSON: {}", e.inner()),
-        p => format!("field {p}: {}", e.inner()),
-    })?;
+    let rec: NodeRecord =
+        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
+            p if p == "." => format!("invalid JSON: {}", e.inner()),
+            p => format!("field {p}: {}", e.inner()),
+        })?;
     rec.validate().map_err(|e| e.to_string())?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if stem != rec.node_name {
-        return Err(RecordError::NameMismatch { expected: stem, found: rec.node_name }.to_string());
+        return Err(RecordError::NameMismatch {
+            expected: stem,
+            found: rec.node_name,
+        }
+        .to_string());
     }
     Ok(rec)
 }
@@ -270,7 +294,11 @@ mod tests {
         std::fs::write(dir.path().join("node-3.json"), zero.to_string()).unwrap();
         let mut misnamed = rec("node-4", 4);
         misnamed.node_name = "node-5".into();
-        std::fs::write(dir.path().join("node-4.json"), serde_json::to_vec(&misnamed).unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("node-4.json"),
+            serde_json::to_vec(&misnamed).unwrap(),
+        )
+        .unwrap();
 
         let store = DirStore::open(dir.path()).unwrap();
         let snap = store.subscribe().borrow().clone();

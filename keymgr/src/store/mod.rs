@@ -49,9 +49,10 @@ pub enum Store {
 impl Store {
     /// Writes (or replaces) this node's own record.
     pub async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
-        record
-            .validate()
-            .map_err(|source| StoreError::Invalid { node: record.node_name.clone(), source })?;
+        record.validate().map_err(|source| StoreError::Invalid {
+            node: record.node_name.clone(),
+            source,
+        })?;
         match self {
             Store::Dir(s) => s.publish(record).await,
         }
