@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every dependency, then builds and runs every test: unit tests, tests of the real
+# binary, and the end-to-end tests in network namespaces (which need root and create only
+# namespaces of their own, removed on exit).
+#   sudo ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh: the end-to-end tests need root (network namespaces, TUN devices)." >&2
+  echo "Run: sudo ./scripts/test.sh" >&2
+  exit 1
+fi
+
+./scripts/install-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build"
+cargo build --workspace --bins --locked
+
+echo "== tests"
+# The end-to-end tests find the agent binary here.
+export WIREMESH_BIN="$PWD/target/debug/wiremesh"
+cargo test --workspace --locked -- --test-threads=2
+echo "== all tests passed"
