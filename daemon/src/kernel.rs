@@ -69,6 +69,14 @@ impl Kernel {
                 self.interface
             )));
         }
+        let rotating = req.next_private_key.is_some()
+            || req.peers.iter().any(|p| p.next_public_key.is_some());
+        if rotating {
+            return Err(DeviceError::Invalid(
+                "make-before-break key rotation needs the userspace data path (datapath: userspace)"
+                    .into(),
+            ));
+        }
         let host = api.read_interface_data().map_err(kerr)?;
         if req.replace_peers {
             for key in host.peers.keys() {
@@ -143,6 +151,9 @@ fn host_to_state(host: Host) -> DeviceState {
             last_handshake: p.last_handshake,
             rx_bytes: p.rx_bytes,
             tx_bytes: p.tx_bytes,
+            next_public_key: None,
+            active_key: p.last_handshake.map(|_| PublicKey::from_bytes(p.public_key.as_array())),
+            ready_for: Vec::new(),
         })
         .collect();
     peers.sort_by_key(|p| p.public_key);
@@ -150,6 +161,7 @@ fn host_to_state(host: Host) -> DeviceState {
         private_key: host
             .private_key
             .map(|k| PrivateKey::from_bytes(k.as_array())),
+        next_public_key: None,
         listen_port: host.listen_port,
         fwmark: host.fwmark.unwrap_or(0),
         peers,

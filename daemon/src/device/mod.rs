@@ -5,6 +5,7 @@
 
 pub mod uapi;
 pub mod uapi_server;
+pub mod uapi_state;
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -15,7 +16,12 @@ use keymgr::{PrivateKey, PublicKey};
 /// A change to the device, in UAPI `set` semantics: absent fields are left as they are.
 #[derive(Debug, Default, Clone)]
 pub struct SetRequest {
+    /// Setting the key that is staged as `next_private_key` commits a rotation: sessions made
+    /// with it are kept. Any other key replaces the device's identity outright.
     pub private_key: Option<PrivateKey>,
+    /// wiremesh extension: stage (Some) or withdraw (None) a successor key, accepted for
+    /// handshakes alongside the current one.
+    pub next_private_key: Option<Option<PrivateKey>>,
     pub listen_port: Option<u16>,
     /// `Some(0)` removes the mark.
     pub fwmark: Option<u32>,
@@ -35,6 +41,9 @@ pub struct PeerChange {
     pub persistent_keepalive: Option<u16>,
     pub replace_allowed_ips: bool,
     pub allowed_ips: Vec<IpNet>,
+    /// wiremesh extension: the peer's announced successor key (Some(None) withdraws it).
+    /// Naming a peer by its staged successor key promotes that key.
+    pub next_public_key: Option<Option<PublicKey>>,
 }
 
 impl PeerChange {
@@ -48,6 +57,7 @@ impl PeerChange {
             persistent_keepalive: None,
             replace_allowed_ips: false,
             allowed_ips: Vec::new(),
+            next_public_key: None,
         }
     }
 
@@ -73,6 +83,8 @@ impl std::fmt::Debug for Psk {
 #[derive(Debug, Clone)]
 pub struct DeviceState {
     pub private_key: Option<PrivateKey>,
+    /// The staged successor of our key, public half only.
+    pub next_public_key: Option<PublicKey>,
     pub listen_port: u16,
     pub fwmark: u32,
     pub peers: Vec<PeerState>,
@@ -88,6 +100,11 @@ pub struct PeerState {
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    pub next_public_key: Option<PublicKey>,
+    /// The peer key of the session carrying traffic now.
+    pub active_key: Option<PublicKey>,
+    /// Which of our keys (current, staged) have a session with this peer.
+    pub ready_for: Vec<PublicKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,17 +3,16 @@
 //! by an empty line, answered with `errno=N`. Pure: text in, typed requests out, and back.
 //! Reference: <https://www.wireguard.com/xplatform/>.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::UNIX_EPOCH;
 
 use keymgr::{PrivateKey, PublicKey};
 
-use super::{DeviceState, PeerChange, Psk, SetRequest};
+use super::{PeerChange, Psk, SetRequest};
 
 #[derive(Debug)]
 pub enum Request {
-    Get,
+    /// `get=1`, or `wiremesh_get=1` for the extended answer wiremesh's own agent reads.
+    Get { extended: bool },
     Set(SetRequest),
 }
 
@@ -31,14 +30,17 @@ pub enum UapiError {
     },
     #[error("line {line}: {key} must follow a public_key line")]
     PeerKeyOutsidePeer { line: usize, key: String },
-    #[error("first line must be get=1 or set=1")]
+    #[error("first line must be get=1 or set=1 (answers must end with errno=)")]
     Operation,
+    #[error("the device answered errno={0}")]
+    Errno(i32),
 }
 
 impl UapiError {
     pub fn errno(&self) -> i32 {
         match self {
             UapiError::Operation => libc::EIO,
+            UapiError::Errno(n) => *n,
             _ => libc::EINVAL,
         }
     }
@@ -48,7 +50,8 @@ impl UapiError {
 pub fn parse(text: &str) -> Result<Request, UapiError> {
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     match lines.next() {
-        Some((_, "get=1")) => return Ok(Request::Get),
+        Some((_, "get=1")) => return Ok(Request::Get { extended: false }),
+        Some((_, "wiremesh_get=1")) => return Ok(Request::Get { extended: true }),
         Some((_, "set=1")) => {}
         _ => return Err(UapiError::Operation),
     }
@@ -74,6 +77,10 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
             }
             "listen_port" => req.listen_port = Some(value.parse().map_err(|_| bad())?),
             "fwmark" => req.fwmark = Some(value.parse().map_err(|_| bad())?),
+            "wiremesh_next_private_key" => {
+                let bytes = *PublicKey::from_hex(value).map_err(|_| bad())?.as_bytes();
+                req.next_private_key = Some((bytes != [0; 32]).then(|| PrivateKey::from_bytes(bytes)));
+            }
             "replace_peers" => req.replace_peers = parse_true(value).ok_or_else(bad)?,
             "public_key" => {
                 let key = PublicKey::from_hex(value).map_err(|_| bad())?;
@@ -87,6 +94,10 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
                 let bytes = *PublicKey::from_hex(value).map_err(|_| bad())?.as_bytes();
                 let psk = (bytes != [0; 32]).then_some(Psk(bytes));
                 last(&mut req, line, key)?.preshared_key = Some(psk);
+            }
+            "wiremesh_next_public_key" => {
+                let pk = PublicKey::from_hex(value).map_err(|_| bad())?;
+                last(&mut req, line, key)?.next_public_key = Some((!pk.is_zero()).then_some(pk));
             }
             "endpoint" => {
                 last(&mut req, line, key)?.endpoint =
@@ -139,50 +150,6 @@ fn parse_true(v: &str) -> Option<bool> {
     (v == "true").then_some(true)
 }
 
-/// Formats a `get` answer, including the final `errno=0` and empty line.
-pub fn format_get(state: &DeviceState) -> String {
-    let mut out = String::new();
-    if let Some(key) = &state.private_key {
-        let _ = writeln!(out, "private_key={}", key.to_hex_for_uapi().as_str());
-    }
-    let _ = writeln!(out, "listen_port={}", state.listen_port);
-    if state.fwmark != 0 {
-        let _ = writeln!(out, "fwmark={}", state.fwmark);
-    }
-    for p in &state.peers {
-        let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
-        if let Some(psk) = p.preshared_key {
-            let _ = writeln!(
-                out,
-                "preshared_key={}",
-                PublicKey::from_bytes(psk.0).to_hex()
-            );
-        }
-        let _ = writeln!(out, "protocol_version=1");
-        if let Some(ep) = p.endpoint {
-            let _ = writeln!(out, "endpoint={ep}");
-        }
-        let (sec, nsec) = p
-            .last_handshake
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
-        let _ = writeln!(out, "last_handshake_time_sec={sec}");
-        let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
-        let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
-        let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
-        let _ = writeln!(
-            out,
-            "persistent_keepalive_interval={}",
-            p.persistent_keepalive
-        );
-        for ip in &p.allowed_ips {
-            let _ = writeln!(out, "allowed_ip={ip}");
-        }
-    }
-    out.push_str("errno=0\n\n");
-    out
-}
-
 pub fn format_errno(errno: i32) -> String {
     format!("errno={errno}\n\n")
 }
@@ -190,9 +157,7 @@ pub fn format_errno(errno: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::PeerState;
     use proptest::prelude::*;
-    use std::time::{Duration, SystemTime};
 
     const PUB: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
 
@@ -250,31 +215,6 @@ mod tests {
             Err(UapiError::Value { line: 2, .. })
         ));
         assert_eq!(parse("hello\n").unwrap_err(), UapiError::Operation);
-    }
-
-    #[test]
-    fn get_lists_peers_with_handshake_and_counters() {
-        let state = DeviceState {
-            private_key: None,
-            listen_port: 51871,
-            fwmark: 0,
-            peers: vec![PeerState {
-                public_key: PublicKey::from_hex(PUB).unwrap(),
-                preshared_key: None,
-                endpoint: Some("198.18.0.2:51871".parse().unwrap()),
-                persistent_keepalive: 0,
-                allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
-                last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
-                rx_bytes: 10,
-                tx_bytes: 20,
-            }],
-        };
-        let text = format_get(&state);
-        assert!(text.contains(&format!("public_key={PUB}\n")));
-        assert!(text.contains("last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n"));
-        assert!(text.contains("tx_bytes=20\nrx_bytes=10\n"));
-        assert!(text.contains("allowed_ip=10.244.2.0/24\n"));
-        assert!(text.ends_with("errno=0\n\n"));
     }
 
     proptest! {

@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::uapi::{self, Request};
+use super::uapi_state;
 use crate::datapath::Datapath;
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -91,8 +92,8 @@ async fn serve(stream: UnixStream, datapath: Arc<Datapath>) {
 
 async fn handle(request: &str, datapath: &Datapath) -> String {
     match uapi::parse(request) {
-        Ok(Request::Get) => match datapath.get().await {
-            Ok(state) => uapi::format_get(&state),
+        Ok(Request::Get { extended }) => match datapath.get().await {
+            Ok(state) => uapi_state::format_get(&state, extended),
             Err(e) => uapi::format_errno(e.errno()),
         },
         Ok(Request::Set(req)) => match datapath.set(req).await {

@@ -1,362 +1,394 @@
-//! The userspace WireGuard device: peers, cryptokey routing and the per-packet paths, driven by
-//! the event loop in `mod.rs`. Everything here runs on the data-path thread and owns its state
-//! outright; the control plane reaches it only through `Command`s.
+//! The userspace WireGuard device as a pure state machine: peers, their tunnels, cryptokey
+//! routing and the per-packet paths. No sockets, no TUN: every output goes through [`Io`], so the
+//! same code runs on the data-path thread and in tests that wire two devices together in memory.
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use keymgr::{PrivateKey, PublicKey};
-use tokio::net::UdpSocket;
 
 use super::allowed_ips::AllowedIps;
-use super::peer::Peer;
-use super::tun::Tun;
+use super::peer::{new_tunn, LocalKey, Peer, Tunnel, RETIRE_GRACE};
 use crate::device::{DeviceError, DeviceState, PeerChange, SetRequest};
 
-/// Handshake initiations per second before cookies are demanded (as boringtun's device uses).
+/// Handshake initiations per second before cookies are demanded (boringtun's device default).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Large enough for any IP packet plus WireGuard's overhead.
 pub const BUF_SIZE: usize = 65_535 + 256;
+/// How often a preferred tunnel without a session is offered a handshake while an older one
+/// carries the traffic (the rotation's make-before-break step).
+const KICK_EVERY: Duration = Duration::from_secs(1);
 
-pub struct Sockets {
-    pub v4: UdpSocket,
-    pub v6: Option<UdpSocket>,
-    pub port: u16,
-}
-
-impl Sockets {
-    pub fn bind(port: u16, fwmark: u32) -> Result<Self, DeviceError> {
-        let bind_err = |e: io::Error| DeviceError::Bind {
-            port,
-            reason: e.to_string(),
-        };
-        let v4 = udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), fwmark).map_err(bind_err)?;
-        let port = v4.local_addr().map_err(bind_err)?.port();
-        // IPv6 is optional: a node whose kernel has it disabled still runs over IPv4.
-        let v6 = match udp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), fwmark) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::info!(port, error = %e, "no IPv6 underlay socket; IPv4 only");
-                None
-            }
-        };
-        Ok(Self { v4, v6, port })
-    }
-
-    fn set_mark(&self, mark: u32) -> Result<(), DeviceError> {
-        let socks = std::iter::once(&self.v4).chain(self.v6.as_ref());
-        for s in socks {
-            socket2::SockRef::from(s)
-                .set_mark(mark)
-                .map_err(|e| DeviceError::Invalid(format!("fwmark {mark}: {e}")))?;
-        }
-        Ok(())
-    }
-
-    fn send(&self, packet: &[u8], to: SocketAddr) {
-        let sock = match (to, &self.v6) {
-            (SocketAddr::V6(_), Some(v6)) => v6,
-            _ => &self.v4,
-        };
-        if let Err(e) = sock.try_send_to(packet, to) {
-            tracing::trace!(%to, error = %e, "underlay send dropped");
-        }
-    }
-}
-
-fn udp(addr: SocketAddr, fwmark: u32) -> io::Result<UdpSocket> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    if fwmark != 0 {
-        sock.set_mark(fwmark)?;
-    }
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    UdpSocket::from_std(sock.into())
+/// Where the device's outputs go.
+pub trait Io {
+    /// Send a WireGuard message over the underlay.
+    fn send(&mut self, to: SocketAddr, packet: &[u8]);
+    /// Hand a decrypted, source-checked IP packet to the host.
+    fn deliver(&mut self, packet: &[u8]);
 }
 
 pub struct Device {
-    key: PrivateKey,
-    public: x25519_dalek::PublicKey,
-    rate_limiter: Arc<RateLimiter>,
-    pub tun: Arc<Tun>,
-    pub sockets: Sockets,
-    fwmark: u32,
+    /// Our keys, newest first: the staged successor (if any), then the current key.
+    locals: Vec<LocalKey>,
     peers: HashMap<u32, Peer>,
     by_key: HashMap<PublicKey, u32>,
+    by_index: HashMap<u32, u32>,
     allowed: AllowedIps<u32>,
+    next_id: u32,
     next_index: u32,
     out: Vec<u8>,
 }
 
 impl Device {
-    pub fn new(key: PrivateKey, tun: Arc<Tun>, sockets: Sockets) -> Self {
-        let public = x25519_dalek::PublicKey::from(key.secret());
+    pub fn new(key: PrivateKey) -> Self {
         Self {
-            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
-            key,
-            public,
-            tun,
-            sockets,
-            fwmark: 0,
+            locals: vec![LocalKey::new(key, HANDSHAKE_RATE_LIMIT)],
             peers: HashMap::new(),
             by_key: HashMap::new(),
+            by_index: HashMap::new(),
             allowed: AllowedIps::new(),
+            next_id: 1,
             next_index: 1,
             out: vec![0; BUF_SIZE],
         }
     }
 
-    pub fn rate_limiter(&self) -> &RateLimiter {
-        &self.rate_limiter
+    fn current(&self) -> &LocalKey {
+        self.locals.last().expect("the device always holds its current key")
+    }
+
+    fn staged(&self) -> Option<&LocalKey> {
+        (self.locals.len() > 1).then(|| &self.locals[0])
     }
 
     /// A packet the kernel routed into the interface: encrypt it for the peer owning its
-    /// destination, or drop it (never send it anywhere in the clear).
-    pub fn handle_tun_packet(&mut self, packet: &[u8]) {
-        let Some(dst) = Tunn::dst_address(packet) else {
-            return;
-        };
-        let Some(idx) = self.allowed.lookup(dst) else {
+    /// destination, or drop it. Nothing ever leaves in the clear.
+    pub fn handle_tun_packet(&mut self, packet: &[u8], io: &mut impl Io) {
+        let Some(dst) = Tunn::dst_address(packet) else { return };
+        let Some(id) = self.allowed.lookup(dst) else {
             tracing::trace!(%dst, "no peer for destination; dropped");
             return;
         };
-        let Some(peer) = self.peers.get_mut(&idx) else {
-            return;
-        };
-        match peer.tunn.encapsulate(packet, &mut self.out) {
-            TunnResult::WriteToNetwork(p) => match peer.endpoint {
-                Some(ep) => self.sockets.send(p, ep),
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let endpoint = peer.endpoint;
+        let Some(tunnel) = peer.outbound(&self.locals) else { return };
+        match tunnel.tunn.encapsulate(packet, &mut self.out) {
+            TunnResult::WriteToNetwork(p) => match endpoint {
+                Some(ep) => io.send(ep, p),
                 None => tracing::trace!(peer = %peer.public_key, "peer has no endpoint; dropped"),
             },
-            TunnResult::Err(e) => {
-                tracing::trace!(peer = %peer.public_key, error = ?e, "encapsulate")
-            }
+            TunnResult::Err(e) => tracing::trace!(error = ?e, "encapsulate"),
             _ => {}
         }
     }
 
     /// A datagram from the underlay.
-    pub fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+    pub fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr, io: &mut impl Io) {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let Some(idx) = self.peer_for_datagram(datagram, from) else {
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&idx) else {
-            return;
-        };
-        let mut first = true;
+        let Some((id, index)) = self.route_datagram(datagram, from, io) else { return };
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let Some(tunnel) = peer.tunnel_by_index(index) else { return };
+        let mut input = datagram;
+        let mut authenticated = false;
         loop {
-            let input = if first { datagram } else { &[][..] };
-            let res = peer.tunn.decapsulate(Some(from.ip()), input, &mut self.out);
-            first = false;
-            match res {
-                TunnResult::Done => return,
+            match tunnel.tunn.decapsulate(Some(from.ip()), input, &mut self.out) {
+                TunnResult::Done => break,
                 TunnResult::Err(e) => {
-                    tracing::trace!(peer = %peer.public_key, error = ?e, "decapsulate");
-                    return;
+                    tracing::trace!(error = ?e, "decapsulate");
+                    break;
                 }
                 TunnResult::WriteToNetwork(p) => {
-                    peer.endpoint = Some(from);
-                    self.sockets.send(p, from);
-                    // Queued packets and handshake replies: keep draining.
+                    authenticated = true;
+                    io.send(from, p);
+                    // Queued packets and handshake replies follow: keep draining.
+                    input = &[];
                 }
                 TunnResult::WriteToTunnelV4(p, src) => {
-                    peer.endpoint = Some(from);
-                    deliver(&self.tun, &self.allowed, idx, p, IpAddr::V4(src));
-                    return;
+                    authenticated = true;
+                    deliver(&self.allowed, id, p, IpAddr::V4(src), io);
+                    break;
                 }
                 TunnResult::WriteToTunnelV6(p, src) => {
-                    peer.endpoint = Some(from);
-                    deliver(&self.tun, &self.allowed, idx, p, IpAddr::V6(src));
-                    return;
+                    authenticated = true;
+                    deliver(&self.allowed, id, p, IpAddr::V6(src), io);
+                    break;
                 }
             }
         }
+        if authenticated {
+            // Roaming: the last authenticated source is where the peer is now.
+            peer.endpoint = Some(from);
+        }
     }
 
-    fn peer_for_datagram(&mut self, datagram: &[u8], from: SocketAddr) -> Option<u32> {
-        match Tunn::parse_incoming_packet(datagram).ok()? {
+    /// Which peer and tunnel a datagram belongs to: by receiver index, or for a handshake
+    /// initiation by the (MAC-checked, then decrypted) static keys of both sides.
+    fn route_datagram(&mut self, datagram: &[u8], from: SocketAddr, io: &mut impl Io) -> Option<(u32, u32)> {
+        let index = match Tunn::parse_incoming_packet(datagram).ok()? {
             Packet::HandshakeInit(init) => {
-                // MAC and load check before the Diffie-Hellman that identifies the sender.
-                match self
-                    .rate_limiter
-                    .verify_packet(Some(from.ip()), datagram, &mut self.out)
-                {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        self.sockets.send(cookie, from);
-                        return None;
+                // mac1 is keyed by the receiver's public key: it names which of our keys the
+                // initiator addressed, before any Diffie-Hellman is spent on it.
+                let mut addressed = None;
+                for local in &self.locals {
+                    match local.rate_limiter.verify_packet(Some(from.ip()), datagram, &mut self.out) {
+                        Ok(_) => {
+                            addressed = Some(local);
+                            break;
+                        }
+                        Err(TunnResult::WriteToNetwork(cookie)) => {
+                            io.send(from, cookie);
+                            return None;
+                        }
+                        Err(_) => {}
                     }
-                    Err(_) => return None,
                 }
-                let half = parse_handshake_anon(self.key.secret(), &self.public, &init).ok()?;
-                let key = PublicKey::from_bytes(half.peer_static_public);
-                let idx = self.by_key.get(&key).copied();
-                if idx.is_none() {
-                    tracing::debug!(%from, peer = %key, "handshake from unknown peer ignored");
-                }
-                idx
+                let local = addressed?;
+                let public = x25519_dalek::PublicKey::from(*local.public.as_bytes());
+                let half = parse_handshake_anon(local.key.secret(), &public, &init).ok()?;
+                let remote = PublicKey::from_bytes(half.peer_static_public);
+                let Some(&id) = self.by_key.get(&remote) else {
+                    tracing::debug!(%from, peer = %remote, "handshake from unknown key ignored");
+                    return None;
+                };
+                let local_pub = local.public;
+                let peer = self.peers.get_mut(&id)?;
+                return peer.tunnel_for(&local_pub, &remote).map(|t| (id, t.index));
             }
-            Packet::HandshakeResponse(p) => Some(p.receiver_idx >> 8),
-            Packet::PacketCookieReply(p) => Some(p.receiver_idx >> 8),
-            Packet::PacketData(p) => Some(p.receiver_idx >> 8),
-        }
+            Packet::HandshakeResponse(p) => p.receiver_idx >> 8,
+            Packet::PacketCookieReply(p) => p.receiver_idx >> 8,
+            Packet::PacketData(p) => p.receiver_idx >> 8,
+        };
+        self.by_index.get(&index).map(|&id| (id, index))
     }
 
-    /// Drives WireGuard's timers: handshake retries, rekeying, keepalives, session expiry.
-    pub fn tick(&mut self) {
+    /// Drives WireGuard's timers, offers handshakes on preferred tunnels that lack a session,
+    /// and drops retired tunnels whose grace period is over.
+    pub fn tick(&mut self, now: Instant, io: &mut impl Io) {
         for peer in self.peers.values_mut() {
-            match peer.tunn.update_timers(&mut self.out) {
-                TunnResult::WriteToNetwork(p) => {
-                    if let Some(ep) = peer.endpoint {
-                        self.sockets.send(p, ep);
-                    }
+            let endpoint = peer.endpoint;
+            let active = peer.tunnels.iter().any(|t| t.has_session());
+            let preferred = peer.preference(&self.locals).first().copied();
+            for (i, t) in peer.tunnels.iter_mut().enumerate() {
+                let mut res = t.tunn.update_timers(&mut self.out);
+                let kick = active
+                    && Some(i) == preferred
+                    && !t.has_session()
+                    && t.last_kick.is_none_or(|k| now.duration_since(k) >= KICK_EVERY);
+                if kick && matches!(res, TunnResult::Done) {
+                    t.last_kick = Some(now);
+                    res = t.tunn.format_handshake_initiation(&mut self.out, false);
                 }
-                TunnResult::Err(e) => {
-                    tracing::trace!(peer = %peer.public_key, error = ?e, "timers")
+                match (res, endpoint) {
+                    (TunnResult::WriteToNetwork(p), Some(ep)) => io.send(ep, p),
+                    (TunnResult::Err(e), _) => tracing::trace!(error = ?e, "timers"),
+                    _ => {}
                 }
-                _ => {}
+            }
+            while let Some(pos) = peer.tunnels.iter().position(|t| t.retire_at.is_some_and(|r| r <= now)) {
+                let t = peer.drop_tunnel(pos);
+                self.by_index.remove(&t.index);
             }
         }
     }
 
-    pub fn state(&self) -> DeviceState {
+    pub fn state(&self, listen_port: u16, fwmark: u32) -> DeviceState {
         let mut peers: Vec<_> = self
             .peers
             .values()
-            .map(|p| p.state(self.allowed.networks_of(p.index)))
+            .map(|p| p.state(&self.locals, self.allowed.networks_of(p.id)))
             .collect();
         peers.sort_by_key(|p| p.public_key);
         DeviceState {
-            private_key: Some(self.key.clone()),
-            listen_port: self.sockets.port,
-            fwmark: self.fwmark,
+            private_key: Some(self.current().key.clone()),
+            next_public_key: self.staged().map(|k| k.public),
+            listen_port,
+            fwmark,
             peers,
         }
     }
 
-    pub fn apply(&mut self, req: SetRequest) -> Result<(), DeviceError> {
-        if let Some(port) = req.listen_port.filter(|p| *p != self.sockets.port) {
-            // Bind the new sockets before dropping the old ones: a failed rebind changes nothing.
-            self.sockets = Sockets::bind(port, self.fwmark)?;
+    /// Called once a second: handshake rate limits are per second.
+    pub fn reset_rate_limiters(&self) {
+        for k in &self.locals {
+            k.rate_limiter.reset_count();
         }
-        if let Some(mark) = req.fwmark.filter(|m| *m != self.fwmark) {
-            self.sockets.set_mark(mark)?;
-            self.fwmark = mark;
+    }
+
+    /// Applies everything but `listen_port` and `fwmark`, which belong to the I/O shell.
+    pub fn apply(&mut self, req: SetRequest, now: Instant) -> Result<(), DeviceError> {
+        if let Some(next) = req.next_private_key {
+            self.stage_key(next, now);
         }
         if let Some(key) = req.private_key {
-            self.set_private_key(key);
+            self.set_key(key, now);
         }
         if req.replace_peers {
             self.peers.clear();
             self.by_key.clear();
+            self.by_index.clear();
             self.allowed = AllowedIps::new();
         }
         for change in req.peers {
-            self.apply_peer(change);
+            self.apply_peer(change, now);
         }
         Ok(())
     }
 
-    fn set_private_key(&mut self, key: PrivateKey) {
-        if key.public_key() == PublicKey::from_bytes(self.public.to_bytes()) {
-            return;
+    fn stage_key(&mut self, next: Option<PrivateKey>, now: Instant) {
+        if self.locals.len() > 1 {
+            self.locals.remove(0);
         }
-        self.public = x25519_dalek::PublicKey::from(key.secret());
-        self.rate_limiter = Arc::new(RateLimiter::new(&self.public, HANDSHAKE_RATE_LIMIT));
-        for peer in self.peers.values_mut() {
-            peer.tunn.set_static_private(
-                key.secret().clone(),
-                self.public,
-                Some(self.rate_limiter.clone()),
-            );
+        if let Some(key) = next {
+            if key.public_key() != self.current().public {
+                self.locals.insert(0, LocalKey::new(key, HANDSHAKE_RATE_LIMIT));
+            }
         }
-        self.key = key;
+        self.sync_all(now);
     }
 
-    fn apply_peer(&mut self, change: PeerChange) {
+    fn set_key(&mut self, key: PrivateKey, now: Instant) {
+        let public = key.public_key();
+        if public == self.current().public && self.locals.len() == 1 {
+            return;
+        }
+        // Committing the staged key keeps its sessions; any other key starts afresh.
+        self.locals.retain(|k| k.public == public);
+        if self.locals.is_empty() {
+            self.locals.push(LocalKey::new(key, HANDSHAKE_RATE_LIMIT));
+        }
+        self.sync_all(now);
+    }
+
+    fn sync_all(&mut self, now: Instant) {
+        let ids: Vec<u32> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.sync_tunnels(id, now);
+        }
+    }
+
+    /// Makes a peer's tunnels exactly one per (our key, its key) pair in use; tunnels whose keys
+    /// left are retired (decrypt-only for a grace period) rather than dropped.
+    fn sync_tunnels(&mut self, id: u32, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let remotes: Vec<PublicKey> = peer.remote_keys().collect();
+        for t in &mut peer.tunnels {
+            let wanted = remotes.contains(&t.remote) && self.locals.iter().any(|l| l.public == t.local);
+            if !wanted && t.retire_at.is_none() {
+                t.retire_at = Some(now + RETIRE_GRACE);
+            }
+        }
+        for local in &self.locals {
+            for remote in &remotes {
+                if peer.tunnel_for(&local.public, remote).is_some() {
+                    continue;
+                }
+                let index = allocate_index(&mut self.next_index, &self.by_index);
+                let tunn = new_tunn(local, *remote, index, peer.preshared_key, peer.keepalive);
+                peer.tunnels.push(Tunnel {
+                    index,
+                    local: local.public,
+                    remote: *remote,
+                    tunn,
+                    retire_at: None,
+                    last_kick: None,
+                });
+                self.by_index.insert(index, id);
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, id: u32) {
+        if let Some(peer) = self.peers.remove(&id) {
+            self.by_key.retain(|_, v| *v != id);
+            for t in &peer.tunnels {
+                self.by_index.remove(&t.index);
+            }
+            self.allowed.remove_value(id);
+        }
+    }
+
+    fn apply_peer(&mut self, change: PeerChange, now: Instant) {
         let existing = self.by_key.get(&change.public_key).copied();
         if change.remove {
-            if let Some(idx) = existing {
-                self.peers.remove(&idx);
-                self.by_key.remove(&change.public_key);
-                self.allowed.remove_value(idx);
+            if let Some(id) = existing {
+                self.remove_peer(id);
             }
             return;
         }
-        let idx = match existing {
-            Some(idx) => idx,
+        let id = match existing {
+            Some(id) => id,
             None if change.update_only => return,
             None => {
-                if change.public_key == PublicKey::from_bytes(self.public.to_bytes()) {
-                    tracing::warn!("refusing to add this device's own public key as a peer");
+                if self.locals.iter().any(|l| l.public == change.public_key) {
+                    tracing::warn!("refusing to add one of this device's own keys as a peer");
                     return;
                 }
-                let idx = self.allocate_index();
-                let peer = Peer::new(
-                    &self.key,
-                    change.public_key,
-                    idx,
-                    change.preshared_key.flatten(),
-                    change.persistent_keepalive.unwrap_or(0),
-                    self.rate_limiter.clone(),
-                );
-                self.peers.insert(idx, peer);
-                self.by_key.insert(change.public_key, idx);
-                idx
+                let id = self.next_id;
+                self.next_id += 1;
+                self.peers.insert(id, Peer::new(id, change.public_key));
+                self.by_key.insert(change.public_key, id);
+                id
             }
         };
-        let peer = self
-            .peers
-            .get_mut(&idx)
-            .expect("by_key and peers are kept in step");
-        if existing.is_some() {
-            let psk = change.preshared_key.unwrap_or(peer.preshared_key);
-            let keepalive = change.persistent_keepalive.unwrap_or(peer.keepalive);
-            if psk != peer.preshared_key || keepalive != peer.keepalive {
-                peer.rebuild(&self.key, psk, keepalive, self.rate_limiter.clone());
+        let peer = self.peers.get_mut(&id).expect("by_key and peers are kept in step");
+        if peer.next_key == Some(change.public_key) {
+            // The peer committed its rotation: its successor key becomes its key.
+            self.by_key.remove(&peer.public_key);
+            peer.public_key = change.public_key;
+            peer.next_key = None;
+        }
+        if let Some(next) = change.next_public_key {
+            if let Some(old) = peer.next_key.take() {
+                self.by_key.remove(&old);
+            }
+            peer.next_key = next.filter(|k| *k != peer.public_key);
+            if let Some(k) = peer.next_key {
+                self.by_key.insert(k, id);
+            }
+        }
+        let psk = change.preshared_key.unwrap_or(peer.preshared_key);
+        let keepalive = change.persistent_keepalive.unwrap_or(peer.keepalive);
+        if psk != peer.preshared_key || keepalive != peer.keepalive {
+            // boringtun fixes both at construction: retire the tunnels, rebuild afresh.
+            peer.preshared_key = psk;
+            peer.keepalive = keepalive;
+            for t in &mut peer.tunnels {
+                t.retire_at.get_or_insert(now);
             }
         }
         if let Some(ep) = change.endpoint {
             peer.endpoint = Some(SocketAddr::new(ep.ip().to_canonical(), ep.port()));
         }
         if change.replace_allowed_ips {
-            self.allowed.remove_value(idx);
+            self.allowed.remove_value(id);
         }
         for net in change.allowed_ips {
-            self.allowed.insert(net, idx);
+            self.allowed.insert(net, id);
         }
+        self.sync_tunnels(id, now);
     }
+}
 
-    /// Session indices carry the peer in their upper 24 bits; pick one no live peer uses.
-    fn allocate_index(&mut self) -> u32 {
-        loop {
-            let idx = self.next_index;
-            self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-            if idx != 0 && !self.peers.contains_key(&idx) {
-                return idx;
-            }
+/// Session indices carry the tunnel in their upper 24 bits; pick one no live tunnel uses.
+fn allocate_index(next: &mut u32, used: &HashMap<u32, u32>) -> u32 {
+    loop {
+        let idx = *next;
+        *next = (*next + 1) & 0x00ff_ffff;
+        if idx != 0 && !used.contains_key(&idx) {
+            return idx;
         }
     }
 }
 
 /// Cryptokey routing, inbound: a decrypted packet is accepted only if its source address belongs
 /// to the peer that sent it. This is what lets every later stage trust the inner source address.
-fn deliver(tun: &Tun, allowed: &AllowedIps<u32>, idx: u32, packet: &[u8], src: IpAddr) {
-    if allowed.lookup(src) != Some(idx) {
+fn deliver(allowed: &AllowedIps<u32>, id: u32, packet: &[u8], src: IpAddr, io: &mut impl Io) {
+    if allowed.lookup(src) != Some(id) {
         tracing::trace!(%src, "source not in sending peer's allowed IPs; dropped");
         return;
     }
-    if let Err(e) = tun.write(packet) {
-        tracing::trace!(error = %e, "TUN write dropped");
-    }
+    io.deliver(packet);
 }

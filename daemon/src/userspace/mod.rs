@@ -1,22 +1,29 @@
-//! The userspace data path: a TUN device and UDP sockets driven by boringtun's `noise::Tunn`, on
-//! a thread of its own with its own single-threaded runtime, so that control-plane work (store
-//! watches, the admin API) never delays a packet. The control plane talks to it only through a
-//! bounded command channel carrying the same `SetRequest`/`DeviceState` the UAPI uses.
+//! The userspace data path: a TUN device and UDP sockets around the pure [`device::Device`]
+//! (boringtun's `noise::Tunn` per peer and key pair), on a thread of its own with its own
+//! single-threaded runtime, so control-plane work never delays a packet. The control plane
+//! talks to it only through a bounded command channel carrying the same `SetRequest` /
+//! `DeviceState` the UAPI uses.
 
 mod allowed_ips;
-mod device;
+pub mod device;
 mod peer;
+mod sockets;
 mod tun;
 
+#[cfg(test)]
+mod device_tests;
+
 use std::io;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use keymgr::PrivateKey;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::device::{DeviceError, DeviceState, SetRequest};
-use device::{Device, Sockets, BUF_SIZE};
+use device::{Device, Io, BUF_SIZE};
+use sockets::Sockets;
 
 /// WireGuard's timers need a tick well under their smallest period (the 5 s rekey timeout).
 const TICK: Duration = Duration::from_millis(250);
@@ -38,19 +45,13 @@ pub struct Handle {
 impl Handle {
     pub async fn set(&self, req: SetRequest) -> Result<(), DeviceError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Set(req, tx))
-            .await
-            .map_err(|_| DeviceError::Stopped)?;
+        self.tx.send(Command::Set(req, tx)).await.map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)?
     }
 
     pub async fn get(&self) -> Result<DeviceState, DeviceError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Get(tx))
-            .await
-            .map_err(|_| DeviceError::Stopped)?;
+        self.tx.send(Command::Get(tx)).await.map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)
     }
 }
@@ -68,10 +69,7 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
     std::thread::Builder::new()
         .name(format!("datapath-{interface}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(anyhow::anyhow!("data-path runtime: {e}")));
@@ -86,25 +84,58 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
                         return;
                     }
                 };
-                let device = Device::new(key, std::sync::Arc::new(tun), sockets);
                 let _ = ready_tx.send(Ok(()));
-                if let Err(e) = run(device, rx).await {
+                let shell = Shell { tun: Arc::new(tun), sockets };
+                if let Err(e) = run(Device::new(key), shell, rx).await {
                     tracing::error!(interface = %name, error = %e, "data path stopped");
                 }
             });
         })
         .context("spawning the data-path thread")?;
-    ready_rx
-        .recv()
-        .context("data-path thread died during start-up")??;
+    ready_rx.recv().context("data-path thread died during start-up")??;
     Ok(Handle { tx })
 }
 
-async fn run(mut device: Device, mut commands: mpsc::Receiver<Command>) -> io::Result<()> {
-    let tun = device.tun.clone();
+/// The I/O half: where the device's outputs go.
+struct Shell {
+    tun: Arc<tun::Tun>,
+    sockets: Sockets,
+}
+
+impl Io for Shell {
+    fn send(&mut self, to: std::net::SocketAddr, packet: &[u8]) {
+        self.sockets.send(packet, to);
+    }
+
+    fn deliver(&mut self, packet: &[u8]) {
+        if let Err(e) = self.tun.write(packet) {
+            tracing::trace!(error = %e, "TUN write dropped");
+        }
+    }
+}
+
+impl Shell {
+    /// The shell's share of a `set`: the port and mark of its sockets. A failed rebind
+    /// changes nothing.
+    fn apply(&mut self, req: &SetRequest) -> Result<(), DeviceError> {
+        if let Some(port) = req.listen_port.filter(|p| *p != self.sockets.port) {
+            self.sockets = Sockets::bind(port, self.sockets.fwmark)?;
+        }
+        if let Some(mark) = req.fwmark.filter(|m| *m != self.sockets.fwmark) {
+            self.sockets.set_mark(mark)?;
+        }
+        Ok(())
+    }
+}
+
+async fn run(
+    mut device: Device,
+    mut shell: Shell,
+    mut commands: mpsc::Receiver<Command>,
+) -> io::Result<()> {
     // SAFETY: the descriptor is owned by the `Tun`, which this `AsyncFd` keeps alive through its
     // `Arc` for as long as it is registered.
-    let tun_fd = unsafe { AsyncFd::register(tun) }.map_err(io::Error::from)?;
+    let tun_fd = unsafe { AsyncFd::register(shell.tun.clone()) }.map_err(io::Error::from)?;
     let mut buf = vec![0u8; BUF_SIZE];
     let mut tick = tokio::time::interval(TICK);
     let mut ticks = 0u32;
@@ -114,7 +145,7 @@ async fn run(mut device: Device, mut commands: mpsc::Receiver<Command>) -> io::R
                 let mut guard = ready?;
                 for _ in 0..BATCH {
                     match tun_fd.get_ref().read(&mut buf) {
-                        Ok(n) => device.handle_tun_packet(&buf[..n]),
+                        Ok(n) => device.handle_tun_packet(&buf[..n], &mut shell),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             guard.clear_ready();
                             break;
@@ -123,38 +154,43 @@ async fn run(mut device: Device, mut commands: mpsc::Receiver<Command>) -> io::R
                     }
                 }
             }
-            ready = device.sockets.v4.readable() => {
+            ready = shell.sockets.v4.readable() => {
                 ready?;
-                recv_batch(&mut device, false, &mut buf);
+                recv_batch(&mut device, &mut shell, false, &mut buf);
             }
-            ready = readable_v6(&device) => {
+            ready = readable_v6(&shell.sockets) => {
                 ready?;
-                recv_batch(&mut device, true, &mut buf);
+                recv_batch(&mut device, &mut shell, true, &mut buf);
             }
             _ = tick.tick() => {
-                device.tick();
+                device.tick(Instant::now(), &mut shell);
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(4) {
-                    device.rate_limiter().reset_count();
+                    device.reset_rate_limiters();
                 }
             }
             cmd = commands.recv() => match cmd {
-                Some(Command::Set(req, reply)) => { let _ = reply.send(device.apply(req)); }
-                Some(Command::Get(reply)) => { let _ = reply.send(device.state()); }
+                Some(Command::Set(req, reply)) => {
+                    let res = shell.apply(&req).and_then(|()| device.apply(req, Instant::now()));
+                    let _ = reply.send(res);
+                }
+                Some(Command::Get(reply)) => {
+                    let _ = reply.send(device.state(shell.sockets.port, shell.sockets.fwmark));
+                }
                 None => return Ok(()),
             },
         }
     }
 }
 
-fn recv_batch(device: &mut Device, v6: bool, buf: &mut [u8]) {
+fn recv_batch(device: &mut Device, shell: &mut Shell, v6: bool, buf: &mut [u8]) {
     for _ in 0..BATCH {
-        let sock = match (v6, &device.sockets.v6) {
+        let sock = match (v6, &shell.sockets.v6) {
             (true, Some(s)) => s,
-            _ => &device.sockets.v4,
+            _ => &shell.sockets.v4,
         };
         match sock.try_recv_from(buf) {
-            Ok((n, from)) => device.handle_datagram(&buf[..n], from),
+            Ok((n, from)) => device.handle_datagram(&buf[..n], from, shell),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
                 // ICMP errors surface here as ECONNREFUSED etc.; they concern one peer only.
@@ -165,8 +201,8 @@ fn recv_batch(device: &mut Device, v6: bool, buf: &mut [u8]) {
     }
 }
 
-async fn readable_v6(device: &Device) -> io::Result<()> {
-    match &device.sockets.v6 {
+async fn readable_v6(sockets: &Sockets) -> io::Result<()> {
+    match &sockets.v6 {
         Some(s) => s.readable().await,
         None => std::future::pending().await,
     }

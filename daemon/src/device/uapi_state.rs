@@ -1,0 +1,201 @@
+//! The UAPI `get` answer both ways: formatted by the data path, parsed by wiremesh's own agent
+//! when the data path runs as a separate process. `wiremesh_get=1` adds wiremesh's rotation
+//! fields (`wiremesh_*` keys), which stock `wg` never asks for and so never sees.
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use keymgr::{PrivateKey, PublicKey};
+
+use super::uapi::UapiError;
+use super::{DeviceState, PeerState, Psk};
+
+/// Formats a `get` answer, including the final `errno=0` and empty line.
+pub fn format_get(state: &DeviceState, extended: bool) -> String {
+    let mut out = String::new();
+    if let Some(key) = &state.private_key {
+        let _ = writeln!(out, "private_key={}", key.to_hex_for_uapi().as_str());
+    }
+    let _ = writeln!(out, "listen_port={}", state.listen_port);
+    if state.fwmark != 0 {
+        let _ = writeln!(out, "fwmark={}", state.fwmark);
+    }
+    if let (true, Some(next)) = (extended, state.next_public_key) {
+        let _ = writeln!(out, "wiremesh_next_public_key={}", next.to_hex());
+    }
+    for p in &state.peers {
+        let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
+        if let Some(psk) = p.preshared_key {
+            let _ = writeln!(out, "preshared_key={}", PublicKey::from_bytes(psk.0).to_hex());
+        }
+        let _ = writeln!(out, "protocol_version=1");
+        if let Some(ep) = p.endpoint {
+            let _ = writeln!(out, "endpoint={ep}");
+        }
+        let (sec, nsec) = p
+            .last_handshake
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
+        let _ = writeln!(out, "last_handshake_time_sec={sec}");
+        let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
+        let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
+        let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
+        let _ = writeln!(out, "persistent_keepalive_interval={}", p.persistent_keepalive);
+        for ip in &p.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={ip}");
+        }
+        if extended {
+            if let Some(k) = p.next_public_key {
+                let _ = writeln!(out, "wiremesh_next_public_key={}", k.to_hex());
+            }
+            if let Some(k) = p.active_key {
+                let _ = writeln!(out, "wiremesh_active_key={}", k.to_hex());
+            }
+            for k in &p.ready_for {
+                let _ = writeln!(out, "wiremesh_ready_for={}", k.to_hex());
+            }
+        }
+    }
+    out.push_str("errno=0\n\n");
+    out
+}
+
+/// Parses a `get` answer (without its terminating empty line).
+pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
+    let mut state = DeviceState {
+        private_key: None,
+        next_public_key: None,
+        listen_port: 0,
+        fwmark: 0,
+        peers: Vec::new(),
+    };
+    let mut errno = None;
+    let mut handshake = (0u64, 0u32);
+    for (line, text) in text.lines().enumerate().map(|(i, l)| (i + 1, l)) {
+        if text.is_empty() {
+            break;
+        }
+        let Some((key, value)) = text.split_once('=') else {
+            return Err(UapiError::Syntax { line, text: text.into() });
+        };
+        let bad = || UapiError::Value { line, key: key.into(), value: value.into() };
+        let hex_key = || PublicKey::from_hex(value).map_err(|_| bad());
+        if key == "public_key" {
+            finish_handshake(&mut state, handshake);
+            handshake = (0, 0);
+            state.peers.push(empty_peer(hex_key()?));
+            continue;
+        }
+        let peer = state.peers.last_mut();
+        match (key, peer) {
+            ("errno", _) => errno = Some(value.parse::<i32>().map_err(|_| bad())?),
+            ("private_key", None) => state.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?),
+            ("listen_port", None) => state.listen_port = value.parse().map_err(|_| bad())?,
+            ("fwmark", None) => state.fwmark = value.parse().map_err(|_| bad())?,
+            ("wiremesh_next_public_key", None) => state.next_public_key = Some(hex_key()?),
+            ("preshared_key", Some(p)) => {
+                let k = hex_key()?;
+                p.preshared_key = (!k.is_zero()).then_some(Psk(*k.as_bytes()));
+            }
+            ("protocol_version", Some(_)) => {}
+            ("endpoint", Some(p)) => p.endpoint = Some(value.parse().map_err(|_| bad())?),
+            ("last_handshake_time_sec", Some(_)) => handshake.0 = value.parse().map_err(|_| bad())?,
+            ("last_handshake_time_nsec", Some(_)) => handshake.1 = value.parse().map_err(|_| bad())?,
+            ("tx_bytes", Some(p)) => p.tx_bytes = value.parse().map_err(|_| bad())?,
+            ("rx_bytes", Some(p)) => p.rx_bytes = value.parse().map_err(|_| bad())?,
+            ("persistent_keepalive_interval", Some(p)) => p.persistent_keepalive = value.parse().map_err(|_| bad())?,
+            ("allowed_ip", Some(p)) => p.allowed_ips.push(value.parse().map_err(|_| bad())?),
+            ("wiremesh_next_public_key", Some(p)) => p.next_public_key = Some(hex_key()?),
+            ("wiremesh_active_key", Some(p)) => p.active_key = Some(hex_key()?),
+            ("wiremesh_ready_for", Some(p)) => p.ready_for.push(hex_key()?),
+            _ => return Err(UapiError::UnknownKey { line, key: key.into() }),
+        }
+    }
+    finish_handshake(&mut state, handshake);
+    match errno {
+        Some(0) => Ok(state),
+        Some(n) => Err(UapiError::Errno(n)),
+        None => Err(UapiError::Operation),
+    }
+}
+
+fn empty_peer(public_key: PublicKey) -> PeerState {
+    PeerState {
+        public_key,
+        preshared_key: None,
+        endpoint: None,
+        persistent_keepalive: 0,
+        allowed_ips: Vec::new(),
+        last_handshake: None,
+        rx_bytes: 0,
+        tx_bytes: 0,
+        next_public_key: None,
+        active_key: None,
+        ready_for: Vec::new(),
+    }
+}
+
+fn finish_handshake(state: &mut DeviceState, (sec, nsec): (u64, u32)) {
+    if let (Some(p), true) = (state.peers.last_mut(), sec != 0 || nsec != 0) {
+        p.last_handshake = Some(UNIX_EPOCH + Duration::new(sec, nsec));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn sample() -> DeviceState {
+        DeviceState {
+            private_key: Some(PrivateKey::generate()),
+            next_public_key: Some(PrivateKey::generate().public_key()),
+            listen_port: 51871,
+            fwmark: 0,
+            peers: vec![PeerState {
+                public_key: PrivateKey::generate().public_key(),
+                preshared_key: None,
+                endpoint: Some("198.18.0.2:51871".parse().unwrap()),
+                persistent_keepalive: 0,
+                allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
+                last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
+                rx_bytes: 10,
+                tx_bytes: 20,
+                next_public_key: Some(PrivateKey::generate().public_key()),
+                active_key: None,
+                ready_for: vec![PrivateKey::generate().public_key()],
+            }],
+        }
+    }
+
+    #[test]
+    fn stock_get_has_what_wg_show_reads_and_no_extensions() {
+        let state = sample();
+        let text = format_get(&state, false);
+        let p = &state.peers[0];
+        assert!(text.contains(&format!("public_key={}\n", p.public_key.to_hex())));
+        assert!(text.contains("last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n"));
+        assert!(text.contains("tx_bytes=20\nrx_bytes=10\n"));
+        assert!(text.contains("allowed_ip=10.244.2.0/24\n"));
+        assert!(!text.contains("wiremesh_"), "stock wg would reject extension keys:\n{text}");
+        assert!(text.ends_with("errno=0\n\n"));
+    }
+
+    #[test]
+    fn extended_get_round_trips() {
+        let state = sample();
+        let back = parse_get(&format_get(&state, true)).unwrap();
+        assert_eq!(back.peers, state.peers);
+        assert_eq!(back.next_public_key, state.next_public_key);
+        assert_eq!(back.listen_port, 51871);
+        assert_eq!(
+            back.private_key.map(|k| k.public_key()),
+            state.private_key.map(|k| k.public_key())
+        );
+    }
+
+    #[test]
+    fn errno_is_reported() {
+        assert_eq!(parse_get("errno=19\n").unwrap_err(), UapiError::Errno(19));
+    }
+}

@@ -1,0 +1,248 @@
+//! Two devices wired together in memory: handshakes, cryptokey routing, and key rotation on
+//! either or both sides with every packet accounted for.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use keymgr::{PrivateKey, PublicKey};
+
+use super::device::{Device, Io};
+use crate::device::{PeerChange, SetRequest};
+
+#[derive(Default)]
+struct Wire {
+    outbox: Vec<(SocketAddr, Vec<u8>)>,
+    delivered: Vec<Vec<u8>>,
+}
+
+impl Io for Wire {
+    fn send(&mut self, to: SocketAddr, packet: &[u8]) {
+        self.outbox.push((to, packet.to_vec()));
+    }
+    fn deliver(&mut self, packet: &[u8]) {
+        self.delivered.push(packet.to_vec());
+    }
+}
+
+struct Node {
+    dev: Device,
+    wire: Wire,
+    addr: SocketAddr,
+    pod: Ipv4Addr,
+    key: PrivateKey,
+}
+
+fn node(n: u8) -> Node {
+    let key = PrivateKey::generate();
+    Node {
+        dev: Device::new(key.clone()),
+        wire: Wire::default(),
+        addr: SocketAddr::from(([198, 18, 0, n], 51871)),
+        pod: Ipv4Addr::new(10, 244, n, 11),
+        key,
+    }
+}
+
+fn peer_change(of: &Node, key: PublicKey) -> PeerChange {
+    let mut c = PeerChange::new(key);
+    c.endpoint = Some(of.addr);
+    c.replace_allowed_ips = true;
+    c.allowed_ips = vec![format!("10.244.{}.0/24", of.pod.octets()[2]).parse().unwrap()];
+    c
+}
+
+fn set_peer(on: &mut Node, change: PeerChange) {
+    let req = SetRequest { peers: vec![change], ..SetRequest::default() };
+    on.dev.apply(req, Instant::now()).unwrap();
+}
+
+fn connect(a: &mut Node, b: &mut Node) {
+    let (ka, kb) = (a.key.public_key(), b.key.public_key());
+    set_peer(a, peer_change(b, kb));
+    set_peer(b, peer_change(a, ka));
+}
+
+/// A minimal IPv4 packet carrying `seq`, from `src` to `dst`.
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, seq: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 24];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&24u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 253; // experimental protocol number
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..24].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+fn seq_of(p: &[u8]) -> u32 {
+    u32::from_be_bytes([p[20], p[21], p[22], p[23]])
+}
+
+/// Carries datagrams between the two nodes until neither has anything left to send.
+fn pump(a: &mut Node, b: &mut Node) {
+    for _ in 0..100 {
+        let from_a = std::mem::take(&mut a.wire.outbox);
+        let from_b = std::mem::take(&mut b.wire.outbox);
+        if from_a.is_empty() && from_b.is_empty() {
+            return;
+        }
+        for (to, p) in from_a {
+            assert_eq!(to, b.addr, "a sent to an unexpected address");
+            b.dev.handle_datagram(&p, a.addr, &mut b.wire);
+        }
+        for (to, p) in from_b {
+            assert_eq!(to, a.addr, "b sent to an unexpected address");
+            a.dev.handle_datagram(&p, b.addr, &mut a.wire);
+        }
+    }
+    panic!("the devices kept talking for 100 rounds");
+}
+
+fn tick(a: &mut Node, b: &mut Node, now: Instant) {
+    a.dev.tick(now, &mut a.wire);
+    b.dev.tick(now, &mut b.wire);
+    pump(a, b);
+}
+
+/// Sends one packet each way and checks both arrive, in order, exactly once.
+fn exchange(a: &mut Node, b: &mut Node, seq: u32) {
+    let (pa, pb) = (a.pod, b.pod);
+    a.dev.handle_tun_packet(&ipv4(pa, pb, seq), &mut a.wire);
+    b.dev.handle_tun_packet(&ipv4(pb, pa, seq), &mut b.wire);
+    pump(a, b);
+    for (n, name) in [(&mut *a, "a"), (&mut *b, "b")] {
+        let got: Vec<u32> = n.wire.delivered.drain(..).map(|p| seq_of(&p)).collect();
+        assert_eq!(got, vec![seq], "{name} lost or duplicated packets at seq {seq}");
+    }
+}
+
+fn staged_key(n: &mut Node) -> PrivateKey {
+    let next = PrivateKey::generate();
+    let req = SetRequest { next_private_key: Some(Some(next.clone())), ..SetRequest::default() };
+    n.dev.apply(req, Instant::now()).unwrap();
+    next
+}
+
+fn commit(n: &mut Node, other: &mut Node, k: &PrivateKey) {
+    let req = SetRequest { private_key: Some(k.clone()), ..SetRequest::default() };
+    n.dev.apply(req, Instant::now()).unwrap();
+    n.key = k.clone();
+    set_peer(other, peer_change(n, k.public_key()));
+}
+
+fn ready(n: &Node, local: PublicKey) -> bool {
+    n.dev.state(0, 0).peers.iter().all(|p| p.ready_for.contains(&local))
+}
+
+#[test]
+fn first_packet_waits_for_the_handshake_and_arrives() {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, 1);
+    let st = a.dev.state(51871, 0);
+    assert!(st.peers[0].last_handshake.is_some());
+    assert!(st.peers[0].tx_bytes > 0 && st.peers[0].rx_bytes > 0);
+}
+
+#[test]
+fn packets_for_unknown_destinations_are_dropped_not_sent() {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    a.dev.handle_tun_packet(&ipv4(a.pod, Ipv4Addr::new(10, 9, 9, 9), 1), &mut a.wire);
+    assert!(a.wire.outbox.is_empty());
+}
+
+#[test]
+fn source_outside_the_peers_allowed_ips_is_dropped() {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, 1);
+    // b claims a source from a's own pod CIDR: authenticated, but not b's to use.
+    b.dev.handle_tun_packet(&ipv4(Ipv4Addr::new(10, 244, 1, 99), a.pod, 2), &mut b.wire);
+    pump(&mut a, &mut b);
+    assert!(a.wire.delivered.is_empty(), "a spoofed source was delivered");
+}
+
+fn rotate(rotating: &mut [bool; 2], rounds: u32) {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    let t0 = Instant::now();
+    let mut seq = 0;
+    for _ in 0..5 {
+        seq += 1;
+        exchange(&mut a, &mut b, seq);
+    }
+    // Stage: each rotating node holds its successor and announces it; the other accepts it.
+    let next_a = rotating[0].then(|| staged_key(&mut a));
+    let next_b = rotating[1].then(|| staged_key(&mut b));
+    if let Some(k) = &next_a {
+        let mut c = PeerChange::new(a.key.public_key());
+        c.next_public_key = Some(Some(k.public_key()));
+        set_peer(&mut b, c);
+    }
+    if let Some(k) = &next_b {
+        let mut c = PeerChange::new(b.key.public_key());
+        c.next_public_key = Some(Some(k.public_key()));
+        set_peer(&mut a, c);
+    }
+    // Traffic continues while the new sessions are made.
+    for i in 0..rounds {
+        seq += 1;
+        exchange(&mut a, &mut b, seq);
+        tick(&mut a, &mut b, t0 + Duration::from_secs(u64::from(i) + 1));
+    }
+    if let Some(k) = &next_a {
+        assert!(ready(&a, k.public_key()), "a's successor key never got a session");
+    }
+    if let Some(k) = &next_b {
+        assert!(ready(&b, k.public_key()), "b's successor key never got a session");
+    }
+    // Commit: the rotating node switches; the other promotes the successor key.
+    if let Some(k) = &next_a {
+        commit(&mut a, &mut b, k);
+    }
+    if let Some(k) = &next_b {
+        commit(&mut b, &mut a, k);
+    }
+    for i in 0..rounds {
+        seq += 1;
+        exchange(&mut a, &mut b, seq);
+        // Past the retirement grace: only the new tunnels are left.
+        tick(&mut a, &mut b, t0 + Duration::from_secs(100 + u64::from(i)));
+    }
+    let (sa, sb) = (a.dev.state(0, 0), b.dev.state(0, 0));
+    assert_eq!(sa.peers.len(), 1);
+    assert_eq!(sb.peers[0].public_key, a.key.public_key(), "b did not promote a's new key");
+    assert_eq!(sa.peers[0].public_key, b.key.public_key(), "a did not promote b's new key");
+    assert_eq!(sb.peers[0].active_key, Some(a.key.public_key()));
+}
+
+#[test]
+fn one_side_rotates_without_losing_a_packet() {
+    rotate(&mut [true, false], 5);
+}
+
+#[test]
+fn other_side_rotates_without_losing_a_packet() {
+    rotate(&mut [false, true], 5);
+}
+
+#[test]
+fn both_sides_rotate_at_once_without_losing_a_packet() {
+    rotate(&mut [true, true], 5);
+}
+
+#[test]
+fn a_staged_key_the_peer_does_not_know_never_disturbs_traffic() {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, 1);
+    let next = staged_key(&mut a);
+    let t0 = Instant::now();
+    for i in 0..5 {
+        exchange(&mut a, &mut b, 2 + i);
+        tick(&mut a, &mut b, t0 + Duration::from_secs(u64::from(i) + 1));
+    }
+    assert!(!ready(&a, next.public_key()));
+}
