@@ -14,55 +14,79 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use keymgr::PublicKey;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::agent::reconciler::PeerKey;
+use crate::agent::rotation::{OwnKey, RotateRequest};
 
 use crate::datapath::Datapath;
 use crate::status::{rfc3339, EncryptStatus, PeerStatus};
 
 pub const STATUS_PATH: &str = "/v1/encrypt/status";
+pub const ROTATE_PATH: &str = "/v1/keys/rotate";
 
-/// What the admin API reads to answer: static facts plus live views of the data path and of
-/// which node owns which key.
+/// What the admin API reads to answer: static facts plus live views of the data path, of this
+/// node's key, and of which node owns which peer key.
 pub struct AdminState {
     pub interface: String,
-    pub public_key: PublicKey,
     pub mtu: u32,
     pub node_name: String,
     pub cluster_name: String,
     pub store: String,
     pub datapath: Arc<Datapath>,
-    pub node_names: watch::Receiver<Arc<HashMap<PublicKey, String>>>,
+    pub peers: watch::Receiver<Arc<HashMap<PublicKey, PeerKey>>>,
+    pub own: watch::Receiver<OwnKey>,
+    pub rotate: mpsc::Sender<RotateRequest>,
 }
 
 impl AdminState {
     async fn status(&self) -> Result<EncryptStatus> {
         let state = self.datapath.get().await?;
-        let names = self.node_names.borrow().clone();
+        let names = self.peers.borrow().clone();
+        let own = self.own.borrow().clone();
         let peers = state
             .peers
             .into_iter()
-            .map(|p| PeerStatus {
-                node_name: names.get(&p.public_key).cloned(),
-                public_key: p.public_key.to_base64(),
-                endpoint: p.endpoint.map(|e| e.to_string()),
-                allowed_ips: p.allowed_ips.iter().map(|n| n.to_string()).collect(),
-                last_handshake: p.last_handshake.map(rfc3339),
-                rx_bytes: p.rx_bytes,
-                tx_bytes: p.tx_bytes,
+            .map(|p| {
+                let info = names.get(&p.public_key);
+                // The epoch of the key this node's session with the peer uses now.
+                let epoch = p.active_key.or(Some(p.public_key)).and_then(|k| names.get(&k)).map(|i| i.epoch);
+                PeerStatus {
+                    node_name: info.map(|i| i.node.clone()),
+                    public_key: p.public_key.to_base64(),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    allowed_ips: p.allowed_ips.iter().map(|n| n.to_string()).collect(),
+                    last_handshake: p.last_handshake.map(rfc3339),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                    key_epoch: epoch,
+                    next_public_key: p.next_public_key.map(|k| k.to_base64()),
+                }
             })
             .collect();
         Ok(EncryptStatus {
             encryption: "Wireguard".into(),
             interface: self.interface.clone(),
-            public_key: self.public_key.to_base64(),
+            public_key: own.public.to_base64(),
             listen_port: state.listen_port,
             mtu: self.mtu,
             datapath: self.datapath.kind().into(),
             node_name: self.node_name.clone(),
             cluster_name: self.cluster_name.clone(),
             store: self.store.clone(),
+            key_epoch: own.epoch,
+            key_created: rfc3339(own.created),
+            next_rotation: own.next_rotation.map(rfc3339),
+            next_public_key: own.next.map(|k| k.to_base64()),
             peers,
         })
+    }
+
+    async fn rotate(&self) -> Result<EncryptStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.rotate.send(tx).await.map_err(|_| anyhow::anyhow!("the key rotator has stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("the key rotator has stopped"))?.map_err(anyhow::Error::msg)?;
+        self.status().await
     }
 }
 
@@ -124,12 +148,16 @@ async fn handle(
             ),
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
         },
+        (&Method::POST, ROTATE_PATH) => match state.rotate().await {
+            Ok(s) => reply(StatusCode::OK, serde_json::to_string(&s).unwrap_or_default()),
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
+        },
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
 
-/// CLI side: one GET against the admin socket.
-pub async fn get(socket: &Path, path: &str) -> Result<String> {
+/// CLI side: one request against the admin socket.
+pub async fn request(socket: &Path, method: Method, path: &str) -> Result<String> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "cannot reach the wiremesh agent at {} (is it running? use --run-dir if its runDir differs)",
@@ -138,7 +166,9 @@ pub async fn get(socket: &Path, path: &str) -> Result<String> {
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "wiremesh")
         .body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -33,6 +34,14 @@ struct RawConfig {
     persistent_keepalive: Option<u16>,
     datapath: Option<DatapathKind>,
     store: Option<RawStore>,
+    key_rotation: Option<RawKeyRotation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawKeyRotation {
+    interval: Option<String>,
+    commit_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +90,15 @@ pub struct Config {
     pub persistent_keepalive: u16,
     pub datapath: DatapathKind,
     pub store: StoreConfig,
+    pub key_rotation: KeyRotation,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    /// Zero disables automatic rotation (`wiremesh keys rotate` still works).
+    pub interval: Duration,
+    /// How long a rotation waits for every active peer to handshake with the new key.
+    pub commit_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +254,19 @@ impl RawConfig {
                 None
             }
         };
+        let rotation = self.key_rotation.unwrap_or(RawKeyRotation { interval: None, commit_timeout: None });
+        let mut duration = |key: &str, value: Option<String>, default: Duration| match value {
+            None => default,
+            Some(v) if v.trim() == "0" => Duration::ZERO,
+            Some(v) => humantime::parse_duration(&v).unwrap_or_else(|e| {
+                errors.push(format!("{key}: {v:?} is not a duration (e.g. 24h, 90m, 0 to disable): {e}"));
+                default
+            }),
+        };
+        let key_rotation = KeyRotation {
+            interval: duration("keyRotation.interval", rotation.interval, Duration::from_secs(24 * 3600)),
+            commit_timeout: duration("keyRotation.commitTimeout", rotation.commit_timeout, Duration::from_secs(60)),
+        };
         let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
             return Err(errors);
         };
@@ -253,6 +284,7 @@ impl RawConfig {
             persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
             datapath: self.datapath.unwrap_or(DatapathKind::Auto),
             store,
+            key_rotation,
         })
     }
 }
@@ -352,6 +384,16 @@ store:
         let err =
             parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: etcd }\n").unwrap_err();
         assert!(err.contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn key_rotation_durations() {
+        let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: 0, commitTimeout: 30s }\n").unwrap();
+        assert!(c.key_rotation.interval.is_zero());
+        assert_eq!(c.key_rotation.commit_timeout, Duration::from_secs(30));
+        assert_eq!(parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap().key_rotation.interval, Duration::from_secs(86400));
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: soon }\n").unwrap_err();
+        assert!(err.contains("keyRotation.interval"), "{err}");
     }
 
     #[test]

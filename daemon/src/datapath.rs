@@ -4,18 +4,23 @@
 
 use std::sync::Arc;
 
+use crate::device::uapi_client::UapiClient;
 use crate::device::{DeviceError, DeviceState, SetRequest};
 use crate::{kernel, userspace};
 
 pub enum Datapath {
+    /// The userspace data path in this process (what `wiremesh datapath` runs).
     Userspace(userspace::Handle),
+    /// The userspace data path in its own process, driven over its UAPI socket (what the agent
+    /// uses, so that it can restart without touching a session).
+    Process(UapiClient),
     Kernel(Arc<kernel::Kernel>),
 }
 
 impl Datapath {
     pub fn kind(&self) -> &'static str {
         match self {
-            Datapath::Userspace(_) => "userspace",
+            Datapath::Userspace(_) | Datapath::Process(_) => "userspace",
             Datapath::Kernel(_) => "kernel",
         }
     }
@@ -23,6 +28,7 @@ impl Datapath {
     pub async fn set(&self, req: SetRequest) -> Result<(), DeviceError> {
         match self {
             Datapath::Userspace(h) => h.set(req).await,
+            Datapath::Process(c) => c.set(&req).await,
             Datapath::Kernel(k) => {
                 let k = k.clone();
                 tokio::task::spawn_blocking(move || k.set(req))
@@ -35,6 +41,7 @@ impl Datapath {
     pub async fn get(&self) -> Result<DeviceState, DeviceError> {
         match self {
             Datapath::Userspace(h) => h.get().await,
+            Datapath::Process(c) => c.get().await,
             Datapath::Kernel(k) => {
                 let k = k.clone();
                 tokio::task::spawn_blocking(move || k.get())

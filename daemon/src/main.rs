@@ -4,6 +4,7 @@ mod admin;
 mod agent;
 mod config;
 mod datapath;
+mod datapath_process;
 mod device;
 mod kernel;
 mod netlink;
@@ -35,6 +36,36 @@ enum Command {
         #[command(subcommand)]
         command: EncryptCommand,
     },
+    /// Key commands.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run the userspace data path (started by the agent; it outlives agent restarts).
+    Datapath {
+        /// Interface to create (config key `interface`).
+        #[arg(long, default_value = config::DEFAULT_INTERFACE)]
+        interface: String,
+        /// UDP port (config key `listenPort`).
+        #[arg(long, default_value_t = config::DEFAULT_PORT)]
+        listen_port: u16,
+        /// The node's private key file, created by the agent (`<stateDir>/<interface>.key`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Where to write this process's PID.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Rotate this node's key now (make before break; waits until it is committed).
+    Rotate {
+        /// The agent's run directory (config key `runDir`).
+        #[arg(long, default_value = "/run/wiremesh")]
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -54,6 +85,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent { config } => run_agent(config),
+        Command::Datapath { interface, listen_port, key_file, pid_file } => {
+            init_logging();
+            let opts = datapath_process::Options { interface, listen_port, key_file, pid_file };
+            report("wiremesh datapath", runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(datapath_process::run(opts))))
+        }
+        Command::Keys { command: KeysCommand::Rotate { run_dir } } => {
+            let socket = run_dir.join("wiremesh.sock");
+            let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(admin::request(&socket, hyper::Method::POST, admin::ROTATE_PATH))
+            });
+            match result.and_then(|body| Ok(serde_json::from_str::<status::EncryptStatus>(&body)?)) {
+                Ok(s) => {
+                    println!("Rotated: key epoch {}, public key {}", s.key_epoch, s.public_key);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wiremesh keys rotate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Encrypt {
             command: EncryptCommand::Status { json, run_dir },
         } => encrypt_status(json, run_dir),
@@ -67,7 +119,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn run_agent(path: PathBuf) -> ExitCode {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -76,6 +128,21 @@ fn run_agent(path: PathBuf) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn report(what: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{what}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_agent(path: PathBuf) -> ExitCode {
+    init_logging();
     let config = match config::Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -86,21 +153,14 @@ fn run_agent(path: PathBuf) -> ExitCode {
     let result = runtime()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(agent::run(config)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("wiremesh agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    report("wiremesh agent", result)
 }
 
 fn encrypt_status(json: bool, run_dir: PathBuf) -> ExitCode {
     let socket = run_dir.join("wiremesh.sock");
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
-            let body = admin::get(&socket, admin::STATUS_PATH).await?;
+            let body = admin::request(&socket, hyper::Method::GET, admin::STATUS_PATH).await?;
             if json {
                 return Ok(body);
             }

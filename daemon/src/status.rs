@@ -17,6 +17,13 @@ pub struct EncryptStatus {
     pub node_name: String,
     pub cluster_name: String,
     pub store: String,
+    pub key_epoch: u64,
+    /// RFC 3339.
+    pub key_created: String,
+    /// RFC 3339, or null when automatic rotation is off.
+    pub next_rotation: Option<String>,
+    /// The announced successor key while a rotation is under way.
+    pub next_public_key: Option<String>,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -33,6 +40,9 @@ pub struct PeerStatus {
     pub last_handshake: Option<String>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Key epoch of the peer key this node's session uses now.
+    pub key_epoch: Option<u64>,
+    pub next_public_key: Option<String>,
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -42,9 +52,13 @@ pub fn rfc3339(t: SystemTime) -> String {
 impl EncryptStatus {
     pub fn render(&self, now: SystemTime) -> String {
         let mut out = format!(
-            "Encryption: Wireguard\nInterface: {}\n\tPublic key: {}\n\tListen port: {}\n\tMTU: {}\n\tData path: {}\n\tNumber of peers: {}\n",
+            "Encryption: Wireguard\nInterface: {}\n\tPublic key: {}\n\tKey epoch: {} (created {}, next rotation {}{})\n\tListen port: {}\n\tMTU: {}\n\tData path: {}\n\tNumber of peers: {}\n",
             self.interface,
             self.public_key,
+            self.key_epoch,
+            self.key_created,
+            self.next_rotation.as_deref().unwrap_or("off"),
+            self.next_public_key.as_deref().map(|k| format!("; rotating to {k}")).unwrap_or_default(),
             self.listen_port,
             self.mtu,
             self.datapath,
@@ -66,7 +80,7 @@ impl EncryptStatus {
                     },
                 );
             out.push_str(&format!(
-                "\tPeer {}: endpoint {}, allowed IPs {}, latest handshake {}, rx {} B, tx {} B\n\t\tpublic key {}\n",
+                "\tPeer {}: endpoint {}, allowed IPs {}, latest handshake {}, rx {} B, tx {} B\n\t\tpublic key {} (epoch {})\n",
                 p.node_name.as_deref().unwrap_or("(not from the store)"),
                 p.endpoint.as_deref().unwrap_or("(none)"),
                 if p.allowed_ips.is_empty() { "(none)".to_string() } else { p.allowed_ips.join(",") },
@@ -74,6 +88,7 @@ impl EncryptStatus {
                 p.rx_bytes,
                 p.tx_bytes,
                 p.public_key,
+                p.key_epoch.map_or("?".to_string(), |e| e.to_string()),
             ));
         }
         out
@@ -97,6 +112,10 @@ mod tests {
             node_name: "node-1".into(),
             cluster_name: "default".into(),
             store: "dir:/x".into(),
+            key_epoch: 3,
+            key_created: rfc3339(now),
+            next_rotation: None,
+            next_public_key: None,
             peers: vec![PeerStatus {
                 node_name: Some("node-2".into()),
                 public_key: "PEER".into(),
@@ -105,6 +124,8 @@ mod tests {
                 last_handshake: Some(rfc3339(now - Duration::from_secs(3))),
                 rx_bytes: 1,
                 tx_bytes: 2,
+                key_epoch: Some(1),
+                next_public_key: None,
             }],
         };
         let text = s.render(now);
@@ -115,6 +136,9 @@ mod tests {
         assert!(text.contains("Peer node-2: endpoint 198.18.0.2:51871, allowed IPs 10.244.2.0/24, latest handshake 3s ago"));
         let json = serde_json::to_value(&s).unwrap();
         for k in [
+            "keyEpoch",
+            "keyCreated",
+            "nextRotation",
             "encryption",
             "interface",
             "publicKey",
@@ -126,6 +150,7 @@ mod tests {
             assert!(json.get(k).is_some(), "{k}");
         }
         for k in [
+            "keyEpoch",
             "nodeName",
             "publicKey",
             "endpoint",

@@ -181,6 +181,15 @@ impl KeyFile {
         }
     }
 
+    /// Loads an existing key with the same checks as [`KeyFile::load_or_create`], never creating
+    /// one (for processes that must use the key the agent made).
+    pub fn load(&self) -> Result<PrivateKey, KeyError> {
+        if !self.path.exists() {
+            return Err(self.io(std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        self.load_or_create().map(|(k, _)| k)
+    }
+
     /// Writes the key atomically: a 0600 temporary file in the same directory, fsync, rename.
     /// A crash leaves either the old key or the new one, never a torn file.
     pub fn store(&self, key: &PrivateKey) -> Result<(), KeyError> {

@@ -10,6 +10,7 @@
 
 mod key;
 mod record;
+pub mod ring;
 pub mod store;
 
 pub use key::{KeyError, KeyFile, PrivateKey, PublicKey};

@@ -23,6 +23,16 @@ pub struct NodeRecord {
     pub pod_cidrs: Vec<IpNet>,
     #[serde(default, rename = "nodeIPs")]
     pub node_ips: Vec<IpAddr>,
+    /// Serial of `publicKey`: 1 for a node's first key, one more per rotation.
+    #[serde(default)]
+    pub key_epoch: u64,
+    /// When `publicKey` was created (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_created: Option<String>,
+    /// The successor key during a rotation: peers accept it alongside `publicKey` until the
+    /// node commits to it (see docs/key-rotation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<PublicKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,12 +66,32 @@ pub struct Rejected {
 }
 
 impl NodeRecord {
+    /// A record with the required fields and no rotation in progress.
+    pub fn new(node_name: impl Into<String>, public_key: PublicKey, endpoint: SocketAddr) -> Self {
+        Self {
+            node_name: node_name.into(),
+            cluster_name: String::new(),
+            public_key,
+            endpoint,
+            pod_cidrs: Vec::new(),
+            node_ips: Vec::new(),
+            key_epoch: 0,
+            key_created: None,
+            next_public_key: None,
+        }
+    }
+
+    /// The node's keys: its published key, then its successor if a rotation is under way.
+    pub fn keys(&self) -> impl Iterator<Item = PublicKey> + '_ {
+        std::iter::once(self.public_key).chain(self.next_public_key)
+    }
+
     /// Checks that hold for one record on its own.
     pub fn validate(&self) -> Result<(), RecordError> {
         if !is_rfc1123_subdomain(&self.node_name) {
             return Err(RecordError::NodeName(self.node_name.clone()));
         }
-        if self.public_key.is_zero() {
+        if self.public_key.is_zero() || self.next_public_key.is_some_and(|k| k.is_zero()) {
             return Err(RecordError::ZeroKey);
         }
         for cidr in &self.pod_cidrs {
@@ -83,22 +113,22 @@ pub fn validate_set(
     let mut by_key: HashMap<PublicKey, &str> = HashMap::new();
     let mut cidrs: Vec<(IpNet, &str)> = Vec::new();
     for (name, (_, rec)) in &records {
-        if let Some(other) = by_key.insert(rec.public_key, name) {
-            let key = rec.public_key;
+        for key in rec.keys() {
+            let Some(other) = by_key.insert(key, name) else {
+                continue;
+            };
+            if other == name {
+                continue;
+            }
+            let (here, there) = (name.clone(), other.to_string());
             refused.insert(
-                name.clone(),
+                here.clone(),
                 RecordError::DuplicateKey {
                     key,
-                    other: other.into(),
+                    other: there.clone(),
                 },
             );
-            refused.insert(
-                other.into(),
-                RecordError::DuplicateKey {
-                    key,
-                    other: name.clone(),
-                },
-            );
+            refused.insert(there, RecordError::DuplicateKey { key, other: here });
         }
         for cidr in &rec.pod_cidrs {
             for (other_cidr, other) in &cidrs {
@@ -157,13 +187,11 @@ mod tests {
     use crate::PrivateKey;
 
     fn rec(name: &str, cidr: &str) -> NodeRecord {
+        let key = PrivateKey::generate().public_key();
         NodeRecord {
-            node_name: name.into(),
             cluster_name: "c".into(),
-            public_key: PrivateKey::generate().public_key(),
-            endpoint: "198.18.0.1:51871".parse().unwrap(),
             pod_cidrs: vec![cidr.parse().unwrap()],
-            node_ips: vec![],
+            ..NodeRecord::new(name, key, "198.18.0.1:51871".parse().unwrap())
         }
     }
 
@@ -212,6 +240,16 @@ mod tests {
         assert_eq!(ok.keys().collect::<Vec<_>>(), vec!["c"]);
         assert_eq!(bad.len(), 2);
         assert!(bad.iter().all(|r| r.reason.contains("publicKey")));
+    }
+
+    #[test]
+    fn a_successor_key_must_not_collide_with_another_nodes_key() {
+        let a = rec("a", "10.244.1.0/24");
+        let mut b = rec("b", "10.244.2.0/24");
+        b.next_public_key = Some(a.public_key);
+        let (ok, bad) = validate_set(set(vec![a, b]));
+        assert!(ok.is_empty(), "{ok:?}");
+        assert_eq!(bad.len(), 2);
     }
 
     #[test]

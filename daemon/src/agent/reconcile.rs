@@ -47,38 +47,48 @@ pub fn plan(
                 plan.set.peers.push(PeerChange::removal(old.public_key));
                 plan.removed.push(name.clone());
             }
-            Some(new) if new.public_key != old.public_key => {
+            // A key that is not the announced successor: a new identity, not a rotation.
+            Some(new) if new.public_key != old.public_key && !is_successor(old, new) => {
                 plan.set.peers.push(PeerChange::removal(old.public_key));
             }
             Some(_) => {}
         }
     }
     for (name, new) in desired {
-        let old = current.get(name);
-        let key_changed = old.is_some_and(|o| o.public_key != new.public_key);
-        let change = match old {
+        let change = match current.get(name) {
             None => {
                 plan.added.push(name.clone());
-                Some(full_peer(new, keepalive))
+                full_peer(new, keepalive)
             }
-            Some(_) if key_changed => {
+            // Naming the peer by its successor key makes the data path promote that key,
+            // keeping the sessions already made with it.
+            Some(old) if old.public_key != new.public_key => {
                 plan.changed.push(name.clone());
-                Some(full_peer(new, keepalive))
+                full_peer(new, keepalive)
             }
-            Some(old) if old.endpoint != new.endpoint || old.pod_cidrs != new.pod_cidrs => {
+            Some(old)
+                if old.endpoint != new.endpoint
+                    || old.pod_cidrs != new.pod_cidrs
+                    || old.next_public_key != new.next_public_key =>
+            {
                 plan.changed.push(name.clone());
                 let mut c = PeerChange::new(new.public_key);
                 c.update_only = true;
                 c.endpoint = Some(new.endpoint);
                 c.replace_allowed_ips = true;
                 c.allowed_ips = new.pod_cidrs.clone();
-                Some(c)
+                c.next_public_key = Some(new.next_public_key);
+                c
             }
-            Some(_) => None,
+            Some(_) => continue,
         };
-        plan.set.peers.extend(change);
+        plan.set.peers.push(change);
     }
     plan
+}
+
+fn is_successor(old: &NodeRecord, new: &NodeRecord) -> bool {
+    old.next_public_key == Some(new.public_key)
 }
 
 fn full_peer(rec: &NodeRecord, keepalive: u16) -> PeerChange {
@@ -87,6 +97,7 @@ fn full_peer(rec: &NodeRecord, keepalive: u16) -> PeerChange {
     c.persistent_keepalive = Some(keepalive);
     c.replace_allowed_ips = true;
     c.allowed_ips = rec.pod_cidrs.clone();
+    c.next_public_key = Some(rec.next_public_key);
     c
 }
 
@@ -104,13 +115,10 @@ mod tests {
     use keymgr::PrivateKey;
 
     fn rec(name: &str, n: u8) -> NodeRecord {
+        let key = PrivateKey::generate().public_key();
         NodeRecord {
-            node_name: name.into(),
-            cluster_name: "c".into(),
-            public_key: PrivateKey::generate().public_key(),
-            endpoint: format!("198.18.0.{n}:51871").parse().unwrap(),
             pod_cidrs: vec![format!("10.244.{n}.0/24").parse().unwrap()],
-            node_ips: vec![],
+            ..NodeRecord::new(name, key, format!("198.18.0.{n}:51871").parse().unwrap())
         }
     }
 
@@ -168,6 +176,27 @@ mod tests {
         let added = p.set.peers.iter().find(|c| !c.remove).unwrap();
         assert_eq!(added.public_key, a2.public_key);
         assert_eq!(added.persistent_keepalive, Some(25));
+    }
+
+    #[test]
+    fn a_rotation_announces_then_promotes_without_removing_the_peer() {
+        let a = rec("a", 1);
+        let next = PrivateKey::generate().public_key();
+        let mut announced = a.clone();
+        announced.next_public_key = Some(next);
+        let p = plan(&map(&[a.clone()]), &map(&[announced.clone()]), 0);
+        assert_eq!(p.set.peers.len(), 1);
+        assert!(!p.set.peers[0].remove && p.set.peers[0].update_only);
+        assert_eq!(p.set.peers[0].next_public_key, Some(Some(next)));
+
+        let mut committed = announced.clone();
+        committed.public_key = next;
+        committed.next_public_key = None;
+        committed.key_epoch += 1;
+        let p = plan(&map(&[announced]), &map(&[committed]), 0);
+        assert!(p.set.peers.iter().all(|c| !c.remove), "a committed rotation must not remove the peer");
+        assert_eq!(p.set.peers[0].public_key, next);
+        assert_eq!(p.set.peers[0].next_public_key, Some(None));
     }
 
     #[test]

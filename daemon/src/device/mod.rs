@@ -4,6 +4,7 @@
 //! UAPI text parsed into the same type, and status comes back as a [`DeviceState`].
 
 pub mod uapi;
+pub mod uapi_client;
 pub mod uapi_server;
 pub mod uapi_state;
 

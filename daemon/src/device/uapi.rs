@@ -150,6 +150,66 @@ fn parse_true(v: &str) -> Option<bool> {
     (v == "true").then_some(true)
 }
 
+/// Formats a `set` request (with its terminating empty line): what wiremesh's agent sends to a
+/// data path running as a separate process.
+pub fn format_set(req: &SetRequest) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("set=1\n");
+    if let Some(k) = &req.private_key {
+        let _ = writeln!(out, "private_key={}", k.to_hex_for_uapi().as_str());
+    }
+    match &req.next_private_key {
+        Some(Some(k)) => {
+            let _ = writeln!(out, "wiremesh_next_private_key={}", k.to_hex_for_uapi().as_str());
+        }
+        Some(None) => {
+            let _ = writeln!(out, "wiremesh_next_private_key={}", "0".repeat(64));
+        }
+        None => {}
+    }
+    if let Some(p) = req.listen_port {
+        let _ = writeln!(out, "listen_port={p}");
+    }
+    if let Some(m) = req.fwmark {
+        let _ = writeln!(out, "fwmark={m}");
+    }
+    if req.replace_peers {
+        out.push_str("replace_peers=true\n");
+    }
+    for p in &req.peers {
+        let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
+        if p.remove {
+            out.push_str("remove=true\n");
+            continue;
+        }
+        if p.update_only {
+            out.push_str("update_only=true\n");
+        }
+        if let Some(psk) = &p.preshared_key {
+            let bytes = psk.map_or([0; 32], |k| k.0);
+            let _ = writeln!(out, "preshared_key={}", PublicKey::from_bytes(bytes).to_hex());
+        }
+        if let Some(ep) = p.endpoint {
+            let _ = writeln!(out, "endpoint={ep}");
+        }
+        if let Some(k) = p.persistent_keepalive {
+            let _ = writeln!(out, "persistent_keepalive_interval={k}");
+        }
+        if p.replace_allowed_ips {
+            out.push_str("replace_allowed_ips=true\n");
+        }
+        for ip in &p.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={ip}");
+        }
+        if let Some(next) = &p.next_public_key {
+            let k = next.unwrap_or(PublicKey::from_bytes([0; 32]));
+            let _ = writeln!(out, "wiremesh_next_public_key={}", k.to_hex());
+        }
+    }
+    out.push('\n');
+    out
+}
+
 pub fn format_errno(errno: i32) -> String {
     format!("errno={errno}\n\n")
 }
@@ -215,6 +275,37 @@ mod tests {
             Err(UapiError::Value { line: 2, .. })
         ));
         assert_eq!(parse("hello\n").unwrap_err(), UapiError::Operation);
+    }
+
+    #[test]
+    fn set_round_trips_through_text() {
+        let mut c = PeerChange::new(PublicKey::from_hex(PUB).unwrap());
+        c.endpoint = Some("[fd00::2]:51871".parse().unwrap());
+        c.persistent_keepalive = Some(25);
+        c.replace_allowed_ips = true;
+        c.allowed_ips = vec!["10.244.2.0/24".parse().unwrap()];
+        c.next_public_key = Some(Some(PrivateKey::generate().public_key()));
+        c.preshared_key = Some(Some(Psk([7; 32])));
+        let req = SetRequest {
+            next_private_key: Some(Some(PrivateKey::generate())),
+            listen_port: Some(51871),
+            peers: vec![c.clone(), PeerChange::removal(PrivateKey::generate().public_key())],
+            ..SetRequest::default()
+        };
+        let text = format_set(&req);
+        let Request::Set(back) = parse(text.trim_end_matches('\n')).unwrap() else { panic!("not a set") };
+        assert_eq!(back.listen_port, Some(51871));
+        assert_eq!(
+            back.next_private_key.flatten().map(|k| k.public_key()),
+            req.next_private_key.clone().flatten().map(|k| k.public_key())
+        );
+        let p = &back.peers[0];
+        assert_eq!(
+            (p.public_key, p.endpoint, p.persistent_keepalive, p.replace_allowed_ips),
+            (c.public_key, c.endpoint, c.persistent_keepalive, true)
+        );
+        assert_eq!((&p.allowed_ips, p.next_public_key, p.preshared_key), (&c.allowed_ips, c.next_public_key, c.preshared_key));
+        assert!(back.peers[1].remove);
     }
 
     proptest! {

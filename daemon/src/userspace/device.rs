@@ -179,7 +179,7 @@ impl Device {
                     && t.last_kick.is_none_or(|k| now.duration_since(k) >= KICK_EVERY);
                 if kick && matches!(res, TunnResult::Done) {
                     t.last_kick = Some(now);
-                    res = t.tunn.format_handshake_initiation(&mut self.out, false);
+                    res = t.tunn.format_handshake_initiation(&mut self.out, true);
                 }
                 match (res, endpoint) {
                     (TunnResult::WriteToNetwork(p), Some(ep)) => io.send(ep, p),

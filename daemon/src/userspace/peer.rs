@@ -85,10 +85,6 @@ impl Peer {
         self.next_key.into_iter().chain(std::iter::once(self.public_key))
     }
 
-    pub fn owns_key(&self, key: &PublicKey) -> bool {
-        self.public_key == *key || self.next_key == Some(*key)
-    }
-
     /// The tunnel to carry outbound traffic: the most preferred one (newest local key, then
     /// newest remote key) that has a session; if none has, the one between our current key and
     /// the peer's published key, which the peer is sure to accept, so that the packet is queued

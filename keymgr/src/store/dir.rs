@@ -233,13 +233,12 @@ mod tests {
     use crate::PrivateKey;
 
     fn rec(name: &str, n: u8) -> NodeRecord {
+        let key = PrivateKey::generate().public_key();
         NodeRecord {
-            node_name: name.into(),
             cluster_name: "lab".into(),
-            public_key: PrivateKey::generate().public_key(),
-            endpoint: format!("198.18.0.{n}:51871").parse().unwrap(),
             pod_cidrs: vec![format!("10.244.{n}.0/24").parse().unwrap()],
             node_ips: vec![format!("198.18.0.{n}").parse().unwrap()],
+            ..NodeRecord::new(name, key, format!("198.18.0.{n}:51871").parse().unwrap())
         }
     }
 

@@ -1,0 +1,130 @@
+//! Applies store snapshots to the data path and the routing table, remembering what is in force.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use keymgr::{NodeRecord, PublicKey, Snapshot};
+use tokio::sync::watch;
+
+use super::persist::PeerFile;
+use super::reconcile;
+use super::rotation::OwnKey;
+use crate::datapath::Datapath;
+use crate::device::{DeviceError, SetRequest};
+use crate::netlink::Netlink;
+
+pub struct Reconciler {
+    pub datapath: Arc<Datapath>,
+    pub netlink: Netlink,
+    pub ifindex: u32,
+    pub self_name: String,
+    pub own: watch::Receiver<OwnKey>,
+    pub keepalive: u16,
+    /// The peers in force, as last applied to the data path.
+    pub peers: BTreeMap<String, NodeRecord>,
+    /// The routes this agent installed.
+    pub routes: BTreeSet<IpNet>,
+    /// Which node, at which key epoch, each peer key belongs to (for status).
+    pub names: watch::Sender<Arc<HashMap<PublicKey, PeerKey>>>,
+    pub peer_file: PeerFile,
+    pub own_record_seen: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerKey {
+    pub node: String,
+    pub epoch: u64,
+    /// The key the node publishes now (as opposed to its announced successor).
+    pub published: bool,
+}
+
+impl Reconciler {
+    /// After a new data path replaced one that died: nothing is in force any more.
+    pub fn reset(&mut self, ifindex: u32) {
+        self.ifindex = ifindex;
+        self.peers.clear();
+        self.routes.clear();
+    }
+
+    /// Applies `snap`; an `Err` means the data path is gone.
+    pub async fn reconcile(&mut self, snap: &Snapshot) -> Result<(), DeviceError> {
+        self.check_own_record(snap);
+        let mut desired = reconcile::desired(&snap.nodes, &self.self_name);
+        desired.retain(|name, rec| {
+            let own = self.own.borrow();
+            let ours = rec.keys().any(|k| k == own.public || Some(k) == own.next);
+            if ours {
+                tracing::warn!(node = %name, "record carries this node's own public key; ignored");
+            }
+            !ours
+        });
+        let plan = reconcile::plan(&self.peers, &desired, self.keepalive);
+        if !plan.is_empty() {
+            let set = SetRequest { peers: plan.set.peers, ..SetRequest::default() };
+            match self.datapath.set(set).await {
+                Ok(()) => {}
+                Err(DeviceError::Stopped) => return Err(DeviceError::Stopped),
+                Err(e) => {
+                    tracing::error!(error = %e, "applying peer changes failed; retrying on the next resync");
+                    return Ok(());
+                }
+            }
+            for n in &plan.added {
+                tracing::info!(peer = %n, endpoint = %desired[n].endpoint, "peer added");
+            }
+            for n in &plan.changed {
+                tracing::info!(peer = %n, endpoint = %desired[n].endpoint, "peer updated");
+            }
+            for n in &plan.removed {
+                tracing::info!(peer = %n, "peer removed");
+            }
+            self.peers = desired;
+            self.peer_file.save(&self.peers);
+            let mut names = HashMap::new();
+            for (n, r) in &self.peers {
+                let node = n.clone();
+                names.insert(r.public_key, PeerKey { node: node.clone(), epoch: r.key_epoch, published: true });
+                if let Some(k) = r.next_public_key {
+                    names.insert(k, PeerKey { node, epoch: r.key_epoch + 1, published: false });
+                }
+            }
+            self.names.send_replace(Arc::new(names));
+        }
+        self.sync_routes().await;
+        Ok(())
+    }
+
+    async fn sync_routes(&mut self) {
+        let want = reconcile::routes(&self.peers);
+        for net in self.routes.difference(&want).copied().collect::<Vec<_>>() {
+            if let Err(e) = self.netlink.delete_route(net, self.ifindex).await {
+                tracing::debug!(%net, error = %format!("{e:#}"), "route already gone");
+            }
+            self.routes.remove(&net);
+        }
+        // Replacing an existing route is a no-op for the kernel, and re-adds one deleted by hand.
+        for net in want {
+            match self.netlink.replace_route(net, self.ifindex).await {
+                Ok(()) => {
+                    self.routes.insert(net);
+                }
+                Err(e) => tracing::warn!(%net, error = %format!("{e:#}"), "cannot route pod CIDR into the tunnel; retrying"),
+            }
+        }
+    }
+
+    /// Warns once when this node's record, seen before, leaves the store: peers then drop this
+    /// node, and only an operator knows whether that was meant.
+    fn check_own_record(&mut self, snap: &Snapshot) {
+        let present = snap.nodes.contains_key(&self.self_name);
+        if !present && self.own_record_seen {
+            tracing::warn!(
+                node = %self.self_name,
+                "this node's record is no longer in the store (removed, or refused as invalid); \
+                 peers will drop this node. Restart the agent to publish it again"
+            );
+        }
+        self.own_record_seen = present;
+    }
+}

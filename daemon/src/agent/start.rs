@@ -1,0 +1,160 @@
+//! Bringing up the data path: the kernel module where wanted and present, otherwise the
+//! userspace data path in its own process — re-attached if one is already running (an agent
+//! restart or upgrade), started otherwise.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use keymgr::PrivateKey;
+
+use crate::config::{Config, DatapathKind, WIREGUARD_OVERHEAD};
+use crate::datapath::Datapath;
+use crate::device::uapi_client::UapiClient;
+use crate::device::uapi_server::SOCKET_DIR;
+use crate::device::SetRequest;
+use crate::kernel::Kernel;
+use crate::netlink::Netlink;
+
+/// How the agent came by its data path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A data path that was already running: its peers and sessions are live.
+    Attached,
+    /// A data path this agent just created: it has no peers yet.
+    Fresh,
+}
+
+pub struct Started {
+    pub datapath: Arc<Datapath>,
+    pub ifindex: u32,
+    pub origin: Origin,
+}
+
+/// Underlay MTU minus WireGuard's overhead; 1420 (the usual 1500 - 80) if the underlay
+/// interface cannot be found.
+pub async fn auto_mtu(netlink: &Netlink, config: &Config) -> u32 {
+    let mut candidates = vec![config.endpoint.ip()];
+    candidates.extend(config.node_ips.iter().copied());
+    for ip in candidates {
+        if let Ok(Some(mtu)) = netlink.mtu_of_interface_with(ip).await {
+            return mtu.saturating_sub(WIREGUARD_OVERHEAD).max(1280);
+        }
+    }
+    tracing::info!("no local interface holds the endpoint or node IPs; assuming underlay MTU 1500");
+    1500 - WIREGUARD_OVERHEAD
+}
+
+pub async fn start(config: &Config, netlink: &Netlink, key: &PrivateKey, mtu: u32) -> Result<Started> {
+    if config.datapath != DatapathKind::Userspace {
+        match start_kernel(config, netlink, key, mtu).await {
+            Ok(started) => return Ok(started),
+            Err(e) if config.datapath == DatapathKind::Kernel => {
+                return Err(e.context(
+                    "datapath: kernel was requested but the WireGuard module is not available; \
+                     load it (modprobe wireguard) or set datapath: userspace",
+                ));
+            }
+            Err(e) => tracing::info!(
+                reason = %format!("{e:#}"),
+                "kernel WireGuard not available; using the userspace data path"
+            ),
+        }
+    }
+    let (client, origin) = attach_or_spawn(config, key).await?;
+    let ifindex = netlink.link_index(&config.interface).await?;
+    netlink.set_up(ifindex, mtu).await?;
+    Ok(Started { datapath: Arc::new(Datapath::Process(client)), ifindex, origin })
+}
+
+async fn start_kernel(config: &Config, netlink: &Netlink, key: &PrivateKey, mtu: u32) -> Result<Started> {
+    let (index, origin) = match netlink.link_index(&config.interface).await {
+        Ok(index) => (index, Origin::Attached),
+        Err(_) => (netlink.create_wireguard(&config.interface).await?, Origin::Fresh),
+    };
+    let k = Kernel::configure(&config.interface, key, config.listen_port, mtu)
+        .with_context(|| format!("configuring kernel WireGuard on {}", config.interface))?;
+    netlink.set_up(index, mtu).await?;
+    Ok(Started { datapath: Arc::new(Datapath::Kernel(Arc::new(k))), ifindex: index, origin })
+}
+
+pub fn uapi_client(config: &Config) -> UapiClient {
+    UapiClient::new(Path::new(SOCKET_DIR).join(format!("{}.sock", config.interface)))
+}
+
+/// Re-attaches to a running data path, or starts one.
+pub async fn attach_or_spawn(config: &Config, key: &PrivateKey) -> Result<(UapiClient, Origin)> {
+    let client = uapi_client(config);
+    if let Ok(state) = client.get().await {
+        let running = state.private_key.as_ref().map(|k| k.public_key());
+        let staged = state.next_public_key;
+        if running != Some(key.public_key()) && staged != Some(key.public_key()) {
+            // The key file changed under a running data path (restored by hand, say): the file
+            // is the source of truth.
+            tracing::warn!(socket = %client.path().display(), "running data path holds another key; giving it this node's key");
+            client.set(&SetRequest { private_key: Some(key.clone()), ..SetRequest::default() }).await?;
+        }
+        tracing::info!(
+            socket = %client.path().display(),
+            peers = state.peers.len(),
+            "re-attached to the running data path; its sessions carry on"
+        );
+        return Ok((client, Origin::Attached));
+    }
+    spawn(config)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if client.get().await.is_ok() {
+            return Ok((client, Origin::Fresh));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the data path process did not answer on {} within 10 s (see its log lines above)",
+                client.path().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn pid_file(config: &Config) -> std::path::PathBuf {
+    config.run_dir.join("datapath.pid")
+}
+
+fn spawn(config: &Config) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the wiremesh binary")?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("datapath")
+        .arg("--interface")
+        .arg(&config.interface)
+        .arg("--listen-port")
+        .arg(config.listen_port.to_string())
+        .arg("--key-file")
+        .arg(config.key_path())
+        .arg("--pid-file")
+        .arg(pid_file(config))
+        .stdin(Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe; it detaches the data path from the agent's
+    // session and process group, so that signals meant for the agent do not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {} datapath", exe.display()))?;
+    let pid = child.id();
+    tracing::info!(pid, "started the data path process");
+    // Reap it if it exits while this agent runs; if the agent goes first, init adopts it.
+    std::thread::Builder::new()
+        .name("datapath-reaper".into())
+        .spawn(move || match child.wait() {
+            Ok(status) => tracing::warn!(pid, %status, "the data path process exited"),
+            Err(e) => tracing::warn!(pid, error = %e, "waiting for the data path process"),
+        })
+        .map_err(|e| anyhow!("spawning the reaper thread: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `wiremesh datapath`: the userspace data path as a process of its own. It owns the TUN device,
+//! the UDP sockets and every WireGuard session, and is configured only through its UAPI socket.
+//! The agent starts it (or re-attaches to it) and can die, restart or be upgraded without a
+//! packet being dropped: sessions live here, not in the agent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use keymgr::KeyFile;
+
+use crate::datapath::Datapath;
+use crate::device::uapi_server::UapiServer;
+use crate::userspace;
+
+pub struct Options {
+    pub interface: String,
+    pub listen_port: u16,
+    pub key_file: PathBuf,
+    pub pid_file: Option<PathBuf>,
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let key = KeyFile::new(&opts.key_file).load()?;
+    let handle = userspace::start(&opts.interface, key, opts.listen_port)?;
+    let datapath = Arc::new(Datapath::Userspace(handle));
+    let _uapi = UapiServer::bind(&opts.interface, datapath)
+        .with_context(|| format!("serving the WireGuard UAPI for {}", opts.interface))?;
+    if let Some(pid_file) = &opts.pid_file {
+        if let Some(dir) = pid_file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", pid_file.display()))?;
+    }
+    tracing::info!(interface = %opts.interface, port = opts.listen_port, pid = std::process::id(), "data path ready");
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    if let Some(pid_file) = &opts.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    tracing::info!(interface = %opts.interface, "data path stopping; the interface goes with it");
+    Ok(())
+}
