@@ -50,7 +50,11 @@ impl AdminState {
             .map(|p| {
                 let info = names.get(&p.public_key);
                 // The epoch of the key this node's session with the peer uses now.
-                let epoch = p.active_key.or(Some(p.public_key)).and_then(|k| names.get(&k)).map(|i| i.epoch);
+                let epoch = p
+                    .active_key
+                    .or(Some(p.public_key))
+                    .and_then(|k| names.get(&k))
+                    .map(|i| i.epoch);
                 PeerStatus {
                     node_name: info.map(|i| i.node.clone()),
                     public_key: p.public_key.to_base64(),
@@ -84,8 +88,13 @@ impl AdminState {
 
     async fn rotate(&self) -> Result<EncryptStatus> {
         let (tx, rx) = oneshot::channel();
-        self.rotate.send(tx).await.map_err(|_| anyhow::anyhow!("the key rotator has stopped"))?;
-        rx.await.map_err(|_| anyhow::anyhow!("the key rotator has stopped"))?.map_err(anyhow::Error::msg)?;
+        self.rotate
+            .send(tx)
+            .await
+            .map_err(|_| anyhow::anyhow!("the key rotator has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the key rotator has stopped"))?
+            .map_err(anyhow::Error::msg)?;
         self.status().await
     }
 }
@@ -149,7 +158,10 @@ async fn handle(
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
         },
         (&Method::POST, ROTATE_PATH) => match state.rotate().await {
-            Ok(s) => reply(StatusCode::OK, serde_json::to_string(&s).unwrap_or_default()),
+            Ok(s) => reply(
+                StatusCode::OK,
+                serde_json::to_string(&s).unwrap_or_default(),
+            ),
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
         },
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -254,18 +254,31 @@ impl RawConfig {
                 None
             }
         };
-        let rotation = self.key_rotation.unwrap_or(RawKeyRotation { interval: None, commit_timeout: None });
+        let rotation = self.key_rotation.unwrap_or(RawKeyRotation {
+            interval: None,
+            commit_timeout: None,
+        });
         let mut duration = |key: &str, value: Option<String>, default: Duration| match value {
             None => default,
             Some(v) if v.trim() == "0" => Duration::ZERO,
             Some(v) => humantime::parse_duration(&v).unwrap_or_else(|e| {
-                errors.push(format!("{key}: {v:?} is not a duration (e.g. 24h, 90m, 0 to disable): {e}"));
+                errors.push(format!(
+                    "{key}: {v:?} is not a duration (e.g. 24h, 90m, 0 to disable): {e}"
+                ));
                 default
             }),
         };
         let key_rotation = KeyRotation {
-            interval: duration("keyRotation.interval", rotation.interval, Duration::from_secs(24 * 3600)),
-            commit_timeout: duration("keyRotation.commitTimeout", rotation.commit_timeout, Duration::from_secs(60)),
+            interval: duration(
+                "keyRotation.interval",
+                rotation.interval,
+                Duration::from_secs(24 * 3600),
+            ),
+            commit_timeout: duration(
+                "keyRotation.commitTimeout",
+                rotation.commit_timeout,
+                Duration::from_secs(60),
+            ),
         };
         let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
             return Err(errors);
@@ -391,8 +404,15 @@ store:
         let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: 0, commitTimeout: 30s }\n").unwrap();
         assert!(c.key_rotation.interval.is_zero());
         assert_eq!(c.key_rotation.commit_timeout, Duration::from_secs(30));
-        assert_eq!(parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap().key_rotation.interval, Duration::from_secs(86400));
-        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: soon }\n").unwrap_err();
+        assert_eq!(
+            parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n")
+                .unwrap()
+                .key_rotation
+                .interval,
+            Duration::from_secs(86400)
+        );
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: soon }\n")
+            .unwrap_err();
         assert!(err.contains("keyRotation.interval"), "{err}");
     }
 

@@ -69,8 +69,8 @@ impl Kernel {
                 self.interface
             )));
         }
-        let rotating = req.next_private_key.is_some()
-            || req.peers.iter().any(|p| p.next_public_key.is_some());
+        let rotating =
+            req.next_private_key.is_some() || req.peers.iter().any(|p| p.next_public_key.is_some());
         if rotating {
             return Err(DeviceError::Invalid(
                 "make-before-break key rotation needs the userspace data path (datapath: userspace)"
@@ -152,7 +152,9 @@ fn host_to_state(host: Host) -> DeviceState {
             rx_bytes: p.rx_bytes,
             tx_bytes: p.tx_bytes,
             next_public_key: None,
-            active_key: p.last_handshake.map(|_| PublicKey::from_bytes(p.public_key.as_array())),
+            active_key: p
+                .last_handshake
+                .map(|_| PublicKey::from_bytes(p.public_key.as_array())),
             ready_for: Vec::new(),
         })
         .collect();

@@ -85,19 +85,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent { config } => run_agent(config),
-        Command::Datapath { interface, listen_port, key_file, pid_file } => {
+        Command::Datapath {
+            interface,
+            listen_port,
+            key_file,
+            pid_file,
+        } => {
             init_logging();
-            let opts = datapath_process::Options { interface, listen_port, key_file, pid_file };
-            report("wiremesh datapath", runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(datapath_process::run(opts))))
+            let opts = datapath_process::Options {
+                interface,
+                listen_port,
+                key_file,
+                pid_file,
+            };
+            report(
+                "wiremesh datapath",
+                runtime()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|rt| rt.block_on(datapath_process::run(opts))),
+            )
         }
-        Command::Keys { command: KeysCommand::Rotate { run_dir } } => {
+        Command::Keys {
+            command: KeysCommand::Rotate { run_dir },
+        } => {
             let socket = run_dir.join("wiremesh.sock");
             let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
-                rt.block_on(admin::request(&socket, hyper::Method::POST, admin::ROTATE_PATH))
+                rt.block_on(admin::request(
+                    &socket,
+                    hyper::Method::POST,
+                    admin::ROTATE_PATH,
+                ))
             });
-            match result.and_then(|body| Ok(serde_json::from_str::<status::EncryptStatus>(&body)?)) {
+            match result.and_then(|body| Ok(serde_json::from_str::<status::EncryptStatus>(&body)?))
+            {
                 Ok(s) => {
-                    println!("Rotated: key epoch {}, public key {}", s.key_epoch, s.public_key);
+                    println!(
+                        "Rotated: key epoch {}, public key {}",
+                        s.key_epoch, s.public_key
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

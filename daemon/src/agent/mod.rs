@@ -146,7 +146,9 @@ pub async fn run(config: Config) -> Result<()> {
             };
             match restarted.await {
                 Ok(s) => reconciler.reset(s.ifindex),
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot restart the data path; retrying"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot restart the data path; retrying")
+                }
             }
         }
     }

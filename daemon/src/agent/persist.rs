@@ -13,11 +13,15 @@ pub struct PeerFile {
 
 impl PeerFile {
     pub fn new(state_dir: &Path) -> Self {
-        Self { path: state_dir.join("peers.json") }
+        Self {
+            path: state_dir.join("peers.json"),
+        }
     }
 
     pub fn load(&self) -> BTreeMap<String, NodeRecord> {
-        let Ok(bytes) = std::fs::read(&self.path) else { return BTreeMap::new() };
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return BTreeMap::new();
+        };
         match serde_json::from_slice::<Vec<NodeRecord>>(&bytes) {
             Ok(recs) => recs.into_iter().map(|r| (r.node_name.clone(), r)).collect(),
             Err(e) => {

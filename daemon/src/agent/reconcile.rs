@@ -184,7 +184,11 @@ mod tests {
         let next = PrivateKey::generate().public_key();
         let mut announced = a.clone();
         announced.next_public_key = Some(next);
-        let p = plan(&map(&[a.clone()]), &map(&[announced.clone()]), 0);
+        let p = plan(
+            &map(std::slice::from_ref(&a)),
+            &map(std::slice::from_ref(&announced)),
+            0,
+        );
         assert_eq!(p.set.peers.len(), 1);
         assert!(!p.set.peers[0].remove && p.set.peers[0].update_only);
         assert_eq!(p.set.peers[0].next_public_key, Some(Some(next)));
@@ -194,7 +198,10 @@ mod tests {
         committed.next_public_key = None;
         committed.key_epoch += 1;
         let p = plan(&map(&[announced]), &map(&[committed]), 0);
-        assert!(p.set.peers.iter().all(|c| !c.remove), "a committed rotation must not remove the peer");
+        assert!(
+            p.set.peers.iter().all(|c| !c.remove),
+            "a committed rotation must not remove the peer"
+        );
         assert_eq!(p.set.peers[0].public_key, next);
         assert_eq!(p.set.peers[0].next_public_key, Some(None));
     }

@@ -61,7 +61,10 @@ impl Reconciler {
         });
         let plan = reconcile::plan(&self.peers, &desired, self.keepalive);
         if !plan.is_empty() {
-            let set = SetRequest { peers: plan.set.peers, ..SetRequest::default() };
+            let set = SetRequest {
+                peers: plan.set.peers,
+                ..SetRequest::default()
+            };
             match self.datapath.set(set).await {
                 Ok(()) => {}
                 Err(DeviceError::Stopped) => return Err(DeviceError::Stopped),
@@ -84,9 +87,23 @@ impl Reconciler {
             let mut names = HashMap::new();
             for (n, r) in &self.peers {
                 let node = n.clone();
-                names.insert(r.public_key, PeerKey { node: node.clone(), epoch: r.key_epoch, published: true });
+                names.insert(
+                    r.public_key,
+                    PeerKey {
+                        node: node.clone(),
+                        epoch: r.key_epoch,
+                        published: true,
+                    },
+                );
                 if let Some(k) = r.next_public_key {
-                    names.insert(k, PeerKey { node, epoch: r.key_epoch + 1, published: false });
+                    names.insert(
+                        k,
+                        PeerKey {
+                            node,
+                            epoch: r.key_epoch + 1,
+                            published: false,
+                        },
+                    );
                 }
             }
             self.names.send_replace(Arc::new(names));
@@ -109,7 +126,9 @@ impl Reconciler {
                 Ok(()) => {
                     self.routes.insert(net);
                 }
-                Err(e) => tracing::warn!(%net, error = %format!("{e:#}"), "cannot route pod CIDR into the tunnel; retrying"),
+                Err(e) => {
+                    tracing::warn!(%net, error = %format!("{e:#}"), "cannot route pod CIDR into the tunnel; retrying")
+                }
             }
         }
     }

@@ -74,7 +74,9 @@ impl Rotator {
         }
         loop {
             let due = self.own_key().next_rotation.map(|t| {
-                let wait = t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+                let wait = t
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
                 tokio::time::Instant::now() + wait
             });
             tokio::select! {
@@ -114,10 +116,19 @@ impl Rotator {
         };
         self.next = Some(next.clone());
         let next_pub = next.public_key();
-        let req = SetRequest { next_private_key: Some(Some(next.clone())), ..SetRequest::default() };
-        self.datapath.set(req).await.context("staging the successor key in the data path")?;
+        let req = SetRequest {
+            next_private_key: Some(Some(next.clone())),
+            ..SetRequest::default()
+        };
+        self.datapath
+            .set(req)
+            .await
+            .context("staging the successor key in the data path")?;
         self.record.next_public_key = Some(next_pub);
-        self.store.publish(&self.current_record()).await.context("announcing the successor key")?;
+        self.store
+            .publish(&self.current_record())
+            .await
+            .context("announcing the successor key")?;
         self.own.send_replace(self.own_key());
         tracing::info!(epoch = self.state.epoch + 1, next_public_key = %next_pub, "key rotation: successor announced");
 
@@ -130,14 +141,26 @@ impl Rotator {
             );
         }
 
-        let (key, state) = self.ring.commit(&self.state).context("committing the new key file")?;
-        let req = SetRequest { private_key: Some(key.clone()), ..SetRequest::default() };
-        self.datapath.set(req).await.context("switching the data path to the new key")?;
+        let (key, state) = self
+            .ring
+            .commit(&self.state)
+            .context("committing the new key file")?;
+        let req = SetRequest {
+            private_key: Some(key.clone()),
+            ..SetRequest::default()
+        };
+        self.datapath
+            .set(req)
+            .await
+            .context("switching the data path to the new key")?;
         self.state = state;
         self.next = None;
         self.record.public_key = key.public_key();
         self.record.next_public_key = None;
-        self.store.publish(&self.current_record()).await.context("publishing the new key")?;
+        self.store
+            .publish(&self.current_record())
+            .await
+            .context("publishing the new key")?;
         self.own.send_replace(self.own_key());
         tracing::info!(epoch = self.state.epoch, public_key = %self.record.public_key, "key rotation: committed");
         Ok(())
@@ -148,7 +171,11 @@ impl Rotator {
     async fn wait_for_peers(&self, next: PublicKey) -> Result<Vec<PublicKey>> {
         let deadline = Instant::now() + self.commit_timeout;
         loop {
-            let state = self.datapath.get().await.map_err(|e| anyhow!("reading the data path: {e}"))?;
+            let state = self
+                .datapath
+                .get()
+                .await
+                .map_err(|e| anyhow!("reading the data path: {e}"))?;
             let laggards: Vec<PublicKey> = state
                 .peers
                 .iter()

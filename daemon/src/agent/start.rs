@@ -48,7 +48,12 @@ pub async fn auto_mtu(netlink: &Netlink, config: &Config) -> u32 {
     1500 - WIREGUARD_OVERHEAD
 }
 
-pub async fn start(config: &Config, netlink: &Netlink, key: &PrivateKey, mtu: u32) -> Result<Started> {
+pub async fn start(
+    config: &Config,
+    netlink: &Netlink,
+    key: &PrivateKey,
+    mtu: u32,
+) -> Result<Started> {
     if config.datapath != DatapathKind::Userspace {
         match start_kernel(config, netlink, key, mtu).await {
             Ok(started) => return Ok(started),
@@ -67,18 +72,34 @@ pub async fn start(config: &Config, netlink: &Netlink, key: &PrivateKey, mtu: u3
     let (client, origin) = attach_or_spawn(config, key).await?;
     let ifindex = netlink.link_index(&config.interface).await?;
     netlink.set_up(ifindex, mtu).await?;
-    Ok(Started { datapath: Arc::new(Datapath::Process(client)), ifindex, origin })
+    Ok(Started {
+        datapath: Arc::new(Datapath::Process(client)),
+        ifindex,
+        origin,
+    })
 }
 
-async fn start_kernel(config: &Config, netlink: &Netlink, key: &PrivateKey, mtu: u32) -> Result<Started> {
+async fn start_kernel(
+    config: &Config,
+    netlink: &Netlink,
+    key: &PrivateKey,
+    mtu: u32,
+) -> Result<Started> {
     let (index, origin) = match netlink.link_index(&config.interface).await {
         Ok(index) => (index, Origin::Attached),
-        Err(_) => (netlink.create_wireguard(&config.interface).await?, Origin::Fresh),
+        Err(_) => (
+            netlink.create_wireguard(&config.interface).await?,
+            Origin::Fresh,
+        ),
     };
     let k = Kernel::configure(&config.interface, key, config.listen_port, mtu)
         .with_context(|| format!("configuring kernel WireGuard on {}", config.interface))?;
     netlink.set_up(index, mtu).await?;
-    Ok(Started { datapath: Arc::new(Datapath::Kernel(Arc::new(k))), ifindex: index, origin })
+    Ok(Started {
+        datapath: Arc::new(Datapath::Kernel(Arc::new(k))),
+        ifindex: index,
+        origin,
+    })
 }
 
 pub fn uapi_client(config: &Config) -> UapiClient {
@@ -95,7 +116,12 @@ pub async fn attach_or_spawn(config: &Config, key: &PrivateKey) -> Result<(UapiC
             // The key file changed under a running data path (restored by hand, say): the file
             // is the source of truth.
             tracing::warn!(socket = %client.path().display(), "running data path holds another key; giving it this node's key");
-            client.set(&SetRequest { private_key: Some(key.clone()), ..SetRequest::default() }).await?;
+            client
+                .set(&SetRequest {
+                    private_key: Some(key.clone()),
+                    ..SetRequest::default()
+                })
+                .await?;
         }
         tracing::info!(
             socket = %client.path().display(),
@@ -145,7 +171,9 @@ fn spawn(config: &Config) -> Result<()> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {} datapath", exe.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} datapath", exe.display()))?;
     let pid = child.id();
     tracing::info!(pid, "started the data path process");
     // Reap it if it exits while this agent runs; if the agent goes first, init adopts it.

@@ -12,7 +12,9 @@ use super::{PeerChange, Psk, SetRequest};
 #[derive(Debug)]
 pub enum Request {
     /// `get=1`, or `wiremesh_get=1` for the extended answer wiremesh's own agent reads.
-    Get { extended: bool },
+    Get {
+        extended: bool,
+    },
     Set(SetRequest),
 }
 
@@ -79,7 +81,8 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
             "fwmark" => req.fwmark = Some(value.parse().map_err(|_| bad())?),
             "wiremesh_next_private_key" => {
                 let bytes = *PublicKey::from_hex(value).map_err(|_| bad())?.as_bytes();
-                req.next_private_key = Some((bytes != [0; 32]).then(|| PrivateKey::from_bytes(bytes)));
+                req.next_private_key =
+                    Some((bytes != [0; 32]).then(|| PrivateKey::from_bytes(bytes)));
             }
             "replace_peers" => req.replace_peers = parse_true(value).ok_or_else(bad)?,
             "public_key" => {
@@ -160,7 +163,11 @@ pub fn format_set(req: &SetRequest) -> String {
     }
     match &req.next_private_key {
         Some(Some(k)) => {
-            let _ = writeln!(out, "wiremesh_next_private_key={}", k.to_hex_for_uapi().as_str());
+            let _ = writeln!(
+                out,
+                "wiremesh_next_private_key={}",
+                k.to_hex_for_uapi().as_str()
+            );
         }
         Some(None) => {
             let _ = writeln!(out, "wiremesh_next_private_key={}", "0".repeat(64));
@@ -187,7 +194,11 @@ pub fn format_set(req: &SetRequest) -> String {
         }
         if let Some(psk) = &p.preshared_key {
             let bytes = psk.map_or([0; 32], |k| k.0);
-            let _ = writeln!(out, "preshared_key={}", PublicKey::from_bytes(bytes).to_hex());
+            let _ = writeln!(
+                out,
+                "preshared_key={}",
+                PublicKey::from_bytes(bytes).to_hex()
+            );
         }
         if let Some(ep) = p.endpoint {
             let _ = writeln!(out, "endpoint={ep}");
@@ -289,22 +300,38 @@ mod tests {
         let req = SetRequest {
             next_private_key: Some(Some(PrivateKey::generate())),
             listen_port: Some(51871),
-            peers: vec![c.clone(), PeerChange::removal(PrivateKey::generate().public_key())],
+            peers: vec![
+                c.clone(),
+                PeerChange::removal(PrivateKey::generate().public_key()),
+            ],
             ..SetRequest::default()
         };
         let text = format_set(&req);
-        let Request::Set(back) = parse(text.trim_end_matches('\n')).unwrap() else { panic!("not a set") };
+        let Request::Set(back) = parse(text.trim_end_matches('\n')).unwrap() else {
+            panic!("not a set")
+        };
         assert_eq!(back.listen_port, Some(51871));
         assert_eq!(
             back.next_private_key.flatten().map(|k| k.public_key()),
-            req.next_private_key.clone().flatten().map(|k| k.public_key())
+            req.next_private_key
+                .clone()
+                .flatten()
+                .map(|k| k.public_key())
         );
         let p = &back.peers[0];
         assert_eq!(
-            (p.public_key, p.endpoint, p.persistent_keepalive, p.replace_allowed_ips),
+            (
+                p.public_key,
+                p.endpoint,
+                p.persistent_keepalive,
+                p.replace_allowed_ips
+            ),
             (c.public_key, c.endpoint, c.persistent_keepalive, true)
         );
-        assert_eq!((&p.allowed_ips, p.next_public_key, p.preshared_key), (&c.allowed_ips, c.next_public_key, c.preshared_key));
+        assert_eq!(
+            (&p.allowed_ips, p.next_public_key, p.preshared_key),
+            (&c.allowed_ips, c.next_public_key, c.preshared_key)
+        );
         assert!(back.peers[1].remove);
     }
 

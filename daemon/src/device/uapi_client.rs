@@ -30,19 +30,27 @@ impl UapiClient {
 
     pub async fn get(&self) -> Result<DeviceState, DeviceError> {
         let answer = self.request("wiremesh_get=1\n\n").await?;
-        parse_get(&answer).map_err(|e| DeviceError::Invalid(format!("{}: {e}", self.path.display())))
+        parse_get(&answer)
+            .map_err(|e| DeviceError::Invalid(format!("{}: {e}", self.path.display())))
     }
 
     pub async fn set(&self, req: &SetRequest) -> Result<(), DeviceError> {
         let answer = self.request(&format_set(req)).await?;
-        match answer.trim_end().strip_prefix("errno=").map(str::parse::<i32>) {
+        match answer
+            .trim_end()
+            .strip_prefix("errno=")
+            .map(str::parse::<i32>)
+        {
             Some(Ok(0)) => Ok(()),
             Some(Ok(n)) => Err(DeviceError::Invalid(format!(
                 "data path at {} refused the change: {}",
                 self.path.display(),
                 std::io::Error::from_raw_os_error(n)
             ))),
-            _ => Err(DeviceError::Invalid(format!("{}: unexpected answer {answer:?}", self.path.display()))),
+            _ => Err(DeviceError::Invalid(format!(
+                "{}: unexpected answer {answer:?}",
+                self.path.display()
+            ))),
         }
     }
 

@@ -26,7 +26,11 @@ pub fn format_get(state: &DeviceState, extended: bool) -> String {
     for p in &state.peers {
         let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
         if let Some(psk) = p.preshared_key {
-            let _ = writeln!(out, "preshared_key={}", PublicKey::from_bytes(psk.0).to_hex());
+            let _ = writeln!(
+                out,
+                "preshared_key={}",
+                PublicKey::from_bytes(psk.0).to_hex()
+            );
         }
         let _ = writeln!(out, "protocol_version=1");
         if let Some(ep) = p.endpoint {
@@ -40,7 +44,11 @@ pub fn format_get(state: &DeviceState, extended: bool) -> String {
         let _ = writeln!(out, "last_handshake_time_nsec={nsec}");
         let _ = writeln!(out, "tx_bytes={}", p.tx_bytes);
         let _ = writeln!(out, "rx_bytes={}", p.rx_bytes);
-        let _ = writeln!(out, "persistent_keepalive_interval={}", p.persistent_keepalive);
+        let _ = writeln!(
+            out,
+            "persistent_keepalive_interval={}",
+            p.persistent_keepalive
+        );
         for ip in &p.allowed_ips {
             let _ = writeln!(out, "allowed_ip={ip}");
         }
@@ -76,9 +84,16 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             break;
         }
         let Some((key, value)) = text.split_once('=') else {
-            return Err(UapiError::Syntax { line, text: text.into() });
+            return Err(UapiError::Syntax {
+                line,
+                text: text.into(),
+            });
         };
-        let bad = || UapiError::Value { line, key: key.into(), value: value.into() };
+        let bad = || UapiError::Value {
+            line,
+            key: key.into(),
+            value: value.into(),
+        };
         let hex_key = || PublicKey::from_hex(value).map_err(|_| bad());
         if key == "public_key" {
             finish_handshake(&mut state, handshake);
@@ -89,7 +104,9 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
         let peer = state.peers.last_mut();
         match (key, peer) {
             ("errno", _) => errno = Some(value.parse::<i32>().map_err(|_| bad())?),
-            ("private_key", None) => state.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?),
+            ("private_key", None) => {
+                state.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?)
+            }
             ("listen_port", None) => state.listen_port = value.parse().map_err(|_| bad())?,
             ("fwmark", None) => state.fwmark = value.parse().map_err(|_| bad())?,
             ("wiremesh_next_public_key", None) => state.next_public_key = Some(hex_key()?),
@@ -99,16 +116,27 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             }
             ("protocol_version", Some(_)) => {}
             ("endpoint", Some(p)) => p.endpoint = Some(value.parse().map_err(|_| bad())?),
-            ("last_handshake_time_sec", Some(_)) => handshake.0 = value.parse().map_err(|_| bad())?,
-            ("last_handshake_time_nsec", Some(_)) => handshake.1 = value.parse().map_err(|_| bad())?,
+            ("last_handshake_time_sec", Some(_)) => {
+                handshake.0 = value.parse().map_err(|_| bad())?
+            }
+            ("last_handshake_time_nsec", Some(_)) => {
+                handshake.1 = value.parse().map_err(|_| bad())?
+            }
             ("tx_bytes", Some(p)) => p.tx_bytes = value.parse().map_err(|_| bad())?,
             ("rx_bytes", Some(p)) => p.rx_bytes = value.parse().map_err(|_| bad())?,
-            ("persistent_keepalive_interval", Some(p)) => p.persistent_keepalive = value.parse().map_err(|_| bad())?,
+            ("persistent_keepalive_interval", Some(p)) => {
+                p.persistent_keepalive = value.parse().map_err(|_| bad())?
+            }
             ("allowed_ip", Some(p)) => p.allowed_ips.push(value.parse().map_err(|_| bad())?),
             ("wiremesh_next_public_key", Some(p)) => p.next_public_key = Some(hex_key()?),
             ("wiremesh_active_key", Some(p)) => p.active_key = Some(hex_key()?),
             ("wiremesh_ready_for", Some(p)) => p.ready_for.push(hex_key()?),
-            _ => return Err(UapiError::UnknownKey { line, key: key.into() }),
+            _ => {
+                return Err(UapiError::UnknownKey {
+                    line,
+                    key: key.into(),
+                })
+            }
         }
     }
     finish_handshake(&mut state, handshake);
@@ -177,7 +205,10 @@ mod tests {
         assert!(text.contains("last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n"));
         assert!(text.contains("tx_bytes=20\nrx_bytes=10\n"));
         assert!(text.contains("allowed_ip=10.244.2.0/24\n"));
-        assert!(!text.contains("wiremesh_"), "stock wg would reject extension keys:\n{text}");
+        assert!(
+            !text.contains("wiremesh_"),
+            "stock wg would reject extension keys:\n{text}"
+        );
         assert!(text.ends_with("errno=0\n\n"));
     }
 

@@ -57,7 +57,9 @@ impl Device {
     }
 
     fn current(&self) -> &LocalKey {
-        self.locals.last().expect("the device always holds its current key")
+        self.locals
+            .last()
+            .expect("the device always holds its current key")
     }
 
     fn staged(&self) -> Option<&LocalKey> {
@@ -67,14 +69,20 @@ impl Device {
     /// A packet the kernel routed into the interface: encrypt it for the peer owning its
     /// destination, or drop it. Nothing ever leaves in the clear.
     pub fn handle_tun_packet(&mut self, packet: &[u8], io: &mut impl Io) {
-        let Some(dst) = Tunn::dst_address(packet) else { return };
+        let Some(dst) = Tunn::dst_address(packet) else {
+            return;
+        };
         let Some(id) = self.allowed.lookup(dst) else {
             tracing::trace!(%dst, "no peer for destination; dropped");
             return;
         };
-        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         let endpoint = peer.endpoint;
-        let Some(tunnel) = peer.outbound(&self.locals) else { return };
+        let Some(tunnel) = peer.outbound(&self.locals) else {
+            return;
+        };
         match tunnel.tunn.encapsulate(packet, &mut self.out) {
             TunnResult::WriteToNetwork(p) => match endpoint {
                 Some(ep) => io.send(ep, p),
@@ -88,13 +96,22 @@ impl Device {
     /// A datagram from the underlay.
     pub fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr, io: &mut impl Io) {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let Some((id, index)) = self.route_datagram(datagram, from, io) else { return };
-        let Some(peer) = self.peers.get_mut(&id) else { return };
-        let Some(tunnel) = peer.tunnel_by_index(index) else { return };
+        let Some((id, index)) = self.route_datagram(datagram, from, io) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(tunnel) = peer.tunnel_by_index(index) else {
+            return;
+        };
         let mut input = datagram;
         let mut authenticated = false;
         loop {
-            match tunnel.tunn.decapsulate(Some(from.ip()), input, &mut self.out) {
+            match tunnel
+                .tunn
+                .decapsulate(Some(from.ip()), input, &mut self.out)
+            {
                 TunnResult::Done => break,
                 TunnResult::Err(e) => {
                     tracing::trace!(error = ?e, "decapsulate");
@@ -126,14 +143,22 @@ impl Device {
 
     /// Which peer and tunnel a datagram belongs to: by receiver index, or for a handshake
     /// initiation by the (MAC-checked, then decrypted) static keys of both sides.
-    fn route_datagram(&mut self, datagram: &[u8], from: SocketAddr, io: &mut impl Io) -> Option<(u32, u32)> {
+    fn route_datagram(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        io: &mut impl Io,
+    ) -> Option<(u32, u32)> {
         let index = match Tunn::parse_incoming_packet(datagram).ok()? {
             Packet::HandshakeInit(init) => {
                 // mac1 is keyed by the receiver's public key: it names which of our keys the
                 // initiator addressed, before any Diffie-Hellman is spent on it.
                 let mut addressed = None;
                 for local in &self.locals {
-                    match local.rate_limiter.verify_packet(Some(from.ip()), datagram, &mut self.out) {
+                    match local
+                        .rate_limiter
+                        .verify_packet(Some(from.ip()), datagram, &mut self.out)
+                    {
                         Ok(_) => {
                             addressed = Some(local);
                             break;
@@ -176,7 +201,8 @@ impl Device {
                 let kick = active
                     && Some(i) == preferred
                     && !t.has_session()
-                    && t.last_kick.is_none_or(|k| now.duration_since(k) >= KICK_EVERY);
+                    && t.last_kick
+                        .is_none_or(|k| now.duration_since(k) >= KICK_EVERY);
                 if kick && matches!(res, TunnResult::Done) {
                     t.last_kick = Some(now);
                     res = t.tunn.format_handshake_initiation(&mut self.out, true);
@@ -187,7 +213,11 @@ impl Device {
                     _ => {}
                 }
             }
-            while let Some(pos) = peer.tunnels.iter().position(|t| t.retire_at.is_some_and(|r| r <= now)) {
+            while let Some(pos) = peer
+                .tunnels
+                .iter()
+                .position(|t| t.retire_at.is_some_and(|r| r <= now))
+            {
                 let t = peer.drop_tunnel(pos);
                 self.by_index.remove(&t.index);
             }
@@ -243,7 +273,8 @@ impl Device {
         }
         if let Some(key) = next {
             if key.public_key() != self.current().public {
-                self.locals.insert(0, LocalKey::new(key, HANDSHAKE_RATE_LIMIT));
+                self.locals
+                    .insert(0, LocalKey::new(key, HANDSHAKE_RATE_LIMIT));
             }
         }
         self.sync_all(now);
@@ -272,10 +303,13 @@ impl Device {
     /// Makes a peer's tunnels exactly one per (our key, its key) pair in use; tunnels whose keys
     /// left are retired (decrypt-only for a grace period) rather than dropped.
     fn sync_tunnels(&mut self, id: u32, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         let remotes: Vec<PublicKey> = peer.remote_keys().collect();
         for t in &mut peer.tunnels {
-            let wanted = remotes.contains(&t.remote) && self.locals.iter().any(|l| l.public == t.local);
+            let wanted =
+                remotes.contains(&t.remote) && self.locals.iter().any(|l| l.public == t.local);
             if !wanted && t.retire_at.is_none() {
                 t.retire_at = Some(now + RETIRE_GRACE);
             }
@@ -333,7 +367,10 @@ impl Device {
                 id
             }
         };
-        let peer = self.peers.get_mut(&id).expect("by_key and peers are kept in step");
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .expect("by_key and peers are kept in step");
         if peer.next_key == Some(change.public_key) {
             // The peer committed its rotation: its successor key becomes its key.
             self.by_key.remove(&peer.public_key);

@@ -47,12 +47,17 @@ fn peer_change(of: &Node, key: PublicKey) -> PeerChange {
     let mut c = PeerChange::new(key);
     c.endpoint = Some(of.addr);
     c.replace_allowed_ips = true;
-    c.allowed_ips = vec![format!("10.244.{}.0/24", of.pod.octets()[2]).parse().unwrap()];
+    c.allowed_ips = vec![format!("10.244.{}.0/24", of.pod.octets()[2])
+        .parse()
+        .unwrap()];
     c
 }
 
 fn set_peer(on: &mut Node, change: PeerChange) {
-    let req = SetRequest { peers: vec![change], ..SetRequest::default() };
+    let req = SetRequest {
+        peers: vec![change],
+        ..SetRequest::default()
+    };
     on.dev.apply(req, Instant::now()).unwrap();
 }
 
@@ -113,26 +118,40 @@ fn exchange(a: &mut Node, b: &mut Node, seq: u32) {
     pump(a, b);
     for (n, name) in [(&mut *a, "a"), (&mut *b, "b")] {
         let got: Vec<u32> = n.wire.delivered.drain(..).map(|p| seq_of(&p)).collect();
-        assert_eq!(got, vec![seq], "{name} lost or duplicated packets at seq {seq}");
+        assert_eq!(
+            got,
+            vec![seq],
+            "{name} lost or duplicated packets at seq {seq}"
+        );
     }
 }
 
 fn staged_key(n: &mut Node) -> PrivateKey {
     let next = PrivateKey::generate();
-    let req = SetRequest { next_private_key: Some(Some(next.clone())), ..SetRequest::default() };
+    let req = SetRequest {
+        next_private_key: Some(Some(next.clone())),
+        ..SetRequest::default()
+    };
     n.dev.apply(req, Instant::now()).unwrap();
     next
 }
 
 fn commit(n: &mut Node, other: &mut Node, k: &PrivateKey) {
-    let req = SetRequest { private_key: Some(k.clone()), ..SetRequest::default() };
+    let req = SetRequest {
+        private_key: Some(k.clone()),
+        ..SetRequest::default()
+    };
     n.dev.apply(req, Instant::now()).unwrap();
     n.key = k.clone();
     set_peer(other, peer_change(n, k.public_key()));
 }
 
 fn ready(n: &Node, local: PublicKey) -> bool {
-    n.dev.state(0, 0).peers.iter().all(|p| p.ready_for.contains(&local))
+    n.dev
+        .state(0, 0)
+        .peers
+        .iter()
+        .all(|p| p.ready_for.contains(&local))
 }
 
 #[test]
@@ -149,7 +168,8 @@ fn first_packet_waits_for_the_handshake_and_arrives() {
 fn packets_for_unknown_destinations_are_dropped_not_sent() {
     let (mut a, mut b) = (node(1), node(2));
     connect(&mut a, &mut b);
-    a.dev.handle_tun_packet(&ipv4(a.pod, Ipv4Addr::new(10, 9, 9, 9), 1), &mut a.wire);
+    a.dev
+        .handle_tun_packet(&ipv4(a.pod, Ipv4Addr::new(10, 9, 9, 9), 1), &mut a.wire);
     assert!(a.wire.outbox.is_empty());
 }
 
@@ -159,9 +179,13 @@ fn source_outside_the_peers_allowed_ips_is_dropped() {
     connect(&mut a, &mut b);
     exchange(&mut a, &mut b, 1);
     // b claims a source from a's own pod CIDR: authenticated, but not b's to use.
-    b.dev.handle_tun_packet(&ipv4(Ipv4Addr::new(10, 244, 1, 99), a.pod, 2), &mut b.wire);
+    b.dev
+        .handle_tun_packet(&ipv4(Ipv4Addr::new(10, 244, 1, 99), a.pod, 2), &mut b.wire);
     pump(&mut a, &mut b);
-    assert!(a.wire.delivered.is_empty(), "a spoofed source was delivered");
+    assert!(
+        a.wire.delivered.is_empty(),
+        "a spoofed source was delivered"
+    );
 }
 
 fn rotate(rotating: &mut [bool; 2], rounds: u32) {
@@ -193,10 +217,16 @@ fn rotate(rotating: &mut [bool; 2], rounds: u32) {
         tick(&mut a, &mut b, t0 + Duration::from_secs(u64::from(i) + 1));
     }
     if let Some(k) = &next_a {
-        assert!(ready(&a, k.public_key()), "a's successor key never got a session");
+        assert!(
+            ready(&a, k.public_key()),
+            "a's successor key never got a session"
+        );
     }
     if let Some(k) = &next_b {
-        assert!(ready(&b, k.public_key()), "b's successor key never got a session");
+        assert!(
+            ready(&b, k.public_key()),
+            "b's successor key never got a session"
+        );
     }
     // Commit: the rotating node switches; the other promotes the successor key.
     if let Some(k) = &next_a {
@@ -213,8 +243,16 @@ fn rotate(rotating: &mut [bool; 2], rounds: u32) {
     }
     let (sa, sb) = (a.dev.state(0, 0), b.dev.state(0, 0));
     assert_eq!(sa.peers.len(), 1);
-    assert_eq!(sb.peers[0].public_key, a.key.public_key(), "b did not promote a's new key");
-    assert_eq!(sa.peers[0].public_key, b.key.public_key(), "a did not promote b's new key");
+    assert_eq!(
+        sb.peers[0].public_key,
+        a.key.public_key(),
+        "b did not promote a's new key"
+    );
+    assert_eq!(
+        sa.peers[0].public_key,
+        b.key.public_key(),
+        "a did not promote b's new key"
+    );
     assert_eq!(sb.peers[0].active_key, Some(a.key.public_key()));
 }
 

@@ -45,13 +45,19 @@ pub struct Handle {
 impl Handle {
     pub async fn set(&self, req: SetRequest) -> Result<(), DeviceError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Set(req, tx)).await.map_err(|_| DeviceError::Stopped)?;
+        self.tx
+            .send(Command::Set(req, tx))
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)?
     }
 
     pub async fn get(&self) -> Result<DeviceState, DeviceError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Get(tx)).await.map_err(|_| DeviceError::Stopped)?;
+        self.tx
+            .send(Command::Get(tx))
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)
     }
 }
@@ -69,7 +75,10 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
     std::thread::Builder::new()
         .name(format!("datapath-{interface}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(anyhow::anyhow!("data-path runtime: {e}")));
@@ -85,14 +94,19 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let shell = Shell { tun: Arc::new(tun), sockets };
+                let shell = Shell {
+                    tun: Arc::new(tun),
+                    sockets,
+                };
                 if let Err(e) = run(Device::new(key), shell, rx).await {
                     tracing::error!(interface = %name, error = %e, "data path stopped");
                 }
             });
         })
         .context("spawning the data-path thread")?;
-    ready_rx.recv().context("data-path thread died during start-up")??;
+    ready_rx
+        .recv()
+        .context("data-path thread died during start-up")??;
     Ok(Handle { tx })
 }
 

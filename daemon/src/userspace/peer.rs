@@ -61,7 +61,11 @@ impl LocalKey {
             &x25519_dalek::PublicKey::from(*public.as_bytes()),
             handshake_rate_limit,
         ));
-        Self { key, public, rate_limiter }
+        Self {
+            key,
+            public,
+            rate_limiter,
+        }
     }
 }
 
@@ -82,7 +86,9 @@ impl Peer {
 
     /// The peer's keys, newest first.
     pub fn remote_keys(&self) -> impl Iterator<Item = PublicKey> + '_ {
-        self.next_key.into_iter().chain(std::iter::once(self.public_key))
+        self.next_key
+            .into_iter()
+            .chain(std::iter::once(self.public_key))
     }
 
     /// The tunnel to carry outbound traffic: the most preferred one (newest local key, then
@@ -95,7 +101,11 @@ impl Peer {
         let baseline = self.tunnels.iter().position(|t| {
             t.retire_at.is_none() && t.local == current && t.remote == self.public_key
         });
-        let pick = order.iter().copied().find(|&i| self.tunnels[i].has_session()).or(baseline)?;
+        let pick = order
+            .iter()
+            .copied()
+            .find(|&i| self.tunnels[i].has_session())
+            .or(baseline)?;
         self.tunnels.get_mut(pick)
     }
 
@@ -121,19 +131,26 @@ impl Peer {
     }
 
     pub fn tunnel_for(&mut self, local: &PublicKey, remote: &PublicKey) -> Option<&mut Tunnel> {
-        self.tunnels.iter_mut().find(|t| t.local == *local && t.remote == *remote && t.retire_at.is_none())
+        self.tunnels
+            .iter_mut()
+            .find(|t| t.local == *local && t.remote == *remote && t.retire_at.is_none())
     }
 
     /// The remote key of the tunnel that carries traffic now, if any has a session.
     pub fn active_remote_key(&self, locals: &[LocalKey]) -> Option<PublicKey> {
         let order = self.preference(locals);
-        order.iter().find(|&&i| self.tunnels[i].has_session()).map(|&i| self.tunnels[i].remote)
+        order
+            .iter()
+            .find(|&&i| self.tunnels[i].has_session())
+            .map(|&i| self.tunnels[i].remote)
     }
 
     /// Whether our key `local` already has a session with the peer: the proof, in-band, that the
     /// peer accepts that key, which a rotation waits for before committing to it.
     pub fn has_session_with(&self, local: &PublicKey) -> bool {
-        self.tunnels.iter().any(|t| t.local == *local && t.retire_at.is_none() && t.has_session())
+        self.tunnels
+            .iter()
+            .any(|t| t.local == *local && t.retire_at.is_none() && t.has_session())
     }
 
     pub fn state(&self, locals: &[LocalKey], allowed_ips: Vec<ipnet::IpNet>) -> PeerState {
@@ -159,7 +176,11 @@ impl Peer {
             tx_bytes: tx,
             next_public_key: self.next_key,
             active_key: self.active_remote_key(locals),
-            ready_for: locals.iter().filter(|k| self.has_session_with(&k.public)).map(|k| k.public).collect(),
+            ready_for: locals
+                .iter()
+                .filter(|k| self.has_session_with(&k.public))
+                .map(|k| k.public)
+                .collect(),
         }
     }
 

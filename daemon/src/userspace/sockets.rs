@@ -17,7 +17,10 @@ pub struct Sockets {
 
 impl Sockets {
     pub fn bind(port: u16, fwmark: u32) -> Result<Self, DeviceError> {
-        let bind_err = |e: io::Error| DeviceError::Bind { port, reason: e.to_string() };
+        let bind_err = |e: io::Error| DeviceError::Bind {
+            port,
+            reason: e.to_string(),
+        };
         let v4 = udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), fwmark).map_err(bind_err)?;
         let port = v4.local_addr().map_err(bind_err)?.port();
         let v6 = match udp(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), fwmark) {
@@ -27,7 +30,12 @@ impl Sockets {
                 None
             }
         };
-        Ok(Self { v4, v6, port, fwmark })
+        Ok(Self {
+            v4,
+            v6,
+            port,
+            fwmark,
+        })
     }
 
     pub fn set_mark(&mut self, mark: u32) -> Result<(), DeviceError> {
