@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use keymgr::PublicKey;
+use keymgr::store::StoreHealth;
+use keymgr::{PublicKey, Snapshot};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -20,10 +21,11 @@ use crate::agent::reconciler::PeerKey;
 use crate::agent::rotation::{OwnKey, RotateRequest};
 
 use crate::datapath::Datapath;
-use crate::status::{rfc3339, EncryptStatus, PeerStatus};
+use crate::status::{rfc3339, store_health, EncryptStatus, KeyState, NodeStatus, PeerStatus};
 
 pub const STATUS_PATH: &str = "/v1/encrypt/status";
 pub const ROTATE_PATH: &str = "/v1/keys/rotate";
+pub const NODES_PATH: &str = "/v1/encrypt/nodes";
 
 /// What the admin API reads to answer: static facts plus live views of the data path, of this
 /// node's key, and of which node owns which peer key.
@@ -33,6 +35,8 @@ pub struct AdminState {
     pub node_name: String,
     pub cluster_name: String,
     pub store: String,
+    pub store_health: watch::Receiver<StoreHealth>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub datapath: Arc<Datapath>,
     pub peers: watch::Receiver<Arc<HashMap<PublicKey, PeerKey>>>,
     pub own: watch::Receiver<OwnKey>,
@@ -78,12 +82,53 @@ impl AdminState {
             node_name: self.node_name.clone(),
             cluster_name: self.cluster_name.clone(),
             store: self.store.clone(),
+            store_health: store_health(&self.store_health.borrow()),
             key_epoch: own.epoch,
             key_created: rfc3339(own.created),
             next_rotation: own.next_rotation.map(rfc3339),
             next_public_key: own.next.map(|k| k.to_base64()),
             peers,
         })
+    }
+
+    /// Every node in the store, and whether the key this node's data path uses for it is the
+    /// one it publishes: a stale key is the classic silent failure.
+    async fn nodes(&self) -> Result<Vec<NodeStatus>> {
+        let state = self.datapath.get().await?;
+        let snap = self.snapshots.borrow().clone();
+        let own = self.own.borrow().clone();
+        let mut out = Vec::new();
+        for (name, rec) in &snap.nodes {
+            let is_self = *name == self.node_name;
+            // The data path's peer for this node: the one routing its pod CIDRs.
+            let peer = state.peers.iter().find(|p| {
+                rec.keys().any(|k| k == p.public_key)
+                    || rec.pod_cidrs.iter().any(|c| p.allowed_ips.contains(c))
+            });
+            let in_use = match (is_self, peer) {
+                (true, _) => Some(own.public),
+                (false, Some(p)) => Some(p.active_key.unwrap_or(p.public_key)),
+                (false, None) => None,
+            };
+            let state = match (is_self, in_use) {
+                (true, _) => KeyState::ThisNode,
+                (false, None) => KeyState::NotConfigured,
+                (false, Some(k)) if k == rec.public_key => KeyState::Matches,
+                (false, Some(k)) if Some(k) == rec.next_public_key => KeyState::Rotating,
+                (false, Some(_)) => KeyState::Stale,
+            };
+            out.push(NodeStatus {
+                node_name: name.clone(),
+                cluster_name: rec.cluster_name.clone(),
+                key_epoch: rec.key_epoch,
+                public_key: rec.public_key.to_base64(),
+                next_public_key: rec.next_public_key.map(|k| k.to_base64()),
+                endpoint: rec.endpoint.to_string(),
+                key_in_use: in_use.map(|k| k.to_base64()),
+                key_state: state,
+            });
+        }
+        Ok(out)
     }
 
     async fn rotate(&self) -> Result<EncryptStatus> {
@@ -151,6 +196,13 @@ async fn handle(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n".into()),
         (&Method::GET, STATUS_PATH) => match state.status().await {
+            Ok(s) => reply(
+                StatusCode::OK,
+                serde_json::to_string(&s).unwrap_or_default(),
+            ),
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
+        },
+        (&Method::GET, NODES_PATH) => match state.nodes().await {
             Ok(s) => reply(
                 StatusCode::OK,
                 serde_json::to_string(&s).unwrap_or_default(),

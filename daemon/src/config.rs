@@ -49,6 +49,25 @@ struct RawKeyRotation {
 struct RawStore {
     kind: StoreKind,
     dir: Option<RawDirStore>,
+    etcd: Option<RawEtcdStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawEtcdStore {
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    tls: Option<RawEtcdTls>,
+    #[serde(rename = "leaseTTL")]
+    lease_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcdTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +123,7 @@ pub struct KeyRotation {
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     Dir { path: PathBuf },
+    Etcd(keymgr::store::EtcdConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,13 +264,22 @@ impl RawConfig {
             Some(RawStore {
                 kind: StoreKind::Dir,
                 dir,
+                ..
             }) => Some(StoreConfig::Dir {
                 path: dir.map_or_else(|| PathBuf::from("/var/lib/wiremesh/store"), |d| d.path),
             }),
-            Some(RawStore { kind, .. }) => {
-                errors.push(format!(
-                    "store.kind: {kind:?} is not available in this build yet; use \"dir\" (the etcd and kubernetes backends are tracked in the key-manager issue)"
-                ));
+            Some(RawStore {
+                kind: StoreKind::Etcd,
+                etcd,
+                ..
+            }) => Some(StoreConfig::Etcd(etcd_config(etcd, &mut errors))),
+            Some(RawStore {
+                kind: StoreKind::Kubernetes,
+                ..
+            }) => {
+                errors.push(
+                    "store.kind: \"kubernetes\" is not available in this build yet; use \"dir\" or \"etcd\"".into(),
+                );
                 None
             }
         };
@@ -300,6 +329,47 @@ impl RawConfig {
             key_rotation,
         })
     }
+}
+
+fn etcd_config(raw: Option<RawEtcdStore>, errors: &mut Vec<String>) -> keymgr::store::EtcdConfig {
+    let mut config = keymgr::store::EtcdConfig::default();
+    let Some(raw) = raw else { return config };
+    if let Some(endpoints) = raw.endpoints {
+        if endpoints.is_empty() {
+            errors.push("store.etcd.endpoints: empty; list at least one client URL, e.g. http://127.0.0.1:2379".into());
+        }
+        for (i, e) in endpoints.iter().enumerate() {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                errors.push(format!(
+                    "store.etcd.endpoints[{i}]: {e:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        config.endpoints = endpoints;
+    }
+    if let Some(prefix) = raw.prefix {
+        if !prefix.starts_with('/') {
+            errors.push(format!("store.etcd.prefix: {prefix:?} must start with '/'"));
+        }
+        config.prefix = prefix.trim_end_matches('/').to_string();
+    }
+    if let Some(ttl) = raw.lease_ttl {
+        match humantime::parse_duration(&ttl) {
+            Ok(d) if d >= Duration::from_secs(2) => config.lease_ttl = d,
+            Ok(_) => errors.push(format!(
+                "store.etcd.leaseTTL: {ttl:?} is too short (at least 2s)"
+            )),
+            Err(e) => errors.push(format!(
+                "store.etcd.leaseTTL: {ttl:?} is not a duration (e.g. 30s): {e}"
+            )),
+        }
+    }
+    config.tls = raw.tls.map(|t| keymgr::store::EtcdTls {
+        ca: t.ca,
+        cert: t.cert,
+        key: t.key,
+    });
+    config
 }
 
 fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
@@ -394,9 +464,28 @@ store:
 
     #[test]
     fn unsupported_store_kind_says_so() {
-        let err =
-            parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: etcd }\n").unwrap_err();
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: kubernetes }\n")
+            .unwrap_err();
         assert!(err.contains("store.kind"), "{err}");
+    }
+
+    #[test]
+    fn etcd_store() {
+        let c = parse(
+            "nodeName: n1\nnodeIPs: [198.18.0.1]\nstore:\n  kind: etcd\n  etcd: { endpoints: [http://198.18.0.254:2379], prefix: /wm, leaseTTL: 10s }\n",
+        )
+        .unwrap();
+        let StoreConfig::Etcd(e) = c.store else {
+            panic!("not etcd")
+        };
+        assert_eq!(e.endpoints, vec!["http://198.18.0.254:2379"]);
+        assert_eq!(e.prefix, "/wm");
+        assert_eq!(e.lease_ttl, Duration::from_secs(10));
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: etcd, etcd: { endpoints: [localhost:2379], leaseTTL: 1s } }\n").unwrap_err();
+        assert!(
+            err.contains("store.etcd.endpoints[0]") && err.contains("store.etcd.leaseTTL"),
+            "{err}"
+        );
     }
 
     #[test]

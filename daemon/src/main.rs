@@ -75,6 +75,10 @@ enum EncryptCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// List every node in the store with its key epoch, and whether the key this node uses
+        /// for it is the one it publishes.
+        #[arg(long)]
+        all_nodes: bool,
         /// The agent's run directory (config key `runDir`), where wiremesh.sock lives.
         #[arg(long, default_value = "/run/wiremesh")]
         run_dir: PathBuf,
@@ -132,8 +136,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Encrypt {
-            command: EncryptCommand::Status { json, run_dir },
-        } => encrypt_status(json, run_dir),
+            command:
+                EncryptCommand::Status {
+                    json,
+                    all_nodes,
+                    run_dir,
+                },
+        } => encrypt_status(json, all_nodes, run_dir),
     }
 }
 
@@ -181,13 +190,22 @@ fn run_agent(path: PathBuf) -> ExitCode {
     report("wiremesh agent", result)
 }
 
-fn encrypt_status(json: bool, run_dir: PathBuf) -> ExitCode {
+fn encrypt_status(json: bool, all_nodes: bool, run_dir: PathBuf) -> ExitCode {
     let socket = run_dir.join("wiremesh.sock");
+    let path = if all_nodes {
+        admin::NODES_PATH
+    } else {
+        admin::STATUS_PATH
+    };
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
-            let body = admin::request(&socket, hyper::Method::GET, admin::STATUS_PATH).await?;
+            let body = admin::request(&socket, hyper::Method::GET, path).await?;
             if json {
                 return Ok(body);
+            }
+            if all_nodes {
+                let nodes: Vec<status::NodeStatus> = serde_json::from_str(&body)?;
+                return Ok(status::render_nodes(&nodes));
             }
             let status: status::EncryptStatus = serde_json::from_str(&body)?;
             Ok(status.render(std::time::SystemTime::now()))

@@ -17,6 +17,7 @@ pub struct EncryptStatus {
     pub node_name: String,
     pub cluster_name: String,
     pub store: String,
+    pub store_health: StoreHealthStatus,
     pub key_epoch: u64,
     /// RFC 3339.
     pub key_created: String,
@@ -45,6 +46,91 @@ pub struct PeerStatus {
     pub next_public_key: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreHealthStatus {
+    /// `connected`, `unreachable` or `conflict`.
+    pub state: String,
+    /// RFC 3339: since when the store has been unreachable.
+    pub since: Option<String>,
+    pub error: Option<String>,
+}
+
+pub fn store_health(h: &keymgr::store::StoreHealth) -> StoreHealthStatus {
+    use keymgr::store::StoreHealth as H;
+    match h {
+        H::Connected => StoreHealthStatus {
+            state: "connected".into(),
+            since: None,
+            error: None,
+        },
+        H::Unreachable { since, error } => StoreHealthStatus {
+            state: "unreachable".into(),
+            since: Some(rfc3339(*since)),
+            error: Some(error.clone()),
+        },
+        H::Conflict { owner } => StoreHealthStatus {
+            state: "conflict".into(),
+            since: None,
+            error: Some(format!("node name taken by owner {owner}")),
+        },
+    }
+}
+
+/// One node of `encrypt status --all-nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node_name: String,
+    pub cluster_name: String,
+    pub key_epoch: u64,
+    pub public_key: String,
+    pub next_public_key: Option<String>,
+    pub endpoint: String,
+    /// The key this node's data path uses for that node.
+    pub key_in_use: Option<String>,
+    pub key_state: KeyState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyState {
+    ThisNode,
+    /// The key in use is the published one.
+    Matches,
+    /// The key in use is the node's announced successor (a rotation is under way).
+    Rotating,
+    /// The key in use is neither: traffic to that node will fail.
+    Stale,
+    /// The data path has no peer for that node (yet).
+    NotConfigured,
+}
+
+pub fn render_nodes(nodes: &[NodeStatus]) -> String {
+    let mut out = format!(
+        "{:<20} {:>5}  {:<24} {}\n",
+        "NODE", "EPOCH", "ENDPOINT", "KEY"
+    );
+    for n in nodes {
+        let key = match n.key_state {
+            KeyState::ThisNode => "this node".to_string(),
+            KeyState::Matches => "ok: in use = published".to_string(),
+            KeyState::Rotating => "ok: rotating to the announced successor".to_string(),
+            KeyState::Stale => format!(
+                "STALE: in use {} but published {}",
+                n.key_in_use.as_deref().unwrap_or("-"),
+                n.public_key
+            ),
+            KeyState::NotConfigured => "NOT CONFIGURED: no peer in the data path".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<20} {:>5}  {:<24} {}\n",
+            n.node_name, n.key_epoch, n.endpoint, key
+        ));
+    }
+    out
+}
+
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -52,7 +138,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 impl EncryptStatus {
     pub fn render(&self, now: SystemTime) -> String {
         let mut out = format!(
-            "Encryption: Wireguard\nInterface: {}\n\tPublic key: {}\n\tKey epoch: {} (created {}, next rotation {}{})\n\tListen port: {}\n\tMTU: {}\n\tData path: {}\n\tNumber of peers: {}\n",
+            "Encryption: Wireguard\nInterface: {}\n\tPublic key: {}\n\tKey epoch: {} (created {}, next rotation {}{})\n\tListen port: {}\n\tMTU: {}\n\tData path: {}\n\tStore: {}{}\n\tNumber of peers: {}\n",
             self.interface,
             self.public_key,
             self.key_epoch,
@@ -62,6 +148,15 @@ impl EncryptStatus {
             self.listen_port,
             self.mtu,
             self.datapath,
+            self.store,
+            match (self.store_health.state.as_str(), &self.store_health.since, &self.store_health.error) {
+                ("connected", _, _) => String::new(),
+                (state, since, error) => format!(
+                    " ({state}{}{})",
+                    since.as_deref().map(|s| format!(" since {s}")).unwrap_or_default(),
+                    error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+            },
             self.peers.len()
         );
         for p in &self.peers {
@@ -112,6 +207,7 @@ mod tests {
             node_name: "node-1".into(),
             cluster_name: "default".into(),
             store: "dir:/x".into(),
+            store_health: store_health(&keymgr::store::StoreHealth::Connected),
             key_epoch: 3,
             key_created: rfc3339(now),
             next_rotation: None,

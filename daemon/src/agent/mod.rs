@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use keymgr::ring::KeyRing;
-use keymgr::store::DirStore;
+use keymgr::store::{ClaimOutcome, DirStore, EtcdStore};
 use keymgr::{NodeRecord, Store};
 use tokio::sync::{mpsc, watch};
 
@@ -26,6 +26,46 @@ use persist::PeerFile;
 use reconciler::Reconciler;
 use rotation::{OwnKey, Rotator};
 use start::Origin;
+
+async fn open_store(config: &Config, peer_file: &PeerFile) -> Result<Store> {
+    match &config.store {
+        StoreConfig::Dir { path } => Ok(Store::Dir(DirStore::open(path)?)),
+        StoreConfig::Etcd(etcd) => {
+            let owner = persist::owner_id(&config.state_dir).with_context(|| {
+                format!(
+                    "reading or creating {}/owner-id",
+                    config.state_dir.display()
+                )
+            })?;
+            // Until etcd answers, the peers of the last run are the best knowledge there is.
+            let last = peer_file.load();
+            let initial = keymgr::Snapshot {
+                nodes: last.clone(),
+            };
+            let store = EtcdStore::start(
+                etcd.clone(),
+                &config.cluster_name,
+                &config.node_name,
+                &owner,
+                initial,
+            )?;
+            match store.claim(CLAIM_TIMEOUT).await? {
+                ClaimOutcome::Claimed => {
+                    tracing::info!(owner = %owner, "node name claimed in etcd")
+                }
+                ClaimOutcome::Unreachable { error } => tracing::warn!(
+                    endpoints = ?etcd.endpoints,
+                    last_known_peers = last.len(),
+                    "etcd unreachable at start ({error}); running on the last known peers and retrying"
+                ),
+            }
+            Ok(Store::Etcd(store))
+        }
+    }
+}
+
+/// How long start-up waits for etcd before carrying on with the last known peers.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Routes and peers are re-checked on this period even without store changes, so that a route
 /// deleted by hand, a failed netlink call or a data path that died heals by itself.
@@ -44,9 +84,8 @@ pub async fn run(config: Config) -> Result<()> {
         "node key loaded"
     );
 
-    let store = Arc::new(match &config.store {
-        StoreConfig::Dir { path } => Store::Dir(DirStore::open(path)?),
-    });
+    let peer_file = PeerFile::new(&config.state_dir);
+    let store = Arc::new(open_store(&config, &peer_file).await?);
     let netlink = Netlink::connect()?;
     let mtu = match config.mtu {
         0 => start::auto_mtu(&netlink, &config).await,
@@ -82,11 +121,14 @@ pub async fn run(config: Config) -> Result<()> {
         own: own_tx,
         requests: rotate_rx,
     };
-    store
-        .publish(&rotator.current_record())
-        .await
-        .context("publishing this node's record")?;
-    tracing::info!(store = %store.describe(), node = %config.node_name, "node record published");
+    match store.publish(&rotator.current_record()).await {
+        Ok(()) => {
+            tracing::info!(store = %store.describe(), node = %config.node_name, "node record published")
+        }
+        // The store keeps the record and writes it when it is reachable again.
+        Err(e @ keymgr::StoreError::Unavailable { .. }) => tracing::warn!("{e}"),
+        Err(e) => return Err(e).context("publishing this node's record"),
+    }
 
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let admin_state = Arc::new(AdminState {
@@ -95,6 +137,8 @@ pub async fn run(config: Config) -> Result<()> {
         node_name: config.node_name.clone(),
         cluster_name: config.cluster_name.clone(),
         store: store.describe(),
+        store_health: store.health(),
+        snapshots: store.subscribe(),
         datapath: datapath.clone(),
         peers: names_rx,
         own: own_rx.clone(),
@@ -102,7 +146,6 @@ pub async fn run(config: Config) -> Result<()> {
     });
     let _admin = AdminServer::bind(&config.admin_socket(), admin_state)?;
 
-    let peer_file = PeerFile::new(&config.state_dir);
     let mut reconciler = Reconciler {
         datapath: datapath.clone(),
         netlink: netlink.clone(),
@@ -123,6 +166,7 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(rotator.run());
 
     let mut snapshots = store.subscribe();
+    let mut health = store.health();
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!("agent ready");
@@ -134,6 +178,15 @@ pub async fn run(config: Config) -> Result<()> {
                 }
             }
             _ = resync.tick() => {}
+            Ok(()) = health.changed() => {
+                if let keymgr::store::StoreHealth::Conflict { owner } = &*health.borrow_and_update() {
+                    bail!(
+                        "another agent (owner {owner}) took this node's name {} in the store; stopping so that two agents never publish one node",
+                        config.node_name
+                    );
+                }
+                continue;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

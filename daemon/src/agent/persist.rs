@@ -47,3 +47,30 @@ impl PeerFile {
         }
     }
 }
+
+/// This agent's identity as the owner of its node name in the store: random, created once in
+/// `<stateDir>/owner-id` and kept, so a restarted agent reclaims its name at once while a second
+/// agent elsewhere under the same name is refused.
+pub fn owner_id(state_dir: &Path) -> std::io::Result<String> {
+    let path = state_dir.join("owner-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    std::fs::create_dir_all(state_dir)?;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let id = format!(
+        "{host}/{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}

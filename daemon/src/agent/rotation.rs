@@ -11,8 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use keymgr::ring::{KeyRing, KeyState};
+use keymgr::store::StoreHealth;
 use keymgr::{NodeRecord, PrivateKey, PublicKey, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -110,6 +111,12 @@ impl Rotator {
     }
 
     async fn rotate(&mut self) -> Result<()> {
+        if let StoreHealth::Unreachable { since, .. } = &*self.store.health().borrow() {
+            bail!(
+                "the store has been unreachable since {}; a rotation is never half-done, so it waits for the store",
+                rfc3339(*since)
+            );
+        }
         let next = match &self.next {
             Some(k) => k.clone(),
             None => self.ring.stage().context("staging the successor key")?,

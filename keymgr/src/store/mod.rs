@@ -3,14 +3,17 @@
 //! valid records on a `watch` channel, so the agent never sees a backend's details.
 
 mod dir;
+mod etcd;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
 pub use dir::DirStore;
+pub use etcd::{ClaimOutcome, EtcdConfig, EtcdStore, EtcdTls};
 
 use crate::NodeRecord;
 
@@ -40,10 +43,43 @@ pub enum StoreError {
         #[source]
         source: crate::RecordError,
     },
+    #[error("store config: {field} = {value:?}: {reason}")]
+    Config {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(
+        "node name {node} is held by a live agent with owner id {owner:?}; refusing to run a \
+         second agent under the same name. If that agent is gone, its claim is released when its \
+         lease TTL runs out: start again then, or give this node another name"
+    )]
+    NodeNameTaken { node: String, owner: String },
+    #[error(
+        "etcd at {endpoints} is unavailable: {reason}; the record is kept and written when etcd \
+         is reachable again"
+    )]
+    Unavailable { endpoints: String, reason: String },
+}
+
+/// Whether the store is in contact with its backend and owns this node's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    Connected,
+    /// The backend has not answered since `since`; the last known snapshot stays in force.
+    Unreachable {
+        since: SystemTime,
+        error: String,
+    },
+    /// Another live agent (owner id `owner`) holds this node's name: this agent must stop.
+    Conflict {
+        owner: String,
+    },
 }
 
 pub enum Store {
     Dir(DirStore),
+    Etcd(EtcdStore),
 }
 
 impl Store {
@@ -55,6 +91,7 @@ impl Store {
         })?;
         match self {
             Store::Dir(s) => s.publish(record).await,
+            Store::Etcd(s) => s.publish(record).await,
         }
     }
 
@@ -62,12 +99,30 @@ impl Store {
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         match self {
             Store::Dir(s) => s.subscribe(),
+            Store::Etcd(s) => s.subscribe(),
+        }
+    }
+
+    /// Contact with the backend; the dir store is always `Connected`.
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        match self {
+            Store::Dir(_) => always_connected(),
+            Store::Etcd(s) => s.health(),
         }
     }
 
     pub fn describe(&self) -> String {
         match self {
             Store::Dir(s) => format!("dir:{}", s.path().display()),
+            Store::Etcd(s) => s.describe().to_owned(),
         }
     }
+}
+
+/// A receiver whose sender lives forever, so `changed()` pends instead of failing at once.
+fn always_connected() -> watch::Receiver<StoreHealth> {
+    static CONNECTED: OnceLock<watch::Sender<StoreHealth>> = OnceLock::new();
+    CONNECTED
+        .get_or_init(|| watch::channel(StoreHealth::Connected).0)
+        .subscribe()
 }

@@ -1,0 +1,432 @@
+//! The etcd store: each agent keeps its node record at `<prefix>/v1/<cluster>/nodes/<nodeName>`
+//! and its claim on the name at `<prefix>/v1/<cluster>/owners/<nodeName>`, both bound to one lease
+//! it keeps alive, so a dead agent's record disappears from every peer after the lease TTL.
+//!
+//! Everything that talks to etcd runs in one background task (the [`session`] loop), which
+//! reconnects on its own; this handle only exchanges values with it through `watch` channels. An
+//! unreachable etcd never blocks or fails the agent: it keeps the last known peers and says so.
+
+mod session;
+mod view;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::{Snapshot, StoreError, StoreHealth};
+use crate::{NodeRecord, RecordError};
+
+/// How long one request to etcd may take before the connection counts as down.
+const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where and how to reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://127.0.0.1:2379`; `https://` ones need [`EtcdConfig::tls`].
+    pub endpoints: Vec<String>,
+    /// Key prefix shared by every wiremesh key (`/wiremesh` by default).
+    pub prefix: String,
+    /// Client TLS; `None` for plain HTTP.
+    pub tls: Option<EtcdTls>,
+    /// TTL of the lease that keeps this node's record alive; its record disappears from its
+    /// peers this long after the agent dies.
+    pub lease_ttl: Duration,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/wiremesh".into(),
+            tls: None,
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// PEM files for TLS to etcd. `cert` and `key` (client authentication) go together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// What [`EtcdStore::claim`] found at first contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The node name is ours, our record (if published) is written and the snapshot is fresh.
+    Claimed,
+    /// etcd did not answer in time; the store keeps trying in the background and the snapshot
+    /// stays at the `initial` one passed to [`EtcdStore::start`].
+    Unreachable { error: String },
+}
+
+/// The record this node wants in etcd, numbered so that `publish` can wait for its own write.
+#[derive(Debug, Clone, Default)]
+struct Desired {
+    seq: u64,
+    json: Option<Arc<Vec<u8>>>,
+}
+
+/// Keys, identity and connection settings, shared read-only with the background task.
+#[derive(Debug)]
+struct Target {
+    endpoints: Vec<String>,
+    endpoints_text: String,
+    options: etcd_client::ConnectOptions,
+    lease_ttl: Duration,
+    node: String,
+    owner_id: String,
+    nodes_prefix: String,
+    node_key: String,
+    owner_key: String,
+}
+
+/// This node's handle on the etcd store. Use: [`EtcdStore::start`], then [`EtcdStore::claim`]
+/// (refuse to start on `NodeNameTaken`), then [`EtcdStore::publish`], [`EtcdStore::subscribe`]
+/// and [`EtcdStore::health`] (exit on `Conflict`). Dropping it stops the background task without
+/// revoking the lease; [`EtcdStore::close`] revokes it.
+pub struct EtcdStore {
+    target: Arc<Target>,
+    describe: String,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    health: watch::Receiver<StoreHealth>,
+    desired: watch::Sender<Desired>,
+    written: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl EtcdStore {
+    /// Validates the config, reads the TLS files and starts the background task. Never waits for
+    /// etcd: until the first successful listing, [`EtcdStore::subscribe`] yields `initial` (the
+    /// peers persisted from the agent's last run). Must be called inside a tokio runtime.
+    pub fn start(
+        config: EtcdConfig,
+        cluster: &str,
+        node_name: &str,
+        owner_id: &str,
+        initial: Snapshot,
+    ) -> Result<Self, StoreError> {
+        let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
+        let describe = format!(
+            "etcd:{}{}",
+            target.endpoints_text,
+            target.nodes_prefix.trim_end_matches('/')
+        );
+        let (snap_tx, snapshot) = watch::channel(Arc::new(initial));
+        let (health_tx, health) = watch::channel(StoreHealth::Unreachable {
+            since: SystemTime::now(),
+            error: "not contacted yet".into(),
+        });
+        let (desired, desired_rx) = watch::channel(Desired::default());
+        let (written_tx, written) = watch::channel(0);
+        let (stop, stop_rx) = watch::channel(false);
+        let span = tracing::info_span!("etcd_store", node = %target.node);
+        let task = tokio::spawn(
+            session::Shell {
+                target: target.clone(),
+                view: view::View::default(),
+                snapshot: snap_tx,
+                health: health_tx,
+                desired: desired_rx,
+                written: written_tx,
+                stop: stop_rx,
+                warned: false,
+            }
+            .run()
+            .instrument(span),
+        );
+        Ok(Self {
+            target,
+            describe,
+            snapshot,
+            health,
+            desired,
+            written,
+            stop,
+            task,
+        })
+    }
+
+    /// Waits up to `timeout` for the first contact with etcd. `Err(NodeNameTaken)` means another
+    /// live agent holds this node name and the caller must refuse to start.
+    pub async fn claim(&self, timeout: Duration) -> Result<ClaimOutcome, StoreError> {
+        let mut health = self.health.clone();
+        let reached = tokio::time::timeout(timeout, async {
+            let h = health.wait_for(|h| !matches!(h, StoreHealth::Unreachable { .. }));
+            h.await.map(|h| h.clone())
+        })
+        .await;
+        let state = match reached {
+            Ok(Ok(h)) => h,
+            Ok(Err(_)) => return Err(self.unavailable("the etcd store task has stopped")),
+            Err(_) => health.borrow().clone(),
+        };
+        match state {
+            StoreHealth::Connected => Ok(ClaimOutcome::Claimed),
+            StoreHealth::Conflict { owner } => Err(StoreError::NodeNameTaken {
+                node: self.target.node.clone(),
+                owner,
+            }),
+            StoreHealth::Unreachable { error, .. } => Ok(ClaimOutcome::Unreachable { error }),
+        }
+    }
+
+    /// Makes `record` this node's desired record and waits until it is written. While etcd is
+    /// unreachable this fails with `Unavailable` at once, but the record stays desired and the
+    /// background task writes it as soon as etcd is back (so does a lost lease).
+    pub async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
+        if record.node_name != self.target.node {
+            return Err(StoreError::Invalid {
+                node: record.node_name.clone(),
+                source: RecordError::NameMismatch {
+                    expected: self.target.node.clone(),
+                    found: record.node_name.clone(),
+                },
+            });
+        }
+        record.validate().map_err(|source| StoreError::Invalid {
+            node: record.node_name.clone(),
+            source,
+        })?;
+        let json = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
+            node: record.node_name.clone(),
+            source,
+        })?;
+        let mut seq = 0;
+        self.desired.send_modify(|d| {
+            d.seq += 1;
+            d.json = Some(Arc::new(json));
+            seq = d.seq;
+        });
+        let mut written = self.written.clone();
+        let mut health = self.health.clone();
+        let outcome = tokio::time::timeout(2 * RPC_TIMEOUT, async {
+            loop {
+                if *written.borrow_and_update() >= seq {
+                    return Ok(());
+                }
+                match &*health.borrow_and_update() {
+                    StoreHealth::Connected => {}
+                    StoreHealth::Unreachable { error, .. } => return Err(self.unavailable(error)),
+                    StoreHealth::Conflict { owner } => {
+                        return Err(StoreError::NodeNameTaken {
+                            node: self.target.node.clone(),
+                            owner: owner.clone(),
+                        })
+                    }
+                }
+                tokio::select! {
+                    r = written.changed() => r,
+                    r = health.changed() => r,
+                }
+                .map_err(|_| self.unavailable("the etcd store task has stopped"))?;
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|_| {
+            Err(self.unavailable(&format!(
+                "write of {} not acknowledged within {:?}",
+                self.target.node_key,
+                2 * RPC_TIMEOUT
+            )))
+        })
+    }
+
+    /// Snapshots of the cluster's valid records (this node's own included).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// Connection state; `Conflict` means another agent took this node name and this one must
+    /// stop.
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.clone()
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Graceful shutdown: revokes the lease, so this node's record disappears from its peers at
+    /// once instead of after the lease TTL.
+    pub async fn close(mut self) {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(2 * RPC_TIMEOUT, &mut self.task).await;
+    }
+
+    /// Stops without revoking the lease, as if the process had been killed: peers keep this
+    /// node's record until the lease TTL runs out. Dropping the store does the same.
+    pub fn abandon(self) {
+        self.task.abort();
+    }
+
+    fn unavailable(&self, reason: &str) -> StoreError {
+        StoreError::Unavailable {
+            endpoints: self.target.endpoints_text.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Target {
+    fn new(
+        config: EtcdConfig,
+        cluster: &str,
+        node: &str,
+        owner_id: &str,
+    ) -> Result<Self, StoreError> {
+        let bad = |field: &'static str, value: &str, reason: &'static str| StoreError::Config {
+            field,
+            value: value.into(),
+            reason,
+        };
+        if config.endpoints.is_empty() {
+            return Err(bad("endpoints", "[]", "at least one etcd URL is needed"));
+        }
+        for (field, value) in [("cluster", cluster), ("nodeName", node)] {
+            if value.is_empty() || value.contains('/') {
+                return Err(bad(field, value, "must be non-empty and contain no '/'"));
+            }
+        }
+        if owner_id.is_empty() {
+            return Err(bad("ownerId", owner_id, "must be non-empty"));
+        }
+        if config.lease_ttl < Duration::from_secs(1) {
+            let ttl = format!("{:?}", config.lease_ttl);
+            return Err(bad("leaseTTL", &ttl, "etcd leases last at least 1 s"));
+        }
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(RPC_TIMEOUT)
+            // etcd refuses clients that ping more often than every 5 s (too_many_pings).
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false);
+        if let Some(tls) = &config.tls {
+            if let Some(ep) = config.endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(bad(
+                    "endpoints",
+                    ep,
+                    "TLS is configured: use an https:// URL",
+                ));
+            }
+            options = options.with_tls(tls_options(tls)?);
+        }
+        let root = format!(
+            "{}/v1/{cluster}",
+            config.prefix.trim_end_matches('/').to_owned()
+        );
+        let nodes_prefix = format!("{root}/nodes/");
+        Ok(Self {
+            endpoints_text: config.endpoints.join(","),
+            endpoints: config.endpoints,
+            options,
+            lease_ttl: config.lease_ttl,
+            node: node.into(),
+            owner_id: owner_id.into(),
+            node_key: format!("{nodes_prefix}{node}"),
+            nodes_prefix,
+            owner_key: format!("{root}/owners/{node}"),
+        })
+    }
+}
+
+fn tls_options(tls: &EtcdTls) -> Result<etcd_client::TlsOptions, StoreError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })
+    };
+    let ca = etcd_client::Certificate::from_pem(read(&tls.ca)?);
+    let options = etcd_client::TlsOptions::new().ca_certificate(ca);
+    match (&tls.cert, &tls.key) {
+        (None, None) => Ok(options),
+        (Some(cert), Some(key)) => {
+            let identity = etcd_client::Identity::from_pem(read(cert)?, read(key)?);
+            Ok(options.identity(identity))
+        }
+        (Some(path), None) | (None, Some(path)) => Err(StoreError::Config {
+            field: "tls",
+            value: path.display().to_string(),
+            reason: "a client certificate needs its key and a key its certificate",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(config: EtcdConfig) -> Result<Target, StoreError> {
+        Target::new(config, "lab", "node-1", "owner-a")
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let t = target(EtcdConfig {
+            prefix: "/wm/".into(),
+            ..EtcdConfig::default()
+        })
+        .unwrap();
+        assert_eq!(t.node_key, "/wm/v1/lab/nodes/node-1");
+        assert_eq!(t.owner_key, "/wm/v1/lab/owners/node-1");
+        assert_eq!(t.nodes_prefix, "/wm/v1/lab/nodes/");
+    }
+
+    #[test]
+    fn bad_config_names_the_offending_value() {
+        let e = target(EtcdConfig {
+            endpoints: vec![],
+            ..EtcdConfig::default()
+        });
+        assert!(matches!(
+            e,
+            Err(StoreError::Config {
+                field: "endpoints",
+                ..
+            })
+        ));
+        let e = Target::new(EtcdConfig::default(), "lab", "a/b", "o")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("a/b"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("missing-ca.pem");
+        let e = target(EtcdConfig {
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            tls: Some(EtcdTls {
+                ca: ca.clone(),
+                cert: None,
+                key: None,
+            }),
+            ..EtcdConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains(&ca.display().to_string()), "{e}");
+        std::fs::write(&ca, "not a pem").unwrap();
+        let e = target(EtcdConfig {
+            tls: Some(EtcdTls {
+                ca,
+                cert: None,
+                key: None,
+            }),
+            ..EtcdConfig::default()
+        })
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("http://127.0.0.1:2379"), "{e}");
+    }
+}

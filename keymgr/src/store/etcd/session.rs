@@ -1,0 +1,377 @@
+//! The I/O shell of the etcd store: one background task that connects, claims the node name,
+//! keeps the lease alive, writes the desired record, and lists then watches the nodes prefix. Any
+//! failure ends the session; the next one starts from scratch (new client, new lease, re-claim,
+//! relist), which also covers a lease that expired during an outage and changes made meanwhile.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveResponse, PutOptions, Txn,
+    TxnOp, WatchOptions, WatchResponse,
+};
+use tokio::sync::watch;
+
+use super::view::View;
+use super::{Desired, Target, RPC_TIMEOUT};
+use crate::store::{Snapshot, StoreHealth};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(5);
+
+pub(super) struct Shell {
+    pub(super) target: Arc<Target>,
+    pub(super) view: View,
+    pub(super) snapshot: watch::Sender<Arc<Snapshot>>,
+    pub(super) health: watch::Sender<StoreHealth>,
+    pub(super) desired: watch::Receiver<Desired>,
+    pub(super) written: watch::Sender<u64>,
+    pub(super) stop: watch::Receiver<bool>,
+    /// Whether the current outage has been logged at WARN.
+    pub(super) warned: bool,
+}
+
+/// One thing that happened while serving.
+enum Step {
+    Tick,
+    Ack(Result<Option<LeaseKeepAliveResponse>, etcd_client::Error>),
+    Watch(Result<Option<WatchResponse>, etcd_client::Error>),
+    /// The desired record changed (`false`: the store handle is gone).
+    Desired(bool),
+    Stop,
+}
+
+/// Why a session ended.
+enum End {
+    Stop,
+    Down(String),
+    /// Our lease or claim is gone although etcd answers; claim again at once.
+    Lost(String),
+    Conflict(String),
+}
+
+impl Shell {
+    pub(super) async fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let began = Instant::now();
+            let end = self.session().await;
+            if began.elapsed() > STABLE {
+                backoff = MIN_BACKOFF;
+            }
+            let pause = match end {
+                End::Stop => return,
+                End::Down(error) => {
+                    self.set_unreachable(error);
+                    backoff
+                }
+                End::Lost(reason) => {
+                    tracing::warn!(
+                        "{reason}; claiming node name {} again (if this repeats, another agent \
+                         runs with the same owner id)",
+                        self.target.node
+                    );
+                    backoff
+                }
+                End::Conflict(owner) => {
+                    self.set_conflict(owner);
+                    self.target.lease_ttl / 3
+                }
+            };
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = self.stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn session(&mut self) -> End {
+        let t = self.target.clone();
+        let connect = Client::connect(&t.endpoints, Some(t.options.clone()));
+        let mut client = match rpc("connect", connect).await {
+            Ok(c) => c,
+            Err(e) => return End::Down(e),
+        };
+        let ttl = i64::try_from(t.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = match rpc("grant lease", client.lease_grant(ttl, None)).await {
+            Ok(r) => r.id(),
+            Err(e) => return End::Down(e),
+        };
+        let end = match self.claim(&mut client, lease).await {
+            Ok(None) => self.serve(&mut client, lease).await,
+            Ok(Some(owner)) => Ok(End::Conflict(owner)),
+            Err(e) => Err(e),
+        };
+        let end = end.unwrap_or_else(End::Down);
+        if matches!(end, End::Stop | End::Lost(_) | End::Conflict(_)) {
+            // On Stop this removes our record at once; otherwise it frees a lease that no longer
+            // holds the claim (and any record of ours still bound to it).
+            if let Err(e) = rpc("revoke lease", client.lease_revoke(lease)).await {
+                tracing::debug!(lease = format!("{lease:x}"), "{e}");
+            }
+        }
+        end
+    }
+
+    /// Takes the node name for `lease` and writes the desired record with it, atomically: only if
+    /// the owner key is absent or already holds our owner id (an earlier run of this agent). Returns
+    /// the other owner's id when the name is taken.
+    async fn claim(&mut self, client: &mut Client, lease: i64) -> Result<Option<String>, String> {
+        let t = self.target.clone();
+        for _ in 0..3 {
+            let desired = self.desired.borrow_and_update().clone();
+            let got = rpc(
+                &format!("get {}", t.owner_key),
+                client.get(t.owner_key.as_str(), None),
+            )
+            .await?;
+            let (unchanged, old_lease) = match got.kvs().first() {
+                None => (
+                    Compare::version(t.owner_key.as_str(), CompareOp::Equal, 0),
+                    0,
+                ),
+                Some(kv) if kv.value() == t.owner_id.as_bytes() => {
+                    let rev = kv.mod_revision();
+                    let cmp = Compare::mod_revision(t.owner_key.as_str(), CompareOp::Equal, rev);
+                    (cmp, kv.lease())
+                }
+                Some(kv) => return Ok(Some(String::from_utf8_lossy(kv.value()).into_owned())),
+            };
+            let with_lease = || Some(PutOptions::new().with_lease(lease));
+            let mut ops = vec![TxnOp::put(
+                t.owner_key.as_str(),
+                t.owner_id.as_str(),
+                with_lease(),
+            )];
+            if let Some(json) = &desired.json {
+                ops.push(TxnOp::put(t.node_key.as_str(), json.to_vec(), with_lease()));
+            }
+            let txn = Txn::new().when([unchanged]).and_then(ops);
+            let what = format!("claim {}", t.owner_key);
+            if !rpc(&what, client.txn(txn)).await?.succeeded() {
+                continue;
+            }
+            if old_lease != 0 && old_lease != lease {
+                // A previous run of this agent (killed before its lease expired) or this process
+                // before a reconnect: its keys are rebound to the new lease, so the old one only
+                // holds leftovers.
+                if let Err(e) = rpc("revoke old lease", client.lease_revoke(old_lease)).await {
+                    tracing::debug!(lease = format!("{old_lease:x}"), "{e}");
+                }
+            }
+            self.written.send_replace(desired.seq);
+            return Ok(None);
+        }
+        Err(format!("{} kept changing while claiming it", t.owner_key))
+    }
+
+    /// Keeps the lease alive, writes record changes and follows the nodes prefix until something
+    /// fails (`Err`, the session is over) or the store is closed.
+    async fn serve(&mut self, client: &mut Client, lease: i64) -> Result<End, String> {
+        let t = self.target.clone();
+        let (mut keeper, mut acks) =
+            rpc("keep lease alive", client.lease_keep_alive(lease)).await?;
+        let every = t.lease_ttl / 3;
+        let mut tick = tokio::time::interval(every);
+        let mut last_ack = Instant::now();
+        let list = format!("list {}", t.nodes_prefix);
+        loop {
+            let opts = GetOptions::new().with_prefix();
+            let listing = rpc(&list, client.get(t.nodes_prefix.as_str(), Some(opts))).await?;
+            let rev = listing.header().map_or(0, |h| h.revision());
+            let kvs = listing.kvs().iter().map(|kv| (kv.key(), kv.value()));
+            self.view.replace(&t.nodes_prefix, kvs);
+            self.send_snapshot();
+            self.set_connected();
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev + 1)
+                .with_prev_key();
+            let what = format!("watch {}", t.nodes_prefix);
+            let mut watch = rpc(&what, client.watch(t.nodes_prefix.as_str(), Some(opts))).await?;
+            loop {
+                let step = tokio::select! {
+                    _ = tick.tick() => Step::Tick,
+                    ack = acks.message() => Step::Ack(ack),
+                    msg = watch.message() => Step::Watch(msg),
+                    changed = self.desired.changed() => Step::Desired(changed.is_ok()),
+                    _ = self.stop.wait_for(|s| *s) => Step::Stop,
+                };
+                match step {
+                    Step::Tick => {
+                        if last_ack.elapsed() > every + RPC_TIMEOUT {
+                            let silent = last_ack.elapsed();
+                            return Err(format!(
+                                "lease {lease:x}: no keep-alive answer for {silent:?}"
+                            ));
+                        }
+                        let sent = keeper.keep_alive().await;
+                        sent.map_err(|e| format!("lease {lease:x}: {e}"))?;
+                    }
+                    Step::Ack(Ok(Some(a))) if a.ttl() > 0 => last_ack = Instant::now(),
+                    Step::Ack(Ok(Some(_))) => {
+                        let lost = format!("lease {lease:x} of {} expired", t.owner_key);
+                        return Ok(End::Lost(lost));
+                    }
+                    Step::Ack(Ok(None)) => {
+                        return Err(format!("lease {lease:x}: keep-alive stream closed"))
+                    }
+                    Step::Ack(Err(e)) => return Err(format!("lease {lease:x}: {e}")),
+                    Step::Watch(Ok(Some(resp)))
+                        if resp.canceled() || resp.compact_revision() != 0 =>
+                    {
+                        tracing::info!(
+                            revision = rev,
+                            compacted = resp.compact_revision(),
+                            "watch of {} cancelled ({}); relisting",
+                            t.nodes_prefix,
+                            resp.cancel_reason()
+                        );
+                        break;
+                    }
+                    Step::Watch(Ok(Some(resp))) => {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            match ev.event_type() {
+                                EventType::Put => {
+                                    self.view.put(&t.nodes_prefix, kv.key(), kv.value())
+                                }
+                                EventType::Delete => self.view.delete(kv.key()),
+                            }
+                        }
+                        self.send_snapshot();
+                    }
+                    Step::Watch(Ok(None)) => return Err(format!("{what}: stream closed")),
+                    Step::Watch(Err(e)) => return Err(format!("{what}: {e}")),
+                    Step::Desired(true) => {
+                        if !self.write_own(client, lease).await? {
+                            let lost = format!("{} no longer holds our claim", t.owner_key);
+                            return Ok(End::Lost(lost));
+                        }
+                    }
+                    Step::Desired(false) | Step::Stop => return Ok(End::Stop),
+                }
+            }
+        }
+    }
+
+    /// Writes the desired record, but only while the owner key still holds our claim with our
+    /// lease: another node's record, or a name taken over meanwhile, is never overwritten.
+    /// `Ok(false)` when the claim is gone.
+    async fn write_own(&mut self, client: &mut Client, lease: i64) -> Result<bool, String> {
+        let desired = self.desired.borrow_and_update().clone();
+        let Some(json) = desired.json else {
+            return Ok(true);
+        };
+        let t = &self.target;
+        let owner = t.owner_key.as_str();
+        let txn = Txn::new()
+            .when([
+                Compare::value(owner, CompareOp::Equal, t.owner_id.as_str()),
+                Compare::lease(owner, CompareOp::Equal, lease),
+            ])
+            .and_then([TxnOp::put(
+                t.node_key.as_str(),
+                json.to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let what = format!("write {}", t.node_key);
+        if !rpc(&what, client.txn(txn)).await?.succeeded() {
+            return Ok(false);
+        }
+        self.written.send_replace(desired.seq);
+        Ok(true)
+    }
+
+    fn send_snapshot(&mut self) {
+        let snap = self.view.snapshot();
+        self.snapshot.send_if_modified(|cur| {
+            if **cur == snap {
+                return false;
+            }
+            *cur = Arc::new(snap);
+            true
+        });
+    }
+
+    fn set_connected(&mut self) {
+        let t = &self.target;
+        let since = match &*self.health.borrow() {
+            StoreHealth::Connected => return,
+            StoreHealth::Unreachable { since, .. } if self.warned => Some(*since),
+            _ => None,
+        };
+        match since {
+            Some(since) => {
+                let down = since.elapsed().unwrap_or_default();
+                tracing::info!(
+                    "etcd at {} reachable again after {}; peers relisted, node name {} claimed",
+                    t.endpoints_text,
+                    humantime::format_duration(Duration::from_secs(down.as_secs())),
+                    t.node
+                );
+            }
+            None => tracing::info!(
+                "connected to etcd at {}; node name {} claimed, following {}",
+                t.endpoints_text,
+                t.node,
+                t.nodes_prefix
+            ),
+        }
+        self.warned = false;
+        self.health.send_replace(StoreHealth::Connected);
+    }
+
+    fn set_unreachable(&mut self, error: String) {
+        let since = match &*self.health.borrow() {
+            StoreHealth::Unreachable { since, .. } => *since,
+            _ => SystemTime::now(),
+        };
+        if self.warned {
+            tracing::debug!("etcd still unreachable: {error}");
+        } else {
+            tracing::warn!(
+                "etcd at {} unreachable since {}: {error}; keeping the last known peers, retrying",
+                self.target.endpoints_text,
+                humantime::format_rfc3339_seconds(since)
+            );
+            self.warned = true;
+        }
+        self.health
+            .send_replace(StoreHealth::Unreachable { since, error });
+    }
+
+    fn set_conflict(&mut self, owner: String) {
+        let t = &self.target;
+        let known =
+            matches!(&*self.health.borrow(), StoreHealth::Conflict { owner: o } if *o == owner);
+        if !known {
+            tracing::error!(
+                "node name {} is held by another live agent (owner id {owner:?} in {}); this agent \
+                 must not run under the same name: stop the other agent or rename this node. If \
+                 that agent is gone, its claim is released when its lease TTL runs out",
+                t.node,
+                t.owner_key
+            );
+        }
+        self.warned = false;
+        self.health.send_replace(StoreHealth::Conflict { owner });
+    }
+}
+
+/// One request to etcd, bounded in time (a stopped or partitioned server never answers), with
+/// the error naming what was attempted.
+async fn rpc<T>(
+    what: &str,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(RPC_TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {RPC_TIMEOUT:?}")),
+    }
+}

@@ -1,0 +1,179 @@
+//! The pure half of the etcd store: the node keys as last listed and watched, turned into a
+//! [`Snapshot`] of valid records. No I/O; the session feeds it keys and values.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::store::Snapshot;
+use crate::{validate_set, NodeRecord, RecordError, Rejected};
+
+/// Every key under the nodes prefix, parsed when it arrives, plus what was already reported so
+/// that a bad record is warned about once per change, not once per event.
+#[derive(Debug, Default)]
+pub(super) struct View {
+    keys: BTreeMap<String, Result<NodeRecord, String>>,
+    reported: HashMap<String, String>,
+}
+
+impl View {
+    /// Replaces everything with a fresh listing.
+    pub(super) fn replace<'a>(
+        &mut self,
+        nodes_prefix: &str,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) {
+        self.keys.clear();
+        for (key, value) in kvs {
+            self.put(nodes_prefix, key, value);
+        }
+    }
+
+    pub(super) fn put(&mut self, nodes_prefix: &str, key: &[u8], value: &[u8]) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        let parsed = parse(nodes_prefix, &key, value);
+        self.keys.insert(key, parsed);
+    }
+
+    pub(super) fn delete(&mut self, key: &[u8]) {
+        self.keys.remove(&*String::from_utf8_lossy(key));
+    }
+
+    /// The valid records; refused ones are logged (naming the key and the reason) once per change.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
+        let mut records = BTreeMap::new();
+        let mut rejected = Vec::new();
+        for (key, parsed) in &self.keys {
+            match parsed {
+                Ok(rec) => {
+                    records.insert(rec.node_name.clone(), (key.clone(), rec.clone()));
+                }
+                Err(reason) => rejected.push(Rejected {
+                    source: key.clone(),
+                    node_name: None,
+                    reason: reason.clone(),
+                }),
+            }
+        }
+        let (nodes, conflicts) = validate_set(records);
+        rejected.extend(conflicts);
+        let mut now = HashMap::new();
+        for r in rejected {
+            if self.reported.get(&r.source) != Some(&r.reason) {
+                tracing::warn!(
+                    key = %r.source,
+                    node = r.node_name.as_deref().unwrap_or("?"),
+                    "etcd record refused and ignored: {}; other nodes are unaffected",
+                    r.reason
+                );
+            }
+            now.insert(r.source, r.reason);
+        }
+        self.reported = now;
+        Snapshot { nodes }
+    }
+}
+
+fn parse(nodes_prefix: &str, key: &str, value: &[u8]) -> Result<NodeRecord, String> {
+    let name = key.strip_prefix(nodes_prefix).unwrap_or(key);
+    if name.is_empty() || name.contains('/') {
+        return Err(format!("key is not {nodes_prefix}<nodeName>"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(value);
+    let rec: NodeRecord =
+        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
+            p if p == "." => format!("invalid JSON: {}", e.inner()),
+            p => format!("field {p}: {}", e.inner()),
+        })?;
+    rec.validate().map_err(|e| e.to_string())?;
+    if rec.node_name != name {
+        return Err(RecordError::NameMismatch {
+            expected: name.into(),
+            found: rec.node_name,
+        }
+        .to_string());
+    }
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PrivateKey;
+
+    const P: &str = "/wiremesh/v1/lab/nodes/";
+
+    fn rec(name: &str, n: u8) -> NodeRecord {
+        let key = PrivateKey::generate().public_key();
+        NodeRecord {
+            cluster_name: "lab".into(),
+            pod_cidrs: vec![format!("10.244.{n}.0/24").parse().unwrap()],
+            node_ips: vec![],
+            ..NodeRecord::new(name, key, format!("198.18.0.{n}:51871").parse().unwrap())
+        }
+    }
+
+    fn key(name: &str) -> Vec<u8> {
+        format!("{P}{name}").into_bytes()
+    }
+
+    #[test]
+    fn puts_and_deletes_update_the_snapshot() {
+        let mut v = View::default();
+        let a = rec("node-1", 1);
+        let json = serde_json::to_vec(&a).unwrap();
+        v.replace(P, [(&key("node-1")[..], &json[..])]);
+        assert_eq!(v.snapshot().nodes.get("node-1"), Some(&a));
+        let b = rec("node-2", 2);
+        v.put(P, &key("node-2"), &serde_json::to_vec(&b).unwrap());
+        assert_eq!(v.snapshot().nodes.len(), 2);
+        v.delete(&key("node-1"));
+        assert_eq!(
+            v.snapshot().nodes.keys().collect::<Vec<_>>(),
+            vec!["node-2"]
+        );
+        v.replace(P, []);
+        assert!(v.snapshot().nodes.is_empty());
+    }
+
+    #[test]
+    fn bad_records_are_refused_with_the_reason_and_others_kept() {
+        let mut v = View::default();
+        v.put(
+            P,
+            &key("node-1"),
+            &serde_json::to_vec(&rec("node-1", 1)).unwrap(),
+        );
+        v.put(P, &key("node-2"), b"{ not json");
+        v.put(
+            P,
+            &key("node-3"),
+            &serde_json::to_vec(&rec("node-4", 4)).unwrap(),
+        );
+        v.put(P, &key("a/b"), &serde_json::to_vec(&rec("b", 5)).unwrap());
+        let mut zero = serde_json::to_value(rec("node-6", 6)).unwrap();
+        zero["publicKey"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+        v.put(P, &key("node-6"), zero.to_string().as_bytes());
+        let snap = v.snapshot();
+        assert_eq!(snap.nodes.keys().collect::<Vec<_>>(), vec!["node-1"]);
+        let reasons = |k: &str| v.reported.get(&format!("{P}{k}")).cloned().unwrap();
+        assert!(
+            reasons("node-2").contains("key must be a string"),
+            "{}",
+            reasons("node-2")
+        );
+        assert!(reasons("node-3").contains("node-4"));
+        assert!(reasons("a/b").contains("<nodeName>"));
+        assert!(reasons("node-6").contains("all-zero"));
+    }
+
+    #[test]
+    fn conflicting_records_refuse_both() {
+        let mut v = View::default();
+        let a = rec("node-1", 1);
+        let mut b = rec("node-2", 2);
+        b.public_key = a.public_key;
+        v.put(P, &key("node-1"), &serde_json::to_vec(&a).unwrap());
+        v.put(P, &key("node-2"), &serde_json::to_vec(&b).unwrap());
+        assert!(v.snapshot().nodes.is_empty());
+        assert_eq!(v.reported.len(), 2);
+    }
+}

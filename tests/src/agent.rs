@@ -1,0 +1,365 @@
+//! Starting, stopping and observing the wiremesh agent on a node.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::addr::{endpoint, node_ip, node_name, pod_cidr, WG_IFACE, WG_PORT};
+use crate::error::{LabError, Result};
+use crate::exec::{run, BgProcess};
+use crate::lab::{Lab, NodeKind, NodeProc, AGENT_RUN_DIR};
+
+/// The cluster name every lab node is configured with.
+pub const CLUSTER_NAME: &str = "lab";
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(100);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Lines of a log shown when something fails.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// The agent binary: `$WIREMESH_BIN`, else `<workspace>/target/debug/wiremesh`.
+pub fn agent_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("WIREMESH_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            manifest
+                .parent()
+                .unwrap_or(manifest)
+                .join("target/debug/wiremesh")
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(LabError::MissingAgent { path })
+    }
+}
+
+/// The peers array of a status document (empty if absent).
+pub fn peers(status: &Value) -> &[Value] {
+    status
+        .get("peers")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The `nodeName` of every peer in a status document.
+pub fn peer_names(status: &Value) -> Vec<String> {
+    peers(status)
+        .iter()
+        .filter_map(|p| p.get("nodeName")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The peer called `name`, if listed.
+pub fn peer<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    peers(status)
+        .iter()
+        .find(|p| p.get("nodeName").and_then(Value::as_str) == Some(name))
+}
+
+/// The agent config of lab node `node` (the keys the agent's `Config` reads).
+pub fn agent_config(node: u8, state_dir: &Path, store_dir: &Path) -> String {
+    format!(
+        "nodeName: {name}\n\
+         clusterName: {CLUSTER_NAME}\n\
+         interface: {WG_IFACE}\n\
+         listenPort: {WG_PORT}\n\
+         stateDir: \"{state}\"\n\
+         runDir: {AGENT_RUN_DIR}\n\
+         endpoint: \"{endpoint}\"\n\
+         nodeIPs: [{ip}]\n\
+         podCIDRs: [{cidr}]\n\
+         store:\n  kind: dir\n  dir: {{ path: \"{store}\" }}\n",
+        name = node_name(node),
+        state = state_dir.display(),
+        endpoint = endpoint(node),
+        ip = node_ip(node),
+        cidr = pod_cidr(node),
+        store = store_dir.display(),
+    )
+}
+
+impl Lab {
+    /// The agent's config file for `node`.
+    pub fn config_path(&self, node: u8) -> PathBuf {
+        self.node_dir(node).join("config.yaml")
+    }
+
+    /// The config the lab gives node `node`'s agent.
+    pub fn config_yaml(&self, node: u8) -> String {
+        agent_config(node, &self.node_dir(node).join("state"), &self.store_dir())
+    }
+
+    /// The log file of what node `node` runs (agent or wireguard-go).
+    pub fn log_path(&self, node: u8, kind: NodeKind) -> PathBuf {
+        let file = match kind {
+            NodeKind::Agent => "agent.log",
+            NodeKind::WireguardGo => "wireguard-go.log",
+        };
+        self.node_dir(node).join(file)
+    }
+
+    /// Writes the config and starts `wiremesh agent` in node `node` (without waiting for it).
+    pub fn start_agent(&self, node: u8) -> Result<()> {
+        let bin = agent_binary()?;
+        let config = self.config_path(node);
+        std::fs::write(&config, self.config_yaml(node)).map_err(|e| LabError::io(&config, e))?;
+        let log = self.log_path(node, NodeKind::Agent);
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        append(
+            &log,
+            &format!("=== wiremesh-lab: starting agent on node-{node} (unix time {since}) ===\n"),
+        )?;
+        let mut cmd = self.node_cmd(node, &bin);
+        cmd.args(["agent", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info");
+        self.register(node, NodeKind::Agent, |name| {
+            BgProcess::spawn(name, &mut cmd, &log)
+        })
+    }
+
+    /// Starts every node's agent and waits until each answers `encrypt status`.
+    pub fn start_agents(&self, timeout: Duration) -> Result<()> {
+        for node in self.node_ids() {
+            self.start_agent(node)?;
+        }
+        for node in self.node_ids() {
+            self.wait_status(node, "the agent to answer status", timeout, |_| true)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn register(
+        &self,
+        node: u8,
+        kind: NodeKind,
+        spawn: impl FnOnce(String) -> Result<BgProcess>,
+    ) -> Result<()> {
+        let mut procs = self.procs();
+        let entry = procs.get_mut(slot(node)).ok_or_else(|| LabError::Node {
+            node,
+            what: "no such node in this lab".into(),
+        })?;
+        if let Some(p) = entry.as_mut() {
+            if p.proc.exited().is_none() {
+                return Err(LabError::Node {
+                    node,
+                    what: format!("{:?} (pid {}) is still running", p.kind, p.proc.pid()),
+                });
+            }
+        }
+        let proc = spawn(format!("{kind:?} on node-{node}"))?;
+        *entry = Some(NodeProc { kind, proc });
+        Ok(())
+    }
+
+    /// The PID of what node `node` runs, while it runs.
+    pub fn agent_pid(&self, node: u8) -> Option<u32> {
+        let mut procs = self.procs();
+        let p = procs.get_mut(slot(node))?.as_mut()?;
+        p.proc.exited().is_none().then(|| p.proc.pid())
+    }
+
+    /// SIGKILL (no chance to clean up), as a crash would.
+    pub fn kill_agent(&self, node: u8) -> Result<()> {
+        let mut p = self.take_proc(node)?;
+        p.proc.kill();
+        Ok(())
+    }
+
+    /// SIGTERM, up to 5 s to exit, then SIGKILL.
+    pub fn stop_agent(&self, node: u8) -> Result<()> {
+        let mut p = self.take_proc(node)?;
+        p.proc.stop(Signal::SIGTERM, STOP_GRACE);
+        Ok(())
+    }
+
+    fn take_proc(&self, node: u8) -> Result<NodeProc> {
+        let mut procs = self.procs();
+        procs
+            .get_mut(slot(node))
+            .and_then(Option::take)
+            .ok_or_else(|| LabError::Node {
+                node,
+                what: "nothing was started on this node".into(),
+            })
+    }
+
+    /// Fails with the exit status and log tail if node `node`'s process has exited.
+    pub fn check_running(&self, node: u8) -> Result<()> {
+        let mut procs = self.procs();
+        let Some(p) = procs.get_mut(slot(node)).and_then(Option::as_mut) else {
+            return Err(LabError::Node {
+                node,
+                what: "nothing is running on this node".into(),
+            });
+        };
+        let Some(status) = p.proc.exited() else {
+            return Ok(());
+        };
+        let kind = p.kind;
+        drop(procs);
+        Err(LabError::Node {
+            node,
+            what: format!(
+                "{kind:?} exited ({status}); log tail:\n{}",
+                self.log_tail(node, kind, LOG_TAIL_LINES)
+            ),
+        })
+    }
+
+    /// `wiremesh encrypt status --json` in node `node`.
+    pub fn status(&self, node: u8) -> Result<Value> {
+        let mut cmd = self.node_cmd(node, agent_binary()?);
+        cmd.args(["encrypt", "status", "--json", "--run-dir", AGENT_RUN_DIR]);
+        let out = run(&mut cmd, STATUS_TIMEOUT)?;
+        serde_json::from_str(&out).map_err(|_| LabError::Parse {
+            what: "status JSON".into(),
+            input: out,
+        })
+    }
+
+    /// `wiremesh encrypt status` (human form) in node `node`.
+    pub fn status_text(&self, node: u8) -> Result<String> {
+        let mut cmd = self.node_cmd(node, agent_binary()?);
+        cmd.args(["encrypt", "status", "--run-dir", AGENT_RUN_DIR]);
+        run(&mut cmd, STATUS_TIMEOUT)
+    }
+
+    /// `wg show wiremesh_wg0` in node `node`.
+    pub fn wg_show(&self, node: u8) -> Result<String> {
+        run(
+            self.node_cmd(node, "wg").args(["show", WG_IFACE]),
+            STATUS_TIMEOUT,
+        )
+    }
+
+    /// Polls node `node`'s status every 100 ms until `pred` holds; fails early if the agent dies.
+    pub fn wait_status(
+        &self,
+        node: u8,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running(node)?;
+            let last = match self.status(node) {
+                Ok(status) if pred(&status) => return Ok(status),
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                let tail = self.log_tail(node, NodeKind::Agent, LOG_TAIL_LINES);
+                return Err(LabError::Timeout {
+                    what: format!("node-{node}: {what}"),
+                    after: timeout,
+                    last: format!("{last}\nagent log tail:\n{tail}"),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until node `node`'s status lists exactly `count` peers.
+    pub fn wait_peer_count(&self, node: u8, count: usize, timeout: Duration) -> Result<Value> {
+        self.wait_status(node, &format!("{count} peers in status"), timeout, |s| {
+            peers(s).len() == count
+        })
+    }
+
+    /// Waits until node `node`'s status lists `count` peers with a handshake (which needs
+    /// traffic: see [`Lab::wait_reachable`]).
+    pub fn wait_handshakes(&self, node: u8, count: usize, timeout: Duration) -> Result<Value> {
+        self.wait_status(
+            node,
+            &format!("{count} peers with a handshake"),
+            timeout,
+            |s| {
+                peers(s)
+                    .iter()
+                    .filter(|p| p.get("lastHandshake").is_some_and(|h| !h.is_null()))
+                    .count()
+                    >= count
+            },
+        )
+    }
+
+    /// The last `lines` lines of node `node`'s log.
+    pub fn log_tail(&self, node: u8, kind: NodeKind, lines: usize) -> String {
+        let text = std::fs::read(self.log_path(node, kind))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Prints the tail of every node's logs to stderr (where the test harness shows it on failure).
+    pub fn dump_logs(&self) {
+        for node in self.node_ids() {
+            for kind in [NodeKind::Agent, NodeKind::WireguardGo] {
+                let path = self.log_path(node, kind);
+                if !path.exists() {
+                    continue;
+                }
+                eprintln!(
+                    "----- node-{node} {} (last {LOG_TAIL_LINES} lines) -----",
+                    path.display()
+                );
+                eprintln!("{}", self.log_tail(node, kind, LOG_TAIL_LINES));
+            }
+        }
+    }
+}
+
+/// Index of node `node` in the process table (node 0 maps out of range).
+fn slot(node: u8) -> usize {
+    usize::from(node).wrapping_sub(1)
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| LabError::io(path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| LabError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn peer_helpers_read_the_status_document() {
+        let status = json!({"peers": [{"nodeName": "node-2"}, {"nodeName": "node-3"}]});
+        assert_eq!(peer_names(&status), ["node-2", "node-3"]);
+        assert!(peer(&status, "node-3").is_some());
+        assert!(peer(&status, "node-4").is_none());
+        assert!(peers(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn config_has_the_documented_keys_and_values() {
+        let yaml = agent_config(2, Path::new("/tmp/l/n2/state"), Path::new("/tmp/l/store"));
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("config is valid YAML");
+        let expected: serde_yaml::Value = serde_yaml::from_str(
+            "nodeName: node-2\nclusterName: lab\ninterface: wiremesh_wg0\nlistenPort: 51871\n\
+             stateDir: /tmp/l/n2/state\nrunDir: /run/wiremesh\nendpoint: 198.18.0.2:51871\n\
+             nodeIPs: [198.18.0.2]\npodCIDRs: [10.244.2.0/24]\nstore: {kind: dir, dir: {path: /tmp/l/store}}\n",
+        )
+        .expect("expected config is valid YAML");
+        assert_eq!(v, expected);
+    }
+}

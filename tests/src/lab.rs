@@ -1,0 +1,327 @@
+//! The [`Lab`] handle: names, directories, running commands inside nodes and pods, and teardown.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::addr::{Host, MAX_NODES, MAX_PODS};
+use crate::claim::{claim, namespaces_of};
+use crate::error::{LabError, Result};
+use crate::exec::{require_root, require_tools, run, BgProcess};
+
+/// Where the agent expects WireGuard UAPI sockets and its own runtime files. Each node sees its
+/// own directories there through a private mount namespace, as separate hosts would.
+pub const WG_RUN_DIR: &str = "/run/wireguard";
+pub const AGENT_RUN_DIR: &str = "/run/wiremesh";
+
+/// Binds the node's directories over the two run directories, then execs the real program, so
+/// the PID the lab holds is the program's own.
+const MOUNT_SCRIPT: &str = r#"mount --bind "$1" /run/wireguard && mount --bind "$2" /run/wiremesh && shift 2 && exec "$@""#;
+
+pub(crate) const IP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long teardown lets processes exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What a node runs: the wiremesh agent, or wireguard-go configured by hand with `wg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Agent,
+    WireguardGo,
+}
+
+#[derive(Debug)]
+pub(crate) struct NodeProc {
+    pub kind: NodeKind,
+    pub proc: BgProcess,
+}
+
+/// N nodes joined by a bridge, each with P pods, all in network namespaces named with a unique
+/// prefix. Dropping it (also while panicking) stops every process it started and deletes every
+/// namespace it created.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    nodes: u8,
+    pods: u8,
+    keep: bool,
+    procs: Mutex<Vec<Option<NodeProc>>>,
+    torn_down: bool,
+}
+
+impl Lab {
+    /// Builds the underlay switch, `nodes` nodes and `pods` pods per node. On error everything
+    /// created so far is removed again.
+    pub fn new(nodes: u8, pods: u8) -> Result<Self> {
+        if !(1..=MAX_NODES).contains(&nodes) || pods > MAX_PODS {
+            return Err(LabError::Check(format!(
+                "a lab holds 1..={MAX_NODES} nodes and 0..={MAX_PODS} pods per node, not {nodes} × {pods}"
+            )));
+        }
+        require_root()?;
+        require_tools(&["ip", "ss", "sysctl", "unshare", "mount"])?;
+        let claim = claim()?;
+        let keep = std::env::var_os("WIREMESH_LAB_KEEP").is_some_and(|v| v == "1");
+        let lab = Self {
+            prefix: claim.prefix,
+            dir: claim.dir,
+            nodes,
+            pods,
+            keep,
+            procs: Mutex::new((0..nodes).map(|_| None).collect()),
+            torn_down: false,
+        };
+        lab.make_dirs()?;
+        lab.build_topology()?;
+        Ok(lab)
+    }
+
+    fn make_dirs(&self) -> Result<()> {
+        let mut dirs = vec![
+            self.store_dir(),
+            PathBuf::from(WG_RUN_DIR),
+            PathBuf::from(AGENT_RUN_DIR),
+        ];
+        for node in self.node_ids() {
+            let base = self.node_dir(node);
+            dirs.extend(["wireguard", "run", "state"].map(|d| base.join(d)));
+        }
+        for dir in dirs {
+            std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn nodes(&self) -> u8 {
+        self.nodes
+    }
+
+    pub fn pods(&self) -> u8 {
+        self.pods
+    }
+
+    pub fn node_ids(&self) -> std::ops::RangeInclusive<u8> {
+        1..=self.nodes
+    }
+
+    pub fn pod_ids(&self) -> std::ops::RangeInclusive<u8> {
+        1..=self.pods
+    }
+
+    /// Every pod of every node.
+    pub fn all_pods(&self) -> Vec<Host> {
+        self.node_ids()
+            .flat_map(|n| self.pod_ids().map(move |k| Host::Pod(n, k)))
+            .collect()
+    }
+
+    /// `/tmp/wiremesh-lab/<prefix>`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<labdir>/n<i>`: the node's config, log, state and run directories.
+    pub fn node_dir(&self, node: u8) -> PathBuf {
+        self.dir.join(format!("n{node}"))
+    }
+
+    /// The dir store every node of the lab shares.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    pub fn switch_ns(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    pub fn node_ns(&self, node: u8) -> String {
+        format!("{}-n{node}", self.prefix)
+    }
+
+    pub fn pod_ns(&self, node: u8, pod: u8) -> String {
+        format!("{}-n{node}p{pod}", self.prefix)
+    }
+
+    pub fn ns(&self, host: Host) -> String {
+        match host {
+            Host::Node(n) => self.node_ns(n),
+            Host::Pod(n, k) => self.pod_ns(n, k),
+        }
+    }
+
+    /// A command in node `node`'s network namespace with the node's own `/run/wireguard` and
+    /// `/run/wiremesh` bind-mounted (as the agent sees them). Append arguments as usual.
+    pub fn node_cmd(&self, node: u8, program: impl AsRef<OsStr>) -> Command {
+        let base = self.node_dir(node);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node_ns(node)])
+            .args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                MOUNT_SCRIPT,
+                "sh",
+            ])
+            .arg(base.join("wireguard"))
+            .arg(base.join("run"))
+            .arg(program);
+        cmd
+    }
+
+    /// The shell command line equivalent to [`Lab::node_cmd`], for humans.
+    pub fn node_shell_line(&self, node: u8, program: &str) -> String {
+        let base = self.node_dir(node);
+        format!(
+            "ip netns exec {} unshare --mount --propagation private sh -c '{MOUNT_SCRIPT}' sh {} {} {program}",
+            self.node_ns(node),
+            base.join("wireguard").display(),
+            base.join("run").display(),
+        )
+    }
+
+    /// A command in pod `pod` of node `node`.
+    pub fn pod_cmd(&self, node: u8, pod: u8, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.pod_ns(node, pod)])
+            .arg(program);
+        cmd
+    }
+
+    /// [`Lab::node_cmd`] or [`Lab::pod_cmd`].
+    pub fn host_cmd(&self, host: Host, program: impl AsRef<OsStr>) -> Command {
+        match host {
+            Host::Node(n) => self.node_cmd(n, program),
+            Host::Pod(n, k) => self.pod_cmd(n, k, program),
+        }
+    }
+
+    /// Runs `ip -n <ns of host> <args>` and returns its stdout.
+    pub fn ip(&self, host: Host, args: &[&str]) -> Result<String> {
+        run(
+            Command::new("ip").args(["-n", &self.ns(host)]).args(args),
+            IP_TIMEOUT,
+        )
+    }
+
+    pub(crate) fn procs(&self) -> MutexGuard<'_, Vec<Option<NodeProc>>> {
+        // A panic while holding this lock leaves the data consistent (plain Options), so a
+        // poisoned lock is still safe to use, and teardown must work while panicking.
+        self.procs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops every process, deletes every namespace and (unless `WIREMESH_LAB_KEEP=1`) the working
+    /// directory. Idempotent; also run by `Drop`.
+    pub fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        self.stop_all();
+        let mut first_error = None;
+        match namespaces_of(&self.prefix) {
+            Ok(namespaces) => {
+                for ns in namespaces {
+                    if let Err(e) = run(
+                        Command::new("ip").args(["netns", "delete", &ns]),
+                        IP_TIMEOUT,
+                    ) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+        if self.keep {
+            eprintln!(
+                "wiremesh-lab: WIREMESH_LAB_KEEP=1, keeping {}",
+                self.dir.display()
+            );
+        } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            first_error.get_or_insert(LabError::io(&self.dir, e));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// SIGTERM to every node process at once, a shared grace period, then SIGKILL.
+    fn stop_all(&self) {
+        let mut procs = self.procs();
+        for p in procs.iter_mut().flatten() {
+            p.proc.signal(Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for p in procs.iter_mut().flatten() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if p.proc.wait_timeout(left).is_err() {
+                p.proc.kill();
+            }
+        }
+        procs.iter_mut().for_each(|p| *p = None);
+        drop(procs);
+        self.stop_datapaths();
+    }
+
+    /// The agents' data-path processes: started by the agents (detached, so that they outlive
+    /// agent restarts), named by the PID file each writes in its node's run directory.
+    fn stop_datapaths(&self) {
+        let mut pids = Vec::new();
+        for node in self.node_ids() {
+            let pid_file = self.node_dir(node).join("run").join("datapath.pid");
+            let Ok(text) = std::fs::read_to_string(&pid_file) else {
+                continue;
+            };
+            let Ok(pid) = text.trim().parse::<i32>() else {
+                continue;
+            };
+            // Only if the PID still names this lab's data path (PIDs are reused).
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("datapath")
+                && cmdline.contains(&*self.node_dir(node).to_string_lossy())
+            {
+                pids.push(nix::unistd::Pid::from_raw(pid));
+            }
+        }
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for pid in pids {
+            while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+            if !self.keep {
+                eprintln!(
+                    "wiremesh-lab: set WIREMESH_LAB_KEEP=1 to keep {} for inspection",
+                    self.dir.display()
+                );
+            }
+        }
+        if let Err(e) = self.teardown() {
+            eprintln!("wiremesh-lab: teardown of {} incomplete: {e}", self.prefix);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! wiremesh lab: throwaway clusters in network namespaces for end-to-end tests and demos.
+//!
+//! A [`Lab`] owns a switch namespace (a bridge, the underlay `198.18.0.0/24`), N node namespaces
+//! plugged into it, and P pod namespaces behind each node (Calico-style /32 routes, pod CIDR
+//! `10.244.<node>.0/24`). It starts the wiremesh agent (or stock wireguard-go) inside nodes, each
+//! with a private mount namespace so `/run/wireguard` and `/run/wiremesh` are per node, as on
+//! separate hosts; and it drives traffic (ping, TCP via nc) and captures the underlay.
+//!
+//! It must never touch anything it did not create: every namespace is named with the lab's unique
+//! prefix, processes are stopped by the PID the lab holds, and nothing is ever routed out of the
+//! lab's namespaces. Every wait is bounded, and dropping a `Lab` (also while a test panics) stops
+//! its processes and deletes its namespaces. It is test tooling: it shells out to `ip`, `wg`,
+//! `tcpdump`, `nc` and `ping` rather than reimplementing them.
+
+mod addr;
+mod agent;
+mod capture;
+mod claim;
+mod error;
+mod exec;
+mod lab;
+mod store;
+mod topology;
+mod traffic;
+mod wggo;
+mod wgshow;
+
+pub use addr::{
+    endpoint, node_gateway, node_ip, node_name, pod_cidr, pod_ip, Host, WG_IFACE, WG_MTU, WG_PORT,
+};
+pub use agent::{
+    agent_binary, agent_config, peer, peer_names, peers, CLUSTER_NAME, LOG_TAIL_LINES,
+};
+pub use capture::{classify, contains, marker, Capture, CaptureFile, LeakReport, Packet};
+pub use claim::LAB_ROOT;
+pub use error::{LabError, Result};
+pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
+pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
+pub use store::node_record;
+pub use topology::{BYPASS_PREF, BYPASS_TABLE};
+pub use traffic::{test_data, Ping, PingResult};
+pub use wggo::KeyPair;
+pub use wgshow::{parse_wg_show, WgPeer};

@@ -1,0 +1,119 @@
+//! The lab's shared dir store: one `<nodeName>.json` per node, which agents publish and watch.
+//! Tests edit it as an operator or a sync tool would: atomically (a dot-file in the same
+//! directory, then a rename), so a watcher never reads half a record.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::addr::{endpoint, node_ip, node_name, pod_cidr};
+use crate::agent::CLUSTER_NAME;
+use crate::error::{LabError, Result};
+use crate::lab::Lab;
+
+const POLL: Duration = Duration::from_millis(100);
+
+/// The record lab node `node` publishes, with `public_key` (base64).
+pub fn node_record(node: u8, public_key: &str) -> Value {
+    json!({
+        "nodeName": node_name(node),
+        "clusterName": CLUSTER_NAME,
+        "publicKey": public_key,
+        "endpoint": endpoint(node),
+        "podCIDRs": [pod_cidr(node)],
+        "nodeIPs": [node_ip(node).to_string()],
+    })
+}
+
+impl Lab {
+    /// `<store>/<name>.json`.
+    pub fn record_path(&self, name: &str) -> PathBuf {
+        self.store_dir().join(format!("{name}.json"))
+    }
+
+    /// The raw record `name`, if present.
+    pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.record_path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LabError::io(path, e)),
+        }
+    }
+
+    /// The record `name`, parsed, if present.
+    pub fn read_record(&self, name: &str) -> Result<Option<Value>> {
+        let Some(bytes) = self.read_record_bytes(name)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| LabError::Parse {
+                what: format!("store record {name}"),
+                input: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+    }
+
+    /// Waits until the record `name` exists and parses (an agent publishes it at start-up).
+    pub fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.read_record(name) {
+                Ok(Some(record)) => return Ok(record),
+                Ok(None) => "absent".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!("store record {}", self.record_path(name).display()),
+                    after: timeout,
+                    last,
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Writes `record` as `<nodeName>.json`, atomically.
+    pub fn write_record(&self, record: &Value) -> Result<()> {
+        let name = record
+            .get("nodeName")
+            .and_then(Value::as_str)
+            .ok_or_else(|| LabError::Check(format!("record without a nodeName: {record}")))?;
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| LabError::Check(format!("cannot encode record {name}: {e}")))?;
+        self.write_record_bytes(name, &bytes)
+    }
+
+    /// Writes `bytes` as `<name>.json`, atomically.
+    pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = self.store_dir().join(format!(".{name}.json.lab-tmp"));
+        std::fs::write(&tmp, bytes).map_err(|e| LabError::io(&tmp, e))?;
+        let path = self.record_path(name);
+        std::fs::rename(&tmp, &path).map_err(|e| LabError::io(&path, e))
+    }
+
+    /// Removes the record `name` and returns what it held.
+    pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.record_path(name);
+        let bytes = std::fs::read(&path).map_err(|e| LabError::io(&path, e))?;
+        std::fs::remove_file(&path).map_err(|e| LabError::io(&path, e))?;
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_has_the_store_fields() {
+        let r = node_record(3, "AAAA");
+        assert_eq!(r["nodeName"], "node-3");
+        assert_eq!(r["clusterName"], "lab");
+        assert_eq!(r["endpoint"], "198.18.0.3:51871");
+        assert_eq!(r["podCIDRs"], json!(["10.244.3.0/24"]));
+        assert_eq!(r["nodeIPs"], json!(["198.18.0.3"]));
+    }
+}

@@ -1,0 +1,177 @@
+//! Building the namespaces, links, addresses and routes of a lab, and the tunnel bypass used by
+//! control experiments.
+
+use std::process::Command;
+
+use crate::addr::{node_gateway, node_ip, pod_cidr, pod_ip, UNDERLAY_PREFIX_LEN, WG_MTU};
+use crate::error::Result;
+use crate::exec::run;
+use crate::lab::{Lab, IP_TIMEOUT};
+
+/// The routing table and rule priority the tunnel bypass uses (ahead of `main` at 32766).
+pub const BYPASS_TABLE: &str = "100";
+pub const BYPASS_PREF: &str = "100";
+
+/// The lab is IPv4-only: with IPv6 off, the underlay carries no router solicitations or MLD
+/// reports, so every frame a capture sees was caused by the experiment. `-e` tolerates a host
+/// without IPv6.
+const NO_IPV6: [&str; 2] = [
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+];
+
+impl Lab {
+    pub(crate) fn build_topology(&self) -> Result<()> {
+        self.add_ns(&self.switch_ns(), &NO_IPV6)?;
+        self.ip_in(&self.switch_ns(), &["link", "add", "br0", "type", "bridge"])?;
+        self.ip_in(&self.switch_ns(), &["link", "set", "br0", "up"])?;
+        for node in self.node_ids() {
+            self.build_node(node)?;
+            for pod in self.pod_ids() {
+                self.build_pod(node, pod)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn build_node(&self, node: u8) -> Result<()> {
+        let ns = self.node_ns(node);
+        let sw = self.switch_ns();
+        // Set before any interface exists, so every later one (pod veths, the agent's TUN)
+        // inherits the defaults.
+        let sysctls = [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            NO_IPV6[0],
+            NO_IPV6[1],
+        ];
+        self.add_ns(&ns, &sysctls)?;
+        let port = format!("n{node}");
+        self.ip_in(
+            &ns,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &sw,
+            ],
+        )?;
+        self.ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
+        let addr = format!("{}/{UNDERLAY_PREFIX_LEN}", node_ip(node));
+        self.ip_in(&ns, &["addr", "add", &addr, "dev", "eth0"])?;
+        self.ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// A Calico-style pod: a /32 address, a link-scoped route to the node's gateway address and a
+    /// default route through it; the node routes the pod's /32 to the veth.
+    fn build_pod(&self, node: u8, pod: u8) -> Result<()> {
+        let node_ns = self.node_ns(node);
+        let pod_ns = self.pod_ns(node, pod);
+        self.add_ns(&pod_ns, &NO_IPV6)?;
+        let link = format!("pod{pod}");
+        let mtu = WG_MTU.to_string();
+        self.ip_in(
+            &node_ns,
+            &[
+                "link", "add", &link, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+                &mtu, "netns", &pod_ns,
+            ],
+        )?;
+        let gw = node_gateway(node).to_string();
+        let ip = pod_ip(node, pod).to_string();
+        self.ip_in(
+            &node_ns,
+            &["addr", "add", &format!("{gw}/32"), "dev", &link],
+        )?;
+        self.ip_in(&node_ns, &["link", "set", &link, "up"])?;
+        self.ip_in(
+            &pod_ns,
+            &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+        )?;
+        self.ip_in(&pod_ns, &["link", "set", "eth0", "up"])?;
+        self.ip_in(
+            &pod_ns,
+            &["route", "add", &gw, "dev", "eth0", "scope", "link"],
+        )?;
+        self.ip_in(
+            &pod_ns,
+            &["route", "add", "default", "via", &gw, "dev", "eth0"],
+        )?;
+        self.ip_in(
+            &node_ns,
+            &["route", "add", &format!("{ip}/32"), "dev", &link],
+        )?;
+        Ok(())
+    }
+
+    fn add_ns(&self, ns: &str, sysctls: &[&str]) -> Result<()> {
+        run(Command::new("ip").args(["netns", "add", ns]), IP_TIMEOUT)?;
+        let mut sysctl = Command::new("ip");
+        sysctl
+            .args(["netns", "exec", ns, "sysctl", "-q", "-e", "-w"])
+            .args(sysctls);
+        run(&mut sysctl, IP_TIMEOUT)?;
+        self.ip_in(ns, &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn ip_in(&self, ns: &str, args: &[&str]) -> Result<String> {
+        run(Command::new("ip").args(["-n", ns]).args(args), IP_TIMEOUT)
+    }
+
+    /// Routes `from`'s traffic for `to`'s pod CIDR straight over the underlay, ahead of anything
+    /// the agent installed: the unencrypted control case of a leak test.
+    pub fn bypass_tunnel(&self, from: u8, to: u8) -> Result<()> {
+        let ns = self.node_ns(from);
+        let cidr = pod_cidr(to);
+        let via = node_ip(to).to_string();
+        self.ip_in(
+            &ns,
+            &[
+                "rule",
+                "add",
+                "to",
+                &cidr,
+                "lookup",
+                BYPASS_TABLE,
+                "pref",
+                BYPASS_PREF,
+            ],
+        )?;
+        self.ip_in(
+            &ns,
+            &[
+                "route",
+                "add",
+                &cidr,
+                "via",
+                &via,
+                "dev",
+                "eth0",
+                "table",
+                BYPASS_TABLE,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Undoes [`Lab::bypass_tunnel`].
+    pub fn remove_bypass(&self, from: u8, to: u8) -> Result<()> {
+        let ns = self.node_ns(from);
+        let cidr = pod_cidr(to);
+        self.ip_in(&ns, &["route", "del", &cidr, "table", BYPASS_TABLE])?;
+        self.ip_in(
+            &ns,
+            &[
+                "rule",
+                "del",
+                "to",
+                &cidr,
+                "lookup",
+                BYPASS_TABLE,
+                "pref",
+                BYPASS_PREF,
+            ],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! Traffic between lab hosts: ping (iputils) and TCP transfers (netcat-openbsd), every one bounded
+//! in count and time.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::addr::Host;
+use crate::error::{LabError, Result};
+use crate::exec::{check, output, run, BgProcess};
+use crate::lab::Lab;
+
+/// Ports for TCP transfers; each transfer takes a fresh one so no listener ever races a
+/// previous connection in TIME_WAIT.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One bounded ping run.
+#[derive(Debug, Clone)]
+pub struct Ping {
+    pub to: Ipv4Addr,
+    pub count: u32,
+    pub interval: Duration,
+    /// Up to 16 bytes as hex (`ping -p`), repeated through the payload.
+    pub pattern: Option<String>,
+}
+
+impl Ping {
+    pub fn new(to: Ipv4Addr) -> Self {
+        Self {
+            to,
+            count: 3,
+            interval: Duration::from_millis(200),
+            pattern: None,
+        }
+    }
+
+    pub fn count(mut self, count: u32) -> Self {
+        self.count = count;
+        self
+    }
+
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Fills the payload with `bytes` (at most 16).
+    pub fn pattern(mut self, bytes: &[u8]) -> Self {
+        self.pattern = Some(bytes.iter().map(|b| format!("{b:02x}")).collect());
+        self
+    }
+
+    /// How long ping may run: every packet's slot plus time for the last replies.
+    pub fn deadline(&self) -> Duration {
+        self.interval * self.count + Duration::from_secs(3)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "-n".into(),
+            "-q".into(),
+            "-c".into(),
+            self.count.to_string(),
+            "-i".into(),
+            format!("{:.3}", self.interval.as_secs_f64()),
+            // No `-w`: with a deadline, iputils keeps sending past `-c` until that many replies
+            // arrived, which would hide losses. `-W` bounds the wait for the last replies, and
+            // the caller's timeout bounds the whole run.
+            "-W".into(),
+            "1".into(),
+        ];
+        if let Some(p) = &self.pattern {
+            args.extend(["-p".into(), p.clone()]);
+        }
+        args.push(self.to.to_string());
+        args
+    }
+}
+
+/// Packets sent and replies received, from ping's summary line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingResult {
+    pub sent: u32,
+    pub received: u32,
+}
+
+impl PingResult {
+    /// Parses iputils' `N packets transmitted, M received, ...` line.
+    pub fn parse(output: &str) -> Result<Self> {
+        let parse_err = || LabError::Parse {
+            what: "ping summary".into(),
+            input: output.to_owned(),
+        };
+        let line = output
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .ok_or_else(parse_err)?;
+        let mut fields = line.split(',').map(str::trim);
+        let number =
+            |field: Option<&str>| -> Option<u32> { field?.split_whitespace().next()?.parse().ok() };
+        let sent = number(fields.next()).ok_or_else(parse_err)?;
+        let received = number(fields.next()).ok_or_else(parse_err)?;
+        Ok(Self { sent, received })
+    }
+
+    pub fn lost(&self) -> u32 {
+        self.sent.saturating_sub(self.received)
+    }
+
+    pub fn all_received(&self) -> bool {
+        self.sent > 0 && self.received == self.sent
+    }
+}
+
+impl std::fmt::Display for PingResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} received", self.received, self.sent)
+    }
+}
+
+/// `len` bytes of a fixed, position-dependent pattern, so a truncated, reordered or corrupted
+/// transfer never compares equal.
+pub fn test_data(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9E37_79B9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+impl Lab {
+    /// `count` pings from pod `pod` of node `node` to `to`, every `interval`.
+    pub fn ping(
+        &self,
+        node: u8,
+        pod: u8,
+        to: Ipv4Addr,
+        count: u32,
+        interval: Duration,
+    ) -> Result<PingResult> {
+        self.ping_from(
+            Host::Pod(node, pod),
+            &Ping::new(to).count(count).interval(interval),
+        )
+    }
+
+    /// Runs `ping` on `from` and returns its summary (lost packets are not an error).
+    pub fn ping_from(&self, from: Host, ping: &Ping) -> Result<PingResult> {
+        let mut cmd = self.host_cmd(from, "ping");
+        cmd.args(ping.args());
+        let out = output(&mut cmd, None, ping.deadline() + Duration::from_secs(5))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        PingResult::parse(&text).map_err(|_| LabError::Command {
+            cmd: crate::exec::describe(&cmd),
+            status: out.status.to_string(),
+            stderr: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+
+    /// Starts `ping` on `from` in the background; parse its log with [`PingResult::parse`] once it
+    /// has exited (it stops by itself after `ping.deadline()`).
+    pub fn spawn_ping(&self, from: Host, ping: &Ping) -> Result<BgProcess> {
+        let log = self.dir().join(format!(
+            "ping-{}.log",
+            NEXT_PORT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut cmd = self.host_cmd(from, "ping");
+        cmd.args(ping.args());
+        BgProcess::spawn(format!("ping {from} -> {}", ping.to), &mut cmd, &log)
+    }
+
+    /// Pings `to` from `from` once per attempt until a reply comes back; returns how long it took.
+    pub fn wait_reachable(&self, from: Host, to: Ipv4Addr, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let last = match self.ping_from(from, &Ping::new(to).count(1)) {
+                Ok(result) if result.received > 0 => return Ok(start.elapsed()),
+                Ok(result) => result.to_string(),
+                // "Network is unreachable" while routes are being set up is worth retrying.
+                Err(e) => e.to_string(),
+            };
+            if start.elapsed() >= timeout {
+                return Err(LabError::Timeout {
+                    what: format!("{to} to answer ping from {from}"),
+                    after: timeout,
+                    last,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `data` over one TCP connection from `from` to a listener on `to`, and returns what
+    /// the listener received.
+    pub fn tcp_send(
+        &self,
+        from: Host,
+        to: Host,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed).to_string();
+        let received = self.dir().join(format!("tcp-{port}.out"));
+        let log = self.dir().join(format!("tcp-{port}.log"));
+        let mut server_cmd = self.host_cmd(to, "nc");
+        server_cmd.args(["-l", "-n", &port]);
+        let mut server =
+            BgProcess::spawn_split(format!("nc -l on {to}"), &mut server_cmd, &received, &log)?;
+        self.wait_listening(to, &port, &mut server)?;
+
+        let mut client = self.host_cmd(from, "nc");
+        client.args(["-N", "-n", "-w", "5", &to.ip().to_string(), &port]);
+        let out = output(&mut client, Some(data), timeout)?;
+        check(&client, &out)?;
+        server.wait_timeout(timeout)?;
+        std::fs::read(&received).map_err(|e| LabError::io(&received, e))
+    }
+
+    /// Sends `len` bytes of [`test_data`] from `from` to `to` and checks they arrived intact.
+    pub fn tcp_transfer(&self, from: Host, to: Host, len: usize, timeout: Duration) -> Result<()> {
+        let data = test_data(len);
+        let got = self.tcp_send(from, to, &data, timeout)?;
+        if got == data {
+            return Ok(());
+        }
+        let first_diff = data
+            .iter()
+            .zip(&got)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(len));
+        Err(LabError::Check(format!(
+            "TCP {from} -> {to}: sent {len} bytes, received {} (first difference at byte {first_diff})",
+            got.len()
+        )))
+    }
+
+    fn wait_listening(&self, host: Host, port: &str, server: &mut BgProcess) -> Result<()> {
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        let filter = format!("sport = :{port}");
+        loop {
+            let mut ss = Command::new("ss");
+            ss.args(["-N", &self.ns(host), "-H", "-l", "-t", "-n", &filter]);
+            if !run(&mut ss, LISTEN_TIMEOUT)?.trim().is_empty() {
+                return Ok(());
+            }
+            if let Some(status) = server.exited() {
+                return Err(LabError::Check(format!(
+                    "listener on {host} exited ({status}): {}",
+                    server.log()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!("nc to listen on {host} port {port}"),
+                    after: LISTEN_TIMEOUT,
+                    last: server.log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_iputils_summary() {
+        let out = "PING 10.244.2.11 (10.244.2.11) 56(84) bytes of data.\n\n\
+                   --- 10.244.2.11 ping statistics ---\n\
+                   300 packets transmitted, 298 received, 0.666667% packet loss, time 6000ms\n";
+        assert_eq!(
+            PingResult::parse(out).expect("parses"),
+            PingResult {
+                sent: 300,
+                received: 298
+            }
+        );
+        let errors = "1 packets transmitted, 0 received, +1 errors, 100% packet loss, time 0ms\n";
+        let r = PingResult::parse(errors).expect("parses");
+        assert_eq!((r.sent, r.received, r.lost()), (1, 0, 1));
+        assert!(PingResult::parse("ping: connect: Network is unreachable").is_err());
+    }
+
+    #[test]
+    fn ping_arguments_are_bounded() {
+        let ping = Ping::new(Ipv4Addr::new(10, 244, 2, 11))
+            .count(300)
+            .interval(Duration::from_millis(20))
+            .pattern(b"WM");
+        assert_eq!(
+            ping.args().join(" "),
+            "-n -q -c 300 -i 0.020 -W 1 -p 574d 10.244.2.11"
+        );
+    }
+
+    #[test]
+    fn test_data_is_deterministic_and_varied() {
+        let a = test_data(4096);
+        assert_eq!(a, test_data(4096));
+        assert!(a.windows(2).filter(|w| w[0] == w[1]).count() < 100);
+    }
+}
