@@ -130,25 +130,32 @@ pub fn validate_set(
             );
             refused.insert(there, RecordError::DuplicateKey { key, other: here });
         }
-        for cidr in &rec.pod_cidrs {
-            for (other_cidr, other) in &cidrs {
-                if *other != name && (other_cidr.contains(cidr) || cidr.contains(other_cidr)) {
-                    let e = RecordError::OverlappingCidr {
-                        cidr: *cidr,
-                        other: (*other).into(),
-                        other_cidr: *other_cidr,
-                    };
-                    refused.insert(name.clone(), e);
-                    let e = RecordError::OverlappingCidr {
-                        cidr: *other_cidr,
-                        other: name.clone(),
-                        other_cidr: *cidr,
-                    };
-                    refused.insert((*other).into(), e);
-                }
-            }
-            cidrs.push((*cidr, name));
+        cidrs.extend(rec.pod_cidrs.iter().map(|c| (*c, name.as_str())));
+    }
+    // CIDRs are nested or disjoint, never partly overlapping: sorted by start address (wider
+    // first), each one overlaps exactly the open CIDRs that contain it. O(n log n) in the
+    // number of CIDRs, so a thousand-node store validates in microseconds.
+    cidrs.sort_by_key(|(c, _)| (c.network(), c.prefix_len()));
+    let mut open: Vec<(IpNet, &str)> = Vec::new();
+    for (cidr, name) in cidrs {
+        while open.last().is_some_and(|(o, _)| !o.contains(&cidr)) {
+            open.pop();
         }
+        if let Some(&(other_cidr, other)) = open.iter().rev().find(|(_, o)| *o != name) {
+            let e = RecordError::OverlappingCidr {
+                cidr,
+                other: other.into(),
+                other_cidr,
+            };
+            refused.insert(name.to_string(), e);
+            let e = RecordError::OverlappingCidr {
+                cidr: other_cidr,
+                other: name.into(),
+                other_cidr: cidr,
+            };
+            refused.insert(other.to_string(), e);
+        }
+        open.push((cidr, name));
     }
     let mut accepted = BTreeMap::new();
     let mut rejected = Vec::new();
@@ -250,6 +257,38 @@ mod tests {
         let (ok, bad) = validate_set(set(vec![a, b]));
         assert!(ok.is_empty(), "{ok:?}");
         assert_eq!(bad.len(), 2);
+    }
+
+    proptest::proptest! {
+        /// The sweep refuses exactly the nodes a brute-force pairwise check would.
+        #[test]
+        fn overlap_sweep_matches_pairwise_check(
+            nets in proptest::collection::vec((0u8..4, 0u8..4, 22u8..=26), 1..12)
+        ) {
+            let recs: Vec<NodeRecord> = nets
+                .iter()
+                .enumerate()
+                .map(|(i, (a, b, len))| {
+                    let net: IpNet = format!("10.{a}.{b}.0/{len}").parse().unwrap();
+                    NodeRecord { pod_cidrs: vec![net.trunc()], ..rec(&format!("n{i}"), "10.0.0.0/32") }
+                })
+                .collect();
+            let mut expected: Vec<String> = Vec::new();
+            for x in &recs {
+                for y in &recs {
+                    let (cx, cy) = (x.pod_cidrs[0], y.pod_cidrs[0]);
+                    if x.node_name != y.node_name && (cx.contains(&cy) || cy.contains(&cx)) {
+                        expected.push(x.node_name.clone());
+                        break;
+                    }
+                }
+            }
+            expected.sort();
+            let (_, bad) = validate_set(set(recs));
+            let mut got: Vec<String> = bad.into_iter().filter_map(|r| r.node_name).collect();
+            got.sort();
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]
