@@ -178,6 +178,45 @@ impl AdminServer {
     }
 }
 
+/// Serves `/metrics` only (never the admin endpoints) on a TCP address for Prometheus.
+pub async fn serve_metrics(addr: std::net::SocketAddr, state: Arc<AdminState>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metricsAddress {addr}"))?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        let (code, body) = match (req.method(), req.uri().path()) {
+                            (&Method::GET, "/metrics") => {
+                                match crate::metrics::render(&state).await {
+                                    Ok(s) => (StatusCode::OK, s),
+                                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
+                                }
+                            }
+                            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+                        };
+                        let mut r = Response::new(Full::new(Bytes::from(body)));
+                        *r.status_mut() = code;
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
 impl Drop for AdminServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -200,6 +239,10 @@ async fn handle(
                 StatusCode::OK,
                 serde_json::to_string(&s).unwrap_or_default(),
             ),
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
+        },
+        (&Method::GET, "/metrics") => match crate::metrics::render(&state).await {
+            Ok(s) => reply(StatusCode::OK, s),
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
         },
         (&Method::GET, NODES_PATH) => match state.nodes().await {

@@ -35,6 +35,7 @@ struct RawConfig {
     datapath: Option<DatapathKind>,
     store: Option<RawStore>,
     key_rotation: Option<RawKeyRotation>,
+    metrics_address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +111,8 @@ pub struct Config {
     pub datapath: DatapathKind,
     pub store: StoreConfig,
     pub key_rotation: KeyRotation,
+    /// Where Prometheus scrapes `/metrics`; `None` serves them on the admin socket only.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +312,18 @@ impl RawConfig {
                 Duration::from_secs(60),
             ),
         };
+        let metrics_address = match self.metrics_address.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(format!(
+                        "metricsAddress: {s:?} is not ip:port (e.g. 0.0.0.0:9871)"
+                    ));
+                    None
+                }
+            },
+        };
         let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
             return Err(errors);
         };
@@ -327,6 +342,7 @@ impl RawConfig {
             datapath: self.datapath.unwrap_or(DatapathKind::Auto),
             store,
             key_rotation,
+            metrics_address,
         })
     }
 }

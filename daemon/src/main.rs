@@ -7,6 +7,7 @@ mod datapath;
 mod datapath_process;
 mod device;
 mod kernel;
+mod metrics;
 mod netlink;
 mod status;
 mod userspace;

@@ -144,7 +144,10 @@ pub async fn run(config: Config) -> Result<()> {
         own: own_rx.clone(),
         rotate: rotate_tx,
     });
-    let _admin = AdminServer::bind(&config.admin_socket(), admin_state)?;
+    let _admin = AdminServer::bind(&config.admin_socket(), admin_state.clone())?;
+    if let Some(addr) = config.metrics_address {
+        crate::admin::serve_metrics(addr, admin_state).await?;
+    }
 
     let mut reconciler = Reconciler {
         datapath: datapath.clone(),

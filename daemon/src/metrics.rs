@@ -1,0 +1,85 @@
+//! Prometheus metrics, `wiremesh_` prefixed, built at scrape time from the same live views the
+//! admin API reads (the data path's peers, this node's key, the store's health), so there is no
+//! second copy of any state to drift. Served on the admin socket at `/metrics` and, when
+//! `metricsAddress` is set, on that TCP address.
+
+use std::sync::atomic::AtomicU64;
+use std::time::UNIX_EPOCH;
+
+use anyhow::Result;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::admin::AdminState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    node: String,
+}
+
+pub async fn render(state: &AdminState) -> Result<String> {
+    let device = state.datapath.get().await?;
+    let names = state.peers.borrow().clone();
+    let own = state.own.borrow().clone();
+    let store_up = matches!(
+        *state.store_health.borrow(),
+        keymgr::store::StoreHealth::Connected
+    );
+
+    let mut registry = Registry::with_prefix("wiremesh");
+    let peers = Gauge::<i64>::default();
+    peers.set(device.peers.len() as i64);
+    registry.register("peers", "Peers configured in the data path", peers);
+    let epoch = Gauge::<i64>::default();
+    epoch.set(own.epoch as i64);
+    registry.register("key_epoch", "Serial of this node's current key", epoch);
+    let rotating = Gauge::<i64>::default();
+    rotating.set(i64::from(own.next.is_some()));
+    registry.register(
+        "key_rotation_in_progress",
+        "1 while a successor key is announced",
+        rotating,
+    );
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(store_up));
+    registry.register("store_up", "1 if the store is reachable", up);
+
+    let rx = Family::<PeerLabels, Counter<u64, AtomicU64>>::default();
+    let tx = Family::<PeerLabels, Counter<u64, AtomicU64>>::default();
+    let handshake = Family::<PeerLabels, Gauge<i64>>::default();
+    for p in &device.peers {
+        let labels = PeerLabels {
+            node: names
+                .get(&p.public_key)
+                .map_or_else(|| p.public_key.to_base64(), |i| i.node.clone()),
+        };
+        rx.get_or_create(&labels).inc_by(p.rx_bytes);
+        tx.get_or_create(&labels).inc_by(p.tx_bytes);
+        let at = p
+            .last_handshake
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        handshake.get_or_create(&labels).set(at as i64);
+    }
+    registry.register(
+        "peer_rx_bytes",
+        "Bytes received from a peer (decrypted)",
+        rx,
+    );
+    registry.register(
+        "peer_tx_bytes",
+        "Bytes sent to a peer (before encryption)",
+        tx,
+    );
+    registry.register(
+        "peer_last_handshake_timestamp_seconds",
+        "Unix time of the latest handshake with a peer (0: never)",
+        handshake,
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
