@@ -51,6 +51,16 @@ struct RawStore {
     kind: StoreKind,
     dir: Option<RawDirStore>,
     etcd: Option<RawEtcdStore>,
+    kubernetes: Option<RawKubeStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawKubeStore {
+    kubeconfig: Option<PathBuf>,
+    heartbeat: Option<String>,
+    #[serde(rename = "ownerTTL")]
+    owner_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +137,7 @@ pub struct KeyRotation {
 pub enum StoreConfig {
     Dir { path: PathBuf },
     Etcd(keymgr::store::EtcdConfig),
+    Kubernetes(keymgr::store::KubeConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,13 +289,12 @@ impl RawConfig {
             }) => Some(StoreConfig::Etcd(etcd_config(etcd, &mut errors))),
             Some(RawStore {
                 kind: StoreKind::Kubernetes,
+                kubernetes,
                 ..
-            }) => {
-                errors.push(
-                    "store.kind: \"kubernetes\" is not available in this build yet; use \"dir\" or \"etcd\"".into(),
-                );
-                None
-            }
+            }) => Some(StoreConfig::Kubernetes(kube_config(
+                kubernetes,
+                &mut errors,
+            ))),
         };
         let rotation = self.key_rotation.unwrap_or(RawKeyRotation {
             interval: None,
@@ -388,6 +398,37 @@ fn etcd_config(raw: Option<RawEtcdStore>, errors: &mut Vec<String>) -> keymgr::s
     config
 }
 
+fn kube_config(raw: Option<RawKubeStore>, errors: &mut Vec<String>) -> keymgr::store::KubeConfig {
+    let mut config = keymgr::store::KubeConfig::default();
+    let Some(raw) = raw else { return config };
+    config.kubeconfig = raw.kubeconfig;
+    let mut duration = |key: &str, value: Option<String>, into: &mut Duration| {
+        if let Some(v) = value {
+            match humantime::parse_duration(&v) {
+                Ok(d) => *into = d,
+                Err(e) => errors.push(format!("{key}: {v:?} is not a duration (e.g. 10s): {e}")),
+            }
+        }
+    };
+    duration(
+        "store.kubernetes.heartbeat",
+        raw.heartbeat,
+        &mut config.heartbeat,
+    );
+    duration(
+        "store.kubernetes.ownerTTL",
+        raw.owner_ttl,
+        &mut config.owner_ttl,
+    );
+    if config.owner_ttl < config.heartbeat * 2 {
+        errors.push(format!(
+            "store.kubernetes.ownerTTL: {:?} must be at least twice heartbeat ({:?})",
+            config.owner_ttl, config.heartbeat
+        ));
+    }
+    config
+}
+
 fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| {
         s.parse::<IpAddr>()
@@ -480,9 +521,16 @@ store:
 
     #[test]
     fn unsupported_store_kind_says_so() {
-        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: kubernetes }\n")
-            .unwrap_err();
-        assert!(err.contains("store.kind"), "{err}");
+        let err =
+            parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: consul }\n").unwrap_err();
+        assert!(err.contains("consul"), "{err}");
+        let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: kubernetes, kubernetes: { heartbeat: 5s, ownerTTL: 20s } }\n").unwrap();
+        let StoreConfig::Kubernetes(k) = c.store else {
+            panic!("not kubernetes")
+        };
+        assert_eq!(k.owner_ttl, Duration::from_secs(20));
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: kubernetes, kubernetes: { heartbeat: 30s, ownerTTL: 40s } }\n").unwrap_err();
+        assert!(err.contains("store.kubernetes.ownerTTL"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use keymgr::ring::KeyRing;
-use keymgr::store::{ClaimOutcome, DirStore, EtcdStore};
+use keymgr::store::{ClaimOutcome, DirStore, EtcdStore, KubeStore};
 use keymgr::{NodeRecord, Store};
 use tokio::sync::{mpsc, watch};
 
@@ -28,43 +28,48 @@ use rotation::{OwnKey, Rotator};
 use start::Origin;
 
 async fn open_store(config: &Config, peer_file: &PeerFile) -> Result<Store> {
-    match &config.store {
-        StoreConfig::Dir { path } => Ok(Store::Dir(DirStore::open(path)?)),
-        StoreConfig::Etcd(etcd) => {
-            let owner = persist::owner_id(&config.state_dir).with_context(|| {
-                format!(
-                    "reading or creating {}/owner-id",
-                    config.state_dir.display()
-                )
-            })?;
-            // Until etcd answers, the peers of the last run are the best knowledge there is.
-            let last = peer_file.load();
-            let initial = keymgr::Snapshot {
-                nodes: last.clone(),
-            };
-            let store = EtcdStore::start(
-                etcd.clone(),
-                &config.cluster_name,
-                &config.node_name,
-                &owner,
-                initial,
-            )?;
-            match store.claim(CLAIM_TIMEOUT).await? {
-                ClaimOutcome::Claimed => {
-                    tracing::info!(owner = %owner, "node name claimed in etcd")
-                }
-                ClaimOutcome::Unreachable { error } => tracing::warn!(
-                    endpoints = ?etcd.endpoints,
-                    last_known_peers = last.len(),
-                    "etcd unreachable at start ({error}); running on the last known peers and retrying"
-                ),
-            }
-            Ok(Store::Etcd(store))
-        }
+    if let StoreConfig::Dir { path } = &config.store {
+        return Ok(Store::Dir(DirStore::open(path)?));
     }
+    let owner = persist::owner_id(&config.state_dir).with_context(|| {
+        format!(
+            "reading or creating {}/owner-id",
+            config.state_dir.display()
+        )
+    })?;
+    // Until the store answers, the peers of the last run are the best knowledge there is.
+    let last = peer_file.load();
+    let initial = keymgr::Snapshot {
+        nodes: last.clone(),
+    };
+    let (cluster, node) = (config.cluster_name.as_str(), config.node_name.as_str());
+    let (store, claim) = match &config.store {
+        StoreConfig::Dir { .. } => unreachable!("handled above"),
+        StoreConfig::Etcd(c) => {
+            let s = EtcdStore::start(c.clone(), cluster, node, &owner, initial)?;
+            let claim = s.claim(CLAIM_TIMEOUT).await?;
+            (Store::Etcd(s), claim)
+        }
+        StoreConfig::Kubernetes(c) => {
+            let s = KubeStore::start(c.clone(), cluster, node, &owner, initial)?;
+            let claim = s.claim(CLAIM_TIMEOUT).await?;
+            (Store::Kubernetes(s), claim)
+        }
+    };
+    match claim {
+        ClaimOutcome::Claimed => {
+            tracing::info!(owner = %owner, store = %store.describe(), "node name claimed")
+        }
+        ClaimOutcome::Unreachable { error } => tracing::warn!(
+            store = %store.describe(),
+            last_known_peers = last.len(),
+            "store unreachable at start ({error}); running on the last known peers and retrying"
+        ),
+    }
+    Ok(store)
 }
 
-/// How long start-up waits for etcd before carrying on with the last known peers.
+/// How long start-up waits for the store before carrying on with the last known peers.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Routes and peers are re-checked on this period even without store changes, so that a route
@@ -126,7 +131,12 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::info!(store = %store.describe(), node = %config.node_name, "node record published")
         }
         // The store keeps the record and writes it when it is reachable again.
-        Err(e @ keymgr::StoreError::Unavailable { .. }) => tracing::warn!("{e}"),
+        Err(
+            e @ (keymgr::StoreError::Unavailable { .. }
+            | keymgr::StoreError::KubeUnavailable { .. }),
+        ) => {
+            tracing::warn!("{e}")
+        }
         Err(e) => return Err(e).context("publishing this node's record"),
     }
 

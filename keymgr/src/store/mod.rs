@@ -4,6 +4,7 @@
 
 mod dir;
 mod etcd;
+mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 pub use dir::DirStore;
 pub use etcd::{ClaimOutcome, EtcdConfig, EtcdStore, EtcdTls};
+pub use kubernetes::{KubeConfig, KubeStore};
 
 use crate::NodeRecord;
 
@@ -52,7 +54,8 @@ pub enum StoreError {
     #[error(
         "node name {node} is held by a live agent with owner id {owner:?}; refusing to run a \
          second agent under the same name. If that agent is gone, its claim is released when its \
-         lease TTL runs out: start again then, or give this node another name"
+         lease TTL (etcd) or owner TTL after its last heartbeat (Kubernetes) runs out: start \
+         again then, or give this node another name"
     )]
     NodeNameTaken { node: String, owner: String },
     #[error(
@@ -60,6 +63,13 @@ pub enum StoreError {
          is reachable again"
     )]
     Unavailable { endpoints: String, reason: String },
+    #[error(
+        "Kubernetes API server {server} is unavailable: {reason}; the record is kept and written \
+         when the API server is reachable again"
+    )]
+    KubeUnavailable { server: String, reason: String },
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig { path: PathBuf, reason: String },
 }
 
 /// Whether the store is in contact with its backend and owns this node's name.
@@ -80,6 +90,7 @@ pub enum StoreHealth {
 pub enum Store {
     Dir(DirStore),
     Etcd(EtcdStore),
+    Kubernetes(KubeStore),
 }
 
 impl Store {
@@ -92,6 +103,7 @@ impl Store {
         match self {
             Store::Dir(s) => s.publish(record).await,
             Store::Etcd(s) => s.publish(record).await,
+            Store::Kubernetes(s) => s.publish(record).await,
         }
     }
 
@@ -100,6 +112,7 @@ impl Store {
         match self {
             Store::Dir(s) => s.subscribe(),
             Store::Etcd(s) => s.subscribe(),
+            Store::Kubernetes(s) => s.subscribe(),
         }
     }
 
@@ -108,6 +121,7 @@ impl Store {
         match self {
             Store::Dir(_) => always_connected(),
             Store::Etcd(s) => s.health(),
+            Store::Kubernetes(s) => s.health(),
         }
     }
 
@@ -115,6 +129,7 @@ impl Store {
         match self {
             Store::Dir(s) => format!("dir:{}", s.path().display()),
             Store::Etcd(s) => s.describe().to_owned(),
+            Store::Kubernetes(s) => s.describe().to_owned(),
         }
     }
 }

@@ -1,0 +1,356 @@
+//! The Kubernetes store: each agent publishes its record as `wiremesh.io/*` annotations of its own
+//! `Node` object (which kubelet creates; wiremesh never creates or deletes Nodes) and learns its
+//! peers by listing and watching every Node. Pod CIDRs come from `spec.podCIDRs` and node IPs
+//! from `status.addresses`, so an agent can only announce its key and endpoint, never someone
+//! else's address range.
+//!
+//! The node name is claimed with `wiremesh.io/owner` and kept with `wiremesh.io/heartbeat`,
+//! refreshed every `heartbeat`; a claim whose heartbeat is older than `owner_ttl` may be taken
+//! over. Every write is a merge patch preconditioned on the Node's `resourceVersion`, so a
+//! concurrent change (kubelet's, or another agent's claim) is re-read and re-checked instead of
+//! overwritten.
+//!
+//! As with etcd, everything that talks to the API server runs in one background task (the
+//! [`session`] loop) that reconnects on its own, and an unreachable API server never blocks or
+//! fails the agent. Tests run against an in-process fake API server speaking the same REST and
+//! watch protocol (`keymgr/tests/fake_apiserver`): no real API server can be installed on the
+//! project's machines.
+
+mod node;
+mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kube::config::Kubeconfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::{ClaimOutcome, Snapshot, StoreError, StoreHealth};
+use crate::{NodeRecord, RecordError};
+
+/// How long one request to the API server may take before it counts as down.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where and how to reach the API server, and the ownership timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeConfig {
+    /// A kubeconfig file; `None` infers the config as kubectl does: `$KUBECONFIG` or
+    /// `~/.kube/config`, else the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// How often `wiremesh.io/heartbeat` is refreshed.
+    pub heartbeat: Duration,
+    /// How old a heartbeat must be before another agent may take the node name over.
+    pub owner_ttl: Duration,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            heartbeat: Duration::from_secs(10),
+            owner_ttl: Duration::from_secs(40),
+        }
+    }
+}
+
+/// The record this node wants on its Node, numbered so that `publish` can wait for its own write.
+#[derive(Debug, Clone, Default)]
+struct Desired {
+    seq: u64,
+    record: Option<Arc<NodeRecord>>,
+}
+
+/// Identity and connection settings, shared read-only with the background task.
+#[derive(Debug)]
+struct Target {
+    /// The kubeconfig read at start; `None` infers the config in each session.
+    kubeconfig: Option<(PathBuf, Kubeconfig)>,
+    server: String,
+    cluster: String,
+    node: String,
+    owner_id: String,
+    heartbeat: Duration,
+    owner_ttl: Duration,
+}
+
+/// This node's handle on the Kubernetes store. Use: [`KubeStore::start`], then
+/// [`KubeStore::claim`] (refuse to start on `NodeNameTaken`), then [`KubeStore::publish`],
+/// [`KubeStore::subscribe`] and [`KubeStore::health`] (exit on `Conflict`). Dropping it stops the
+/// background task and leaves the annotations as they are; [`KubeStore::close`] also releases
+/// the node name.
+pub struct KubeStore {
+    target: Arc<Target>,
+    describe: String,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    health: watch::Receiver<StoreHealth>,
+    desired: watch::Sender<Desired>,
+    written: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl KubeStore {
+    /// Validates the config, reads the kubeconfig file (if one is named) and starts the
+    /// background task. Never waits for the API server: until the first successful listing,
+    /// [`KubeStore::subscribe`] yields `initial`. Must be called inside a tokio runtime.
+    pub fn start(
+        config: KubeConfig,
+        cluster: &str,
+        node_name: &str,
+        owner_id: &str,
+        initial: Snapshot,
+    ) -> Result<Self, StoreError> {
+        let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
+        let describe = format!("kubernetes:{}", target.server);
+        let (snap_tx, snapshot) = watch::channel(Arc::new(initial));
+        let (health_tx, health) = watch::channel(StoreHealth::Unreachable {
+            since: SystemTime::now(),
+            error: "not contacted yet".into(),
+        });
+        let (desired, desired_rx) = watch::channel(Desired::default());
+        let (written_tx, written) = watch::channel(0);
+        let (stop, stop_rx) = watch::channel(false);
+        let span = tracing::info_span!("kube_store", node = %target.node);
+        let task = tokio::spawn(
+            session::Shell {
+                target: target.clone(),
+                view: node::View::default(),
+                snapshot: snap_tx,
+                health: health_tx,
+                desired: desired_rx,
+                written: written_tx,
+                stop: stop_rx,
+                warned: false,
+            }
+            .run()
+            .instrument(span),
+        );
+        Ok(Self {
+            target,
+            describe,
+            snapshot,
+            health,
+            desired,
+            written,
+            stop,
+            task,
+        })
+    }
+
+    /// Waits up to `timeout` for the first contact with the API server. `Err(NodeNameTaken)`
+    /// means another live agent holds this node name and the caller must refuse to start.
+    pub async fn claim(&self, timeout: Duration) -> Result<ClaimOutcome, StoreError> {
+        let mut health = self.health.clone();
+        let reached = tokio::time::timeout(timeout, async {
+            let h = health.wait_for(|h| !matches!(h, StoreHealth::Unreachable { .. }));
+            h.await.map(|h| h.clone())
+        })
+        .await;
+        let state = match reached {
+            Ok(Ok(h)) => h,
+            Ok(Err(_)) => return Err(self.unavailable("the Kubernetes store task has stopped")),
+            Err(_) => health.borrow().clone(),
+        };
+        match state {
+            StoreHealth::Connected => Ok(ClaimOutcome::Claimed),
+            StoreHealth::Conflict { owner } => Err(StoreError::NodeNameTaken {
+                node: self.target.node.clone(),
+                owner,
+            }),
+            StoreHealth::Unreachable { error, .. } => Ok(ClaimOutcome::Unreachable { error }),
+        }
+    }
+
+    /// Makes `record` this node's desired record and waits until its annotations are written.
+    /// `record.pod_cidrs` and `record.node_ips` are not published: peers read them from the Node.
+    /// While the API server is unreachable this fails with `KubeUnavailable` at once, but the
+    /// record stays desired and is written as soon as the server is back.
+    pub async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
+        if record.node_name != self.target.node {
+            return Err(StoreError::Invalid {
+                node: record.node_name.clone(),
+                source: RecordError::NameMismatch {
+                    expected: self.target.node.clone(),
+                    found: record.node_name.clone(),
+                },
+            });
+        }
+        record.validate().map_err(|source| StoreError::Invalid {
+            node: record.node_name.clone(),
+            source,
+        })?;
+        let mut seq = 0;
+        self.desired.send_modify(|d| {
+            d.seq += 1;
+            d.record = Some(Arc::new(record.clone()));
+            seq = d.seq;
+        });
+        let mut written = self.written.clone();
+        let mut health = self.health.clone();
+        let outcome = tokio::time::timeout(2 * RPC_TIMEOUT, async {
+            loop {
+                if *written.borrow_and_update() >= seq {
+                    return Ok(());
+                }
+                match &*health.borrow_and_update() {
+                    StoreHealth::Connected => {}
+                    StoreHealth::Unreachable { error, .. } => return Err(self.unavailable(error)),
+                    StoreHealth::Conflict { owner } => {
+                        return Err(StoreError::NodeNameTaken {
+                            node: self.target.node.clone(),
+                            owner: owner.clone(),
+                        })
+                    }
+                }
+                tokio::select! {
+                    r = written.changed() => r,
+                    r = health.changed() => r,
+                }
+                .map_err(|_| self.unavailable("the Kubernetes store task has stopped"))?;
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|_| {
+            Err(self.unavailable(&format!(
+                "annotations of Node {} not written within {:?}",
+                self.target.node,
+                2 * RPC_TIMEOUT
+            )))
+        })
+    }
+
+    /// Snapshots of the cluster's valid records (this node's own included).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// Connection state; `Conflict` means another agent took this node name and this one must
+    /// stop.
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.clone()
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Graceful shutdown: removes the owner and heartbeat annotations, so that another agent may
+    /// take the node name at once. The record stays: the data path outlives the agent, and peers
+    /// keep reaching it with the same key.
+    pub async fn close(mut self) {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(2 * RPC_TIMEOUT, &mut self.task).await;
+    }
+
+    /// Stops at once, as if the process had been killed: the claim stays until its heartbeat is
+    /// older than the owner TTL. Dropping the store does the same.
+    pub fn abandon(self) {
+        self.task.abort();
+    }
+
+    fn unavailable(&self, reason: &str) -> StoreError {
+        StoreError::KubeUnavailable {
+            server: self.target.server.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Target {
+    fn new(
+        config: KubeConfig,
+        cluster: &str,
+        node: &str,
+        owner_id: &str,
+    ) -> Result<Self, StoreError> {
+        let bad = |field: &'static str, value: String, reason: &'static str| StoreError::Config {
+            field,
+            value,
+            reason,
+        };
+        for (field, value) in [("nodeName", node), ("ownerId", owner_id)] {
+            if value.is_empty() {
+                return Err(bad(field, value.into(), "must be non-empty"));
+            }
+        }
+        if config.heartbeat < Duration::from_millis(100) {
+            let v = format!("{:?}", config.heartbeat);
+            return Err(bad("heartbeat", v, "must be at least 100ms"));
+        }
+        if config.owner_ttl < 2 * config.heartbeat {
+            let v = format!("{:?}", config.owner_ttl);
+            return Err(bad(
+                "ownerTTL",
+                v,
+                "must be at least twice the heartbeat, or a live agent loses its name",
+            ));
+        }
+        let kubeconfig = match config.kubeconfig {
+            None => None,
+            Some(path) => {
+                let kc = Kubeconfig::read_from(&path).map_err(|e| StoreError::Kubeconfig {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some((path, kc))
+            }
+        };
+        let server = match &kubeconfig {
+            None => "(inferred: $KUBECONFIG, ~/.kube/config or in-cluster)".to_owned(),
+            Some((path, kc)) => current_server(kc).unwrap_or_else(|| path.display().to_string()),
+        };
+        Ok(Self {
+            kubeconfig,
+            server,
+            cluster: cluster.into(),
+            node: node.into(),
+            owner_id: owner_id.into(),
+            heartbeat: config.heartbeat,
+            owner_ttl: config.owner_ttl,
+        })
+    }
+}
+
+/// The server URL of the kubeconfig's current context, for messages.
+fn current_server(kc: &Kubeconfig) -> Option<String> {
+    let context = kc.current_context.as_ref()?;
+    let named = kc.contexts.iter().find(|c| &c.name == context)?;
+    let cluster = named.context.as_ref()?.cluster.clone();
+    let entry = kc.clusters.iter().find(|c| c.name == cluster)?;
+    entry.cluster.as_ref()?.server.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_config_names_the_offending_value() {
+        let t = |c: KubeConfig| Target::new(c, "lab", "node-1", "owner-a").err().unwrap();
+        let e = t(KubeConfig {
+            owner_ttl: Duration::from_secs(15),
+            ..KubeConfig::default()
+        });
+        assert!(e.to_string().contains("ownerTTL = \"15s\""), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-kubeconfig");
+        let e = t(KubeConfig {
+            kubeconfig: Some(missing.clone()),
+            ..KubeConfig::default()
+        });
+        assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
+        let e = Target::new(KubeConfig::default(), "lab", "node-1", "")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("ownerId"), "{e}");
+    }
+}

@@ -1,0 +1,338 @@
+//! The pure half of the Kubernetes store: a `Node` object read as a node record, the annotation
+//! patch that publishes one, the ownership rule, and the set of Nodes as last listed and watched
+//! turned into a [`Snapshot`] of valid records. No I/O and no clock: callers pass `now`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use serde_json::{json, Map, Value};
+
+use crate::store::Snapshot;
+use crate::{validate_set, NodeRecord, PublicKey, Rejected};
+
+pub(super) const PUB_KEY: &str = "wiremesh.io/wg-pub-key";
+pub(super) const ENDPOINT: &str = "wiremesh.io/wg-endpoint";
+pub(super) const NEXT_PUB_KEY: &str = "wiremesh.io/wg-next-pub-key";
+pub(super) const KEY_EPOCH: &str = "wiremesh.io/wg-key-epoch";
+pub(super) const KEY_CREATED: &str = "wiremesh.io/wg-key-created";
+pub(super) const OWNER: &str = "wiremesh.io/owner";
+pub(super) const HEARTBEAT: &str = "wiremesh.io/heartbeat";
+
+fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+/// The record a Node carries, `Ok(None)` when it has no `wg-pub-key` annotation (not a wiremesh
+/// node, or not published yet). Pod CIDRs and node IPs come from the Node itself (set by the
+/// control plane and kubelet), never from annotations, so an agent cannot claim another range.
+pub(super) fn record(node: &Node, cluster: &str) -> Result<Option<NodeRecord>, String> {
+    let Some(key) = annotation(node, PUB_KEY) else {
+        return Ok(None);
+    };
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let public_key = PublicKey::from_base64(key).map_err(|e| format!("{PUB_KEY} {key:?}: {e}"))?;
+    let endpoint = annotation(node, ENDPOINT).ok_or(format!("{ENDPOINT} is missing"))?;
+    let endpoint = endpoint
+        .parse()
+        .map_err(|e| format!("{ENDPOINT} {endpoint:?} is not ip:port: {e}"))?;
+    let next_public_key = match annotation(node, NEXT_PUB_KEY) {
+        None | Some("") => None,
+        Some(k) => {
+            Some(PublicKey::from_base64(k).map_err(|e| format!("{NEXT_PUB_KEY} {k:?}: {e}"))?)
+        }
+    };
+    let key_epoch = match annotation(node, KEY_EPOCH) {
+        None => 0,
+        Some(e) => e
+            .parse()
+            .map_err(|err| format!("{KEY_EPOCH} {e:?} is not a number: {err}"))?,
+    };
+    let spec = node.spec.as_ref();
+    let cidrs = match spec.and_then(|s| s.pod_cidrs.clone()) {
+        Some(list) if !list.is_empty() => list,
+        _ => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
+    };
+    let pod_cidrs = cidrs
+        .iter()
+        .map(|c| {
+            c.parse::<IpNet>()
+                .map_err(|e| format!("spec.podCIDRs {c:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    let mut node_ips: Vec<IpAddr> = Vec::new();
+    for kind in ["InternalIP", "ExternalIP"] {
+        let of_kind = addresses.into_iter().flatten().filter(|a| a.type_ == kind);
+        node_ips.extend(of_kind.filter_map(|a| a.address.parse::<IpAddr>().ok()));
+    }
+    let rec = NodeRecord {
+        cluster_name: cluster.into(),
+        pod_cidrs,
+        node_ips,
+        key_epoch,
+        key_created: annotation(node, KEY_CREATED).map(str::to_owned),
+        next_public_key,
+        ..NodeRecord::new(name, public_key, endpoint)
+    };
+    rec.validate().map_err(|e| e.to_string())?;
+    Ok(Some(rec))
+}
+
+/// The annotations that publish `rec` (absent optional fields are removed: `null` in a merge
+/// patch), plus our claim on the Node.
+pub(super) fn annotations(rec: Option<&NodeRecord>, owner: &str, now: SystemTime) -> Value {
+    let mut a = Map::new();
+    a.insert(OWNER.into(), owner.into());
+    let beat = humantime::format_rfc3339_millis(now).to_string();
+    a.insert(HEARTBEAT.into(), beat.into());
+    if let Some(rec) = rec {
+        a.insert(PUB_KEY.into(), rec.public_key.to_base64().into());
+        a.insert(ENDPOINT.into(), rec.endpoint.to_string().into());
+        let next = rec.next_public_key.map(|k| k.to_base64());
+        a.insert(NEXT_PUB_KEY.into(), next.map_or(Value::Null, Value::from));
+        a.insert(KEY_EPOCH.into(), rec.key_epoch.to_string().into());
+        let created = rec.key_created.clone();
+        a.insert(KEY_CREATED.into(), created.map_or(Value::Null, Value::from));
+    }
+    Value::Object(a)
+}
+
+/// A merge patch of `annotations` that only applies to the Node at `resource_version`.
+pub(super) fn patch(annotations: Value, resource_version: Option<&str>) -> Value {
+    json!({ "metadata": { "resourceVersion": resource_version, "annotations": annotations } })
+}
+
+/// Who may write the Node's wiremesh annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Ownership {
+    /// Unclaimed, or ours already.
+    Free,
+    /// Another owner's claim whose heartbeat is older than the owner TTL (or unreadable).
+    Stale { owner: String },
+    /// Another live agent holds the name.
+    Taken { owner: String },
+}
+
+pub(super) fn ownership(node: &Node, me: &str, ttl: Duration, now: SystemTime) -> Ownership {
+    let owner = match annotation(node, OWNER) {
+        None | Some("") => return Ownership::Free,
+        Some(o) if o == me => return Ownership::Free,
+        Some(o) => o.to_owned(),
+    };
+    let beat = annotation(node, HEARTBEAT).and_then(|b| humantime::parse_rfc3339(b).ok());
+    // A heartbeat from the future (clock skew) counts as fresh: refusing is the safe side.
+    match beat.map(|b| now.duration_since(b).unwrap_or_default()) {
+        Some(age) if age <= ttl => Ownership::Taken { owner },
+        _ => Ownership::Stale { owner },
+    }
+}
+
+/// Every Node as last listed and watched, parsed when it arrives, plus what was already reported
+/// so that a refused record is warned about once per change, not once per event.
+#[derive(Debug, Default)]
+pub(super) struct View {
+    nodes: BTreeMap<String, Result<Option<NodeRecord>, String>>,
+    reported: HashMap<String, String>,
+}
+
+impl View {
+    /// Replaces everything with a fresh listing.
+    pub(super) fn replace<'a>(&mut self, cluster: &str, nodes: impl IntoIterator<Item = &'a Node>) {
+        self.nodes.clear();
+        for node in nodes {
+            self.put(cluster, node);
+        }
+    }
+
+    pub(super) fn put(&mut self, cluster: &str, node: &Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        self.nodes.insert(name, record(node, cluster));
+    }
+
+    pub(super) fn delete(&mut self, node: &Node) {
+        if let Some(name) = &node.metadata.name {
+            self.nodes.remove(name);
+        }
+    }
+
+    /// The valid records; refused ones are logged (naming the Node and the reason) once per
+    /// change.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
+        let mut records = BTreeMap::new();
+        let mut rejected = Vec::new();
+        for (name, parsed) in &self.nodes {
+            let source = format!("Node/{name}");
+            match parsed {
+                Ok(Some(rec)) => {
+                    records.insert(name.clone(), (source, rec.clone()));
+                }
+                Ok(None) => {}
+                Err(reason) => rejected.push(Rejected {
+                    source,
+                    node_name: Some(name.clone()),
+                    reason: reason.clone(),
+                }),
+            }
+        }
+        let (nodes, conflicts) = validate_set(records);
+        rejected.extend(conflicts);
+        let mut now = HashMap::new();
+        for r in rejected {
+            if self.reported.get(&r.source) != Some(&r.reason) {
+                tracing::warn!(
+                    object = %r.source,
+                    "wiremesh annotations of {} refused and ignored: {}; other nodes are \
+                     unaffected. Fix or remove the wiremesh.io/* annotations of that Node",
+                    r.source,
+                    r.reason
+                );
+            }
+            now.insert(r.source, r.reason);
+        }
+        self.reported = now;
+        Snapshot { nodes }
+    }
+
+    #[cfg(test)]
+    fn reason(&self, name: &str) -> Option<&str> {
+        self.reported
+            .get(&format!("Node/{name}"))
+            .map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PrivateKey;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn node(name: &str, n: u8, annotations: Value) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: serde_json::from_value(annotations).unwrap(),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(format!("10.244.{n}.0/24")),
+                ..NodeSpec::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    NodeAddress {
+                        type_: "ExternalIP".into(),
+                        address: format!("198.19.0.{n}"),
+                    },
+                    NodeAddress {
+                        type_: "Hostname".into(),
+                        address: name.into(),
+                    },
+                    NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: format!("198.18.0.{n}"),
+                    },
+                ]),
+                ..NodeStatus::default()
+            }),
+        }
+    }
+
+    fn published(name: &str, n: u8) -> (NodeRecord, Node) {
+        let key = PrivateKey::generate().public_key();
+        let mut rec = NodeRecord::new(name, key, format!("198.18.0.{n}:51871").parse().unwrap());
+        rec.key_epoch = 3;
+        rec.next_public_key = Some(PrivateKey::generate().public_key());
+        let now = SystemTime::now();
+        let mut a = annotations(Some(&rec), "owner-a", now);
+        a.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+        (rec, node(name, n, a))
+    }
+
+    #[test]
+    fn a_published_node_reads_back_with_cidrs_and_ips_from_the_node() {
+        let (rec, n) = published("node-1", 1);
+        let got = record(&n, "lab").unwrap().unwrap();
+        assert_eq!(got.public_key, rec.public_key);
+        assert_eq!(got.next_public_key, rec.next_public_key);
+        assert_eq!((got.endpoint, got.key_epoch), (rec.endpoint, 3));
+        assert_eq!(got.cluster_name, "lab");
+        assert_eq!(
+            got.pod_cidrs,
+            vec!["10.244.1.0/24".parse::<IpNet>().unwrap()]
+        );
+        let ips: Vec<IpAddr> = vec!["198.18.0.1".parse().unwrap(), "198.19.0.1".parse().unwrap()];
+        assert_eq!(got.node_ips, ips, "InternalIP first");
+        assert_eq!(record(&node("node-2", 2, json!({})), "lab"), Ok(None));
+    }
+
+    #[test]
+    fn bad_annotations_are_refused_with_the_reason_and_others_kept() {
+        let mut v = View::default();
+        let (_, good) = published("node-1", 1);
+        v.put("lab", &good);
+        let bad = json!({ PUB_KEY: "not base64!", ENDPOINT: "198.18.0.2:51871" });
+        v.put("lab", &node("node-2", 2, bad));
+        let zero = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        v.put(
+            "lab",
+            &node(
+                "node-3",
+                3,
+                json!({ PUB_KEY: zero, ENDPOINT: "198.18.0.3:1" }),
+            ),
+        );
+        let key = PrivateKey::generate().public_key().to_base64();
+        v.put(
+            "lab",
+            &node("node-4", 4, json!({ PUB_KEY: key, ENDPOINT: "nowhere" })),
+        );
+        v.put("lab", &node("node-5", 5, json!({ PUB_KEY: key })));
+        let snap = v.snapshot();
+        assert_eq!(snap.nodes.keys().collect::<Vec<_>>(), vec!["node-1"]);
+        assert!(v.reason("node-2").unwrap().contains("not base64!"));
+        assert!(v.reason("node-3").unwrap().contains("all-zero"));
+        assert!(v.reason("node-4").unwrap().contains("nowhere"));
+        assert!(v.reason("node-5").unwrap().contains("missing"));
+        v.delete(&good);
+        assert!(v.snapshot().nodes.is_empty());
+    }
+
+    #[test]
+    fn a_claim_is_taken_only_while_its_heartbeat_is_fresh() {
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(40);
+        let claimed = |owner: &str, age: u64| {
+            let beat = humantime::format_rfc3339_seconds(now - Duration::from_secs(age));
+            node("n", 1, json!({ OWNER: owner, HEARTBEAT: beat.to_string() }))
+        };
+        assert_eq!(
+            ownership(&node("n", 1, json!({})), "me", ttl, now),
+            Ownership::Free
+        );
+        assert_eq!(
+            ownership(&claimed("me", 5), "me", ttl, now),
+            Ownership::Free
+        );
+        let taken = Ownership::Taken {
+            owner: "other".into(),
+        };
+        assert_eq!(ownership(&claimed("other", 5), "me", ttl, now), taken);
+        let stale = Ownership::Stale {
+            owner: "other".into(),
+        };
+        assert_eq!(ownership(&claimed("other", 60), "me", ttl, now), stale);
+        let garbled = node("n", 1, json!({ OWNER: "other", HEARTBEAT: "yesterday" }));
+        assert_eq!(ownership(&garbled, "me", ttl, now), stale);
+    }
+}

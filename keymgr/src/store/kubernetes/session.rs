@@ -1,0 +1,363 @@
+//! The I/O shell of the Kubernetes store: one background task that connects, claims the node
+//! name on this node's `Node`, writes the desired annotations, refreshes the heartbeat, and lists
+//! then watches every Node (following bookmarks, relisting on 410 Gone). Any failure ends the
+//! session; the next one starts from scratch (new client, re-claim, relist), which also picks up
+//! whatever changed during an outage.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use super::node::{self, Ownership, View};
+use super::{Desired, Target, RPC_TIMEOUT};
+use crate::store::{Snapshot, StoreHealth};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(5);
+/// The API server ends each watch after this long; the next one resumes from the last
+/// resourceVersion. A watch silent for longer than this (plus [`RPC_TIMEOUT`]) is a dead one.
+const WATCH_SECS: u32 = 55;
+/// How many 409 Conflicts one write re-reads and retries before the session gives up.
+const CONFLICT_RETRIES: usize = 8;
+
+type Events = Pin<Box<dyn Stream<Item = kube::Result<WatchEvent<Node>>> + Send>>;
+
+pub(super) struct Shell {
+    pub(super) target: Arc<Target>,
+    pub(super) view: View,
+    pub(super) snapshot: watch::Sender<Arc<Snapshot>>,
+    pub(super) health: watch::Sender<StoreHealth>,
+    pub(super) desired: watch::Receiver<Desired>,
+    pub(super) written: watch::Sender<u64>,
+    pub(super) stop: watch::Receiver<bool>,
+    /// Whether the current outage has been logged at WARN.
+    pub(super) warned: bool,
+}
+
+/// One thing that happened while serving.
+enum Step {
+    Tick,
+    Watch(Result<Option<kube::Result<Box<WatchEvent<Node>>>>, tokio::time::error::Elapsed>),
+    /// The desired record changed (`false`: the store handle is gone).
+    Desired(bool),
+    Stop,
+}
+
+/// Why a session ended.
+enum End {
+    Stop,
+    Down(String),
+    Conflict(String),
+}
+
+impl Shell {
+    pub(super) async fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let began = Instant::now();
+            let end = self.session().await;
+            if began.elapsed() > STABLE {
+                backoff = MIN_BACKOFF;
+            }
+            let pause = match end {
+                End::Stop => return,
+                End::Down(error) => {
+                    self.set_unreachable(error);
+                    backoff
+                }
+                End::Conflict(owner) => {
+                    self.set_conflict(owner);
+                    self.target.owner_ttl / 3
+                }
+            };
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = self.stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn session(&mut self) -> End {
+        let api = match self.connect().await {
+            Ok(api) => api,
+            Err(e) => return End::Down(e),
+        };
+        let t = self.target.clone();
+        let what = format!("get Node {}", t.node);
+        let mut own = match rpc(&what, api.get_opt(&t.node)).await {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                return End::Down(format!(
+                    "Node {} does not exist: kubelet registers it (wiremesh never creates Nodes); \
+                     check that nodeName matches the kubelet's node name",
+                    t.node
+                ))
+            }
+            Err(e) => return End::Down(e),
+        };
+        let end = match self.write(&api, &mut own).await {
+            Ok(None) => self.serve(&api, &mut own).await,
+            Ok(Some(owner)) => Ok(End::Conflict(owner)),
+            Err(e) => Err(e),
+        };
+        let end = end.unwrap_or_else(End::Down);
+        if matches!(end, End::Stop) {
+            self.release(&api, &mut own).await;
+        }
+        end
+    }
+
+    async fn connect(&self) -> Result<Api<Node>, String> {
+        let t = &self.target;
+        let mut config = match &t.kubeconfig {
+            Some((path, kc)) => {
+                let options = kube::config::KubeConfigOptions::default();
+                let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options).await;
+                config.map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| format!("no Kubernetes config found: {e}"))?,
+        };
+        config.connect_timeout = Some(RPC_TIMEOUT);
+        let client = Client::try_from(config)
+            .map_err(|e| format!("Kubernetes client for {}: {e}", t.server))?;
+        Ok(Api::all(client))
+    }
+
+    /// Lists then watches every Node, refreshes the heartbeat and writes record changes, until
+    /// something fails (`Err`) or the store is closed.
+    async fn serve(&mut self, api: &Api<Node>, own: &mut Node) -> Result<End, String> {
+        let t = self.target.clone();
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + t.heartbeat, t.heartbeat);
+        let silent = Duration::from_secs(WATCH_SECS.into()) + RPC_TIMEOUT;
+        'relist: loop {
+            let list = rpc("list Nodes", api.list(&ListParams::default())).await?;
+            let mut rv = list.metadata.resource_version.clone().unwrap_or_default();
+            self.view.replace(&t.cluster, &list.items);
+            if let Some(n) = list.items.iter().find(|n| is(n, &t.node)) {
+                *own = n.clone();
+            }
+            self.send_snapshot();
+            self.set_connected();
+            loop {
+                let params = WatchParams::default().timeout(WATCH_SECS);
+                let what = format!("watch Nodes from resourceVersion {rv}");
+                let mut events: Events = Box::pin(rpc(&what, api.watch(&params, &rv)).await?);
+                loop {
+                    let step = tokio::select! {
+                        _ = tick.tick() => Step::Tick,
+                        ev = tokio::time::timeout(silent, events.next()) => {
+                            Step::Watch(ev.map(|e| e.map(|e| e.map(Box::new))))
+                        }
+                        changed = self.desired.changed() => Step::Desired(changed.is_ok()),
+                        _ = self.stop.wait_for(|s| *s) => Step::Stop,
+                    };
+                    let event = match step {
+                        Step::Tick | Step::Desired(true) => match self.write(api, own).await? {
+                            None => continue,
+                            Some(owner) => return Ok(End::Conflict(owner)),
+                        },
+                        Step::Desired(false) | Step::Stop => return Ok(End::Stop),
+                        Step::Watch(Err(_)) => {
+                            return Err(format!("{what}: silent for {silent:?}"))
+                        }
+                        Step::Watch(Ok(None)) => break,
+                        Step::Watch(Ok(Some(Err(e)))) => return Err(format!("{what}: {e}")),
+                        Step::Watch(Ok(Some(Ok(event)))) => *event,
+                    };
+                    match event {
+                        WatchEvent::Added(n) | WatchEvent::Modified(n) => {
+                            rv = n.metadata.resource_version.clone().unwrap_or(rv);
+                            self.view.put(&t.cluster, &n);
+                            if is(&n, &t.node) {
+                                *own = n;
+                                let now = SystemTime::now();
+                                if let Ownership::Taken { owner } =
+                                    node::ownership(own, &t.owner_id, t.owner_ttl, now)
+                                {
+                                    return Ok(End::Conflict(owner));
+                                }
+                            }
+                        }
+                        WatchEvent::Deleted(n) => {
+                            rv = n.metadata.resource_version.clone().unwrap_or(rv);
+                            self.view.delete(&n);
+                        }
+                        WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
+                        WatchEvent::Error(e) if e.code == 410 => {
+                            tracing::info!("{what}: {} (410 Gone); relisting Nodes", e.message);
+                            continue 'relist;
+                        }
+                        WatchEvent::Error(e) => return Err(format!("{what}: {e}")),
+                    }
+                    self.send_snapshot();
+                }
+            }
+        }
+    }
+
+    /// Writes our claim, heartbeat and desired record to our Node, preconditioned on the
+    /// resourceVersion last seen: on 409 Conflict the Node is re-read and ownership re-checked,
+    /// so another owner's annotations are never overwritten. `Ok(Some(owner))` when another live
+    /// agent holds the name.
+    async fn write(&mut self, api: &Api<Node>, own: &mut Node) -> Result<Option<String>, String> {
+        let t = self.target.clone();
+        let desired = self.desired.borrow_and_update().clone();
+        for _ in 0..CONFLICT_RETRIES {
+            let now = SystemTime::now();
+            match node::ownership(own, &t.owner_id, t.owner_ttl, now) {
+                Ownership::Free => {}
+                Ownership::Taken { owner } => return Ok(Some(owner)),
+                Ownership::Stale { owner } => tracing::info!(
+                    "taking node name {} over from owner {owner:?}: its heartbeat is older than \
+                     {:?}",
+                    t.node,
+                    t.owner_ttl
+                ),
+            }
+            let annotations = node::annotations(desired.record.as_deref(), &t.owner_id, now);
+            let rv = own.metadata.resource_version.as_deref();
+            let patch = Patch::Merge(node::patch(annotations, rv));
+            let what = format!("patch Node {}", t.node);
+            let params = PatchParams::default();
+            match tokio::time::timeout(RPC_TIMEOUT, api.patch(&t.node, &params, &patch)).await {
+                Ok(Ok(n)) => {
+                    *own = n;
+                    self.written.send_replace(desired.seq);
+                    return Ok(None);
+                }
+                Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
+                    tracing::debug!("{what}: {} (409); re-reading it", e.message);
+                    *own = rpc(&format!("get Node {}", t.node), api.get(&t.node)).await?;
+                }
+                Ok(Err(e)) => return Err(format!("{what}: {e}")),
+                Err(_) => return Err(format!("{what}: no answer within {RPC_TIMEOUT:?}")),
+            }
+        }
+        Err(format!(
+            "Node {} kept changing: {CONFLICT_RETRIES} conflicting writes in a row",
+            t.node
+        ))
+    }
+
+    /// Removes our claim (owner and heartbeat) so that another agent may take the name at once.
+    async fn release(&mut self, api: &Api<Node>, own: &mut Node) {
+        let t = self.target.clone();
+        if node::ownership(own, &t.owner_id, t.owner_ttl, SystemTime::now()) != Ownership::Free {
+            return;
+        }
+        let annotations = serde_json::json!({ node::OWNER: null, node::HEARTBEAT: null });
+        let rv = own.metadata.resource_version.as_deref();
+        let patch = Patch::Merge(node::patch(annotations, rv));
+        let what = format!("release Node {}", t.node);
+        let done = rpc(&what, api.patch(&t.node, &PatchParams::default(), &patch)).await;
+        match done {
+            Ok(_) => tracing::info!("released node name {}", t.node),
+            Err(e) => tracing::debug!("{e}; the claim lapses after {:?}", t.owner_ttl),
+        }
+    }
+
+    fn send_snapshot(&mut self) {
+        let snap = self.view.snapshot();
+        self.snapshot.send_if_modified(|cur| {
+            if **cur == snap {
+                return false;
+            }
+            *cur = Arc::new(snap);
+            true
+        });
+    }
+
+    fn set_connected(&mut self) {
+        let t = &self.target;
+        let since = match &*self.health.borrow() {
+            StoreHealth::Connected => return,
+            StoreHealth::Unreachable { since, .. } if self.warned => Some(*since),
+            _ => None,
+        };
+        match since {
+            Some(since) => {
+                let down = since.elapsed().unwrap_or_default();
+                tracing::info!(
+                    "Kubernetes API server {} reachable again after {}; Nodes relisted, node name \
+                     {} claimed",
+                    t.server,
+                    humantime::format_duration(Duration::from_secs(down.as_secs())),
+                    t.node
+                );
+            }
+            None => tracing::info!(
+                "connected to Kubernetes API server {}; node name {} claimed, following Nodes",
+                t.server,
+                t.node
+            ),
+        }
+        self.warned = false;
+        self.health.send_replace(StoreHealth::Connected);
+    }
+
+    fn set_unreachable(&mut self, error: String) {
+        let since = match &*self.health.borrow() {
+            StoreHealth::Unreachable { since, .. } => *since,
+            _ => SystemTime::now(),
+        };
+        if self.warned {
+            tracing::debug!("Kubernetes API server still unreachable: {error}");
+        } else {
+            tracing::warn!(
+                "Kubernetes API server {} unreachable since {}: {error}; keeping the last known \
+                 peers, retrying",
+                self.target.server,
+                humantime::format_rfc3339_seconds(since)
+            );
+            self.warned = true;
+        }
+        self.health
+            .send_replace(StoreHealth::Unreachable { since, error });
+    }
+
+    fn set_conflict(&mut self, owner: String) {
+        let t = &self.target;
+        let known =
+            matches!(&*self.health.borrow(), StoreHealth::Conflict { owner: o } if *o == owner);
+        if !known {
+            tracing::error!(
+                "node name {} is held by another live agent (owner id {owner:?} in annotation \
+                 {} of Node {}); this agent must not run under the same name: stop the other \
+                 agent or rename this node. If that agent is gone, its claim lapses {:?} after \
+                 its last heartbeat",
+                t.node,
+                node::OWNER,
+                t.node,
+                t.owner_ttl
+            );
+        }
+        self.warned = false;
+        self.health.send_replace(StoreHealth::Conflict { owner });
+    }
+}
+
+fn is(node: &Node, name: &str) -> bool {
+    node.metadata.name.as_deref() == Some(name)
+}
+
+/// One request to the API server, bounded in time, with the error naming what was attempted.
+async fn rpc<T>(what: &str, request: impl Future<Output = kube::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(RPC_TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {RPC_TIMEOUT:?}")),
+    }
+}
