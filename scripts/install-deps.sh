@@ -12,7 +12,7 @@ packages=(
   ca-certificates curl build-essential pkg-config
   iproute2 iputils-ping netcat-openbsd tcpdump iperf3 procps util-linux
   wireguard-tools wireguard-go
-  protobuf-compiler etcd-server etcd-client openssl
+  protobuf-compiler etcd-server etcd-client openssl systemd
 )
 
 missing=()
@@ -36,7 +36,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-for tool in ip wg wireguard-go tcpdump ping nc protoc etcd etcdctl openssl cargo; do
+for tool in ip wg wireguard-go tcpdump ping nc protoc etcd etcdctl openssl systemd-analyze cargo; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: $tool is still missing after installation" >&2; exit 1; }
 done
 [ -c /dev/net/tun ] || { echo "install-deps: /dev/net/tun is missing; load the tun module (modprobe tun)" >&2; exit 1; }

@@ -22,6 +22,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --bins --locked
 
+echo "== systemd unit"
+unit_dir=$(mktemp -d)
+sed "s|/usr/local/bin/wiremesh|$PWD/target/debug/wiremesh|" scripts/systemd/wiremesh.service > "$unit_dir/wiremesh.service"
+systemd-analyze verify "$unit_dir/wiremesh.service"
+rm -rf "$unit_dir"
+
 echo "== tests"
 # The end-to-end tests find the agent binary here.
 export WIREMESH_BIN="$PWD/target/debug/wiremesh"
