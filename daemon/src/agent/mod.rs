@@ -191,6 +191,7 @@ pub async fn run(config: Config) -> Result<()> {
                 }
             }
             _ = resync.tick() => {}
+            _ = start::DATAPATH_EXITED.notified() => {}
             Ok(()) = health.changed() => {
                 if let keymgr::store::StoreHealth::Conflict { owner } = &*health.borrow_and_update() {
                     bail!(
@@ -211,7 +212,12 @@ pub async fn run(config: Config) -> Result<()> {
                 start::start(&config, &netlink, &key, mtu).await
             };
             match restarted.await {
-                Ok(s) => reconciler.reset(s.ifindex),
+                Ok(s) => {
+                    reconciler.reset(s.ifindex);
+                    if let Err(e) = reconciler.reconcile(&snap).await {
+                        tracing::error!(error = %e, "the new data path failed at once; retrying");
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "cannot restart the data path; retrying")
                 }

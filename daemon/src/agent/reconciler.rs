@@ -49,6 +49,10 @@ impl Reconciler {
 
     /// Applies `snap`; an `Err` means the data path is gone.
     pub async fn reconcile(&mut self, snap: &Snapshot) -> Result<(), DeviceError> {
+        // A data path that died without anything left to change would otherwise go unnoticed.
+        if let Err(DeviceError::Stopped) = self.datapath.get().await {
+            return Err(DeviceError::Stopped);
+        }
         self.check_own_record(snap);
         let mut desired = reconcile::desired(&snap.nodes, &self.self_name);
         desired.retain(|name, rec| {

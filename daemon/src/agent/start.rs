@@ -146,6 +146,10 @@ pub async fn attach_or_spawn(config: &Config, key: &PrivateKey) -> Result<(UapiC
     }
 }
 
+/// Signalled when a data path this agent started exits, so that a new one starts at once rather
+/// than at the next resync.
+pub static DATAPATH_EXITED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 pub fn pid_file(config: &Config) -> std::path::PathBuf {
     config.run_dir.join("datapath.pid")
 }
@@ -180,7 +184,10 @@ fn spawn(config: &Config) -> Result<()> {
     std::thread::Builder::new()
         .name("datapath-reaper".into())
         .spawn(move || match child.wait() {
-            Ok(status) => tracing::warn!(pid, %status, "the data path process exited"),
+            Ok(status) => {
+                tracing::warn!(pid, %status, "the data path process exited");
+                DATAPATH_EXITED.notify_one();
+            }
             Err(e) => tracing::warn!(pid, error = %e, "waiting for the data path process"),
         })
         .map_err(|e| anyhow!("spawning the reaper thread: {e}"))?;

@@ -39,6 +39,8 @@ pub struct Device {
     allowed: AllowedIps<u32>,
     next_id: u32,
     next_index: u32,
+    /// Peers added since the last flush: they get a handshake at once (see `flush_new_peers`).
+    new_peers: Vec<u32>,
     out: Vec<u8>,
 }
 
@@ -52,6 +54,7 @@ impl Device {
             allowed: AllowedIps::new(),
             next_id: 1,
             next_index: 1,
+            new_peers: Vec::new(),
             out: vec![0; BUF_SIZE],
         }
     }
@@ -240,6 +243,30 @@ impl Device {
         }
     }
 
+    /// Starts a handshake with each peer added since the last call. WireGuard proper waits for
+    /// the first packet, but a mesh node whose data path was just (re)started must not wait: its
+    /// peers may still be sending on sessions it has forgotten, and would only notice after
+    /// their keepalive timeout (15 s). One handshake makes every peer switch at once.
+    pub fn flush_new_peers(&mut self, io: &mut impl Io) {
+        for id in std::mem::take(&mut self.new_peers) {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let Some(endpoint) = peer.endpoint else {
+                continue;
+            };
+            let Some(tunnel) = peer.outbound(&self.locals) else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(p) = tunnel
+                .tunn
+                .format_handshake_initiation(&mut self.out, false)
+            {
+                io.send(endpoint, p);
+            }
+        }
+    }
+
     /// Called once a second: handshake rate limits are per second.
     pub fn reset_rate_limiters(&self) {
         for k in &self.locals {
@@ -364,6 +391,7 @@ impl Device {
                 self.next_id += 1;
                 self.peers.insert(id, Peer::new(id, change.public_key));
                 self.by_key.insert(change.public_key, id);
+                self.new_peers.push(id);
                 id
             }
         };

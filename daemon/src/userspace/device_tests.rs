@@ -165,6 +165,25 @@ fn first_packet_waits_for_the_handshake_and_arrives() {
 }
 
 #[test]
+fn a_restarted_peer_is_handshaken_at_once_not_after_the_keepalive_timeout() {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, 1);
+    // b's data path restarts: same key, no sessions. a still holds its old session.
+    b.dev = Device::new(b.key.clone());
+    set_peer(&mut b, peer_change(&a, a.key.public_key()));
+    b.dev.flush_new_peers(&mut b.wire);
+    assert_eq!(
+        b.wire.outbox.len(),
+        1,
+        "b must offer a handshake as soon as a is added"
+    );
+    pump(&mut a, &mut b);
+    // a's next packet uses the new session: no loss.
+    exchange(&mut a, &mut b, 2);
+}
+
+#[test]
 fn packets_for_unknown_destinations_are_dropped_not_sent() {
     let (mut a, mut b) = (node(1), node(2));
     connect(&mut a, &mut b);

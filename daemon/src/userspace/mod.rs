@@ -186,6 +186,7 @@ async fn run(
             cmd = commands.recv() => match cmd {
                 Some(Command::Set(req, reply)) => {
                     let res = shell.apply(&req).and_then(|()| device.apply(req, Instant::now()));
+                    device.flush_new_peers(&mut shell);
                     let _ = reply.send(res);
                 }
                 Some(Command::Get(reply)) => {
