@@ -9,6 +9,7 @@ mod device;
 mod kernel;
 mod metrics;
 mod netlink;
+mod policy_cmd;
 mod status;
 mod userspace;
 
@@ -37,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: EncryptCommand,
     },
+    /// Policy commands.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Key commands.
     Keys {
         #[command(subcommand)]
@@ -57,6 +63,13 @@ enum Command {
         #[arg(long)]
         pid_file: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Explain whether traffic is allowed, and by which policy and rule, from manifests
+    /// (`kubectl get ns,pods,netpol,cnp -A -o yaml` output works as is).
+    Trace(policy_cmd::TraceArgs),
 }
 
 #[derive(Subcommand)]
@@ -90,6 +103,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent { config } => run_agent(config),
+        Command::Policy {
+            command: PolicyCommand::Trace(args),
+        } => policy_cmd::run_trace(args),
         Command::Datapath {
             interface,
             listen_port,

@@ -104,7 +104,8 @@ fn single(bundle: &Bundle, args: &TraceArgs) -> ExitCode {
             eprintln!("wiremesh policy trace: --http-header {h:?}: expected 'Name: value'");
             return ExitCode::from(2);
         };
-        http.headers.insert(k.trim().to_string(), v.trim().to_string());
+        http.headers
+            .insert(k.trim().to_string(), v.trim().to_string());
     }
     let has_http = http.method.is_some() || http.path.is_some() || !http.headers.is_empty();
     let query = Query {

@@ -1,1 +1,37 @@
-//! placeholder
+//! The policy core: it owns the policy model (Kubernetes NetworkPolicy, CiliumNetworkPolicy and
+//! CiliumClusterwideNetworkPolicy parsed from manifests into one normalised form), security
+//! identities and the IP → identity cache, the per-endpoint policy maps compiled from them,
+//! and the trace evaluator that explains a verdict.
+//!
+//! It must never do I/O: no files, sockets, clocks or logging side effects. Manifests come in
+//! as (name, text) pairs and results go out as values; the daemon reads files, talks to the
+//! store and loads the data path.
+//!
+//! Flow: [`load`] → [`Bundle`] → [`trace`] (direct evaluator, explains) and
+//! [`Compiled::build`] (identities + policy maps, what the data path enforces). The two agree
+//! by construction of a shared peer matcher and by a property test.
+
+mod cilium;
+mod cnp;
+pub mod compile;
+mod error;
+pub mod eval;
+pub mod http;
+pub mod identity;
+pub mod labels;
+mod manifest;
+pub mod model;
+mod np;
+mod parse;
+mod render;
+mod strict;
+pub mod trace;
+
+pub use compile::{Compiled, MapVerdict, PolicyMap};
+pub use error::{FieldError, LoadError, QueryError};
+pub use http::HttpRequest;
+pub use identity::{Identities, IdentityId};
+pub use manifest::load;
+pub use model::{Bundle, Direction, Endpoint, Policy, PolicyId, Protocol};
+pub use render::render_text;
+pub use trace::{parse_port, trace, DeniedBy, Query, TraceResult, Verdict};

@@ -1,0 +1,500 @@
+//! CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy → the policy model.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::cilium::{
+    CidrRule, EgressRule, HttpRuleSpec, IcmpRule, IngressRule, PortRule, RuleSpec, StrOrInt,
+};
+use crate::error::FieldError;
+use crate::http::{HttpRule, Pattern};
+use crate::labels::Selector;
+use crate::model::{
+    Entity, Peer, Peers, Policy, PolicyId, PortSpec, PortValue, Ports, ProtoMatch, Protocol, Rule,
+    Subject, POD_NAMESPACE_LABEL,
+};
+use crate::parse::{parse_cidr, valid_port_name};
+
+/// Converts one rule spec (`spec`, or `specs[i]` with `base` = `specs[i]`). `namespace` is
+/// `None` for a CiliumClusterwideNetworkPolicy.
+pub fn convert(
+    spec: &RuleSpec,
+    id: PolicyId,
+    namespace: Option<&str>,
+    base: &str,
+) -> Result<Policy, FieldError> {
+    let subject = match (&spec.endpoint_selector, &spec.node_selector, namespace) {
+        (Some(_), Some(_), _) => {
+            return Err(FieldError::new(
+                base,
+                "endpointSelector and nodeSelector are mutually exclusive",
+            ))
+        }
+        (None, None, _) => {
+            return Err(FieldError::new(
+                base,
+                "one of endpointSelector or nodeSelector is required",
+            ))
+        }
+        (None, Some(_), Some(_)) => {
+            return Err(FieldError::new(
+                format!("{base}.nodeSelector"),
+                "nodeSelector is only valid in a CiliumClusterwideNetworkPolicy",
+            ))
+        }
+        (None, Some(sel), None) => Subject::Nodes(selector(sel, &format!("{base}.nodeSelector"))?),
+        // Cilium docs: a CiliumNetworkPolicy's endpointSelector only selects endpoints of the
+        // policy's namespace.
+        (Some(sel), None, ns) => {
+            let mut s = selector(sel, &format!("{base}.endpointSelector"))?;
+            if let Some(ns) = ns {
+                s.requirements
+                    .push(Selector::equals(POD_NAMESPACE_LABEL, ns));
+            }
+            Subject::Endpoints(s)
+        }
+    };
+    let ingress = rules_in(
+        spec.ingress.as_ref(),
+        &format!("{base}.ingress"),
+        namespace,
+        false,
+    )?;
+    let ingress_deny = rules_in(
+        spec.ingress_deny.as_ref(),
+        &format!("{base}.ingressDeny"),
+        namespace,
+        true,
+    )?;
+    let egress = rules_out(
+        spec.egress.as_ref(),
+        &format!("{base}.egress"),
+        namespace,
+        false,
+    )?;
+    let egress_deny = rules_out(
+        spec.egress_deny.as_ref(),
+        &format!("{base}.egressDeny"),
+        namespace,
+        true,
+    )?;
+    // Cilium: an endpoint selected by a rule with ingress (or ingressDeny) rules is in
+    // default-deny for ingress, unless enableDefaultDeny.ingress is false; likewise egress.
+    let dd = spec.enable_default_deny.clone().unwrap_or_default();
+    let isolates_ingress =
+        (!ingress.is_empty() || !ingress_deny.is_empty()) && dd.ingress != Some(false);
+    let isolates_egress =
+        (!egress.is_empty() || !egress_deny.is_empty()) && dd.egress != Some(false);
+    Ok(Policy {
+        id,
+        subject,
+        isolates_ingress,
+        isolates_egress,
+        ingress,
+        egress,
+        ingress_deny,
+        egress_deny,
+    })
+}
+
+/// The direction-independent view of an ingress or egress rule.
+struct Common<'a> {
+    endpoints: Option<&'a Vec<LabelSelector>>,
+    cidr: Option<&'a Vec<String>>,
+    cidr_set: Option<&'a Vec<CidrRule>>,
+    entities: Option<&'a Vec<String>>,
+    to_ports: Option<&'a Vec<PortRule>>,
+    icmps: Option<&'a Vec<IcmpRule>>,
+    /// (field name, present) of valid Cilium fields we refuse.
+    unsupported: Vec<(&'static str, bool)>,
+    /// "from" or "to".
+    prefix: &'static str,
+}
+
+fn rules_in(
+    list: Option<&Vec<IngressRule>>,
+    field: &str,
+    ns: Option<&str>,
+    deny: bool,
+) -> Result<Vec<Rule>, FieldError> {
+    let mut out = Vec::new();
+    for (i, r) in list.iter().copied().flatten().enumerate() {
+        let c = Common {
+            endpoints: r.from_endpoints.as_ref(),
+            cidr: r.from_cidr.as_ref(),
+            cidr_set: r.from_cidr_set.as_ref(),
+            entities: r.from_entities.as_ref(),
+            to_ports: r.to_ports.as_ref(),
+            icmps: r.icmps.as_ref(),
+            unsupported: vec![
+                ("fromRequires", r.from_requires.is_some()),
+                ("fromGroups", r.from_groups.is_some()),
+                ("fromNodes", r.from_nodes.is_some()),
+                ("authentication", r.authentication.is_some()),
+            ],
+            prefix: "from",
+        };
+        out.push(rule(&c, &format!("{field}[{i}]"), ns, deny)?);
+    }
+    Ok(out)
+}
+
+fn rules_out(
+    list: Option<&Vec<EgressRule>>,
+    field: &str,
+    ns: Option<&str>,
+    deny: bool,
+) -> Result<Vec<Rule>, FieldError> {
+    let mut out = Vec::new();
+    for (i, r) in list.iter().copied().flatten().enumerate() {
+        let c = Common {
+            endpoints: r.to_endpoints.as_ref(),
+            cidr: r.to_cidr.as_ref(),
+            cidr_set: r.to_cidr_set.as_ref(),
+            entities: r.to_entities.as_ref(),
+            to_ports: r.to_ports.as_ref(),
+            icmps: r.icmps.as_ref(),
+            unsupported: vec![
+                ("toRequires", r.to_requires.is_some()),
+                ("toServices", r.to_services.is_some()),
+                ("toFQDNs", r.to_fqdns.is_some()),
+                ("toGroups", r.to_groups.is_some()),
+                ("toNodes", r.to_nodes.is_some()),
+                ("authentication", r.authentication.is_some()),
+            ],
+            prefix: "to",
+        };
+        out.push(rule(&c, &format!("{field}[{i}]"), ns, deny)?);
+    }
+    Ok(out)
+}
+
+fn unsupported(field: String) -> FieldError {
+    FieldError::new(
+        field,
+        "valid Cilium, but not supported by wiremesh; refused rather than ignored, \
+         since ignoring it would change what the policy allows",
+    )
+}
+
+fn rule(c: &Common<'_>, field: &str, ns: Option<&str>, deny: bool) -> Result<Rule, FieldError> {
+    for (name, present) in &c.unsupported {
+        if *present {
+            return Err(unsupported(format!("{field}.{name}")));
+        }
+    }
+    let p = c.prefix;
+    let mut peers = Vec::new();
+    let mut any_l3 = false;
+    for (i, sel) in c.endpoints.iter().copied().flatten().enumerate() {
+        any_l3 = true;
+        let mut s = selector(sel, &format!("{field}.{p}Endpoints[{i}]"))?;
+        // Cilium docs: in a CiliumNetworkPolicy, endpoint selectors match the policy's own
+        // namespace unless they name `io.kubernetes.pod.namespace` themselves.
+        if let Some(ns) = ns {
+            if !s.has_key(POD_NAMESPACE_LABEL) && !s.names_reserved() {
+                s.requirements
+                    .push(Selector::equals(POD_NAMESPACE_LABEL, ns));
+            }
+        }
+        peers.push(Peer::Endpoints(s));
+    }
+    for (i, cidr) in c.cidr.iter().copied().flatten().enumerate() {
+        any_l3 = true;
+        let net = parse_cidr(cidr, true)
+            .map_err(|m| FieldError::new(format!("{field}.{p}CIDR[{i}]"), m))?;
+        peers.push(Peer::Cidr {
+            cidr: net,
+            except: Vec::new(),
+        });
+    }
+    for (i, set) in c.cidr_set.iter().copied().flatten().enumerate() {
+        any_l3 = true;
+        let f = format!("{field}.{p}CIDRSet[{i}]");
+        if set.cidr_group_ref.is_some() {
+            return Err(unsupported(format!("{f}.cidrGroupRef")));
+        }
+        if set.cidr_group_selector.is_some() {
+            return Err(unsupported(format!("{f}.cidrGroupSelector")));
+        }
+        let Some(cidr) = &set.cidr else {
+            return Err(FieldError::new(format!("{f}.cidr"), "missing"));
+        };
+        let net = parse_cidr(cidr, true).map_err(|m| FieldError::new(format!("{f}.cidr"), m))?;
+        let mut except = Vec::new();
+        for (j, e) in set.except.iter().flatten().enumerate() {
+            let ef = format!("{f}.except[{j}]");
+            let en = parse_cidr(e, true).map_err(|m| FieldError::new(&ef, m))?;
+            if !net.contains(&en) {
+                return Err(FieldError::new(
+                    ef,
+                    format!("{e} is not inside cidr {cidr}"),
+                ));
+            }
+            except.push(en);
+        }
+        peers.push(Peer::Cidr { cidr: net, except });
+    }
+    for (i, e) in c.entities.iter().copied().flatten().enumerate() {
+        any_l3 = true;
+        peers.push(Peer::Entity(entity(e).map_err(|m| {
+            FieldError::new(format!("{field}.{p}Entities[{i}]"), m)
+        })?));
+    }
+    let mut specs = Vec::new();
+    let mut any_l4 = false;
+    for (i, pr) in c.to_ports.iter().copied().flatten().enumerate() {
+        any_l4 = true;
+        specs.extend(port_rule(pr, &format!("{field}.toPorts[{i}]"), deny)?);
+    }
+    for (i, icmp) in c.icmps.iter().copied().flatten().enumerate() {
+        any_l4 = true;
+        for (j, f) in icmp.fields.iter().flatten().enumerate() {
+            let ff = format!("{field}.icmps[{i}].fields[{j}]");
+            let (proto, ty) = icmp_field(f.family.as_deref(), &f.icmp_type)
+                .map_err(|m| FieldError::new(ff, m))?;
+            specs.push(PortSpec {
+                protocol: ProtoMatch::One(proto),
+                port: PortValue::Range(ty, ty),
+                http: None,
+            });
+        }
+    }
+    // Cilium: a rule without L3 fields but with toPorts/icmps applies to every peer; a rule
+    // with neither (`ingress: [{}]`) allows nothing and only puts the endpoint in
+    // default-deny.
+    let peers = match (any_l3, any_l4) {
+        (true, _) => Peers::List(peers),
+        (false, true) => Peers::All,
+        (false, false) => Peers::List(Vec::new()),
+    };
+    let ports = if any_l4 {
+        Ports::List(specs)
+    } else {
+        Ports::All
+    };
+    Ok(Rule {
+        field: field.to_string(),
+        peers,
+        ports,
+    })
+}
+
+fn selector(sel: &LabelSelector, field: &str) -> Result<Selector, FieldError> {
+    Selector::compile(sel, true)
+        .map_err(|e| FieldError::new(format!("{field}.{}", e.field), e.message))
+}
+
+fn entity(s: &str) -> Result<Entity, String> {
+    match s {
+        "world" | "world-ipv4" | "world-ipv6" => Ok(Entity::World),
+        "cluster" => Ok(Entity::Cluster),
+        "host" => Ok(Entity::Host),
+        "remote-node" => Ok(Entity::RemoteNode),
+        "all" => Ok(Entity::All),
+        "kube-apiserver" | "health" | "init" | "unmanaged" | "ingress" => Ok(Entity::Unrepresented),
+        other => Err(format!(
+            "unknown entity {other:?} (expected world, cluster, host, remote-node, all, \
+             kube-apiserver, health, init, unmanaged or ingress)"
+        )),
+    }
+}
+
+fn port_rule(pr: &PortRule, field: &str, deny: bool) -> Result<Vec<PortSpec>, FieldError> {
+    for (name, present) in [
+        ("terminatingTLS", pr.terminating_tls.is_some()),
+        ("originatingTLS", pr.originating_tls.is_some()),
+        ("serverNames", pr.server_names.is_some()),
+        ("listener", pr.listener.is_some()),
+    ] {
+        if present {
+            return Err(unsupported(format!("{field}.{name}")));
+        }
+    }
+    let http = match &pr.rules {
+        None => None,
+        Some(_) if deny => {
+            return Err(FieldError::new(
+                format!("{field}.rules"),
+                "L7 rules are not allowed in deny rules",
+            ))
+        }
+        Some(rules) => {
+            for (name, v) in [
+                ("kafka", &rules.kafka),
+                ("dns", &rules.dns),
+                ("l7proto", &rules.l7proto),
+                ("l7", &rules.l7),
+            ] {
+                if v.is_some() {
+                    return Err(unsupported(format!("{field}.rules.{name}")));
+                }
+            }
+            // An empty `http: []` restricts nothing, like no `rules` at all.
+            let list = rules.http.as_ref().filter(|l| !l.is_empty());
+            match list {
+                None => None,
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for (i, h) in list.iter().enumerate() {
+                        out.push(http_rule(h, &format!("{field}.rules.http[{i}]"))?);
+                    }
+                    Some(out)
+                }
+            }
+        }
+    };
+    let Some(ports) = pr.ports.as_ref().filter(|p| !p.is_empty()) else {
+        return Ok(vec![PortSpec {
+            protocol: ProtoMatch::AnyL4,
+            port: PortValue::All,
+            http,
+        }]);
+    };
+    let mut out = Vec::new();
+    for (i, pp) in ports.iter().enumerate() {
+        let f = format!("{field}.ports[{i}]");
+        // Cilium docs, PortProtocol.protocol: "Accepted values: TCP, UDP, SCTP, ANY. Matching
+        // on ICMP is not supported." Default ANY.
+        let protocol = match pp.protocol.as_deref() {
+            None | Some("ANY") => ProtoMatch::AnyL4,
+            Some("TCP") => ProtoMatch::One(Protocol::Tcp),
+            Some("UDP") => ProtoMatch::One(Protocol::Udp),
+            Some("SCTP") => ProtoMatch::One(Protocol::Sctp),
+            Some(other) => {
+                return Err(FieldError::new(
+                    format!("{f}.protocol"),
+                    format!("unsupported protocol {other:?} (expected TCP, UDP, SCTP or ANY)"),
+                ))
+            }
+        };
+        let number = match &pp.port {
+            None => Some(0),
+            Some(StrOrInt::Int(n)) => Some(*n),
+            Some(StrOrInt::Str(s)) => s.parse::<i64>().ok(),
+        };
+        let port = match (number, &pp.port) {
+            (Some(n), _) => {
+                let start = u16::try_from(n).map_err(|_| {
+                    FieldError::new(
+                        format!("{f}.port"),
+                        format!("port {n} is out of range (0-65535)"),
+                    )
+                })?;
+                let end = match pp.end_port {
+                    None | Some(0) => start,
+                    Some(e) => {
+                        let e = u16::try_from(e).ok().filter(|e| *e >= start).ok_or_else(|| {
+                            FieldError::new(
+                                format!("{f}.endPort"),
+                                format!("endPort {e} must be within 0-65535 and not below port {start}"),
+                            )
+                        })?;
+                        e
+                    }
+                };
+                // Cilium docs: "If omitted or zero, any port matches."
+                if start == 0 {
+                    PortValue::All
+                } else {
+                    PortValue::Range(start, end)
+                }
+            }
+            (None, Some(StrOrInt::Str(name))) => {
+                if pp.end_port.is_some() {
+                    return Err(FieldError::new(
+                        format!("{f}.endPort"),
+                        format!("endPort cannot be used with the named port {name:?}"),
+                    ));
+                }
+                valid_port_name(name).map_err(|m| FieldError::new(format!("{f}.port"), m))?;
+                PortValue::Named(name.clone())
+            }
+            (None, _) => PortValue::All,
+        };
+        out.push(PortSpec {
+            protocol,
+            port,
+            http: http.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn http_rule(h: &HttpRuleSpec, field: &str) -> Result<HttpRule, FieldError> {
+    let pat = |v: &Option<String>, name: &str| -> Result<Option<Pattern>, FieldError> {
+        match v {
+            None => Ok(None),
+            Some(s) => Pattern::new(s).map(Some).map_err(|e| {
+                FieldError::new(
+                    format!("{field}.{name}"),
+                    format!("invalid regex {s:?}: {e}"),
+                )
+            }),
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, h) in h.headers.iter().flatten().enumerate() {
+        match h.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                headers.push((k.trim().to_string(), Some(v.trim().to_string())))
+            }
+            None if !h.trim().is_empty() => headers.push((h.trim().to_string(), None)),
+            _ => {
+                return Err(FieldError::new(
+                    format!("{field}.headers[{i}]"),
+                    format!("invalid header {h:?} (expected 'Name' or 'Name: value')"),
+                ))
+            }
+        }
+    }
+    for (i, m) in h.header_matches.iter().flatten().enumerate() {
+        let f = format!("{field}.headerMatches[{i}]");
+        if m.mismatch.is_some() {
+            return Err(unsupported(format!("{f}.mismatch")));
+        }
+        if m.secret.is_some() {
+            return Err(unsupported(format!("{f}.secret")));
+        }
+        headers.push((m.name.clone(), m.value.clone()));
+    }
+    Ok(HttpRule {
+        field: field.to_string(),
+        method: pat(&h.method, "method")?,
+        path: pat(&h.path, "path")?,
+        host: pat(&h.host, "host")?,
+        headers,
+    })
+}
+
+/// ICMP type by number or by the names Cilium accepts.
+fn icmp_field(family: Option<&str>, ty: &StrOrInt) -> Result<(Protocol, u16), String> {
+    let v6 = match family {
+        None | Some("IPv4") => false,
+        Some("IPv6") => true,
+        Some(other) => return Err(format!("unknown family {other:?} (expected IPv4 or IPv6)")),
+    };
+    let proto = if v6 { Protocol::Icmpv6 } else { Protocol::Icmp };
+    let n = match ty {
+        StrOrInt::Int(n) => *n,
+        StrOrInt::Str(s) => match (s.as_str(), v6) {
+            ("EchoReply", false) => 0,
+            ("DestinationUnreachable", false) => 3,
+            ("Redirect", false) => 5,
+            ("EchoRequest", false) => 8,
+            ("TimeExceeded", false) => 11,
+            ("ParameterProblem", false) => 12,
+            ("DestinationUnreachable", true) => 1,
+            ("PacketTooBig", true) => 2,
+            ("TimeExceeded", true) => 3,
+            ("ParameterProblem", true) => 4,
+            ("EchoRequest", true) => 128,
+            ("EchoReply", true) => 129,
+            (s, _) => match s.parse::<i64>() {
+                Ok(n) => n,
+                Err(_) => return Err(format!("unknown ICMP type {s:?}")),
+            },
+        },
+    };
+    let n = u8::try_from(n).map_err(|_| format!("ICMP type {n} is out of range (0-255)"))?;
+    Ok((proto, u16::from(n)))
+}

@@ -1,0 +1,376 @@
+//! Compiling policies into per-endpoint policy maps, as the data path will consult them.
+//!
+//! A map is keyed like Cilium's BPF policy map: (direction, remote identity, protocol, port
+//! prefix), where identity 0 and protocol 0 are wildcards and a port range is stored as the
+//! few power-of-two-aligned prefixes that cover it (port/prefix-length, prefix 0 = any port).
+//! A lookup probes {identity, any} × {protocol, any} × 17 prefix lengths = at most 68 hash
+//! lookups, whatever the number of rules: rule count only grows the map, never the probes.
+//! Deny entries win over allow entries among everything the probes find.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::eval::{peer_matches, subject_matches, CidrTest, Class, View};
+use crate::http::HttpRule;
+use crate::identity::{Identities, IdentityId, IdentityLabels, HOST, REMOTE_NODE};
+use crate::model::{
+    Bundle, Direction, Endpoint, NamedPorts, Peers, PortSpec, PortValue, Ports, Protocol,
+};
+
+const ANY: u32 = 0;
+const ANY_PROTO: u8 = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub direction: Direction,
+    pub identity: IdentityId,
+    pub protocol: u8,
+    /// Port (or ICMP type) with the bits below `prefix` cleared.
+    pub port: u16,
+    /// Number of significant leading port bits, 0..=16.
+    pub prefix: u8,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub deny: bool,
+    pub allow: bool,
+    /// For allow entries: `None` leaves L7 unrestricted, else these HTTP rules apply.
+    pub http: Option<Vec<HttpRule>>,
+}
+
+/// The outcome of one map lookup.
+#[derive(Debug, Clone)]
+pub struct MapVerdict {
+    pub allowed: bool,
+    /// Constraining L7 rules of an allowed connection (`None`: unrestricted).
+    pub http: Option<Vec<HttpRule>>,
+}
+
+/// One endpoint's policy map.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyMap {
+    entries: HashMap<Key, Entry>,
+}
+
+impl PolicyMap {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn add(&mut self, key: Key, deny: bool, http: Option<Vec<HttpRule>>) {
+        let e = self.entries.entry(key).or_insert_with(|| Entry {
+            deny: false,
+            allow: false,
+            http: Some(Vec::new()),
+        });
+        if deny {
+            e.deny = true;
+            return;
+        }
+        e.allow = true;
+        // Union of L7 rules; a rule without L7 restrictions lifts them for this key.
+        match (&mut e.http, http) {
+            (Some(have), Some(more)) => have.extend(more),
+            (slot, _) => *slot = None,
+        }
+    }
+
+    pub fn lookup(
+        &self,
+        dir: Direction,
+        identity: IdentityId,
+        protocol: Protocol,
+        port: u16,
+    ) -> MapVerdict {
+        let mut allowed = false;
+        let mut denied = false;
+        let mut http: Option<Vec<HttpRule>> = Some(Vec::new());
+        for id in [identity, ANY] {
+            for proto in [protocol.number(), ANY_PROTO] {
+                for prefix in 0..=16u8 {
+                    let key = Key {
+                        direction: dir,
+                        identity: id,
+                        protocol: proto,
+                        port: mask(port, prefix),
+                        prefix,
+                    };
+                    let Some(e) = self.entries.get(&key) else {
+                        continue;
+                    };
+                    denied |= e.deny;
+                    if e.allow {
+                        allowed = true;
+                        match (&mut http, &e.http) {
+                            (Some(have), Some(more)) => have.extend(more.iter().cloned()),
+                            (slot, _) => *slot = None,
+                        }
+                    }
+                }
+            }
+        }
+        let allowed = allowed && !denied;
+        MapVerdict {
+            allowed,
+            http: if allowed { http } else { None },
+        }
+    }
+}
+
+fn mask(port: u16, prefix: u8) -> u16 {
+    match prefix {
+        0 => 0,
+        p => port & (u16::MAX << (16 - u32::from(p).min(16))),
+    }
+}
+
+/// Covers `lo..=hi` with aligned prefixes (at most 30 for any range).
+pub fn range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let mut start = u32::from(lo);
+    let end = u32::from(hi);
+    while start <= end {
+        // Largest aligned block starting at `start` that stays within `end`.
+        let mut size: u32 = 1 << start.trailing_zeros().min(16);
+        while start + size - 1 > end {
+            size >>= 1;
+        }
+        let bits = size.trailing_zeros();
+        out.push((
+            u16::try_from(start).unwrap_or(u16::MAX),
+            u8::try_from(16 - bits).unwrap_or(0),
+        ));
+        start += size;
+    }
+    out
+}
+
+/// Identities plus every endpoint's map: what the agent pushes to the data path.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub identities: Identities,
+    /// `namespace/name` → its map.
+    pub maps: BTreeMap<String, PolicyMap>,
+}
+
+impl Compiled {
+    pub fn build(bundle: &Bundle) -> Self {
+        let identities = Identities::build(bundle);
+        let maps = bundle
+            .endpoints
+            .iter()
+            .map(|ep| {
+                (
+                    ep.qualified_name(),
+                    compile_endpoint(bundle, &identities, ep),
+                )
+            })
+            .collect();
+        Self { identities, maps }
+    }
+
+    /// The verdict for `local` in `dir` with a remote at `remote_ip`.
+    pub fn lookup(
+        &self,
+        local: &Endpoint,
+        dir: Direction,
+        remote_ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> Option<MapVerdict> {
+        let map = self.maps.get(&local.qualified_name())?;
+        let id = self.identities.lookup(remote_ip, local.node.as_deref());
+        Some(map.lookup(dir, id, protocol, port))
+    }
+}
+
+fn view_of_identity(labels: &IdentityLabels) -> View<'_> {
+    match labels {
+        IdentityLabels::Reserved(id) => View {
+            class: match *id {
+                HOST => Class::Host,
+                REMOTE_NODE => Class::RemoteNode,
+                _ => Class::World,
+            },
+            cidr: CidrTest::Address(None),
+            named_ports: None,
+        },
+        IdentityLabels::Endpoint {
+            namespace,
+            labels,
+            ns_labels,
+            named_ports,
+            cidrs,
+        } => View {
+            class: Class::Endpoint {
+                namespace,
+                labels,
+                ns_labels,
+            },
+            cidr: CidrTest::Labels(cidrs),
+            named_ports: Some(named_ports),
+        },
+        IdentityLabels::Cidr { cidrs } => View {
+            class: Class::World,
+            cidr: CidrTest::Labels(cidrs),
+            named_ports: None,
+        },
+    }
+}
+
+fn compile_endpoint(bundle: &Bundle, ids: &Identities, ep: &Endpoint) -> PolicyMap {
+    let mut map = PolicyMap::default();
+    for dir in [Direction::Ingress, Direction::Egress] {
+        let selecting: Vec<_> = bundle
+            .policies
+            .iter()
+            .filter(|p| subject_matches(p, bundle, ep))
+            .collect();
+        let wildcard = |identity| Key {
+            direction: dir,
+            identity,
+            protocol: ANY_PROTO,
+            port: 0,
+            prefix: 0,
+        };
+        if !selecting.iter().any(|p| p.isolates(dir)) {
+            map.add(wildcard(ANY), false, None);
+        }
+        if dir == Direction::Ingress {
+            // Traffic from the endpoint's own node is always allowed (see eval.rs).
+            map.add(wildcard(HOST), false, None);
+        }
+        for policy in selecting {
+            for (rules, deny) in [
+                (policy.allow_rules(dir), false),
+                (policy.deny_rules(dir), true),
+            ] {
+                for rule in rules {
+                    let targets: Vec<(IdentityId, Option<&NamedPorts>)> = match &rule.peers {
+                        Peers::All => vec![(ANY, None)],
+                        Peers::List(peers) => ids
+                            .iter()
+                            .filter_map(|(id, labels)| {
+                                let view = view_of_identity(labels);
+                                peers
+                                    .iter()
+                                    .any(|p| peer_matches(p, &view))
+                                    .then_some((id, view.named_ports))
+                            })
+                            .collect(),
+                    };
+                    for (identity, remote_ports) in targets {
+                        let named = match dir {
+                            Direction::Ingress => Some(&ep.named_ports),
+                            Direction::Egress => remote_ports,
+                        };
+                        add_ports(&mut map, dir, identity, &rule.ports, named, deny, ids);
+                    }
+                }
+            }
+        }
+    }
+    map
+}
+
+fn add_ports(
+    map: &mut PolicyMap,
+    dir: Direction,
+    identity: IdentityId,
+    ports: &Ports,
+    named: Option<&NamedPorts>,
+    deny: bool,
+    ids: &Identities,
+) {
+    let key = |protocol: u8, port: u16, prefix: u8| Key {
+        direction: dir,
+        identity,
+        protocol,
+        port,
+        prefix,
+    };
+    let specs: &[PortSpec] = match ports {
+        Ports::All => {
+            map.add(key(ANY_PROTO, 0, 0), deny, None);
+            return;
+        }
+        Ports::List(specs) => specs,
+    };
+    for spec in specs {
+        let http = if deny { None } else { spec.http.clone() };
+        match &spec.port {
+            PortValue::All => {
+                for p in spec.protocol.protocols() {
+                    map.add(key(p.number(), 0, 0), deny, http.clone());
+                }
+            }
+            PortValue::Range(lo, hi) => {
+                for p in spec.protocol.protocols() {
+                    for (port, prefix) in range_prefixes(*lo, *hi) {
+                        map.add(key(p.number(), port, prefix), deny, http.clone());
+                    }
+                }
+            }
+            PortValue::Named(name) => {
+                // With identity ANY (every peer) on egress there is no single destination
+                // pod to resolve the name on: add every number the name has on any endpoint,
+                // keyed to that endpoint's identity.
+                if named.is_none() && identity == ANY && dir == Direction::Egress {
+                    for (id, labels) in ids.iter() {
+                        if let IdentityLabels::Endpoint { named_ports, .. } = labels {
+                            if let Some((p, n)) = named_ports.get(name) {
+                                if spec.protocol.contains(*p) {
+                                    map.add(
+                                        Key {
+                                            identity: id,
+                                            ..key(p.number(), *n, 16)
+                                        },
+                                        deny,
+                                        http.clone(),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if let Some((p, n)) = named.and_then(|n| n.get(name)) {
+                    if spec.protocol.contains(*p) {
+                        map.add(key(p.number(), *n, 16), deny, http.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_cover_exactly() {
+        for (lo, hi) in [
+            (0u16, 65535u16),
+            (80, 80),
+            (1, 65535),
+            (8000, 9000),
+            (32000, 32768),
+            (65535, 65535),
+        ] {
+            let ps = range_prefixes(lo, hi);
+            assert!(ps.len() <= 30, "{lo}-{hi}: {}", ps.len());
+            for port in [
+                0u16, 1, 79, 80, 81, 7999, 8000, 8500, 9000, 9001, 32767, 32768, 65534, 65535,
+            ] {
+                let covered = ps.iter().any(|(p, len)| mask(port, *len) == *p);
+                assert_eq!(covered, (lo..=hi).contains(&port), "{lo}-{hi} port {port}");
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Loading Kubernetes manifests (multi-document YAML, `kind: List`) into a [`Bundle`].
+//!
+//! Kinds other than Namespace, Pod, Node, NetworkPolicy, CiliumNetworkPolicy and
+//! CiliumClusterwideNetworkPolicy are skipped with a note in [`Bundle::notes`], so that a
+//! `kubectl get ... -A -o yaml` dump with Services or ConfigMaps in it loads. A policy kind
+//! under an API version we do not understand is an error instead: skipping a policy would
+//! make the trace answer for a cluster that is not the one described.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use crate::cilium::CiliumPolicyBody;
+use crate::error::{FieldError, LoadError};
+use crate::model::{Bundle, Endpoint, Node, PolicyId, PolicyKind, Protocol, METADATA_NAME};
+use crate::{cnp, np, strict};
+
+/// Loads manifests given as (file name, contents) pairs. The file name is only used in
+/// messages; this crate reads no files.
+pub fn load<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Bundle, LoadError> {
+    let mut loader = Loader::default();
+    for (file, text) in files {
+        loader.file(file, text)?;
+    }
+    Ok(loader.bundle)
+}
+
+#[derive(Default)]
+struct Loader {
+    bundle: Bundle,
+    /// `kind namespace/name` → file it came from, to refuse duplicates.
+    seen: BTreeMap<String, String>,
+}
+
+struct Doc<'a> {
+    file: &'a str,
+    document: usize,
+}
+
+impl Doc<'_> {
+    fn error(&self, message: impl Into<String>) -> LoadError {
+        LoadError::Document {
+            file: self.file.to_string(),
+            document: self.document,
+            message: message.into(),
+        }
+    }
+}
+
+impl Loader {
+    fn file(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
+        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let doc = Doc {
+                file,
+                document: i + 1,
+            };
+            let value = <Value as serde::Deserialize>::deserialize(de).map_err(|source| {
+                LoadError::Yaml {
+                    file: file.to_string(),
+                    document: i + 1,
+                    source,
+                }
+            })?;
+            self.object(&doc, value)?;
+        }
+        Ok(())
+    }
+
+    fn object(&mut self, doc: &Doc<'_>, value: Value) -> Result<(), LoadError> {
+        if value.is_null() {
+            return Ok(());
+        }
+        let Value::Mapping(map) = &value else {
+            return Err(doc.error("not a Kubernetes object (expected a mapping)"));
+        };
+        let get = |k: &str| map.get(k).and_then(Value::as_str);
+        let (Some(api_version), Some(kind)) = (get("apiVersion"), get("kind")) else {
+            return Err(doc.error("missing apiVersion or kind"));
+        };
+        let (api_version, kind) = (api_version.to_string(), kind.to_string());
+        if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
+            let items = match map.get("items") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Sequence(items)) => items.clone(),
+                Some(_) => return Err(doc.error(format!("{kind}: items is not a list"))),
+            };
+            for item in items {
+                self.object(doc, item)?;
+            }
+            return Ok(());
+        }
+        let meta = map.get("metadata");
+        let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+        let Some(name) = meta_str("name").map(str::to_string) else {
+            return Err(doc.error(format!("{kind}: metadata.name is missing")));
+        };
+        // A namespaced object without a namespace goes where kubectl would put it by default.
+        let namespace = meta_str("namespace").unwrap_or("default").to_string();
+        let qualified = match kind.as_str() {
+            "Namespace" | "Node" | "CiliumClusterwideNetworkPolicy" => format!("{kind} {name}"),
+            _ => format!("{kind} {namespace}/{name}"),
+        };
+        let invalid = |e: FieldError| LoadError::Invalid {
+            file: doc.file.to_string(),
+            resource: qualified.clone(),
+            field: e.field,
+            message: e.message,
+        };
+        match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Namespace") => {
+                let ns: Namespace = typed(value).map_err(invalid)?;
+                self.claim(doc, &qualified)?;
+                let mut labels: BTreeMap<String, String> =
+                    ns.metadata.labels.unwrap_or_default().into_iter().collect();
+                // The API server sets this label on every namespace.
+                labels.insert(METADATA_NAME.to_string(), name.clone());
+                self.bundle.namespaces.insert(name, labels);
+            }
+            ("v1", "Node") => {
+                let node: K8sNode = typed(value).map_err(invalid)?;
+                self.claim(doc, &qualified)?;
+                let entry = self.node_entry(&name);
+                entry.labels = node
+                    .metadata
+                    .labels
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
+                for (i, a) in addresses.iter().enumerate() {
+                    if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
+                        let ip = parse_ip(&a.address).map_err(|e| {
+                            invalid(FieldError::new(
+                                format!("status.addresses[{i}].address"),
+                                e.message,
+                            ))
+                        })?;
+                        push_unique(&mut entry.ips, ip);
+                    }
+                }
+            }
+            ("v1", "Pod") => {
+                let pod: Pod = typed(value).map_err(invalid)?;
+                self.claim(doc, &qualified)?;
+                self.pod(pod, namespace, name).map_err(invalid)?;
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                let spec_in = map.get("spec").cloned();
+                let policy: NetworkPolicy = typed(value).map_err(invalid)?;
+                if let (Some(spec_in), Some(spec)) = (spec_in, &policy.spec) {
+                    let parsed = serde_json::to_value(spec)
+                        .map_err(|e| invalid(FieldError::new("spec", e.to_string())))?;
+                    if let Some(field) = strict::unknown_field(&spec_in, &parsed, "spec") {
+                        return Err(invalid(FieldError::new(field, "unknown field")));
+                    }
+                }
+                let p = np::convert(&policy, &namespace, &name).map_err(invalid)?;
+                self.claim(doc, &qualified)?;
+                self.bundle.policies.push(p);
+            }
+            ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+                let clusterwide = kind == "CiliumClusterwideNetworkPolicy";
+                let body: CiliumPolicyBody = typed(value).map_err(invalid)?;
+                let ns = (!clusterwide).then_some(namespace.as_str());
+                let id = PolicyId {
+                    kind: if clusterwide {
+                        PolicyKind::CiliumClusterwideNetworkPolicy
+                    } else {
+                        PolicyKind::CiliumNetworkPolicy
+                    },
+                    namespace: ns.map(str::to_string),
+                    name: name.clone(),
+                };
+                let mut specs = Vec::new();
+                if let Some(spec) = &body.spec {
+                    specs.push((spec, "spec".to_string()));
+                }
+                for (i, spec) in body.specs.iter().flatten().enumerate() {
+                    specs.push((spec, format!("specs[{i}]")));
+                }
+                if specs.is_empty() {
+                    return Err(invalid(FieldError::new(
+                        "spec",
+                        "one of spec or specs is required",
+                    )));
+                }
+                let mut converted = Vec::new();
+                for (spec, base) in specs {
+                    converted.push(cnp::convert(spec, id.clone(), ns, &base).map_err(invalid)?);
+                }
+                self.claim(doc, &qualified)?;
+                self.bundle.policies.extend(converted);
+            }
+            (_, "NetworkPolicy" | "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+                return Err(invalid(FieldError::new(
+                    "apiVersion",
+                    format!("{api_version} is not supported for {kind} (use networking.k8s.io/v1 or cilium.io/v2)"),
+                )));
+            }
+            _ => self
+                .bundle
+                .notes
+                .push(format!("{}: skipped {api_version} {qualified}", doc.file)),
+        }
+        Ok(())
+    }
+
+    fn claim(&mut self, doc: &Doc<'_>, qualified: &str) -> Result<(), LoadError> {
+        if let Some(first) = self.seen.get(qualified) {
+            return Err(LoadError::Duplicate {
+                file: doc.file.to_string(),
+                resource: qualified.to_string(),
+                first_file: first.clone(),
+            });
+        }
+        self.seen
+            .insert(qualified.to_string(), doc.file.to_string());
+        Ok(())
+    }
+
+    fn node_entry(&mut self, name: &str) -> &mut Node {
+        self.bundle
+            .nodes
+            .entry(name.to_string())
+            .or_insert_with(|| Node {
+                name: name.to_string(),
+                ..Node::default()
+            })
+    }
+
+    fn pod(&mut self, pod: Pod, namespace: String, name: String) -> Result<(), FieldError> {
+        let spec = pod.spec.unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        let node = spec.node_name.clone();
+        let mut host_ips = Vec::new();
+        for (i, h) in status.host_ips.iter().flatten().enumerate() {
+            host_ips.push(
+                parse_ip(&h.ip)
+                    .map_err(|e| FieldError::new(format!("status.hostIPs[{i}].ip"), e.message))?,
+            );
+        }
+        if let Some(h) = &status.host_ip {
+            push_unique(
+                &mut host_ips,
+                parse_ip(h).map_err(|e| FieldError::new("status.hostIP", e.message))?,
+            );
+        }
+        let mut ips = Vec::new();
+        for (i, p) in status.pod_ips.iter().flatten().enumerate() {
+            ips.push(
+                parse_ip(&p.ip)
+                    .map_err(|e| FieldError::new(format!("status.podIPs[{i}].ip"), e.message))?,
+            );
+        }
+        if let Some(p) = &status.pod_ip {
+            push_unique(
+                &mut ips,
+                parse_ip(p).map_err(|e| FieldError::new("status.podIP", e.message))?,
+            );
+        }
+        let host_network = spec.host_network == Some(true);
+        if let Some(node) = &node {
+            let entry = self.node_entry(node);
+            for ip in &host_ips {
+                push_unique(&mut entry.ips, *ip);
+            }
+            // A host-network pod's addresses are its node's.
+            if host_network {
+                for ip in &ips {
+                    push_unique(&mut entry.ips, *ip);
+                }
+            }
+        }
+        let qualified = format!("{namespace}/{name}");
+        if host_network {
+            self.bundle.host_network_pods.insert(qualified);
+            return Ok(());
+        }
+        // Finished pods hold no address any more; upstream policy ignores them.
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            self.bundle.notes.push(format!(
+                "Pod {qualified}: phase {:?}, not an endpoint",
+                status.phase
+            ));
+            return Ok(());
+        }
+        let mut named_ports = BTreeMap::new();
+        for (ci, c) in spec.containers.iter().enumerate() {
+            for (pi, p) in c.ports.iter().flatten().enumerate() {
+                let field = format!("spec.containers[{ci}].ports[{pi}]");
+                let Some(port_name) = &p.name else { continue };
+                let proto = match p.protocol.as_deref() {
+                    None | Some("TCP") => Protocol::Tcp,
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    Some(other) => {
+                        return Err(FieldError::new(
+                            format!("{field}.protocol"),
+                            format!("unknown protocol {other:?}"),
+                        ))
+                    }
+                };
+                let number = u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            format!("{field}.containerPort"),
+                            format!("port {} is out of range (1-65535)", p.container_port),
+                        )
+                    })?;
+                if named_ports
+                    .insert(port_name.clone(), (proto, number))
+                    .is_some()
+                {
+                    return Err(FieldError::new(
+                        format!("{field}.name"),
+                        format!("port name {port_name:?} is used twice in this pod"),
+                    ));
+                }
+            }
+        }
+        self.bundle.endpoints.push(Endpoint {
+            namespace,
+            name,
+            labels: pod
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            node,
+            ips,
+            named_ports,
+        });
+        Ok(())
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        FieldError::new(
+            if field == "." {
+                "(root)".to_string()
+            } else {
+                field
+            },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, FieldError> {
+    s.parse()
+        .map_err(|_| FieldError::new("", format!("invalid IP address {s:?}")))
+}
+
+fn push_unique(v: &mut Vec<IpAddr>, ip: IpAddr) {
+    if !v.contains(&ip) {
+        v.push(ip);
+    }
+}

@@ -1,0 +1,367 @@
+//! The normalised policy model that NetworkPolicy, CiliumNetworkPolicy and
+//! CiliumClusterwideNetworkPolicy are all translated into.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::http::HttpRule;
+use crate::labels::{Labels, Selector};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    Icmpv6,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Tcp,
+        Protocol::Udp,
+        Protocol::Sctp,
+        Protocol::Icmp,
+        Protocol::Icmpv6,
+    ];
+
+    /// IANA protocol number, as the data path sees it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Icmp => 1,
+            Protocol::Icmpv6 => 58,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            "ICMP" => Some(Protocol::Icmp),
+            "ICMPV6" => Some(Protocol::Icmpv6),
+            _ => None,
+        }
+    }
+
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Protocol::Icmp | Protocol::Icmpv6)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            Protocol::Icmp => "ICMP",
+            Protocol::Icmpv6 => "ICMPv6",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    NetworkPolicy,
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+        })
+    }
+}
+
+/// `kind namespace/name` (or `kind name` when cluster-scoped), as error messages and traces
+/// name a resource.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId {
+    pub kind: PolicyKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// Which endpoints a policy applies to.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    /// NetworkPolicy `spec.podSelector`: pods of `namespace` whose own labels match.
+    Pods {
+        namespace: String,
+        selector: Selector,
+    },
+    /// Cilium `endpointSelector`, over the endpoint's Cilium labels (pod labels plus the
+    /// namespace labels Cilium folds in); the namespace requirement of a namespaced CNP is
+    /// already part of the selector.
+    Endpoints(Selector),
+    /// Cilium `nodeSelector` (host endpoints). Kept in the model; no host endpoint is built
+    /// from manifests yet, so it selects nothing in a trace.
+    Nodes(Selector),
+}
+
+/// Cilium entities (`fromEntities` / `toEntities`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Entity {
+    World,
+    Cluster,
+    Host,
+    RemoteNode,
+    All,
+    /// Valid Cilium entities (`kube-apiserver`, `health`, `init`, `unmanaged`, `ingress`)
+    /// with no counterpart among manifest objects: they select nothing here.
+    Unrepresented,
+}
+
+/// Who a rule admits.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// NetworkPolicy `podSelector` and/or `namespaceSelector` (AND'ed within one peer).
+    Pods {
+        pods: Option<Selector>,
+        namespaces: NamespaceMatch,
+    },
+    /// NetworkPolicy `ipBlock`: matches any address in `cidr` outside `except`, pod
+    /// addresses included.
+    IpBlock {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+    /// Cilium `fromEndpoints`/`toEndpoints`.
+    Endpoints(Selector),
+    /// Cilium `fromCIDR(Set)`/`toCIDR(Set)`: outside-world addresses only.
+    Cidr {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+    Entity(Entity),
+}
+
+#[derive(Debug, Clone)]
+pub enum NamespaceMatch {
+    /// No `namespaceSelector`: the policy's own namespace.
+    Same(String),
+    /// A `namespaceSelector` over namespace labels (`{}` selects every namespace).
+    Selector(Selector),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtoMatch {
+    One(Protocol),
+    /// Cilium `ANY` (TCP, UDP and SCTP).
+    AnyL4,
+}
+
+impl ProtoMatch {
+    pub fn protocols(self) -> Vec<Protocol> {
+        match self {
+            ProtoMatch::One(p) => vec![p],
+            ProtoMatch::AnyL4 => vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
+        }
+    }
+
+    pub fn contains(self, p: Protocol) -> bool {
+        match self {
+            ProtoMatch::One(q) => p == q,
+            ProtoMatch::AnyL4 => matches!(p, Protocol::Tcp | Protocol::Udp | Protocol::Sctp),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortValue {
+    /// Every port (or, for ICMP, every type).
+    All,
+    /// Inclusive range; ICMP types are carried here too.
+    Range(u16, u16),
+    /// A named container port, resolved on the destination pod.
+    Named(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    pub protocol: ProtoMatch,
+    pub port: PortValue,
+    /// Cilium `rules.http`; `None` leaves L7 unrestricted.
+    pub http: Option<Vec<HttpRule>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Peers {
+    /// Every peer, inside or outside the cluster.
+    All,
+    /// Any of these (possibly none).
+    List(Vec<Peer>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Ports {
+    /// Every protocol and port, ICMP included.
+    All,
+    /// Any of these.
+    List(Vec<PortSpec>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Where the rule is in its manifest (`spec.ingress[1]`), for traces.
+    pub field: String,
+    pub peers: Peers,
+    pub ports: Ports,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub id: PolicyId,
+    pub subject: Subject,
+    /// Whether selected endpoints are isolated (default deny) for ingress / egress.
+    pub isolates_ingress: bool,
+    pub isolates_egress: bool,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+    pub ingress_deny: Vec<Rule>,
+    pub egress_deny: Vec<Rule>,
+}
+
+impl Policy {
+    pub fn isolates(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::Ingress => self.isolates_ingress,
+            Direction::Egress => self.isolates_egress,
+        }
+    }
+
+    pub fn allow_rules(&self, dir: Direction) -> &[Rule] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    pub fn deny_rules(&self, dir: Direction) -> &[Rule] {
+        match dir {
+            Direction::Ingress => &self.ingress_deny,
+            Direction::Egress => &self.egress_deny,
+        }
+    }
+}
+
+/// A named container port.
+pub type NamedPorts = BTreeMap<String, (Protocol, u16)>;
+
+/// A pod that policy applies to (not host-network).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub named_ports: NamedPorts,
+}
+
+impl Endpoint {
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node: its name, labels and addresses (learnt from `kind: Node`, pods' `status.hostIPs`
+/// and host-network pods).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+}
+
+/// Everything loaded from manifests: the input of `trace` and of the compiler.
+#[derive(Debug, Clone, Default)]
+pub struct Bundle {
+    /// Namespace name → labels (with `kubernetes.io/metadata.name`, which the API server
+    /// always sets).
+    pub namespaces: BTreeMap<String, Labels>,
+    pub endpoints: Vec<Endpoint>,
+    pub nodes: BTreeMap<String, Node>,
+    pub policies: Vec<Policy>,
+    /// Host-network pods (`namespace/name`): not endpoints, their addresses are their node's.
+    pub host_network_pods: std::collections::BTreeSet<String>,
+    /// What the loader skipped, for the user to see.
+    pub notes: Vec<String>,
+}
+
+impl Bundle {
+    /// The labels of namespace `ns`; a namespace with no manifest still has its
+    /// `kubernetes.io/metadata.name` label.
+    pub fn namespace_labels(&self, ns: &str) -> Labels {
+        self.namespaces
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| Labels::from([(METADATA_NAME.to_string(), ns.to_string())]))
+    }
+
+    pub fn endpoint(&self, namespace: &str, name: &str) -> Option<&Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|e| e.namespace == namespace && e.name == name)
+    }
+
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.ips.contains(&ip))
+    }
+
+    pub fn node_by_ip(&self, ip: IpAddr) -> Option<&Node> {
+        self.nodes.values().find(|n| n.ips.contains(&ip))
+    }
+}
+
+pub const METADATA_NAME: &str = "kubernetes.io/metadata.name";
+/// The label Cilium gives every endpoint for its namespace.
+pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// The prefix under which Cilium folds namespace labels into endpoint labels.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+
+/// An endpoint's labels as Cilium sees them: its own, its namespace, and its namespace's
+/// labels under `io.cilium.k8s.namespace.labels.`.
+pub fn cilium_labels(namespace: &str, pod_labels: &Labels, ns_labels: &Labels) -> Labels {
+    let mut out = pod_labels.clone();
+    out.insert(POD_NAMESPACE_LABEL.to_string(), namespace.to_string());
+    for (k, v) in ns_labels {
+        out.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
+    }
+    out
+}

@@ -1,0 +1,58 @@
+//! Text rendering of a trace result.
+
+use std::fmt::Write as _;
+
+use crate::trace::{DeniedBy, SideReport, TraceResult, Verdict};
+
+fn verdict(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allowed => "allowed",
+        Verdict::Denied => "denied",
+    }
+}
+
+fn side(out: &mut String, title: &str, s: &SideReport) {
+    let Some(endpoint) = &s.endpoint else {
+        let _ = writeln!(out, "{title}: {}", s.reason);
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "{title} of {endpoint} (peer {}): {}",
+        s.peer,
+        verdict(s.verdict)
+    );
+    if s.isolated {
+        let _ = writeln!(out, "  selected by: {}", s.selected_by.join(", "));
+    }
+    let _ = writeln!(out, "  {}", s.reason);
+    for r in &s.denied_by {
+        let _ = writeln!(out, "  denied by {} {}", r.policy, r.rule);
+    }
+    for r in &s.allowed_by {
+        let _ = writeln!(out, "  allowed by {} {}", r.policy, r.rule);
+    }
+    for r in &s.l7_rules {
+        let _ = writeln!(out, "  L7 rule applies: {r}");
+    }
+}
+
+/// Renders a result for people: the verdict first, then each direction.
+pub fn render_text(r: &TraceResult) -> String {
+    let mut out = String::new();
+    let by = match r.denied_by {
+        None => String::new(),
+        Some(DeniedBy::Egress) => " (by the source's egress policy)".into(),
+        Some(DeniedBy::Ingress) => " (by the destination's ingress policy)".into(),
+        Some(DeniedBy::L7) => " (by L7 rules: no HTTP rule admits the request)".into(),
+    };
+    let _ = writeln!(out, "verdict: {}{by}", verdict(r.verdict));
+    side(&mut out, "egress", &r.egress);
+    side(&mut out, "ingress", &r.ingress);
+    match r.l7_matched {
+        Some(true) => out.push_str("L7: the HTTP request is admitted\n"),
+        Some(false) => out.push_str("L7: no rule admits the HTTP request\n"),
+        None => {}
+    }
+    out
+}
