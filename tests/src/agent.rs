@@ -6,10 +6,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::addr::{endpoint, node_ip, node_name, pod_cidr, WG_IFACE, WG_PORT};
+use crate::addr::WG_IFACE;
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
 use crate::lab::{Lab, NodeKind, NodeProc, AGENT_RUN_DIR};
+use crate::options::{agent_config_with, LabOptions};
 
 /// The cluster name every lab node is configured with.
 pub const CLUSTER_NAME: &str = "lab";
@@ -61,26 +62,10 @@ pub fn peer<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|p| p.get("nodeName").and_then(Value::as_str) == Some(name))
 }
 
-/// The agent config of lab node `node` (the keys the agent's `Config` reads).
+/// The agent config of lab node `node` on the dir store `store_dir` (the keys the agent's
+/// `Config` reads); [`crate::agent_config_with`] for other stores and key rotation.
 pub fn agent_config(node: u8, state_dir: &Path, store_dir: &Path) -> String {
-    format!(
-        "nodeName: {name}\n\
-         clusterName: {CLUSTER_NAME}\n\
-         interface: {WG_IFACE}\n\
-         listenPort: {WG_PORT}\n\
-         stateDir: \"{state}\"\n\
-         runDir: {AGENT_RUN_DIR}\n\
-         endpoint: \"{endpoint}\"\n\
-         nodeIPs: [{ip}]\n\
-         podCIDRs: [{cidr}]\n\
-         store:\n  kind: dir\n  dir: {{ path: \"{store}\" }}\n",
-        name = node_name(node),
-        state = state_dir.display(),
-        endpoint = endpoint(node),
-        ip = node_ip(node),
-        cidr = pod_cidr(node),
-        store = store_dir.display(),
-    )
+    agent_config_with(node, state_dir, store_dir, &LabOptions::default())
 }
 
 impl Lab {
@@ -91,7 +76,12 @@ impl Lab {
 
     /// The config the lab gives node `node`'s agent.
     pub fn config_yaml(&self, node: u8) -> String {
-        agent_config(node, &self.node_dir(node).join("state"), &self.store_dir())
+        agent_config_with(
+            node,
+            &self.node_dir(node).join("state"),
+            &self.store_dir(),
+            self.options(),
+        )
     }
 
     /// The log file of what node `node` runs (agent or wireguard-go).

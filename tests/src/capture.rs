@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::addr::WG_PORT;
+use crate::addr::{MAX_NODES, WG_PORT};
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
 use crate::lab::Lab;
+use crate::options::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, SWITCH_IP};
 
 static NEXT_CAPTURE: AtomicU32 = AtomicU32::new(0);
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,6 +126,13 @@ impl CaptureFile {
             report.packets += 1;
             match classify(&line) {
                 Packet::Arp => report.arp += 1,
+                Packet::Store { src, dst } => {
+                    report.store += 1;
+                    *report
+                        .flows
+                        .entry(format!("{src} > {dst} TCP (store)"))
+                        .or_default() += 1;
+                }
                 Packet::WireGuard { src, dst } => {
                     report.wireguard += 1;
                     *report
@@ -154,6 +162,9 @@ pub struct LeakReport {
     pub arp: usize,
     /// UDP between two underlay node addresses with the WireGuard port on one side.
     pub wireguard: usize,
+    /// TCP between a node and the lab's etcd on the switch (`198.18.0.254:2379`): control-plane
+    /// traffic to the store, not between nodes.
+    pub store: usize,
     /// Packet count per flow (`src > dst proto`).
     pub flows: BTreeMap<String, usize>,
     /// Every packet that is neither ARP nor WireGuard UDP between nodes.
@@ -169,9 +180,10 @@ impl LeakReport {
     /// A few readable lines: packet counts, flows, and the first unexpected packets.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} packets: {} WireGuard UDP, {} ARP, {} other; marker {}\n",
+            "{} packets: {} WireGuard UDP, {} store, {} ARP, {} other; marker {}\n",
             self.packets,
             self.wireguard,
+            self.store,
             self.arp,
             self.other.len(),
             if self.marker_found { "FOUND" } else { "absent" }
@@ -190,6 +202,11 @@ impl LeakReport {
 pub enum Packet {
     Arp,
     WireGuard {
+        src: String,
+        dst: String,
+    },
+    /// TCP between a node and the lab's etcd client or peer port on the switch.
+    Store {
         src: String,
         dst: String,
     },
@@ -230,6 +247,19 @@ pub fn classify(line: &str) -> Packet {
             }
             _ => false,
         };
+    let is_store = proto == "TCP"
+        && match (split_addr_port(src), split_addr_port(dst)) {
+            (Some(s), Some(d)) => {
+                is_store_end(s) && is_node(d.0) || is_node(s.0) && is_store_end(d)
+            }
+            _ => false,
+        };
+    if is_store {
+        return Packet::Store {
+            src: (*src).into(),
+            dst: dst.into(),
+        };
+    }
     if is_wireguard {
         Packet::WireGuard {
             src: (*src).into(),
@@ -246,8 +276,14 @@ fn split_addr_port(s: &str) -> Option<(Ipv4Addr, u16)> {
     Some((addr.parse().ok()?, port.parse().ok()?))
 }
 
+/// A node's underlay address (`198.18.0.<1..=MAX_NODES>`); the switch's is not one.
 fn is_node(addr: Ipv4Addr) -> bool {
-    addr.octets()[..3] == [198, 18, 0]
+    let [a, b, c, d] = addr.octets();
+    [a, b, c] == [198, 18, 0] && (1..=MAX_NODES).contains(&d)
+}
+
+fn is_store_end((addr, port): (Ipv4Addr, u16)) -> bool {
+    addr == SWITCH_IP && (port == ETCD_CLIENT_PORT || port == ETCD_PEER_PORT)
 }
 
 /// Whether `needle` occurs in `haystack`.
@@ -295,6 +331,15 @@ mod tests {
         );
         let other_udp = "12:00:00.000000 IP 198.18.0.1.5353 > 198.18.0.2.5353: UDP, length 10";
         assert!(matches!(classify(other_udp), Packet::Other(_)));
+        let etcd =
+            "12:00:00.000000 IP 198.18.0.1.40000 > 198.18.0.254.2379: Flags [P.], seq 1, length 10";
+        assert!(matches!(classify(etcd), Packet::Store { .. }));
+        let back =
+            "12:00:00.000000 IP 198.18.0.254.2379 > 198.18.0.2.40000: Flags [.], ack 1, length 0";
+        assert!(matches!(classify(back), Packet::Store { .. }));
+        let wg_to_switch =
+            "12:00:00.000000 IP 198.18.0.1.51871 > 198.18.0.254.51871: UDP, length 148";
+        assert!(matches!(classify(wg_to_switch), Packet::Other(_)));
         let v6 = "12:00:00.000000 IP6 fe80::1 > ff02::2: ICMP6, router solicitation, length 16";
         assert!(matches!(classify(v6), Packet::Other(_)));
     }

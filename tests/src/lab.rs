@@ -12,6 +12,7 @@ use crate::addr::{Host, MAX_NODES, MAX_PODS};
 use crate::claim::{claim, namespaces_of};
 use crate::error::{LabError, Result};
 use crate::exec::{require_root, require_tools, run, BgProcess};
+use crate::options::LabOptions;
 
 /// Where the agent expects WireGuard UAPI sockets and its own runtime files. Each node sees its
 /// own directories there through a private mount namespace, as separate hosts would.
@@ -49,14 +50,26 @@ pub struct Lab {
     nodes: u8,
     pods: u8,
     keep: bool,
+    options: LabOptions,
     procs: Mutex<Vec<Option<NodeProc>>>,
+    /// The etcd server, while it runs (etcd labs only).
+    pub(crate) etcd: Mutex<Option<BgProcess>>,
+    /// Run directories of agents started outside the node table ([`Lab::spawn_agent_with`]),
+    /// whose data paths teardown must stop too.
+    pub(crate) extra_run_dirs: Mutex<Vec<PathBuf>>,
     torn_down: bool,
 }
 
 impl Lab {
-    /// Builds the underlay switch, `nodes` nodes and `pods` pods per node. On error everything
-    /// created so far is removed again.
+    /// Builds the underlay switch, `nodes` nodes and `pods` pods per node, for agents on the dir
+    /// store. On error everything created so far is removed again.
     pub fn new(nodes: u8, pods: u8) -> Result<Self> {
+        Self::with_options(nodes, pods, LabOptions::default())
+    }
+
+    /// [`Lab::new`] with a choice of store and key rotation. An etcd lab also gives `br0` the
+    /// address [`crate::SWITCH_IP`] and starts etcd there, waiting until it is healthy.
+    pub fn with_options(nodes: u8, pods: u8, options: LabOptions) -> Result<Self> {
         if !(1..=MAX_NODES).contains(&nodes) || pods > MAX_PODS {
             return Err(LabError::Check(format!(
                 "a lab holds 1..={MAX_NODES} nodes and 0..={MAX_PODS} pods per node, not {nodes} × {pods}"
@@ -64,6 +77,9 @@ impl Lab {
         }
         require_root()?;
         require_tools(&["ip", "ss", "sysctl", "unshare", "mount"])?;
+        if options.uses_etcd() {
+            require_tools(&["etcd", "etcdctl"])?;
+        }
         let claim = claim()?;
         let keep = std::env::var_os("WIREMESH_LAB_KEEP").is_some_and(|v| v == "1");
         let lab = Self {
@@ -72,11 +88,17 @@ impl Lab {
             nodes,
             pods,
             keep,
+            options,
             procs: Mutex::new((0..nodes).map(|_| None).collect()),
+            etcd: Mutex::new(None),
+            extra_run_dirs: Mutex::new(Vec::new()),
             torn_down: false,
         };
         lab.make_dirs()?;
         lab.build_topology()?;
+        if lab.options.uses_etcd() {
+            lab.start_etcd()?;
+        }
         Ok(lab)
     }
 
@@ -94,6 +116,10 @@ impl Lab {
             std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
         }
         Ok(())
+    }
+
+    pub fn options(&self) -> &LabOptions {
+        &self.options
     }
 
     pub fn prefix(&self) -> &str {
@@ -160,7 +186,12 @@ impl Lab {
     /// A command in node `node`'s network namespace with the node's own `/run/wireguard` and
     /// `/run/wiremesh` bind-mounted (as the agent sees them). Append arguments as usual.
     pub fn node_cmd(&self, node: u8, program: impl AsRef<OsStr>) -> Command {
-        let base = self.node_dir(node);
+        self.mounted_cmd(node, &self.node_dir(node), program)
+    }
+
+    /// A command in node `node`'s network namespace with `base/wireguard` and `base/run` bind-mounted
+    /// over `/run/wireguard` and `/run/wiremesh`.
+    pub(crate) fn mounted_cmd(&self, node: u8, base: &Path, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.node_ns(node)])
             .args([
@@ -273,29 +304,20 @@ impl Lab {
         procs.iter_mut().for_each(|p| *p = None);
         drop(procs);
         self.stop_datapaths();
+        if let Err(e) = self.stop_etcd() {
+            eprintln!("wiremesh-lab: stopping etcd: {e}");
+        }
     }
 
     /// The agents' data-path processes: started by the agents (detached, so that they outlive
     /// agent restarts), named by the PID file each writes in its node's run directory.
     fn stop_datapaths(&self) {
-        let mut pids = Vec::new();
-        for node in self.node_ids() {
-            let pid_file = self.node_dir(node).join("run").join("datapath.pid");
-            let Ok(text) = std::fs::read_to_string(&pid_file) else {
-                continue;
-            };
-            let Ok(pid) = text.trim().parse::<i32>() else {
-                continue;
-            };
-            // Only if the PID still names this lab's data path (PIDs are reused).
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("datapath")
-                && cmdline.contains(&*self.node_dir(node).to_string_lossy())
-            {
-                pids.push(nix::unistd::Pid::from_raw(pid));
-            }
-        }
+        let mut run_dirs: Vec<PathBuf> = self
+            .node_ids()
+            .map(|node| self.node_dir(node).join("run"))
+            .collect();
+        run_dirs.extend(self.extra_run_dirs_guard().iter().cloned());
+        let pids: Vec<_> = run_dirs.iter().filter_map(|d| datapath_pid_in(d)).collect();
         for pid in &pids {
             let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
         }
@@ -307,6 +329,26 @@ impl Lab {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
     }
+
+    pub(crate) fn extra_run_dirs_guard(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        // Plain data: a poisoned lock is still consistent, and teardown must work while panicking.
+        self.extra_run_dirs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The PID in `<run_dir>/datapath.pid`, if it still names a `wiremesh datapath` started for that
+/// directory (PIDs are reused, and a stale file must never make the lab signal a stranger).
+pub(crate) fn datapath_pid_in(run_dir: &Path) -> Option<nix::unistd::Pid> {
+    let text = std::fs::read_to_string(run_dir.join("datapath.pid")).ok()?;
+    let pid = text.trim().parse::<i32>().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let base = run_dir.parent().unwrap_or(run_dir).to_string_lossy();
+    // A zombie has an empty cmdline: it is gone for our purposes.
+    (cmdline.contains("datapath") && cmdline.contains(&*base))
+        .then(|| nix::unistd::Pid::from_raw(pid))
 }
 
 impl Drop for Lab {

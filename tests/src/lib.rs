@@ -4,7 +4,8 @@
 //! plugged into it, and P pod namespaces behind each node (Calico-style /32 routes, pod CIDR
 //! `10.244.<node>.0/24`). It starts the wiremesh agent (or stock wireguard-go) inside nodes, each
 //! with a private mount namespace so `/run/wireguard` and `/run/wiremesh` are per node, as on
-//! separate hosts; and it drives traffic (ping, TCP via nc) and captures the underlay.
+//! separate hosts. The agents share a dir store, or an etcd server the lab runs on the switch
+//! ([`LabOptions`]). It drives traffic (ping, TCP via nc) and captures the underlay.
 //!
 //! It must never touch anything it did not create: every namespace is named with the lab's unique
 //! prefix, processes are stopped by the PID the lab holds, and nothing is ever routed out of the
@@ -16,10 +17,14 @@ mod addr;
 mod agent;
 mod capture;
 mod claim;
+mod control;
 mod error;
+mod etcd;
 mod exec;
 mod lab;
+mod options;
 mod store;
+mod stream;
 mod topology;
 mod traffic;
 mod wggo;
@@ -33,10 +38,17 @@ pub use agent::{
 };
 pub use capture::{classify, contains, marker, Capture, CaptureFile, LeakReport, Packet};
 pub use claim::LAB_ROOT;
+pub use control::{tail, unix_now};
 pub use error::{LabError, Result};
+pub use etcd::{etcd_node_key, etcd_owner_key};
 pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
+pub use options::{
+    agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions, StoreKind,
+    ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
+};
 pub use store::node_record;
+pub use stream::{IperfClient, IperfReport, PingLog};
 pub use topology::{BYPASS_PREF, BYPASS_TABLE};
 pub use traffic::{test_data, Ping, PingResult};
 pub use wggo::KeyPair;

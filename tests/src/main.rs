@@ -28,6 +28,10 @@ enum Cmd {
         /// Build only the namespaces; start no agent.
         #[arg(long)]
         no_agents: bool,
+        /// Run etcd on the switch (198.18.0.254:2379) and put the agents' store there, with
+        /// this lease TTL in seconds (the agents' `store.etcd.leaseTTL`).
+        #[arg(long, value_name = "LEASE_TTL_SECS")]
+        etcd: Option<u64>,
     },
     /// Build a lab, show pod-to-pod traffic across every node pair, the agent's and wg's view,
     /// and prove on a capture of the underlay that the traffic is encrypted; then tear down.
@@ -50,7 +54,8 @@ fn main() -> ExitCode {
             nodes,
             pods,
             no_agents,
-        } => cli::up::run(nodes, pods, !no_agents),
+            etcd,
+        } => cli::up::run(nodes, pods, !no_agents, etcd),
         Cmd::Demo { nodes, pods } => cli::demo::run(nodes, pods),
     };
     match result {

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::addr::{endpoint, node_ip, node_name, pod_cidr};
 use crate::agent::CLUSTER_NAME;
 use crate::error::{LabError, Result};
+use crate::etcd::etcd_node_key;
 use crate::lab::Lab;
 
 const POLL: Duration = Duration::from_millis(100);
@@ -32,8 +33,11 @@ impl Lab {
         self.store_dir().join(format!("{name}.json"))
     }
 
-    /// The raw record `name`, if present.
+    /// The raw record `name`, if present (from the dir store, or from etcd in an etcd lab).
     pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        if self.options().uses_etcd() {
+            return self.etcd_get(&etcd_node_key(name));
+        }
         let path = self.record_path(name);
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
@@ -55,7 +59,8 @@ impl Lab {
             })
     }
 
-    /// Waits until the record `name` exists and parses (an agent publishes it at start-up).
+    /// Waits until the record `name` exists and parses (an agent publishes it at start-up);
+    /// polls every 100 ms.
     pub fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -66,7 +71,7 @@ impl Lab {
             };
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout {
-                    what: format!("store record {}", self.record_path(name).display()),
+                    what: format!("store record {name}"),
                     after: timeout,
                     last,
                 });
@@ -86,8 +91,12 @@ impl Lab {
         self.write_record_bytes(name, &bytes)
     }
 
-    /// Writes `bytes` as `<name>.json`, atomically.
+    /// Writes `bytes` as `<name>.json`, atomically (in etcd: puts it at the node's key, with no
+    /// lease).
     pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if self.options().uses_etcd() {
+            return self.etcd_put(&etcd_node_key(name), bytes);
+        }
         let tmp = self.store_dir().join(format!(".{name}.json.lab-tmp"));
         std::fs::write(&tmp, bytes).map_err(|e| LabError::io(&tmp, e))?;
         let path = self.record_path(name);
@@ -96,6 +105,14 @@ impl Lab {
 
     /// Removes the record `name` and returns what it held.
     pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
+        if self.options().uses_etcd() {
+            let key = etcd_node_key(name);
+            let bytes = self
+                .etcd_get(&key)?
+                .ok_or_else(|| LabError::Check(format!("no record at {key} in etcd")))?;
+            self.etcd_del(&key)?;
+            return Ok(bytes);
+        }
         let path = self.record_path(name);
         let bytes = std::fs::read(&path).map_err(|e| LabError::io(&path, e))?;
         std::fs::remove_file(&path).map_err(|e| LabError::io(&path, e))?;

@@ -7,6 +7,7 @@ use crate::addr::{node_gateway, node_ip, pod_cidr, pod_ip, UNDERLAY_PREFIX_LEN, 
 use crate::error::Result;
 use crate::exec::run;
 use crate::lab::{Lab, IP_TIMEOUT};
+use crate::options::SWITCH_IP;
 
 /// The routing table and rule priority the tunnel bypass uses (ahead of `main` at 32766).
 pub const BYPASS_TABLE: &str = "100";
@@ -25,6 +26,11 @@ impl Lab {
         self.add_ns(&self.switch_ns(), &NO_IPV6)?;
         self.ip_in(&self.switch_ns(), &["link", "add", "br0", "type", "bridge"])?;
         self.ip_in(&self.switch_ns(), &["link", "set", "br0", "up"])?;
+        if self.options().uses_etcd() {
+            // The switch itself joins the underlay, as the host of the store's server.
+            let addr = format!("{SWITCH_IP}/{UNDERLAY_PREFIX_LEN}");
+            self.ip_in(&self.switch_ns(), &["addr", "add", &addr, "dev", "br0"])?;
+        }
         for node in self.node_ids() {
             self.build_node(node)?;
             for pod in self.pod_ids() {

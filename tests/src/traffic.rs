@@ -24,6 +24,8 @@ pub struct Ping {
     pub interval: Duration,
     /// Up to 16 bytes as hex (`ping -p`), repeated through the payload.
     pub pattern: Option<String>,
+    /// One line per reply with its Unix timestamp (`-D`, no `-q`), for [`crate::PingLog`].
+    pub per_reply: bool,
 }
 
 impl Ping {
@@ -33,6 +35,7 @@ impl Ping {
             count: 3,
             interval: Duration::from_millis(200),
             pattern: None,
+            per_reply: false,
         }
     }
 
@@ -52,6 +55,12 @@ impl Ping {
         self
     }
 
+    /// Logs every reply with its time (see [`crate::PingLog`]).
+    pub fn per_reply(mut self) -> Self {
+        self.per_reply = true;
+        self
+    }
+
     /// How long ping may run: every packet's slot plus time for the last replies.
     pub fn deadline(&self) -> Duration {
         self.interval * self.count + Duration::from_secs(3)
@@ -60,7 +69,7 @@ impl Ping {
     fn args(&self) -> Vec<String> {
         let mut args = vec![
             "-n".into(),
-            "-q".into(),
+            if self.per_reply { "-D" } else { "-q" }.into(),
             "-c".into(),
             self.count.to_string(),
             "-i".into(),
@@ -163,6 +172,11 @@ impl Lab {
         })
     }
 
+    /// A fresh TCP port for a listener in the lab.
+    pub fn next_port(&self) -> u16 {
+        NEXT_PORT.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Starts `ping` on `from` in the background; parse its log with [`PingResult::parse`] once it
     /// has exited (it stops by itself after `ping.deadline()`).
     pub fn spawn_ping(&self, from: Host, ping: &Ping) -> Result<BgProcess> {
@@ -240,7 +254,12 @@ impl Lab {
         )))
     }
 
-    fn wait_listening(&self, host: Host, port: &str, server: &mut BgProcess) -> Result<()> {
+    pub(crate) fn wait_listening(
+        &self,
+        host: Host,
+        port: &str,
+        server: &mut BgProcess,
+    ) -> Result<()> {
         let deadline = Instant::now() + LISTEN_TIMEOUT;
         let filter = format!("sport = :{port}");
         loop {

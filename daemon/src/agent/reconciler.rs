@@ -88,32 +88,44 @@ impl Reconciler {
             }
             self.peers = desired;
             self.peer_file.save(&self.peers);
-            let mut names = HashMap::new();
-            for (n, r) in &self.peers {
-                let node = n.clone();
-                names.insert(
-                    r.public_key,
-                    PeerKey {
-                        node: node.clone(),
-                        epoch: r.key_epoch,
-                        published: true,
-                    },
-                );
-                if let Some(k) = r.next_public_key {
-                    names.insert(
-                        k,
-                        PeerKey {
-                            node,
-                            epoch: r.key_epoch + 1,
-                            published: false,
-                        },
-                    );
-                }
-            }
-            self.names.send_replace(Arc::new(names));
         }
+        // Also when nothing changed: a re-attached agent starts with the peers in force but no
+        // names published yet.
+        self.publish_names();
         self.sync_routes().await;
         Ok(())
+    }
+
+    fn publish_names(&self) {
+        let mut names = HashMap::new();
+        for (n, r) in &self.peers {
+            let (node, epoch) = (n.clone(), r.key_epoch);
+            names.insert(
+                r.public_key,
+                PeerKey {
+                    node: node.clone(),
+                    epoch,
+                    published: true,
+                },
+            );
+            if let Some(k) = r.next_public_key {
+                names.insert(
+                    k,
+                    PeerKey {
+                        node,
+                        epoch: epoch + 1,
+                        published: false,
+                    },
+                );
+            }
+        }
+        self.names.send_if_modified(|cur| {
+            if **cur == names {
+                return false;
+            }
+            *cur = Arc::new(names);
+            true
+        });
     }
 
     async fn sync_routes(&mut self) {

@@ -3,16 +3,22 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use wiremesh_lab::{agent_binary, node_ip, pod_cidr, pod_ip, Lab, WG_IFACE};
+use wiremesh_lab::{
+    agent_binary, etcd_endpoint, node_ip, pod_cidr, pod_ip, Lab, LabOptions, WG_IFACE,
+};
 
 use super::{check_interrupted, section, stop_requested};
 
 const READY: Duration = Duration::from_secs(20);
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
-pub fn run(nodes: u8, pods: u8, agents: bool) -> anyhow::Result<()> {
+pub fn run(nodes: u8, pods: u8, agents: bool, etcd_ttl: Option<u64>) -> anyhow::Result<()> {
     section(&format!("Building a lab: {nodes} nodes × {pods} pods"));
-    let lab = Lab::new(nodes, pods).context("building the lab")?;
+    let options = match etcd_ttl {
+        Some(secs) => LabOptions::etcd(Duration::from_secs(secs)),
+        None => LabOptions::default(),
+    };
+    let lab = Lab::with_options(nodes, pods, options).context("building the lab")?;
     check_interrupted()?;
     if agents {
         section("Starting agents");
@@ -49,7 +55,17 @@ fn print_access(lab: &Lab) {
         lab.prefix(),
         lab.dir().display()
     ));
-    println!("store (shared dir): {}", lab.store_dir().display());
+    if lab.options().uses_etcd() {
+        println!(
+            "store (etcd):       {} (data {}); etcdctl: ip netns exec {} env ETCDCTL_API=3 etcdctl --endpoints={} get --prefix /wiremesh",
+            etcd_endpoint(),
+            lab.etcd_data_dir().display(),
+            lab.switch_ns(),
+            etcd_endpoint()
+        );
+    } else {
+        println!("store (shared dir): {}", lab.store_dir().display());
+    }
     println!(
         "underlay capture:   ip netns exec {} tcpdump -nni br0",
         lab.switch_ns()

@@ -69,3 +69,107 @@ pub fn check_ping(lab: &Lab, from: Host, to: Host) -> Result<(), String> {
         ))
     }
 }
+
+/// The lease TTL the etcd tests configure.
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+
+pub fn lab_with(nodes: u8, pods: u8, options: wiremesh_lab::LabOptions) -> Lab {
+    let what = format!("{options:?}");
+    Lab::with_options(nodes, pods, options)
+        .unwrap_or_else(|e| panic!("building a {nodes}-node lab ({what}): {e}"))
+}
+
+/// Starts the agents of `nodes` and waits until each lists the others of them as peers.
+pub fn start_some(lab: &Lab, nodes: &[u8]) {
+    for &n in nodes {
+        lab.start_agent(n)
+            .unwrap_or_else(|e| panic!("starting node-{n}'s agent: {e}"));
+    }
+    for &n in nodes {
+        lab.wait_status(n, "the agent to answer status", READY, |_| true)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for &n in nodes {
+        lab.wait_peer_count(n, nodes.len() - 1, CONVERGE)
+            .unwrap_or_else(|e| panic!("mesh of {nodes:?} did not converge: {e}"));
+    }
+}
+
+/// A fresh valid public key (from `wg genkey | wg pubkey`), for records of nodes that do not run.
+pub fn fresh_public_key() -> String {
+    use std::process::Command;
+    let private = wiremesh_lab::run(Command::new("wg").arg("genkey"), Duration::from_secs(5))
+        .expect("wg genkey");
+    let mut cmd = Command::new("wg");
+    cmd.arg("pubkey");
+    let out = wiremesh_lab::output(&mut cmd, Some(private.as_bytes()), Duration::from_secs(5))
+        .expect("wg pubkey");
+    assert!(out.status.success(), "wg pubkey failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The `publicKey` and `keyEpoch` of node `node`'s status.
+pub fn key_and_epoch(lab: &Lab, node: u8) -> (String, u64) {
+    let s = lab
+        .status(node)
+        .unwrap_or_else(|e| panic!("status of node-{node}: {e}"));
+    let key = s["publicKey"].as_str().unwrap_or_default().to_owned();
+    let epoch = s["keyEpoch"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("node-{node} status has no numeric keyEpoch: {s}"));
+    (key, epoch)
+}
+
+/// A 100 packets/s ping from `from` to `to` for `secs` seconds, logging every reply.
+pub fn fast_ping(
+    lab: &Lab,
+    from: Host,
+    to: Host,
+    secs: u32,
+) -> (wiremesh_lab::BgProcess, wiremesh_lab::Ping) {
+    let ping = wiremesh_lab::Ping::new(to.ip())
+        .count(secs * 100)
+        .interval(Duration::from_millis(10))
+        .per_reply();
+    let proc = lab
+        .spawn_ping(from, &ping)
+        .unwrap_or_else(|e| panic!("starting ping {from} -> {to}: {e}"));
+    (proc, ping)
+}
+
+/// Waits for a [`fast_ping`] to end by itself and asserts that every packet was answered;
+/// `context` says what happened meanwhile.
+pub fn assert_no_loss(
+    mut proc: wiremesh_lab::BgProcess,
+    ping: &wiremesh_lab::Ping,
+    context: &str,
+) -> wiremesh_lab::PingLog {
+    // ping's own pacing slips under load (it sends late rather than skipping), hence twice
+    // its nominal duration.
+    proc.wait_timeout(ping.deadline() * 2 + Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("ping did not finish: {e}"));
+    let log = wiremesh_lab::PingLog::parse(&proc.log());
+    let Some(summary) = log.summary else {
+        panic!("no ping summary: {}", wiremesh_lab::tail(&proc.log(), 20));
+    };
+    let missing = log.missing(summary.sent);
+    eprintln!(
+        "ping {}: {summary}, longest gap between replies {:?}",
+        ping.to,
+        log.longest_gap()
+    );
+    assert_eq!(
+        summary.sent, ping.count,
+        "ping sent {summary} of {}",
+        ping.count
+    );
+    assert!(
+        summary.all_received() && missing.is_empty(),
+        "{context}: {} of {} pings lost (first missing icmp_seq {:?}); longest gap {:?}",
+        summary.lost(),
+        summary.sent,
+        &missing[..missing.len().min(20)],
+        log.longest_gap()
+    );
+    log
+}

@@ -1,0 +1,174 @@
+//! What kind of lab to build: which store the agents share (the dir store, or an etcd server the
+//! lab runs on the underlay switch) and how their keys rotate. The agent configs the lab writes
+//! follow from these options.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::addr::{endpoint, node_ip, node_name, pod_cidr, WG_IFACE, WG_PORT};
+use crate::agent::CLUSTER_NAME;
+use crate::lab::AGENT_RUN_DIR;
+
+/// The switch's address on the underlay (on `br0`), where the lab's etcd listens. It is no node's
+/// address, so traffic to it is never mistaken for traffic between nodes.
+pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// etcd's client and peer ports.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// The key prefix the lab's agents use in etcd (`store.etcd.prefix`).
+pub const ETCD_PREFIX: &str = "/wiremesh";
+
+/// `http://198.18.0.254:2379`.
+pub fn etcd_endpoint() -> String {
+    format!("http://{SWITCH_IP}:{ETCD_CLIENT_PORT}")
+}
+
+/// The store every agent of a lab shares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    /// One directory on the host (`<labdir>/store`).
+    #[default]
+    Dir,
+    /// An etcd 3 server the lab runs in the switch namespace at [`SWITCH_IP`], its data in
+    /// `<labdir>/etcd`; node records are bound to leases of `lease_ttl`.
+    Etcd { lease_ttl: Duration },
+}
+
+/// The agents' `keyRotation` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// Zero turns automatic rotation off.
+    pub interval: Duration,
+    pub commit_timeout: Duration,
+}
+
+impl KeyRotation {
+    /// Only `wiremesh keys rotate` rotates, and a rotation commits within `commit_timeout`.
+    pub fn manual(commit_timeout: Duration) -> Self {
+        Self {
+            interval: Duration::ZERO,
+            commit_timeout,
+        }
+    }
+}
+
+/// How [`crate::Lab::with_options`] builds a lab. The default is what [`crate::Lab::new`] builds:
+/// the dir store, and no `keyRotation` section (the agent's defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabOptions {
+    pub store: StoreKind,
+    pub key_rotation: Option<KeyRotation>,
+}
+
+impl LabOptions {
+    /// Agents on the lab's etcd with leases of `lease_ttl`.
+    pub fn etcd(lease_ttl: Duration) -> Self {
+        Self {
+            store: StoreKind::Etcd { lease_ttl },
+            ..Self::default()
+        }
+    }
+
+    pub fn key_rotation(mut self, rotation: KeyRotation) -> Self {
+        self.key_rotation = Some(rotation);
+        self
+    }
+
+    pub fn uses_etcd(&self) -> bool {
+        matches!(self.store, StoreKind::Etcd { .. })
+    }
+}
+
+/// A duration as the agent's config reads it (`0`, `5s`, `250ms`).
+pub fn config_duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0".into()
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The agent config of lab node `node` with `options`; `store_dir` is used by the dir store.
+pub fn agent_config_with(
+    node: u8,
+    state_dir: &Path,
+    store_dir: &Path,
+    options: &LabOptions,
+) -> String {
+    let mut yaml = format!(
+        "nodeName: {name}\n\
+         clusterName: {CLUSTER_NAME}\n\
+         interface: {WG_IFACE}\n\
+         listenPort: {WG_PORT}\n\
+         stateDir: \"{state}\"\n\
+         runDir: {AGENT_RUN_DIR}\n\
+         endpoint: \"{endpoint}\"\n\
+         nodeIPs: [{ip}]\n\
+         podCIDRs: [{cidr}]\n",
+        name = node_name(node),
+        state = state_dir.display(),
+        endpoint = endpoint(node),
+        ip = node_ip(node),
+        cidr = pod_cidr(node),
+    );
+    // Writing to a String cannot fail.
+    let _ = match &options.store {
+        StoreKind::Dir => write!(
+            yaml,
+            "store:\n  kind: dir\n  dir: {{ path: \"{}\" }}\n",
+            store_dir.display()
+        ),
+        StoreKind::Etcd { lease_ttl } => write!(
+            yaml,
+            "store:\n  kind: etcd\n  etcd: {{ endpoints: [\"{}\"], prefix: {ETCD_PREFIX}, leaseTTL: {} }}\n",
+            etcd_endpoint(),
+            config_duration(*lease_ttl)
+        ),
+    };
+    if let Some(r) = options.key_rotation {
+        let _ = writeln!(
+            yaml,
+            "keyRotation: {{ interval: {}, commitTimeout: {} }}",
+            config_duration(r.interval),
+            config_duration(r.commit_timeout)
+        );
+    }
+    yaml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_use_the_agents_syntax() {
+        assert_eq!(config_duration(Duration::ZERO), "0");
+        assert_eq!(config_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(config_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn etcd_config_names_the_switch_endpoint_and_rotation() {
+        let options = LabOptions::etcd(Duration::from_secs(5))
+            .key_rotation(KeyRotation::manual(Duration::from_secs(30)));
+        let yaml = agent_config_with(
+            3,
+            Path::new("/tmp/l/n3/state"),
+            Path::new("/unused"),
+            &options,
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("config is valid YAML");
+        let expected: serde_yaml::Value = serde_yaml::from_str(
+            "{kind: etcd, etcd: {endpoints: [\"http://198.18.0.254:2379\"], prefix: /wiremesh, leaseTTL: 5s}}",
+        )
+        .expect("expected store is valid YAML");
+        assert_eq!(v["store"], expected);
+        assert_eq!(v["keyRotation"]["interval"], serde_yaml::Value::from(0));
+        assert_eq!(v["keyRotation"]["commitTimeout"], "30s");
+        assert_eq!(v["nodeName"], "node-3");
+    }
+}
