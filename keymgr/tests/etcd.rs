@@ -1,19 +1,19 @@
 //! The etcd store against a real etcd server (one per test, on its own ports).
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+mod common;
 mod etcd_server;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{bounded_by, outage_keeps_the_last_snapshot, wait_for, wait_health};
 use etcd_client::PutOptions;
 use etcd_server::EtcdServer;
 use keymgr::store::{
     ClaimOutcome, EtcdConfig, EtcdStore, EtcdTls, Snapshot, StoreError, StoreHealth,
 };
 use keymgr::{NodeRecord, PrivateKey};
-use tokio::sync::watch;
 
 const NODES: &str = "/wiremesh/v1/lab/nodes/";
 
@@ -52,45 +52,9 @@ async fn joined(server: &EtcdServer, record: &NodeRecord, ttl_secs: u64) -> Etcd
     s
 }
 
-async fn wait_for(
-    rx: &mut watch::Receiver<Arc<Snapshot>>,
-    within: Duration,
-    what: &str,
-    f: impl Fn(&Snapshot) -> bool,
-) -> Arc<Snapshot> {
-    let found = tokio::time::timeout(within, async {
-        loop {
-            let snap = rx.borrow_and_update().clone();
-            if f(&snap) {
-                return snap;
-            }
-            rx.changed().await.expect("store task stopped");
-        }
-    })
-    .await;
-    let last = rx.borrow().clone();
-    found.unwrap_or_else(|_| panic!("{what} not seen within {within:?}; last snapshot: {last:?}"))
-}
-
-async fn wait_health(store: &EtcdStore, within: Duration, f: impl Fn(&StoreHealth) -> bool) {
-    let mut rx = store.health();
-    let reached = tokio::time::timeout(within, async { rx.wait_for(f).await.is_ok() }).await;
-    let now = store.health().borrow().clone();
-    assert!(
-        matches!(reached, Ok(true)),
-        "health not as expected within {within:?}: {now:?}"
-    );
-}
-
 /// Every test is bounded in time, whatever goes wrong inside.
 async fn bounded(test: impl Future<Output = ()>) {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("keymgr=debug")
-        .try_init();
-    tokio::time::timeout(Duration::from_secs(90), test)
-        .await
-        .expect("test did not finish within 90 s");
+    bounded_by(Duration::from_secs(90), test).await;
 }
 
 #[tokio::test]
@@ -233,7 +197,7 @@ async fn losing_the_name_later_is_reported_as_a_conflict() {
         etcd.put(owner_key, "intruder", None).await.unwrap();
         let conflict =
             |h: &StoreHealth| matches!(h, StoreHealth::Conflict { owner } if owner == "intruder");
-        wait_health(&s1, Duration::from_secs(15), conflict).await;
+        wait_health(s1.health(), Duration::from_secs(15), conflict).await;
         let kv = etcd.get(format!("{NODES}node-1"), None).await.unwrap();
         assert!(
             kv.kvs().is_empty(),
@@ -257,12 +221,8 @@ async fn an_outage_keeps_the_last_peers_and_changes_show_within_5s_after_it() {
         .await;
 
         server.kill();
-        for s in [&s1, &s2] {
-            let down = |h: &StoreHealth| matches!(h, StoreHealth::Unreachable { .. });
-            wait_health(s, Duration::from_secs(15), down).await;
-        }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(rx.borrow().nodes.len(), 2, "the last snapshot must be kept");
+        let healths = [s1.health(), s2.health()];
+        outage_keeps_the_last_snapshot(healths, Duration::from_secs(15), &rx, 2).await;
         let mut r2b = r2.clone();
         r2b.endpoint = "198.18.0.22:51871".parse().unwrap();
         let err = s2.publish(&r2b).await.unwrap_err();
@@ -286,7 +246,7 @@ async fn an_outage_keeps_the_last_peers_and_changes_show_within_5s_after_it() {
         )
         .await;
         assert!(back.elapsed() < Duration::from_secs(5));
-        wait_health(&s2, Duration::from_secs(5), |h| {
+        wait_health(s2.health(), Duration::from_secs(5), |h| {
             *h == StoreHealth::Connected
         })
         .await;
@@ -317,10 +277,10 @@ async fn a_frozen_server_is_detected_and_recovered_from() {
 
         server.signal("-STOP");
         let down = |h: &StoreHealth| matches!(h, StoreHealth::Unreachable { .. });
-        wait_health(&s1, Duration::from_secs(10), down).await;
+        wait_health(s1.health(), Duration::from_secs(10), down).await;
         assert_eq!(rx.borrow().nodes.len(), 2, "the last snapshot must be kept");
         server.signal("-CONT");
-        wait_health(&s1, Duration::from_secs(10), |h| {
+        wait_health(s1.health(), Duration::from_secs(10), |h| {
             *h == StoreHealth::Connected
         })
         .await;

@@ -6,17 +6,17 @@
 //! server adds (admission, RBAC, strategic merge of lists, server-side apply) is not covered.
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+mod common;
 mod fake_apiserver;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{bounded_by, outage_keeps_the_last_snapshot, wait_for, wait_health};
 use fake_apiserver::{kubelet_node, FakeApiServer};
 use keymgr::store::{ClaimOutcome, KubeConfig, KubeStore, Snapshot, StoreError, StoreHealth};
 use keymgr::{NodeRecord, PrivateKey};
 use serde_json::json;
-use tokio::sync::watch;
 
 fn rec(name: &str, n: u8) -> NodeRecord {
     let key = PrivateKey::generate().public_key();
@@ -69,45 +69,9 @@ fn annotations(server: &FakeApiServer, name: &str) -> std::collections::BTreeMap
     node.metadata.annotations.unwrap_or_default()
 }
 
-async fn wait_for(
-    rx: &mut watch::Receiver<Arc<Snapshot>>,
-    within: Duration,
-    what: &str,
-    f: impl Fn(&Snapshot) -> bool,
-) -> Arc<Snapshot> {
-    let found = tokio::time::timeout(within, async {
-        loop {
-            let snap = rx.borrow_and_update().clone();
-            if f(&snap) {
-                return snap;
-            }
-            rx.changed().await.expect("store task stopped");
-        }
-    })
-    .await;
-    let last = rx.borrow().clone();
-    found.unwrap_or_else(|_| panic!("{what} not seen within {within:?}; last snapshot: {last:?}"))
-}
-
-async fn wait_health(store: &KubeStore, within: Duration, f: impl Fn(&StoreHealth) -> bool) {
-    let mut rx = store.health();
-    let reached = tokio::time::timeout(within, async { rx.wait_for(f).await.is_ok() }).await;
-    let now = store.health().borrow().clone();
-    assert!(
-        matches!(reached, Ok(true)),
-        "health not as expected within {within:?}: {now:?}"
-    );
-}
-
 /// Every test is bounded in time, whatever goes wrong inside.
 async fn bounded(test: impl Future<Output = ()>) {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("keymgr=debug")
-        .try_init();
-    tokio::time::timeout(Duration::from_secs(60), test)
-        .await
-        .expect("test did not finish within 60 s");
+    bounded_by(Duration::from_secs(60), test).await;
 }
 
 #[tokio::test]
@@ -316,7 +280,7 @@ async fn a_live_owner_keeps_the_name_and_a_dead_ones_claim_lapses_after_the_ttl(
 
         let killed = Instant::now();
         a.abandon();
-        wait_health(&b, Duration::from_millis(ttl + 3000), |h| {
+        wait_health(b.health(), Duration::from_millis(ttl + 3000), |h| {
             *h == StoreHealth::Connected
         })
         .await;
@@ -361,12 +325,8 @@ async fn an_outage_keeps_the_last_peers_and_changes_show_within_5s_after_it() {
         .await;
 
         server.stop();
-        for s in [&s1, &s2] {
-            let down = |h: &StoreHealth| matches!(h, StoreHealth::Unreachable { .. });
-            wait_health(s, Duration::from_secs(10), down).await;
-        }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(rx.borrow().nodes.len(), 2, "the last snapshot must be kept");
+        let healths = [s1.health(), s2.health()];
+        outage_keeps_the_last_snapshot(healths, Duration::from_secs(10), &rx, 2).await;
         let mut r2b = r2.clone();
         r2b.endpoint = "198.18.0.22:51871".parse().unwrap();
         let err = s2.publish(&r2b).await.unwrap_err();
@@ -395,7 +355,7 @@ async fn an_outage_keeps_the_last_peers_and_changes_show_within_5s_after_it() {
         )
         .await;
         assert!(back.elapsed() < Duration::from_secs(5));
-        wait_health(&s1, Duration::from_secs(5), |h| {
+        wait_health(s1.health(), Duration::from_secs(5), |h| {
             *h == StoreHealth::Connected
         })
         .await;

@@ -3,7 +3,7 @@
 //! keeps the directory in sync (a shared volume, configuration management, or the lab's shared
 //! directory).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,8 +14,9 @@ use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
 use tokio::sync::watch;
 
-use super::{Snapshot, StoreError};
-use crate::{validate_set, NodeRecord, RecordError, Rejected};
+use super::refused::{Origin, RejectionReporter};
+use super::{decode_record, send_if_changed, Snapshot, StoreError};
+use crate::{validate_set, NodeRecord, Rejected};
 
 /// How long to let a burst of file events settle before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -127,25 +128,25 @@ async fn watch_loop(
             Some(()) = rescan.recv() => {}
             _ = tick.tick() => {}
         }
-        let snap = scanner.scan(&path);
-        tx.send_if_modified(|cur| {
-            if **cur == snap {
-                return false;
-            }
-            *cur = Arc::new(snap);
-            true
-        });
+        send_if_changed(&tx, scanner.scan(&path));
         if tx.is_closed() {
             return;
         }
     }
 }
 
-/// Turns the directory's files into a snapshot, remembering what it already reported so that a
-/// bad file is warned about once per change, not once per rescan.
-#[derive(Default)]
+/// Turns the directory's files into a snapshot; a bad file is warned about once per change, not
+/// once per rescan.
 struct Scanner {
-    reported: HashMap<String, String>,
+    refused: RejectionReporter,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            refused: RejectionReporter::new(Origin::File),
+        }
+    }
 }
 
 impl Scanner {
@@ -153,19 +154,7 @@ impl Scanner {
         let (records, mut rejected) = read_dir(dir);
         let (nodes, conflicts) = validate_set(records);
         rejected.extend(conflicts);
-        let mut now: HashMap<String, String> = HashMap::new();
-        for r in rejected {
-            if self.reported.get(&r.source) != Some(&r.reason) {
-                tracing::warn!(
-                    file = %r.source,
-                    node = r.node_name.as_deref().unwrap_or("?"),
-                    "store record refused and ignored: {}; other nodes are unaffected",
-                    r.reason
-                );
-            }
-            now.insert(r.source, r.reason);
-        }
-        self.reported = now;
+        self.refused.report(rejected);
         Snapshot { nodes }
     }
 }
@@ -195,8 +184,9 @@ fn read_dir(dir: &Path) -> (Parsed, Vec<Rejected>) {
                 records.insert(rec.node_name.clone(), (source, rec));
             }
             Err(reason) => rejected.push(Rejected {
+                // The file is named after the node even when its content cannot be read.
+                node_name: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
                 source,
-                node_name: None,
                 reason,
             }),
         }
@@ -206,25 +196,11 @@ fn read_dir(dir: &Path) -> (Parsed, Vec<Rejected>) {
 
 fn read_record(path: &Path) -> Result<NodeRecord, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    let rec: NodeRecord =
-        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
-            p if p == "." => format!("invalid JSON: {}", e.inner()),
-            p => format!("field {p}: {}", e.inner()),
-        })?;
-    rec.validate().map_err(|e| e.to_string())?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if stem != rec.node_name {
-        return Err(RecordError::NameMismatch {
-            expected: stem,
-            found: rec.node_name,
-        }
-        .to_string());
-    }
-    Ok(rec)
+    decode_record(&bytes, &stem)
 }
 
 #[cfg(test)]

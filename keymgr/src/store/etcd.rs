@@ -11,14 +11,13 @@ mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::Instrument;
 
+use super::task::{Backend, Handle, Server};
 use super::{Snapshot, StoreError, StoreHealth};
-use crate::{NodeRecord, RecordError};
+use crate::NodeRecord;
 
 /// How long one request to etcd may take before the connection counts as down.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,13 +65,6 @@ pub enum ClaimOutcome {
     Unreachable { error: String },
 }
 
-/// The record this node wants in etcd, numbered so that `publish` can wait for its own write.
-#[derive(Debug, Clone, Default)]
-struct Desired {
-    seq: u64,
-    json: Option<Arc<Vec<u8>>>,
-}
-
 /// Keys, identity and connection settings, shared read-only with the background task.
 #[derive(Debug)]
 struct Target {
@@ -92,14 +84,8 @@ struct Target {
 /// and [`EtcdStore::health`] (exit on `Conflict`). Dropping it stops the background task without
 /// revoking the lease; [`EtcdStore::close`] revokes it.
 pub struct EtcdStore {
-    target: Arc<Target>,
-    describe: String,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    health: watch::Receiver<StoreHealth>,
-    desired: watch::Sender<Desired>,
-    written: watch::Receiver<u64>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// The desired record is its JSON, encoded once by `publish`.
+    handle: Handle<Vec<u8>>,
 }
 
 impl EtcdStore {
@@ -114,170 +100,78 @@ impl EtcdStore {
         initial: Snapshot,
     ) -> Result<Self, StoreError> {
         let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
-        let describe = format!(
-            "etcd:{}{}",
-            target.endpoints_text,
-            target.nodes_prefix.trim_end_matches('/')
-        );
-        let (snap_tx, snapshot) = watch::channel(Arc::new(initial));
-        let (health_tx, health) = watch::channel(StoreHealth::Unreachable {
-            since: SystemTime::now(),
-            error: "not contacted yet".into(),
-        });
-        let (desired, desired_rx) = watch::channel(Desired::default());
-        let (written_tx, written) = watch::channel(0);
-        let (stop, stop_rx) = watch::channel(false);
+        let backend = Backend {
+            server: Server::Etcd {
+                endpoints: target.endpoints_text.clone(),
+            },
+            describe: format!(
+                "etcd:{}{}",
+                target.endpoints_text,
+                target.nodes_prefix.trim_end_matches('/')
+            ),
+            node: target.node.clone(),
+            write: format!("write of {}", target.node_key),
+            following: target.nodes_prefix.clone(),
+            claim_at: target.owner_key.clone(),
+            claim_ends: "is released when its lease TTL runs out".into(),
+            patience: 2 * RPC_TIMEOUT,
+        };
         let span = tracing::info_span!("etcd_store", node = %target.node);
-        let task = tokio::spawn(
+        let handle = Handle::spawn(backend, initial, span, |link| {
             session::Shell {
-                target: target.clone(),
+                target,
                 view: view::View::default(),
-                snapshot: snap_tx,
-                health: health_tx,
-                desired: desired_rx,
-                written: written_tx,
-                stop: stop_rx,
-                warned: false,
+                link,
             }
             .run()
-            .instrument(span),
-        );
-        Ok(Self {
-            target,
-            describe,
-            snapshot,
-            health,
-            desired,
-            written,
-            stop,
-            task,
-        })
+        });
+        Ok(Self { handle })
     }
 
     /// Waits up to `timeout` for the first contact with etcd. `Err(NodeNameTaken)` means another
     /// live agent holds this node name and the caller must refuse to start.
     pub async fn claim(&self, timeout: Duration) -> Result<ClaimOutcome, StoreError> {
-        let mut health = self.health.clone();
-        let reached = tokio::time::timeout(timeout, async {
-            let h = health.wait_for(|h| !matches!(h, StoreHealth::Unreachable { .. }));
-            h.await.map(|h| h.clone())
-        })
-        .await;
-        let state = match reached {
-            Ok(Ok(h)) => h,
-            Ok(Err(_)) => return Err(self.unavailable("the etcd store task has stopped")),
-            Err(_) => health.borrow().clone(),
-        };
-        match state {
-            StoreHealth::Connected => Ok(ClaimOutcome::Claimed),
-            StoreHealth::Conflict { owner } => Err(StoreError::NodeNameTaken {
-                node: self.target.node.clone(),
-                owner,
-            }),
-            StoreHealth::Unreachable { error, .. } => Ok(ClaimOutcome::Unreachable { error }),
-        }
+        self.handle.claim(timeout).await
     }
 
     /// Makes `record` this node's desired record and waits until it is written. While etcd is
     /// unreachable this fails with `Unavailable` at once, but the record stays desired and the
     /// background task writes it as soon as etcd is back (so does a lost lease).
     pub async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
-        if record.node_name != self.target.node {
-            return Err(StoreError::Invalid {
+        let encode = |record: &NodeRecord| {
+            serde_json::to_vec(record).map_err(|source| StoreError::Encode {
                 node: record.node_name.clone(),
-                source: RecordError::NameMismatch {
-                    expected: self.target.node.clone(),
-                    found: record.node_name.clone(),
-                },
-            });
-        }
-        record.validate().map_err(|source| StoreError::Invalid {
-            node: record.node_name.clone(),
-            source,
-        })?;
-        let json = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
-            node: record.node_name.clone(),
-            source,
-        })?;
-        let mut seq = 0;
-        self.desired.send_modify(|d| {
-            d.seq += 1;
-            d.json = Some(Arc::new(json));
-            seq = d.seq;
-        });
-        let mut written = self.written.clone();
-        let mut health = self.health.clone();
-        let outcome = tokio::time::timeout(2 * RPC_TIMEOUT, async {
-            loop {
-                if *written.borrow_and_update() >= seq {
-                    return Ok(());
-                }
-                match &*health.borrow_and_update() {
-                    StoreHealth::Connected => {}
-                    StoreHealth::Unreachable { error, .. } => return Err(self.unavailable(error)),
-                    StoreHealth::Conflict { owner } => {
-                        return Err(StoreError::NodeNameTaken {
-                            node: self.target.node.clone(),
-                            owner: owner.clone(),
-                        })
-                    }
-                }
-                tokio::select! {
-                    r = written.changed() => r,
-                    r = health.changed() => r,
-                }
-                .map_err(|_| self.unavailable("the etcd store task has stopped"))?;
-            }
-        })
-        .await;
-        outcome.unwrap_or_else(|_| {
-            Err(self.unavailable(&format!(
-                "write of {} not acknowledged within {:?}",
-                self.target.node_key,
-                2 * RPC_TIMEOUT
-            )))
-        })
+                source,
+            })
+        };
+        self.handle.publish(record, encode).await
     }
 
     /// Snapshots of the cluster's valid records (this node's own included).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshot.clone()
+        self.handle.subscribe()
     }
 
     /// Connection state; `Conflict` means another agent took this node name and this one must
     /// stop.
     pub fn health(&self) -> watch::Receiver<StoreHealth> {
-        self.health.clone()
+        self.handle.health()
     }
 
     pub fn describe(&self) -> &str {
-        &self.describe
+        self.handle.describe()
     }
 
     /// Graceful shutdown: revokes the lease, so this node's record disappears from its peers at
     /// once instead of after the lease TTL.
-    pub async fn close(mut self) {
-        self.stop.send_replace(true);
-        let _ = tokio::time::timeout(2 * RPC_TIMEOUT, &mut self.task).await;
+    pub async fn close(self) {
+        self.handle.close().await;
     }
 
     /// Stops without revoking the lease, as if the process had been killed: peers keep this
     /// node's record until the lease TTL runs out. Dropping the store does the same.
     pub fn abandon(self) {
-        self.task.abort();
-    }
-
-    fn unavailable(&self, reason: &str) -> StoreError {
-        StoreError::Unavailable {
-            endpoints: self.target.endpoints_text.clone(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.handle.abandon();
     }
 }
 

@@ -21,15 +21,14 @@ mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use kube::config::Kubeconfig;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tracing::Instrument;
 
+use super::task::{Backend, Handle, Server};
 use super::{ClaimOutcome, Snapshot, StoreError, StoreHealth};
-use crate::{NodeRecord, RecordError};
+use crate::NodeRecord;
 
 /// How long one request to the API server may take before it counts as down.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,13 +55,6 @@ impl Default for KubeConfig {
     }
 }
 
-/// The record this node wants on its Node, numbered so that `publish` can wait for its own write.
-#[derive(Debug, Clone, Default)]
-struct Desired {
-    seq: u64,
-    record: Option<Arc<NodeRecord>>,
-}
-
 /// Identity and connection settings, shared read-only with the background task.
 #[derive(Debug)]
 struct Target {
@@ -82,14 +74,7 @@ struct Target {
 /// background task and leaves the annotations as they are; [`KubeStore::close`] also releases
 /// the node name.
 pub struct KubeStore {
-    target: Arc<Target>,
-    describe: String,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
-    health: watch::Receiver<StoreHealth>,
-    desired: watch::Sender<Desired>,
-    written: watch::Receiver<u64>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    handle: Handle<NodeRecord>,
 }
 
 impl KubeStore {
@@ -104,64 +89,34 @@ impl KubeStore {
         initial: Snapshot,
     ) -> Result<Self, StoreError> {
         let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
-        let describe = format!("kubernetes:{}", target.server);
-        let (snap_tx, snapshot) = watch::channel(Arc::new(initial));
-        let (health_tx, health) = watch::channel(StoreHealth::Unreachable {
-            since: SystemTime::now(),
-            error: "not contacted yet".into(),
-        });
-        let (desired, desired_rx) = watch::channel(Desired::default());
-        let (written_tx, written) = watch::channel(0);
-        let (stop, stop_rx) = watch::channel(false);
+        let backend = Backend {
+            server: Server::Kubernetes {
+                server: target.server.clone(),
+            },
+            describe: format!("kubernetes:{}", target.server),
+            node: target.node.clone(),
+            write: format!("write of the annotations of Node {}", target.node),
+            following: "Nodes".into(),
+            claim_at: format!("annotation {} of Node {}", node::OWNER, target.node),
+            claim_ends: format!("lapses {:?} after its last heartbeat", target.owner_ttl),
+            patience: 2 * RPC_TIMEOUT,
+        };
         let span = tracing::info_span!("kube_store", node = %target.node);
-        let task = tokio::spawn(
+        let handle = Handle::spawn(backend, initial, span, |link| {
             session::Shell {
-                target: target.clone(),
+                target,
                 view: node::View::default(),
-                snapshot: snap_tx,
-                health: health_tx,
-                desired: desired_rx,
-                written: written_tx,
-                stop: stop_rx,
-                warned: false,
+                link,
             }
             .run()
-            .instrument(span),
-        );
-        Ok(Self {
-            target,
-            describe,
-            snapshot,
-            health,
-            desired,
-            written,
-            stop,
-            task,
-        })
+        });
+        Ok(Self { handle })
     }
 
     /// Waits up to `timeout` for the first contact with the API server. `Err(NodeNameTaken)`
     /// means another live agent holds this node name and the caller must refuse to start.
     pub async fn claim(&self, timeout: Duration) -> Result<ClaimOutcome, StoreError> {
-        let mut health = self.health.clone();
-        let reached = tokio::time::timeout(timeout, async {
-            let h = health.wait_for(|h| !matches!(h, StoreHealth::Unreachable { .. }));
-            h.await.map(|h| h.clone())
-        })
-        .await;
-        let state = match reached {
-            Ok(Ok(h)) => h,
-            Ok(Err(_)) => return Err(self.unavailable("the Kubernetes store task has stopped")),
-            Err(_) => health.borrow().clone(),
-        };
-        match state {
-            StoreHealth::Connected => Ok(ClaimOutcome::Claimed),
-            StoreHealth::Conflict { owner } => Err(StoreError::NodeNameTaken {
-                node: self.target.node.clone(),
-                owner,
-            }),
-            StoreHealth::Unreachable { error, .. } => Ok(ClaimOutcome::Unreachable { error }),
-        }
+        self.handle.claim(timeout).await
     }
 
     /// Makes `record` this node's desired record and waits until its annotations are written.
@@ -169,99 +124,35 @@ impl KubeStore {
     /// While the API server is unreachable this fails with `KubeUnavailable` at once, but the
     /// record stays desired and is written as soon as the server is back.
     pub async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
-        if record.node_name != self.target.node {
-            return Err(StoreError::Invalid {
-                node: record.node_name.clone(),
-                source: RecordError::NameMismatch {
-                    expected: self.target.node.clone(),
-                    found: record.node_name.clone(),
-                },
-            });
-        }
-        record.validate().map_err(|source| StoreError::Invalid {
-            node: record.node_name.clone(),
-            source,
-        })?;
-        let mut seq = 0;
-        self.desired.send_modify(|d| {
-            d.seq += 1;
-            d.record = Some(Arc::new(record.clone()));
-            seq = d.seq;
-        });
-        let mut written = self.written.clone();
-        let mut health = self.health.clone();
-        let outcome = tokio::time::timeout(2 * RPC_TIMEOUT, async {
-            loop {
-                if *written.borrow_and_update() >= seq {
-                    return Ok(());
-                }
-                match &*health.borrow_and_update() {
-                    StoreHealth::Connected => {}
-                    StoreHealth::Unreachable { error, .. } => return Err(self.unavailable(error)),
-                    StoreHealth::Conflict { owner } => {
-                        return Err(StoreError::NodeNameTaken {
-                            node: self.target.node.clone(),
-                            owner: owner.clone(),
-                        })
-                    }
-                }
-                tokio::select! {
-                    r = written.changed() => r,
-                    r = health.changed() => r,
-                }
-                .map_err(|_| self.unavailable("the Kubernetes store task has stopped"))?;
-            }
-        })
-        .await;
-        outcome.unwrap_or_else(|_| {
-            Err(self.unavailable(&format!(
-                "annotations of Node {} not written within {:?}",
-                self.target.node,
-                2 * RPC_TIMEOUT
-            )))
-        })
+        self.handle.publish(record, |r| Ok(r.clone())).await
     }
 
     /// Snapshots of the cluster's valid records (this node's own included).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshot.clone()
+        self.handle.subscribe()
     }
 
     /// Connection state; `Conflict` means another agent took this node name and this one must
     /// stop.
     pub fn health(&self) -> watch::Receiver<StoreHealth> {
-        self.health.clone()
+        self.handle.health()
     }
 
     pub fn describe(&self) -> &str {
-        &self.describe
+        self.handle.describe()
     }
 
     /// Graceful shutdown: removes the owner and heartbeat annotations, so that another agent may
     /// take the node name at once. The record stays: the data path outlives the agent, and peers
     /// keep reaching it with the same key.
-    pub async fn close(mut self) {
-        self.stop.send_replace(true);
-        let _ = tokio::time::timeout(2 * RPC_TIMEOUT, &mut self.task).await;
+    pub async fn close(self) {
+        self.handle.close().await;
     }
 
     /// Stops at once, as if the process had been killed: the claim stays until its heartbeat is
     /// older than the owner TTL. Dropping the store does the same.
     pub fn abandon(self) {
-        self.task.abort();
-    }
-
-    fn unavailable(&self, reason: &str) -> StoreError {
-        StoreError::KubeUnavailable {
-            server: self.target.server.clone(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl Drop for KubeStore {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.handle.abandon();
     }
 }
 

@@ -4,7 +4,10 @@
 
 mod dir;
 mod etcd;
+mod health;
 mod kubernetes;
+mod refused;
+mod task;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +20,7 @@ pub use dir::DirStore;
 pub use etcd::{ClaimOutcome, EtcdConfig, EtcdStore, EtcdTls};
 pub use kubernetes::{KubeConfig, KubeStore};
 
-use crate::NodeRecord;
+use crate::{NodeRecord, RecordError};
 
 /// Every valid record in the store at one moment, keyed by node name (this node's own included).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -140,4 +143,36 @@ fn always_connected() -> watch::Receiver<StoreHealth> {
     CONNECTED
         .get_or_init(|| watch::channel(StoreHealth::Connected).0)
         .subscribe()
+}
+
+/// Hands subscribers `snap` unless it is what they already have, so that they wake only on
+/// changes.
+fn send_if_changed(tx: &watch::Sender<Arc<Snapshot>>, snap: Snapshot) {
+    tx.send_if_modified(|cur| {
+        if **cur == snap {
+            return false;
+        }
+        *cur = Arc::new(snap);
+        true
+    });
+}
+
+/// A record as stored by the dir and etcd stores (JSON), checked, and refused unless it is the
+/// record of `name` (the node its file or key is named after). The error names the bad field.
+fn decode_record(json: &[u8], name: &str) -> Result<NodeRecord, String> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let rec: NodeRecord =
+        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
+            p if p == "." => format!("invalid JSON: {}", e.inner()),
+            p => format!("field {p}: {}", e.inner()),
+        })?;
+    rec.validate().map_err(|e| e.to_string())?;
+    if rec.node_name != name {
+        return Err(RecordError::NameMismatch {
+            expected: name.into(),
+            found: rec.node_name,
+        }
+        .to_string());
+    }
+    Ok(rec)
 }

@@ -5,33 +5,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveResponse, PutOptions, Txn,
     TxnOp, WatchOptions, WatchResponse,
 };
-use tokio::sync::watch;
 
 use super::view::View;
-use super::{Desired, Target, RPC_TIMEOUT};
-use crate::store::{Snapshot, StoreHealth};
-
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A session that lasted this long resets the backoff.
-const STABLE: Duration = Duration::from_secs(5);
+use super::{Target, RPC_TIMEOUT};
+use crate::store::task::{self, Backoff, Link};
 
 pub(super) struct Shell {
     pub(super) target: Arc<Target>,
     pub(super) view: View,
-    pub(super) snapshot: watch::Sender<Arc<Snapshot>>,
-    pub(super) health: watch::Sender<StoreHealth>,
-    pub(super) desired: watch::Receiver<Desired>,
-    pub(super) written: watch::Sender<u64>,
-    pub(super) stop: watch::Receiver<bool>,
-    /// Whether the current outage has been logged at WARN.
-    pub(super) warned: bool,
+    pub(super) link: Link<Vec<u8>>,
 }
 
 /// One thing that happened while serving.
@@ -55,18 +43,16 @@ enum End {
 
 impl Shell {
     pub(super) async fn run(mut self) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::default();
         loop {
             let began = Instant::now();
             let end = self.session().await;
-            if began.elapsed() > STABLE {
-                backoff = MIN_BACKOFF;
-            }
+            let retry = backoff.after(began);
             let pause = match end {
                 End::Stop => return,
                 End::Down(error) => {
-                    self.set_unreachable(error);
-                    backoff
+                    self.link.health.unreachable(error);
+                    retry
                 }
                 End::Lost(reason) => {
                     tracing::warn!(
@@ -74,17 +60,15 @@ impl Shell {
                          runs with the same owner id)",
                         self.target.node
                     );
-                    backoff
+                    retry
                 }
                 End::Conflict(owner) => {
-                    self.set_conflict(owner);
+                    self.link.health.conflict(owner);
                     self.target.lease_ttl / 3
                 }
             };
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                _ = self.stop.wait_for(|s| *s) => return,
+            if !self.link.pause(pause).await {
+                return;
             }
         }
     }
@@ -123,7 +107,7 @@ impl Shell {
     async fn claim(&mut self, client: &mut Client, lease: i64) -> Result<Option<String>, String> {
         let t = self.target.clone();
         for _ in 0..3 {
-            let desired = self.desired.borrow_and_update().clone();
+            let desired = self.link.desired.borrow_and_update().clone();
             let got = rpc(
                 &format!("get {}", t.owner_key),
                 client.get(t.owner_key.as_str(), None),
@@ -147,7 +131,7 @@ impl Shell {
                 t.owner_id.as_str(),
                 with_lease(),
             )];
-            if let Some(json) = &desired.json {
+            if let Some(json) = &desired.record {
                 ops.push(TxnOp::put(t.node_key.as_str(), json.to_vec(), with_lease()));
             }
             let txn = Txn::new().when([unchanged]).and_then(ops);
@@ -163,7 +147,7 @@ impl Shell {
                     tracing::debug!(lease = format!("{old_lease:x}"), "{e}");
                 }
             }
-            self.written.send_replace(desired.seq);
+            self.link.written(desired.seq);
             return Ok(None);
         }
         Err(format!("{} kept changing while claiming it", t.owner_key))
@@ -185,8 +169,8 @@ impl Shell {
             let rev = listing.header().map_or(0, |h| h.revision());
             let kvs = listing.kvs().iter().map(|kv| (kv.key(), kv.value()));
             self.view.replace(&t.nodes_prefix, kvs);
-            self.send_snapshot();
-            self.set_connected();
+            self.link.send_snapshot(self.view.snapshot());
+            self.link.health.connected();
             let opts = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(rev + 1)
@@ -198,8 +182,8 @@ impl Shell {
                     _ = tick.tick() => Step::Tick,
                     ack = acks.message() => Step::Ack(ack),
                     msg = watch.message() => Step::Watch(msg),
-                    changed = self.desired.changed() => Step::Desired(changed.is_ok()),
-                    _ = self.stop.wait_for(|s| *s) => Step::Stop,
+                    changed = self.link.desired.changed() => Step::Desired(changed.is_ok()),
+                    _ = self.link.stop.wait_for(|s| *s) => Step::Stop,
                 };
                 match step {
                     Step::Tick => {
@@ -243,7 +227,7 @@ impl Shell {
                                 EventType::Delete => self.view.delete(kv.key()),
                             }
                         }
-                        self.send_snapshot();
+                        self.link.send_snapshot(self.view.snapshot());
                     }
                     Step::Watch(Ok(None)) => return Err(format!("{what}: stream closed")),
                     Step::Watch(Err(e)) => return Err(format!("{what}: {e}")),
@@ -263,8 +247,8 @@ impl Shell {
     /// lease: another node's record, or a name taken over meanwhile, is never overwritten.
     /// `Ok(false)` when the claim is gone.
     async fn write_own(&mut self, client: &mut Client, lease: i64) -> Result<bool, String> {
-        let desired = self.desired.borrow_and_update().clone();
-        let Some(json) = desired.json else {
+        let desired = self.link.desired.borrow_and_update().clone();
+        let Some(json) = desired.record else {
             return Ok(true);
         };
         let t = &self.target;
@@ -283,83 +267,8 @@ impl Shell {
         if !rpc(&what, client.txn(txn)).await?.succeeded() {
             return Ok(false);
         }
-        self.written.send_replace(desired.seq);
+        self.link.written(desired.seq);
         Ok(true)
-    }
-
-    fn send_snapshot(&mut self) {
-        let snap = self.view.snapshot();
-        self.snapshot.send_if_modified(|cur| {
-            if **cur == snap {
-                return false;
-            }
-            *cur = Arc::new(snap);
-            true
-        });
-    }
-
-    fn set_connected(&mut self) {
-        let t = &self.target;
-        let since = match &*self.health.borrow() {
-            StoreHealth::Connected => return,
-            StoreHealth::Unreachable { since, .. } if self.warned => Some(*since),
-            _ => None,
-        };
-        match since {
-            Some(since) => {
-                let down = since.elapsed().unwrap_or_default();
-                tracing::info!(
-                    "etcd at {} reachable again after {}; peers relisted, node name {} claimed",
-                    t.endpoints_text,
-                    humantime::format_duration(Duration::from_secs(down.as_secs())),
-                    t.node
-                );
-            }
-            None => tracing::info!(
-                "connected to etcd at {}; node name {} claimed, following {}",
-                t.endpoints_text,
-                t.node,
-                t.nodes_prefix
-            ),
-        }
-        self.warned = false;
-        self.health.send_replace(StoreHealth::Connected);
-    }
-
-    fn set_unreachable(&mut self, error: String) {
-        let since = match &*self.health.borrow() {
-            StoreHealth::Unreachable { since, .. } => *since,
-            _ => SystemTime::now(),
-        };
-        if self.warned {
-            tracing::debug!("etcd still unreachable: {error}");
-        } else {
-            tracing::warn!(
-                "etcd at {} unreachable since {}: {error}; keeping the last known peers, retrying",
-                self.target.endpoints_text,
-                humantime::format_rfc3339_seconds(since)
-            );
-            self.warned = true;
-        }
-        self.health
-            .send_replace(StoreHealth::Unreachable { since, error });
-    }
-
-    fn set_conflict(&mut self, owner: String) {
-        let t = &self.target;
-        let known =
-            matches!(&*self.health.borrow(), StoreHealth::Conflict { owner: o } if *o == owner);
-        if !known {
-            tracing::error!(
-                "node name {} is held by another live agent (owner id {owner:?} in {}); this agent \
-                 must not run under the same name: stop the other agent or rename this node. If \
-                 that agent is gone, its claim is released when its lease TTL runs out",
-                t.node,
-                t.owner_key
-            );
-        }
-        self.warned = false;
-        self.health.send_replace(StoreHealth::Conflict { owner });
     }
 }
 
@@ -369,9 +278,5 @@ async fn rpc<T>(
     what: &str,
     request: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(RPC_TIMEOUT, request).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {RPC_TIMEOUT:?}")),
-    }
+    task::rpc(what, RPC_TIMEOUT, request).await
 }

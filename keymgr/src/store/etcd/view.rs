@@ -1,17 +1,27 @@
 //! The pure half of the etcd store: the node keys as last listed and watched, turned into a
 //! [`Snapshot`] of valid records. No I/O; the session feeds it keys and values.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use crate::store::Snapshot;
-use crate::{validate_set, NodeRecord, RecordError, Rejected};
+use crate::store::refused::{Origin, RejectionReporter};
+use crate::store::{decode_record, Snapshot};
+use crate::{validate_set, NodeRecord, Rejected};
 
 /// Every key under the nodes prefix, parsed when it arrives, plus what was already reported so
 /// that a bad record is warned about once per change, not once per event.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct View {
     keys: BTreeMap<String, Result<NodeRecord, String>>,
-    reported: HashMap<String, String>,
+    refused: RejectionReporter,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        Self {
+            keys: BTreeMap::new(),
+            refused: RejectionReporter::new(Origin::EtcdKey),
+        }
+    }
 }
 
 impl View {
@@ -48,26 +58,15 @@ impl View {
                 }
                 Err(reason) => rejected.push(Rejected {
                     source: key.clone(),
-                    node_name: None,
+                    // The key names the node even when its value cannot be read.
+                    node_name: key.rsplit('/').next().map(str::to_owned),
                     reason: reason.clone(),
                 }),
             }
         }
         let (nodes, conflicts) = validate_set(records);
         rejected.extend(conflicts);
-        let mut now = HashMap::new();
-        for r in rejected {
-            if self.reported.get(&r.source) != Some(&r.reason) {
-                tracing::warn!(
-                    key = %r.source,
-                    node = r.node_name.as_deref().unwrap_or("?"),
-                    "etcd record refused and ignored: {}; other nodes are unaffected",
-                    r.reason
-                );
-            }
-            now.insert(r.source, r.reason);
-        }
-        self.reported = now;
+        self.refused.report(rejected);
         Snapshot { nodes }
     }
 }
@@ -77,21 +76,7 @@ fn parse(nodes_prefix: &str, key: &str, value: &[u8]) -> Result<NodeRecord, Stri
     if name.is_empty() || name.contains('/') {
         return Err(format!("key is not {nodes_prefix}<nodeName>"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(value);
-    let rec: NodeRecord =
-        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
-            p if p == "." => format!("invalid JSON: {}", e.inner()),
-            p => format!("field {p}: {}", e.inner()),
-        })?;
-    rec.validate().map_err(|e| e.to_string())?;
-    if rec.node_name != name {
-        return Err(RecordError::NameMismatch {
-            expected: name.into(),
-            found: rec.node_name,
-        }
-        .to_string());
-    }
-    Ok(rec)
+    decode_record(value, name)
 }
 
 #[cfg(test)]
@@ -154,7 +139,7 @@ mod tests {
         v.put(P, &key("node-6"), zero.to_string().as_bytes());
         let snap = v.snapshot();
         assert_eq!(snap.nodes.keys().collect::<Vec<_>>(), vec!["node-1"]);
-        let reasons = |k: &str| v.reported.get(&format!("{P}{k}")).cloned().unwrap();
+        let reasons = |k: &str| v.refused.reason(&format!("{P}{k}")).unwrap().to_owned();
         assert!(
             reasons("node-2").contains("key must be a string"),
             "{}",
@@ -174,6 +159,6 @@ mod tests {
         v.put(P, &key("node-1"), &serde_json::to_vec(&a).unwrap());
         v.put(P, &key("node-2"), &serde_json::to_vec(&b).unwrap());
         assert!(v.snapshot().nodes.is_empty());
-        assert_eq!(v.reported.len(), 2);
+        assert_eq!(v.refused.len(), 2);
     }
 }

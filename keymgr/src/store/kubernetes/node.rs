@@ -2,7 +2,7 @@
 //! patch that publishes one, the ownership rule, and the set of Nodes as last listed and watched
 //! turned into a [`Snapshot`] of valid records. No I/O and no clock: callers pass `now`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{json, Map, Value};
 
+use crate::store::refused::{Origin, RejectionReporter};
 use crate::store::Snapshot;
 use crate::{validate_set, NodeRecord, PublicKey, Rejected};
 
@@ -136,10 +137,19 @@ pub(super) fn ownership(node: &Node, me: &str, ttl: Duration, now: SystemTime) -
 
 /// Every Node as last listed and watched, parsed when it arrives, plus what was already reported
 /// so that a refused record is warned about once per change, not once per event.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct View {
     nodes: BTreeMap<String, Result<Option<NodeRecord>, String>>,
-    reported: HashMap<String, String>,
+    refused: RejectionReporter,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        Self {
+            nodes: BTreeMap::new(),
+            refused: RejectionReporter::new(Origin::Node),
+        }
+    }
 }
 
 impl View {
@@ -185,28 +195,13 @@ impl View {
         }
         let (nodes, conflicts) = validate_set(records);
         rejected.extend(conflicts);
-        let mut now = HashMap::new();
-        for r in rejected {
-            if self.reported.get(&r.source) != Some(&r.reason) {
-                tracing::warn!(
-                    object = %r.source,
-                    "wiremesh annotations of {} refused and ignored: {}; other nodes are \
-                     unaffected. Fix or remove the wiremesh.io/* annotations of that Node",
-                    r.source,
-                    r.reason
-                );
-            }
-            now.insert(r.source, r.reason);
-        }
-        self.reported = now;
+        self.refused.report(rejected);
         Snapshot { nodes }
     }
 
     #[cfg(test)]
     fn reason(&self, name: &str) -> Option<&str> {
-        self.reported
-            .get(&format!("Node/{name}"))
-            .map(String::as_str)
+        self.refused.reason(&format!("Node/{name}"))
     }
 }
 

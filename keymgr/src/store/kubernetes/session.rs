@@ -13,16 +13,12 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
-use tokio::sync::watch;
 
 use super::node::{self, Ownership, View};
-use super::{Desired, Target, RPC_TIMEOUT};
-use crate::store::{Snapshot, StoreHealth};
+use super::{Target, RPC_TIMEOUT};
+use crate::store::task::{self, Backoff, Link};
+use crate::NodeRecord;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A session that lasted this long resets the backoff.
-const STABLE: Duration = Duration::from_secs(5);
 /// The API server ends each watch after this long; the next one resumes from the last
 /// resourceVersion. A watch silent for longer than this (plus [`RPC_TIMEOUT`]) is a dead one.
 const WATCH_SECS: u32 = 55;
@@ -34,13 +30,7 @@ type Events = Pin<Box<dyn Stream<Item = kube::Result<WatchEvent<Node>>> + Send>>
 pub(super) struct Shell {
     pub(super) target: Arc<Target>,
     pub(super) view: View,
-    pub(super) snapshot: watch::Sender<Arc<Snapshot>>,
-    pub(super) health: watch::Sender<StoreHealth>,
-    pub(super) desired: watch::Receiver<Desired>,
-    pub(super) written: watch::Sender<u64>,
-    pub(super) stop: watch::Receiver<bool>,
-    /// Whether the current outage has been logged at WARN.
-    pub(super) warned: bool,
+    pub(super) link: Link<NodeRecord>,
 }
 
 /// One thing that happened while serving.
@@ -61,28 +51,24 @@ enum End {
 
 impl Shell {
     pub(super) async fn run(mut self) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::default();
         loop {
             let began = Instant::now();
             let end = self.session().await;
-            if began.elapsed() > STABLE {
-                backoff = MIN_BACKOFF;
-            }
+            let retry = backoff.after(began);
             let pause = match end {
                 End::Stop => return,
                 End::Down(error) => {
-                    self.set_unreachable(error);
-                    backoff
+                    self.link.health.unreachable(error);
+                    retry
                 }
                 End::Conflict(owner) => {
-                    self.set_conflict(owner);
+                    self.link.health.conflict(owner);
                     self.target.owner_ttl / 3
                 }
             };
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                _ = self.stop.wait_for(|s| *s) => return,
+            if !self.link.pause(pause).await {
+                return;
             }
         }
     }
@@ -149,8 +135,8 @@ impl Shell {
             if let Some(n) = list.items.iter().find(|n| is(n, &t.node)) {
                 *own = n.clone();
             }
-            self.send_snapshot();
-            self.set_connected();
+            self.link.send_snapshot(self.view.snapshot());
+            self.link.health.connected();
             loop {
                 let params = WatchParams::default().timeout(WATCH_SECS);
                 let what = format!("watch Nodes from resourceVersion {rv}");
@@ -161,8 +147,8 @@ impl Shell {
                         ev = tokio::time::timeout(silent, events.next()) => {
                             Step::Watch(ev.map(|e| e.map(|e| e.map(Box::new))))
                         }
-                        changed = self.desired.changed() => Step::Desired(changed.is_ok()),
-                        _ = self.stop.wait_for(|s| *s) => Step::Stop,
+                        changed = self.link.desired.changed() => Step::Desired(changed.is_ok()),
+                        _ = self.link.stop.wait_for(|s| *s) => Step::Stop,
                     };
                     let event = match step {
                         Step::Tick | Step::Desired(true) => match self.write(api, own).await? {
@@ -202,7 +188,7 @@ impl Shell {
                         }
                         WatchEvent::Error(e) => return Err(format!("{what}: {e}")),
                     }
-                    self.send_snapshot();
+                    self.link.send_snapshot(self.view.snapshot());
                 }
             }
         }
@@ -214,7 +200,7 @@ impl Shell {
     /// agent holds the name.
     async fn write(&mut self, api: &Api<Node>, own: &mut Node) -> Result<Option<String>, String> {
         let t = self.target.clone();
-        let desired = self.desired.borrow_and_update().clone();
+        let desired = self.link.desired.borrow_and_update().clone();
         for _ in 0..CONFLICT_RETRIES {
             let now = SystemTime::now();
             match node::ownership(own, &t.owner_id, t.owner_ttl, now) {
@@ -235,7 +221,7 @@ impl Shell {
             match tokio::time::timeout(RPC_TIMEOUT, api.patch(&t.node, &params, &patch)).await {
                 Ok(Ok(n)) => {
                     *own = n;
-                    self.written.send_replace(desired.seq);
+                    self.link.written(desired.seq);
                     return Ok(None);
                 }
                 Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
@@ -268,85 +254,6 @@ impl Shell {
             Err(e) => tracing::debug!("{e}; the claim lapses after {:?}", t.owner_ttl),
         }
     }
-
-    fn send_snapshot(&mut self) {
-        let snap = self.view.snapshot();
-        self.snapshot.send_if_modified(|cur| {
-            if **cur == snap {
-                return false;
-            }
-            *cur = Arc::new(snap);
-            true
-        });
-    }
-
-    fn set_connected(&mut self) {
-        let t = &self.target;
-        let since = match &*self.health.borrow() {
-            StoreHealth::Connected => return,
-            StoreHealth::Unreachable { since, .. } if self.warned => Some(*since),
-            _ => None,
-        };
-        match since {
-            Some(since) => {
-                let down = since.elapsed().unwrap_or_default();
-                tracing::info!(
-                    "Kubernetes API server {} reachable again after {}; Nodes relisted, node name \
-                     {} claimed",
-                    t.server,
-                    humantime::format_duration(Duration::from_secs(down.as_secs())),
-                    t.node
-                );
-            }
-            None => tracing::info!(
-                "connected to Kubernetes API server {}; node name {} claimed, following Nodes",
-                t.server,
-                t.node
-            ),
-        }
-        self.warned = false;
-        self.health.send_replace(StoreHealth::Connected);
-    }
-
-    fn set_unreachable(&mut self, error: String) {
-        let since = match &*self.health.borrow() {
-            StoreHealth::Unreachable { since, .. } => *since,
-            _ => SystemTime::now(),
-        };
-        if self.warned {
-            tracing::debug!("Kubernetes API server still unreachable: {error}");
-        } else {
-            tracing::warn!(
-                "Kubernetes API server {} unreachable since {}: {error}; keeping the last known \
-                 peers, retrying",
-                self.target.server,
-                humantime::format_rfc3339_seconds(since)
-            );
-            self.warned = true;
-        }
-        self.health
-            .send_replace(StoreHealth::Unreachable { since, error });
-    }
-
-    fn set_conflict(&mut self, owner: String) {
-        let t = &self.target;
-        let known =
-            matches!(&*self.health.borrow(), StoreHealth::Conflict { owner: o } if *o == owner);
-        if !known {
-            tracing::error!(
-                "node name {} is held by another live agent (owner id {owner:?} in annotation \
-                 {} of Node {}); this agent must not run under the same name: stop the other \
-                 agent or rename this node. If that agent is gone, its claim lapses {:?} after \
-                 its last heartbeat",
-                t.node,
-                node::OWNER,
-                t.node,
-                t.owner_ttl
-            );
-        }
-        self.warned = false;
-        self.health.send_replace(StoreHealth::Conflict { owner });
-    }
 }
 
 fn is(node: &Node, name: &str) -> bool {
@@ -355,9 +262,5 @@ fn is(node: &Node, name: &str) -> bool {
 
 /// One request to the API server, bounded in time, with the error naming what was attempted.
 async fn rpc<T>(what: &str, request: impl Future<Output = kube::Result<T>>) -> Result<T, String> {
-    match tokio::time::timeout(RPC_TIMEOUT, request).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {RPC_TIMEOUT:?}")),
-    }
+    task::rpc(what, RPC_TIMEOUT, request).await
 }

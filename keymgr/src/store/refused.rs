@@ -1,0 +1,79 @@
+//! Warnings about refused records: each is reported once per change of its reason, not once per
+//! rescan or watch event, since a bad record stays bad until someone fixes it.
+
+use std::collections::HashMap;
+
+use crate::Rejected;
+
+/// What a refused record's `source` names, which decides how the warning reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Origin {
+    /// A file of the dir store.
+    File,
+    /// An etcd key.
+    EtcdKey,
+    /// A Kubernetes `Node/<name>` whose annotations are refused.
+    Node,
+}
+
+#[derive(Debug)]
+pub(super) struct RejectionReporter {
+    origin: Origin,
+    /// Reason last reported, by source.
+    reported: HashMap<String, String>,
+}
+
+impl RejectionReporter {
+    pub(super) fn new(origin: Origin) -> Self {
+        Self {
+            origin,
+            reported: HashMap::new(),
+        }
+    }
+
+    /// Warns about every record in `rejected` not already reported with the same reason, and
+    /// forgets the ones no longer refused (so they are warned about again if they come back).
+    pub(super) fn report(&mut self, rejected: Vec<Rejected>) {
+        let mut now = HashMap::new();
+        for r in rejected {
+            if self.reported.get(&r.source) != Some(&r.reason) {
+                self.warn(&r);
+            }
+            now.insert(r.source, r.reason);
+        }
+        self.reported = now;
+    }
+
+    fn warn(&self, r: &Rejected) {
+        let node = r.node_name.as_deref().unwrap_or("?");
+        let (source, reason) = (&r.source, &r.reason);
+        match self.origin {
+            Origin::File => tracing::warn!(
+                file = %source,
+                node,
+                "store record refused and ignored: {reason}; other nodes are unaffected"
+            ),
+            Origin::EtcdKey => tracing::warn!(
+                key = %source,
+                node,
+                "etcd record refused and ignored: {reason}; other nodes are unaffected"
+            ),
+            Origin::Node => tracing::warn!(
+                object = %source,
+                "wiremesh annotations of {source} refused and ignored: {reason}; other nodes are \
+                 unaffected. Fix or remove the wiremesh.io/* annotations of that Node"
+            ),
+        }
+    }
+
+    /// The reason `source` was last refused for.
+    #[cfg(test)]
+    pub(super) fn reason(&self, source: &str) -> Option<&str> {
+        self.reported.get(source).map(String::as_str)
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.reported.len()
+    }
+}

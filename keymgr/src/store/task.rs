@@ -1,0 +1,346 @@
+//! What the server-backed stores (etcd, Kubernetes) share: the agent's [`Handle`] and one
+//! background task that talks to the server, joined only by `watch` channels (the task's ends are
+//! its [`Link`]). The handle numbers each desired record so that `publish` can wait for the task to
+//! acknowledge that very write. Nothing here knows a server's protocol.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::health::HealthReporter;
+use super::{send_if_changed, ClaimOutcome, Snapshot, StoreError, StoreHealth};
+use crate::{NodeRecord, RecordError};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(5);
+
+/// Where a backend is, as its errors and logs name it.
+#[derive(Debug, Clone)]
+pub(super) enum Server {
+    Etcd { endpoints: String },
+    Kubernetes { server: String },
+}
+
+impl Server {
+    pub(super) fn unavailable(&self, reason: impl Into<String>) -> StoreError {
+        let reason = reason.into();
+        match self {
+            Server::Etcd { endpoints } => StoreError::Unavailable {
+                endpoints: endpoints.clone(),
+                reason,
+            },
+            Server::Kubernetes { server } => StoreError::KubeUnavailable {
+                server: server.clone(),
+                reason,
+            },
+        }
+    }
+
+    fn stopped(&self) -> StoreError {
+        let kind = match self {
+            Server::Etcd { .. } => "etcd",
+            Server::Kubernetes { .. } => "Kubernetes",
+        };
+        self.unavailable(format!("the {kind} store task has stopped"))
+    }
+}
+
+impl fmt::Display for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Server::Etcd { endpoints } => write!(f, "etcd at {endpoints}"),
+            Server::Kubernetes { server } => write!(f, "Kubernetes API server {server}"),
+        }
+    }
+}
+
+/// How one store names itself and its node's claim in errors and logs, and how long it waits.
+#[derive(Debug)]
+pub(super) struct Backend {
+    pub(super) server: Server,
+    /// What [`Handle::describe`] returns, e.g. `etcd:<endpoints><nodes prefix>`.
+    pub(super) describe: String,
+    pub(super) node: String,
+    /// The write `publish` waits for, completing "… not acknowledged within", e.g.
+    /// `write of <node key>`.
+    pub(super) write: String,
+    /// What the task lists and watches, completing "following …".
+    pub(super) following: String,
+    /// Where the claim on the node name is kept, e.g. the owner key.
+    pub(super) claim_at: String,
+    /// When a dead agent's claim ends, completing "its claim …".
+    pub(super) claim_ends: String,
+    /// How long `publish` waits for its write and `close` for the task.
+    pub(super) patience: Duration,
+}
+
+/// The record this node wants in the store, numbered so that `publish` can wait for its own
+/// write. `record` is what the task writes: the record itself or its encoding.
+#[derive(Debug)]
+pub(super) struct Desired<T> {
+    pub(super) seq: u64,
+    pub(super) record: Option<Arc<T>>,
+}
+
+impl<T> Default for Desired<T> {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            record: None,
+        }
+    }
+}
+
+impl<T> Clone for Desired<T> {
+    fn clone(&self) -> Self {
+        Self {
+            seq: self.seq,
+            record: self.record.clone(),
+        }
+    }
+}
+
+/// The agent's side of a server-backed store. Dropping it stops the background task.
+pub(super) struct Handle<T> {
+    backend: Arc<Backend>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    health: watch::Receiver<StoreHealth>,
+    desired: watch::Sender<Desired<T>>,
+    written: watch::Receiver<u64>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The background task's side: what it reports to the handle and what it takes from it.
+pub(super) struct Link<T> {
+    pub(super) health: HealthReporter,
+    pub(super) desired: watch::Receiver<Desired<T>>,
+    pub(super) stop: watch::Receiver<bool>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    written: watch::Sender<u64>,
+}
+
+impl<T: Send + Sync + 'static> Handle<T> {
+    /// Starts `task` in `span` with its ends of the channels. Until the task lists the store,
+    /// subscribers see `initial`.
+    pub(super) fn spawn<F>(
+        backend: Backend,
+        initial: Snapshot,
+        span: tracing::Span,
+        task: impl FnOnce(Link<T>) -> F,
+    ) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let backend = Arc::new(backend);
+        let (snap_tx, snapshot) = watch::channel(Arc::new(initial));
+        let (health_tx, health) = watch::channel(StoreHealth::Unreachable {
+            since: SystemTime::now(),
+            error: "not contacted yet".into(),
+        });
+        let (desired, desired_rx) = watch::channel(Desired::default());
+        let (written_tx, written) = watch::channel(0);
+        let (stop, stop_rx) = watch::channel(false);
+        let link = Link {
+            health: HealthReporter::new(health_tx, backend.clone()),
+            desired: desired_rx,
+            stop: stop_rx,
+            snapshot: snap_tx,
+            written: written_tx,
+        };
+        let task = tokio::spawn(task(link).instrument(span));
+        Self {
+            backend,
+            snapshot,
+            health,
+            desired,
+            written,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits up to `timeout` for the first contact with the server. `Err(NodeNameTaken)` means
+    /// another live agent holds this node name.
+    pub(super) async fn claim(&self, timeout: Duration) -> Result<ClaimOutcome, StoreError> {
+        let mut health = self.health.clone();
+        let reached = tokio::time::timeout(timeout, async {
+            let h = health.wait_for(|h| !matches!(h, StoreHealth::Unreachable { .. }));
+            h.await.map(|h| h.clone())
+        })
+        .await;
+        let state = match reached {
+            Ok(Ok(h)) => h,
+            Ok(Err(_)) => return Err(self.backend.server.stopped()),
+            Err(_) => health.borrow().clone(),
+        };
+        match state {
+            StoreHealth::Connected => Ok(ClaimOutcome::Claimed),
+            StoreHealth::Conflict { owner } => Err(self.taken(owner)),
+            StoreHealth::Unreachable { error, .. } => Ok(ClaimOutcome::Unreachable { error }),
+        }
+    }
+
+    /// Checks `record`, makes `encode(record)` the desired record and waits until the task has
+    /// written it. Fails at once while the server is unreachable; the record stays desired all
+    /// the same, and the task writes it when the server is back.
+    pub(super) async fn publish(
+        &self,
+        record: &NodeRecord,
+        encode: impl FnOnce(&NodeRecord) -> Result<T, StoreError>,
+    ) -> Result<(), StoreError> {
+        let b = &self.backend;
+        if record.node_name != b.node {
+            return Err(StoreError::Invalid {
+                node: record.node_name.clone(),
+                source: RecordError::NameMismatch {
+                    expected: b.node.clone(),
+                    found: record.node_name.clone(),
+                },
+            });
+        }
+        record.validate().map_err(|source| StoreError::Invalid {
+            node: record.node_name.clone(),
+            source,
+        })?;
+        let encoded = Arc::new(encode(record)?);
+        let mut seq = 0;
+        self.desired.send_modify(|d| {
+            d.seq += 1;
+            d.record = Some(encoded);
+            seq = d.seq;
+        });
+        let outcome = tokio::time::timeout(b.patience, self.written(seq)).await;
+        outcome.unwrap_or_else(|_| {
+            let reason = format!("{} not acknowledged within {:?}", b.write, b.patience);
+            Err(b.server.unavailable(reason))
+        })
+    }
+
+    /// Waits until the task acknowledges write `seq`, or health says it cannot.
+    async fn written(&self, seq: u64) -> Result<(), StoreError> {
+        let mut written = self.written.clone();
+        let mut health = self.health.clone();
+        loop {
+            if *written.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            match &*health.borrow_and_update() {
+                StoreHealth::Connected => {}
+                StoreHealth::Unreachable { error, .. } => {
+                    return Err(self.backend.server.unavailable(error.as_str()))
+                }
+                StoreHealth::Conflict { owner } => return Err(self.taken(owner.clone())),
+            }
+            tokio::select! {
+                r = written.changed() => r,
+                r = health.changed() => r,
+            }
+            .map_err(|_| self.backend.server.stopped())?;
+        }
+    }
+
+    fn taken(&self, owner: String) -> StoreError {
+        StoreError::NodeNameTaken {
+            node: self.backend.node.clone(),
+            owner,
+        }
+    }
+}
+
+impl<T> Handle<T> {
+    pub(super) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub(super) fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.clone()
+    }
+
+    pub(super) fn describe(&self) -> &str {
+        &self.backend.describe
+    }
+
+    /// Asks the task to stop gracefully (whatever that means to the backend) and waits for it.
+    pub(super) async fn close(mut self) {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(self.backend.patience, &mut self.task).await;
+    }
+
+    /// Stops the task at once, as if the process had been killed.
+    pub(super) fn abandon(self) {
+        self.task.abort();
+    }
+}
+
+impl<T> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<T> Link<T> {
+    /// Hands subscribers `snap` unless it is what they already have.
+    pub(super) fn send_snapshot(&self, snap: Snapshot) {
+        send_if_changed(&self.snapshot, snap);
+    }
+
+    /// Acknowledges that the desired record numbered `seq` is written.
+    pub(super) fn written(&self, seq: u64) {
+        self.written.send_replace(seq);
+    }
+
+    /// Sleeps for `pause`; `false` when the store was closed meanwhile.
+    pub(super) async fn pause(&mut self, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => true,
+            _ = self.stop.wait_for(|s| *s) => false,
+        }
+    }
+}
+
+/// The pause before the next session: doubling from [`MIN_BACKOFF`] up to [`MAX_BACKOFF`], and
+/// back to the minimum after a session that lasted [`STABLE`].
+#[derive(Debug)]
+pub(super) struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The pause after a session that began at `began`.
+    pub(super) fn after(&mut self, began: Instant) -> Duration {
+        if began.elapsed() > STABLE {
+            self.next = MIN_BACKOFF;
+        }
+        let pause = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        pause
+    }
+}
+
+/// One request to a server, bounded by `within` (a stopped or partitioned server never answers),
+/// with the error naming what was attempted.
+pub(super) async fn rpc<T, E: fmt::Display>(
+    what: &str,
+    within: Duration,
+    request: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(within, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {within:?}")),
+    }
+}

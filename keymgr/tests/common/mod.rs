@@ -1,0 +1,77 @@
+//! Helpers shared by the store integration tests: waiting for a snapshot or a health state with a
+//! deadline, and bounding a whole test in time. The failure messages say what was awaited and
+//! what was seen last.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keymgr::store::{Snapshot, StoreHealth};
+use tokio::sync::watch;
+
+/// Waits up to `within` for a snapshot that satisfies `f` (called `what` in the failure).
+pub async fn wait_for(
+    rx: &mut watch::Receiver<Arc<Snapshot>>,
+    within: Duration,
+    what: &str,
+    f: impl Fn(&Snapshot) -> bool,
+) -> Arc<Snapshot> {
+    let found = tokio::time::timeout(within, async {
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            if f(&snap) {
+                return snap;
+            }
+            rx.changed().await.expect("store task stopped");
+        }
+    })
+    .await;
+    let last = rx.borrow().clone();
+    found.unwrap_or_else(|_| panic!("{what} not seen within {within:?}; last snapshot: {last:?}"))
+}
+
+/// Waits up to `within` for a store health (from the store's `health()`) that satisfies `f`.
+pub async fn wait_health(
+    mut rx: watch::Receiver<StoreHealth>,
+    within: Duration,
+    f: impl Fn(&StoreHealth) -> bool,
+) {
+    let reached = tokio::time::timeout(within, async { rx.wait_for(f).await.is_ok() }).await;
+    let now = rx.borrow().clone();
+    assert!(
+        matches!(reached, Ok(true)),
+        "health not as expected within {within:?}: {now:?}"
+    );
+}
+
+/// After the server went away: waits up to `within` for every store to report `Unreachable`,
+/// then checks that `rx` still holds the last snapshot (of `nodes` records) a while later.
+pub async fn outage_keeps_the_last_snapshot(
+    healths: impl IntoIterator<Item = watch::Receiver<StoreHealth>>,
+    within: Duration,
+    rx: &watch::Receiver<Arc<Snapshot>>,
+    nodes: usize,
+) {
+    for health in healths {
+        let down = |h: &StoreHealth| matches!(h, StoreHealth::Unreachable { .. });
+        wait_health(health, within, down).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rx.borrow().nodes.len(),
+        nodes,
+        "the last snapshot must be kept"
+    );
+}
+
+/// Runs `test` with logs captured per test, failing it if it takes longer than `limit`, whatever
+/// goes wrong inside.
+pub async fn bounded_by(limit: Duration, test: impl Future<Output = ()>) {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("keymgr=debug")
+        .try_init();
+    tokio::time::timeout(limit, test)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
+}
