@@ -13,7 +13,7 @@ packages=(
   iproute2 iputils-ping netcat-openbsd tcpdump iperf3 procps util-linux
   wireguard-tools wireguard-go
   protobuf-compiler etcd-server etcd-client openssl systemd
-  clang llvm libbpf-dev bpftool
+  clang llvm libbpf-dev linux-libc-dev bpftool
 )
 
 missing=()

@@ -6,6 +6,12 @@ mod config;
 mod datapath;
 mod datapath_process;
 mod device;
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "wired into the agent with policy distribution (policy issue)"
+)]
+mod enforce;
 mod kernel;
 mod metrics;
 mod netlink;

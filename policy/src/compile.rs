@@ -54,6 +54,11 @@ pub struct PolicyMap {
 }
 
 impl PolicyMap {
+    /// Every entry, for loading the map into the data path.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.entries.iter()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,5 +1,6 @@
 //! `wiremesh-lab`: bring a lab up by hand to explore it, or run the end-to-end demo.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;
@@ -41,6 +42,16 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         pods: u8,
     },
+    /// Single-stream TCP throughput pod-to-pod across two nodes (iperf3) for the plain underlay,
+    /// wiremesh, wireguard-go and boringtun-cli, as ratios within this one run, plus each data
+    /// path's RSS and CPU time. For meaningful numbers use release builds:
+    /// `cargo build --release --bins && WIREMESH_BIN=target/release/wiremesh
+    /// target/release/wiremesh-lab bench`.
+    Bench {
+        /// Length of each iperf3 run (`-t`).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +68,7 @@ fn main() -> ExitCode {
             etcd,
         } => cli::up::run(nodes, pods, !no_agents, etcd),
         Cmd::Demo { nodes, pods } => cli::demo::run(nodes, pods),
+        Cmd::Bench { seconds } => bench::run(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

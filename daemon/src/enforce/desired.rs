@@ -1,0 +1,237 @@
+//! The pure half of enforcement: what the BPF maps should hold for a compiled policy, and the
+//! make-before-break plan that takes the maps from what they hold to that.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use policy::compile::{Entry, Key};
+use policy::identity::{IdentityLabels, HOST, REMOTE_NODE};
+use policy::{Bundle, Direction, Identities};
+
+use super::maps::{
+    EndpointConfigValue, PolicyKey, DIR_EGRESS, DIR_INGRESS, EP_ENFORCE_EGRESS, EP_ENFORCE_INGRESS,
+    EP_FAIL_CLOSED, POLICY_ALLOW, POLICY_DENY,
+};
+
+/// Every entry of one endpoint's compiled policy map; the seam also lets tests feed maps
+/// directly.
+pub trait MapEntries {
+    fn entries(&self) -> Vec<(Key, Entry)>;
+}
+
+impl MapEntries for policy::PolicyMap {
+    fn entries(&self) -> Vec<(Key, Entry)> {
+        self.iter().map(|(k, e)| (*k, e.clone())).collect()
+    }
+}
+
+/// How one endpoint (a host-side interface) is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The endpoint's own security identity.
+    pub identity: u32,
+    /// Judge packets entering the pod (tc egress of the interface).
+    pub enforce_ingress: bool,
+    /// Judge packets leaving the pod (tc ingress of the interface).
+    pub enforce_egress: bool,
+}
+
+impl EndpointConfig {
+    /// Enforce both directions; the policy map itself says whether a direction is isolated.
+    pub fn enforcing(identity: u32) -> Self {
+        Self {
+            identity,
+            enforce_ingress: true,
+            enforce_egress: true,
+        }
+    }
+
+    pub(super) fn value(self, fail_closed: bool) -> EndpointConfigValue {
+        let mut flags = 0;
+        if self.enforce_ingress {
+            flags |= EP_ENFORCE_INGRESS;
+        }
+        if self.enforce_egress {
+            flags |= EP_ENFORCE_EGRESS;
+        }
+        if fail_closed {
+            flags |= EP_FAIL_CLOSED;
+        }
+        EndpointConfigValue {
+            identity: self.identity,
+            flags,
+        }
+    }
+}
+
+/// The complete wanted content of the endpoint, policy and ipcache maps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    /// ifindex → config.
+    pub endpoints: BTreeMap<u32, EndpointConfig>,
+    /// Policy map entries → `POLICY_ALLOW` / `POLICY_DENY` flags.
+    pub policy: HashMap<PolicyKey, u32>,
+    /// Prefix → identity (longest prefix wins; unmatched addresses are `world`).
+    pub ipcache: HashMap<IpNet, u32>,
+    /// Endpoints named in the interface mapping that the bundle does not know: they get no
+    /// config, so their interfaces drop everything.
+    pub unknown_endpoints: Vec<String>,
+}
+
+impl Desired {
+    /// Builds the maps for the local endpoints `ifindexes` (`namespace/name` → ifindex) from a
+    /// compiled bundle. `local_node` decides which node addresses are `host`.
+    pub fn from_compiled<M: MapEntries>(
+        identities: &Identities,
+        maps: &BTreeMap<String, M>,
+        bundle: &Bundle,
+        local_node: Option<&str>,
+        ifindexes: &BTreeMap<String, u32>,
+    ) -> Self {
+        let mut desired = Self {
+            ipcache: ipcache_entries(identities, bundle, local_node),
+            ..Self::default()
+        };
+        for (name, &ifindex) in ifindexes {
+            let endpoint = bundle
+                .endpoints
+                .iter()
+                .find(|ep| &ep.qualified_name() == name);
+            let (Some(endpoint), Some(map)) = (endpoint, maps.get(name)) else {
+                desired.unknown_endpoints.push(name.clone());
+                continue;
+            };
+            // A dual-stack pod may have one identity per family; IPv4's names the endpoint.
+            let mut ips = endpoint.ips.clone();
+            ips.sort_by_key(|ip| !ip.is_ipv4());
+            let identity = ips
+                .first()
+                .map(|ip| identities.lookup(*ip, local_node))
+                .unwrap_or(policy::identity::WORLD);
+            desired
+                .endpoints
+                .insert(ifindex, EndpointConfig::enforcing(identity));
+            for (key, entry) in map.entries() {
+                let mut flags = 0;
+                if entry.allow {
+                    // L7 rules restrict an allowed connection further in the proxy; at L3/L4
+                    // the connection is allowed.
+                    flags |= POLICY_ALLOW;
+                }
+                if entry.deny {
+                    flags |= POLICY_DENY;
+                }
+                if flags != 0 {
+                    desired.policy.insert(policy_key(ifindex, &key), flags);
+                }
+            }
+        }
+        desired
+    }
+}
+
+pub fn policy_key(ifindex: u32, key: &Key) -> PolicyKey {
+    PolicyKey {
+        ifindex,
+        identity: key.identity,
+        port: key.port,
+        direction: match key.direction {
+            Direction::Ingress => DIR_INGRESS,
+            Direction::Egress => DIR_EGRESS,
+        },
+        protocol: key.protocol,
+        prefix: key.prefix,
+        pad: [0; 3],
+    }
+}
+
+/// The IP → identity cache as LPM entries, equal in meaning to `Identities::lookup`.
+pub fn ipcache_entries(
+    identities: &Identities,
+    bundle: &Bundle,
+    local_node: Option<&str>,
+) -> HashMap<IpNet, u32> {
+    let mut out = HashMap::new();
+    // A CIDR identity's labels are every policy prefix containing its own prefix, which is
+    // therefore the longest of them.
+    for (id, labels) in identities.iter() {
+        if let IdentityLabels::Cidr { cidrs } = labels {
+            if let Some(own) = cidrs.iter().max_by_key(|net| net.prefix_len()) {
+                out.insert(own.trunc(), id);
+            }
+        }
+    }
+    // Endpoint and node addresses are full-length entries and override a policy prefix of
+    // the same length, as in the identity cache.
+    let full = |ip: IpAddr| IpNet::from(ip);
+    for ep in &bundle.endpoints {
+        for ip in &ep.ips {
+            out.insert(full(*ip), identities.lookup(*ip, local_node));
+        }
+    }
+    for node in bundle.nodes.values() {
+        let id = if Some(node.name.as_str()) == local_node {
+            HOST
+        } else {
+            REMOTE_NODE
+        };
+        for ip in &node.ips {
+            out.insert(full(*ip), id);
+        }
+    }
+    out
+}
+
+/// Changes that take a map from `current` to `desired`: every upsert is applied before any
+/// removal, so an entry that allows a flow under both the old and the new policy is never
+/// missing in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan<K, V> {
+    pub upserts: Vec<(K, V)>,
+    pub removals: Vec<K>,
+}
+
+pub fn plan<K: Hash + Eq + Copy + Ord, V: PartialEq + Copy>(
+    current: &HashMap<K, V>,
+    desired: &HashMap<K, V>,
+) -> Plan<K, V> {
+    let mut upserts: Vec<(K, V)> = desired
+        .iter()
+        .filter(|(k, v)| current.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let mut removals: Vec<K> = current
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect();
+    upserts.sort_by_key(|(k, _)| *k);
+    removals.sort();
+    Plan { upserts, removals }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_adds_and_changes_before_it_removes_and_skips_unchanged() {
+        let current: HashMap<u32, u32> = [(1, 1), (2, 1), (3, 1)].into();
+        let desired: HashMap<u32, u32> = [(1, 1), (2, 3), (4, 1)].into();
+        let p = plan(&current, &desired);
+        assert_eq!(p.upserts, vec![(2, 3), (4, 1)]);
+        assert_eq!(p.removals, vec![3]);
+    }
+
+    #[test]
+    fn endpoint_flags() {
+        let v = EndpointConfig::enforcing(300).value(true);
+        assert_eq!(v.identity, 300);
+        assert_eq!(
+            v.flags,
+            EP_ENFORCE_INGRESS | EP_ENFORCE_EGRESS | EP_FAIL_CLOSED
+        );
+    }
+}

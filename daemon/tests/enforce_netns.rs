@@ -1,0 +1,373 @@
+//! The eBPF policy enforcement against the real kernel with real packets.
+//!
+//! Two network namespaces joined by a veth: `H` plays the node and pod `a` (10.244.0.1 on
+//! the host-side end `vh`), `P` is pod `b` (10.244.0.2). The programs are attached to `vh`, so
+//! they enforce pod b's policy: tc egress of `vh` is b's ingress. Needs root and eBPF; fails
+//! (never skips) without them.
+
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "the agent uses the rest of the module"
+)]
+#[path = "../src/enforce/mod.rs"]
+mod enforce;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use enforce::{Desired, Enforcer, Reason};
+use policy::compile::Key;
+use policy::{Compiled, Direction};
+
+const A: &str = "10.244.0.1";
+const B: &str = "10.244.0.2";
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: demo, labels: {app: a}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: demo, labels: {app: b}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.0.2}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-default-deny, namespace: demo}
+spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
+"#;
+
+const ALLOW_8080: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a-8080, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{protocol: TCP, port: 8080}]}]
+"#;
+
+const UNRELATED: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a-9000-range, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{protocol: UDP, port: 9000, endPort: 9100}]}]
+"#;
+
+/// Two namespaces and a veth; removed on drop, also when the test fails.
+struct Lab {
+    host: String,
+    pod: String,
+    bpffs: PathBuf,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    fn new() -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "enforce_netns needs root (netns, tc, bpf): run as root, e.g. via scripts/test.sh"
+        );
+        let tag = format!("wme{}", std::process::id() % 100_000);
+        let lab = Lab {
+            host: format!("{tag}-h"),
+            pod: format!("{tag}-p"),
+            bpffs: std::env::temp_dir().join(format!("{tag}-bpffs")),
+        };
+        let (h, p) = (lab.host.as_str(), lab.pod.as_str());
+        sh(&["ip", "netns", "add", h]);
+        sh(&["ip", "netns", "add", p]);
+        sh(&[
+            "ip", "-n", h, "link", "add", "vh", "type", "veth", "peer", "name", "vp", "netns", p,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("{A}/24"),
+            "dev",
+            "vh",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            p,
+            "addr",
+            "add",
+            &format!("{B}/24"),
+            "dev",
+            "vp",
+        ]);
+        for (ns, dev) in [(h, "vh"), (p, "vp"), (h, "lo"), (p, "lo")] {
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        // A private BPF filesystem: pins of parallel runs never meet.
+        enforce::ensure_bpf_fs(&lab.bpffs).expect("mount a BPF filesystem (is bpf() available?)");
+        lab
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("wiremesh")
+    }
+
+    /// Moves the calling thread into namespace `ns`.
+    fn enter(ns: &str) {
+        let f = File::open(format!("/run/netns/{ns}")).expect("netns file");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    }
+
+    fn ping(&self) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.host, "ping", "-c1", "-W1", B])
+            .output()
+            .expect("ping")
+            .status
+            .success()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.bpffs);
+        for ns in [&self.host, &self.pod] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Echo servers in the pod namespace on the given ports; they live until the process ends
+/// (the namespace's removal closes them).
+fn serve(ns: &str, ports: &[u16]) {
+    for &port in ports {
+        let ns = ns.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            Lab::enter(&ns);
+            let listener = TcpListener::bind((B, port)).expect("bind");
+            tx.send(()).expect("ready");
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server ready");
+    }
+}
+
+fn connect(port: u16) -> Option<TcpStream> {
+    let addr: SocketAddr = format!("{B}:{port}").parse().expect("addr");
+    let s = TcpStream::connect_timeout(&addr, Duration::from_millis(700)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    Some(s)
+}
+
+fn echo(s: &mut TcpStream, msg: &[u8]) -> bool {
+    let mut buf = vec![0u8; msg.len()];
+    s.write_all(msg).is_ok() && s.read_exact(&mut buf).is_ok() && buf == msg
+}
+
+fn desired(manifests: &[&str], ifindex: u32) -> Desired {
+    let text = manifests.join("\n---\n");
+    let bundle = policy::load([("inline.yaml", text.as_str())]).expect("manifest loads");
+    let compiled = Compiled::build(&bundle);
+    let ifindexes = BTreeMap::from([("demo/b".to_string(), ifindex)]);
+    let d = Desired::from_compiled(
+        &compiled.identities,
+        &compiled.maps,
+        &bundle,
+        None,
+        &ifindexes,
+    );
+    assert!(d.unknown_endpoints.is_empty(), "{:?}", d.unknown_endpoints);
+    d
+}
+
+fn count(enf: &Enforcer, ifindex: u32, ingress: bool, reason: Reason) -> u64 {
+    let totals = enf.counter_totals().expect("counters");
+    totals
+        .get(&(ifindex, ingress, reason))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn enforces_policy_statefully_on_a_real_veth() {
+    let lab = Lab::new();
+    serve(&lab.pod, &[8080, 8081]);
+    Lab::enter(&lab.host);
+    assert!(
+        connect(8081).is_some() && lab.ping(),
+        "the lab works before enforcement"
+    );
+
+    let pin = lab.pin_dir();
+    let mut enf = Enforcer::open(&pin).expect("load the eBPF programs");
+    let ifindex = enf.attach("vh").expect("attach");
+
+    // Attached, no endpoint config yet: fail closed.
+    assert!(connect(8080).is_none(), "no endpoint config must drop");
+    assert!(count(&enf, ifindex, true, Reason::NoEndpoint) > 0);
+
+    let policy = desired(&[CLUSTER, ALLOW_8080], ifindex);
+    enf.apply(&policy).expect("apply");
+    let mut held = connect(8080).expect("TCP 8080 from a is allowed");
+    assert!(
+        echo(&mut held, b"hello"),
+        "replies of the allowed connection flow"
+    );
+    assert!(connect(8081).is_none(), "TCP 8081 is denied");
+    assert!(!lab.ping(), "ICMP is denied");
+    assert!(
+        count(&enf, ifindex, true, Reason::NoPolicy) >= 2,
+        "drops counted as no-policy"
+    );
+    assert!(
+        count(&enf, ifindex, false, Reason::CtReply) > 0,
+        "replies pass as ct-reply"
+    );
+    assert!(count(&enf, ifindex, true, Reason::PolicyAllow) > 0);
+
+    // An unrelated rule is added: the established connection is untouched.
+    enf.apply(&desired(&[CLUSTER, ALLOW_8080, UNRELATED], ifindex))
+        .expect("apply");
+    assert!(
+        echo(&mut held, b"still here"),
+        "established connection survives the update"
+    );
+
+    // Simulated agent restart: the enforcer goes away, the filters and pinned maps stay. A
+    // prober keeps knocking on the denied port throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let leaks = Arc::new(AtomicUsize::new(0));
+    let prober = {
+        let (stop, leaks, ns) = (stop.clone(), leaks.clone(), lab.host.clone());
+        thread::spawn(move || {
+            Lab::enter(&ns);
+            let mut tries = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let addr: SocketAddr = format!("{B}:8081").parse().expect("addr");
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    leaks.fetch_add(1, Ordering::Relaxed);
+                }
+                tries += 1;
+            }
+            tries
+        })
+    };
+    drop(enf);
+    assert!(connect(8080).is_some(), "allowed while no agent runs");
+    let mut enf = Enforcer::open(&pin).expect("re-open from pins");
+    assert_eq!(enf.attach("vh").expect("re-attach"), ifindex);
+    enf.apply(&desired(&[CLUSTER, ALLOW_8080, UNRELATED], ifindex))
+        .expect("re-apply");
+    assert!(
+        echo(&mut held, b"after restart"),
+        "established connection survives the restart"
+    );
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let tries = prober.join().expect("prober");
+    assert!(tries > 0);
+    assert_eq!(
+        leaks.load(Ordering::Relaxed),
+        0,
+        "a denied port was reachable during the restart"
+    );
+
+    // A full policy map: the endpoint fails closed (allowed traffic too) and the caller gets
+    // an error to count; the next good apply recovers.
+    let mut flood = desired(&[CLUSTER, ALLOW_8080], ifindex);
+    for i in 0..300_000u32 {
+        let key = Key {
+            direction: Direction::Egress,
+            identity: 1_000_000 + i,
+            protocol: 6,
+            port: 1,
+            prefix: 16,
+        };
+        flood.policy.insert(enforce::policy_key(ifindex, &key), 1);
+    }
+    let err = enf
+        .apply(&flood)
+        .expect_err("the policy map holds 262144 entries");
+    assert!(
+        matches!(&err, enforce::EnforceError::FailClosed { endpoints, .. } if endpoints == &[ifindex]),
+        "{err}"
+    );
+    assert!(
+        connect(8080).is_none(),
+        "fail-closed endpoint drops allowed traffic"
+    );
+    assert!(count(&enf, ifindex, true, Reason::FailClosed) > 0);
+    enf.apply(&desired(&[CLUSTER, ALLOW_8080], ifindex))
+        .expect("recovering apply");
+    assert!(connect(8080).is_some(), "recovered after a good apply");
+
+    // The allow rule goes: new connections fail (the tracked one may live on, as in Cilium).
+    enf.apply(&desired(&[CLUSTER, UNRELATED], ifindex))
+        .expect("apply");
+    assert!(
+        connect(8080).is_none(),
+        "8080 denied once its allow rule is gone"
+    );
+
+    // Endpoint config removed: everything drops, the tracked connection included.
+    let before = count(&enf, ifindex, true, Reason::NoEndpoint);
+    enf.remove_endpoint(ifindex).expect("remove endpoint");
+    assert!(connect(8080).is_none() && !lab.ping());
+    let _ = held.write_all(b"x");
+    assert!(count(&enf, ifindex, true, Reason::NoEndpoint) > before);
+    let _ = held.shutdown(Shutdown::Both);
+
+    for c in enf.counters().expect("counters") {
+        eprintln!("{c:?}");
+    }
+    enf.detach("vh").expect("detach");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while connect(8081).is_none() {
+        assert!(Instant::now() < deadline, "detached: traffic flows again");
+    }
+}

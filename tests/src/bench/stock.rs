@@ -1,0 +1,177 @@
+//! The reference implementations on every node of a lab instead of the agent: wireguard-go or
+//! boringtun-cli, each configured with `wg set` on the agent's addressing (`wiremesh_wg0`, UDP
+//! 51871, a route per remote pod CIDR), so only the data path differs from a wiremesh run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+use wiremesh_lab::{
+    endpoint, pod_cidr, run, BgProcess, Host, KeyPair, Lab, WG_IFACE, WG_MTU, WG_PORT,
+};
+
+const START: Duration = Duration::from_secs(10);
+const WG_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// A userspace WireGuard that serves the UAPI socket in `/run/wireguard`.
+#[derive(Debug, Clone)]
+pub enum Stock {
+    WireguardGo,
+    BoringtunCli(PathBuf),
+}
+
+impl Stock {
+    fn command(&self, lab: &Lab, node: u8) -> std::process::Command {
+        match self {
+            Self::WireguardGo => {
+                let mut cmd = lab.node_cmd(node, "wireguard-go");
+                cmd.args(["-f", WG_IFACE])
+                    .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
+                cmd
+            }
+            Self::BoringtunCli(bin) => {
+                let mut cmd = lab.node_cmd(node, bin);
+                cmd.args(["--foreground", "--disable-drop-privileges", WG_IFACE]);
+                cmd
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::WireguardGo => "wireguard-go",
+            Self::BoringtunCli(_) => "boringtun-cli",
+        }
+    }
+}
+
+/// The stock processes of a lab, one per node; dropping it stops them (before the lab's
+/// namespaces go, as long as it is declared after the `Lab`).
+#[derive(Debug)]
+pub struct StockNodes {
+    procs: Vec<BgProcess>,
+}
+
+impl StockNodes {
+    /// Starts `stock` on every node, then peers every pair and routes the pod CIDRs into it.
+    pub fn start(lab: &Lab, stock: &Stock) -> anyhow::Result<Self> {
+        let mut procs = Vec::new();
+        let mut keys = Vec::new();
+        for node in lab.node_ids() {
+            keys.push(lab.generate_key(node)?);
+            let log = lab.node_dir(node).join(format!("{}.log", stock.name()));
+            let proc = BgProcess::spawn(
+                format!("{} on node-{node}", stock.name()),
+                &mut stock.command(lab, node),
+                &log,
+            )?;
+            procs.push(proc);
+        }
+        let mut nodes = Self { procs };
+        for (node, own) in lab.node_ids().zip(&keys) {
+            nodes.wait_socket(lab, node)?;
+            configure(lab, node, own, &keys_of_others(lab, node, &keys))
+                .with_context(|| format!("configuring {} on node-{node}", stock.name()))?;
+        }
+        Ok(nodes)
+    }
+
+    /// The PID of node `node`'s process.
+    pub fn pid(&self, node: u8) -> Option<u32> {
+        self.procs
+            .get(usize::from(node).checked_sub(1)?)
+            .map(BgProcess::pid)
+    }
+
+    /// SIGTERM to all, then SIGKILL whatever is left after a grace period.
+    pub fn stop(mut self) {
+        for p in &mut self.procs {
+            p.stop(Signal::SIGTERM, STOP_GRACE);
+        }
+    }
+
+    fn wait_socket(&mut self, lab: &Lab, node: u8) -> anyhow::Result<()> {
+        let socket = lab
+            .node_dir(node)
+            .join("wireguard")
+            .join(format!("{WG_IFACE}.sock"));
+        let deadline = Instant::now() + START;
+        let proc = &mut self.procs[usize::from(node) - 1];
+        while !socket.exists() {
+            if let Some(status) = proc.exited() {
+                bail!("{} exited ({status}): {}", proc.name(), proc.log());
+            }
+            if Instant::now() >= deadline {
+                bail!("{} made no UAPI socket within {START:?}", proc.name());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+fn keys_of_others(lab: &Lab, node: u8, keys: &[KeyPair]) -> Vec<(u8, String)> {
+    lab.node_ids()
+        .zip(keys)
+        .filter(|&(other, _)| other != node)
+        .map(|(other, k)| (other, k.public_key.clone()))
+        .collect()
+}
+
+fn configure(lab: &Lab, node: u8, keys: &KeyPair, peers: &[(u8, String)]) -> anyhow::Result<()> {
+    let mut wg = lab.node_cmd(node, "wg");
+    wg.args(["set", WG_IFACE, "private-key"])
+        .arg(&keys.private_key_file)
+        .args(["listen-port", &WG_PORT.to_string()]);
+    for (other, key) in peers {
+        wg.args(["peer", key, "endpoint", &endpoint(*other)])
+            .args(["allowed-ips", &pod_cidr(*other)]);
+    }
+    run(&mut wg, WG_TIMEOUT)?;
+    let host = Host::Node(node);
+    lab.ip(
+        host,
+        &["link", "set", WG_IFACE, "mtu", &WG_MTU.to_string(), "up"],
+    )?;
+    for (other, _) in peers {
+        lab.ip(host, &["route", "add", &pod_cidr(*other), "dev", WG_IFACE])?;
+    }
+    Ok(())
+}
+
+/// `boringtun-cli`: on PATH, in `<workspace>/target/bench-tools/bin`, or installed there with
+/// `cargo install boringtun-cli --locked`. The error says why it could not be had.
+pub fn boringtun_cli(tools_dir: &Path) -> anyhow::Result<PathBuf> {
+    let installed = tools_dir.join("bin/boringtun-cli");
+    if let Some(found) = wiremesh_lab::which("boringtun-cli") {
+        return Ok(found);
+    }
+    if installed.is_file() {
+        return Ok(installed);
+    }
+    println!(
+        "installing boringtun-cli into {} (once; a few minutes)",
+        tools_dir.display()
+    );
+    let mut cargo = std::process::Command::new("cargo");
+    cargo
+        .args(["install", "boringtun-cli", "--locked", "--root"])
+        .arg(tools_dir);
+    // Only the end of cargo's output: the reason, not the whole build log.
+    run(&mut cargo, Duration::from_secs(20 * 60)).map_err(|e| {
+        anyhow::anyhow!(
+            "`cargo install boringtun-cli --locked --root {}` failed: {}",
+            tools_dir.display(),
+            wiremesh_lab::tail(&e.to_string(), 6)
+        )
+    })?;
+    if !installed.is_file() {
+        bail!(
+            "cargo install succeeded but {} is missing",
+            installed.display()
+        );
+    }
+    Ok(installed)
+}
