@@ -150,11 +150,15 @@ async fn wiremesh(url: &str, n: usize) -> (Duration, Duration, u64) {
             Snapshot::default(),
         )
         .expect("store config");
+        // Under the start-up storm a request can exceed the store's RPC timeout; the store then
+        // retries by itself (the record stays wanted), so carry on and let convergence tell.
         match store.claim(Duration::from_secs(30)).await.expect("claim") {
             ClaimOutcome::Claimed => {}
-            ClaimOutcome::Unreachable { error } => panic!("etcd unreachable: {error}"),
+            ClaimOutcome::Unreachable { error } => eprintln!("node-{i}: claim pending ({error})"),
         }
-        store.publish(&rec).await.expect("publish");
+        if let Err(e) = store.publish(&rec).await {
+            eprintln!("node-{i}: publish pending ({e})");
+        }
         stores.push(store);
         records.push(rec);
     }
@@ -164,6 +168,8 @@ async fn wiremesh(url: &str, n: usize) -> (Duration, Duration, u64) {
 
     let mut samples = Vec::new();
     for _ in 0..3 {
+        // Past the stores' 100 ms rebuild coalescing window, so each sample is one fresh change.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let mut rotated = records[0].clone();
         rotated.public_key = PrivateKey::generate().public_key();
         rotated.key_epoch += 1;
