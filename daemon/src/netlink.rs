@@ -66,12 +66,7 @@ impl Netlink {
 
     /// Routes `net` into the interface, replacing any route to exactly `net` in the main table.
     pub async fn replace_route(&self, net: IpNet, index: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .map_err(|e| anyhow!("route to {net}: {e:?}"))?
-            .output_interface(index)
-            .protocol(PROTO)
-            .build();
+        let msg = route_message(net, index)?;
         self.handle
             .route()
             .add(msg)
@@ -82,12 +77,7 @@ impl Netlink {
     }
 
     pub async fn delete_route(&self, net: IpNet, index: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .map_err(|e| anyhow!("route to {net}: {e:?}"))?
-            .output_interface(index)
-            .protocol(PROTO)
-            .build();
+        let msg = route_message(net, index)?;
         self.handle
             .route()
             .del(msg)
@@ -119,4 +109,14 @@ impl Netlink {
             _ => None,
         }))
     }
+}
+
+/// `net dev #index proto static` in the main table.
+fn route_message(net: IpNet, index: u32) -> Result<netlink_packet_route::route::RouteMessage> {
+    Ok(RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(net.network(), net.prefix_len())
+        .map_err(|e| anyhow!("route to {net}: {e:?}"))?
+        .output_interface(index)
+        .protocol(PROTO)
+        .build())
 }
