@@ -1,5 +1,6 @@
 //! The local admin API on `<runDir>/wiremesh.sock` (HTTP/1.1 over a Unix socket, root only),
-//! used by the CLI. Read-only for now: `GET /v1/encrypt/status`, `GET /healthz`.
+//! used by the CLI: `GET /v1/encrypt/status`, `GET /v1/encrypt/nodes`, `POST /v1/keys/rotate`,
+//! `POST /v1/objects` (apply/delete), `POST /v1/policy/trace`, `GET /metrics`, `GET /healthz`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -17,8 +18,11 @@ use keymgr::{PublicKey, Snapshot};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::agent::policy::{PolicyCounters, PolicyState};
 use crate::agent::reconciler::PeerKey;
 use crate::agent::rotation::{OwnKey, RotateRequest};
+use crate::policy_api::{self, ObjectsRequest, OBJECTS_PATH, TRACE_PATH};
+use keymgr::store::objects::ObjectStore;
 
 use crate::datapath::Datapath;
 use crate::status::{rfc3339, store_health, EncryptStatus, KeyState, NodeStatus, PeerStatus};
@@ -41,6 +45,9 @@ pub struct AdminState {
     pub peers: watch::Receiver<Arc<HashMap<PublicKey, PeerKey>>>,
     pub own: watch::Receiver<OwnKey>,
     pub rotate: mpsc::Sender<RotateRequest>,
+    pub objects: Arc<ObjectStore>,
+    pub policy: watch::Receiver<Arc<PolicyState>>,
+    pub policy_counters: Arc<PolicyCounters>,
 }
 
 impl AdminState {
@@ -259,12 +266,52 @@ async fn handle(
             ),
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
         },
+        (&Method::POST, OBJECTS_PATH) => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
+            let request: ObjectsRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
+            let current = state.objects.subscribe().borrow().clone();
+            let nodes = state.snapshots.borrow().clone();
+            match policy_api::change_objects(&state.objects, &current, &nodes, request).await {
+                Ok(r) => reply(
+                    StatusCode::OK,
+                    serde_json::to_string(&r).unwrap_or_default(),
+                ),
+                Err((true, e)) => reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                Err((false, e)) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }
+        (&Method::POST, TRACE_PATH) => {
+            let text = req.uri().query() == Some("output=text");
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
+            let policy = state.policy.borrow().clone();
+            let out = policy_api::trace_online(&policy, &String::from_utf8_lossy(&body), text);
+            reply(StatusCode::OK, out)
+        }
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
 
 /// CLI side: one request against the admin socket.
 pub async fn request(socket: &Path, method: Method, path: &str) -> Result<String> {
+    request_with_body(socket, method, path, String::new()).await
+}
+
+/// CLI side: one request with a body against the admin socket.
+pub async fn request_with_body(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: String,
+) -> Result<String> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "cannot reach the wiremesh agent at {} (is it running? use --run-dir if its runDir differs)",
@@ -277,7 +324,7 @@ pub async fn request(socket: &Path, method: Method, path: &str) -> Result<String
         .method(method)
         .uri(path)
         .header("host", "wiremesh")
-        .body(Empty::<Bytes>::new())?;
+        .body(Full::new(Bytes::from(body)))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

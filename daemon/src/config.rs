@@ -36,6 +36,31 @@ struct RawConfig {
     store: Option<RawStore>,
     key_rotation: Option<RawKeyRotation>,
     metrics_address: Option<String>,
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPolicy {
+    enforcement: Option<Enforcement>,
+    bpf_pin_dir: Option<PathBuf>,
+}
+
+/// Whether local endpoints get the eBPF policy programs (Cilium's `policy-enforcement-mode`
+/// without `always`: an endpoint no policy selects is not isolated, as Kubernetes specifies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    Default,
+    Never,
+}
+
+/// Policy enforcement settings.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub enforcement: Enforcement,
+    /// Where the eBPF maps are pinned (on a BPF filesystem, mounted if missing).
+    pub bpf_pin_dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +148,7 @@ pub struct Config {
     pub key_rotation: KeyRotation,
     /// Where Prometheus scrapes `/metrics`; `None` serves them on the admin socket only.
     pub metrics_address: Option<SocketAddr>,
+    pub policy: PolicyConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +360,22 @@ impl RawConfig {
                 }
             },
         };
+        let raw_policy = self.policy.unwrap_or(RawPolicy {
+            enforcement: None,
+            bpf_pin_dir: None,
+        });
+        let policy = PolicyConfig {
+            enforcement: raw_policy.enforcement.unwrap_or(Enforcement::Default),
+            bpf_pin_dir: raw_policy
+                .bpf_pin_dir
+                .unwrap_or_else(|| crate::enforce::DEFAULT_PIN_DIR.into()),
+        };
+        if !policy.bpf_pin_dir.is_absolute() {
+            errors.push(format!(
+                "policy.bpfPinDir: {:?} must be an absolute path",
+                policy.bpf_pin_dir
+            ));
+        }
         let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
             return Err(errors);
         };
@@ -353,6 +395,7 @@ impl RawConfig {
             store,
             key_rotation,
             metrics_address,
+            policy,
         })
     }
 }

@@ -6,15 +6,11 @@ mod config;
 mod datapath;
 mod datapath_process;
 mod device;
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "wired into the agent with policy distribution (policy issue)"
-)]
 mod enforce;
 mod kernel;
 mod metrics;
 mod netlink;
+mod policy_api;
 mod policy_cmd;
 mod status;
 mod userspace;
@@ -48,6 +44,26 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Store Namespaces, Pods (endpoints) and policies (NetworkPolicy, CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy) through the local agent; the whole resulting set is
+    /// validated first, and nothing is stored if any of it is invalid.
+    Apply {
+        /// Manifest file (multi-document YAML or `kind: List`). Repeatable.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// The agent's run directory (config key `runDir`).
+        #[arg(long, default_value = "/run/wiremesh")]
+        run_dir: PathBuf,
+    },
+    /// Remove the objects named in the manifests (kind, namespace, name) through the local agent.
+    Delete {
+        /// Manifest file. Repeatable.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// The agent's run directory (config key `runDir`).
+        #[arg(long, default_value = "/run/wiremesh")]
+        run_dir: PathBuf,
     },
     /// Key commands.
     Keys {
@@ -109,6 +125,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent { config } => run_agent(config),
+        Command::Apply { files, run_dir } => policy_api::run_objects(&files, false, &run_dir),
+        Command::Delete { files, run_dir } => policy_api::run_objects(&files, true, &run_dir),
         Command::Policy {
             command: PolicyCommand::Trace(args),
         } => policy_cmd::run_trace(args),
@@ -169,7 +187,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -20,6 +20,81 @@ struct PeerLabels {
     node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PacketLabels {
+    endpoint: String,
+    direction: &'static str,
+    verdict: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    enforced: &'static str,
+}
+
+/// Policy: generation in force, refusals, enforcement failures, endpoints, and the eBPF
+/// programs' packet counters per endpoint, direction, verdict and reason.
+fn register_policy(registry: &mut Registry, state: &AdminState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let policy = state.policy.borrow().clone();
+    let c = &state.policy_counters;
+    let generation = Gauge::<i64>::default();
+    generation.set(policy.generation as i64);
+    registry.register(
+        "policy_generation",
+        "Object sets loaded since start (the policy in force)",
+        generation,
+    );
+    for (name, help, value) in [
+        (
+            "policy_load_failures",
+            "Object sets from the store that did not load (the previous stayed in force)",
+            c.load_failures.load(Relaxed),
+        ),
+        (
+            "policy_apply_failures",
+            "eBPF map updates that failed (endpoints failed closed)",
+            c.apply_failures.load(Relaxed),
+        ),
+    ] {
+        let counter = Counter::<u64, AtomicU64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
+    let endpoints = Family::<EndpointLabels, Gauge<i64>>::default();
+    for result in policy.endpoints.values() {
+        let enforced = if result.is_ok() { "true" } else { "false" };
+        endpoints.get_or_create(&EndpointLabels { enforced }).inc();
+    }
+    registry.register(
+        "policy_endpoints",
+        "This node's endpoints, by whether their interface is enforced",
+        endpoints,
+    );
+    let packets = Family::<PacketLabels, Counter<u64, AtomicU64>>::default();
+    if let Ok(counters) = c.packets.lock() {
+        for (endpoint, counter) in counters.iter() {
+            let labels = PacketLabels {
+                endpoint: endpoint.clone(),
+                direction: if counter.ingress { "ingress" } else { "egress" },
+                verdict: if counter.allowed {
+                    "allowed"
+                } else {
+                    "dropped"
+                },
+                reason: counter.reason.as_str(),
+            };
+            packets.get_or_create(&labels).inc_by(counter.packets);
+        }
+    }
+    registry.register(
+        "policy_packets",
+        "Packets judged by the eBPF policy programs",
+        packets,
+    );
+}
+
 pub async fn render(state: &AdminState) -> Result<String> {
     let device = state.datapath.get().await?;
     let names = state.peers.borrow().clone();
@@ -79,6 +154,7 @@ pub async fn render(state: &AdminState) -> Result<String> {
         "Unix time of the latest handshake with a peer (0: never)",
         handshake,
     );
+    register_policy(&mut registry, state);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::RouteProtocol;
+use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 /// `proto static`: what `ip route` shows for routes set by a daemon rather than the kernel.
@@ -107,6 +107,65 @@ impl Netlink {
         Ok(link.attributes.iter().find_map(|a| match a {
             LinkAttribute::Mtu(m) => Some(*m),
             _ => None,
+        }))
+    }
+}
+
+/// Where the kernel routes one address: [`Netlink::route_to`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTo {
+    pub ifindex: u32,
+    pub ifname: String,
+    /// Through a gateway (not directly attached to the interface).
+    pub gateway: bool,
+}
+
+impl Netlink {
+    /// Asks the kernel where it routes `ip` (`ip route get`), with the output interface's name.
+    pub async fn route_to(&self, ip: IpAddr) -> Result<Option<RouteTo>> {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(ip, len)
+            .map_err(|e| anyhow!("route to {ip}: {e:?}"))?
+            .build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let route = match routes.try_next().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            // ENETUNREACH and friends: no route.
+            Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("looking up the route to {ip}")),
+        };
+        let mut ifindex = None;
+        let mut gateway = false;
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Oif(i) => ifindex = Some(*i),
+                RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => gateway = true,
+                _ => {}
+            }
+        }
+        let Some(ifindex) = ifindex else {
+            return Ok(None);
+        };
+        let mut links = self.handle.link().get().match_index(ifindex).execute();
+        let link = links
+            .try_next()
+            .await
+            .with_context(|| format!("reading interface #{ifindex}"))?
+            .ok_or_else(|| anyhow!("interface #{ifindex} vanished"))?;
+        let ifname = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(Some(RouteTo {
+            ifindex,
+            ifname,
+            gateway,
         }))
     }
 }

@@ -1,5 +1,6 @@
-//! `wiremesh policy trace`: reads the manifest files and prints what the `policy` crate
-//! answers. Offline only: online mode (asking the local agent) needs the agent's policy state.
+//! `wiremesh policy trace`: with `-f`, reads the manifest files and prints what the `policy`
+//! crate answers (offline); without, asks the local agent, which answers from the policy it
+//! enforces (online).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::PathBuf;
@@ -19,9 +20,12 @@ pub enum Output {
 pub struct TraceArgs {
     /// Manifest file (multi-document YAML or `kind: List`: Namespace, Pod, Node,
     /// NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy). Repeatable.
-    /// Without it the trace would ask the local agent, which is not available yet.
+    /// Without it the trace asks the local agent, which answers from the policy it enforces.
     #[arg(short = 'f', long = "file")]
     pub files: Vec<PathBuf>,
+    /// The agent's run directory (config key `runDir`), for the online trace.
+    #[arg(long, default_value = "/run/wiremesh")]
+    pub run_dir: PathBuf,
     /// Source: `namespace/pod` or an IP address.
     #[arg(long, required_unless_present = "queries")]
     pub from: Option<String>,
@@ -52,12 +56,7 @@ pub struct TraceArgs {
 
 pub fn run_trace(args: TraceArgs) -> ExitCode {
     if args.files.is_empty() {
-        eprintln!(
-            "wiremesh policy trace: no manifest given (-f FILE). Online mode, which asks the \
-             local agent for the policy it enforces, is not available yet; pass the manifests \
-             with -f (e.g. the output of `kubectl get ns,pods,netpol,cnp,ccnp -A -o yaml`)."
-        );
-        return ExitCode::from(2);
+        return online(&args);
     }
     let bundle = match load(&args.files) {
         Ok(b) => b,
@@ -85,14 +84,52 @@ fn load(files: &[PathBuf]) -> Result<Bundle, String> {
     policy::load(texts.iter().map(|(n, t)| (n.as_str(), t.as_str()))).map_err(|e| e.to_string())
 }
 
-fn single(bundle: &Bundle, args: &TraceArgs) -> ExitCode {
+/// Asks the local agent: the queries go as JSON lines, the answers come back as printed.
+fn online(args: &TraceArgs) -> ExitCode {
+    let (lines, text) = match &args.queries {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (t, false),
+            Err(e) => {
+                eprintln!("wiremesh policy trace: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => match query_of(args) {
+            Ok(q) => (q.to_json_line(), matches!(args.output, Output::Text)),
+            Err(e) => {
+                eprintln!("wiremesh policy trace: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match crate::policy_api::ask_agent(&args.run_dir, lines, text) {
+        Ok(out) => {
+            let out = match (&args.queries, args.output) {
+                // One JSON answer: pretty, as offline.
+                (None, Output::Json) => serde_json::from_str::<serde_json::Value>(&out)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .map_or(out, |s| s + "\n"),
+                _ => out,
+            };
+            if std::io::stdout().lock().write_all(out.as_bytes()).is_err() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wiremesh policy trace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The query of `--from/--to/--port/--http-*`.
+fn query_of(args: &TraceArgs) -> Result<Query, String> {
     let (port, protocol) = match args.port.as_deref().map(parse_port) {
         None => (None, Protocol::Tcp),
         Some(Ok(p)) => p,
-        Some(Err(e)) => {
-            eprintln!("wiremesh policy trace: --port: {e}");
-            return ExitCode::from(2);
-        }
+        Some(Err(e)) => return Err(format!("--port: {e}")),
     };
     let mut http = HttpRequest {
         method: args.http_method.clone(),
@@ -101,19 +138,28 @@ fn single(bundle: &Bundle, args: &TraceArgs) -> ExitCode {
     };
     for h in &args.http_header {
         let Some((k, v)) = h.split_once(':') else {
-            eprintln!("wiremesh policy trace: --http-header {h:?}: expected 'Name: value'");
-            return ExitCode::from(2);
+            return Err(format!("--http-header {h:?}: expected 'Name: value'"));
         };
         http.headers
             .insert(k.trim().to_string(), v.trim().to_string());
     }
     let has_http = http.method.is_some() || http.path.is_some() || !http.headers.is_empty();
-    let query = Query {
+    Ok(Query {
         from: args.from.clone().unwrap_or_default(),
         to: args.to.clone().unwrap_or_default(),
         port,
         protocol,
         http: has_http.then_some(http),
+    })
+}
+
+fn single(bundle: &Bundle, args: &TraceArgs) -> ExitCode {
+    let query = match query_of(args) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("wiremesh policy trace: {e}");
+            return ExitCode::from(2);
+        }
     };
     let result = match trace(bundle, &query) {
         Ok(r) => r,

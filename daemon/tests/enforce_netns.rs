@@ -226,11 +226,12 @@ fn desired(manifests: &[&str], ifindex: u32) -> Desired {
 }
 
 fn count(enf: &Enforcer, ifindex: u32, ingress: bool, reason: Reason) -> u64 {
-    let totals = enf.counter_totals().expect("counters");
-    totals
-        .get(&(ifindex, ingress, reason))
-        .copied()
-        .unwrap_or(0)
+    enf.counters()
+        .expect("counters")
+        .iter()
+        .filter(|c| c.ifindex == ifindex && c.ingress == ingress && c.reason == reason)
+        .map(|c| c.packets)
+        .sum()
 }
 
 #[test]

@@ -22,16 +22,16 @@ pub struct Query {
 }
 
 /// The batch format: one JSON object per line.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct QueryLine {
     from: String,
     to: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     protocol: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     http: Option<HttpRequest>,
 }
 
@@ -53,6 +53,48 @@ impl Query {
             protocol,
             http: q.http,
         })
+    }
+
+    /// The batch line that [`Query::from_json_line`] reads back as this query.
+    pub fn to_json_line(&self) -> String {
+        let line = QueryLine {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            port: self.port,
+            protocol: Some(self.protocol.to_string()),
+            http: self.http.clone(),
+        };
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod query_line_tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_round_trip() {
+        let q = Query {
+            from: "x/a".into(),
+            to: "10.0.0.1".into(),
+            port: Some(53),
+            protocol: Protocol::Udp,
+            http: Some(HttpRequest {
+                method: Some("GET".into()),
+                ..HttpRequest::default()
+            }),
+        };
+        assert_eq!(Query::from_json_line(&q.to_json_line(), 1).unwrap(), q);
+        let icmp = Query {
+            port: None,
+            protocol: Protocol::Icmp,
+            http: None,
+            ..q
+        };
+        assert_eq!(
+            Query::from_json_line(&icmp.to_json_line(), 1).unwrap(),
+            icmp
+        );
     }
 }
 

@@ -60,6 +60,11 @@ pub struct Lab {
     torn_down: bool,
 }
 
+/// `<labdir>/bpffs` for the store directory `<labdir>/store`.
+pub(crate) fn bpffs_dir_next_to(store_dir: &Path) -> PathBuf {
+    store_dir.parent().unwrap_or(store_dir).join("bpffs")
+}
+
 impl Lab {
     /// Builds the underlay switch, `nodes` nodes and `pods` pods per node, for agents on the dir
     /// store. On error everything created so far is removed again.
@@ -115,6 +120,21 @@ impl Lab {
         for dir in dirs {
             std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
         }
+        let bpffs = self.bpffs_dir();
+        std::fs::create_dir_all(&bpffs).map_err(|e| LabError::io(&bpffs, e))?;
+        nix::mount::mount(
+            Some("bpf"),
+            &bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| {
+            LabError::Check(format!(
+                "mounting a BPF filesystem at {} (policy enforcement needs bpf()): {e}",
+                bpffs.display()
+            ))
+        })?;
         Ok(())
     }
 
@@ -162,6 +182,13 @@ impl Lab {
     /// The dir store every node of the lab shares.
     pub fn store_dir(&self) -> PathBuf {
         self.dir.join("store")
+    }
+
+    /// The lab's own BPF filesystem (`<labdir>/bpffs`, next to the store), where each node's
+    /// agent pins its policy maps: node namespaces share the host's mounts, so a private
+    /// mount keeps labs apart and unmounting it at teardown frees every pin.
+    pub fn bpffs_dir(&self) -> PathBuf {
+        bpffs_dir_next_to(&self.store_dir())
     }
 
     pub fn switch_ns(&self) -> String {
@@ -275,6 +302,14 @@ impl Lab {
             }
             Err(e) => {
                 first_error.get_or_insert(e);
+            }
+        }
+        let bpffs = self.bpffs_dir();
+        if bpffs.exists() {
+            if let Err(e) = nix::mount::umount2(&bpffs, nix::mount::MntFlags::MNT_DETACH) {
+                if e != nix::errno::Errno::EINVAL {
+                    first_error.get_or_insert(LabError::io(&bpffs, std::io::Error::from(e)));
+                }
             }
         }
         if self.keep {

@@ -23,6 +23,7 @@ mod etcd;
 mod exec;
 mod lab;
 mod options;
+mod policy;
 mod store;
 mod stream;
 mod topology;
@@ -47,6 +48,7 @@ pub use options::{
     agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions, StoreKind,
     ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
 };
+pub use policy::{namespace_manifest, render_matrix, PodSpec, Proto, Servers};
 pub use store::node_record;
 pub use stream::{IperfClient, IperfReport, PingLog};
 pub use topology::{BYPASS_PREF, BYPASS_TABLE};

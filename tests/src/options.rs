@@ -129,6 +129,13 @@ pub fn agent_config_with(
             config_duration(*lease_ttl)
         ),
     };
+    let _ = writeln!(
+        yaml,
+        "policy: {{ bpfPinDir: \"{}\" }}",
+        crate::lab::bpffs_dir_next_to(store_dir)
+            .join(node_name(node))
+            .display()
+    );
     if let Some(r) = options.key_rotation {
         let _ = writeln!(
             yaml,

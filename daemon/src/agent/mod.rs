@@ -3,6 +3,7 @@
 //! rotates the key on schedule. It holds no packet state: killing it drops nothing.
 
 mod persist;
+pub mod policy;
 mod reconcile;
 pub mod reconciler;
 pub mod rotation;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use keymgr::ring::KeyRing;
+use keymgr::store::objects::ObjectStore;
 use keymgr::store::{ClaimOutcome, DirStore, EtcdStore, KubeStore};
 use keymgr::{NodeRecord, Store};
 use tokio::sync::{mpsc, watch};
@@ -40,7 +42,7 @@ async fn open_store(config: &Config, peer_file: &PeerFile) -> Result<Store> {
     // Until the store answers, the peers of the last run are the best knowledge there is.
     let last = peer_file.load();
     let initial = keymgr::Snapshot {
-        nodes: last.clone(),
+        nodes: last.clone().into(),
     };
     let (cluster, node) = (config.cluster_name.as_str(), config.node_name.as_str());
     let (store, claim) = match &config.store {
@@ -67,6 +69,17 @@ async fn open_store(config: &Config, peer_file: &PeerFile) -> Result<Store> {
         ),
     }
     Ok(store)
+}
+
+/// Where the cluster's objects (Namespaces, Pods, policies) are kept: next to the node records.
+fn open_objects(config: &Config) -> Result<ObjectStore> {
+    Ok(match &config.store {
+        StoreConfig::Dir { path } => ObjectStore::dir(path)?,
+        StoreConfig::Etcd(c) => ObjectStore::etcd(c, &config.cluster_name)?,
+        StoreConfig::Kubernetes(_) => ObjectStore::Unsupported {
+            why: "kubernetes (policies, namespaces and pods are read from the API server)".into(),
+        },
+    })
 }
 
 /// How long start-up waits for the store before carrying on with the last known peers.
@@ -140,6 +153,11 @@ pub async fn run(config: Config) -> Result<()> {
         Err(e) => return Err(e).context("publishing this node's record"),
     }
 
+    let objects = Arc::new(open_objects(&config)?);
+    let enforcer = policy::open_enforcer(&config.policy)?;
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy::PolicyState::default()));
+    let policy_counters = Arc::new(policy::PolicyCounters::default());
+
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let admin_state = Arc::new(AdminState {
         interface: config.interface.clone(),
@@ -153,6 +171,9 @@ pub async fn run(config: Config) -> Result<()> {
         peers: names_rx,
         own: own_rx.clone(),
         rotate: rotate_tx,
+        objects: objects.clone(),
+        policy: policy_rx,
+        policy_counters: policy_counters.clone(),
     });
     let _admin = AdminServer::bind(&config.admin_socket(), admin_state.clone())?;
     if let Some(addr) = config.metrics_address {
@@ -177,6 +198,16 @@ pub async fn run(config: Config) -> Result<()> {
         own_record_seen: false,
     };
     tokio::spawn(rotator.run());
+    let policy_loop = policy::PolicyLoop {
+        node_name: config.node_name.clone(),
+        wg_ifindex: started.ifindex,
+        netlink: netlink.clone(),
+        objects: objects.subscribe(),
+        nodes: store.subscribe(),
+        state: policy_tx,
+        counters: policy_counters,
+    };
+    tokio::spawn(policy_loop.run(enforcer));
 
     let mut snapshots = store.subscribe();
     let mut health = store.health();

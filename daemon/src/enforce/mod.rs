@@ -10,7 +10,7 @@ mod apply;
 mod desired;
 mod maps;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,9 +21,14 @@ use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use ipnet::IpNet;
-use tracing::{error, info};
+use tracing::info;
 
-pub use desired::{ipcache_entries, plan, policy_key, Desired, EndpointConfig, MapEntries, Plan};
+#[allow(
+    unused_imports,
+    reason = "for tests/enforce_netns.rs, which includes this module"
+)]
+pub use desired::{ipcache_entries, policy_key, MapEntries, Plan};
+pub use desired::{plan, Desired, EndpointConfig};
 pub use maps::Reason;
 use maps::{
     CounterKey, CounterValue, EndpointConfigValue, IpcacheData, IpcacheValue, PolicyKey,
@@ -34,7 +39,7 @@ use maps::{
 /// The eBPF object, compiled by build.rs; the ELF parser needs it 8-byte aligned.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy.bpf.o"));
 
-/// Where the agent pins its maps.
+/// Where the agent pins its maps (config key `policy.bpfPinDir`).
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/wiremesh";
 
 const PROG_FROM_POD: &str = "wm_from_pod";
@@ -96,7 +101,6 @@ pub struct Counter {
 /// The loaded programs and their pinned maps, plus a mirror of what the maps hold.
 pub struct Enforcer {
     ebpf: Ebpf,
-    pin_dir: PathBuf,
     endpoints: BpfHashMap<MapData, u32, EndpointConfigValue>,
     policy: BpfHashMap<MapData, PolicyKey, PolicyValue>,
     ipcache: LpmTrie<MapData, IpcacheData, IpcacheValue>,
@@ -136,7 +140,6 @@ impl Enforcer {
             .map_err(|source| map_error(MAP_COUNTERS, source))?;
         let mut enforcer = Self {
             ebpf,
-            pin_dir: pin_dir.to_path_buf(),
             endpoints,
             policy,
             ipcache,
@@ -152,10 +155,6 @@ impl Enforcer {
             "eBPF policy enforcement loaded"
         );
         Ok(enforcer)
-    }
-
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 
     /// Reads the pinned maps' content, so that the next [`Enforcer::apply`] changes only
@@ -243,15 +242,6 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Sets (or replaces) the config of the endpoint behind `ifindex`.
-    pub fn set_endpoint(
-        &mut self,
-        ifindex: u32,
-        config: EndpointConfig,
-    ) -> Result<(), EnforceError> {
-        self.write_endpoint(ifindex, config.value(false))
-    }
-
     /// Forgets the endpoint: its interface, if the programs are still attached, drops all.
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<(), EnforceError> {
         match self.endpoints.remove(&ifindex) {
@@ -271,7 +261,7 @@ impl Enforcer {
     }
 
     /// Marks an endpoint fail-closed: its interface drops every packet until a later
-    /// successful [`Enforcer::apply`] or [`Enforcer::set_endpoint`].
+    /// successful [`Enforcer::apply`].
     pub fn fail_closed(&mut self, ifindex: u32) -> Result<(), EnforceError> {
         let identity = self
             .endpoints
@@ -302,15 +292,6 @@ impl Enforcer {
             });
         }
         out.sort_by_key(|c| (c.ifindex, !c.ingress, !c.allowed, c.reason));
-        Ok(out)
-    }
-
-    /// Counters folded by (ifindex, ingress, reason): packets.
-    pub fn counter_totals(&self) -> Result<BTreeMap<(u32, bool, Reason), u64>, EnforceError> {
-        let mut out = BTreeMap::new();
-        for c in self.counters()? {
-            *out.entry((c.ifindex, c.ingress, c.reason)).or_insert(0) += c.packets;
-        }
         Ok(out)
     }
 }

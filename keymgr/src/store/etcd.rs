@@ -20,7 +20,7 @@ use super::{Snapshot, StoreError, StoreHealth};
 use crate::NodeRecord;
 
 /// How long one request to etcd may take before the connection counts as down.
-const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where and how to reach etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,9 +187,7 @@ impl Target {
             value: value.into(),
             reason,
         };
-        if config.endpoints.is_empty() {
-            return Err(bad("endpoints", "[]", "at least one etcd URL is needed"));
-        }
+        let options = connect_options(&config)?;
         for (field, value) in [("cluster", cluster), ("nodeName", node)] {
             if value.is_empty() || value.contains('/') {
                 return Err(bad(field, value, "must be non-empty and contain no '/'"));
@@ -201,21 +199,6 @@ impl Target {
         if config.lease_ttl < Duration::from_secs(1) {
             let ttl = format!("{:?}", config.lease_ttl);
             return Err(bad("leaseTTL", &ttl, "etcd leases last at least 1 s"));
-        }
-        let mut options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(RPC_TIMEOUT)
-            // etcd refuses clients that ping more often than every 5 s (too_many_pings).
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(false);
-        if let Some(tls) = &config.tls {
-            if let Some(ep) = config.endpoints.iter().find(|e| e.starts_with("http://")) {
-                return Err(bad(
-                    "endpoints",
-                    ep,
-                    "TLS is configured: use an https:// URL",
-                ));
-            }
-            options = options.with_tls(tls_options(tls)?);
         }
         let root = format!(
             "{}/v1/{cluster}",
@@ -234,6 +217,37 @@ impl Target {
             owner_key: format!("{root}/owners/{node}"),
         })
     }
+}
+
+/// How every client of this store connects: timeouts, keep-alive and TLS, checked against the
+/// endpoints (the error names the offending field).
+pub(super) fn connect_options(
+    config: &EtcdConfig,
+) -> Result<etcd_client::ConnectOptions, StoreError> {
+    let bad = |field: &'static str, value: &str, reason: &'static str| StoreError::Config {
+        field,
+        value: value.into(),
+        reason,
+    };
+    if config.endpoints.is_empty() {
+        return Err(bad("endpoints", "[]", "at least one etcd URL is needed"));
+    }
+    let mut options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(RPC_TIMEOUT)
+        // etcd refuses clients that ping more often than every 5 s (too_many_pings).
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(false);
+    if let Some(tls) = &config.tls {
+        if let Some(ep) = config.endpoints.iter().find(|e| e.starts_with("http://")) {
+            return Err(bad(
+                "endpoints",
+                ep,
+                "TLS is configured: use an https:// URL",
+            ));
+        }
+        options = options.with_tls(tls_options(tls)?);
+    }
+    Ok(options)
 }
 
 fn tls_options(tls: &EtcdTls) -> Result<etcd_client::TlsOptions, StoreError> {

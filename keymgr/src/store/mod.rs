@@ -6,6 +6,7 @@ mod dir;
 mod etcd;
 mod health;
 mod kubernetes;
+pub mod objects;
 mod refused;
 mod task;
 

@@ -1,0 +1,268 @@
+//! The cluster objects policy is made of — Namespaces, Pods (the endpoints), Nodes,
+//! NetworkPolicies, CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies — kept in the
+//! same store as the node records, so every agent sees the same ones.
+//!
+//! An object is stored as its manifest (JSON) under a name derived from `kind`, namespace and
+//! name; this module neither parses policy nor judges it (the agent validates the whole set with
+//! the `policy` crate before anything is written, and keeps the set in force when a stored one
+//! does not load). The dir store keeps one file per object in `<dir>/objects/`, etcd one key per
+//! object under `<prefix>/v1/<cluster>/objects/`.
+
+mod dir;
+mod etcd;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use dir::DirObjects;
+pub use etcd::EtcdObjects;
+
+use super::{EtcdConfig, StoreError};
+
+/// The kinds stored, and whether each is namespaced.
+pub const KINDS: [(&str, bool); 6] = [
+    ("Namespace", false),
+    ("Node", false),
+    ("Pod", true),
+    ("NetworkPolicy", true),
+    ("CiliumNetworkPolicy", true),
+    ("CiliumClusterwideNetworkPolicy", false),
+];
+
+/// Which object: `kind`, namespace (empty for cluster-scoped kinds) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    /// `kind namespace/name` or `kind name`, as error messages name resources.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+impl ObjectRef {
+    /// Reads `kind`, `metadata.name` and `metadata.namespace` of a manifest. Namespaced kinds
+    /// without a namespace are in `default`, as with kubectl. The error names the field.
+    pub fn of(manifest: &Value) -> Result<Self, String> {
+        let kind = manifest
+            .get("kind")
+            .and_then(Value::as_str)
+            .ok_or("field kind: missing or not a string")?;
+        let Some(&(kind, namespaced)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+            let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+            return Err(format!(
+                "field kind: {kind:?} is not stored by wiremesh (one of {})",
+                known.join(", ")
+            ));
+        };
+        let meta = manifest.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        check_name("metadata.name", name)?;
+        let namespace = match meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+        {
+            _ if !namespaced => String::new(),
+            None | Some("") => "default".to_string(),
+            Some(ns) => {
+                check_name("metadata.namespace", ns)?;
+                ns.to_string()
+            }
+        };
+        Ok(Self {
+            kind: kind.to_string(),
+            namespace,
+            name: name.to_string(),
+        })
+    }
+
+    /// `Kind/namespace/name` with `_` for no namespace: the suffix of an etcd key.
+    fn key_suffix(&self) -> String {
+        let ns = if self.namespace.is_empty() {
+            "_"
+        } else {
+            &self.namespace
+        };
+        format!("{}/{ns}/{}", self.kind, self.name)
+    }
+
+    fn from_key_suffix(suffix: &str) -> Option<Self> {
+        let mut parts = suffix.split('/');
+        let (kind, ns, name) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let namespace = if ns == "_" { "" } else { ns };
+        Some(Self {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+
+    /// `Kind_namespace_name.json` (`_` cannot occur in Kubernetes names): a dir store file.
+    fn file_name(&self) -> String {
+        format!("{}_{}_{}.json", self.kind, self.namespace, self.name)
+    }
+
+    fn from_file_name(file: &str) -> Option<Self> {
+        let stem = file.strip_suffix(".json")?;
+        let mut parts = stem.splitn(3, '_');
+        let (kind, namespace, name) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Self {
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+}
+
+/// Names are DNS subdomains: lowercase alphanumerics, `-` and `.` (so `/` and `_` never occur).
+fn check_name(field: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "field {field}: {name:?} is not a valid name (lowercase RFC 1123 subdomain)"
+        ))
+    }
+}
+
+/// One stored object: its manifest as JSON text, and where it is kept (a file, an etcd key)
+/// for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub origin: String,
+    pub manifest: String,
+}
+
+/// Every object in the store at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectSet {
+    pub objects: BTreeMap<ObjectRef, StoredObject>,
+    /// Entries the store holds that are not objects (a stray file or key), by origin: reported,
+    /// never loaded.
+    pub unreadable: BTreeMap<String, String>,
+}
+
+/// Where the cluster's objects are kept, chosen with the node store.
+pub enum ObjectStore {
+    Dir(DirObjects),
+    Etcd(Box<EtcdObjects>),
+    /// Objects come from the Kubernetes API's own resources; wiremesh does not write them.
+    Unsupported {
+        why: String,
+    },
+}
+
+impl ObjectStore {
+    pub fn dir(store_dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self::Dir(DirObjects::open(&store_dir.join("objects"))?))
+    }
+
+    /// Must be called inside a tokio runtime.
+    pub fn etcd(config: &EtcdConfig, cluster: &str) -> Result<Self, StoreError> {
+        Ok(Self::Etcd(Box::new(EtcdObjects::start(config, cluster)?)))
+    }
+
+    /// Every object, updated as the store changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ObjectSet>> {
+        match self {
+            Self::Dir(s) => s.subscribe(),
+            Self::Etcd(s) => s.subscribe(),
+            Self::Unsupported { .. } => watch::channel(Arc::new(ObjectSet::default())).1,
+        }
+    }
+
+    /// Writes `objects` (manifests as JSON) and removes `deletes`, all or nothing where the
+    /// backend allows (one etcd transaction; the dir store writes each file atomically).
+    pub async fn write(
+        &self,
+        objects: Vec<(ObjectRef, String)>,
+        deletes: Vec<ObjectRef>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Dir(s) => s.write(objects, deletes).await,
+            Self::Etcd(s) => s.write(objects, deletes).await,
+            Self::Unsupported { why } => Err(StoreError::Config {
+                field: "store.kind",
+                value: why.clone(),
+                reason: "this store does not take objects from wiremesh apply/delete",
+            }),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Dir(s) => format!("dir:{}", s.path().display()),
+            Self::Etcd(s) => s.describe().to_string(),
+            Self::Unsupported { why } => why.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_come_from_the_manifest_with_kubectl_defaults() {
+        let np = serde_json::json!({"kind": "NetworkPolicy", "metadata": {"name": "deny"}});
+        let r = ObjectRef::of(&np).unwrap();
+        assert_eq!(r.namespace, "default");
+        assert_eq!(r.to_string(), "NetworkPolicy default/deny");
+        let ns =
+            serde_json::json!({"kind": "Namespace", "metadata": {"name": "x", "namespace": "y"}});
+        assert_eq!(ObjectRef::of(&ns).unwrap().to_string(), "Namespace x");
+        let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "s"}});
+        assert!(ObjectRef::of(&svc).unwrap_err().contains("\"Service\""));
+        let bad = serde_json::json!({"kind": "Pod", "metadata": {"name": "A_b"}});
+        assert!(ObjectRef::of(&bad).unwrap_err().contains("metadata.name"));
+        let none = serde_json::json!({"kind": "Pod", "metadata": {}});
+        assert!(ObjectRef::of(&none).unwrap_err().contains("metadata.name"));
+    }
+
+    #[test]
+    fn key_and_file_names_round_trip() {
+        for r in [
+            ObjectRef {
+                kind: "Pod".into(),
+                namespace: "x".into(),
+                name: "a.b-c".into(),
+            },
+            ObjectRef {
+                kind: "Namespace".into(),
+                namespace: String::new(),
+                name: "x".into(),
+            },
+        ] {
+            assert_eq!(ObjectRef::from_key_suffix(&r.key_suffix()), Some(r.clone()));
+            assert_eq!(ObjectRef::from_file_name(&r.file_name()), Some(r.clone()));
+        }
+        assert_eq!(ObjectRef::from_key_suffix("Pod/x"), None);
+        assert_eq!(ObjectRef::from_file_name("Pod_x.json"), None);
+    }
+}

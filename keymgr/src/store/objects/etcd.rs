@@ -1,0 +1,230 @@
+//! Objects in etcd: one key per object, `<prefix>/v1/<cluster>/objects/<Kind>/<ns|_>/<name>`,
+//! holding the manifest as JSON. One background task lists and watches the prefix (reconnecting
+//! with backoff, relisting after a compaction); writes go through a second client in one
+//! transaction, so an apply is all or nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use tokio::sync::{watch, Mutex};
+
+use super::{ObjectRef, ObjectSet, StoredObject};
+use crate::store::etcd::{connect_options, RPC_TIMEOUT};
+use crate::store::task::{rpc, Backoff};
+use crate::store::{EtcdConfig, StoreError};
+
+/// etcd's default `--max-txn-ops`.
+const MAX_TXN_OPS: usize = 128;
+
+pub struct EtcdObjects {
+    endpoints: Vec<String>,
+    options: etcd_client::ConnectOptions,
+    prefix: String,
+    describe: String,
+    tx: Arc<watch::Sender<Arc<ObjectSet>>>,
+    writer: Mutex<Option<Client>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EtcdObjects {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EtcdObjects {
+    pub fn start(config: &EtcdConfig, cluster: &str) -> Result<Self, StoreError> {
+        let options = connect_options(config)?;
+        let prefix = format!(
+            "{}/v1/{cluster}/objects/",
+            config.prefix.trim_end_matches('/')
+        );
+        let (tx, _) = watch::channel(Arc::new(ObjectSet::default()));
+        let tx = Arc::new(tx);
+        let follower = Follower {
+            endpoints: config.endpoints.clone(),
+            options: options.clone(),
+            prefix: prefix.clone(),
+            tx: tx.clone(),
+        };
+        let task = tokio::spawn(follower.run());
+        Ok(Self {
+            describe: format!(
+                "etcd:{}{}",
+                config.endpoints.join(","),
+                prefix.trim_end_matches('/')
+            ),
+            endpoints: config.endpoints.clone(),
+            options,
+            prefix,
+            tx,
+            writer: Mutex::new(None),
+            task,
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ObjectSet>> {
+        self.tx.subscribe()
+    }
+
+    pub async fn write(
+        &self,
+        objects: Vec<(ObjectRef, String)>,
+        deletes: Vec<ObjectRef>,
+    ) -> Result<(), StoreError> {
+        let unavailable = |reason: String| StoreError::Unavailable {
+            endpoints: self.endpoints.join(","),
+            reason,
+        };
+        let mut ops: Vec<TxnOp> = objects
+            .into_iter()
+            .map(|(r, json)| TxnOp::put(self.key(&r), json, None))
+            .collect();
+        ops.extend(deletes.iter().map(|r| TxnOp::delete(self.key(r), None)));
+        let mut writer = self.writer.lock().await;
+        if writer.is_none() {
+            let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+            *writer = Some(
+                rpc("connect", RPC_TIMEOUT, connect)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        let client = writer.as_mut().expect("connected above");
+        // Beyond etcd's per-transaction limit the write is split (each part atomic).
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            let txn = Txn::new().and_then(chunk.to_vec());
+            if let Err(e) = rpc("write objects", RPC_TIMEOUT, client.txn(txn)).await {
+                *writer = None;
+                return Err(unavailable(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn key(&self, r: &ObjectRef) -> String {
+        format!("{}{}", self.prefix, r.key_suffix())
+    }
+}
+
+/// The list + watch loop.
+struct Follower {
+    endpoints: Vec<String>,
+    options: etcd_client::ConnectOptions,
+    prefix: String,
+    tx: Arc<watch::Sender<Arc<ObjectSet>>>,
+}
+
+impl Follower {
+    async fn run(self) {
+        let mut backoff = Backoff::default();
+        loop {
+            let began = Instant::now();
+            let error = self.session().await;
+            tracing::warn!(prefix = %self.prefix, "following objects in etcd: {error}; the objects last seen stay in force");
+            tokio::time::sleep(backoff.after(began)).await;
+        }
+    }
+
+    /// Lists, then watches, until something fails; returns why.
+    async fn session(&self) -> String {
+        let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+        let mut client = match rpc("connect", RPC_TIMEOUT, connect).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let mut entries: std::collections::BTreeMap<String, String> = Default::default();
+        loop {
+            let list = client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()));
+            let listing = match rpc("list objects", RPC_TIMEOUT, list).await {
+                Ok(l) => l,
+                Err(e) => return e,
+            };
+            entries.clear();
+            for kv in listing.kvs() {
+                entries.insert(
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                );
+            }
+            self.send(&entries);
+            let rev = listing.header().map_or(0, |h| h.revision());
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev + 1);
+            let watch = client.watch(self.prefix.as_str(), Some(opts));
+            let mut stream = match rpc("watch objects", RPC_TIMEOUT, watch).await {
+                Ok(w) => w,
+                Err(e) => return e,
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) if resp.canceled() || resp.compact_revision() != 0 => break,
+                    Ok(Some(resp)) => {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            match ev.event_type() {
+                                EventType::Put => {
+                                    entries.insert(
+                                        key,
+                                        String::from_utf8_lossy(kv.value()).into_owned(),
+                                    );
+                                }
+                                EventType::Delete => {
+                                    entries.remove(&key);
+                                }
+                            }
+                        }
+                        self.send(&entries);
+                    }
+                    Ok(None) => return "watch stream closed".into(),
+                    Err(e) => return format!("watch: {e}"),
+                }
+            }
+        }
+    }
+
+    fn send(&self, entries: &std::collections::BTreeMap<String, String>) {
+        let mut set = ObjectSet::default();
+        for (key, value) in entries {
+            let suffix = key.strip_prefix(&self.prefix).unwrap_or(key);
+            match parse(suffix, value) {
+                Ok(r) => {
+                    set.objects.insert(
+                        r,
+                        StoredObject {
+                            origin: key.clone(),
+                            manifest: value.clone(),
+                        },
+                    );
+                }
+                Err(reason) => {
+                    set.unreadable.insert(key.clone(), reason);
+                }
+            }
+        }
+        self.tx.send_if_modified(|cur| {
+            if **cur == set {
+                return false;
+            }
+            *cur = Arc::new(set);
+            true
+        });
+    }
+}
+
+fn parse(suffix: &str, value: &str) -> Result<ObjectRef, String> {
+    let manifest: serde_json::Value =
+        serde_json::from_str(value).map_err(|e| format!("invalid JSON: {e}"))?;
+    let r = ObjectRef::of(&manifest)?;
+    if ObjectRef::from_key_suffix(suffix).as_ref() != Some(&r) {
+        return Err(format!("holds {r}, which belongs under {}", r.key_suffix()));
+    }
+    Ok(r)
+}
