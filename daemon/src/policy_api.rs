@@ -50,6 +50,15 @@ pub async fn change_objects(
     nodes: &Snapshot,
     req: ObjectsRequest,
 ) -> Result<ObjectsResponse, (bool, String)> {
+    if !current.synced {
+        return Err((
+            false,
+            format!(
+                "{} has not been read yet (is it reachable?); nothing was stored",
+                store.describe()
+            ),
+        ));
+    }
     let mut next = current.clone();
     let mut resp = ObjectsResponse::default();
     let mut writes = Vec::new();

@@ -233,6 +233,19 @@ impl Lab {
         .unwrap_or(false)
     }
 
+    /// Runs `f` on a new thread inside `host`'s network namespace.
+    pub fn spawn_in<T, F>(&self, host: Host, f: F) -> JoinHandle<std::io::Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    {
+        let ns = self.ns(host);
+        thread::spawn(move || {
+            enter(&ns)?;
+            f()
+        })
+    }
+
     /// [`Lab::probe`] for many probes at once, results in order.
     pub fn probe_all(
         &self,

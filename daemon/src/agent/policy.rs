@@ -136,6 +136,15 @@ impl PolicyLoop {
             let changed = in_force
                 .as_ref()
                 .is_none_or(|(s, n)| !Arc::ptr_eq(s, &set) || !Arc::ptr_eq(n, &nodes));
+            if !set.synced {
+                // Until the store has answered, the pinned maps of the previous run stay in
+                // force untouched.
+                tokio::select! {
+                    Ok(()) = self.objects.changed() => {}
+                    _ = tick.tick() => {}
+                }
+                continue;
+            }
             if changed {
                 for (origin, reason) in &set.unreadable {
                     tracing::warn!(origin, "store entry is not a wiremesh object: {reason}");

@@ -166,6 +166,9 @@ pub struct ObjectSet {
     /// Entries the store holds that are not objects (a stray file or key), by origin: reported,
     /// never loaded.
     pub unreadable: BTreeMap<String, String>,
+    /// Whether this is the store's content (`false` until the first listing: an agent that
+    /// just restarted must not take "nothing yet" for "no policy").
+    pub synced: bool,
 }
 
 /// Where the cluster's objects are kept, chosen with the node store.
@@ -193,7 +196,13 @@ impl ObjectStore {
         match self {
             Self::Dir(s) => s.subscribe(),
             Self::Etcd(s) => s.subscribe(),
-            Self::Unsupported { .. } => watch::channel(Arc::new(ObjectSet::default())).1,
+            Self::Unsupported { .. } => {
+                let none = ObjectSet {
+                    synced: true,
+                    ..ObjectSet::default()
+                };
+                watch::channel(Arc::new(none)).1
+            }
         }
     }
 

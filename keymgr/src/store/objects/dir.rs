@@ -184,7 +184,10 @@ impl Scanner {
     }
 
     fn to_set(&self) -> ObjectSet {
-        let mut set = ObjectSet::default();
+        let mut set = ObjectSet {
+            synced: true,
+            ..ObjectSet::default()
+        };
         for (path, (_, parsed)) in &self.seen {
             let origin = path.display().to_string();
             match parsed {

@@ -191,7 +191,10 @@ impl Follower {
     }
 
     fn send(&self, entries: &std::collections::BTreeMap<String, String>) {
-        let mut set = ObjectSet::default();
+        let mut set = ObjectSet {
+            synced: true,
+            ..ObjectSet::default()
+        };
         for (key, value) in entries {
             let suffix = key.strip_prefix(&self.prefix).unwrap_or(key);
             match parse(suffix, value) {
