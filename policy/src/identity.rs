@@ -14,7 +14,7 @@
 //! Reserved identities use Cilium's numbers; endpoint identities start at 256 (Cilium's
 //! first cluster-scoped identity) and CIDR identities at 2^24 (Cilium's local scope).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -145,10 +145,12 @@ impl Identities {
                 endpoint_ips.push((*ip, labels));
             }
         }
-        for (i, labels) in endpoint_sets.into_iter().enumerate() {
-            ids.insert(labels, FIRST_ENDPOINT + id_offset(i));
+        let mut taken = HashSet::new();
+        for labels in endpoint_sets {
+            let id = stable_id(&labels, FIRST_ENDPOINT, FIRST_CIDR, &mut taken);
+            ids.insert(labels, id);
         }
-        for (i, prefix) in prefixes.iter().enumerate() {
+        for prefix in &prefixes {
             let labels = IdentityLabels::Cidr {
                 cidrs: prefixes
                     .iter()
@@ -159,7 +161,7 @@ impl Identities {
             let id = match ids.by_labels.get(&labels) {
                 Some(id) => *id,
                 None => {
-                    let id = FIRST_CIDR + id_offset(i);
+                    let id = stable_id(&labels, FIRST_CIDR, IdentityId::MAX, &mut taken);
                     ids.insert(labels, id);
                     id
                 }
@@ -234,7 +236,66 @@ impl Identities {
     }
 }
 
-fn id_offset(i: usize) -> IdentityId {
-    // Fewer than 2^24 identities fit below the CIDR range; more is not a manifest set.
-    IdentityId::try_from(i).unwrap_or(IdentityId::MAX - FIRST_CIDR)
+/// An identity number in `first..end` derived from the labels' hash, so that a label set keeps
+/// its number when others come and go (a renumbered identity would briefly miss its policy
+/// entries while the maps are rewritten), and every node with the same objects computes the
+/// same numbers. Collisions move to the next free number; callers visit label sets in sorted
+/// order, so that is deterministic too.
+fn stable_id(
+    labels: &IdentityLabels,
+    first: IdentityId,
+    end: IdentityId,
+    taken: &mut HashSet<IdentityId>,
+) -> IdentityId {
+    // FNV-1a over the canonical (sorted maps) rendering of the labels.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("{labels:?}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let span = u64::from(end - first);
+    let mut id = first + IdentityId::try_from(hash % span).unwrap_or(0);
+    while !taken.insert(id) {
+        id = if id + 1 >= end { first } else { id + 1 };
+    }
+    id
+}
+
+#[cfg(test)]
+mod stable_id_tests {
+    use super::*;
+
+    fn endpoint(app: &str) -> IdentityLabels {
+        IdentityLabels::Endpoint {
+            namespace: "x".into(),
+            labels: Labels::from([("app".to_string(), app.to_string())]),
+            ns_labels: Labels::new(),
+            named_ports: NamedPorts::new(),
+            cidrs: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn numbers_survive_other_label_sets_coming_and_going() {
+        let mut taken = HashSet::new();
+        let a = stable_id(&endpoint("a"), FIRST_ENDPOINT, FIRST_CIDR, &mut taken);
+        let mut taken = HashSet::new();
+        for other in ["0", "b", "c", "aa"] {
+            stable_id(&endpoint(other), FIRST_ENDPOINT, FIRST_CIDR, &mut taken);
+        }
+        let again = stable_id(&endpoint("a"), FIRST_ENDPOINT, FIRST_CIDR, &mut taken);
+        assert_eq!(a, again);
+        assert!((FIRST_ENDPOINT..FIRST_CIDR).contains(&a));
+    }
+
+    #[test]
+    fn collisions_take_the_next_free_number() {
+        let mut taken = HashSet::from([FIRST_CIDR - 1]);
+        let l = endpoint("a");
+        let first = stable_id(&l, FIRST_ENDPOINT, FIRST_CIDR, &mut HashSet::new());
+        taken.insert(first);
+        let second = stable_id(&l, FIRST_ENDPOINT, FIRST_CIDR, &mut taken);
+        assert_ne!(first, second);
+        assert!((FIRST_ENDPOINT..FIRST_CIDR).contains(&second));
+    }
 }
