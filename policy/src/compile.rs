@@ -165,7 +165,12 @@ pub struct Compiled {
 
 impl Compiled {
     pub fn build(bundle: &Bundle) -> Self {
-        let identities = Identities::build(bundle);
+        Self::build_with(bundle, Identities::build(bundle))
+    }
+
+    /// Compiles every endpoint's map against `identities` (e.g. allocated cluster-wide with
+    /// [`Identities::build_with`]).
+    pub fn build_with(bundle: &Bundle, identities: Identities) -> Self {
         let maps = bundle
             .endpoints
             .iter()

@@ -46,6 +46,38 @@ pub enum IdentityLabels {
     Cidr { cidrs: BTreeSet<IpNet> },
 }
 
+impl IdentityLabels {
+    /// The numbers an identity of these labels is allocated from (`first..end`); `None` for
+    /// reserved identities.
+    pub fn allocation_range(&self) -> Option<(IdentityId, IdentityId)> {
+        match self {
+            IdentityLabels::Reserved(_) => None,
+            IdentityLabels::Endpoint { .. } => Some((FIRST_ENDPOINT, FIRST_CIDR)),
+            IdentityLabels::Cidr { .. } => Some((FIRST_CIDR, IdentityId::MAX)),
+        }
+    }
+
+    /// Where a search for a free number for these labels starts (their hash in the range), so
+    /// that every node tries the same numbers in the same order.
+    pub fn preferred_id(&self) -> Option<IdentityId> {
+        let (first, end) = self.allocation_range()?;
+        Some(stable_id(self, first, end, &mut HashSet::new()))
+    }
+
+    /// The canonical text of the labels (Cilium's label list, plus named ports, which name
+    /// destination ports and so distinguish identities here): the key of a cluster-wide
+    /// allocation.
+    pub fn key(&self) -> String {
+        let mut key = self.to_string();
+        if let IdentityLabels::Endpoint { named_ports, .. } = self {
+            for (name, (proto, port)) in named_ports {
+                key.push_str(&format!(",port:{name}={proto}/{port}"));
+            }
+        }
+        key
+    }
+}
+
 impl fmt::Display for IdentityLabels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts: Vec<String> = Vec::new();
@@ -93,7 +125,17 @@ pub struct Identities {
 }
 
 impl Identities {
+    /// Identities numbered locally (see [`stable_id`]).
     pub fn build(bundle: &Bundle) -> Self {
+        Self::build_with(bundle, &|_| None)
+    }
+
+    /// Identities with the numbers `assigned` gives (a cluster-wide allocation); label sets it
+    /// has no number for are numbered locally, around the assigned ones.
+    pub fn build_with(
+        bundle: &Bundle,
+        assigned: &dyn Fn(&IdentityLabels) -> Option<IdentityId>,
+    ) -> Self {
         let mut prefixes = BTreeSet::new();
         for policy in &bundle.policies {
             let rules = [
@@ -145,27 +187,43 @@ impl Identities {
                 endpoint_ips.push((*ip, labels));
             }
         }
-        let mut taken = HashSet::new();
-        for labels in endpoint_sets {
-            let id = stable_id(&labels, FIRST_ENDPOINT, FIRST_CIDR, &mut taken);
-            ids.insert(labels, id);
-        }
-        for prefix in &prefixes {
-            let labels = IdentityLabels::Cidr {
-                cidrs: prefixes
+        let cidr_sets: Vec<(IpNet, IdentityLabels)> = prefixes
+            .iter()
+            .map(|prefix| {
+                let cidrs = prefixes
                     .iter()
                     .filter(|p| p.contains(prefix))
                     .copied()
-                    .collect(),
-            };
-            let id = match ids.by_labels.get(&labels) {
-                Some(id) => *id,
-                None => {
-                    let id = stable_id(&labels, FIRST_CIDR, IdentityId::MAX, &mut taken);
-                    ids.insert(labels, id);
-                    id
+                    .collect();
+                (*prefix, IdentityLabels::Cidr { cidrs })
+            })
+            .collect();
+        let wanted: BTreeSet<&IdentityLabels> = endpoint_sets
+            .iter()
+            .chain(cidr_sets.iter().map(|(_, l)| l))
+            .collect();
+        // Assigned numbers first, so that local numbering steps around them.
+        let mut taken = HashSet::new();
+        let mut local = Vec::new();
+        for labels in wanted {
+            let range = labels.allocation_range();
+            match assigned(labels) {
+                Some(id)
+                    if range.is_some_and(|(a, b)| (a..b).contains(&id)) && taken.insert(id) =>
+                {
+                    ids.insert(labels.clone(), id);
                 }
-            };
+                _ => local.push(labels),
+            }
+        }
+        for labels in local {
+            if let Some((first, end)) = labels.allocation_range() {
+                let id = stable_id(labels, first, end, &mut taken);
+                ids.insert(labels.clone(), id);
+            }
+        }
+        for (prefix, labels) in &cidr_sets {
+            let id = ids.by_labels[labels];
             ids.put(*prefix, CacheEntry::Identity(id));
         }
         for default in ["0.0.0.0/0", "::/0"] {
@@ -247,9 +305,9 @@ fn stable_id(
     end: IdentityId,
     taken: &mut HashSet<IdentityId>,
 ) -> IdentityId {
-    // FNV-1a over the canonical (sorted maps) rendering of the labels.
+    // FNV-1a over the canonical key of the labels.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in format!("{labels:?}").bytes() {
+    for byte in labels.key().bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -297,5 +355,60 @@ mod stable_id_tests {
         let second = stable_id(&l, FIRST_ENDPOINT, FIRST_CIDR, &mut taken);
         assert_ne!(first, second);
         assert!((FIRST_ENDPOINT..FIRST_CIDR).contains(&second));
+    }
+}
+
+#[cfg(test)]
+mod allocation_tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.1.11}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.1.12}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  egress: [{to: [{ipBlock: {cidr: 192.0.2.0/24}}]}]
+"#;
+
+    fn id_of(ids: &Identities, ip: &str) -> IdentityId {
+        ids.lookup(ip.parse().unwrap(), None)
+    }
+
+    #[test]
+    fn assigned_numbers_are_used_and_the_rest_step_around_them() {
+        let bundle = crate::load([("c.yaml", CLUSTER)]).unwrap();
+        let local = Identities::build(&bundle);
+        let a = local.labels(id_of(&local, "10.244.1.11")).unwrap().clone();
+        let b = local.labels(id_of(&local, "10.244.1.12")).unwrap().clone();
+        let b_local = id_of(&local, "10.244.1.12");
+        // The cluster gave a's labels b's local number: b must move, a takes it.
+        let (a_key, b_key) = (a.key(), b.key());
+        assert_ne!(a_key, b_key);
+        let assigned = move |l: &IdentityLabels| (l.key() == a_key).then_some(b_local);
+        let ids = Identities::build_with(&bundle, &assigned);
+        assert_eq!(id_of(&ids, "10.244.1.11"), b_local);
+        let b_now = id_of(&ids, "10.244.1.12");
+        assert_ne!(b_now, b_local);
+        assert_eq!(ids.labels(b_now), Some(&b));
+        // CIDR identities keep to their range; an out-of-range assignment is ignored.
+        let world_cidr = id_of(&ids, "192.0.2.7");
+        assert!(world_cidr >= FIRST_CIDR);
+        let bad = |l: &IdentityLabels| matches!(l, IdentityLabels::Cidr { .. }).then_some(300);
+        let ids = Identities::build_with(&bundle, &bad);
+        assert!(id_of(&ids, "192.0.2.7") >= FIRST_CIDR);
+        assert_eq!(b_key, b.key());
     }
 }

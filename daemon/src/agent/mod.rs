@@ -199,6 +199,7 @@ pub async fn run(config: Config) -> Result<()> {
     };
     tokio::spawn(rotator.run());
     let policy_loop = policy::PolicyLoop {
+        store: objects.clone(),
         node_name: config.node_name.clone(),
         wg_ifindex: started.ifindex,
         netlink: netlink.clone(),

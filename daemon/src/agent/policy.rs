@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use keymgr::store::objects::ObjectSet;
+use keymgr::store::objects::{ObjectSet, ObjectStore, Wanted};
 use keymgr::Snapshot;
-use policy::{Bundle, Compiled};
+use policy::{Bundle, Compiled, Identities};
 use tokio::sync::watch;
 
 use crate::config::{Enforcement, PolicyConfig};
@@ -91,6 +91,8 @@ pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, String> {
 
 pub struct PolicyLoop {
     pub node_name: String,
+    /// Where identity numbers are allocated cluster-wide.
+    pub store: Arc<ObjectStore>,
     /// The WireGuard interface: never an endpoint's interface.
     pub wg_ifindex: u32,
     pub netlink: Netlink,
@@ -130,12 +132,14 @@ impl PolicyLoop {
         let mut attached: BTreeMap<String, u32> = BTreeMap::new();
         let mut generation = 0;
         let mut last_refusal: Option<String> = None;
+        let mut allocation_failed = false;
         loop {
             let set = self.objects.borrow_and_update().clone();
             let nodes = self.nodes.borrow_and_update().clone();
-            let changed = in_force
-                .as_ref()
-                .is_none_or(|(s, n)| !Arc::ptr_eq(s, &set) || !Arc::ptr_eq(n, &nodes));
+            let changed = allocation_failed
+                || in_force
+                    .as_ref()
+                    .is_none_or(|(s, n)| !Arc::ptr_eq(s, &set) || !Arc::ptr_eq(n, &nodes));
             if !set.synced {
                 // Until the store has answered, the pinned maps of the previous run stay in
                 // force untouched.
@@ -152,7 +156,9 @@ impl PolicyLoop {
                 match load(&set, &nodes) {
                     Ok(bundle) => {
                         generation += 1;
-                        let compiled = Compiled::build(&bundle);
+                        let (identities, failed) = self.identities(&bundle).await;
+                        allocation_failed = failed;
+                        let compiled = Compiled::build_with(&bundle, identities);
                         let endpoints = self.state.borrow().endpoints.clone();
                         self.state.send_replace(Arc::new(PolicyState {
                             bundle: Arc::new(bundle),
@@ -188,6 +194,38 @@ impl PolicyLoop {
                 Ok(()) = self.objects.changed() => {}
                 Ok(()) = self.nodes.changed() => {}
                 _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// The bundle's identities with numbers allocated cluster-wide through the store. If the
+    /// store cannot allocate (unreachable), numbers are derived locally for now (they never
+    /// leave this node) and `true` says to try again.
+    async fn identities(&self, bundle: &Bundle) -> (Identities, bool) {
+        let local = Identities::build(bundle);
+        let wanted: Vec<Wanted> = local
+            .iter()
+            .filter_map(|(_, labels)| {
+                let (first, end) = labels.allocation_range()?;
+                Some(Wanted {
+                    key: labels.key(),
+                    preferred: labels.preferred_id()?,
+                    first,
+                    end,
+                })
+            })
+            .collect();
+        match self.store.allocate(wanted).await {
+            Ok(assigned) => {
+                let ids = Identities::build_with(bundle, &|l| assigned.get(&l.key()).copied());
+                (ids, false)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot allocate identities through the store ({e}); numbering them locally \
+                     until it answers"
+                );
+                (local, true)
             }
         }
     }

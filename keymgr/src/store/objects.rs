@@ -171,6 +171,25 @@ pub struct ObjectSet {
     pub synced: bool,
 }
 
+/// A label set that needs an identity number: its canonical key, the number to try first (every
+/// node tries the same ones in the same order) and the range (`first..end`) to allocate from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub key: String,
+    pub preferred: u32,
+    pub first: u32,
+    pub end: u32,
+}
+
+/// The outcome of trying to create one allocation.
+pub(super) enum Claim {
+    Ours,
+    HeldBy(String),
+}
+
+/// Most numbers one allocation tries before giving up.
+const MAX_PROBES: usize = 4096;
+
 /// Where the cluster's objects are kept, chosen with the node store.
 pub enum ObjectStore {
     Dir(DirObjects),
@@ -221,6 +240,63 @@ impl ObjectStore {
                 value: why.clone(),
                 reason: "this store does not take objects from wiremesh apply/delete",
             }),
+        }
+    }
+
+    /// Gives each of `wanted` a number cluster-wide: the number already allocated to its key, or
+    /// the first free one from its preferred number on, created so that two agents racing for a
+    /// number never both get it (an etcd transaction on the key's absence; an exclusive link in
+    /// the dir store). No two keys ever share a number. Returns key → number.
+    pub async fn allocate(&self, wanted: Vec<Wanted>) -> Result<BTreeMap<String, u32>, StoreError> {
+        let mut table = match self {
+            Self::Dir(s) => s.identities().await?,
+            Self::Etcd(s) => s.identities().await?,
+            Self::Unsupported { .. } => return Ok(BTreeMap::new()),
+        };
+        let mut by_key: BTreeMap<String, u32> =
+            table.iter().map(|(id, key)| (key.clone(), *id)).collect();
+        let mut out = BTreeMap::new();
+        for w in wanted {
+            if let Some(id) = by_key.get(&w.key) {
+                out.insert(w.key, *id);
+                continue;
+            }
+            let span = w.end.saturating_sub(w.first).max(1);
+            let mut id = w.preferred.clamp(w.first, w.end.saturating_sub(1));
+            let mut found = None;
+            for _ in 0..MAX_PROBES {
+                let holder = match table.get(&id) {
+                    Some(holder) => holder.clone(),
+                    None => match self.claim(id, &w.key).await? {
+                        Claim::Ours => w.key.clone(),
+                        Claim::HeldBy(holder) => holder,
+                    },
+                };
+                table.insert(id, holder.clone());
+                if holder == w.key {
+                    found = Some(id);
+                    break;
+                }
+                id = w.first + (id - w.first + 1) % span;
+            }
+            let Some(id) = found else {
+                return Err(StoreError::Config {
+                    field: "identities",
+                    value: w.key,
+                    reason: "no free identity number near its preferred one",
+                });
+            };
+            by_key.insert(w.key.clone(), id);
+            out.insert(w.key, id);
+        }
+        Ok(out)
+    }
+
+    async fn claim(&self, id: u32, key: &str) -> Result<Claim, StoreError> {
+        match self {
+            Self::Dir(s) => s.claim(id, key).await,
+            Self::Etcd(s) => s.claim(id, key).await,
+            Self::Unsupported { .. } => Ok(Claim::Ours),
         }
     }
 

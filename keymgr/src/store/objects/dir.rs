@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::{ObjectRef, ObjectSet, StoredObject};
+use super::{Claim, ObjectRef, ObjectSet, StoredObject};
 use crate::store::StoreError;
 
 const SCAN_EVERY: Duration = Duration::from_millis(200);
@@ -124,6 +124,86 @@ impl DirObjects {
         })??;
         self.rescan.notify_one();
         Ok(())
+    }
+}
+
+impl DirObjects {
+    /// `<store dir>/identities/<number>`, each holding the labels key it was allocated to.
+    fn identities_dir(&self) -> PathBuf {
+        self.path.parent().unwrap_or(&self.path).join("identities")
+    }
+
+    /// Every allocation: number → labels key.
+    pub(super) async fn identities(&self) -> Result<BTreeMap<u32, String>, StoreError> {
+        let dir = self.identities_dir();
+        tokio::task::spawn_blocking(move || {
+            let mut out = BTreeMap::new();
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(source) => return Err(StoreError::Io { path: dir, source }),
+            };
+            for entry in entries.flatten() {
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Ok(key) = std::fs::read_to_string(entry.path()) {
+                    out.insert(id, key);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: self.identities_dir(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// Creates `<number>` holding `key` unless it exists: the complete file is written aside and
+    /// hard-linked into place, which fails if the name is taken, so a reader never sees a
+    /// half-written allocation and two writers never both win.
+    pub(super) async fn claim(&self, id: u32, key: &str) -> Result<Claim, StoreError> {
+        let dir = self.identities_dir();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let target = dir.join(id.to_string());
+            let tmp = dir.join(format!(".{id}.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, &key).map_err(|source| StoreError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
+            let linked = std::fs::hard_link(&tmp, &target);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(Claim::Ours),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder =
+                        std::fs::read_to_string(&target).map_err(|source| StoreError::Io {
+                            path: target.clone(),
+                            source,
+                        })?;
+                    Ok(Claim::HeldBy(holder))
+                }
+                Err(source) => Err(StoreError::Io {
+                    path: target,
+                    source,
+                }),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: self.identities_dir(),
+            source: std::io::Error::other(e),
+        })?
     }
 }
 

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::sync::{watch, Mutex};
 
-use super::{ObjectRef, ObjectSet, StoredObject};
+use super::{Claim, ObjectRef, ObjectSet, StoredObject};
 use crate::store::etcd::{connect_options, RPC_TIMEOUT};
 use crate::store::task::{rpc, Backoff};
 use crate::store::{EtcdConfig, StoreError};
@@ -21,6 +23,8 @@ pub struct EtcdObjects {
     endpoints: Vec<String>,
     options: etcd_client::ConnectOptions,
     prefix: String,
+    /// `<prefix>/v1/<cluster>/identities/`: one key per allocated number.
+    identities_prefix: String,
     describe: String,
     tx: Arc<watch::Sender<Arc<ObjectSet>>>,
     writer: Mutex<Option<Client>>,
@@ -49,7 +53,12 @@ impl EtcdObjects {
             tx: tx.clone(),
         };
         let task = tokio::spawn(follower.run());
+        let identities_prefix = format!(
+            "{}/v1/{cluster}/identities/",
+            config.prefix.trim_end_matches('/')
+        );
         Ok(Self {
+            identities_prefix,
             describe: format!(
                 "etcd:{}{}",
                 config.endpoints.join(","),
@@ -105,6 +114,93 @@ impl EtcdObjects {
             }
         }
         Ok(())
+    }
+
+    /// Runs `f` with the write client, connecting first if needed; a failed request drops the
+    /// connection so that the next one reconnects.
+    async fn with_client<T, F>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'c>,
+        >,
+    {
+        let unavailable = |reason: String| StoreError::Unavailable {
+            endpoints: self.endpoints.join(","),
+            reason,
+        };
+        let mut writer = self.writer.lock().await;
+        if writer.is_none() {
+            let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+            *writer = Some(
+                rpc("connect", RPC_TIMEOUT, connect)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        let client = writer.as_mut().expect("connected above");
+        match rpc(what, RPC_TIMEOUT, f(client)).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                *writer = None;
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// Every allocation: number → labels key.
+    pub(super) async fn identities(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, String>, StoreError> {
+        let prefix = self.identities_prefix.clone();
+        let resp = self
+            .with_client("list identities", move |c| {
+                Box::pin(async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            })
+            .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            if let Some(id) = key
+                .strip_prefix(&self.identities_prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                out.insert(id, String::from_utf8_lossy(kv.value()).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates the number's key holding `key` in a transaction that succeeds only while the
+    /// number is free; otherwise reads who holds it.
+    pub(super) async fn claim(&self, id: u32, key: &str) -> Result<Claim, StoreError> {
+        let k = format!("{}{id}", self.identities_prefix);
+        let value = key.to_string();
+        let resp = self
+            .with_client("allocate identity", move |c| {
+                let txn = Txn::new()
+                    .when([Compare::version(k.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(k.as_str(), value, None)])
+                    .or_else([TxnOp::get(k.as_str(), None)]);
+                Box::pin(async move { c.txn(txn).await })
+            })
+            .await?;
+        if resp.succeeded() {
+            return Ok(Claim::Ours);
+        }
+        let holder = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(Claim::HeldBy(holder))
     }
 
     fn key(&self, r: &ObjectRef) -> String {
