@@ -99,7 +99,12 @@ impl Lab {
             euid, 0,
             "enforce_netns needs root (netns, tc, bpf): run as root, e.g. via scripts/test.sh"
         );
-        let tag = format!("wme{}", std::process::id() % 100_000);
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!(
+            "wme{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let lab = Lab {
             host: format!("{tag}-h"),
             pod: format!("{tag}-p"),
@@ -172,12 +177,17 @@ impl Drop for Lab {
 /// Echo servers in the pod namespace on the given ports; they live until the process ends
 /// (the namespace's removal closes them).
 fn serve(ns: &str, ports: &[u16]) {
+    serve_on(ns, B, ports);
+}
+
+fn serve_on(ns: &str, ip: &'static str, ports: &[u16]) {
     for &port in ports {
         let ns = ns.to_string();
         let (tx, rx) = std::sync::mpsc::channel();
         thread::spawn(move || {
             Lab::enter(&ns);
-            let listener = TcpListener::bind((B, port)).expect("bind");
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            let listener = TcpListener::bind((ip, port)).expect("bind");
             tx.send(()).expect("ready");
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { return };
@@ -197,7 +207,11 @@ fn serve(ns: &str, ports: &[u16]) {
 }
 
 fn connect(port: u16) -> Option<TcpStream> {
-    let addr: SocketAddr = format!("{B}:{port}").parse().expect("addr");
+    connect_to(B.parse().expect("ip"), port)
+}
+
+fn connect_to(ip: std::net::IpAddr, port: u16) -> Option<TcpStream> {
+    let addr = SocketAddr::new(ip, port);
     let s = TcpStream::connect_timeout(&addr, Duration::from_millis(700)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
@@ -207,6 +221,93 @@ fn connect(port: u16) -> Option<TcpStream> {
 fn echo(s: &mut TcpStream, msg: &[u8]) -> bool {
     let mut buf = vec![0u8; msg.len()];
     s.write_all(msg).is_ok() && s.read_exact(&mut buf).is_ok() && buf == msg
+}
+
+const A6: &str = "fd00:244::1";
+const B6: &str = "fd00:244::2";
+
+const CLUSTER6: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: demo, labels: {app: a}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: "fd00:244::1"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: demo, labels: {app: b}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: "fd00:244::2"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-default-deny, namespace: demo}
+spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
+"#;
+
+/// The same policy over IPv6 only: ICMPv6 neighbour discovery must pass (or nothing would),
+/// TCP is judged by the policy, echo requests are denied, replies ride connection tracking.
+#[test]
+fn enforces_policy_over_ipv6() {
+    let lab = Lab::new();
+    for (ns, dev, ip) in [(&lab.host, "vh", A6), (&lab.pod, "vp", B6)] {
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+    }
+    serve_on(&lab.pod, B6, &[8080, 8081]);
+    Lab::enter(&lab.host);
+    let b6: std::net::IpAddr = B6.parse().expect("ip");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect_to(b6, 8081).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the IPv6 lab works before enforcement"
+        );
+    }
+
+    let mut enf = Enforcer::open(&lab.pin_dir()).expect("load the eBPF programs");
+    let ifindex = enf.attach("vh").expect("attach");
+    enf.apply(&desired(&[CLUSTER6, ALLOW_8080], ifindex))
+        .expect("apply");
+    // Forget the neighbour so that reaching b needs neighbour discovery through the programs.
+    sh(&["ip", "-n", &lab.host, "-6", "neigh", "flush", "all"]);
+    let mut held = connect_to(b6, 8080).expect("TCP 8080 over IPv6 is allowed");
+    assert!(
+        echo(&mut held, b"hello6"),
+        "replies of the allowed connection flow"
+    );
+    assert!(
+        connect_to(b6, 8081).is_none(),
+        "TCP 8081 over IPv6 is denied"
+    );
+    let ping6 = Command::new("ip")
+        .args(["netns", "exec", &lab.host, "ping", "-6", "-c1", "-W1", B6])
+        .output()
+        .expect("ping");
+    assert!(!ping6.status.success(), "ICMPv6 echo is denied");
+    assert!(count(&enf, ifindex, true, Reason::NoPolicy) >= 2);
+    assert!(count(&enf, ifindex, false, Reason::CtReply) > 0);
+    let nd = count(&enf, ifindex, true, Reason::Icmp6NeighbourDiscovery)
+        + count(&enf, ifindex, false, Reason::Icmp6NeighbourDiscovery);
+    assert!(
+        nd > 0,
+        "neighbour discovery went through the programs and passed"
+    );
+    enf.detach("vh").expect("detach");
 }
 
 fn desired(manifests: &[&str], ifindex: u32) -> Desired {
