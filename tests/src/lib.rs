@@ -22,6 +22,7 @@ mod error;
 mod etcd;
 mod exec;
 mod lab;
+mod netpol;
 mod options;
 mod policy;
 mod store;
@@ -44,6 +45,10 @@ pub use error::{LabError, Result};
 pub use etcd::{etcd_node_key, etcd_owner_key};
 pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
+pub use netpol::{
+    netpol_pod, NetpolModel, Reachability, NETPOL_NAMESPACES, NETPOL_PODS, NETPOL_TCP_PORTS,
+    NETPOL_UDP_PORTS,
+};
 pub use options::{
     agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions, StoreKind,
     ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
