@@ -24,6 +24,7 @@
 
 #include "policy.h"
 
+#define HOST_IDENTITY 1
 #define WORLD_IDENTITY 2
 #define NS_PER_SEC 1000000000ull
 #define CT_TCP_LIFETIME (21600 * NS_PER_SEC)
@@ -160,13 +161,13 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct flo
 	}
 }
 
-static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
+static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u32 l3)
 {
 	__u16 proto = bpf_ntohs(skb->protocol);
 
 	if (proto == ETH_P_IP) {
 		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+		if (bpf_skb_load_bytes(skb, l3, &ip, sizeof(ip)))
 			return REASON_MALFORMED;
 		if (ip.ihl < 5)
 			return REASON_MALFORMED;
@@ -177,11 +178,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		f->protocol = ip.protocol;
 		__builtin_memcpy(f->saddr, &ip.saddr, 4);
 		__builtin_memcpy(f->daddr, &ip.daddr, 4);
-		return parse_l4(skb, ETH_HLEN + ip.ihl * 4, f);
+		return parse_l4(skb, l3 + ip.ihl * 4, f);
 	}
 	if (proto == ETH_P_IPV6) {
 		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)))
+		if (bpf_skb_load_bytes(skb, l3, &ip6, sizeof(ip6)))
 			return REASON_MALFORMED;
 		f->family = 6;
 		f->protocol = ip6.nexthdr;
@@ -192,7 +193,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 		case IPPROTO_UDP:
 		case IPPROTO_SCTP:
 		case IPPROTO_ICMPV6:
-			return parse_l4(skb, ETH_HLEN + sizeof(ip6), f);
+			return parse_l4(skb, l3 + sizeof(ip6), f);
 		default:
 			return REASON_UNSUPPORTED;
 		}
@@ -200,18 +201,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f)
 	return REASON_UNSUPPORTED;
 }
 
-static __always_inline __u32 remote_identity(const struct flow *f, __u8 dir)
+static __always_inline __u32 address_identity(const struct flow *f, const __u8 *addr)
 {
 	struct ipcache_key key = {
 		.prefixlen = 32 + (f->family == 4 ? 32 : 128),
 		.family = f->family,
 	};
-	if (dir == DIR_EGRESS)
-		__builtin_memcpy(key.addr, f->daddr, 16);
-	else
-		__builtin_memcpy(key.addr, f->saddr, 16);
+	__builtin_memcpy(key.addr, addr, 16);
 	struct ipcache_value *v = bpf_map_lookup_elem(&wm_ipcache, &key);
 	return v ? v->identity : WORLD_IDENTITY;
+}
+
+static __always_inline __u32 remote_identity(const struct flow *f, __u8 dir)
+{
+	return address_identity(f, dir == DIR_EGRESS ? f->daddr : f->saddr);
 }
 
 /* Returns POLICY_ALLOW, or the drop reason. */
@@ -247,7 +250,13 @@ static __always_inline void ct_refresh(struct ct_value *ct, const struct flow *f
 		ct->expires_ns = now + CT_TCP_LIFETIME;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+/*
+ * `l3`: where the IP header starts (ETH_HLEN on a pod's veth, 0 on the WireGuard TUN device).
+ * `host`: the interface is the host endpoint's (the WireGuard device, which also forwards pod
+ * traffic): only packets to (ingress) or from (egress) one of the host's own addresses are the
+ * host's; the rest is judged at the pods' interfaces.
+ */
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 l3, int host)
 {
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_config *ep = bpf_map_lookup_elem(&wm_endpoints, &ifindex);
@@ -263,9 +272,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return count(skb, ifindex, dir, VERDICT_ALLOW, REASON_NOT_ENFORCED);
 
 	struct flow f = {};
-	int reason = parse(skb, &f);
+	int reason = parse(skb, &f, l3);
 	if (reason)
 		return count(skb, ifindex, dir, VERDICT_DROP, reason);
+	if (host) {
+		const __u8 *local = dir == DIR_INGRESS ? f.daddr : f.saddr;
+		if (address_identity(&f, local) != HOST_IDENTITY)
+			return count(skb, ifindex, dir, VERDICT_ALLOW, REASON_NOT_ENFORCED);
+	}
 	if (f.protocol == IPPROTO_ICMPV6 && f.policy_port >= 133 && f.policy_port <= 137)
 		return count(skb, ifindex, dir, VERDICT_ALLOW, REASON_ICMP6_ND);
 
@@ -315,13 +329,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 SEC("classifier")
 int wm_from_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_EGRESS);
+	return handle(skb, DIR_EGRESS, ETH_HLEN, 0);
 }
 
 SEC("classifier")
 int wm_to_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_INGRESS);
+	return handle(skb, DIR_INGRESS, ETH_HLEN, 0);
+}
+
+/* tc ingress of the WireGuard device: packets out of the tunnel, into the host. */
+SEC("classifier")
+int wm_to_host(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS, 0, 1);
+}
+
+/* tc egress of the WireGuard device: packets from the host into the tunnel. */
+SEC("classifier")
+int wm_from_host(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS, 0, 1);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

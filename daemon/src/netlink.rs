@@ -111,6 +111,28 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Every address of this host (this network namespace) except loopback and IPv6
+    /// link-local ones: the addresses the host endpoint answers on.
+    pub async fn local_addresses(&self) -> Result<Vec<IpAddr>> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            for attr in &msg.attributes {
+                let (AddressAttribute::Address(ip) | AddressAttribute::Local(ip)) = attr else {
+                    continue;
+                };
+                let link_local =
+                    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                if !ip.is_loopback() && !link_local && !out.contains(ip) {
+                    out.push(*ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Where the kernel routes one address: [`Netlink::route_to`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTo {

@@ -10,11 +10,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::eval::{peer_matches, subject_matches, CidrTest, Class, View};
+use crate::eval::{node_subject_matches, peer_matches, subject_matches, CidrTest, Class, View};
 use crate::http::HttpRule;
 use crate::identity::{Identities, IdentityId, IdentityLabels, HOST, REMOTE_NODE};
 use crate::model::{
-    Bundle, Direction, Endpoint, NamedPorts, Peers, PortSpec, PortValue, Ports, Protocol,
+    Bundle, Direction, Endpoint, NamedPorts, Peers, Policy, PortSpec, PortValue, Ports, Protocol,
 };
 
 const ANY: u32 = 0;
@@ -161,6 +161,9 @@ pub struct Compiled {
     pub identities: Identities,
     /// `namespace/name` → its map.
     pub maps: BTreeMap<String, PolicyMap>,
+    /// Node name → the map of its host endpoint, for every node a `nodeSelector` policy
+    /// selects (a node no such policy selects is not a host endpoint: nothing is enforced).
+    pub host_maps: BTreeMap<String, PolicyMap>,
 }
 
 impl Compiled {
@@ -175,13 +178,40 @@ impl Compiled {
             .endpoints
             .iter()
             .map(|ep| {
+                let selecting = bundle
+                    .policies
+                    .iter()
+                    .filter(|p| subject_matches(p, bundle, ep))
+                    .collect();
                 (
                     ep.qualified_name(),
-                    compile_endpoint(bundle, &identities, ep),
+                    compile_subject(&identities, selecting, &ep.named_ports),
                 )
             })
             .collect();
-        Self { identities, maps }
+        let no_ports = NamedPorts::new();
+        let host_maps = bundle
+            .nodes
+            .values()
+            .filter_map(|node| {
+                let selecting: Vec<&Policy> = bundle
+                    .policies
+                    .iter()
+                    .filter(|p| node_subject_matches(p, node))
+                    .collect();
+                (!selecting.is_empty()).then(|| {
+                    (
+                        node.name.clone(),
+                        compile_subject(&identities, selecting, &no_ports),
+                    )
+                })
+            })
+            .collect();
+        Self {
+            identities,
+            maps,
+            host_maps,
+        }
     }
 
     /// The verdict for `local` in `dir` with a remote at `remote_ip`.
@@ -233,14 +263,11 @@ fn view_of_identity(labels: &IdentityLabels) -> View<'_> {
     }
 }
 
-fn compile_endpoint(bundle: &Bundle, ids: &Identities, ep: &Endpoint) -> PolicyMap {
+/// The map of one endpoint (a pod, or a node's host endpoint) from the policies selecting it;
+/// `own_ports` are its named ports (ingress named ports resolve on it).
+fn compile_subject(ids: &Identities, selecting: Vec<&Policy>, own_ports: &NamedPorts) -> PolicyMap {
     let mut map = PolicyMap::default();
     for dir in [Direction::Ingress, Direction::Egress] {
-        let selecting: Vec<_> = bundle
-            .policies
-            .iter()
-            .filter(|p| subject_matches(p, bundle, ep))
-            .collect();
         let wildcard = |identity| Key {
             direction: dir,
             identity,
@@ -255,7 +282,7 @@ fn compile_endpoint(bundle: &Bundle, ids: &Identities, ep: &Endpoint) -> PolicyM
             // Traffic from the endpoint's own node is always allowed (see eval.rs).
             map.add(wildcard(HOST), false, None);
         }
-        for policy in selecting {
+        for policy in &selecting {
             for (rules, deny) in [
                 (policy.allow_rules(dir), false),
                 (policy.deny_rules(dir), true),
@@ -276,7 +303,7 @@ fn compile_endpoint(bundle: &Bundle, ids: &Identities, ep: &Endpoint) -> PolicyM
                     };
                     for (identity, remote_ports) in targets {
                         let named = match dir {
-                            Direction::Ingress => Some(&ep.named_ports),
+                            Direction::Ingress => Some(own_ports),
                             Direction::Egress => remote_ports,
                         };
                         add_ports(&mut map, dir, identity, &rule.ports, named, deny, ids);

@@ -86,6 +86,15 @@ pub(crate) fn subject_matches(policy: &Policy, bundle: &Bundle, ep: &Endpoint) -
     }
 }
 
+/// Whether `policy` selects `node`'s host endpoint (Cilium `nodeSelector`, over the node's
+/// labels).
+pub(crate) fn node_subject_matches(policy: &Policy, node: &crate::model::Node) -> bool {
+    match &policy.subject {
+        Subject::Nodes(sel) => sel.matches(&node.labels, &Source::K8s),
+        _ => false,
+    }
+}
+
 fn reserved_labels(name: &str) -> Labels {
     Labels::from([(name.to_string(), String::new())])
 }

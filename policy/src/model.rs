@@ -129,8 +129,8 @@ pub enum Subject {
     /// namespace labels Cilium folds in); the namespace requirement of a namespaced CNP is
     /// already part of the selector.
     Endpoints(Selector),
-    /// Cilium `nodeSelector` (host endpoints). Kept in the model; no host endpoint is built
-    /// from manifests yet, so it selects nothing in a trace.
+    /// Cilium `nodeSelector`: the host endpoints of the nodes whose labels match (compiled
+    /// into `Compiled::host_maps`; a trace does not report host endpoints yet).
     Nodes(Selector),
 }
 

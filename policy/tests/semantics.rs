@@ -570,3 +570,47 @@ fn cnp_default_deny_controls() {
     assert_eq!(tcp(&b, "y/a", "x/a", 80), "allowed");
     assert_eq!(tcp(&b, "8.8.8.8", "x/a", 80), "ingress");
 }
+
+/// Cilium docs, host firewall: "nodeSelector: Selects the nodes to which the policy applies";
+/// such a policy governs the host endpoint of every node whose labels match, and a node no
+/// such policy selects is not a host endpoint at all.
+#[test]
+fn node_selector_selects_host_endpoints() {
+    let b = with(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n3, labels: {role: gateway, kubernetes.io/hostname: n3}}\n\
+         status: {addresses: [{type: InternalIP, address: 198.18.0.3}]}\n---\n\
+         apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\n\
+         metadata: {name: gateway-ssh}\n\
+         spec:\n  nodeSelector: {matchLabels: {kubernetes.io/hostname: n3}}\n  ingress:\n  \
+         - fromEndpoints: [{matchLabels: {pod: a, k8s:io.kubernetes.pod.namespace: x}}]\n    \
+         toPorts: [{ports: [{port: \"22\", protocol: TCP}]}]\n",
+    );
+    let compiled = policy::Compiled::build(&b);
+    assert_eq!(
+        compiled.host_maps.keys().collect::<Vec<_>>(),
+        vec!["n3"],
+        "only the labelled node is a host endpoint"
+    );
+    let map = &compiled.host_maps["n3"];
+    let id = |ip: &str| compiled.identities.lookup(ip.parse().unwrap(), Some("n3"));
+    let verdict = |ip: &str, port| {
+        map.lookup(policy::Direction::Ingress, id(ip), Protocol::Tcp, port)
+            .allowed
+    };
+    assert!(
+        verdict("10.244.1.10", 22),
+        "x/a may reach the gateway's SSH"
+    );
+    assert!(!verdict("10.244.1.10", 80), "only port 22");
+    assert!(!verdict("10.244.2.10", 22), "x/b is not selected");
+    assert!(
+        map.lookup(
+            policy::Direction::Egress,
+            id("10.244.2.10"),
+            Protocol::Tcp,
+            80
+        )
+        .allowed,
+        "egress is not isolated by an ingress-only policy"
+    );
+}

@@ -76,9 +76,7 @@ fn open_objects(config: &Config) -> Result<ObjectStore> {
     Ok(match &config.store {
         StoreConfig::Dir { path } => ObjectStore::dir(path)?,
         StoreConfig::Etcd(c) => ObjectStore::etcd(c, &config.cluster_name)?,
-        StoreConfig::Kubernetes(_) => ObjectStore::Unsupported {
-            why: "kubernetes (policies, namespaces and pods are read from the API server)".into(),
-        },
+        StoreConfig::Kubernetes(c) => ObjectStore::kubernetes(c)?,
     })
 }
 
@@ -200,6 +198,7 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(rotator.run());
     let policy_loop = policy::PolicyLoop {
         store: objects.clone(),
+        wg_ifname: config.interface.clone(),
         node_name: config.node_name.clone(),
         wg_ifindex: started.ifindex,
         netlink: netlink.clone(),

@@ -80,6 +80,10 @@ pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, String> {
                 name: rec.node_name.clone(),
                 ..Default::default()
             });
+        // As the kubelet labels every Node (a node learnt from a pod's nodeName has no labels).
+        node.labels
+            .entry(HOSTNAME_LABEL.to_string())
+            .or_insert_with(|| rec.node_name.clone());
         for ip in rec.node_ips.iter().copied().chain([rec.endpoint.ip()]) {
             if !node.ips.contains(&ip) {
                 node.ips.push(ip);
@@ -89,8 +93,12 @@ pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, String> {
     Ok(bundle)
 }
 
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
 pub struct PolicyLoop {
     pub node_name: String,
+    /// The WireGuard interface's name: the host endpoint's interface.
+    pub wg_ifname: String,
     /// Where identity numbers are allocated cluster-wide.
     pub store: Arc<ObjectStore>,
     /// The WireGuard interface: never an endpoint's interface.
@@ -130,6 +138,7 @@ impl PolicyLoop {
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         let mut in_force: Option<(Arc<ObjectSet>, Arc<Snapshot>)> = None;
         let mut attached: BTreeMap<String, u32> = BTreeMap::new();
+        let mut host_attached = false;
         let mut generation = 0;
         let mut last_refusal: Option<String> = None;
         let mut allocation_failed = false;
@@ -153,8 +162,10 @@ impl PolicyLoop {
                 for (origin, reason) in &set.unreadable {
                     tracing::warn!(origin, "store entry is not a wiremesh object: {reason}");
                 }
-                match load(&set, &nodes) {
-                    Ok(bundle) => {
+                let loaded = load(&set, &nodes);
+                match loaded {
+                    Ok(mut bundle) => {
+                        self.add_local_addresses(&mut bundle).await;
                         generation += 1;
                         let (identities, failed) = self.identities(&bundle).await;
                         allocation_failed = failed;
@@ -188,12 +199,39 @@ impl PolicyLoop {
                 in_force = Some((set, nodes));
             }
             if let Some(enf) = enforcer.as_mut() {
-                self.enforce(enf, &mut attached).await;
+                self.enforce(enf, &mut attached, &mut host_attached).await;
             }
             tokio::select! {
                 Ok(()) = self.objects.changed() => {}
                 Ok(()) = self.nodes.changed() => {}
                 _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// This host's own addresses (e.g. a pod gateway address inside its pod CIDR, which peers
+    /// reach through the tunnel) belong to its node: the `host` identity here.
+    async fn add_local_addresses(&self, bundle: &mut Bundle) {
+        let addrs = match self.netlink.local_addresses().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("listing this host's addresses: {e:#}");
+                return;
+            }
+        };
+        let node = bundle
+            .nodes
+            .entry(self.node_name.clone())
+            .or_insert_with(|| policy::model::Node {
+                name: self.node_name.clone(),
+                ..Default::default()
+            });
+        node.labels
+            .entry(HOSTNAME_LABEL.to_string())
+            .or_insert_with(|| self.node_name.clone());
+        for ip in addrs {
+            if !node.ips.contains(&ip) {
+                node.ips.push(ip);
             }
         }
     }
@@ -232,7 +270,12 @@ impl PolicyLoop {
 
     /// Attaches the programs to every local endpoint's interface and brings the maps to the
     /// policy in force.
-    async fn enforce(&mut self, enf: &mut Enforcer, attached: &mut BTreeMap<String, u32>) {
+    async fn enforce(
+        &mut self,
+        enf: &mut Enforcer,
+        attached: &mut BTreeMap<String, u32>,
+        host_attached: &mut bool,
+    ) {
         let state = self.state.borrow().clone();
         let local: Vec<(String, IpAddr)> = state
             .bundle
@@ -271,13 +314,41 @@ impl PolicyLoop {
                 }
             }
         }
-        let desired = Desired::from_compiled(
+        let mut desired = Desired::from_compiled(
             &state.compiled.identities,
             &state.compiled.maps,
             &state.bundle,
             Some(&self.node_name),
             &ifindexes,
         );
+        // This node as a host endpoint, on the WireGuard device, while a nodeSelector policy
+        // selects it.
+        match state.compiled.host_maps.get(&self.node_name) {
+            Some(map) => {
+                if !*host_attached {
+                    match tokio::task::block_in_place(|| enf.attach_host(&self.wg_ifname)) {
+                        Ok(_) => *host_attached = true,
+                        Err(e) => {
+                            tracing::error!(interface = %self.wg_ifname, "host endpoint: {e}")
+                        }
+                    }
+                }
+                if *host_attached {
+                    desired.add_endpoint(self.wg_ifindex, policy::identity::HOST, map);
+                    report.insert(
+                        format!("host/{}", self.node_name),
+                        Ok(self.wg_ifname.clone()),
+                    );
+                }
+            }
+            None if *host_attached => {
+                if let Err(e) = tokio::task::block_in_place(|| enf.detach(&self.wg_ifname)) {
+                    tracing::warn!(interface = %self.wg_ifname, "host endpoint detach: {e}");
+                }
+                *host_attached = false;
+            }
+            None => {}
+        }
         match tokio::task::block_in_place(|| enf.apply(&desired)) {
             Ok(()) => {
                 self.counters.applies.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Bringing the maps to a [`Desired`] state, make-before-break, failing closed on error.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
@@ -17,6 +18,7 @@ impl Enforcer {
     /// A failed update marks the endpoints it affects fail-closed (all of them if the shared
     /// ipcache failed), logs at ERROR and returns [`EnforceError::FailClosed`].
     pub fn apply(&mut self, desired: &Desired) -> Result<(), EnforceError> {
+        let started = Instant::now();
         let mut failures: Vec<(Option<u32>, String)> = Vec::new();
 
         let ipcache_plan = plan(&self.ipcache_state, &desired.ipcache);
@@ -90,12 +92,20 @@ impl Enforcer {
             }
         }
 
+        let changed = !(policy_plan.upserts.is_empty()
+            && policy_plan.removals.is_empty()
+            && ipcache_plan.upserts.is_empty()
+            && ipcache_plan.removals.is_empty());
+        if failures.is_empty() && !changed {
+            return Ok(());
+        }
         if failures.is_empty() {
             info!(
                 policy_upserts = policy_plan.upserts.len(),
                 policy_removals = policy_plan.removals.len(),
                 ipcache_upserts = ipcache_plan.upserts.len(),
                 ipcache_removals = ipcache_plan.removals.len(),
+                elapsed = ?started.elapsed(),
                 "policy maps updated"
             );
             return Ok(());

@@ -110,25 +110,29 @@ impl Desired {
                 .first()
                 .map(|ip| identities.lookup(*ip, local_node))
                 .unwrap_or(policy::identity::WORLD);
-            desired
-                .endpoints
-                .insert(ifindex, EndpointConfig::enforcing(identity));
-            for (key, entry) in map.entries() {
-                let mut flags = 0;
-                if entry.allow {
-                    // L7 rules restrict an allowed connection further in the proxy; at L3/L4
-                    // the connection is allowed.
-                    flags |= POLICY_ALLOW;
-                }
-                if entry.deny {
-                    flags |= POLICY_DENY;
-                }
-                if flags != 0 {
-                    desired.policy.insert(policy_key(ifindex, &key), flags);
-                }
-            }
+            desired.add_endpoint(ifindex, identity, map);
         }
         desired
+    }
+
+    /// Enforces `map` on the endpoint behind `ifindex`, whose own identity is `identity`.
+    pub fn add_endpoint<M: MapEntries>(&mut self, ifindex: u32, identity: u32, map: &M) {
+        self.endpoints
+            .insert(ifindex, EndpointConfig::enforcing(identity));
+        for (key, entry) in map.entries() {
+            let mut flags = 0;
+            if entry.allow {
+                // L7 rules restrict an allowed connection further in the proxy; at L3/L4 the
+                // connection is allowed.
+                flags |= POLICY_ALLOW;
+            }
+            if entry.deny {
+                flags |= POLICY_DENY;
+            }
+            if flags != 0 {
+                self.policy.insert(policy_key(ifindex, &key), flags);
+            }
+        }
     }
 }
 

@@ -44,6 +44,18 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/wiremesh";
 
 const PROG_FROM_POD: &str = "wm_from_pod";
 const PROG_TO_POD: &str = "wm_to_pod";
+const PROG_TO_HOST: &str = "wm_to_host";
+const PROG_FROM_HOST: &str = "wm_from_host";
+/// A pod's host-side veth: tc ingress carries what the pod sends.
+const POD_HOOKS: [(&str, TcAttachType); 2] = [
+    (PROG_FROM_POD, TcAttachType::Ingress),
+    (PROG_TO_POD, TcAttachType::Egress),
+];
+/// The WireGuard device as the host endpoint: tc ingress carries what arrives for the host.
+const HOST_HOOKS: [(&str, TcAttachType); 2] = [
+    (PROG_TO_HOST, TcAttachType::Ingress),
+    (PROG_FROM_HOST, TcAttachType::Egress),
+];
 /// Our tc filter's fixed slot on every interface: a restarted agent replaces the program in
 /// it atomically instead of stacking a second filter or leaving a gap.
 const TC_PRIORITY: u16 = 1;
@@ -125,7 +137,7 @@ impl Enforcer {
                 pin_dir: pin_dir.to_path_buf(),
                 source: Box::new(source),
             })?;
-        for name in [PROG_FROM_POD, PROG_TO_POD] {
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_TO_HOST, PROG_FROM_HOST] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| program_error(name, source))?;
@@ -178,6 +190,21 @@ impl Enforcer {
     /// and tc egress (packets entering it). Idempotent: an attached program, ours or a
     /// previous agent's, is replaced in place, atomically.
     pub fn attach(&mut self, ifname: &str) -> Result<u32, EnforceError> {
+        self.attach_hooks(ifname, POD_HOOKS)
+    }
+
+    /// Attaches the host endpoint's programs to the WireGuard device `ifname` (an L3 device
+    /// that also forwards pod traffic: only packets to or from the host's own addresses are
+    /// judged there).
+    pub fn attach_host(&mut self, ifname: &str) -> Result<u32, EnforceError> {
+        self.attach_hooks(ifname, HOST_HOOKS)
+    }
+
+    fn attach_hooks(
+        &mut self,
+        ifname: &str,
+        hooks: [(&'static str, TcAttachType); 2],
+    ) -> Result<u32, EnforceError> {
         let ifindex = ifindex(ifname)?;
         if let Err(e) = tc::qdisc_add_clsact(ifname) {
             if e.raw_os_error() != Some(libc::EEXIST) {
@@ -187,10 +214,7 @@ impl Enforcer {
                 });
             }
         }
-        for (name, hook) in [
-            (PROG_FROM_POD, TcAttachType::Ingress),
-            (PROG_TO_POD, TcAttachType::Egress),
-        ] {
+        for (name, hook) in hooks {
             let prog = program(&mut self.ebpf, name)?;
             let attach_err = |source| EnforceError::Attach {
                 ifname: ifname.to_string(),

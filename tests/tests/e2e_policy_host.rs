@@ -1,0 +1,96 @@
+//! A host endpoint: a CiliumClusterwideNetworkPolicy with a `nodeSelector` governs what reaches
+//! node-2 itself through the tunnel (its pod gateway address 10.244.2.1, which node-1's pods reach
+//! over WireGuard), enforced by the eBPF programs on node-2's WireGuard device. Pod traffic that
+//! the same device forwards is left to the pods' own policy. Deleting the policy detaches the
+//! programs again.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use wiremesh_lab::{namespace_manifest, node_gateway, Host, Lab, PodSpec, Proto};
+
+const PROBE: Duration = Duration::from_millis(800);
+const SETTLE: Duration = Duration::from_secs(15);
+
+const HOST_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: node-2-host}
+spec:
+  nodeSelector: {matchLabels: {kubernetes.io/hostname: node-2}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+/// Probes until the results equal `want` or [`SETTLE`] passes; the last results.
+fn settle(
+    lab: &Lab,
+    probes: &[(Host, std::net::Ipv4Addr, u16, Proto)],
+    want: &[bool],
+) -> Vec<bool> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let got = lab.probe_all(probes, PROBE);
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn node_selector_policy_guards_the_host_through_the_tunnel() {
+    common::require_agent();
+    let lab = common::lab(2, 2);
+    common::start_mesh(&lab);
+    let a = PodSpec::new("demo", "a", Host::Pod(1, 1)).label("app", "a");
+    let c = PodSpec::new("demo", "c", Host::Pod(1, 2)).label("app", "c");
+    let d = PodSpec::new("demo", "d", Host::Pod(2, 1)).label("app", "d");
+    let objects = [
+        namespace_manifest("demo", &[]),
+        a.manifest(),
+        c.manifest(),
+        d.manifest(),
+    ]
+    .join("---\n");
+    lab.apply(1, &objects).expect("apply objects");
+    let _servers = lab
+        .serve(
+            &[Host::Node(2), Host::Pod(2, 1), Host::Pod(1, 1)],
+            &[80, 81],
+            &[],
+        )
+        .expect("echo servers");
+
+    let host2 = node_gateway(2);
+    let probes = [
+        (a.host, host2, 80, Proto::Tcp),
+        (a.host, host2, 81, Proto::Tcp),
+        (c.host, host2, 80, Proto::Tcp),
+        // Forwarded pod traffic through the same device: not the host's.
+        (c.host, d.ip(), 81, Proto::Tcp),
+    ];
+    let open = [true; 4];
+    let got = settle(&lab, &probes, &open);
+    assert_eq!(got, open, "everything is open before the host policy");
+
+    lab.apply(2, HOST_POLICY).expect("apply the host policy");
+    let want = [true, false, false, true];
+    let got = settle(&lab, &probes, &want);
+    if got != want {
+        lab.dump_logs();
+    }
+    assert_eq!(
+        got, want,
+        "a→host:80, a→host:81, c→host:80, c→d:81 (forwarded)"
+    );
+
+    lab.delete(1, HOST_POLICY).expect("delete the host policy");
+    let got = settle(&lab, &probes, &open);
+    assert_eq!(
+        got, open,
+        "everything is open again once the policy is deleted"
+    );
+}
