@@ -19,11 +19,12 @@
 mod node;
 mod session;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::config::Kubeconfig;
+use kube::Client;
 use tokio::sync::watch;
 
 use super::task::{Backend, Handle, Server};
@@ -31,7 +32,7 @@ use super::{ClaimOutcome, Snapshot, StoreError, StoreHealth};
 use crate::NodeRecord;
 
 /// How long one request to the API server may take before it counts as down.
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how to reach the API server, and the ownership timing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,12 +56,57 @@ impl Default for KubeConfig {
     }
 }
 
+/// The API server a config names, read once at start. The node store and the object store
+/// (`objects::KubeObjects`) each build their clients from it.
+#[derive(Debug, Clone)]
+pub(super) struct ApiServer {
+    /// The kubeconfig read at start; `None` infers the config for each client.
+    kubeconfig: Option<(PathBuf, Kubeconfig)>,
+    /// Its URL (or how it is found), for messages.
+    pub(super) server: String,
+}
+
+impl ApiServer {
+    /// Reads the kubeconfig file, if one is named; the error names the file.
+    pub(super) fn open(kubeconfig: Option<&Path>) -> Result<Self, StoreError> {
+        let kubeconfig = match kubeconfig {
+            None => None,
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| StoreError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
+                Some((path.to_path_buf(), kc))
+            }
+        };
+        let server = match &kubeconfig {
+            None => "(inferred: $KUBECONFIG, ~/.kube/config or in-cluster)".to_owned(),
+            Some((path, kc)) => current_server(kc).unwrap_or_else(|| path.display().to_string()),
+        };
+        Ok(Self { kubeconfig, server })
+    }
+
+    /// A new client, with [`RPC_TIMEOUT`] to connect.
+    pub(super) async fn client(&self) -> Result<Client, String> {
+        let mut config = match &self.kubeconfig {
+            Some((path, kc)) => {
+                let options = kube::config::KubeConfigOptions::default();
+                let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options).await;
+                config.map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| format!("no Kubernetes config found: {e}"))?,
+        };
+        config.connect_timeout = Some(RPC_TIMEOUT);
+        Client::try_from(config).map_err(|e| format!("Kubernetes client for {}: {e}", self.server))
+    }
+}
+
 /// Identity and connection settings, shared read-only with the background task.
 #[derive(Debug)]
 struct Target {
-    /// The kubeconfig read at start; `None` infers the config in each session.
-    kubeconfig: Option<(PathBuf, Kubeconfig)>,
-    server: String,
+    api: ApiServer,
     cluster: String,
     node: String,
     owner_id: String,
@@ -91,9 +137,9 @@ impl KubeStore {
         let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
         let backend = Backend {
             server: Server::Kubernetes {
-                server: target.server.clone(),
+                server: target.api.server.clone(),
             },
-            describe: format!("kubernetes:{}", target.server),
+            describe: format!("kubernetes:{}", target.api.server),
             node: target.node.clone(),
             write: format!("write of the annotations of Node {}", target.node),
             following: "Nodes".into(),
@@ -185,23 +231,8 @@ impl Target {
                 "must be at least twice the heartbeat, or a live agent loses its name",
             ));
         }
-        let kubeconfig = match config.kubeconfig {
-            None => None,
-            Some(path) => {
-                let kc = Kubeconfig::read_from(&path).map_err(|e| StoreError::Kubeconfig {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                Some((path, kc))
-            }
-        };
-        let server = match &kubeconfig {
-            None => "(inferred: $KUBECONFIG, ~/.kube/config or in-cluster)".to_owned(),
-            Some((path, kc)) => current_server(kc).unwrap_or_else(|| path.display().to_string()),
-        };
         Ok(Self {
-            kubeconfig,
-            server,
+            api: ApiServer::open(config.kubeconfig.as_deref())?,
             cluster: cluster.into(),
             node: node.into(),
             owner_id: owner_id.into(),

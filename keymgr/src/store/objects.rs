@@ -6,10 +6,12 @@
 //! name; this module neither parses policy nor judges it (the agent validates the whole set with
 //! the `policy` crate before anything is written, and keeps the set in force when a stored one
 //! does not load). The dir store keeps one file per object in `<dir>/objects/`, etcd one key per
-//! object under `<prefix>/v1/<cluster>/objects/`.
+//! object under `<prefix>/v1/<cluster>/objects/`; with Kubernetes they are the API server's own
+//! resources, listed and watched there (and written with kubectl, not by wiremesh).
 
 mod dir;
 mod etcd;
+mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,8 +24,9 @@ use tokio::sync::watch;
 
 pub use dir::DirObjects;
 pub use etcd::EtcdObjects;
+pub use kubernetes::KubeObjects;
 
-use super::{EtcdConfig, StoreError};
+use super::{EtcdConfig, KubeConfig, StoreError};
 
 /// The kinds stored, and whether each is namespaced.
 pub const KINDS: [(&str, bool); 6] = [
@@ -194,7 +197,10 @@ const MAX_PROBES: usize = 4096;
 pub enum ObjectStore {
     Dir(DirObjects),
     Etcd(Box<EtcdObjects>),
-    /// Objects come from the Kubernetes API's own resources; wiremesh does not write them.
+    /// Objects are the Kubernetes API's own resources, followed there; wiremesh does not write
+    /// them (kubectl does), but allocates identities there.
+    Kubernetes(Box<KubeObjects>),
+    /// A store that holds no objects (so no policy) and takes none.
     Unsupported {
         why: String,
     },
@@ -210,11 +216,17 @@ impl ObjectStore {
         Ok(Self::Etcd(Box::new(EtcdObjects::start(config, cluster)?)))
     }
 
+    /// Must be called inside a tokio runtime.
+    pub fn kubernetes(config: &KubeConfig) -> Result<Self, StoreError> {
+        Ok(Self::Kubernetes(Box::new(KubeObjects::start(config)?)))
+    }
+
     /// Every object, updated as the store changes.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ObjectSet>> {
         match self {
             Self::Dir(s) => s.subscribe(),
             Self::Etcd(s) => s.subscribe(),
+            Self::Kubernetes(s) => s.subscribe(),
             Self::Unsupported { .. } => {
                 let none = ObjectSet {
                     synced: true,
@@ -235,6 +247,11 @@ impl ObjectStore {
         match self {
             Self::Dir(s) => s.write(objects, deletes).await,
             Self::Etcd(s) => s.write(objects, deletes).await,
+            Self::Kubernetes(s) => Err(StoreError::Config {
+                field: "store.kind",
+                value: s.describe(),
+                reason: "objects are the Kubernetes API's own: apply and delete them with kubectl",
+            }),
             Self::Unsupported { why } => Err(StoreError::Config {
                 field: "store.kind",
                 value: why.clone(),
@@ -246,11 +263,13 @@ impl ObjectStore {
     /// Gives each of `wanted` a number cluster-wide: the number already allocated to its key, or
     /// the first free one from its preferred number on, created so that two agents racing for a
     /// number never both get it (an etcd transaction on the key's absence; an exclusive link in
-    /// the dir store). No two keys ever share a number. Returns key → number.
+    /// the dir store; a ConfigMap created with POST in Kubernetes). No two keys ever share a
+    /// number. Returns key → number.
     pub async fn allocate(&self, wanted: Vec<Wanted>) -> Result<BTreeMap<String, u32>, StoreError> {
         let mut table = match self {
             Self::Dir(s) => s.identities().await?,
             Self::Etcd(s) => s.identities().await?,
+            Self::Kubernetes(s) => s.identities().await?,
             Self::Unsupported { .. } => return Ok(BTreeMap::new()),
         };
         let mut by_key: BTreeMap<String, u32> =
@@ -296,6 +315,7 @@ impl ObjectStore {
         match self {
             Self::Dir(s) => s.claim(id, key).await,
             Self::Etcd(s) => s.claim(id, key).await,
+            Self::Kubernetes(s) => s.claim(id, key).await,
             Self::Unsupported { .. } => Ok(Claim::Ours),
         }
     }
@@ -304,6 +324,7 @@ impl ObjectStore {
         match self {
             Self::Dir(s) => format!("dir:{}", s.path().display()),
             Self::Etcd(s) => s.describe().to_string(),
+            Self::Kubernetes(s) => s.describe(),
             Self::Unsupported { why } => why.clone(),
         }
     }

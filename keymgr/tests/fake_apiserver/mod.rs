@@ -13,6 +13,18 @@
 //!   does for the annotation map) and answers 409 with a `Conflict` `Status` when the patch
 //!   carries a `metadata.resourceVersion` that is not the current one.
 //!
+//! Besides Nodes, for the object store (`keymgr/src/store/objects/kubernetes.rs`):
+//!
+//! * list and watch (as above: resourceVersion, bookmarks, 410 Gone) of `namespaces`, `pods`,
+//!   `networkpolicies` (`networking.k8s.io/v1`), `ciliumnetworkpolicies` and
+//!   `ciliumclusterwidenetworkpolicies` (`cilium.io/v2`), in all namespaces or in one;
+//! * `GET /apis` (the `APIGroupList` discovery document) and, while the Cilium CRDs are
+//!   "uninstalled", a plain-text `404 page not found` for every `cilium.io` path, as a real
+//!   server answers for a group it does not serve;
+//! * `configmaps`: list, get, and `POST` create answering 409 `AlreadyExists` when the name is
+//!   taken (checked and inserted under one lock, so racing creates have exactly one winner).
+//!   `labelSelector`, `limit` and `continue` are ignored.
+//!
 //! Test helpers change the state directly (as kubelet or another actor would), inject 409s,
 //! compact the event history, require a bearer token, and stop and restart the server on the
 //! same port (an outage).
@@ -46,6 +58,66 @@ struct State {
     compacted: u64,
     forced_conflicts: u32,
     patches: u32,
+    /// Objects of the other resources, by (plural, namespace or "", name).
+    objects: BTreeMap<(&'static str, String, String), Value>,
+    /// Their watch events, by resourceVersion, with the plural.
+    object_log: Vec<(u64, &'static str, Value)>,
+    cilium_uninstalled: bool,
+    create_conflicts: u32,
+}
+
+/// A resource served besides Nodes.
+pub struct Resource {
+    pub group_version: &'static str,
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+}
+
+const fn res(
+    group_version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> Resource {
+    Resource {
+        group_version,
+        plural,
+        kind,
+        namespaced,
+    }
+}
+
+pub const RESOURCES: [Resource; 6] = [
+    res("v1", "namespaces", "Namespace", false),
+    res("v1", "pods", "Pod", true),
+    res(
+        "networking.k8s.io/v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+    ),
+    res(
+        "cilium.io/v2",
+        "ciliumnetworkpolicies",
+        "CiliumNetworkPolicy",
+        true,
+    ),
+    res(
+        "cilium.io/v2",
+        "ciliumclusterwidenetworkpolicies",
+        "CiliumClusterwideNetworkPolicy",
+        false,
+    ),
+    res("v1", "configmaps", "ConfigMap", true),
+];
+
+#[allow(dead_code, reason = "used by kubernetes_objects.rs only")]
+fn resource_of_kind(kind: &str) -> &'static Resource {
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind)
+        .unwrap_or_else(|| panic!("the fake API server does not serve kind {kind}"))
 }
 
 struct Shared {
@@ -187,6 +259,87 @@ impl FakeApiServer {
     }
 }
 
+/// Helpers for the other resources; the Node tests (`kubernetes.rs`) use none of them.
+#[allow(dead_code, reason = "used by kubernetes_objects.rs only")]
+impl FakeApiServer {
+    /// Creates or replaces an object of a resource other than Nodes (chosen by its `kind`;
+    /// namespaced kinds default to `default`), as `kubectl apply` would.
+    pub fn put(&self, manifest: Value) {
+        self.put_with(manifest, false);
+    }
+
+    /// Like [`FakeApiServer::put`], but drops the event history: watches get 410 Gone and must
+    /// relist to see the change. Open watches are ended.
+    pub fn put_compacting(&self, manifest: Value) {
+        self.put_with(manifest, true);
+    }
+
+    fn put_with(&self, manifest: Value, compact: bool) {
+        let kind = manifest["kind"].as_str().expect("kind");
+        let r = resource_of_kind(kind);
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_owned();
+        let ns = match manifest["metadata"]["namespace"].as_str() {
+            _ if !r.namespaced => String::new(),
+            Some(ns) => ns.to_owned(),
+            None => "default".into(),
+        };
+        self.shared.change_object(
+            r,
+            &ns,
+            &name,
+            |old| {
+                let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
+                Some((event, Some(manifest)))
+            },
+            compact,
+        );
+    }
+
+    /// Deletes an object of a resource other than Nodes (`namespace` empty if cluster-scoped).
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let r = resource_of_kind(kind);
+        let gone = |_: Option<&Value>| Some(("DELETED", None));
+        self.shared.change_object(r, namespace, name, gone, false);
+    }
+
+    /// Like [`FakeApiServer::delete`], but drops the event history (see `put_compacting`).
+    pub fn delete_compacting(&self, kind: &str, namespace: &str, name: &str) {
+        let r = resource_of_kind(kind);
+        let gone = |_: Option<&Value>| Some(("DELETED", None));
+        self.shared.change_object(r, namespace, name, gone, true);
+    }
+
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let r = resource_of_kind(kind);
+        let st = self.shared.state.lock().expect("state lock");
+        st.objects
+            .get(&(r.plural, namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Installs or uninstalls the `cilium.io` CRDs (their objects are kept, as if the CRDs had
+    /// been reinstalled with them).
+    pub fn set_cilium_crds(&self, installed: bool) {
+        self.shared
+            .state
+            .lock()
+            .expect("state lock")
+            .cilium_uninstalled = !installed;
+    }
+
+    /// How many creates were answered 409 AlreadyExists.
+    pub fn create_conflicts(&self) -> u32 {
+        self.shared
+            .state
+            .lock()
+            .expect("state lock")
+            .create_conflicts
+    }
+}
+
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.stop();
@@ -265,9 +418,65 @@ impl Shared {
         };
         if compact {
             st.log.clear();
+            st.object_log.clear();
             st.compacted = rv;
         } else {
             st.log.push((rv, json!({ "type": kind, "object": object })));
+        }
+        drop(st);
+        self.head.send_replace(rv);
+        Some(object)
+    }
+}
+
+impl Shared {
+    /// Like [`Shared::change`] for the other resources: `f` names the event and gives the new
+    /// object (`None` deletes), or leaves everything as it is (`None`). Returns the object as
+    /// stored (or as it was, deleted).
+    fn change_object(
+        &self,
+        r: &'static Resource,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(Option<&Value>) -> Option<(&'static str, Option<Value>)>,
+        compact: bool,
+    ) -> Option<Value> {
+        let mut st = self.state.lock().expect("state lock");
+        let key = (r.plural, namespace.to_owned(), name.to_owned());
+        let (event, new) = f(st.objects.get(&key))?;
+        st.rv += 1;
+        let rv = st.rv;
+        let object = match new {
+            Some(mut v) => {
+                v["apiVersion"] = r.group_version.into();
+                v["kind"] = r.kind.into();
+                let meta = &mut v["metadata"];
+                meta["name"] = name.into();
+                if r.namespaced {
+                    meta["namespace"] = namespace.into();
+                }
+                meta["resourceVersion"] = rv.to_string().into();
+                meta["managedFields"] = json!([{ "manager": "kubectl", "operation": "Apply" }]);
+                if meta.get("uid").is_none() {
+                    meta["uid"] = format!("uid-{name}-{rv}").into();
+                    meta["creationTimestamp"] = "2026-01-01T00:00:00Z".into();
+                }
+                st.objects.insert(key, v.clone());
+                v
+            }
+            None => {
+                let mut v = st.objects.remove(&key)?;
+                v["metadata"]["resourceVersion"] = rv.to_string().into();
+                v
+            }
+        };
+        if compact {
+            st.log.clear();
+            st.object_log.clear();
+            st.compacted = rv;
+        } else {
+            let e = json!({ "type": event, "object": object });
+            st.object_log.push((rv, r.plural, e));
         }
         drop(st);
         self.head.send_replace(rv);
@@ -371,11 +580,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             None => not_found(&name),
         },
         (Method::PATCH, _, Some(name)) => patch_node(&shared, &name, req).await,
-        (method, path, _) => error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("the fake API server does not serve {method} {path}"),
-        ),
+        (Method::GET, "/apis", _) => discovery(&shared),
+        (method, path, _) => match route(&shared, path) {
+            Route::Served(at) => serve_resource(&shared, method, at, &query, req).await,
+            Route::NotInstalled => page_not_found(),
+            Route::Unknown => error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the fake API server does not serve {method} {path}"),
+            ),
+        },
     };
     Ok(resp)
 }
@@ -447,6 +661,51 @@ async fn patch_node(shared: &Shared, name: &str, req: Request<Incoming>) -> Resp
 }
 
 fn watch_nodes(shared: &Arc<Shared>, query: &BTreeMap<String, String>) -> Response<Body> {
+    watch_events(shared, query, Watched::Nodes)
+}
+
+/// What one watch follows.
+#[derive(Clone)]
+enum Watched {
+    Nodes,
+    /// One resource, in one namespace or (`None`) all.
+    Objects(&'static Resource, Option<String>),
+}
+
+impl Watched {
+    fn events(&self, st: &State, after: u64) -> Vec<Value> {
+        match self {
+            Watched::Nodes => {
+                let events = st.log.iter().filter(|(rv, _)| *rv > after);
+                events.map(|(_, e)| e.clone()).collect()
+            }
+            Watched::Objects(r, ns) => st
+                .object_log
+                .iter()
+                .filter(|(rv, plural, e)| {
+                    let in_ns = ns
+                        .as_deref()
+                        .is_none_or(|ns| e["object"]["metadata"]["namespace"].as_str() == Some(ns));
+                    *rv > after && *plural == r.plural && in_ns
+                })
+                .map(|(_, _, e)| e.clone())
+                .collect(),
+        }
+    }
+
+    fn type_meta(&self) -> (&'static str, &'static str) {
+        match self {
+            Watched::Nodes => ("Node", "v1"),
+            Watched::Objects(r, _) => (r.kind, r.group_version),
+        }
+    }
+}
+
+fn watch_events(
+    shared: &Arc<Shared>,
+    query: &BTreeMap<String, String>,
+    watched: Watched,
+) -> Response<Body> {
     let head = shared.head.subscribe();
     let from: u64 = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => *head.borrow(),
@@ -471,6 +730,7 @@ fn watch_nodes(shared: &Arc<Shared>, query: &BTreeMap<String, String>) -> Respon
         bookmarks,
         until,
         tx,
+        watched,
     ));
     let frames = futures::stream::unfold(rx, |mut rx| async move {
         let chunk = rx.recv().await?;
@@ -489,6 +749,7 @@ async fn stream_events(
     bookmarks: bool,
     until: tokio::time::Instant,
     tx: mpsc::Sender<Bytes>,
+    watched: Watched,
 ) {
     let line = |v: &Value| Bytes::from(format!("{v}\n"));
     loop {
@@ -498,8 +759,7 @@ async fn stream_events(
                 let msg = format!("too old resource version: {cursor} ({})", st.compacted);
                 Err(status(StatusCode::GONE, "Expired", msg))
             } else {
-                let events = st.log.iter().filter(|(rv, _)| *rv > cursor);
-                let events: Vec<Value> = events.map(|(_, e)| e.clone()).collect();
+                let events = watched.events(&st, cursor);
                 cursor = st.rv;
                 Ok(events)
             }
@@ -523,8 +783,9 @@ async fn stream_events(
         tokio::select! {
             r = head.changed() => if r.is_err() { return },
             () = tokio::time::sleep(Duration::from_secs(1)), if bookmarks => {
+                let (kind, api_version) = watched.type_meta();
                 let bookmark = json!({ "type": "BOOKMARK", "object": {
-                    "kind": "Node", "apiVersion": "v1",
+                    "kind": kind, "apiVersion": api_version,
                     "metadata": { "resourceVersion": cursor.to_string() },
                 }});
                 if tx.send(line(&bookmark)).await.is_err() {
@@ -538,4 +799,193 @@ async fn stream_events(
             return;
         }
     }
+}
+
+/// Where a request for a resource other than Nodes goes.
+enum Route {
+    Served(At),
+    /// A `cilium.io` path while the CRDs are uninstalled.
+    NotInstalled,
+    Unknown,
+}
+
+/// A collection (`name` `None`) or one object, in one namespace or (`None`) all.
+struct At {
+    r: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn route(shared: &Shared, path: &str) -> Route {
+    let (group_version, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        ("v1".to_owned(), rest)
+    } else if let Some(rest) = path.strip_prefix("/apis/") {
+        let mut parts = rest.splitn(3, '/');
+        let (Some(g), Some(v), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+            return Route::Unknown;
+        };
+        (format!("{g}/{v}"), rest)
+    } else {
+        return Route::Unknown;
+    };
+    if group_version.starts_with("cilium.io/")
+        && shared.state.lock().expect("state lock").cilium_uninstalled
+    {
+        return Route::NotInstalled;
+    }
+    let find = |plural: &str| {
+        RESOURCES
+            .iter()
+            .find(|r| r.group_version == group_version && r.plural == plural)
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let at = match segments.as_slice() {
+        ["namespaces", ns, plural] => find(plural).filter(|r| r.namespaced).map(|r| At {
+            r,
+            namespace: Some((*ns).to_owned()),
+            name: None,
+        }),
+        ["namespaces", ns, plural, name] => find(plural).filter(|r| r.namespaced).map(|r| At {
+            r,
+            namespace: Some((*ns).to_owned()),
+            name: Some((*name).to_owned()),
+        }),
+        [plural] => find(plural).map(|r| At {
+            r,
+            namespace: None,
+            name: None,
+        }),
+        [plural, name] => find(plural).filter(|r| !r.namespaced).map(|r| At {
+            r,
+            namespace: None,
+            name: Some((*name).to_owned()),
+        }),
+        _ => None,
+    };
+    at.map_or(Route::Unknown, Route::Served)
+}
+
+async fn serve_resource(
+    shared: &Arc<Shared>,
+    method: Method,
+    at: At,
+    query: &BTreeMap<String, String>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let r = at.r;
+    match (method, at.name) {
+        (Method::GET, None) if query.get("watch").is_some_and(|w| w != "false") => {
+            watch_events(shared, query, Watched::Objects(r, at.namespace))
+        }
+        (Method::GET, None) => {
+            let st = shared.state.lock().expect("state lock");
+            let items: Vec<&Value> = st
+                .objects
+                .iter()
+                .filter(|((plural, ns, _), _)| {
+                    *plural == r.plural && at.namespace.as_ref().is_none_or(|want| want == ns)
+                })
+                .map(|(_, v)| v)
+                .collect();
+            let list = json!({
+                "kind": format!("{}List", r.kind), "apiVersion": r.group_version,
+                "metadata": { "resourceVersion": st.rv.to_string() }, "items": items,
+            });
+            full(StatusCode::OK, &list)
+        }
+        (Method::GET, Some(name)) => {
+            let ns = at.namespace.unwrap_or_default();
+            let st = shared.state.lock().expect("state lock");
+            match st.objects.get(&(r.plural, ns, name.clone())) {
+                Some(v) => full(StatusCode::OK, v),
+                None => object_not_found(r, &name),
+            }
+        }
+        (Method::POST, None) if r.plural == "configmaps" && at.namespace.is_some() => {
+            let ns = at.namespace.unwrap_or_default();
+            create(shared, r, &ns, req).await
+        }
+        (method, _) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "the fake API server does not serve {method} on {}",
+                r.plural
+            ),
+        ),
+    }
+}
+
+/// `POST`: 201 with the object, or 409 `AlreadyExists` if the name is taken.
+async fn create(
+    shared: &Shared,
+    r: &'static Resource,
+    ns: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Ok(body) = req.into_body().collect().await else {
+        return error(StatusCode::BAD_REQUEST, "BadRequest", "body".into());
+    };
+    let object: Value = match serde_json::from_slice(&body.to_bytes()) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+        let msg = "metadata.name: Required value".to_string();
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg);
+    };
+    let mut exists = false;
+    // The existence check and the insert happen under the one state lock.
+    let create = |old: Option<&Value>| {
+        exists = old.is_some();
+        (!exists).then_some(("ADDED", Some(object)))
+    };
+    let created = shared.change_object(r, ns, &name, create, false);
+    if exists {
+        shared.state.lock().expect("state lock").create_conflicts += 1;
+        let msg = format!("{} \"{name}\" already exists", r.plural);
+        let mut body = status(StatusCode::CONFLICT, "AlreadyExists", msg);
+        body["details"] = json!({ "name": name, "kind": r.plural });
+        return full(StatusCode::CONFLICT, &body);
+    }
+    match created {
+        Some(v) => full(StatusCode::CREATED, &v),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "create".into(),
+        ),
+    }
+}
+
+fn object_not_found(r: &Resource, name: &str) -> Response<Body> {
+    let msg = format!("{} \"{name}\" not found", r.plural);
+    error(StatusCode::NOT_FOUND, "NotFound", msg)
+}
+
+/// What a real API server answers for a path no installed group serves.
+fn page_not_found() -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from("404 page not found\n")).boxed_unsync());
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    let text = hyper::header::HeaderValue::from_static("text/plain; charset=utf-8");
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, text);
+    resp
+}
+
+/// `GET /apis`: the API groups served besides the core group.
+fn discovery(shared: &Shared) -> Response<Body> {
+    let mut groups = vec!["networking.k8s.io/v1"];
+    if !shared.state.lock().expect("state lock").cilium_uninstalled {
+        groups.push("cilium.io/v2");
+    }
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|gv| {
+            let (name, version) = gv.split_once('/').expect("group/version");
+            let v = json!({ "groupVersion": gv, "version": version });
+            json!({ "name": name, "versions": [v.clone()], "preferredVersion": v })
+        })
+        .collect();
+    let list = json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups });
+    full(StatusCode::OK, &list)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
-use kube::{Api, Client};
+use kube::Api;
 
 use super::node::{self, Ownership, View};
 use super::{Target, RPC_TIMEOUT};
@@ -104,21 +104,7 @@ impl Shell {
     }
 
     async fn connect(&self) -> Result<Api<Node>, String> {
-        let t = &self.target;
-        let mut config = match &t.kubeconfig {
-            Some((path, kc)) => {
-                let options = kube::config::KubeConfigOptions::default();
-                let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options).await;
-                config.map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| format!("no Kubernetes config found: {e}"))?,
-        };
-        config.connect_timeout = Some(RPC_TIMEOUT);
-        let client = Client::try_from(config)
-            .map_err(|e| format!("Kubernetes client for {}: {e}", t.server))?;
-        Ok(Api::all(client))
+        Ok(Api::all(self.target.api.client().await?))
     }
 
     /// Lists then watches every Node, refreshes the heartbeat and writes record changes, until
