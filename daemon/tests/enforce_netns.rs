@@ -31,28 +31,33 @@ use policy::{Compiled, Direction};
 const A: &str = "10.244.0.1";
 const B: &str = "10.244.0.2";
 
-const CLUSTER: &str = r#"
+/// Namespace demo with pods a and b at `a_ip` and `b_ip`, and b isolated for ingress.
+fn cluster(a_ip: &str, b_ip: &str) -> String {
+    format!(
+        r#"
 apiVersion: v1
 kind: Namespace
-metadata: {name: demo}
+metadata: {{name: demo}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: a, namespace: demo, labels: {app: a}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.244.0.1}]}
+metadata: {{name: a, namespace: demo, labels: {{app: a}}}}
+spec: {{containers: [{{name: c, image: i}}]}}
+status: {{podIPs: [{{ip: "{a_ip}"}}]}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: b, namespace: demo, labels: {app: b}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.244.0.2}]}
+metadata: {{name: b, namespace: demo, labels: {{app: b}}}}
+spec: {{containers: [{{name: c, image: i}}]}}
+status: {{podIPs: [{{ip: "{b_ip}"}}]}}
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: b-default-deny, namespace: demo}
-spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
-"#;
+metadata: {{name: b-default-deny, namespace: demo}}
+spec: {{podSelector: {{matchLabels: {{app: b}}}}, policyTypes: [Ingress]}}
+"#
+    )
+}
 
 const ALLOW_8080: &str = r#"
 apiVersion: networking.k8s.io/v1
@@ -226,29 +231,6 @@ fn echo(s: &mut TcpStream, msg: &[u8]) -> bool {
 const A6: &str = "fd00:244::1";
 const B6: &str = "fd00:244::2";
 
-const CLUSTER6: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: demo, labels: {app: a}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: "fd00:244::1"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: demo, labels: {app: b}}
-spec: {containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: "fd00:244::2"}]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: b-default-deny, namespace: demo}
-spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
-"#;
-
 /// The same policy over IPv6 only: ICMPv6 neighbour discovery must pass (or nothing would),
 /// TCP is judged by the policy, echo requests are denied, replies ride connection tracking.
 #[test]
@@ -281,7 +263,7 @@ fn enforces_policy_over_ipv6() {
 
     let mut enf = Enforcer::open(&lab.pin_dir()).expect("load the eBPF programs");
     let ifindex = enf.attach("vh").expect("attach");
-    enf.apply(&desired(&[CLUSTER6, ALLOW_8080], ifindex))
+    enf.apply(&desired(&[&cluster(A6, B6), ALLOW_8080], ifindex))
         .expect("apply");
     // Forget the neighbour so that reaching b needs neighbour discovery through the programs.
     sh(&["ip", "-n", &lab.host, "-6", "neigh", "flush", "all"]);
@@ -353,7 +335,7 @@ fn enforces_policy_statefully_on_a_real_veth() {
     assert!(connect(8080).is_none(), "no endpoint config must drop");
     assert!(count(&enf, ifindex, true, Reason::NoEndpoint) > 0);
 
-    let policy = desired(&[CLUSTER, ALLOW_8080], ifindex);
+    let policy = desired(&[&cluster(A, B), ALLOW_8080], ifindex);
     enf.apply(&policy).expect("apply");
     let mut held = connect(8080).expect("TCP 8080 from a is allowed");
     assert!(
@@ -373,7 +355,7 @@ fn enforces_policy_statefully_on_a_real_veth() {
     assert!(count(&enf, ifindex, true, Reason::PolicyAllow) > 0);
 
     // An unrelated rule is added: the established connection is untouched.
-    enf.apply(&desired(&[CLUSTER, ALLOW_8080, UNRELATED], ifindex))
+    enf.apply(&desired(&[&cluster(A, B), ALLOW_8080, UNRELATED], ifindex))
         .expect("apply");
     assert!(
         echo(&mut held, b"still here"),
@@ -403,7 +385,7 @@ fn enforces_policy_statefully_on_a_real_veth() {
     assert!(connect(8080).is_some(), "allowed while no agent runs");
     let mut enf = Enforcer::open(&pin).expect("re-open from pins");
     assert_eq!(enf.attach("vh").expect("re-attach"), ifindex);
-    enf.apply(&desired(&[CLUSTER, ALLOW_8080, UNRELATED], ifindex))
+    enf.apply(&desired(&[&cluster(A, B), ALLOW_8080, UNRELATED], ifindex))
         .expect("re-apply");
     assert!(
         echo(&mut held, b"after restart"),
@@ -421,7 +403,7 @@ fn enforces_policy_statefully_on_a_real_veth() {
 
     // A full policy map: the endpoint fails closed (allowed traffic too) and the caller gets
     // an error to count; the next good apply recovers.
-    let mut flood = desired(&[CLUSTER, ALLOW_8080], ifindex);
+    let mut flood = desired(&[&cluster(A, B), ALLOW_8080], ifindex);
     for i in 0..300_000u32 {
         let key = Key {
             direction: Direction::Egress,
@@ -444,12 +426,12 @@ fn enforces_policy_statefully_on_a_real_veth() {
         "fail-closed endpoint drops allowed traffic"
     );
     assert!(count(&enf, ifindex, true, Reason::FailClosed) > 0);
-    enf.apply(&desired(&[CLUSTER, ALLOW_8080], ifindex))
+    enf.apply(&desired(&[&cluster(A, B), ALLOW_8080], ifindex))
         .expect("recovering apply");
     assert!(connect(8080).is_some(), "recovered after a good apply");
 
     // The allow rule goes: new connections fail (the tracked one may live on, as in Cilium).
-    enf.apply(&desired(&[CLUSTER, UNRELATED], ifindex))
+    enf.apply(&desired(&[&cluster(A, B), UNRELATED], ifindex))
         .expect("apply");
     assert!(
         connect(8080).is_none(),

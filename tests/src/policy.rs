@@ -233,6 +233,25 @@ impl Lab {
         .unwrap_or(false)
     }
 
+    /// Probes until the results equal `want` or `within` passes (policy takes a moment to reach
+    /// every node's maps); the last results.
+    pub fn probe_until(
+        &self,
+        probes: &[(Host, Ipv4Addr, u16, Proto)],
+        want: &[bool],
+        timeout: Duration,
+        within: Duration,
+    ) -> Vec<bool> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let got = self.probe_all(probes, timeout);
+            if got == want || std::time::Instant::now() > deadline {
+                return got;
+            }
+            thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// Runs `f` on a new thread inside `host`'s network namespace.
     pub fn spawn_in<T, F>(&self, host: Host, f: F) -> JoinHandle<std::io::Result<T>>
     where

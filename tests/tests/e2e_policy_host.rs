@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wiremesh_lab::{namespace_manifest, node_gateway, Host, Lab, PodSpec, Proto};
 
@@ -24,20 +24,12 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 "#;
 
-/// Probes until the results equal `want` or [`SETTLE`] passes; the last results.
 fn settle(
     lab: &Lab,
     probes: &[(Host, std::net::Ipv4Addr, u16, Proto)],
     want: &[bool],
 ) -> Vec<bool> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let got = lab.probe_all(probes, PROBE);
-        if got == want || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    lab.probe_until(probes, want, PROBE, SETTLE)
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wiremesh_lab::{namespace_manifest, Host, Lab, PodSpec, Proto};
+use wiremesh_lab::{namespace_manifest, Host, Lab, PodSpec, Proto, Servers};
 
 const PROBE: Duration = Duration::from_millis(800);
 const SETTLE: Duration = Duration::from_secs(15);
@@ -76,25 +76,32 @@ fn setup(lab: &Lab) -> Pods {
     pods
 }
 
+/// A two-node lab with echo servers in every pod and the policy enforced.
+fn enforced_lab() -> (Lab, Servers, Pods) {
+    common::require_agent();
+    let lab = common::lab(2, 2);
+    common::start_mesh(&lab);
+    let servers = lab
+        .serve(&lab.all_pods(), &[80, 81], &[])
+        .expect("echo servers");
+    let p = setup(&lab);
+    wait_enforced(&lab, &p);
+    (lab, servers, p)
+}
+
 /// Waits until a → b:80 opens and c → b:80 and a → b:81 do not.
 fn wait_enforced(lab: &Lab, p: &Pods) {
-    let deadline = Instant::now() + SETTLE;
     let probes = [
         (p.a.host, p.b.ip(), 80, Proto::Tcp),
         (p.c.host, p.b.ip(), 80, Proto::Tcp),
         (p.a.host, p.b.ip(), 81, Proto::Tcp),
     ];
-    loop {
-        let got = lab.probe_all(&probes, PROBE);
-        if got == [true, false, false] {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "policy not enforced within {SETTLE:?}: a→b:80, c→b:80, a→b:81 = {got:?} (want [true, false, false])"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let got = lab.probe_until(&probes, &[true, false, false], PROBE, SETTLE);
+    assert_eq!(
+        got,
+        [true, false, false],
+        "policy not enforced within {SETTLE:?}: a→b:80, c→b:80, a→b:81"
+    );
 }
 
 /// A connection a → b:80 that echoes every [`ECHO_EVERY`] until `stop`; returns the number of
@@ -127,14 +134,7 @@ fn hold_connection(
 
 #[test]
 fn replies_pass_and_updates_under_load_break_nothing() {
-    common::require_agent();
-    let lab = common::lab(2, 2);
-    common::start_mesh(&lab);
-    let _servers = lab
-        .serve(&lab.all_pods(), &[80, 81], &[])
-        .expect("echo servers");
-    let p = setup(&lab);
-    wait_enforced(&lab, &p);
+    let (lab, _servers, p) = enforced_lab();
 
     // b's egress is default-deny: the echoes coming back are replies of an allowed connection.
     let stop = Arc::new(AtomicBool::new(false));
@@ -163,14 +163,7 @@ fn replies_pass_and_updates_under_load_break_nothing() {
 
 #[test]
 fn agent_restarts_never_lapse_enforcement() {
-    common::require_agent();
-    let lab = common::lab(2, 2);
-    common::start_mesh(&lab);
-    let _servers = lab
-        .serve(&lab.all_pods(), &[80, 81], &[])
-        .expect("echo servers");
-    let p = setup(&lab);
-    wait_enforced(&lab, &p);
+    let (lab, _servers, p) = enforced_lab();
 
     // Probers knock throughout: the allowed pair must always get through, the denied ones
     // never.

@@ -73,17 +73,7 @@ pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, String> {
         .map(|o| (o.origin.as_str(), o.manifest.as_str()));
     let mut bundle = policy::load(texts).map_err(|e| e.to_string())?;
     for rec in nodes.nodes.values() {
-        let node = bundle
-            .nodes
-            .entry(rec.node_name.clone())
-            .or_insert_with(|| policy::model::Node {
-                name: rec.node_name.clone(),
-                ..Default::default()
-            });
-        // As the kubelet labels every Node (a node learnt from a pod's nodeName has no labels).
-        node.labels
-            .entry(HOSTNAME_LABEL.to_string())
-            .or_insert_with(|| rec.node_name.clone());
+        let node = node_entry(&mut bundle, &rec.node_name);
         for ip in rec.node_ips.iter().copied().chain([rec.endpoint.ip()]) {
             if !node.ips.contains(&ip) {
                 node.ips.push(ip);
@@ -94,6 +84,22 @@ pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, String> {
 }
 
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// The bundle's node `name`, added if missing, with the hostname label the kubelet gives every
+/// Node (a node learnt only from a pod's `nodeName` has no labels).
+fn node_entry<'b>(bundle: &'b mut Bundle, name: &str) -> &'b mut policy::model::Node {
+    let node = bundle
+        .nodes
+        .entry(name.to_string())
+        .or_insert_with(|| policy::model::Node {
+            name: name.to_string(),
+            ..Default::default()
+        });
+    node.labels
+        .entry(HOSTNAME_LABEL.to_string())
+        .or_insert_with(|| name.to_string());
+    node
+}
 
 pub struct PolicyLoop {
     pub node_name: String,
@@ -219,16 +225,7 @@ impl PolicyLoop {
                 return;
             }
         };
-        let node = bundle
-            .nodes
-            .entry(self.node_name.clone())
-            .or_insert_with(|| policy::model::Node {
-                name: self.node_name.clone(),
-                ..Default::default()
-            });
-        node.labels
-            .entry(HOSTNAME_LABEL.to_string())
-            .or_insert_with(|| self.node_name.clone());
+        let node = node_entry(bundle, &self.node_name);
         for ip in addrs {
             if !node.ips.contains(&ip) {
                 node.ips.push(ip);

@@ -139,14 +139,7 @@ fn network_policy(lab: &Lab) -> anyhow::Result<()> {
         (frontend.host, backend.ip(), 8080, Proto::Tcp),
         (other.host, backend.ip(), 8080, Proto::Tcp),
     ];
-    let deadline = Instant::now() + REACH;
-    let got = loop {
-        let got = lab.probe_all(&probes, Duration::from_millis(800));
-        if got == [true, false] || Instant::now() > deadline {
-            break got;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let got = lab.probe_until(&probes, &[true, false], Duration::from_millis(800), REACH);
     for (from, ok) in [&frontend, &other].iter().zip(&got) {
         let verdict = if *ok { "connected" } else { "blocked" };
         println!(

@@ -86,32 +86,16 @@ impl EtcdObjects {
         objects: Vec<(ObjectRef, String)>,
         deletes: Vec<ObjectRef>,
     ) -> Result<(), StoreError> {
-        let unavailable = |reason: String| StoreError::Unavailable {
-            endpoints: self.endpoints.join(","),
-            reason,
-        };
         let mut ops: Vec<TxnOp> = objects
             .into_iter()
             .map(|(r, json)| TxnOp::put(self.key(&r), json, None))
             .collect();
         ops.extend(deletes.iter().map(|r| TxnOp::delete(self.key(r), None)));
-        let mut writer = self.writer.lock().await;
-        if writer.is_none() {
-            let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
-            *writer = Some(
-                rpc("connect", RPC_TIMEOUT, connect)
-                    .await
-                    .map_err(unavailable)?,
-            );
-        }
-        let client = writer.as_mut().expect("connected above");
         // Beyond etcd's per-transaction limit the write is split (each part atomic).
         for chunk in ops.chunks(MAX_TXN_OPS) {
             let txn = Txn::new().and_then(chunk.to_vec());
-            if let Err(e) = rpc("write objects", RPC_TIMEOUT, client.txn(txn)).await {
-                *writer = None;
-                return Err(unavailable(e));
-            }
+            self.with_client("write objects", move |c| Box::pin(c.txn(txn)))
+                .await?;
         }
         Ok(())
     }
