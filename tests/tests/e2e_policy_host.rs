@@ -2,7 +2,7 @@
 //! node-2 itself through the tunnel (its pod gateway address 10.244.2.1, which node-1's pods reach
 //! over WireGuard), enforced by the eBPF programs on node-2's WireGuard device. Pod traffic that
 //! the same device forwards is left to the pods' own policy. Deleting the policy detaches the
-//! programs again.
+//! programs again. And policy over the etcd store, across an agent restart.
 
 mod common;
 
@@ -85,4 +85,52 @@ fn node_selector_policy_guards_the_host_through_the_tunnel() {
         got, open,
         "everything is open again once the policy is deleted"
     );
+}
+
+/// The same path on the etcd store: objects applied through node-1's agent are stored in etcd,
+/// node-2's agent learns them by watch and allocates identities there, and its enforcement
+/// survives a restart of its agent (the objects are listed again before the maps are touched).
+#[test]
+fn policy_travels_through_etcd() {
+    common::require_agent();
+    let lab = common::lab_with(2, 2, wiremesh_lab::LabOptions::etcd(common::LEASE_TTL));
+    common::start_mesh(&lab);
+    let a = PodSpec::new("demo", "a", Host::Pod(1, 1)).label("app", "a");
+    let c = PodSpec::new("demo", "c", Host::Pod(1, 2)).label("app", "c");
+    let b = PodSpec::new("demo", "b", Host::Pod(2, 1)).label("app", "b");
+    let objects = [
+        namespace_manifest("demo", &[]),
+        a.manifest(),
+        b.manifest(),
+        c.manifest(),
+    ]
+    .join("---\n");
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                  metadata: {name: b-from-a, namespace: demo}\n\
+                  spec:\n  podSelector: {matchLabels: {app: b}}\n  \
+                  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]\n";
+    lab.apply(1, &objects).expect("apply objects");
+    lab.apply(1, policy).expect("apply the policy");
+    let _servers = lab.serve(&[b.host], &[80], &[]).expect("echo server");
+    let probes = [
+        (a.host, b.ip(), 80, Proto::Tcp),
+        (c.host, b.ip(), 80, Proto::Tcp),
+    ];
+    let want = [true, false];
+    assert_eq!(
+        settle(&lab, &probes, &want),
+        want,
+        "a→b allowed, c→b denied"
+    );
+    lab.kill_agent(2).expect("kill -9 node-2's agent");
+    lab.start_agent(2).expect("restart it");
+    lab.wait_status(2, "the restarted agent", common::READY, |_| true)
+        .expect("restarted agent answers");
+    assert_eq!(
+        lab.probe_all(&probes, PROBE),
+        want,
+        "enforcement holds across the restart"
+    );
+    let out = lab.trace(2, &["--from", "demo/c", "--to", "demo/b", "--port", "80"]);
+    assert!(out.expect("online trace").contains("denied"));
 }
