@@ -52,6 +52,22 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Single-stream TCP throughput pod-to-pod across the tunnel with 0, 10, 1,000 and 10,000
+    /// NetworkPolicy rules selecting the destination pod, in one lab, as ratios to 0 rules; how
+    /// long each change takes to be enforced; and a full policy recompute's cost in-process.
+    /// Use release builds: `cargo build --release --bins && WIREMESH_BIN=target/release/wiremesh
+    /// target/release/wiremesh-lab bench-policy`.
+    BenchPolicy {
+        /// Length of each iperf3 run (`-t`).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// iperf3 runs per rule count (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Rule counts, in order; the first must be 0 (the baseline).
+        #[arg(long, value_delimiter = ',', default_value = "0,10,1000,10000")]
+        rules: Vec<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +85,11 @@ fn main() -> ExitCode {
         } => cli::up::run(nodes, pods, !no_agents, etcd),
         Cmd::Demo { nodes, pods } => cli::demo::run(nodes, pods),
         Cmd::Bench { seconds } => bench::run(seconds),
+        Cmd::BenchPolicy {
+            seconds,
+            repeats,
+            rules,
+        } => bench::policy::run(seconds, repeats, &rules),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
