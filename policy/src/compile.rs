@@ -7,14 +7,16 @@
 //! lookups, whatever the number of rules: rule count only grows the map, never the probes.
 //! Deny entries win over allow entries among everything the probes find.
 
-use std::collections::{BTreeMap, HashMap};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::eval::{node_subject_matches, peer_matches, subject_matches, CidrTest, Class, View};
 use crate::http::HttpRule;
 use crate::identity::{Identities, IdentityId, IdentityLabels, HOST, REMOTE_NODE};
 use crate::model::{
-    Bundle, Direction, Endpoint, NamedPorts, Peers, Policy, PortSpec, PortValue, Ports, Protocol,
+    Bundle, Direction, Endpoint, NamedPorts, Peer, Peers, Policy, PortSpec, PortValue, Ports,
+    Protocol,
 };
 
 const ANY: u32 = 0;
@@ -174,9 +176,22 @@ impl Compiled {
     /// Compiles every endpoint's map against `identities` (e.g. allocated cluster-wide with
     /// [`Identities::build_with`]).
     pub fn build_with(bundle: &Bundle, identities: Identities) -> Self {
+        Self::build_for(bundle, identities, None)
+    }
+
+    /// [`Compiled::build_with`] for the endpoints and host endpoint of node `node` only (all
+    /// when `None`): what one agent enforces. Identities still cover the whole cluster.
+    pub fn build_for(bundle: &Bundle, identities: Identities, node: Option<&str>) -> Self {
+        let index = PeerIndex::new(&identities);
+        let ctx = Ctx {
+            ids: &identities,
+            index: &index,
+        };
+        let on_node = |n: Option<&str>| node.is_none() || n == node;
         let maps = bundle
             .endpoints
             .iter()
+            .filter(|ep| on_node(ep.node.as_deref()))
             .map(|ep| {
                 let selecting = bundle
                     .policies
@@ -185,7 +200,7 @@ impl Compiled {
                     .collect();
                 (
                     ep.qualified_name(),
-                    compile_subject(&identities, selecting, &ep.named_ports),
+                    compile_subject(&ctx, selecting, &ep.named_ports),
                 )
             })
             .collect();
@@ -193,6 +208,7 @@ impl Compiled {
         let host_maps = bundle
             .nodes
             .values()
+            .filter(|n| on_node(Some(&n.name)))
             .filter_map(|node| {
                 let selecting: Vec<&Policy> = bundle
                     .policies
@@ -202,7 +218,7 @@ impl Compiled {
                 (!selecting.is_empty()).then(|| {
                     (
                         node.name.clone(),
-                        compile_subject(&identities, selecting, &no_ports),
+                        compile_subject(&ctx, selecting, &no_ports),
                     )
                 })
             })
@@ -265,7 +281,66 @@ fn view_of_identity(labels: &IdentityLabels) -> View<'_> {
 
 /// The map of one endpoint (a pod, or a node's host endpoint) from the policies selecting it;
 /// `own_ports` are its named ports (ingress named ports resolve on it).
-fn compile_subject(ids: &Identities, selecting: Vec<&Policy>, own_ports: &NamedPorts) -> PolicyMap {
+/// Identities by the policy prefixes in their CIDR labels: an `ipBlock` / `fromCIDR` peer can
+/// only match an identity whose labels hold its prefix, so such peers look up their candidates
+/// here instead of testing every identity (10,000 CIDR rules × thousands of identities).
+struct PeerIndex {
+    by_cidr: HashMap<IpNet, Vec<IdentityId>>,
+}
+
+impl PeerIndex {
+    fn new(ids: &Identities) -> Self {
+        let mut by_cidr: HashMap<IpNet, Vec<IdentityId>> = HashMap::new();
+        for (id, labels) in ids.iter() {
+            if let IdentityLabels::Endpoint { cidrs, .. } | IdentityLabels::Cidr { cidrs } = labels
+            {
+                for net in cidrs {
+                    by_cidr.entry(*net).or_default().push(id);
+                }
+            }
+        }
+        Self { by_cidr }
+    }
+
+    /// The identities that may match one of `peers` (a superset; `None`: any identity may).
+    fn candidates(&self, peers: &[Peer]) -> Option<BTreeSet<IdentityId>> {
+        let mut out = BTreeSet::new();
+        for peer in peers {
+            let (Peer::IpBlock { cidr, .. } | Peer::Cidr { cidr, .. }) = peer else {
+                return None;
+            };
+            out.extend(self.by_cidr.get(cidr).into_iter().flatten().copied());
+        }
+        Some(out)
+    }
+}
+
+struct Ctx<'a> {
+    ids: &'a Identities,
+    index: &'a PeerIndex,
+}
+
+/// The identities matching any of `peers`, with their named ports.
+fn matching<'a>(ctx: &Ctx<'a>, peers: &[Peer]) -> Vec<(IdentityId, Option<&'a NamedPorts>)> {
+    let test = |(id, labels): (IdentityId, &'a IdentityLabels)| {
+        let view = view_of_identity(labels);
+        peers
+            .iter()
+            .any(|p| peer_matches(p, &view))
+            .then_some((id, view.named_ports))
+    };
+    match ctx.index.candidates(peers) {
+        Some(ids) => ids
+            .into_iter()
+            .filter_map(|id| ctx.ids.labels(id).map(|l| (id, l)))
+            .filter_map(test)
+            .collect(),
+        None => ctx.ids.iter().filter_map(test).collect(),
+    }
+}
+
+fn compile_subject(ctx: &Ctx<'_>, selecting: Vec<&Policy>, own_ports: &NamedPorts) -> PolicyMap {
+    let ids = ctx.ids;
     let mut map = PolicyMap::default();
     for dir in [Direction::Ingress, Direction::Egress] {
         let wildcard = |identity| Key {
@@ -290,16 +365,7 @@ fn compile_subject(ids: &Identities, selecting: Vec<&Policy>, own_ports: &NamedP
                 for rule in rules {
                     let targets: Vec<(IdentityId, Option<&NamedPorts>)> = match &rule.peers {
                         Peers::All => vec![(ANY, None)],
-                        Peers::List(peers) => ids
-                            .iter()
-                            .filter_map(|(id, labels)| {
-                                let view = view_of_identity(labels);
-                                peers
-                                    .iter()
-                                    .any(|p| peer_matches(p, &view))
-                                    .then_some((id, view.named_ports))
-                            })
-                            .collect(),
+                        Peers::List(peers) => matching(ctx, peers),
                     };
                     for (identity, remote_ports) in targets {
                         let named = match dir {

@@ -175,7 +175,8 @@ impl PolicyLoop {
                         generation += 1;
                         let (identities, failed) = self.identities(&bundle).await;
                         allocation_failed = failed;
-                        let compiled = Compiled::build_with(&bundle, identities);
+                        let compiled =
+                            Compiled::build_for(&bundle, identities, Some(&self.node_name));
                         let endpoints = self.state.borrow().endpoints.clone();
                         self.state.send_replace(Arc::new(PolicyState {
                             bundle: Arc::new(bundle),
