@@ -28,6 +28,9 @@ use keymgr::{NodeRecord, PrivateKey, Snapshot};
 
 const CLUSTER: &str = "bench";
 const PREFIX: &str = "/wiremesh";
+/// Bounds on each wait, so that a run that cannot finish ends with a message.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(20 * 60);
+const ROTATE_WITHIN: Duration = Duration::from_secs(60);
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -89,8 +92,9 @@ async fn baseline(url: &str, n: usize) -> (Duration, u64) {
             }
         }
     });
-    let last = join_all(waits)
+    let last = tokio::time::timeout(ROTATE_WITHIN, join_all(waits))
         .await
+        .expect("baseline watchers did not all see the put")
         .into_iter()
         .max()
         .expect("at least one watcher");
@@ -101,9 +105,13 @@ async fn baseline(url: &str, n: usize) -> (Duration, u64) {
     (last - start, mem)
 }
 
+/// When every store but `skip` satisfies `pred`; panics (naming `what`) after `within`, so a
+/// run that cannot converge ends instead of hanging.
 async fn wait_all(
     stores: &[EtcdStore],
     skip: usize,
+    what: &str,
+    within: Duration,
     pred: impl Fn(&Snapshot) -> bool + Copy,
 ) -> Instant {
     let waits = stores
@@ -121,11 +129,10 @@ async fn wait_all(
                 }
             }
         });
-    join_all(waits)
+    let all = tokio::time::timeout(within, join_all(waits))
         .await
-        .into_iter()
-        .max()
-        .unwrap_or_else(Instant::now)
+        .unwrap_or_else(|_| panic!("{what}: not reached within {within:?}"));
+    all.into_iter().max().unwrap_or_else(Instant::now)
 }
 
 async fn wiremesh(url: &str, n: usize) -> (Duration, Duration, u64) {
@@ -162,13 +169,18 @@ async fn wiremesh(url: &str, n: usize) -> (Duration, Duration, u64) {
         stores.push(store);
         records.push(rec);
     }
-    wait_all(&stores, usize::MAX, |s| s.nodes.len() == n).await;
+    let everywhere = format!("{n} records in every store");
+    wait_all(&stores, usize::MAX, &everywhere, CONVERGE_WITHIN, |s| {
+        s.nodes.len() == n
+    })
+    .await;
     let converge = start.elapsed();
     let mem = rss_bytes().saturating_sub(before) / n as u64;
 
     let mut samples = Vec::new();
     for _ in 0..3 {
-        // Past the stores' 100 ms rebuild coalescing window, so each sample is one fresh change.
+        // Let the previous sample's fan-out settle, so each sample is one change on a quiet
+        // cluster.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut rotated = records[0].clone();
         rotated.public_key = PrivateKey::generate().public_key();
@@ -179,9 +191,13 @@ async fn wiremesh(url: &str, n: usize) -> (Duration, Duration, u64) {
             .publish(&rotated)
             .await
             .expect("publish rotated key");
-        let last = wait_all(&stores, 0, move |s| {
-            s.nodes.get("node-0").is_some_and(|r| r.public_key == key)
-        })
+        let last = wait_all(
+            &stores,
+            0,
+            "rotated key everywhere",
+            ROTATE_WITHIN,
+            move |s| s.nodes.get("node-0").is_some_and(|r| r.public_key == key),
+        )
         .await;
         samples.push(last - t0);
         records[0] = rotated;

@@ -106,6 +106,9 @@ impl NodeRecord {
 /// Checks that hold across records: no two nodes share a key or overlapping pod CIDRs. Both sides
 /// of a conflict are refused, because the store alone cannot tell which one is genuine and
 /// WireGuard would silently route a shared CIDR to whichever peer was configured last.
+///
+/// This states the rules over a whole set at once; the stores apply the same rules incrementally,
+/// one changed record at a time, and are tested against this function.
 pub fn validate_set(
     records: BTreeMap<String, (String, NodeRecord)>,
 ) -> (BTreeMap<String, NodeRecord>, Vec<Rejected>) {

@@ -298,7 +298,9 @@ async fn start_does_not_wait_for_etcd_and_claims_once_it_is_up() {
     bounded(async {
         let mut server = EtcdServer::reserve();
         let persisted = Snapshot {
-            nodes: [("node-8".to_string(), rec("node-8", 8))].into(),
+            nodes: [("node-8".to_string(), rec("node-8", 8))]
+                .into_iter()
+                .collect(),
         };
         let started = Instant::now();
         let cfg = config(server.url(), Duration::from_secs(30));

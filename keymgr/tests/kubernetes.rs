@@ -422,7 +422,9 @@ async fn start_does_not_wait_for_the_api_server_nor_for_kubelet() {
         let mut server = FakeApiServer::start().await;
         server.stop();
         let persisted = Snapshot {
-            nodes: [("node-8".to_string(), seen(&rec("node-8", 8), 8))].into(),
+            nodes: [("node-8".to_string(), seen(&rec("node-8", 8), 8))]
+                .into_iter()
+                .collect(),
         };
         let started = Instant::now();
         let cfg = config(&server, 300, 3000);

@@ -24,12 +24,12 @@ impl Plan {
 }
 
 /// The peers wanted: every valid record but this node's own.
-pub fn desired(
-    nodes: &BTreeMap<String, NodeRecord>,
+pub fn desired<'a>(
+    nodes: impl IntoIterator<Item = (&'a String, &'a NodeRecord)>,
     self_name: &str,
 ) -> BTreeMap<String, NodeRecord> {
     nodes
-        .iter()
+        .into_iter()
         .filter(|(n, _)| n.as_str() != self_name)
         .map(|(n, r)| (n.clone(), r.clone()))
         .collect()

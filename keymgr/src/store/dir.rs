@@ -3,7 +3,6 @@
 //! keeps the directory in sync (a shared volume, configuration management, or the lab's shared
 //! directory).
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,9 +13,10 @@ use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
 use tokio::sync::watch;
 
-use super::refused::{Origin, RejectionReporter};
+use super::records::{Read, Records};
+use super::refused::Origin;
 use super::{decode_record, send_if_changed, Snapshot, StoreError};
-use crate::{validate_set, NodeRecord, Rejected};
+use crate::{NodeRecord, Rejected};
 
 /// How long to let a burst of file events settle before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -138,39 +138,33 @@ async fn watch_loop(
 /// Turns the directory's files into a snapshot; a bad file is warned about once per change, not
 /// once per rescan.
 struct Scanner {
-    refused: RejectionReporter,
+    records: Records,
 }
 
 impl Default for Scanner {
     fn default() -> Self {
         Self {
-            refused: RejectionReporter::new(Origin::File),
+            records: Records::new(Origin::File),
         }
     }
 }
 
 impl Scanner {
     fn scan(&mut self, dir: &Path) -> Snapshot {
-        let (records, mut rejected) = read_dir(dir);
-        let (nodes, conflicts) = validate_set(records);
-        rejected.extend(conflicts);
-        self.refused.report(rejected);
-        Snapshot { nodes }
+        self.records.replace(read_dir(dir));
+        self.records.snapshot()
     }
 }
 
-type Parsed = BTreeMap<String, (String, NodeRecord)>;
-
-fn read_dir(dir: &Path) -> (Parsed, Vec<Rejected>) {
-    let mut records = BTreeMap::new();
-    let mut rejected = Vec::new();
+fn read_dir(dir: &Path) -> Vec<Read> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(store = %dir.display(), error = %e, "cannot read store directory");
-            return (records, rejected);
+            return Vec::new();
         }
     };
+    let mut reads = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -179,19 +173,17 @@ fn read_dir(dir: &Path) -> (Parsed, Vec<Rejected>) {
             continue;
         }
         let source = path.display().to_string();
-        match read_record(&path) {
-            Ok(rec) => {
-                records.insert(rec.node_name.clone(), (source, rec));
-            }
-            Err(reason) => rejected.push(Rejected {
+        reads.push(match read_record(&path) {
+            Ok(rec) => Ok((source, rec)),
+            Err(reason) => Err(Rejected {
                 // The file is named after the node even when its content cannot be read.
                 node_name: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
                 source,
                 reason,
             }),
-        }
+        });
     }
-    (records, rejected)
+    reads
 }
 
 fn read_record(path: &Path) -> Result<NodeRecord, String> {
@@ -284,8 +276,10 @@ mod tests {
     fn rejections_name_the_file_and_field() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("node-2.json"), b"{\"nodeName\": 3}").unwrap();
-        let (ok, bad) = read_dir(dir.path());
-        assert!(ok.is_empty());
+        let bad: Vec<Rejected> = read_dir(dir.path())
+            .into_iter()
+            .map(|r| r.unwrap_err())
+            .collect();
         assert_eq!(bad.len(), 1);
         assert!(bad[0].source.ends_with("node-2.json"), "{bad:?}");
         assert!(bad[0].reason.contains("nodeName"), "{bad:?}");

@@ -7,10 +7,10 @@ mod etcd;
 mod health;
 mod kubernetes;
 pub mod objects;
+mod records;
 mod refused;
 mod task;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -24,9 +24,11 @@ pub use kubernetes::{KubeConfig, KubeStore};
 use crate::{NodeRecord, RecordError};
 
 /// Every valid record in the store at one moment, keyed by node name (this node's own included).
+/// A persistent map: snapshots of one store share their structure, so each is an O(1) clone and
+/// comparing two consecutive ones costs only what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub nodes: BTreeMap<String, NodeRecord>,
+    pub nodes: imbl::OrdMap<String, NodeRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,17 +31,19 @@ impl RejectionReporter {
         }
     }
 
-    /// Warns about every record in `rejected` not already reported with the same reason, and
-    /// forgets the ones no longer refused (so they are warned about again if they come back).
-    pub(super) fn report(&mut self, rejected: Vec<Rejected>) {
-        let mut now = HashMap::new();
-        for r in rejected {
-            if self.reported.get(&r.source) != Some(&r.reason) {
-                self.warn(&r);
-            }
-            now.insert(r.source, r.reason);
+    /// Records that `r.source` is refused, warning unless it was already reported with the same
+    /// reason.
+    pub(super) fn refuse(&mut self, r: Rejected) {
+        if self.reported.get(&r.source) != Some(&r.reason) {
+            self.warn(&r);
         }
-        self.reported = now;
+        self.reported.insert(r.source, r.reason);
+    }
+
+    /// Forgets `source` (accepted again, or gone), so that it is warned about again if it is
+    /// refused later.
+    pub(super) fn clear(&mut self, source: &str) {
+        self.reported.remove(source);
     }
 
     fn warn(&self, r: &Rejected) {

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveResponse, PutOptions, Txn,
@@ -24,7 +24,6 @@ pub(super) struct Shell {
 
 /// One thing that happened while serving.
 enum Step {
-    Flush,
     Tick,
     Ack(Result<Option<LeaseKeepAliveResponse>, etcd_client::Error>),
     Watch(Result<Option<WatchResponse>, etcd_client::Error>),
@@ -178,10 +177,8 @@ impl Shell {
                 .with_prev_key();
             let what = format!("watch {}", t.nodes_prefix);
             let mut watch = rpc(&what, client.watch(t.nodes_prefix.as_str(), Some(opts))).await?;
-            let mut throttle = Throttle::default();
             loop {
                 let step = tokio::select! {
-                    () = throttle.due() => Step::Flush,
                     _ = tick.tick() => Step::Tick,
                     ack = acks.message() => Step::Ack(ack),
                     msg = watch.message() => Step::Watch(msg),
@@ -230,12 +227,6 @@ impl Shell {
                                 EventType::Delete => self.view.delete(kv.key()),
                             }
                         }
-                        if throttle.ready() {
-                            self.link.send_snapshot(self.view.snapshot());
-                        }
-                    }
-                    Step::Flush => {
-                        throttle.flushed();
                         self.link.send_snapshot(self.view.snapshot());
                     }
                     Step::Watch(Ok(None)) => return Err(format!("{what}: stream closed")),
@@ -288,44 +279,4 @@ async fn rpc<T>(
     request: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, String> {
     task::rpc(what, RPC_TIMEOUT, request).await
-}
-
-/// A snapshot rebuild costs O(nodes); when records change in a burst (a thousand nodes joining)
-/// the first change is applied at once and the rest are coalesced into one rebuild per
-/// [`Throttle::EVERY`], instead of one per watch response.
-#[derive(Default)]
-struct Throttle {
-    last: Option<Instant>,
-    pending: bool,
-}
-
-impl Throttle {
-    const EVERY: Duration = Duration::from_millis(100);
-
-    /// Whether to rebuild now; if not, a rebuild is due at the end of the window.
-    fn ready(&mut self) -> bool {
-        let now = Instant::now();
-        if self
-            .last
-            .is_none_or(|l| now.duration_since(l) >= Self::EVERY)
-        {
-            self.last = Some(now);
-            self.pending = false;
-            return true;
-        }
-        self.pending = true;
-        false
-    }
-
-    fn flushed(&mut self) {
-        self.last = Some(Instant::now());
-        self.pending = false;
-    }
-
-    async fn due(&self) {
-        match (self.pending, self.last) {
-            (true, Some(last)) => tokio::time::sleep_until((last + Self::EVERY).into()).await,
-            _ => std::future::pending().await,
-        }
-    }
 }

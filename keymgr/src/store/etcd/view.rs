@@ -1,25 +1,22 @@
 //! The pure half of the etcd store: the node keys as last listed and watched, turned into a
 //! [`Snapshot`] of valid records. No I/O; the session feeds it keys and values.
 
-use std::collections::BTreeMap;
-
-use crate::store::refused::{Origin, RejectionReporter};
+use crate::store::records::{Read, Records};
+use crate::store::refused::Origin;
 use crate::store::{decode_record, Snapshot};
-use crate::{validate_set, NodeRecord, Rejected};
+use crate::{NodeRecord, Rejected};
 
-/// Every key under the nodes prefix, parsed when it arrives, plus what was already reported so
-/// that a bad record is warned about once per change, not once per event.
+/// Every key under the nodes prefix, parsed when it arrives and validated against the others as
+/// it changes; a bad record is warned about once per change, not once per event.
 #[derive(Debug)]
 pub(super) struct View {
-    keys: BTreeMap<String, Result<NodeRecord, String>>,
-    refused: RejectionReporter,
+    records: Records,
 }
 
 impl Default for View {
     fn default() -> Self {
         Self {
-            keys: BTreeMap::new(),
-            refused: RejectionReporter::new(Origin::EtcdKey),
+            records: Records::new(Origin::EtcdKey),
         }
     }
 }
@@ -31,43 +28,34 @@ impl View {
         nodes_prefix: &str,
         kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) {
-        self.keys.clear();
-        for (key, value) in kvs {
-            self.put(nodes_prefix, key, value);
-        }
+        let reads = kvs.into_iter().map(|(k, v)| read(nodes_prefix, k, v));
+        self.records.replace(reads);
     }
 
     pub(super) fn put(&mut self, nodes_prefix: &str, key: &[u8], value: &[u8]) {
-        let key = String::from_utf8_lossy(key).into_owned();
-        let parsed = parse(nodes_prefix, &key, value);
-        self.keys.insert(key, parsed);
+        self.records.put(read(nodes_prefix, key, value));
     }
 
     pub(super) fn delete(&mut self, key: &[u8]) {
-        self.keys.remove(&*String::from_utf8_lossy(key));
+        self.records.delete(&String::from_utf8_lossy(key));
     }
 
     /// The valid records; refused ones are logged (naming the key and the reason) once per change.
-    pub(super) fn snapshot(&mut self) -> Snapshot {
-        let mut records = BTreeMap::new();
-        let mut rejected = Vec::new();
-        for (key, parsed) in &self.keys {
-            match parsed {
-                Ok(rec) => {
-                    records.insert(rec.node_name.clone(), (key.clone(), rec.clone()));
-                }
-                Err(reason) => rejected.push(Rejected {
-                    source: key.clone(),
-                    // The key names the node even when its value cannot be read.
-                    node_name: key.rsplit('/').next().map(str::to_owned),
-                    reason: reason.clone(),
-                }),
-            }
-        }
-        let (nodes, conflicts) = validate_set(records);
-        rejected.extend(conflicts);
-        self.refused.report(rejected);
-        Snapshot { nodes }
+    pub(super) fn snapshot(&self) -> Snapshot {
+        self.records.snapshot()
+    }
+}
+
+fn read(nodes_prefix: &str, key: &[u8], value: &[u8]) -> Read {
+    let key = String::from_utf8_lossy(key).into_owned();
+    match parse(nodes_prefix, &key, value) {
+        Ok(rec) => Ok((key, rec)),
+        Err(reason) => Err(Rejected {
+            // The key names the node even when its value cannot be read.
+            node_name: key.rsplit('/').next().map(str::to_owned),
+            source: key,
+            reason,
+        }),
     }
 }
 
@@ -139,7 +127,7 @@ mod tests {
         v.put(P, &key("node-6"), zero.to_string().as_bytes());
         let snap = v.snapshot();
         assert_eq!(snap.nodes.keys().collect::<Vec<_>>(), vec!["node-1"]);
-        let reasons = |k: &str| v.refused.reason(&format!("{P}{k}")).unwrap().to_owned();
+        let reasons = |k: &str| v.records.reason(&format!("{P}{k}")).unwrap().to_owned();
         assert!(
             reasons("node-2").contains("key must be a string"),
             "{}",
@@ -159,6 +147,6 @@ mod tests {
         v.put(P, &key("node-1"), &serde_json::to_vec(&a).unwrap());
         v.put(P, &key("node-2"), &serde_json::to_vec(&b).unwrap());
         assert!(v.snapshot().nodes.is_empty());
-        assert_eq!(v.refused.len(), 2);
+        assert_eq!(v.records.refused(), 2);
     }
 }

@@ -2,7 +2,6 @@
 //! patch that publishes one, the ownership rule, and the set of Nodes as last listed and watched
 //! turned into a [`Snapshot`] of valid records. No I/O and no clock: callers pass `now`.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -10,9 +9,10 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{json, Map, Value};
 
-use crate::store::refused::{Origin, RejectionReporter};
+use crate::store::records::{Read, Records};
+use crate::store::refused::Origin;
 use crate::store::Snapshot;
-use crate::{validate_set, NodeRecord, PublicKey, Rejected};
+use crate::{NodeRecord, PublicKey, Rejected};
 
 pub(super) const PUB_KEY: &str = "wiremesh.io/wg-pub-key";
 pub(super) const ENDPOINT: &str = "wiremesh.io/wg-endpoint";
@@ -135,19 +135,17 @@ pub(super) fn ownership(node: &Node, me: &str, ttl: Duration, now: SystemTime) -
     }
 }
 
-/// Every Node as last listed and watched, parsed when it arrives, plus what was already reported
-/// so that a refused record is warned about once per change, not once per event.
+/// Every Node as last listed and watched, parsed when it arrives and validated against the others
+/// as it changes; a refused record is warned about once per change, not once per event.
 #[derive(Debug)]
 pub(super) struct View {
-    nodes: BTreeMap<String, Result<Option<NodeRecord>, String>>,
-    refused: RejectionReporter,
+    records: Records,
 }
 
 impl Default for View {
     fn default() -> Self {
         Self {
-            nodes: BTreeMap::new(),
-            refused: RejectionReporter::new(Origin::Node),
+            records: Records::new(Origin::Node),
         }
     }
 }
@@ -155,53 +153,52 @@ impl Default for View {
 impl View {
     /// Replaces everything with a fresh listing.
     pub(super) fn replace<'a>(&mut self, cluster: &str, nodes: impl IntoIterator<Item = &'a Node>) {
-        self.nodes.clear();
-        for node in nodes {
-            self.put(cluster, node);
-        }
+        let reads = nodes.into_iter().filter_map(|n| read(cluster, n));
+        self.records.replace(reads);
     }
 
     pub(super) fn put(&mut self, cluster: &str, node: &Node) {
-        let Some(name) = node.metadata.name.clone() else {
-            return;
-        };
-        self.nodes.insert(name, record(node, cluster));
+        match read(cluster, node) {
+            Some(read) => self.records.put(read),
+            None => self.delete(node),
+        }
     }
 
     pub(super) fn delete(&mut self, node: &Node) {
         if let Some(name) = &node.metadata.name {
-            self.nodes.remove(name);
+            self.records.delete(&source(name));
         }
     }
 
     /// The valid records; refused ones are logged (naming the Node and the reason) once per
     /// change.
-    pub(super) fn snapshot(&mut self) -> Snapshot {
-        let mut records = BTreeMap::new();
-        let mut rejected = Vec::new();
-        for (name, parsed) in &self.nodes {
-            let source = format!("Node/{name}");
-            match parsed {
-                Ok(Some(rec)) => {
-                    records.insert(name.clone(), (source, rec.clone()));
-                }
-                Ok(None) => {}
-                Err(reason) => rejected.push(Rejected {
-                    source,
-                    node_name: Some(name.clone()),
-                    reason: reason.clone(),
-                }),
-            }
-        }
-        let (nodes, conflicts) = validate_set(records);
-        rejected.extend(conflicts);
-        self.refused.report(rejected);
-        Snapshot { nodes }
+    pub(super) fn snapshot(&self) -> Snapshot {
+        self.records.snapshot()
     }
 
     #[cfg(test)]
     fn reason(&self, name: &str) -> Option<&str> {
-        self.refused.reason(&format!("Node/{name}"))
+        self.records.reason(&source(name))
+    }
+}
+
+fn source(name: &str) -> String {
+    format!("Node/{name}")
+}
+
+/// The record a Node holds or why it is refused; `None` when it holds none (not a wiremesh node,
+/// or not published yet).
+fn read(cluster: &str, node: &Node) -> Option<Read> {
+    let name = node.metadata.name.as_deref()?;
+    let source = source(name);
+    match record(node, cluster) {
+        Ok(Some(rec)) => Some(Ok((source, rec))),
+        Ok(None) => None,
+        Err(reason) => Some(Err(Rejected {
+            source,
+            node_name: Some(name.to_owned()),
+            reason,
+        })),
     }
 }
 
