@@ -15,14 +15,14 @@ mod common;
 #[allow(dead_code, reason = "the fake is shared; this file uses part of it")]
 mod fake_apiserver;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::bounded_by;
 use fake_apiserver::FakeApiServer;
-use keymgr::store::objects::{ObjectRef, ObjectSet, ObjectStore, Wanted};
+use keymgr::store::objects::{ObjectRef, ObjectSet, ObjectStore};
 use keymgr::store::KubeConfig;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -320,56 +320,19 @@ async fn an_outage_keeps_the_set_and_a_restart_catches_up() {
     .await;
 }
 
-/// Eight label sets that all prefer the same few numbers, so allocators collide.
-fn wanted() -> Vec<Wanted> {
-    (0..8)
-        .map(|i| Wanted {
-            key: format!("k8s:app=a{i}"),
-            preferred: 300 + (i % 3),
-            first: 256,
-            end: 1 << 24,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn configmap_allocators_never_share_a_number() {
     bounded(async {
         let server = FakeApiServer::start().await;
         let stores: Vec<_> = (0..4).map(|_| Arc::new(store(&server))).collect();
-        let tasks: Vec<_> = stores
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, s)| {
-                tokio::spawn(async move {
-                    let mut w = wanted();
-                    // Different orders make the races real.
-                    if i % 2 == 1 {
-                        w.reverse();
-                    }
-                    s.allocate(w).await.unwrap()
-                })
-            })
-            .collect();
-        let mut results: Vec<BTreeMap<String, u32>> = Vec::new();
-        for t in tasks {
-            results.push(t.await.unwrap());
-        }
-        let first = &results[0];
-        assert_eq!(first.len(), 8, "{first:?}");
-        for r in &results {
-            assert_eq!(r, first, "allocators disagree");
-        }
-        let numbers: BTreeSet<u32> = first.values().copied().collect();
-        assert_eq!(numbers.len(), 8, "a number holds two label sets: {first:?}");
+        let first = common::race_allocators(&stores).await;
         assert!(
             server.create_conflicts() > 0,
             "the allocators never raced for a number"
         );
 
         // Each allocation is one ConfigMap holding its label set.
-        for (key, id) in first {
+        for (key, id) in &first {
             let name = format!("wiremesh-identity-{id}");
             let cm = server.object("ConfigMap", "kube-system", &name).unwrap();
             assert_eq!(cm["data"]["labels"], json!(key), "{cm}");
@@ -381,8 +344,11 @@ async fn configmap_allocators_never_share_a_number() {
 
         // A later allocator reads the allocations instead of creating any.
         let conflicts = server.create_conflicts();
-        let again = store(&server).allocate(wanted()).await.unwrap();
-        assert_eq!(&again, first);
+        let again = store(&server)
+            .allocate(common::colliding_wants())
+            .await
+            .unwrap();
+        assert_eq!(again, first);
         assert_eq!(server.create_conflicts(), conflicts);
     })
     .await;

@@ -75,3 +75,51 @@ pub async fn bounded_by(limit: Duration, test: impl Future<Output = ()>) {
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
 }
+
+/// Eight label sets that all prefer the same few numbers, so identity allocators collide.
+#[allow(dead_code, reason = "used by the object store tests only")]
+pub fn colliding_wants() -> Vec<keymgr::store::objects::Wanted> {
+    (0..8)
+        .map(|i| keymgr::store::objects::Wanted {
+            key: format!("k8s:app=a{i}"),
+            preferred: 300 + (i % 3),
+            first: 256,
+            end: 1 << 24,
+        })
+        .collect()
+}
+
+/// Runs [`colliding_wants`] through every store at once (half of them in reverse order, so the
+/// races are real) and checks that all got a number for every key, all agree, and no number
+/// holds two keys. Returns the allocation.
+#[allow(dead_code, reason = "used by the object store tests only")]
+pub async fn race_allocators(
+    stores: &[Arc<keymgr::store::objects::ObjectStore>],
+) -> std::collections::BTreeMap<String, u32> {
+    let tasks: Vec<_> = stores
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, s)| {
+            tokio::spawn(async move {
+                let mut w = colliding_wants();
+                if i % 2 == 1 {
+                    w.reverse();
+                }
+                s.allocate(w).await.expect("allocate")
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("allocator task"));
+    }
+    let first = results[0].clone();
+    assert_eq!(first.len(), 8, "{first:?}");
+    for r in &results {
+        assert_eq!(r, &first, "allocators disagree");
+    }
+    let numbers: std::collections::BTreeSet<u32> = first.values().copied().collect();
+    assert_eq!(numbers.len(), 8, "a number holds two label sets: {first:?}");
+    first
+}

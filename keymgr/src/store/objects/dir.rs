@@ -176,7 +176,9 @@ impl DirObjects {
                 source,
             })?;
             let target = dir.join(id.to_string());
-            let tmp = dir.join(format!(".{id}.{}.tmp", std::process::id()));
+            // A name no other claimant (thread, process or host sharing the directory) uses.
+            let nonce = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+            let tmp = dir.join(format!(".{id}.{nonce:016x}.tmp"));
             std::fs::write(&tmp, &key).map_err(|source| StoreError::Io {
                 path: tmp.clone(),
                 source,
