@@ -396,4 +396,22 @@ fn the_seeds_policies_work_as_written() {
     ];
     let bad = mismatches(&lab, &reopened);
     assert!(bad.is_empty(), "after delete:\n{}", bad.join("\n"));
+
+    // The CiliumNetworkPolicy example, L3/L4 part (its HTTP rules are for the L7 filter; at L3/L4
+    // the port is allowed).
+    lab.apply(2, &example("cnp-l3l4.yaml"))
+        .expect("apply cnp-l3l4.yaml");
+    #[rustfmt::skip]
+    let cnp = [
+        check("CNP: frontend → backend 8080 (fromEndpoints + toPorts)", &s.frontend, &s.backend, 8080, Proto::Tcp, true),
+        check("CNP: impostor → backend 8080 (not frontend)", &s.impostor, &s.backend, 8080, Proto::Tcp, false),
+        check("CNP: prometheus → backend 9090 (ingress isolated)", &s.prometheus, &s.backend, 9090, Proto::Tcp, false),
+        check("CNP: backend → DNS UDP (toEndpoints kube-dns, port 53 ANY)", &s.backend, &s.coredns, 53, Proto::Udp, true),
+        check("CNP: backend → DNS TCP (port 53 ANY)", &s.backend, &s.coredns, 53, Proto::Tcp, true),
+        check("CNP: backend → redis 6379 (egress isolated)", &s.backend, &s.redis, 6379, Proto::Tcp, false),
+        check("CNP: backend → frontend 443 (toCIDRSet excepts 10.0.0.0/8; CIDR rules select no pod)", &s.backend, &s.frontend, 443, Proto::Tcp, false),
+        check("CNP: frontend → redis (frontend not selected)", &s.frontend, &s.redis, 6379, Proto::Tcp, true),
+    ];
+    let bad = mismatches(&lab, &cnp);
+    assert!(bad.is_empty(), "CiliumNetworkPolicy example:\n{}", bad.join("\n"));
 }
