@@ -413,5 +413,9 @@ fn the_seeds_policies_work_as_written() {
         check("CNP: frontend → redis (frontend not selected)", &s.frontend, &s.redis, 6379, Proto::Tcp, true),
     ];
     let bad = mismatches(&lab, &cnp);
-    assert!(bad.is_empty(), "CiliumNetworkPolicy example:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "CiliumNetworkPolicy example:\n{}",
+        bad.join("\n")
+    );
 }
