@@ -53,25 +53,25 @@ pub fn convert(
             Subject::Endpoints(s)
         }
     };
-    let ingress = rules_in(
+    let ingress = rules(
         spec.ingress.as_ref(),
         &format!("{base}.ingress"),
         namespace,
         false,
     )?;
-    let ingress_deny = rules_in(
+    let ingress_deny = rules(
         spec.ingress_deny.as_ref(),
         &format!("{base}.ingressDeny"),
         namespace,
         true,
     )?;
-    let egress = rules_out(
+    let egress = rules(
         spec.egress.as_ref(),
         &format!("{base}.egress"),
         namespace,
         false,
     )?;
-    let egress_deny = rules_out(
+    let egress_deny = rules(
         spec.egress_deny.as_ref(),
         &format!("{base}.egressDeny"),
         namespace,
@@ -110,62 +110,66 @@ struct Common<'a> {
     prefix: &'static str,
 }
 
-fn rules_in(
-    list: Option<&Vec<IngressRule>>,
-    field: &str,
-    ns: Option<&str>,
-    deny: bool,
-) -> Result<Vec<Rule>, FieldError> {
-    let mut out = Vec::new();
-    for (i, r) in list.iter().copied().flatten().enumerate() {
-        let c = Common {
-            endpoints: r.from_endpoints.as_ref(),
-            cidr: r.from_cidr.as_ref(),
-            cidr_set: r.from_cidr_set.as_ref(),
-            entities: r.from_entities.as_ref(),
-            to_ports: r.to_ports.as_ref(),
-            icmps: r.icmps.as_ref(),
-            unsupported: vec![
-                ("fromRequires", r.from_requires.is_some()),
-                ("fromGroups", r.from_groups.is_some()),
-                ("fromNodes", r.from_nodes.is_some()),
-                ("authentication", r.authentication.is_some()),
-            ],
-            prefix: "from",
-        };
-        out.push(rule(&c, &format!("{field}[{i}]"), ns, deny)?);
-    }
-    Ok(out)
+/// An ingress or egress rule as its direction-independent view.
+trait Directional {
+    fn common(&self) -> Common<'_>;
 }
 
-fn rules_out(
-    list: Option<&Vec<EgressRule>>,
+impl Directional for IngressRule {
+    fn common(&self) -> Common<'_> {
+        Common {
+            endpoints: self.from_endpoints.as_ref(),
+            cidr: self.from_cidr.as_ref(),
+            cidr_set: self.from_cidr_set.as_ref(),
+            entities: self.from_entities.as_ref(),
+            to_ports: self.to_ports.as_ref(),
+            icmps: self.icmps.as_ref(),
+            unsupported: vec![
+                ("fromRequires", self.from_requires.is_some()),
+                ("fromGroups", self.from_groups.is_some()),
+                ("fromNodes", self.from_nodes.is_some()),
+                ("authentication", self.authentication.is_some()),
+            ],
+            prefix: "from",
+        }
+    }
+}
+
+impl Directional for EgressRule {
+    fn common(&self) -> Common<'_> {
+        Common {
+            endpoints: self.to_endpoints.as_ref(),
+            cidr: self.to_cidr.as_ref(),
+            cidr_set: self.to_cidr_set.as_ref(),
+            entities: self.to_entities.as_ref(),
+            to_ports: self.to_ports.as_ref(),
+            icmps: self.icmps.as_ref(),
+            unsupported: vec![
+                ("toRequires", self.to_requires.is_some()),
+                ("toServices", self.to_services.is_some()),
+                ("toFQDNs", self.to_fqdns.is_some()),
+                ("toGroups", self.to_groups.is_some()),
+                ("toNodes", self.to_nodes.is_some()),
+                ("authentication", self.authentication.is_some()),
+            ],
+            prefix: "to",
+        }
+    }
+}
+
+/// The rules of `spec.<field>` (`ingress`, `egressDeny`, …).
+fn rules<R: Directional>(
+    list: Option<&Vec<R>>,
     field: &str,
     ns: Option<&str>,
     deny: bool,
 ) -> Result<Vec<Rule>, FieldError> {
-    let mut out = Vec::new();
-    for (i, r) in list.iter().copied().flatten().enumerate() {
-        let c = Common {
-            endpoints: r.to_endpoints.as_ref(),
-            cidr: r.to_cidr.as_ref(),
-            cidr_set: r.to_cidr_set.as_ref(),
-            entities: r.to_entities.as_ref(),
-            to_ports: r.to_ports.as_ref(),
-            icmps: r.icmps.as_ref(),
-            unsupported: vec![
-                ("toRequires", r.to_requires.is_some()),
-                ("toServices", r.to_services.is_some()),
-                ("toFQDNs", r.to_fqdns.is_some()),
-                ("toGroups", r.to_groups.is_some()),
-                ("toNodes", r.to_nodes.is_some()),
-                ("authentication", r.authentication.is_some()),
-            ],
-            prefix: "to",
-        };
-        out.push(rule(&c, &format!("{field}[{i}]"), ns, deny)?);
-    }
-    Ok(out)
+    list.iter()
+        .copied()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| rule(&r.common(), &format!("{field}[{i}]"), ns, deny))
+        .collect()
 }
 
 fn unsupported(field: String) -> FieldError {
