@@ -156,13 +156,22 @@ impl Identities {
                 }
             }
         }
-        let containing = |ip: IpAddr| -> BTreeSet<IpNet> {
-            prefixes
-                .iter()
-                .filter(|p| p.contains(&ip))
+        // Each policy prefix under its network address, so that the prefixes containing an
+        // address or another prefix are found with one lookup per prefix length (33 or 129),
+        // not by testing every prefix: 10,000 /32 ipBlocks would otherwise cost 10^8 tests.
+        let mut by_network: HashMap<IpNet, Vec<IpNet>> = HashMap::new();
+        for p in &prefixes {
+            by_network.entry(p.trunc()).or_default().push(*p);
+        }
+        let supernets = |addr: IpAddr, len: u8| -> BTreeSet<IpNet> {
+            (0..=len)
+                .filter_map(|l| IpNet::new(addr, l).ok())
+                .filter_map(|net| by_network.get(&net.trunc()))
+                .flatten()
                 .copied()
                 .collect()
         };
+        let containing = |ip: IpAddr| supernets(ip, IpNet::from(ip).prefix_len());
         let mut ids = Self {
             cache: vec![HashMap::new(); 129],
             ..Self::default()
@@ -190,11 +199,7 @@ impl Identities {
         let cidr_sets: Vec<(IpNet, IdentityLabels)> = prefixes
             .iter()
             .map(|prefix| {
-                let cidrs = prefixes
-                    .iter()
-                    .filter(|p| p.contains(prefix))
-                    .copied()
-                    .collect();
+                let cidrs = supernets(prefix.addr(), prefix.prefix_len());
                 (*prefix, IdentityLabels::Cidr { cidrs })
             })
             .collect();
