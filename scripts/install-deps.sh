@@ -12,7 +12,7 @@ packages=(
   ca-certificates curl build-essential pkg-config
   iproute2 iputils-ping netcat-openbsd tcpdump iperf3 procps util-linux
   wireguard-tools wireguard-go
-  protobuf-compiler etcd-server etcd-client openssl systemd
+  protobuf-compiler libprotobuf-dev etcd-server etcd-client openssl systemd
   clang llvm libbpf-dev linux-libc-dev bpftool
 )
 
@@ -37,7 +37,25 @@ if ! command -v cargo >/dev/null 2>&1; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-for tool in ip wg wireguard-go tcpdump ping nc protoc etcd etcdctl openssl systemd-analyze cargo; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "install-deps: $tool is still missing after installation" >&2; exit 1; }
+# Verify what the build and the tests need, naming the package that provides anything missing:
+# a package list that installs is not proof that the build will find what it needs.
+fail() { echo "install-deps: $1" >&2; exit 1; }
+declare -A provider=(
+  [ip]=iproute2 [wg]=wireguard-tools [wireguard-go]=wireguard-go [tcpdump]=tcpdump [ping]=iputils-ping
+  [nc]=netcat-openbsd [iperf3]=iperf3 [protoc]=protobuf-compiler [etcd]=etcd-server [etcdctl]=etcd-client
+  [openssl]=openssl [systemd-analyze]=systemd [clang]=clang [llc]=llvm [bpftool]=bpftool
+  [pkg-config]=pkg-config [cc]=build-essential [nsenter]=util-linux [cargo]="rustup (https://rustup.rs)"
+)
+for tool in "${!provider[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing after installation; install ${provider[$tool]}"
 done
-[ -c /dev/net/tun ] || { echo "install-deps: /dev/net/tun is missing; load the tun module (modprobe tun)" >&2; exit 1; }
+# etcd-client's build script runs protoc on .proto files that import the well-known types.
+probe=$(mktemp -d)
+trap 'rm -rf "$probe"' EXIT
+printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\nmessage Probe { google.protobuf.FileDescriptorProto d = 1; }\n' > "$probe/probe.proto"
+protoc --proto_path="$probe" --descriptor_set_out="$probe/out.pb" "$probe/probe.proto" 2>"$probe/err" \
+  || fail "protoc cannot import google/protobuf/descriptor.proto ($(cat "$probe/err")); install libprotobuf-dev"
+# The eBPF programs include libbpf's helpers and the kernel's UAPI headers.
+[ -f /usr/include/bpf/bpf_helpers.h ] || fail "/usr/include/bpf/bpf_helpers.h is missing; install libbpf-dev"
+[ -f /usr/include/linux/bpf.h ] || fail "/usr/include/linux/bpf.h is missing; install linux-libc-dev"
+[ -c /dev/net/tun ] || fail "/dev/net/tun is missing; load the tun module (modprobe tun)"

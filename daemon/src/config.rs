@@ -31,6 +31,9 @@ struct RawConfig {
     node_ips: Option<Vec<String>>,
     #[serde(rename = "podCIDRs")]
     pod_cidrs: Option<Vec<String>>,
+    #[serde(rename = "clusterPodCIDRs")]
+    cluster_pod_cidrs: Option<Vec<String>>,
+    strict_mode: Option<bool>,
     persistent_keepalive: Option<u16>,
     datapath: Option<DatapathKind>,
     store: Option<RawStore>,
@@ -142,6 +145,11 @@ pub struct Config {
     pub endpoint: SocketAddr,
     pub node_ips: Vec<IpAddr>,
     pub pod_cidrs: Vec<IpNet>,
+    /// The cluster's whole pod address pool(s): every node's `podCIDRs` lie inside them.
+    pub cluster_pod_cidrs: Vec<IpNet>,
+    /// Pod traffic to or from another node is encrypted or dropped, never sent or accepted in
+    /// clear (requires `cluster_pod_cidrs`).
+    pub strict_mode: bool,
     pub persistent_keepalive: u16,
     pub datapath: DatapathKind,
     pub store: StoreConfig,
@@ -264,23 +272,35 @@ impl RawConfig {
                 }
             })
             .collect();
-        let pod_cidrs: Vec<IpNet> = self
-            .pod_cidrs
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s.parse::<IpNet>() {
-                Ok(net) if net.trunc() == net => Some(net),
-                Ok(net) => {
-                    errors.push(format!("podCIDRs[{i}]: {s:?} has host bits set (did you mean {}?)", net.trunc()));
-                    None
-                }
-                Err(_) => {
-                    errors.push(format!("podCIDRs[{i}]: {s:?} is not a CIDR (e.g. 10.244.1.0/24 or fd00:10:244:1::/64)"));
-                    None
-                }
-            })
-            .collect();
+        let pod_cidrs = cidrs("podCIDRs", self.pod_cidrs, "10.244.1.0/24 or fd00:10:244:1::/64", &mut errors);
+        let cluster_pod_cidrs = cidrs(
+            "clusterPodCIDRs",
+            self.cluster_pod_cidrs,
+            "10.244.0.0/16 or fd00:10:244::/56",
+            &mut errors,
+        );
+        let strict_mode = self.strict_mode.unwrap_or(true);
+        if strict_mode && cluster_pod_cidrs.is_empty() {
+            errors.push(
+                "clusterPodCIDRs: required while strictMode is true (the default): the cluster's pod \
+                 address pool(s), e.g. [10.244.0.0/16, fd00:10:244::/56], so that pod traffic to \
+                 other nodes is encrypted or dropped, never sent in clear; set strictMode: false \
+                 to run without this guarantee"
+                    .into(),
+            );
+        }
+        for (i, net) in pod_cidrs.iter().enumerate() {
+            if !cluster_pod_cidrs.is_empty() && !cluster_pod_cidrs.iter().any(|c| c.contains(net)) {
+                errors.push(format!(
+                    "podCIDRs[{i}]: {net} is not inside clusterPodCIDRs ({})",
+                    cluster_pod_cidrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
         let endpoint = match (self.endpoint, node_ips.first()) {
             (Some(s), _) => match parse_endpoint(&s, listen_port) {
                 Some(ep) => Some(ep),
@@ -390,6 +410,8 @@ impl RawConfig {
             endpoint,
             node_ips,
             pod_cidrs,
+            cluster_pod_cidrs,
+            strict_mode,
             persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
             datapath: self.datapath.unwrap_or(DatapathKind::Auto),
             store,
@@ -472,6 +494,28 @@ fn kube_config(raw: Option<RawKubeStore>, errors: &mut Vec<String>) -> keymgr::s
     config
 }
 
+/// A list of CIDRs under `key`, each without host bits; every bad entry is reported by index.
+fn cidrs(key: &str, raw: Option<Vec<String>>, example: &str, errors: &mut Vec<String>) -> Vec<IpNet> {
+    raw.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s.parse::<IpNet>() {
+            Ok(net) if net.trunc() == net => Some(net),
+            Ok(net) => {
+                errors.push(format!(
+                    "{key}[{i}]: {s:?} has host bits set (did you mean {}?)",
+                    net.trunc()
+                ));
+                None
+            }
+            Err(_) => {
+                errors.push(format!("{key}[{i}]: {s:?} is not a CIDR (e.g. {example})"));
+                None
+            }
+        })
+        .collect()
+}
+
 fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
     s.parse::<SocketAddr>().ok().or_else(|| {
         s.parse::<IpAddr>()
@@ -497,8 +541,15 @@ fn is_dns_subdomain(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Parses `text` as written, or with the lab's cluster pool added when it names neither of
+    /// the strict-mode keys (so that each test states only what it is about).
     fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, Path::new("/etc/wiremesh/agent.yaml")).map_err(|e| e.to_string())
+        let text = if text.contains("clusterPodCIDRs") || text.contains("strictMode") {
+            text.to_string()
+        } else {
+            format!("clusterPodCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n{text}")
+        };
+        Config::parse(&text, Path::new("/etc/wiremesh/agent.yaml")).map_err(|e| e.to_string())
     }
 
     const FULL: &str = "
@@ -610,6 +661,34 @@ store:
         let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: soon }\n")
             .unwrap_err();
         assert!(err.contains("keyRotation.interval"), "{err}");
+    }
+
+    #[test]
+    fn strict_mode_is_on_by_default_and_needs_the_cluster_pool() {
+        let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap();
+        assert!(c.strict_mode);
+        assert_eq!(c.cluster_pod_cidrs.len(), 2);
+        let err = parse("strictMode: true\nnodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap_err();
+        assert!(
+            err.contains("clusterPodCIDRs: required") && err.contains("strictMode: false"),
+            "{err}"
+        );
+        let c = parse("strictMode: false\nnodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap();
+        assert!(!c.strict_mode && c.cluster_pod_cidrs.is_empty());
+    }
+
+    #[test]
+    fn pod_cidrs_must_lie_in_the_cluster_pool() {
+        let err = parse(
+            "clusterPodCIDRs: [10.244.0.0/16, 10.300.0.0/16]\nnodeName: n1\nnodeIPs: [198.18.0.1]\npodCIDRs: [10.244.1.0/24, 10.245.1.0/24]\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("clusterPodCIDRs[1]"), "{err}");
+        assert!(
+            err.contains("podCIDRs[1]: 10.245.1.0/24 is not inside clusterPodCIDRs"),
+            "{err}"
+        );
+        assert!(!err.contains("podCIDRs[0]"), "{err}");
     }
 
     #[test]

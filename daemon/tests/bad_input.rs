@@ -69,6 +69,21 @@ fn bad_cidr_is_named() {
 }
 
 #[test]
+fn strict_mode_without_the_cluster_pool_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "nodeName: n1\nnodeIPs: [198.18.0.1]\npodCIDRs: [10.244.1.0/24]\n",
+    );
+    let (code, err) = agent(&cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("clusterPodCIDRs: required") && err.contains("strictMode: false"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_config_file_is_named() {
     let (code, err) = agent(Path::new("/nonexistent/wiremesh.yaml"));
     assert_ne!(code, 0);
@@ -86,7 +101,7 @@ fn world_readable_key_file_is_refused_with_the_fix() {
     let cfg = write_config(
         dir.path(),
         &format!(
-            "nodeName: n1\nnodeIPs: [198.18.0.1]\nstateDir: {}\nrunDir: {}\nstore: {{ kind: dir, dir: {{ path: {} }} }}\n",
+            "nodeName: n1\nnodeIPs: [198.18.0.1]\nclusterPodCIDRs: [10.244.0.0/16]\nstateDir: {}\nrunDir: {}\nstore: {{ kind: dir, dir: {{ path: {} }} }}\n",
             state.display(),
             dir.path().join("run").display(),
             dir.path().join("store").display()

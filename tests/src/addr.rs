@@ -18,6 +18,8 @@ pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 pub const MAX_NODES: u8 = 200;
 /// Most pods per node (pod addresses are `10 + k` in one octet).
 pub const MAX_PODS: u8 = 200;
+/// The cluster's pod address pool (the agents' `clusterPodCIDRs`): every node's pod CIDR.
+pub const CLUSTER_POD_CIDR: &str = "10.244.0.0/16";
 
 pub fn node_ip(node: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, node)

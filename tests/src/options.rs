@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::addr::{endpoint, node_ip, node_name, pod_cidr, WG_IFACE, WG_PORT};
+use crate::addr::{endpoint, node_ip, node_name, pod_cidr, CLUSTER_POD_CIDR, WG_IFACE, WG_PORT};
 use crate::agent::CLUSTER_NAME;
 use crate::lab::AGENT_RUN_DIR;
 
@@ -108,7 +108,8 @@ pub fn agent_config_with(
          runDir: {AGENT_RUN_DIR}\n\
          endpoint: \"{endpoint}\"\n\
          nodeIPs: [{ip}]\n\
-         podCIDRs: [{cidr}]\n",
+         podCIDRs: [{cidr}]\n\
+         clusterPodCIDRs: [{CLUSTER_POD_CIDR}]\n",
         name = node_name(node),
         state = state_dir.display(),
         endpoint = endpoint(node),
