@@ -1,19 +1,9 @@
 //! `wiremesh`: the node agent (`wiremesh agent`) and the operator CLI (`wiremesh encrypt status`).
 
-mod admin;
-mod agent;
-mod config;
-mod datapath;
-mod datapath_process;
-mod device;
-mod enforce;
-mod kernel;
-mod metrics;
-mod netlink;
-mod policy_api;
-mod policy_cmd;
-mod status;
-mod userspace;
+use wiremesh::{
+    admin, agent, config, datapath, datapath_process, device, enforce, kernel, metrics, netlink,
+    policy_api, policy_cmd, runtime, status, userspace,
+};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -187,12 +177,6 @@ fn main() -> ExitCode {
     }
 }
 
-pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-}
 
 fn init_logging() {
     tracing_subscriber::fmt()
