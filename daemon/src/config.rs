@@ -272,7 +272,12 @@ impl RawConfig {
                 }
             })
             .collect();
-        let pod_cidrs = cidrs("podCIDRs", self.pod_cidrs, "10.244.1.0/24 or fd00:10:244:1::/64", &mut errors);
+        let pod_cidrs = cidrs(
+            "podCIDRs",
+            self.pod_cidrs,
+            "10.244.1.0/24 or fd00:10:244:1::/64",
+            &mut errors,
+        );
         let cluster_pod_cidrs = cidrs(
             "clusterPodCIDRs",
             self.cluster_pod_cidrs,
@@ -495,7 +500,12 @@ fn kube_config(raw: Option<RawKubeStore>, errors: &mut Vec<String>) -> keymgr::s
 }
 
 /// A list of CIDRs under `key`, each without host bits; every bad entry is reported by index.
-fn cidrs(key: &str, raw: Option<Vec<String>>, example: &str, errors: &mut Vec<String>) -> Vec<IpNet> {
+fn cidrs(
+    key: &str,
+    raw: Option<Vec<String>>,
+    example: &str,
+    errors: &mut Vec<String>,
+) -> Vec<IpNet> {
     raw.unwrap_or_default()
         .iter()
         .enumerate()

@@ -1,9 +1,6 @@
 //! `wiremesh`: the node agent (`wiremesh agent`) and the operator CLI (`wiremesh encrypt status`).
 
-use wiremesh::{
-    admin, agent, config, datapath, datapath_process, device, enforce, kernel, metrics, netlink,
-    policy_api, policy_cmd, runtime, status, userspace,
-};
+use wiremesh::{admin, agent, config, datapath_process, policy_api, policy_cmd, runtime, status};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -176,7 +173,6 @@ fn main() -> ExitCode {
         } => encrypt_status(json, all_nodes, run_dir),
     }
 }
-
 
 fn init_logging() {
     tracing_subscriber::fmt()
