@@ -9,6 +9,7 @@ pub mod datapath_process;
 pub mod device;
 pub mod enforce;
 pub mod kernel;
+pub mod link_events;
 pub mod metrics;
 pub mod netlink;
 pub mod policy_api;

@@ -192,6 +192,24 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Every interface of this host (this network namespace): name → ifindex.
+    pub async fn links(&self) -> Result<std::collections::BTreeMap<String, u32>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = std::collections::BTreeMap::new();
+        while let Some(link) = links.try_next().await.context("listing interfaces")? {
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let Some(name) = name {
+                out.insert(name, link.header.index);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// `net dev #index proto static` in the main table.
 fn route_message(net: IpNet, index: u32) -> Result<netlink_packet_route::route::RouteMessage> {
     Ok(RouteMessageBuilder::<IpAddr>::new()

@@ -22,6 +22,7 @@ mod error;
 mod etcd;
 mod exec;
 mod lab;
+mod lifecycle;
 mod netpol;
 mod options;
 mod policy;
@@ -45,6 +46,7 @@ pub use error::{LabError, Result};
 pub use etcd::{etcd_node_key, etcd_owner_key};
 pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
+pub use lifecycle::PolicyHooks;
 pub use netpol::{
     netpol_pod, NetpolModel, Reachability, NETPOL_NAMESPACES, NETPOL_PODS, NETPOL_TCP_PORTS,
     NETPOL_UDP_PORTS,

@@ -70,9 +70,23 @@ impl Lab {
     /// A Calico-style pod: a /32 address, a link-scoped route to the node's gateway address and a
     /// default route through it; the node routes the pod's /32 to the veth.
     fn build_pod(&self, node: u8, pod: u8) -> Result<()> {
+        self.add_ns(&self.pod_ns(node, pod), &NO_IPV6)?;
+        self.wire_pod(node, pod)
+    }
+
+    /// Deletes pod `pod`'s veth on node `node` and wires the pod again, as a container runtime
+    /// restarting the pod would: the same names and addresses on a new device (new ifindex, no
+    /// tc filters).
+    pub fn recreate_pod_link(&self, node: u8, pod: u8) -> Result<()> {
+        let link = format!("pod{pod}");
+        self.ip_in(&self.node_ns(node), &["link", "del", &link])?;
+        self.wire_pod(node, pod)
+    }
+
+    /// The pod's veth pair, addresses and routes (its namespace exists).
+    fn wire_pod(&self, node: u8, pod: u8) -> Result<()> {
         let node_ns = self.node_ns(node);
         let pod_ns = self.pod_ns(node, pod);
-        self.add_ns(&pod_ns, &NO_IPV6)?;
         let link = format!("pod{pod}");
         let mtu = WG_MTU.to_string();
         self.ip_in(
@@ -120,7 +134,7 @@ impl Lab {
         Ok(())
     }
 
-    fn ip_in(&self, ns: &str, args: &[&str]) -> Result<String> {
+    pub(crate) fn ip_in(&self, ns: &str, args: &[&str]) -> Result<String> {
         run(Command::new("ip").args(["-n", ns]).args(args), IP_TIMEOUT)
     }
 

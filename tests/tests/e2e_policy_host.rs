@@ -2,13 +2,18 @@
 //! node-2 itself through the tunnel (its pod gateway address 10.244.2.1, which node-1's pods reach
 //! over WireGuard), enforced by the eBPF programs on node-2's WireGuard device. Pod traffic that
 //! the same device forwards is left to the pods' own policy. Deleting the policy detaches the
-//! programs again. And policy over the etcd store, across an agent restart.
+//! programs again. And policy over the etcd store, across an agent restart; and on the new
+//! WireGuard device of a restarted data path.
 
 mod common;
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use wiremesh_lab::{namespace_manifest, node_gateway, Host, Lab, PodSpec, Proto};
+use nix::sys::signal::Signal;
+use wiremesh_lab::{namespace_manifest, node_gateway, Host, Lab, PodSpec, Proto, WG_IFACE};
 
 const PROBE: Duration = Duration::from_millis(800);
 const SETTLE: Duration = Duration::from_secs(15);
@@ -133,4 +138,93 @@ fn policy_travels_through_etcd() {
     );
     let out = lab.trace(2, &["--from", "demo/c", "--to", "demo/b", "--port", "80"]);
     assert!(out.expect("online trace").contains("denied"));
+}
+
+/// A data path restart: `kill -9` of node-2's data path takes its TUN device (and the host
+/// programs' tc filters) with it; the agent starts a new one, whose device has a new ifindex.
+/// The host programs are on the new device before any peer is configured on it, so a prober
+/// knocking on the denied port the whole time never gets through, and the allowed one works
+/// again within a bounded time.
+#[test]
+fn host_policy_follows_a_restarted_data_path() {
+    common::require_agent();
+    let lab = common::lab(2, 2);
+    common::start_mesh(&lab);
+    let a = PodSpec::new("demo", "a", Host::Pod(1, 1)).label("app", "a");
+    let c = PodSpec::new("demo", "c", Host::Pod(1, 2)).label("app", "c");
+    let objects = [namespace_manifest("demo", &[]), a.manifest(), c.manifest()].join("---\n");
+    lab.apply(1, &objects).expect("apply objects");
+    let _servers = lab
+        .serve(&[Host::Node(2)], &[80, 81], &[])
+        .expect("echo servers");
+    let host2 = node_gateway(2);
+    let probes = [
+        (a.host, host2, 80, Proto::Tcp),
+        (a.host, host2, 81, Proto::Tcp),
+        (c.host, host2, 80, Proto::Tcp),
+    ];
+    // Control: the probes that the policy denies do open without it.
+    assert_eq!(
+        settle(&lab, &probes, &[true; 3]),
+        [true; 3],
+        "open before the policy"
+    );
+    lab.apply(2, HOST_POLICY).expect("apply the host policy");
+    let want = [true, false, false];
+    assert_eq!(
+        settle(&lab, &probes, &want),
+        want,
+        "enforced before the restart"
+    );
+    let before = lab.ifindex(2, WG_IFACE).expect("WireGuard ifindex");
+    assert!(lab.policy_hooks(2, WG_IFACE).expect("tc filters").both());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicU64::new(0));
+    let to = SocketAddr::from((host2, 81));
+    let prober = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        lab.spawn_in(a.host, move || {
+            while !stop.load(Ordering::Relaxed) {
+                if std::net::TcpStream::connect_timeout(&to, PROBE).is_ok() {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        })
+    };
+    let old_pid = lab.datapath_pid(2).expect("node-2's data path runs");
+    lab.stop_datapath(2, Signal::SIGKILL, Duration::from_secs(5))
+        .expect("kill -9 the data path");
+    let deadline = Instant::now() + SETTLE;
+    while lab.datapath_pid(2).is_none_or(|p| p == old_pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not restart the data path within {SETTLE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = settle(&lab, &probes, &want);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    prober.join().expect("prober thread").expect("prober");
+    if got != want {
+        lab.dump_logs();
+    }
+    assert_eq!(got, want, "enforced again after the data path restart");
+    let after = lab.ifindex(2, WG_IFACE).expect("WireGuard ifindex");
+    assert_ne!(
+        before, after,
+        "the restarted data path has a new WireGuard device"
+    );
+    assert!(
+        lab.policy_hooks(2, WG_IFACE).expect("tc filters").both(),
+        "the host programs are on the new device"
+    );
+    assert_eq!(
+        opened.load(Ordering::Relaxed),
+        0,
+        "a→host:81 (denied) opened while the data path restarted"
+    );
 }

@@ -80,6 +80,23 @@ fn open_objects(config: &Config) -> Result<ObjectStore> {
     })
 }
 
+/// How long peers wait for a policy pass before they are configured anyway.
+const POLICY_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until a policy pass reports `done`, at most [`POLICY_WAIT`].
+async fn wait_policy(
+    passes: &mut watch::Receiver<policy::PassReport>,
+    what: &str,
+    done: impl Fn(&policy::PassReport) -> bool,
+) {
+    let waited = tokio::time::timeout(POLICY_WAIT, passes.wait_for(|r| done(r))).await;
+    if !matches!(waited, Ok(Ok(_))) {
+        tracing::error!(
+            "{what} did not complete within {POLICY_WAIT:?}; configuring peers anyway (see the policy errors above)"
+        );
+    }
+}
+
 /// How long start-up waits for the store before carrying on with the last known peers.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -196,18 +213,23 @@ pub async fn run(config: Config) -> Result<()> {
         own_record_seen: false,
     };
     tokio::spawn(rotator.run());
+    let (passes_tx, mut passes) = watch::channel(policy::PassReport::default());
     let policy_loop = policy::PolicyLoop {
         store: objects.clone(),
         wg_ifname: config.interface.clone(),
         node_name: config.node_name.clone(),
-        wg_ifindex: started.ifindex,
         netlink: netlink.clone(),
         objects: objects.subscribe(),
         nodes: store.subscribe(),
         state: policy_tx,
         counters: policy_counters,
+        saved: policy::saved::SavedFile::new(&config.state_dir),
+        passes: passes_tx,
     };
     tokio::spawn(policy_loop.run(enforcer));
+    // No peer is configured before the policy (the store's, or the saved one after a reboot)
+    // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
+    wait_policy(&mut passes, "the first policy pass", |r| r.passes > 0).await;
 
     let mut snapshots = store.subscribe();
     let mut health = store.health();
@@ -244,6 +266,14 @@ pub async fn run(config: Config) -> Result<()> {
             };
             match restarted.await {
                 Ok(s) => {
+                    // The new WireGuard device has no tc filters: the host endpoint's
+                    // programs go on it before any peer does.
+                    wait_policy(
+                        &mut passes,
+                        "the host endpoint's programs on the new WireGuard device",
+                        |r| r.host_settled_on(s.ifindex),
+                    )
+                    .await;
                     reconciler.reset(s.ifindex);
                     if let Err(e) = reconciler.reconcile(&snap).await {
                         tracing::error!(error = %e, "the new data path failed at once; retrying");

@@ -169,6 +169,12 @@ impl Enforcer {
         Ok(enforcer)
     }
 
+    /// Whether the maps hold a policy: re-opened from an earlier agent's pins rather than
+    /// created empty (as after a reboot, which empties the BPF filesystem).
+    pub fn holds_policy(&self) -> bool {
+        !self.policy_state.is_empty() || !self.ipcache_state.is_empty()
+    }
+
     /// Reads the pinned maps' content, so that the next [`Enforcer::apply`] changes only
     /// what differs.
     fn read_back(&mut self) -> Result<(), EnforceError> {

@@ -1,0 +1,129 @@
+//! Policy in the agent: follows the cluster's objects (Namespaces, Pods, policies) and the node
+//! records in the store, keeps the last object set that loads as the policy in force, and drives
+//! the eBPF enforcer on the host-side interfaces of this node's endpoints.
+//!
+//! An object set that does not load (someone wrote a bad manifest straight into the store) never
+//! replaces the one in force: it is logged at ERROR and counted, and the next good set wins. An
+//! endpoint whose map update fails is failed closed by the enforcer. Every set accepted from the
+//! store is saved (`saved.rs`) and enforced at the next start until the store answers.
+//!
+//! `run.rs` is the loop, `pass.rs` one enforcement pass, `attach.rs` the pure decision of which
+//! interfaces carry the programs, `saved.rs` the saved set.
+
+mod attach;
+mod pass;
+mod run;
+pub mod saved;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use keymgr::store::objects::ObjectSet;
+use keymgr::Snapshot;
+use policy::{Bundle, Compiled};
+
+use crate::config::{Enforcement, PolicyConfig};
+use crate::enforce::{Counter, EnforceError, Enforcer};
+
+pub use run::{PassReport, PolicyLoop};
+
+/// The policy in force: what the enforcer applies and what an online trace answers from.
+#[derive(Clone)]
+pub struct PolicyState {
+    pub bundle: Arc<Bundle>,
+    pub compiled: Arc<Compiled>,
+    /// How many object sets have been loaded (1 for the first).
+    pub generation: u64,
+    /// Why the newest object set was refused, while the previous one stays in force.
+    pub refused: Option<String>,
+    /// This node's endpoints and the interface each is enforced on (`namespace/name` →
+    /// interface), or why it is not.
+    pub endpoints: BTreeMap<String, Result<String, String>>,
+}
+
+impl Default for PolicyState {
+    /// No objects: nothing is isolated.
+    fn default() -> Self {
+        let bundle = Bundle::default();
+        Self {
+            compiled: Arc::new(Compiled::build(&bundle)),
+            bundle: Arc::new(bundle),
+            generation: 0,
+            refused: None,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Default)]
+pub struct PolicyCounters {
+    pub load_failures: AtomicU64,
+    pub apply_failures: AtomicU64,
+    pub applies: AtomicU64,
+    /// The eBPF programs' packet counters as of the last pass, with the endpoint each
+    /// interface serves.
+    pub packets: std::sync::Mutex<Vec<(String, Counter)>>,
+}
+
+/// Loads an object set into a bundle and adds what the node records know about nodes (their
+/// addresses are the `host` and `remote-node` identities).
+pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, String> {
+    let texts = set
+        .objects
+        .values()
+        .map(|o| (o.origin.as_str(), o.manifest.as_str()));
+    let mut bundle = policy::load(texts).map_err(|e| e.to_string())?;
+    for rec in nodes.nodes.values() {
+        let node = node_entry(&mut bundle, &rec.node_name);
+        for ip in rec.node_ips.iter().copied().chain([rec.endpoint.ip()]) {
+            if !node.ips.contains(&ip) {
+                node.ips.push(ip);
+            }
+        }
+    }
+    Ok(bundle)
+}
+
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// The bundle's node `name`, added if missing, with the hostname label the kubelet gives every
+/// Node (a node learnt only from a pod's `nodeName` has no labels).
+fn node_entry<'b>(bundle: &'b mut Bundle, name: &str) -> &'b mut policy::model::Node {
+    let node = bundle
+        .nodes
+        .entry(name.to_string())
+        .or_insert_with(|| policy::model::Node {
+            name: name.to_string(),
+            ..Default::default()
+        });
+    node.labels
+        .entry(HOSTNAME_LABEL.to_string())
+        .or_insert_with(|| name.to_string());
+    node
+}
+
+/// Opens the enforcer (mounting the BPF filesystem at /sys/fs/bpf if it is missing, as Cilium
+/// does). `None` when enforcement is off.
+pub fn open_enforcer(config: &PolicyConfig) -> Result<Option<Enforcer>> {
+    if config.enforcement == Enforcement::Never {
+        tracing::warn!(
+            "policy.enforcement is never: network policies are NOT enforced on this node"
+        );
+        return Ok(None);
+    }
+    let hint = "set policy.enforcement: never to run without policy enforcement";
+    let enforcer = match Enforcer::open(&config.bpf_pin_dir) {
+        Err(EnforceError::NotBpfFs { .. }) => {
+            crate::enforce::ensure_bpf_fs(std::path::Path::new("/sys/fs/bpf"))
+                .with_context(|| format!("mounting a BPF filesystem ({hint})"))?;
+            Enforcer::open(&config.bpf_pin_dir)
+        }
+        other => other,
+    };
+    Ok(Some(enforcer.with_context(|| {
+        format!("loading the eBPF policy programs ({hint})")
+    })?))
+}
