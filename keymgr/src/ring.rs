@@ -20,8 +20,12 @@ pub struct KeyState {
 }
 
 impl KeyState {
+    /// When the current key was created; a time past what the clock can hold (a corrupt state
+    /// file) reads as the Unix epoch, so the key counts as due for rotation.
     pub fn created(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.created_unix)
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.created_unix))
+            .unwrap_or(UNIX_EPOCH)
     }
 }
 

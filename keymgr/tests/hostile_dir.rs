@@ -3,6 +3,7 @@
 //! first publish (its `.<node>.since` marker), not the latest rewrite.
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+#[allow(dead_code, reason = "helpers shared by every store test; each uses a part")]
 mod common;
 
 use std::path::Path;

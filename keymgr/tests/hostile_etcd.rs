@@ -3,7 +3,9 @@
 //! a reader that watched the records arrive and for one that lists them all at once.
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+#[allow(dead_code, reason = "helpers shared by every store test; each uses a part")]
 mod common;
+#[allow(dead_code, reason = "the server serves every store test; each uses a part")]
 mod etcd_server;
 
 use std::time::Duration;

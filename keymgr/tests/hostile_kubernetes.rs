@@ -5,7 +5,9 @@
 //! reader that watched the Nodes arrive and one that lists them all at once.
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
+#[allow(dead_code, reason = "helpers shared by every store test; each uses a part")]
 mod common;
+#[allow(dead_code, reason = "the fake serves every store test; each uses a part")]
 mod fake_apiserver;
 
 use std::time::Duration;

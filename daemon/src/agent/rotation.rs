@@ -54,7 +54,9 @@ impl Rotator {
             epoch: self.state.epoch,
             created: self.state.created(),
             next: self.record.next_public_key,
-            next_rotation: (!self.interval.is_zero()).then(|| self.state.created() + self.interval),
+            next_rotation: (!self.interval.is_zero())
+                .then(|| self.state.created().checked_add(self.interval))
+                .flatten(),
         }
     }
 

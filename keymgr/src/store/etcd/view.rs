@@ -113,9 +113,9 @@ mod tests {
     #[test]
     fn bad_records_are_refused_with_the_reason_and_others_kept() {
         let mut v = View::new(Admission::default());
-        v.put(P, (&key("node-1"), &serde_json::to_vec(&rec("node-1", 1)).unwrap(),, 7));
+        v.put(P, (&key("node-1"), &serde_json::to_vec(&rec("node-1", 1)).unwrap(), 7));
         v.put(P, (&key("node-2"), b"{ not json", 7));
-        v.put(P, (&key("node-3"), &serde_json::to_vec(&rec("node-4", 4)).unwrap(),, 7));
+        v.put(P, (&key("node-3"), &serde_json::to_vec(&rec("node-4", 4)).unwrap(), 7));
         v.put(P, (&key("a/b"), &serde_json::to_vec(&rec("b", 5)).unwrap(), 7));
         let mut zero = serde_json::to_value(rec("node-6", 6)).unwrap();
         zero["publicKey"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
@@ -134,14 +134,16 @@ mod tests {
     }
 
     #[test]
-    fn conflicting_records_refuse_both() {
+    fn a_conflict_refuses_the_key_created_later_whatever_its_name() {
         let mut v = View::new(Admission::default());
-        let a = rec("node-1", 1);
-        let mut b = rec("node-2", 2);
+        let a = rec("node-2", 2);
+        let mut b = rec("node-1", 1);
         b.public_key = a.public_key;
-        v.put(P, (&key("node-1"), &serde_json::to_vec(&a).unwrap(), 7));
-        v.put(P, (&key("node-2"), &serde_json::to_vec(&b).unwrap(), 7));
-        assert!(v.snapshot().nodes.is_empty());
-        assert_eq!(v.records.refused(), 2);
+        v.put(P, (&key("node-2"), &serde_json::to_vec(&a).unwrap(), 7));
+        v.put(P, (&key("node-1"), &serde_json::to_vec(&b).unwrap(), 9));
+        assert_eq!(v.snapshot().nodes.keys().collect::<Vec<_>>(), ["node-2"]);
+        assert_eq!(v.records.refused(), 1);
+        let why = v.records.reason(&format!("{P}node-1")).unwrap();
+        assert!(why.contains("field publicKey") && why.contains("node node-2"), "{why}");
     }
 }
