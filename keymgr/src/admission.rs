@@ -68,24 +68,48 @@ pub struct Candidate {
 /// The error is about `rec`, naming its field and `older`.
 pub fn conflict(rec: &NodeRecord, older: &NodeRecord) -> Option<RecordError> {
     let other = || older.node_name.clone();
-    let fields = [Some(("publicKey", rec.public_key)), rec.next_public_key.map(|k| ("nextPublicKey", k))];
+    let fields = [
+        Some(("publicKey", rec.public_key)),
+        rec.next_public_key.map(|k| ("nextPublicKey", k)),
+    ];
     for (field, key) in fields.into_iter().flatten() {
         if older.keys().any(|k| k == key) {
-            return Some(RecordError::DuplicateKey { field, key, other: other() });
+            return Some(RecordError::DuplicateKey {
+                field,
+                key,
+                other: other(),
+            });
         }
     }
     for &cidr in &rec.pod_cidrs {
-        let overlap = older.pod_cidrs.iter().find(|o| o.contains(&cidr) || cidr.contains(*o));
+        let overlap = older
+            .pod_cidrs
+            .iter()
+            .find(|o| o.contains(&cidr) || cidr.contains(*o));
         if let Some(&other_cidr) = overlap {
-            return Some(RecordError::OverlappingCidr { cidr, other: other(), other_cidr });
+            return Some(RecordError::OverlappingCidr {
+                cidr,
+                other: other(),
+                other_cidr,
+            });
         }
         if let Some((field, addr)) = older.underlay().find(|(_, a)| cidr.contains(a)) {
-            return Some(RecordError::CoversUnderlay { cidr, field, addr, other: other() });
+            return Some(RecordError::CoversUnderlay {
+                cidr,
+                field,
+                addr,
+                other: other(),
+            });
         }
     }
     for (field, addr) in rec.underlay() {
         if let Some(&other_cidr) = older.pod_cidrs.iter().find(|c| c.contains(&addr)) {
-            return Some(RecordError::UnderlayInside { field, addr, other: other(), other_cidr });
+            return Some(RecordError::UnderlayInside {
+                field,
+                addr,
+                other: other(),
+                other_cidr,
+            });
         }
     }
     None
@@ -109,11 +133,17 @@ pub fn validate_set(
     let mut in_order: Vec<NodeRecord> = Vec::new();
     let mut rejected = Vec::new();
     for (_, name, c) in order {
-        let verdict = c.record.validate().and_then(|()| admission.admit(&c.record));
-        let verdict = verdict.and_then(|()| match in_order.iter().find_map(|o| conflict(&c.record, o)) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        });
+        let verdict = c
+            .record
+            .validate()
+            .and_then(|()| admission.admit(&c.record));
+        let verdict =
+            verdict.and_then(
+                |()| match in_order.iter().find_map(|o| conflict(&c.record, o)) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                },
+            );
         match verdict {
             Ok(()) => {
                 in_order.push(c.record.clone());
@@ -156,7 +186,10 @@ mod tests {
             .collect()
     }
 
-    fn verdict(recs: &[(u128, &NodeRecord)], admission: &Admission) -> (Vec<String>, Vec<Rejected>) {
+    fn verdict(
+        recs: &[(u128, &NodeRecord)],
+        admission: &Admission,
+    ) -> (Vec<String>, Vec<Rejected>) {
         let (ok, bad) = validate_set(set(recs), admission);
         (ok.into_keys().collect(), bad)
     }
@@ -170,7 +203,10 @@ mod tests {
         assert_eq!(ok, ["c", "z-old"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
         let why = &bad[0].reason;
-        assert!(bad[0].source == "a-new.json" && why.contains("field podCIDRs"), "{why}");
+        assert!(
+            bad[0].source == "a-new.json" && why.contains("field podCIDRs"),
+            "{why}"
+        );
         assert!(why.contains("10.244.0.0/16 of node z-old"), "{why}");
         // The same records with the seniorities swapped: the other one wins.
         let (ok, _) = verdict(&[(2, &a), (1, &b), (3, &c)], &Admission::default());
@@ -219,21 +255,37 @@ mod tests {
         let underlay = rec("b", "198.18.0.0/15", "203.0.113.2:51871");
         let (ok, bad) = verdict(&[(1, &a), (2, &underlay)], &Admission::default());
         assert_eq!(ok, ["a"]);
-        assert!(bad[0].reason.contains("198.18.0.0/15 covers 198.18.0.1, the endpoint address of node a"), "{bad:?}");
+        assert!(
+            bad[0]
+                .reason
+                .contains("198.18.0.0/15 covers 198.18.0.1, the endpoint address of node a"),
+            "{bad:?}"
+        );
         let only_ip = rec("c", "198.19.0.0/24", "203.0.113.3:51871");
         let (_, bad) = verdict(&[(1, &a), (2, &only_ip)], &Admission::default());
-        assert!(bad[0].reason.contains("the nodeIPs address of node a"), "{bad:?}");
+        assert!(
+            bad[0].reason.contains("the nodeIPs address of node a"),
+            "{bad:?}"
+        );
         // The other way round: a newcomer whose address lies inside a pod range in force.
         let inside = rec("d", "10.244.4.0/24", "10.244.1.7:51871");
         let (ok, bad) = verdict(&[(1, &a), (2, &inside)], &Admission::default());
         assert_eq!(ok, ["a"]);
-        assert!(bad[0].reason.contains("field endpoint: 10.244.1.7 lies inside 10.244.1.0/24"), "{bad:?}");
+        assert!(
+            bad[0]
+                .reason
+                .contains("field endpoint: 10.244.1.7 lies inside 10.244.1.0/24"),
+            "{bad:?}"
+        );
     }
 
     #[test]
     fn the_reader_refuses_ranges_outside_the_pool_or_over_its_own_addresses() {
         let admission = Admission {
-            cluster_pod_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/56".parse().unwrap()],
+            cluster_pod_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
             local_addresses: vec!["10.244.200.1".parse().unwrap()],
         };
         let ok = rec("a", "10.244.1.0/24", "198.18.0.1:51871");
@@ -244,8 +296,16 @@ mod tests {
         let (accepted, bad) = verdict(&recs, &admission);
         assert_eq!(accepted, ["a", "d"]);
         let reasons: Vec<&str> = bad.iter().map(|r| r.reason.as_str()).collect();
-        assert!(reasons[0].contains("10.245.0.0/24 is not inside clusterPodCIDRs (10.244.0.0/16, fd00:10:244::/56)"), "{reasons:?}");
-        assert!(reasons[1].contains("covers 10.244.200.1, an address of this node"), "{reasons:?}");
+        assert!(
+            reasons[0].contains(
+                "10.245.0.0/24 is not inside clusterPodCIDRs (10.244.0.0/16, fd00:10:244::/56)"
+            ),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("covers 10.244.200.1, an address of this node"),
+            "{reasons:?}"
+        );
     }
 
     #[test]
@@ -253,7 +313,13 @@ mod tests {
         let a = rec("a", "10.244.1.0/24", "198.18.0.1:51871");
         let b = rec("b", "10.244.1.128/25", "198.18.0.2:51871");
         let e = conflict(&b, &a).unwrap().to_string();
-        assert!(e.contains("10.244.1.128/25 overlaps 10.244.1.0/24 of node a"), "{e}");
-        assert_eq!(conflict(&a, &rec("c", "10.244.3.0/24", "198.18.0.3:51871")), None);
+        assert!(
+            e.contains("10.244.1.128/25 overlaps 10.244.1.0/24 of node a"),
+            "{e}"
+        );
+        assert_eq!(
+            conflict(&a, &rec("c", "10.244.3.0/24", "198.18.0.3:51871")),
+            None
+        );
     }
 }

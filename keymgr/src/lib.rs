@@ -17,7 +17,7 @@ mod record;
 pub mod ring;
 pub mod store;
 
-pub use key::{KeyError, KeyFile, PrivateKey, PublicKey};
 pub use admission::{validate_set, Admission, Candidate, Seniority};
+pub use key::{KeyError, KeyFile, PrivateKey, PublicKey};
 pub use record::{NodeRecord, RecordError, Rejected};
 pub use store::{Snapshot, Store, StoreError};

@@ -205,7 +205,10 @@ impl NodeRecord {
             return Err(RecordError::TooMany { field, count, max });
         }
         let created = self.key_created.as_deref().unwrap_or_default();
-        let texts = [("clusterName", &*self.cluster_name), ("keyCreated", created)];
+        let texts = [
+            ("clusterName", &*self.cluster_name),
+            ("keyCreated", created),
+        ];
         if let Some((field, text)) = texts.into_iter().find(|(_, t)| t.len() > MAX_TEXT_LEN) {
             let (len, max) = (text.len(), MAX_TEXT_LEN);
             return Err(RecordError::TooLong { field, len, max });
@@ -216,7 +219,10 @@ impl NodeRecord {
 
 fn validate_endpoint(endpoint: SocketAddr) -> Result<(), RecordError> {
     if endpoint.port() == 0 {
-        return Err(RecordError::Endpoint(endpoint, "has port 0, where nothing listens"));
+        return Err(RecordError::Endpoint(
+            endpoint,
+            "has port 0, where nothing listens",
+        ));
     }
     match unusable(endpoint.ip()) {
         Some(why) => Err(RecordError::Endpoint(endpoint, why)),
@@ -299,18 +305,90 @@ mod tests {
     fn absurd_values_are_refused_naming_the_field() {
         let base = rec("node-1", "10.244.1.0/24");
         let cases: Vec<(NodeRecord, &str)> = vec![
-            (NodeRecord { key_epoch: u64::MAX, ..base.clone() }, "keyEpoch"),
-            (NodeRecord { pod_cidrs: vec!["0.0.0.0/0".parse().unwrap()], ..base.clone() }, "default route"),
-            (NodeRecord { pod_cidrs: vec!["::/0".parse().unwrap()], ..base.clone() }, "default route"),
-            (NodeRecord { endpoint: "198.18.0.1:0".parse().unwrap(), ..base.clone() }, "field endpoint"),
-            (NodeRecord { endpoint: "0.0.0.0:51871".parse().unwrap(), ..base.clone() }, "field endpoint"),
-            (NodeRecord { endpoint: "[ff02::1]:51871".parse().unwrap(), ..base.clone() }, "field endpoint"),
-            (NodeRecord { node_ips: vec!["255.255.255.255".parse().unwrap()], ..base.clone() }, "field nodeIPs"),
-            (NodeRecord { pod_cidrs: vec!["10.0.0.0/8".parse().unwrap(); 17], ..base.clone() }, "field podCIDRs: 17 entries"),
-            (NodeRecord { node_ips: vec!["198.18.0.1".parse().unwrap(); 17], ..base.clone() }, "field nodeIPs: 17 entries"),
-            (NodeRecord { key_created: Some("x".repeat(254)), ..base.clone() }, "field keyCreated"),
-            (NodeRecord { cluster_name: "x".repeat(254), ..base.clone() }, "field clusterName"),
-            (NodeRecord { pod_cidrs: vec!["198.18.0.0/24".parse().unwrap()], ..base.clone() }, "own endpoint address 198.18.0.1"),
+            (
+                NodeRecord {
+                    key_epoch: u64::MAX,
+                    ..base.clone()
+                },
+                "keyEpoch",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["0.0.0.0/0".parse().unwrap()],
+                    ..base.clone()
+                },
+                "default route",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["::/0".parse().unwrap()],
+                    ..base.clone()
+                },
+                "default route",
+            ),
+            (
+                NodeRecord {
+                    endpoint: "198.18.0.1:0".parse().unwrap(),
+                    ..base.clone()
+                },
+                "field endpoint",
+            ),
+            (
+                NodeRecord {
+                    endpoint: "0.0.0.0:51871".parse().unwrap(),
+                    ..base.clone()
+                },
+                "field endpoint",
+            ),
+            (
+                NodeRecord {
+                    endpoint: "[ff02::1]:51871".parse().unwrap(),
+                    ..base.clone()
+                },
+                "field endpoint",
+            ),
+            (
+                NodeRecord {
+                    node_ips: vec!["255.255.255.255".parse().unwrap()],
+                    ..base.clone()
+                },
+                "field nodeIPs",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["10.0.0.0/8".parse().unwrap(); 17],
+                    ..base.clone()
+                },
+                "field podCIDRs: 17 entries",
+            ),
+            (
+                NodeRecord {
+                    node_ips: vec!["198.18.0.1".parse().unwrap(); 17],
+                    ..base.clone()
+                },
+                "field nodeIPs: 17 entries",
+            ),
+            (
+                NodeRecord {
+                    key_created: Some("x".repeat(254)),
+                    ..base.clone()
+                },
+                "field keyCreated",
+            ),
+            (
+                NodeRecord {
+                    cluster_name: "x".repeat(254),
+                    ..base.clone()
+                },
+                "field clusterName",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["198.18.0.0/24".parse().unwrap()],
+                    ..base.clone()
+                },
+                "own endpoint address 198.18.0.1",
+            ),
             (
                 NodeRecord {
                     node_ips: vec!["10.244.1.9".parse().unwrap()],
@@ -323,7 +401,10 @@ mod tests {
             let e = r.validate().expect_err(want).to_string();
             assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
-        let almost = NodeRecord { key_epoch: u64::MAX - 1, ..base.clone() };
+        let almost = NodeRecord {
+            key_epoch: u64::MAX - 1,
+            ..base.clone()
+        };
         assert_eq!(almost.validate(), Ok(()));
         assert_eq!(base.validate(), Ok(()));
     }

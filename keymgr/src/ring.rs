@@ -191,11 +191,17 @@ mod tests {
         let loaded = ring.load_or_create().unwrap();
         ring.stage().unwrap();
         for epoch in [u64::MAX - 1, u64::MAX] {
-            let state = KeyState { epoch, ..loaded.state };
+            let state = KeyState {
+                epoch,
+                ..loaded.state
+            };
             let e = ring.commit(&state).err().expect("no epoch after the last");
             assert!(e.to_string().contains("keyEpoch"), "{e}");
         }
-        let state = KeyState { epoch: u64::MAX - 2, ..loaded.state };
+        let state = KeyState {
+            epoch: u64::MAX - 2,
+            ..loaded.state
+        };
         let (_, committed) = ring.commit(&state).unwrap();
         assert_eq!(committed.epoch, u64::MAX - 1);
     }

@@ -3,7 +3,10 @@
 //! first publish (its `.<node>.since` marker), not the latest rewrite.
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
-#[allow(dead_code, reason = "helpers shared by every store test; each uses a part")]
+#[allow(
+    dead_code,
+    reason = "helpers shared by every store test; each uses a part"
+)]
 mod common;
 
 use std::path::Path;
@@ -63,10 +66,22 @@ async fn hostile_files_are_refused_and_the_records_in_force_stay() {
         epoch.key_epoch = u64::MAX;
         let hostile: Vec<(&str, Vec<u8>)> = vec![
             ("a-copy", serde_json::to_vec(&copy).unwrap()),
-            ("all", serde_json::to_vec(&rec("all", "0.0.0.0/0", "198.18.0.10:51871")).unwrap()),
-            ("all6", serde_json::to_vec(&rec("all6", "::/0", "198.18.0.11:51871")).unwrap()),
-            ("underlay", serde_json::to_vec(&rec("underlay", "198.18.0.0/15", "203.0.113.1:51871")).unwrap()),
-            ("wide", serde_json::to_vec(&rec("wide", "10.0.0.0/8", "198.18.0.12:51871")).unwrap()),
+            (
+                "all",
+                serde_json::to_vec(&rec("all", "0.0.0.0/0", "198.18.0.10:51871")).unwrap(),
+            ),
+            (
+                "all6",
+                serde_json::to_vec(&rec("all6", "::/0", "198.18.0.11:51871")).unwrap(),
+            ),
+            (
+                "underlay",
+                serde_json::to_vec(&rec("underlay", "198.18.0.0/15", "203.0.113.1:51871")).unwrap(),
+            ),
+            (
+                "wide",
+                serde_json::to_vec(&rec("wide", "10.0.0.0/8", "198.18.0.12:51871")).unwrap(),
+            ),
             ("epoch", serde_json::to_vec(&epoch).unwrap()),
             ("big", vec![b' '; 70 * 1024]),
         ];
@@ -84,7 +99,10 @@ async fn hostile_files_are_refused_and_the_records_in_force_stay() {
 
         // A fresh reader lists everything at once, in directory order: the same verdict.
         let fresh = DirStore::open(dir.path(), admission()).unwrap();
-        assert_eq!(names(&fresh.subscribe().borrow()), ["node-1", "node-2", "node-3"]);
+        assert_eq!(
+            names(&fresh.subscribe().borrow()),
+            ["node-1", "node-2", "node-3"]
+        );
 
         // node-1 rewrites its record (a restart, a rotation): it keeps its place.
         let moved = NodeRecord {

@@ -3,9 +3,15 @@
 //! a reader that watched the records arrive and for one that lists them all at once.
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
-#[allow(dead_code, reason = "helpers shared by every store test; each uses a part")]
+#[allow(
+    dead_code,
+    reason = "helpers shared by every store test; each uses a part"
+)]
 mod common;
-#[allow(dead_code, reason = "the server serves every store test; each uses a part")]
+#[allow(
+    dead_code,
+    reason = "the server serves every store test; each uses a part"
+)]
 mod etcd_server;
 
 use std::time::Duration;
@@ -70,11 +76,16 @@ async fn hostile_keys_are_refused_and_the_records_in_force_stay() {
         ];
         for r in &hostile {
             let json = serde_json::to_vec(r).unwrap();
-            etcd.put(format!("{NODES}{}", r.node_name), json, None).await.unwrap();
+            etcd.put(format!("{NODES}{}", r.node_name), json, None)
+                .await
+                .unwrap();
         }
-        let mut all = serde_json::to_value(rec("all", "10.244.9.0/24", "198.18.0.13:51871")).unwrap();
+        let mut all =
+            serde_json::to_value(rec("all", "10.244.9.0/24", "198.18.0.13:51871")).unwrap();
         all["podCIDRs"] = serde_json::json!(["0.0.0.0/0"]);
-        etcd.put(format!("{NODES}all"), all.to_string(), None).await.unwrap();
+        etcd.put(format!("{NODES}all"), all.to_string(), None)
+            .await
+            .unwrap();
 
         let node2 = rec("node-2", "10.244.2.0/24", "198.18.0.2:51871");
         let s2 = joined(&server, &node2).await;
@@ -92,9 +103,12 @@ async fn hostile_keys_are_refused_and_the_records_in_force_stay() {
             ..node1.clone()
         };
         s1.publish(&moved).await.unwrap();
-        let snap = wait_for(&mut s2.subscribe(), Duration::from_secs(5), "rewrite", |s| {
-            s.nodes.get("node-1") == Some(&moved)
-        })
+        let snap = wait_for(
+            &mut s2.subscribe(),
+            Duration::from_secs(5),
+            "rewrite",
+            |s| s.nodes.get("node-1") == Some(&moved),
+        )
         .await;
         assert_eq!(names(&snap), ["node-1", "node-2"]);
 
@@ -103,7 +117,9 @@ async fn hostile_keys_are_refused_and_the_records_in_force_stay() {
         s1.abandon();
         etcd.delete(format!("{NODES}node-1"), None).await.unwrap();
         let json = serde_json::to_vec(&node1).unwrap();
-        etcd.put(format!("{NODES}node-1"), json, None).await.unwrap();
+        etcd.put(format!("{NODES}node-1"), json, None)
+            .await
+            .unwrap();
         let snap = wait_for(&mut s2.subscribe(), Duration::from_secs(5), "node-0", |s| {
             s.nodes.contains_key("node-0")
         })

@@ -5,9 +5,15 @@
 //! reader that watched the Nodes arrive and one that lists them all at once.
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
-#[allow(dead_code, reason = "helpers shared by every store test; each uses a part")]
+#[allow(
+    dead_code,
+    reason = "helpers shared by every store test; each uses a part"
+)]
 mod common;
-#[allow(dead_code, reason = "the fake serves every store test; each uses a part")]
+#[allow(
+    dead_code,
+    reason = "the fake serves every store test; each uses a part"
+)]
 mod fake_apiserver;
 
 use std::time::Duration;
@@ -28,15 +34,23 @@ async fn joined(server: &FakeApiServer, name: &str, n: u8) -> KubeStore {
         owner_ttl: Duration::from_secs(3),
     };
     let admission = Admission {
-        cluster_pod_cidrs: vec!["10.244.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        cluster_pod_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00::/8".parse().unwrap(),
+        ],
         local_addresses: vec![format!("198.18.0.{n}").parse().unwrap()],
     };
     let owner = format!("owner-{name}");
     let s = KubeStore::start(cfg, "lab", name, &owner, Snapshot::default(), admission).unwrap();
-    assert_eq!(s.claim(Duration::from_secs(5)).await.unwrap(), ClaimOutcome::Claimed);
+    assert_eq!(
+        s.claim(Duration::from_secs(5)).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
     let key = PrivateKey::generate().public_key();
     let endpoint = format!("198.18.0.{n}:51871").parse().unwrap();
-    s.publish(&keymgr::NodeRecord::new(name, key, endpoint)).await.unwrap();
+    s.publish(&keymgr::NodeRecord::new(name, key, endpoint))
+        .await
+        .unwrap();
     s
 }
 
@@ -50,7 +64,10 @@ fn hostile(name: &str, n: u8, cidrs: &[&str]) -> Node {
     node.metadata.annotations = Some(
         [
             ("wiremesh.io/wg-pub-key".into(), key),
-            ("wiremesh.io/wg-endpoint".into(), format!("198.18.1.{n}:51871")),
+            (
+                "wiremesh.io/wg-endpoint".into(),
+                format!("198.18.1.{n}:51871"),
+            ),
         ]
         .into(),
     );

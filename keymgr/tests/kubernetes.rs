@@ -46,7 +46,15 @@ fn config(server: &FakeApiServer, heartbeat_ms: u64, ttl_ms: u64) -> KubeConfig 
 
 fn store(server: &FakeApiServer, node: &str, owner: &str) -> KubeStore {
     let cfg = config(server, 300, 3000);
-    KubeStore::start(cfg, "lab", node, owner, Snapshot::default(), Admission::default()).unwrap()
+    KubeStore::start(
+        cfg,
+        "lab",
+        node,
+        owner,
+        Snapshot::default(),
+        Admission::default(),
+    )
+    .unwrap()
 }
 
 /// A store that has claimed its Node (created here, as kubelet would) and published `record`.
@@ -251,7 +259,15 @@ async fn a_live_owner_keeps_the_name_and_a_dead_ones_claim_lapses_after_the_ttl(
         let ttl = 1500;
         let start = |owner: &str| {
             let cfg = config(&server, 200, ttl);
-            KubeStore::start(cfg, "lab", "node-5", owner, Snapshot::default(), Admission::default()).unwrap()
+            KubeStore::start(
+                cfg,
+                "lab",
+                "node-5",
+                owner,
+                Snapshot::default(),
+                Admission::default(),
+            )
+            .unwrap()
         };
         let first = rec("node-5", 5);
         let a = start("agent-a");
@@ -426,7 +442,15 @@ async fn start_does_not_wait_for_the_api_server_nor_for_kubelet() {
         };
         let started = Instant::now();
         let cfg = config(&server, 300, 3000);
-        let s1 = KubeStore::start(cfg, "lab", "node-1", "o-1", persisted.clone(), Admission::default()).unwrap();
+        let s1 = KubeStore::start(
+            cfg,
+            "lab",
+            "node-1",
+            "o-1",
+            persisted.clone(),
+            Admission::default(),
+        )
+        .unwrap();
         let outcome = s1.claim(Duration::from_millis(500)).await.unwrap();
         assert!(
             matches!(outcome, ClaimOutcome::Unreachable { .. }),
@@ -482,7 +506,15 @@ async fn a_bearer_token_file_authenticates_and_kubeconfig_is_inferred_from_the_e
             kubeconfig: None,
             ..config(&server, 300, 3000)
         };
-        let s1 = KubeStore::start(cfg, "lab", "node-1", "o-1", Snapshot::default(), Admission::default()).unwrap();
+        let s1 = KubeStore::start(
+            cfg,
+            "lab",
+            "node-1",
+            "o-1",
+            Snapshot::default(),
+            Admission::default(),
+        )
+        .unwrap();
         assert_eq!(
             s1.claim(Duration::from_secs(5)).await.unwrap(),
             ClaimOutcome::Claimed
@@ -493,7 +525,15 @@ async fn a_bearer_token_file_authenticates_and_kubeconfig_is_inferred_from_the_e
             kubeconfig: Some(server.kubeconfig(Some(&bad))),
             ..config(&server, 300, 3000)
         };
-        let s2 = KubeStore::start(cfg, "lab", "node-2", "o-2", Snapshot::default(), Admission::default()).unwrap();
+        let s2 = KubeStore::start(
+            cfg,
+            "lab",
+            "node-2",
+            "o-2",
+            Snapshot::default(),
+            Admission::default(),
+        )
+        .unwrap();
         let outcome = s2.claim(Duration::from_millis(1500)).await.unwrap();
         let ClaimOutcome::Unreachable { error } = outcome else {
             panic!("a wrong token was accepted: {outcome:?}");

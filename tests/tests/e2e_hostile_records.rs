@@ -40,8 +40,8 @@ fn wait_refused(lab: &Lab, name: &str) -> String {
     loop {
         let mut lines = Vec::new();
         for node in lab.node_ids() {
-            let log = std::fs::read_to_string(lab.log_path(node, NodeKind::Agent))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(lab.log_path(node, NodeKind::Agent)).unwrap_or_default();
             // `node` is a string field: the log quotes it.
             let field = format!("node=\"{name}\"");
             let line = log
@@ -55,7 +55,10 @@ fn wait_refused(lab: &Lab, name: &str) -> String {
         if lines.len() == usize::from(lab.nodes()) {
             return lines.swap_remove(0);
         }
-        assert!(Instant::now() < deadline, "{last} within {REFUSED_WITHIN:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{last} within {REFUSED_WITHIN:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -70,12 +73,19 @@ fn assert_mesh_intact(lab: &Lab, hostile: &[&str], after: &str) {
             .unwrap_or_else(|e| panic!("status of node-{node}: {e}"));
         let mut peers = peer_names(&status);
         peers.sort();
-        let others: Vec<String> = lab.node_ids().filter(|&n| n != node).map(node_name).collect();
+        let others: Vec<String> = lab
+            .node_ids()
+            .filter(|&n| n != node)
+            .map(node_name)
+            .collect();
         assert_eq!(peers, others, "node-{node}'s peers after {after}");
         let mut tunnelled = Vec::new();
         for family in ["-4", "-6"] {
             let routes = lab
-                .ip(Host::Node(node), &[family, "route", "show", "dev", WG_IFACE])
+                .ip(
+                    Host::Node(node),
+                    &[family, "route", "show", "dev", WG_IFACE],
+                )
                 .unwrap_or_else(|e| panic!("{family} routes of node-{node}: {e}"));
             let dests = routes.lines().filter_map(|l| l.split_whitespace().next());
             tunnelled.extend(dests.map(str::to_owned));
@@ -87,7 +97,10 @@ fn assert_mesh_intact(lab: &Lab, hostile: &[&str], after: &str) {
                 "node-{node} lost its tunnel route to {cidr} after {after}: {tunnelled:?}"
             );
         }
-        for bad in hostile.iter().map(|c| if c.ends_with("/0") { "default" } else { c }) {
+        for bad in hostile
+            .iter()
+            .map(|c| if c.ends_with("/0") { "default" } else { c })
+        {
             assert!(
                 !tunnelled.iter().any(|r| r == bad),
                 "node-{node} routes the hostile {bad} into the tunnel after {after}"
@@ -112,7 +125,11 @@ fn hostile_records_are_refused_without_losing_a_ping(lab: &Lab) {
         ("a-copy", &copy),
     ];
     // The copy's range is node-1's own route: only the peer list can tell them apart.
-    let hostile_cidrs: Vec<&str> = records.iter().map(|(_, c)| *c).filter(|c| *c != copy).collect();
+    let hostile_cidrs: Vec<&str> = records
+        .iter()
+        .map(|(_, c)| *c)
+        .filter(|c| *c != copy)
+        .collect();
     // Long enough to cover every write and check, bounded: 50/s for 30 s per pair.
     let ping = |to| Ping::new(to).count(1500).interval(PING_INTERVAL);
     let mut background: Vec<_> = pairs

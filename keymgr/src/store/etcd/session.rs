@@ -224,12 +224,10 @@ impl Shell {
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             match ev.event_type() {
-                                EventType::Put => {
-                                    self.view.put(
-                                        &t.nodes_prefix,
-                                        (kv.key(), kv.value(), kv.create_revision()),
-                                    )
-                                }
+                                EventType::Put => self.view.put(
+                                    &t.nodes_prefix,
+                                    (kv.key(), kv.value(), kv.create_revision()),
+                                ),
                                 EventType::Delete => self.view.delete(kv.key()),
                             }
                         }

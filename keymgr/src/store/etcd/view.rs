@@ -113,10 +113,27 @@ mod tests {
     #[test]
     fn bad_records_are_refused_with_the_reason_and_others_kept() {
         let mut v = View::new(Admission::default());
-        v.put(P, (&key("node-1"), &serde_json::to_vec(&rec("node-1", 1)).unwrap(), 7));
+        v.put(
+            P,
+            (
+                &key("node-1"),
+                &serde_json::to_vec(&rec("node-1", 1)).unwrap(),
+                7,
+            ),
+        );
         v.put(P, (&key("node-2"), b"{ not json", 7));
-        v.put(P, (&key("node-3"), &serde_json::to_vec(&rec("node-4", 4)).unwrap(), 7));
-        v.put(P, (&key("a/b"), &serde_json::to_vec(&rec("b", 5)).unwrap(), 7));
+        v.put(
+            P,
+            (
+                &key("node-3"),
+                &serde_json::to_vec(&rec("node-4", 4)).unwrap(),
+                7,
+            ),
+        );
+        v.put(
+            P,
+            (&key("a/b"), &serde_json::to_vec(&rec("b", 5)).unwrap(), 7),
+        );
         let mut zero = serde_json::to_value(rec("node-6", 6)).unwrap();
         zero["publicKey"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
         v.put(P, (&key("node-6"), zero.to_string().as_bytes(), 7));
@@ -144,6 +161,9 @@ mod tests {
         assert_eq!(v.snapshot().nodes.keys().collect::<Vec<_>>(), ["node-2"]);
         assert_eq!(v.records.refused(), 1);
         let why = v.records.reason(&format!("{P}node-1")).unwrap();
-        assert!(why.contains("field publicKey") && why.contains("node node-2"), "{why}");
+        assert!(
+            why.contains("field publicKey") && why.contains("node node-2"),
+            "{why}"
+        );
     }
 }

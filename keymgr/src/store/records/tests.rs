@@ -63,7 +63,14 @@ fn the_older_record_wins_whichever_arrives_first() {
     let copy = || at(20, rec("a-copy", 1, &["10.244.1.0/24"]));
     let wide = || at(30, rec("all", 2, &["0.0.0.0/1"]));
     let reads = [old(), copy(), wide()];
-    for perm in [[0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1], [0, 2, 1]] {
+    for perm in [
+        [0, 1, 2],
+        [1, 0, 2],
+        [2, 1, 0],
+        [1, 2, 0],
+        [2, 0, 1],
+        [0, 2, 1],
+    ] {
         let mut r = records();
         for i in perm {
             r.put(reads[i].clone());
@@ -102,17 +109,29 @@ fn pod_ranges_over_underlay_addresses_and_outside_the_pool_are_refused() {
     inside.node_ips = vec!["10.244.1.9".parse().unwrap()];
     r.put(at(4, inside));
     assert_eq!(names(&r), ["a"]);
-    assert!(r.reason("src/everything").unwrap().contains("not inside clusterPodCIDRs"));
-    assert!(r.reason("src/mine").unwrap().contains("an address of this node"));
+    assert!(r
+        .reason("src/everything")
+        .unwrap()
+        .contains("not inside clusterPodCIDRs"));
+    assert!(r
+        .reason("src/mine")
+        .unwrap()
+        .contains("an address of this node"));
     let why = r.reason("src/inside").unwrap();
-    assert!(why.contains("field nodeIPs: 10.244.1.9 lies inside 10.244.1.0/24"), "{why}");
+    assert!(
+        why.contains("field nodeIPs: 10.244.1.9 lies inside 10.244.1.0/24"),
+        "{why}"
+    );
 
     let mut r = records();
     r.put(at(1, rec("a", 0, &["10.244.1.0/24"])));
     r.put(at(2, rec("underlay", 1, &["198.18.0.0/24"])));
     assert_eq!(names(&r), ["a"]);
     let why = r.reason("src/underlay").unwrap();
-    assert!(why.contains("covers 198.18.0.1, the endpoint address of node a"), "{why}");
+    assert!(
+        why.contains("covers 198.18.0.1, the endpoint address of node a"),
+        "{why}"
+    );
 }
 
 #[test]
