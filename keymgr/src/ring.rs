@@ -195,7 +195,9 @@ mod tests {
                 epoch,
                 ..loaded.state
             };
-            let e = ring.commit(&state).err().expect("no epoch after the last");
+            let Err(e) = ring.commit(&state) else {
+                panic!("committed past the last epoch from {epoch}");
+            };
             assert!(e.to_string().contains("keyEpoch"), "{e}");
         }
         let state = KeyState {
