@@ -109,7 +109,7 @@ pub async fn render(state: &AdminState) -> Result<String> {
     peers.set(device.peers.len() as i64);
     registry.register("peers", "Peers configured in the data path", peers);
     let epoch = Gauge::<i64>::default();
-    epoch.set(own.epoch as i64);
+    epoch.set(i64::try_from(own.epoch).unwrap_or(i64::MAX));
     registry.register("key_epoch", "Serial of this node's current key", epoch);
     let rotating = Gauge::<i64>::default();
     rotating.set(i64::from(own.next.is_some()));

@@ -155,6 +155,7 @@ async fn wiremesh(url: &str, n: usize) -> (Duration, Duration, u64) {
             &rec.node_name,
             &owner,
             Snapshot::default(),
+            keymgr::Admission::default(),
         )
         .expect("store config");
         // Under the start-up storm a request can exceed the store's RPC timeout; the store then

@@ -136,6 +136,11 @@ pub enum KeyError {
          (as `wg genkey` writes); remove it to generate a new key, or restore a valid one"
     )]
     MalformedFile { path: PathBuf },
+    #[error(
+        "key state {path}: keyEpoch {epoch} is the last epoch a record may carry, so the key \
+         cannot be rotated again; remove {path} to count epochs from 1 again"
+    )]
+    EpochExhausted { path: PathBuf, epoch: u64 },
 }
 
 /// The private key file: `<stateDir>/<interface>.key`, one line of base64 (the format of

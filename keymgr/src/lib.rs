@@ -6,13 +6,18 @@
 //!
 //! It must never log, print, serialise or `Debug`-format a private key, and never hand a record
 //! that failed validation to the data path: a bad record is reported (naming its source and the
-//! problem) and dropped, and every other record keeps working.
+//! problem) and dropped, and every other record keeps working. In a conflict between two records
+//! only the younger one (by the store's order: [`admission`]) is dropped, so the record in force
+//! keeps working. It knows nothing of the agent: what a reader admits comes in as an
+//! [`Admission`].
 
+pub mod admission;
 mod key;
 mod record;
 pub mod ring;
 pub mod store;
 
+pub use admission::{validate_set, Admission, Candidate, Seniority};
 pub use key::{KeyError, KeyFile, PrivateKey, PublicKey};
-pub use record::{validate_set, NodeRecord, RecordError, Rejected};
+pub use record::{NodeRecord, RecordError, Rejected};
 pub use store::{Snapshot, Store, StoreError};

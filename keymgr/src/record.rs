@@ -1,7 +1,7 @@
-//! The node record: what one node tells every other node about itself, and the rules a set of
-//! records must satisfy before any of it reaches the data path.
+//! The node record: what one node tells every other node about itself, and the rules one record
+//! must satisfy on its own, whoever reads it (`crate::admission` holds the rules between records
+//! and those that depend on the reader).
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -35,24 +35,91 @@ pub struct NodeRecord {
     pub next_public_key: Option<PublicKey>,
 }
 
+/// At most this many `podCIDRs` (Kubernetes allows one per address family).
+pub const MAX_POD_CIDRS: usize = 16;
+/// At most this many `nodeIPs`.
+pub const MAX_NODE_IPS: usize = 16;
+/// Longest `clusterName` and `keyCreated` (an RFC 3339 time is about 30 characters).
+pub const MAX_TEXT_LEN: usize = 253;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     #[error("field nodeName: {0:?} is not a valid node name (lowercase RFC 1123 subdomain)")]
     NodeName(String),
     #[error("field publicKey: the all-zero key is not a valid WireGuard key")]
     ZeroKey,
-    #[error("field publicKey: {key} is also published by node {other}; both records are refused")]
-    DuplicateKey { key: PublicKey, other: String },
     #[error(
-        "field podCIDRs: {cidr} overlaps {other_cidr} of node {other}; both records are refused"
+        "field {field}: {key} is already published by node {other}, whose record is older and \
+         stays in force; this record is refused"
+    )]
+    DuplicateKey {
+        field: &'static str,
+        key: PublicKey,
+        other: String,
+    },
+    #[error(
+        "field podCIDRs: {cidr} overlaps {other_cidr} of node {other}, whose record is older and \
+         stays in force; this record is refused"
     )]
     OverlappingCidr {
         cidr: IpNet,
         other: String,
         other_cidr: IpNet,
     },
+    #[error(
+        "field podCIDRs: {cidr} covers {addr}, the {field} address of node {other}, whose record \
+         is older and stays in force; this record is refused (pod ranges never cover the underlay)"
+    )]
+    CoversUnderlay {
+        cidr: IpNet,
+        field: &'static str,
+        addr: IpAddr,
+        other: String,
+    },
+    #[error(
+        "field {field}: {addr} lies inside {other_cidr}, a pod CIDR of node {other}, whose record \
+         is older and stays in force; this record is refused (pod ranges never cover the underlay)"
+    )]
+    UnderlayInside {
+        field: &'static str,
+        addr: IpAddr,
+        other: String,
+        other_cidr: IpNet,
+    },
+    #[error("field podCIDRs: {cidr} covers this record's own {field} address {addr}")]
+    CoversOwnUnderlay {
+        cidr: IpNet,
+        field: &'static str,
+        addr: IpAddr,
+    },
     #[error("field podCIDRs: {0} has host bits set (did you mean {1}?)")]
     HostBits(IpNet, IpNet),
+    #[error("field podCIDRs: {0} is a default route (prefix length 0), never a node's pod range")]
+    DefaultRoute(IpNet),
+    #[error("field podCIDRs: {cidr} is not inside clusterPodCIDRs ({pool})")]
+    OutsidePool { cidr: IpNet, pool: String },
+    #[error("field podCIDRs: {cidr} covers {addr}, an address of this node")]
+    CoversLocalAddress { cidr: IpNet, addr: IpAddr },
+    #[error("field {field}: {count} entries, more than the {max} one node may have")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("field {field}: {len} characters, more than {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("field endpoint: {0} {1}")]
+    Endpoint(SocketAddr, &'static str),
+    #[error("field nodeIPs: {0} {1}")]
+    NodeIp(IpAddr, &'static str),
+    #[error(
+        "field keyEpoch: {0} is the largest epoch there is, so this key could never be rotated"
+    )]
+    EpochExhausted(u64),
     #[error("field nodeName: record for {found:?} is stored under the name {expected:?}")]
     NameMismatch { expected: String, found: String },
 }
@@ -86,7 +153,14 @@ impl NodeRecord {
         std::iter::once(self.public_key).chain(self.next_public_key)
     }
 
-    /// Checks that hold for one record on its own.
+    /// The node's underlay addresses, each with the field that names it: where its peers send
+    /// WireGuard datagrams (`endpoint`) and its own addresses (`nodeIPs`).
+    pub fn underlay(&self) -> impl Iterator<Item = (&'static str, IpAddr)> + '_ {
+        let ips = self.node_ips.iter().map(|ip| ("nodeIPs", *ip));
+        std::iter::once(("endpoint", self.endpoint.ip())).chain(ips)
+    }
+
+    /// Checks that hold for one record on its own, whoever reads it.
     pub fn validate(&self) -> Result<(), RecordError> {
         if !is_rfc1123_subdomain(&self.node_name) {
             return Err(RecordError::NodeName(self.node_name.clone()));
@@ -94,87 +168,80 @@ impl NodeRecord {
         if self.public_key.is_zero() || self.next_public_key.is_some_and(|k| k.is_zero()) {
             return Err(RecordError::ZeroKey);
         }
+        self.validate_sizes()?;
+        // Its successor's epoch is one more, which must exist.
+        if self.key_epoch == u64::MAX {
+            return Err(RecordError::EpochExhausted(self.key_epoch));
+        }
+        validate_endpoint(self.endpoint)?;
+        for ip in &self.node_ips {
+            if let Some(why) = unusable(*ip) {
+                return Err(RecordError::NodeIp(*ip, why));
+            }
+        }
         for cidr in &self.pod_cidrs {
             if cidr.trunc() != *cidr {
                 return Err(RecordError::HostBits(*cidr, cidr.trunc()));
             }
+            if cidr.prefix_len() == 0 {
+                return Err(RecordError::DefaultRoute(*cidr));
+            }
+            if let Some((field, addr)) = self.underlay().find(|(_, a)| cidr.contains(a)) {
+                let cidr = *cidr;
+                return Err(RecordError::CoversOwnUnderlay { cidr, field, addr });
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounds on every list and string, so that one record cannot make every reader allocate
+    /// or compare without limit.
+    fn validate_sizes(&self) -> Result<(), RecordError> {
+        let counts = [
+            ("podCIDRs", self.pod_cidrs.len(), MAX_POD_CIDRS),
+            ("nodeIPs", self.node_ips.len(), MAX_NODE_IPS),
+        ];
+        if let Some((field, count, max)) = counts.into_iter().find(|(_, n, max)| n > max) {
+            return Err(RecordError::TooMany { field, count, max });
+        }
+        let created = self.key_created.as_deref().unwrap_or_default();
+        let texts = [
+            ("clusterName", &*self.cluster_name),
+            ("keyCreated", created),
+        ];
+        if let Some((field, text)) = texts.into_iter().find(|(_, t)| t.len() > MAX_TEXT_LEN) {
+            let (len, max) = (text.len(), MAX_TEXT_LEN);
+            return Err(RecordError::TooLong { field, len, max });
         }
         Ok(())
     }
 }
 
-/// Checks that hold across records: no two nodes share a key or overlapping pod CIDRs. Both sides
-/// of a conflict are refused, because the store alone cannot tell which one is genuine and
-/// WireGuard would silently route a shared CIDR to whichever peer was configured last.
-///
-/// This states the rules over a whole set at once; the stores apply the same rules incrementally,
-/// one changed record at a time, and are tested against this function.
-pub fn validate_set(
-    records: BTreeMap<String, (String, NodeRecord)>,
-) -> (BTreeMap<String, NodeRecord>, Vec<Rejected>) {
-    let mut refused: HashMap<String, RecordError> = HashMap::new();
-    let mut by_key: HashMap<PublicKey, &str> = HashMap::new();
-    let mut cidrs: Vec<(IpNet, &str)> = Vec::new();
-    for (name, (_, rec)) in &records {
-        for key in rec.keys() {
-            let Some(other) = by_key.insert(key, name) else {
-                continue;
-            };
-            if other == name {
-                continue;
-            }
-            let (here, there) = (name.clone(), other.to_string());
-            refused.insert(
-                here.clone(),
-                RecordError::DuplicateKey {
-                    key,
-                    other: there.clone(),
-                },
-            );
-            refused.insert(there, RecordError::DuplicateKey { key, other: here });
-        }
-        cidrs.extend(rec.pod_cidrs.iter().map(|c| (*c, name.as_str())));
+fn validate_endpoint(endpoint: SocketAddr) -> Result<(), RecordError> {
+    if endpoint.port() == 0 {
+        return Err(RecordError::Endpoint(
+            endpoint,
+            "has port 0, where nothing listens",
+        ));
     }
-    // CIDRs are nested or disjoint, never partly overlapping: sorted by start address (wider
-    // first), each one overlaps exactly the open CIDRs that contain it. O(n log n) in the
-    // number of CIDRs, so a thousand-node store validates in microseconds.
-    cidrs.sort_by_key(|(c, _)| (c.network(), c.prefix_len()));
-    let mut open: Vec<(IpNet, &str)> = Vec::new();
-    for (cidr, name) in cidrs {
-        while open.last().is_some_and(|(o, _)| !o.contains(&cidr)) {
-            open.pop();
-        }
-        if let Some(&(other_cidr, other)) = open.iter().rev().find(|(_, o)| *o != name) {
-            let e = RecordError::OverlappingCidr {
-                cidr,
-                other: other.into(),
-                other_cidr,
-            };
-            refused.insert(name.to_string(), e);
-            let e = RecordError::OverlappingCidr {
-                cidr: other_cidr,
-                other: name.into(),
-                other_cidr: cidr,
-            };
-            refused.insert(other.to_string(), e);
-        }
-        open.push((cidr, name));
+    match unusable(endpoint.ip()) {
+        Some(why) => Err(RecordError::Endpoint(endpoint, why)),
+        None => Ok(()),
     }
-    let mut accepted = BTreeMap::new();
-    let mut rejected = Vec::new();
-    for (name, (source, rec)) in records {
-        match refused.remove(&name) {
-            Some(e) => rejected.push(Rejected {
-                source,
-                node_name: Some(name),
-                reason: e.to_string(),
-            }),
-            None => {
-                accepted.insert(name, rec);
-            }
-        }
+}
+
+/// Why `ip` can be no node's unicast address, if it cannot.
+fn unusable(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        return Some("is the unspecified address, which names no node");
     }
-    (accepted, rejected)
+    if ip.is_multicast() {
+        return Some("is a multicast address, which names no single node");
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address"),
+        _ => None,
+    }
 }
 
 fn is_rfc1123_subdomain(s: &str) -> bool {
@@ -203,12 +270,6 @@ mod tests {
             pod_cidrs: vec![cidr.parse().unwrap()],
             ..NodeRecord::new(name, key, "198.18.0.1:51871".parse().unwrap())
         }
-    }
-
-    fn set(recs: Vec<NodeRecord>) -> BTreeMap<String, (String, NodeRecord)> {
-        recs.into_iter()
-            .map(|r| (r.node_name.clone(), (format!("{}.json", r.node_name), r)))
-            .collect()
     }
 
     #[test]
@@ -241,67 +302,110 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_refuse_both_records_and_keep_others() {
-        let a = rec("a", "10.244.1.0/24");
-        let mut b = rec("b", "10.244.2.0/24");
-        b.public_key = a.public_key;
-        let c = rec("c", "10.244.3.0/24");
-        let (ok, bad) = validate_set(set(vec![a, b, c]));
-        assert_eq!(ok.keys().collect::<Vec<_>>(), vec!["c"]);
-        assert_eq!(bad.len(), 2);
-        assert!(bad.iter().all(|r| r.reason.contains("publicKey")));
-    }
-
-    #[test]
-    fn a_successor_key_must_not_collide_with_another_nodes_key() {
-        let a = rec("a", "10.244.1.0/24");
-        let mut b = rec("b", "10.244.2.0/24");
-        b.next_public_key = Some(a.public_key);
-        let (ok, bad) = validate_set(set(vec![a, b]));
-        assert!(ok.is_empty(), "{ok:?}");
-        assert_eq!(bad.len(), 2);
-    }
-
-    proptest::proptest! {
-        /// The sweep refuses exactly the nodes a brute-force pairwise check would.
-        #[test]
-        fn overlap_sweep_matches_pairwise_check(
-            nets in proptest::collection::vec((0u8..4, 0u8..4, 22u8..=26), 1..12)
-        ) {
-            let recs: Vec<NodeRecord> = nets
-                .iter()
-                .enumerate()
-                .map(|(i, (a, b, len))| {
-                    let net: IpNet = format!("10.{a}.{b}.0/{len}").parse().unwrap();
-                    NodeRecord { pod_cidrs: vec![net.trunc()], ..rec(&format!("n{i}"), "10.0.0.0/32") }
-                })
-                .collect();
-            let mut expected: Vec<String> = Vec::new();
-            for x in &recs {
-                for y in &recs {
-                    let (cx, cy) = (x.pod_cidrs[0], y.pod_cidrs[0]);
-                    if x.node_name != y.node_name && (cx.contains(&cy) || cy.contains(&cx)) {
-                        expected.push(x.node_name.clone());
-                        break;
-                    }
-                }
-            }
-            expected.sort();
-            let (_, bad) = validate_set(set(recs));
-            let mut got: Vec<String> = bad.into_iter().filter_map(|r| r.node_name).collect();
-            got.sort();
-            proptest::prop_assert_eq!(got, expected);
+    fn absurd_values_are_refused_naming_the_field() {
+        let base = rec("node-1", "10.244.1.0/24");
+        let cases: Vec<(NodeRecord, &str)> = vec![
+            (
+                NodeRecord {
+                    key_epoch: u64::MAX,
+                    ..base.clone()
+                },
+                "keyEpoch",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["0.0.0.0/0".parse().unwrap()],
+                    ..base.clone()
+                },
+                "default route",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["::/0".parse().unwrap()],
+                    ..base.clone()
+                },
+                "default route",
+            ),
+            (
+                NodeRecord {
+                    endpoint: "198.18.0.1:0".parse().unwrap(),
+                    ..base.clone()
+                },
+                "field endpoint",
+            ),
+            (
+                NodeRecord {
+                    endpoint: "0.0.0.0:51871".parse().unwrap(),
+                    ..base.clone()
+                },
+                "field endpoint",
+            ),
+            (
+                NodeRecord {
+                    endpoint: "[ff02::1]:51871".parse().unwrap(),
+                    ..base.clone()
+                },
+                "field endpoint",
+            ),
+            (
+                NodeRecord {
+                    node_ips: vec!["255.255.255.255".parse().unwrap()],
+                    ..base.clone()
+                },
+                "field nodeIPs",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["10.0.0.0/8".parse().unwrap(); 17],
+                    ..base.clone()
+                },
+                "field podCIDRs: 17 entries",
+            ),
+            (
+                NodeRecord {
+                    node_ips: vec!["198.18.0.1".parse().unwrap(); 17],
+                    ..base.clone()
+                },
+                "field nodeIPs: 17 entries",
+            ),
+            (
+                NodeRecord {
+                    key_created: Some("x".repeat(254)),
+                    ..base.clone()
+                },
+                "field keyCreated",
+            ),
+            (
+                NodeRecord {
+                    cluster_name: "x".repeat(254),
+                    ..base.clone()
+                },
+                "field clusterName",
+            ),
+            (
+                NodeRecord {
+                    pod_cidrs: vec!["198.18.0.0/24".parse().unwrap()],
+                    ..base.clone()
+                },
+                "own endpoint address 198.18.0.1",
+            ),
+            (
+                NodeRecord {
+                    node_ips: vec!["10.244.1.9".parse().unwrap()],
+                    ..base.clone()
+                },
+                "own nodeIPs address 10.244.1.9",
+            ),
+        ];
+        for (r, want) in cases {
+            let e = r.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
-    }
-
-    #[test]
-    fn overlapping_pod_cidrs_refuse_both_records() {
-        let (ok, bad) = validate_set(set(vec![
-            rec("a", "10.244.0.0/16"),
-            rec("b", "10.244.2.0/24"),
-            rec("c", "10.245.0.0/24"),
-        ]));
-        assert_eq!(ok.keys().collect::<Vec<_>>(), vec!["c"]);
-        assert_eq!(bad.len(), 2, "{bad:?}");
+        let almost = NodeRecord {
+            key_epoch: u64::MAX - 1,
+            ..base.clone()
+        };
+        assert_eq!(almost.validate(), Ok(()));
+        assert_eq!(base.validate(), Ok(()));
     }
 }

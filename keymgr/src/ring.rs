@@ -20,8 +20,12 @@ pub struct KeyState {
 }
 
 impl KeyState {
+    /// When the current key was created; a time past what the clock can hold (a corrupt state
+    /// file) reads as the Unix epoch, so the key counts as due for rotation.
     pub fn created(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.created_unix)
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.created_unix))
+            .unwrap_or(UNIX_EPOCH)
     }
 }
 
@@ -99,9 +103,10 @@ impl KeyRing {
     /// writes leaves the old key with a newer serial and the successor still staged, and the
     /// restarted agent completes the rotation.
     pub fn commit(&self, state: &KeyState) -> Result<(PrivateKey, KeyState), KeyError> {
+        let epoch = self.next_epoch(state)?;
         let key = self.next.load()?;
         let new_state = KeyState {
-            epoch: state.epoch + 1,
+            epoch,
             created_unix: unix_now(),
         };
         self.write_state(&new_state)?;
@@ -110,6 +115,18 @@ impl KeyRing {
             source,
         })?;
         Ok((key, new_state))
+    }
+
+    /// The epoch after `state`'s. A record never carries `u64::MAX` (its successor's epoch would
+    /// not exist), so neither does a committed key.
+    pub fn next_epoch(&self, state: &KeyState) -> Result<u64, KeyError> {
+        match state.epoch.checked_add(1) {
+            Some(next) if next < u64::MAX => Ok(next),
+            _ => Err(KeyError::EpochExhausted {
+                path: self.state_path.clone(),
+                epoch: state.epoch,
+            }),
+        }
     }
 
     fn read_state(&self) -> Option<KeyState> {
@@ -165,5 +182,29 @@ mod tests {
         assert_eq!(after.current.public_key(), next.public_key());
         assert_eq!(after.state.epoch, 2);
         assert!(after.next.is_none());
+    }
+
+    #[test]
+    fn an_exhausted_epoch_refuses_to_commit_instead_of_overflowing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::new(dir.path(), "wg0");
+        let loaded = ring.load_or_create().unwrap();
+        ring.stage().unwrap();
+        for epoch in [u64::MAX - 1, u64::MAX] {
+            let state = KeyState {
+                epoch,
+                ..loaded.state
+            };
+            let Err(e) = ring.commit(&state) else {
+                panic!("committed past the last epoch from {epoch}");
+            };
+            assert!(e.to_string().contains("keyEpoch"), "{e}");
+        }
+        let state = KeyState {
+            epoch: u64::MAX - 2,
+            ..loaded.state
+        };
+        let (_, committed) = ring.commit(&state).unwrap();
+        assert_eq!(committed.epoch, u64::MAX - 1);
     }
 }

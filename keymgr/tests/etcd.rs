@@ -13,7 +13,7 @@ use etcd_server::EtcdServer;
 use keymgr::store::{
     ClaimOutcome, EtcdConfig, EtcdStore, EtcdTls, Snapshot, StoreError, StoreHealth,
 };
-use keymgr::{NodeRecord, PrivateKey};
+use keymgr::{Admission, NodeRecord, PrivateKey};
 
 const NODES: &str = "/wiremesh/v1/lab/nodes/";
 
@@ -37,7 +37,15 @@ fn config(url: String, lease_ttl: Duration) -> EtcdConfig {
 
 fn store(url: String, node: &str, owner: &str, ttl_secs: u64) -> EtcdStore {
     let cfg = config(url, Duration::from_secs(ttl_secs));
-    EtcdStore::start(cfg, "lab", node, owner, Snapshot::default()).unwrap()
+    EtcdStore::start(
+        cfg,
+        "lab",
+        node,
+        owner,
+        Snapshot::default(),
+        Admission::default(),
+    )
+    .unwrap()
 }
 
 /// A store that has claimed its name and published `record`.
@@ -304,7 +312,15 @@ async fn start_does_not_wait_for_etcd_and_claims_once_it_is_up() {
         };
         let started = Instant::now();
         let cfg = config(server.url(), Duration::from_secs(30));
-        let s1 = EtcdStore::start(cfg, "lab", "node-1", "owner-1", persisted.clone()).unwrap();
+        let s1 = EtcdStore::start(
+            cfg,
+            "lab",
+            "node-1",
+            "owner-1",
+            persisted.clone(),
+            Admission::default(),
+        )
+        .unwrap();
         let outcome = s1.claim(Duration::from_millis(500)).await.unwrap();
         assert!(
             matches!(outcome, ClaimOutcome::Unreachable { .. }),
@@ -338,8 +354,15 @@ async fn tls_with_a_client_certificate_connects_and_without_one_does_not() {
         let server = EtcdServer::start_tls().await;
         let mut cfg = config(server.url(), Duration::from_secs(30));
         cfg.tls = Some(server.tls_files());
-        let s1 =
-            EtcdStore::start(cfg.clone(), "lab", "node-1", "o-1", Snapshot::default()).unwrap();
+        let s1 = EtcdStore::start(
+            cfg.clone(),
+            "lab",
+            "node-1",
+            "o-1",
+            Snapshot::default(),
+            Admission::default(),
+        )
+        .unwrap();
         assert_eq!(
             s1.claim(Duration::from_secs(5)).await.unwrap(),
             ClaimOutcome::Claimed
@@ -361,7 +384,15 @@ async fn tls_with_a_client_certificate_connects_and_without_one_does_not() {
             key: None,
             ..server.tls_files()
         });
-        let s2 = EtcdStore::start(anonymous, "lab", "node-2", "o-2", Snapshot::default()).unwrap();
+        let s2 = EtcdStore::start(
+            anonymous,
+            "lab",
+            "node-2",
+            "o-2",
+            Snapshot::default(),
+            Admission::default(),
+        )
+        .unwrap();
         let outcome = s2.claim(Duration::from_millis(1500)).await.unwrap();
         assert!(
             matches!(outcome, ClaimOutcome::Unreachable { .. }),

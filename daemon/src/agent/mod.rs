@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use keymgr::ring::KeyRing;
 use keymgr::store::objects::ObjectStore;
 use keymgr::store::{ClaimOutcome, DirStore, EtcdStore, KubeStore};
-use keymgr::{NodeRecord, Store};
+use keymgr::{Admission, NodeRecord, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminServer, AdminState};
@@ -29,9 +29,21 @@ use reconciler::Reconciler;
 use rotation::{OwnKey, Rotator};
 use start::Origin;
 
+/// What this node admits from the store beyond the records' own rules: pod ranges inside the
+/// cluster's pool, and none over this node's own addresses.
+fn admission(config: &Config) -> Admission {
+    let mut local_addresses = config.node_ips.clone();
+    local_addresses.push(config.endpoint.ip());
+    Admission {
+        cluster_pod_cidrs: config.cluster_pod_cidrs.clone(),
+        local_addresses,
+    }
+}
+
 async fn open_store(config: &Config, peer_file: &PeerFile) -> Result<Store> {
+    let admission = admission(config);
     if let StoreConfig::Dir { path } = &config.store {
-        return Ok(Store::Dir(DirStore::open(path)?));
+        return Ok(Store::Dir(DirStore::open(path, admission)?));
     }
     let owner = persist::owner_id(&config.state_dir).with_context(|| {
         format!(
@@ -48,12 +60,12 @@ async fn open_store(config: &Config, peer_file: &PeerFile) -> Result<Store> {
     let (store, claim) = match &config.store {
         StoreConfig::Dir { .. } => unreachable!("handled above"),
         StoreConfig::Etcd(c) => {
-            let s = EtcdStore::start(c.clone(), cluster, node, &owner, initial)?;
+            let s = EtcdStore::start(c.clone(), cluster, node, &owner, initial, admission)?;
             let claim = s.claim(CLAIM_TIMEOUT).await?;
             (Store::Etcd(s), claim)
         }
         StoreConfig::Kubernetes(c) => {
-            let s = KubeStore::start(c.clone(), cluster, node, &owner, initial)?;
+            let s = KubeStore::start(c.clone(), cluster, node, &owner, initial, admission)?;
             let claim = s.claim(CLAIM_TIMEOUT).await?;
             (Store::Kubernetes(s), claim)
         }

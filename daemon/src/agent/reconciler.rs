@@ -113,7 +113,7 @@ impl Reconciler {
                     k,
                     PeerKey {
                         node,
-                        epoch: epoch + 1,
+                        epoch: epoch.saturating_add(1),
                         published: false,
                     },
                 );

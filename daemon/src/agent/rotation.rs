@@ -54,7 +54,9 @@ impl Rotator {
             epoch: self.state.epoch,
             created: self.state.created(),
             next: self.record.next_public_key,
-            next_rotation: (!self.interval.is_zero()).then(|| self.state.created() + self.interval),
+            next_rotation: (!self.interval.is_zero())
+                .then(|| self.state.created().checked_add(self.interval))
+                .flatten(),
         }
     }
 
@@ -117,6 +119,11 @@ impl Rotator {
                 rfc3339(*since)
             );
         }
+        // Before anything is staged: a rotation that cannot commit must not begin.
+        let next_epoch = self
+            .ring
+            .next_epoch(&self.state)
+            .context("starting a key rotation")?;
         let next = match &self.next {
             Some(k) => k.clone(),
             None => self.ring.stage().context("staging the successor key")?,
@@ -137,7 +144,7 @@ impl Rotator {
             .await
             .context("announcing the successor key")?;
         self.own.send_replace(self.own_key());
-        tracing::info!(epoch = self.state.epoch + 1, next_public_key = %next_pub, "key rotation: successor announced");
+        tracing::info!(epoch = next_epoch, next_public_key = %next_pub, "key rotation: successor announced");
 
         let laggards = self.wait_for_peers(next_pub).await?;
         if !laggards.is_empty() {

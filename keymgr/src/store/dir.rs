@@ -2,9 +2,18 @@
 //! atomically and watched with inotify. It needs no server; nodes share it through whatever
 //! keeps the directory in sync (a shared volume, configuration management, or the lab's shared
 //! directory).
+//!
+//! A record's seniority (which of two conflicting records stays in force) is the inode change
+//! time of its node's marker `.<nodeName>.since`, created empty at the node's first publish and
+//! never written again, so a record keeps its place across rewrites; a record without a marker
+//! (written by hand) ranks by its own file's change time. Nobody can set a change time into the
+//! past, and on a shared volume every reader sees the same times. A directory copied between
+//! machines gets each machine's own times, so conflicts may be settled differently there.
+//! Files are read up to [`MAX_RECORD_BYTES`]; a longer one is refused.
 
 use std::ffi::OsStr;
-use std::io::Write;
+use std::io::{Read as _, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +25,10 @@ use tokio::sync::watch;
 use super::records::{Read, Records};
 use super::refused::Origin;
 use super::{decode_record, send_if_changed, Snapshot, StoreError};
-use crate::{NodeRecord, Rejected};
+use crate::{Admission, NodeRecord, Rejected, Seniority};
+
+/// The largest record file read; a record is a few hundred bytes.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// How long to let a burst of file events settle before rescanning.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -30,9 +42,9 @@ pub struct DirStore {
 }
 
 impl DirStore {
-    /// Opens (creating if needed) the directory, scans it once, and starts watching it.
-    /// Must be called inside a tokio runtime.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the directory, scans it once, and starts watching it;
+    /// records are admitted as `admission` says. Must be called inside a tokio runtime.
+    pub fn open(path: impl Into<PathBuf>, admission: Admission) -> Result<Self, StoreError> {
         let path = path.into();
         std::fs::create_dir_all(&path).map_err(|source| io(&path, source))?;
         let inotify = Inotify::init().map_err(|source| io(&path, source))?;
@@ -51,7 +63,9 @@ impl DirStore {
             .into_event_stream([0u8; 4096])
             .map_err(|source| io(&path, source))?;
 
-        let mut scanner = Scanner::default();
+        let mut scanner = Scanner {
+            records: Records::new(Origin::File, admission),
+        };
         let (tx, rx) = watch::channel(Arc::new(scanner.scan(&path)));
         let (rescan, rescan_rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(watch_loop(path.clone(), events, scanner, tx, rescan_rx));
@@ -91,6 +105,7 @@ fn io(path: &Path, source: std::io::Error) -> StoreError {
 }
 
 fn write_atomically(dir: &Path, node: &str, json: &[u8]) -> Result<(), StoreError> {
+    mark_first_publish(dir, node)?;
     let target = dir.join(format!("{node}.json"));
     let tmp = dir.join(format!(".{node}.json.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
@@ -98,6 +113,34 @@ fn write_atomically(dir: &Path, node: &str, json: &[u8]) -> Result<(), StoreErro
         .and_then(|()| f.sync_all())
         .map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, &target).map_err(|e| io(&target, e))
+}
+
+/// The marker whose change time is `node`'s seniority.
+fn marker(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!(".{node}.since"))
+}
+
+/// Creates `node`'s marker unless it exists: its change time is the node's first publish.
+fn mark_first_publish(dir: &Path, node: &str) -> Result<(), StoreError> {
+    let path = marker(dir, node);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(&path, e)),
+    }
+}
+
+/// When the record `<dir>/<node>.json` was first published (see the module header).
+fn seniority(dir: &Path, node: &str, file: &std::fs::Metadata) -> Seniority {
+    let marked = std::fs::symlink_metadata(marker(dir, node));
+    let meta = marked.as_ref().unwrap_or(file);
+    let secs = u128::try_from(meta.ctime()).unwrap_or(0);
+    let nanos = u128::try_from(meta.ctime_nsec()).unwrap_or(0);
+    Seniority(secs * 1_000_000_000 + nanos)
 }
 
 async fn watch_loop(
@@ -141,14 +184,6 @@ struct Scanner {
     records: Records,
 }
 
-impl Default for Scanner {
-    fn default() -> Self {
-        Self {
-            records: Records::new(Origin::File),
-        }
-    }
-}
-
 impl Scanner {
     fn scan(&mut self, dir: &Path) -> Snapshot {
         self.records.replace(read_dir(dir));
@@ -174,7 +209,7 @@ fn read_dir(dir: &Path) -> Vec<Read> {
         }
         let source = path.display().to_string();
         reads.push(match read_record(&path) {
-            Ok(rec) => Ok((source, rec)),
+            Ok((rec, meta)) => Ok((source, seniority(dir, &rec.node_name, &meta), rec)),
             Err(reason) => Err(Rejected {
                 // The file is named after the node even when its content cannot be read.
                 node_name: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
@@ -186,13 +221,23 @@ fn read_dir(dir: &Path) -> Vec<Read> {
     reads
 }
 
-fn read_record(path: &Path) -> Result<NodeRecord, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+/// The record in `path` and the file's metadata, or why it is refused.
+fn read_record(path: &Path) -> Result<(NodeRecord, std::fs::Metadata), String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    let mut limited = file.take(MAX_RECORD_BYTES + 1);
+    limited.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(format!(
+            "the file is larger than {MAX_RECORD_BYTES} bytes; a record is a few hundred"
+        ));
+    }
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    decode_record(&bytes, &stem)
+    Ok((decode_record(&bytes, &stem)?, meta))
 }
 
 #[cfg(test)]
@@ -230,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn publish_then_watch_add_change_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DirStore::open(dir.path()).unwrap();
+        let store = DirStore::open(dir.path(), Admission::default()).unwrap();
         let mut rx = store.subscribe();
         let a = rec("node-1", 1);
         store.publish(&a).await.unwrap();
@@ -267,7 +312,7 @@ mod tests {
         )
         .unwrap();
 
-        let store = DirStore::open(dir.path()).unwrap();
+        let store = DirStore::open(dir.path(), Admission::default()).unwrap();
         let snap = store.subscribe().borrow().clone();
         assert_eq!(snap.nodes.keys().collect::<Vec<_>>(), vec!["node-1"]);
     }

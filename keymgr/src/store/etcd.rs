@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::task::{Backend, Handle, Server};
 use super::{Snapshot, StoreError, StoreHealth};
-use crate::NodeRecord;
+use crate::{Admission, NodeRecord};
 
 /// How long one request to etcd may take before the connection counts as down.
 pub(super) const RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,13 +91,15 @@ pub struct EtcdStore {
 impl EtcdStore {
     /// Validates the config, reads the TLS files and starts the background task. Never waits for
     /// etcd: until the first successful listing, [`EtcdStore::subscribe`] yields `initial` (the
-    /// peers persisted from the agent's last run). Must be called inside a tokio runtime.
+    /// peers persisted from the agent's last run). Records are admitted as `admission` says.
+    /// Must be called inside a tokio runtime.
     pub fn start(
         config: EtcdConfig,
         cluster: &str,
         node_name: &str,
         owner_id: &str,
         initial: Snapshot,
+        admission: Admission,
     ) -> Result<Self, StoreError> {
         let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
         let backend = Backend {
@@ -120,7 +122,7 @@ impl EtcdStore {
         let handle = Handle::spawn(backend, initial, span, |link| {
             session::Shell {
                 target,
-                view: view::View::default(),
+                view: view::View::new(admission),
                 link,
             }
             .run()

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::task::{Backend, Handle, Server};
 use super::{ClaimOutcome, Snapshot, StoreError, StoreHealth};
-use crate::NodeRecord;
+use crate::{Admission, NodeRecord};
 
 /// How long one request to the API server may take before it counts as down.
 pub(super) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,13 +126,15 @@ pub struct KubeStore {
 impl KubeStore {
     /// Validates the config, reads the kubeconfig file (if one is named) and starts the
     /// background task. Never waits for the API server: until the first successful listing,
-    /// [`KubeStore::subscribe`] yields `initial`. Must be called inside a tokio runtime.
+    /// [`KubeStore::subscribe`] yields `initial`. Records are admitted as `admission` says.
+    /// Must be called inside a tokio runtime.
     pub fn start(
         config: KubeConfig,
         cluster: &str,
         node_name: &str,
         owner_id: &str,
         initial: Snapshot,
+        admission: Admission,
     ) -> Result<Self, StoreError> {
         let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
         let backend = Backend {
@@ -151,7 +153,7 @@ impl KubeStore {
         let handle = Handle::spawn(backend, initial, span, |link| {
             session::Shell {
                 target,
-                view: node::View::default(),
+                view: node::View::new(admission),
                 link,
             }
             .run()

@@ -328,7 +328,10 @@ impl Shared {
                 meta["resourceVersion"] = rv.to_string().into();
                 if meta.get("uid").is_none() {
                     meta["uid"] = format!("uid-{name}-{rv}").into();
-                    meta["creationTimestamp"] = "2026-01-01T00:00:00Z".into();
+                    // As the real API server: the time of creation, in whole seconds, whatever
+                    // the client sent.
+                    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                    meta["creationTimestamp"] = now.to_string().into();
                 }
                 st.nodes.insert(name.into(), v.clone());
                 v

@@ -167,7 +167,10 @@ impl Shell {
             let opts = GetOptions::new().with_prefix();
             let listing = rpc(&list, client.get(t.nodes_prefix.as_str(), Some(opts))).await?;
             let rev = listing.header().map_or(0, |h| h.revision());
-            let kvs = listing.kvs().iter().map(|kv| (kv.key(), kv.value()));
+            let kvs = listing
+                .kvs()
+                .iter()
+                .map(|kv| (kv.key(), kv.value(), kv.create_revision()));
             self.view.replace(&t.nodes_prefix, kvs);
             self.link.send_snapshot(self.view.snapshot());
             self.link.health.connected();
@@ -221,9 +224,10 @@ impl Shell {
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             match ev.event_type() {
-                                EventType::Put => {
-                                    self.view.put(&t.nodes_prefix, kv.key(), kv.value())
-                                }
+                                EventType::Put => self.view.put(
+                                    &t.nodes_prefix,
+                                    (kv.key(), kv.value(), kv.create_revision()),
+                                ),
                                 EventType::Delete => self.view.delete(kv.key()),
                             }
                         }

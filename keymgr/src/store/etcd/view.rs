@@ -4,7 +4,12 @@
 use crate::store::records::{Read, Records};
 use crate::store::refused::Origin;
 use crate::store::{decode_record, Snapshot};
-use crate::{NodeRecord, Rejected};
+use crate::{Admission, NodeRecord, Rejected, Seniority};
+
+/// One key as etcd returns it: the key, its value and its `create_revision`, which is the
+/// record's seniority (it stays while the key is rewritten, and only a key deleted and created
+/// again gets a later one).
+pub(super) type Kv<'a> = (&'a [u8], &'a [u8], i64);
 
 /// Every key under the nodes prefix, parsed when it arrives and validated against the others as
 /// it changes; a bad record is warned about once per change, not once per event.
@@ -13,27 +18,25 @@ pub(super) struct View {
     records: Records,
 }
 
-impl Default for View {
-    fn default() -> Self {
+impl View {
+    pub(super) fn new(admission: Admission) -> Self {
         Self {
-            records: Records::new(Origin::EtcdKey),
+            records: Records::new(Origin::EtcdKey, admission),
         }
     }
-}
 
-impl View {
     /// Replaces everything with a fresh listing.
     pub(super) fn replace<'a>(
         &mut self,
         nodes_prefix: &str,
-        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        kvs: impl IntoIterator<Item = Kv<'a>>,
     ) {
-        let reads = kvs.into_iter().map(|(k, v)| read(nodes_prefix, k, v));
+        let reads = kvs.into_iter().map(|kv| read(nodes_prefix, kv));
         self.records.replace(reads);
     }
 
-    pub(super) fn put(&mut self, nodes_prefix: &str, key: &[u8], value: &[u8]) {
-        self.records.put(read(nodes_prefix, key, value));
+    pub(super) fn put(&mut self, nodes_prefix: &str, kv: Kv<'_>) {
+        self.records.put(read(nodes_prefix, kv));
     }
 
     pub(super) fn delete(&mut self, key: &[u8]) {
@@ -46,10 +49,10 @@ impl View {
     }
 }
 
-fn read(nodes_prefix: &str, key: &[u8], value: &[u8]) -> Read {
+fn read(nodes_prefix: &str, (key, value, created): Kv<'_>) -> Read {
     let key = String::from_utf8_lossy(key).into_owned();
     match parse(nodes_prefix, &key, value) {
-        Ok(rec) => Ok((key, rec)),
+        Ok(rec) => Ok((key, Seniority(u128::try_from(created).unwrap_or(0)), rec)),
         Err(reason) => Err(Rejected {
             // The key names the node even when its value cannot be read.
             node_name: key.rsplit('/').next().map(str::to_owned),
@@ -90,13 +93,13 @@ mod tests {
 
     #[test]
     fn puts_and_deletes_update_the_snapshot() {
-        let mut v = View::default();
+        let mut v = View::new(Admission::default());
         let a = rec("node-1", 1);
         let json = serde_json::to_vec(&a).unwrap();
-        v.replace(P, [(&key("node-1")[..], &json[..])]);
+        v.replace(P, [(&key("node-1")[..], &json[..], 5)]);
         assert_eq!(v.snapshot().nodes.get("node-1"), Some(&a));
         let b = rec("node-2", 2);
-        v.put(P, &key("node-2"), &serde_json::to_vec(&b).unwrap());
+        v.put(P, (&key("node-2"), &serde_json::to_vec(&b).unwrap(), 7));
         assert_eq!(v.snapshot().nodes.len(), 2);
         v.delete(&key("node-1"));
         assert_eq!(
@@ -109,22 +112,31 @@ mod tests {
 
     #[test]
     fn bad_records_are_refused_with_the_reason_and_others_kept() {
-        let mut v = View::default();
+        let mut v = View::new(Admission::default());
         v.put(
             P,
-            &key("node-1"),
-            &serde_json::to_vec(&rec("node-1", 1)).unwrap(),
+            (
+                &key("node-1"),
+                &serde_json::to_vec(&rec("node-1", 1)).unwrap(),
+                7,
+            ),
         );
-        v.put(P, &key("node-2"), b"{ not json");
+        v.put(P, (&key("node-2"), b"{ not json", 7));
         v.put(
             P,
-            &key("node-3"),
-            &serde_json::to_vec(&rec("node-4", 4)).unwrap(),
+            (
+                &key("node-3"),
+                &serde_json::to_vec(&rec("node-4", 4)).unwrap(),
+                7,
+            ),
         );
-        v.put(P, &key("a/b"), &serde_json::to_vec(&rec("b", 5)).unwrap());
+        v.put(
+            P,
+            (&key("a/b"), &serde_json::to_vec(&rec("b", 5)).unwrap(), 7),
+        );
         let mut zero = serde_json::to_value(rec("node-6", 6)).unwrap();
         zero["publicKey"] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
-        v.put(P, &key("node-6"), zero.to_string().as_bytes());
+        v.put(P, (&key("node-6"), zero.to_string().as_bytes(), 7));
         let snap = v.snapshot();
         assert_eq!(snap.nodes.keys().collect::<Vec<_>>(), vec!["node-1"]);
         let reasons = |k: &str| v.records.reason(&format!("{P}{k}")).unwrap().to_owned();
@@ -139,14 +151,19 @@ mod tests {
     }
 
     #[test]
-    fn conflicting_records_refuse_both() {
-        let mut v = View::default();
-        let a = rec("node-1", 1);
-        let mut b = rec("node-2", 2);
+    fn a_conflict_refuses_the_key_created_later_whatever_its_name() {
+        let mut v = View::new(Admission::default());
+        let a = rec("node-2", 2);
+        let mut b = rec("node-1", 1);
         b.public_key = a.public_key;
-        v.put(P, &key("node-1"), &serde_json::to_vec(&a).unwrap());
-        v.put(P, &key("node-2"), &serde_json::to_vec(&b).unwrap());
-        assert!(v.snapshot().nodes.is_empty());
-        assert_eq!(v.records.refused(), 2);
+        v.put(P, (&key("node-2"), &serde_json::to_vec(&a).unwrap(), 7));
+        v.put(P, (&key("node-1"), &serde_json::to_vec(&b).unwrap(), 9));
+        assert_eq!(v.snapshot().nodes.keys().collect::<Vec<_>>(), ["node-2"]);
+        assert_eq!(v.records.refused(), 1);
+        let why = v.records.reason(&format!("{P}node-1")).unwrap();
+        assert!(
+            why.contains("field publicKey") && why.contains("node node-2"),
+            "{why}"
+        );
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::store::records::{Read, Records};
 use crate::store::refused::Origin;
 use crate::store::Snapshot;
-use crate::{NodeRecord, PublicKey, Rejected};
+use crate::{Admission, NodeRecord, PublicKey, Rejected, Seniority};
 
 pub(super) const PUB_KEY: &str = "wiremesh.io/wg-pub-key";
 pub(super) const ENDPOINT: &str = "wiremesh.io/wg-endpoint";
@@ -142,15 +142,13 @@ pub(super) struct View {
     records: Records,
 }
 
-impl Default for View {
-    fn default() -> Self {
+impl View {
+    pub(super) fn new(admission: Admission) -> Self {
         Self {
-            records: Records::new(Origin::Node),
+            records: Records::new(Origin::Node, admission),
         }
     }
-}
 
-impl View {
     /// Replaces everything with a fresh listing.
     pub(super) fn replace<'a>(&mut self, cluster: &str, nodes: impl IntoIterator<Item = &'a Node>) {
         let reads = nodes.into_iter().filter_map(|n| read(cluster, n));
@@ -182,6 +180,15 @@ impl View {
     }
 }
 
+/// When the Node was created, in seconds (the API server's precision): the record's seniority.
+/// The API server sets it and no client can change it. A Node without one ranks first, as the
+/// API server never serves such a Node.
+fn seniority(node: &Node) -> Seniority {
+    let created = node.metadata.creation_timestamp.as_ref();
+    let secs = created.map_or(0, |t| t.0.timestamp());
+    Seniority(u128::try_from(secs).unwrap_or(0))
+}
+
 fn source(name: &str) -> String {
     format!("Node/{name}")
 }
@@ -192,7 +199,7 @@ fn read(cluster: &str, node: &Node) -> Option<Read> {
     let name = node.metadata.name.as_deref()?;
     let source = source(name);
     match record(node, cluster) {
-        Ok(Some(rec)) => Some(Ok((source, rec))),
+        Ok(Some(rec)) => Some(Ok((source, seniority(node), rec))),
         Ok(None) => None,
         Err(reason) => Some(Err(Rejected {
             source,
@@ -270,7 +277,7 @@ mod tests {
 
     #[test]
     fn bad_annotations_are_refused_with_the_reason_and_others_kept() {
-        let mut v = View::default();
+        let mut v = View::new(Admission::default());
         let (_, good) = published("node-1", 1);
         v.put("lab", &good);
         let bad = json!({ PUB_KEY: "not base64!", ENDPOINT: "198.18.0.2:51871" });
