@@ -168,7 +168,7 @@ pub async fn render(state: &AdminState) -> Result<String> {
         }
         registry.register(
             "handshakes",
-            "Handshake messages received from the underlay, by what the flood defence did with them",
+            "Handshake initiations received from the underlay, by what the flood defence did with them",
             handshakes,
         );
     }

@@ -14,8 +14,9 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+use blake2::digest::consts::U16;
 use blake2::digest::{FixedOutput, KeyInit, Update};
-use blake2::{Blake2s256, Blake2sMac128, Digest};
+use blake2::{Blake2s256, Blake2sMac, Digest};
 use nix::sched::{setns, CloneFlags};
 
 use crate::error::{LabError, Result};
@@ -77,7 +78,7 @@ pub fn initiation(mac1_key: &[u8; 32], n: u32) -> [u8; INITIATION_LEN] {
         state ^= state << 17;
         *b = state as u8;
     }
-    let mut mac = Blake2sMac128::new_from_slice(mac1_key).expect("a 32-byte BLAKE2s key is valid");
+    let mut mac = Blake2sMac::<U16>::new_from_slice(mac1_key).expect("a 32-byte BLAKE2s key is valid");
     Update::update(&mut mac, &msg[..MAC1_AT]);
     msg[MAC1_AT..MAC2_AT].copy_from_slice(&mac.finalize_fixed());
     msg

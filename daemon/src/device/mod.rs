@@ -94,8 +94,9 @@ pub struct DeviceState {
     pub handshakes: Option<HandshakeStats>,
 }
 
-/// Handshake messages (initiations and responses) received from the underlay, by outcome. Every
-/// message lands in exactly one field.
+/// Handshake initiations received from the underlay, by outcome: every initiation lands in
+/// exactly one field. The cookie fields also count the cookie replies boringtun itself makes for
+/// a session's handshake messages under load (bounded by the same budget).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HandshakeStats {
     /// Passed the MAC checks and the per-source limit: a Diffie-Hellman computation was spent.

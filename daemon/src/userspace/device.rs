@@ -164,8 +164,8 @@ impl Device {
     }
 
     /// Which peer and tunnel a datagram belongs to: by receiver index, or for a handshake
-    /// initiation by the (MAC-checked, then decrypted) static keys of both sides. Handshake
-    /// messages pass the flood defence first.
+    /// initiation by the (MAC-checked, then decrypted) static keys of both sides. Initiations
+    /// pass the flood defence first.
     fn route_datagram(
         &mut self,
         datagram: &[u8],
@@ -188,19 +188,18 @@ impl Device {
                 let peer = self.peers.get_mut(&id)?;
                 return peer.tunnel_for(&local_pub, &remote).map(|t| (id, t.index));
             }
-            Packet::HandshakeResponse(p) => {
-                self.admit_handshake(datagram, from, now, io)?;
-                p.receiver_idx >> 8
-            }
+            // A response costs DH only if its receiver index names a handshake we have in
+            // flight; boringtun checks its MACs (and demands a cookie under load) itself.
+            Packet::HandshakeResponse(p) => p.receiver_idx >> 8,
             Packet::PacketCookieReply(p) => p.receiver_idx >> 8,
             Packet::PacketData(p) => p.receiver_idx >> 8,
         };
         self.by_index.get(&index).map(|&id| (id, index))
     }
 
-    /// The flood defence: mac1 (which also names which of our keys the sender addressed, before
-    /// any Diffie-Hellman is spent), a cookie demanded under load, the per-source limit. Returns
-    /// the index of the addressed key in `locals` if the message may go on.
+    /// The flood defence for an initiation: mac1 (which also names which of our keys the sender
+    /// addressed, before any Diffie-Hellman is spent), a cookie demanded under load, the
+    /// per-source limit. Returns the index of the addressed key in `locals` if it may go on.
     fn admit_handshake(
         &mut self,
         datagram: &[u8],
