@@ -100,19 +100,20 @@ fn every_documented_metric_is_exposed_and_nothing_else() {
     common::require_agent();
     let lab = common::lab_with(2, 1, LabOptions::default().metrics_port(METRICS_PORT));
     common::start_mesh(&lab);
+    common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1));
+    common::assert_ping(&lab, Host::Pod(2, 1), Host::Pod(1, 1));
     let a = PodSpec::new("demo", "a", Host::Pod(1, 1)).label("app", "a");
     let b = PodSpec::new("demo", "b", Host::Pod(2, 1)).label("app", "b");
     let objects = [namespace_manifest("demo", &[]), a.manifest(), b.manifest()].join("---\n");
     lab.apply(1, &objects).expect("apply the pods");
     lab.apply(1, POLICY).expect("apply the policy");
-    common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1));
-    common::assert_ping(&lab, Host::Pod(2, 1), Host::Pod(1, 1));
 
     // Set-up: the policy reaches node-2's enforcement and counts packets (bounded wait).
     let tcp = format!("{}:{METRICS_PORT}", node_ip(2));
     let deadline = Instant::now() + SETTLE;
     let (admin, network) = loop {
-        common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1));
+        // Traffic for the packet counters; the policy allows it, but it may be settling.
+        let _ = common::check_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1));
         let scrape = |text: Result<String, _>, what: &str| {
             let text = text.unwrap_or_else(|e| panic!("scraping node-2's {what}: {e}"));
             parse_exposition(&text).unwrap_or_else(|e| panic!("node-2's {what}: {e}"))
