@@ -78,7 +78,8 @@ pub fn initiation(mac1_key: &[u8; 32], n: u32) -> [u8; INITIATION_LEN] {
         state ^= state << 17;
         *b = state as u8;
     }
-    let mut mac = Blake2sMac::<U16>::new_from_slice(mac1_key).expect("a 32-byte BLAKE2s key is valid");
+    let mut mac =
+        Blake2sMac::<U16>::new_from_slice(mac1_key).expect("a 32-byte BLAKE2s key is valid");
     Update::update(&mut mac, &msg[..MAC1_AT]);
     msg[MAC1_AT..MAC2_AT].copy_from_slice(&mac.finalize_fixed());
     msg
@@ -109,9 +110,8 @@ fn flood_in_netns(spec: &FloodSpec) -> Result<FloodReport> {
         ))
     })?;
     let key = mac1_key(&spec.responder_public);
-    let packets: Vec<[u8; INITIATION_LEN]> = (0..DISTINCT as u32)
-        .map(|n| initiation(&key, n))
-        .collect();
+    let packets: Vec<[u8; INITIATION_LEN]> =
+        (0..DISTINCT as u32).map(|n| initiation(&key, n)).collect();
     let max = u64::from(spec.per_second) * spec.duration.as_secs().max(1);
     let (mut sent, mut send_errors) = (0u64, 0u64);
     let start = Instant::now();
@@ -160,6 +160,10 @@ mod tests {
         assert_eq!(a, initiation(&key, 5));
         assert_ne!(a[8..MAC1_AT], initiation(&key, 6)[8..MAC1_AT]);
         let other = initiation(&mac1_key(&[8; 32]), 5);
-        assert_ne!(a[MAC1_AT..MAC2_AT], other[MAC1_AT..MAC2_AT], "mac1 depends on the key");
+        assert_ne!(
+            a[MAC1_AT..MAC2_AT],
+            other[MAC1_AT..MAC2_AT],
+            "mac1 depends on the key"
+        );
     }
 }

@@ -50,13 +50,16 @@ pub fn parse_exposition(text: &str) -> Result<Exposition> {
         };
         let family = families
             .iter_mut()
-            .filter(|(f, _)| name == f.as_str() || name.strip_prefix(f.as_str()).is_some_and(|s| s == "_total" || s == "_created"))
+            .filter(|(f, _)| {
+                name == f.as_str()
+                    || name
+                        .strip_prefix(f.as_str())
+                        .is_some_and(|s| s == "_total" || s == "_created")
+            })
             .map(|(_, fam)| fam)
             .next()
             .ok_or_else(|| bad(line))?;
-        family
-            .samples
-            .push((name.into(), labels.into(), value));
+        family.samples.push((name.into(), labels.into(), value));
     }
     Ok(families)
 }
@@ -200,10 +203,20 @@ mod tests {
                     wiremesh_handshakes_total{outcome=\"rate_limited\"} 7\n# EOF\n";
         let e = parse_exposition(text).unwrap();
         assert_eq!(e["wiremesh_peers"].kind, "gauge");
-        assert_eq!(e["wiremesh_peers"].samples, vec![("wiremesh_peers".into(), String::new(), 2.0)]);
+        assert_eq!(
+            e["wiremesh_peers"].samples,
+            vec![("wiremesh_peers".into(), String::new(), 2.0)]
+        );
         let h = &e["wiremesh_handshakes"];
         assert_eq!(h.kind, "counter");
-        assert_eq!(h.samples[1], ("wiremesh_handshakes_total".into(), "outcome=\"rate_limited\"".into(), 7.0));
+        assert_eq!(
+            h.samples[1],
+            (
+                "wiremesh_handshakes_total".into(),
+                "outcome=\"rate_limited\"".into(),
+                7.0
+            )
+        );
         assert!(parse_exposition("stray_sample 1\n").is_err());
     }
 
@@ -215,8 +228,14 @@ mod tests {
         assert_eq!(
             d,
             vec![
-                DocumentedMetric { name: "wiremesh_peers".into(), labels: vec![] },
-                DocumentedMetric { name: "wiremesh_x_total".into(), labels: vec!["a".into(), "b".into()] },
+                DocumentedMetric {
+                    name: "wiremesh_peers".into(),
+                    labels: vec![]
+                },
+                DocumentedMetric {
+                    name: "wiremesh_x_total".into(),
+                    labels: vec!["a".into(), "b".into()]
+                },
             ]
         );
         assert_eq!(d[1].family(), ("wiremesh_x", "counter"));
@@ -225,7 +244,8 @@ mod tests {
 
     #[test]
     fn udp_snmp_counters() {
-        let text = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+        let text =
+            "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
                     Udp: 10 0 3 20 2\nUdpLite: InDatagrams\nUdpLite: 0\n";
         let c = parse_udp_snmp(text);
         assert_eq!(c["InDatagrams"], 10);

@@ -129,7 +129,11 @@ fn finish_ping(mut proc: wiremesh_lab::BgProcess, ping: &wiremesh_lab::Ping) -> 
     let Some(summary) = &log.summary else {
         panic!("no ping summary: {}", wiremesh_lab::tail(&proc.log(), 20));
     };
-    assert_eq!(summary.sent, ping.count, "ping sent {summary} of {}", ping.count);
+    assert_eq!(
+        summary.sent, ping.count,
+        "ping sent {summary} of {}",
+        ping.count
+    );
     log
 }
 
@@ -249,7 +253,11 @@ fn handshake_flood_costs_bounded_dh_and_loses_no_ping() {
         "{} handshakes reached Diffie-Hellman in {secs} s; one source may cause {per_source_max}",
         flooded.hs("processed")
     );
-    assert!(flooded.hs("rate_limited") > 0, "nothing was rate-limited: {}", flooded.describe());
+    assert!(
+        flooded.hs("rate_limited") > 0,
+        "nothing was rate-limited: {}",
+        flooded.describe()
+    );
     assert!(
         flooded.hs("cookie_sent") <= per_source_max,
         "{} cookie replies in {secs} s; one destination may get {per_source_max}",

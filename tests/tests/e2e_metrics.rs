@@ -70,7 +70,10 @@ fn problems(scrape: &Exposition, documented: &[DocumentedMetric]) -> Vec<String>
             continue;
         };
         if f.kind != kind {
-            out.push(format!("{} is a {}, its name promises a {kind}", doc.name, f.kind));
+            out.push(format!(
+                "{} is a {}, its name promises a {kind}",
+                doc.name, f.kind
+            ));
         }
         if f.samples.is_empty() {
             out.push(format!("{} has no sample", doc.name));
@@ -175,10 +178,14 @@ fn the_checker_sees_drift() {
     .expect("valid exposition");
     let p = problems(&scrape, &documented);
     assert_eq!(p.len(), 4, "{p:#?}");
-    assert!(p.iter().any(|s| s.contains("wiremesh_gone_total is documented but not exposed")));
+    assert!(p
+        .iter()
+        .any(|s| s.contains("wiremesh_gone_total is documented but not exposed")));
     assert!(p.iter().any(|s| s.contains("wiremesh_peers is a counter")));
     assert!(p.iter().any(|s| s.contains("has labels")));
-    assert!(p.iter().any(|s| s.contains("wiremesh_new is exposed but not documented")));
+    assert!(p
+        .iter()
+        .any(|s| s.contains("wiremesh_new is exposed but not documented")));
     assert_eq!(
         label_names(r#"endpoint="demo/b",reason="a \"q\", x",verdict="allowed""#),
         ["endpoint", "reason", "verdict"].map(String::from).into()

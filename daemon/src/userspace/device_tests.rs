@@ -94,11 +94,13 @@ fn pump(a: &mut Node, b: &mut Node) {
         }
         for (to, p) in from_a {
             assert_eq!(to, b.addr, "a sent to an unexpected address");
-            b.dev.handle_datagram(&p, a.addr, Instant::now(), &mut b.wire);
+            b.dev
+                .handle_datagram(&p, a.addr, Instant::now(), &mut b.wire);
         }
         for (to, p) in from_b {
             assert_eq!(to, a.addr, "b sent to an unexpected address");
-            a.dev.handle_datagram(&p, b.addr, Instant::now(), &mut a.wire);
+            a.dev
+                .handle_datagram(&p, b.addr, Instant::now(), &mut a.wire);
         }
     }
     panic!("the devices kept talking for 100 rounds");
@@ -324,15 +326,27 @@ fn a_flood_from_one_source_gets_bounded_dh_and_cookies_and_spares_the_session() 
     let flooder = SocketAddr::from(([198, 18, 0, 200], 40_000));
     let init = stranger_initiation(&b);
     let mut replies = Wire::default();
-    let before = b.dev.state(0, 0).handshakes.expect("the userspace device counts");
+    let before = b
+        .dev
+        .state(0, 0)
+        .handshakes
+        .expect("the userspace device counts");
     let t0 = Instant::now();
     // 20,000 per second for 0.5 s (the time is injected).
     let n = 10_000u64;
     for i in 0..n {
-        b.dev
-            .handle_datagram(&init, flooder, t0 + Duration::from_micros(i * 50), &mut replies);
+        b.dev.handle_datagram(
+            &init,
+            flooder,
+            t0 + Duration::from_micros(i * 50),
+            &mut replies,
+        );
     }
-    let after = b.dev.state(0, 0).handshakes.expect("the userspace device counts");
+    let after = b
+        .dev
+        .state(0, 0)
+        .handshakes
+        .expect("the userspace device counts");
     let d = |f: fn(&crate::device::HandshakeStats) -> u64| f(&after) - f(&before);
     let (processed, invalid, sent, suppressed, limited) = (
         d(|s| s.processed),
@@ -352,7 +366,10 @@ fn a_flood_from_one_source_gets_bounded_dh_and_cookies_and_spares_the_session() 
     assert!(sent <= 5 + 10, "{after:?}");
     assert!(limited > 0 && suppressed > n / 2, "{after:?}");
     assert_eq!(replies.outbox.len() as u64, sent);
-    assert!(replies.outbox.iter().all(|(to, p)| *to == flooder && p[0] == 3));
+    assert!(replies
+        .outbox
+        .iter()
+        .all(|(to, p)| *to == flooder && p[0] == 3));
     exchange(&mut a, &mut b, 2);
 }
 
@@ -360,8 +377,7 @@ fn a_flood_from_one_source_gets_bounded_dh_and_cookies_and_spares_the_session() 
 fn a_replayed_initiation_never_moves_the_peers_endpoint() {
     let (mut a, mut b) = (node(1), node(2));
     connect(&mut a, &mut b);
-    a.dev
-        .handle_tun_packet(&ipv4(a.pod, b.pod, 1), &mut a.wire);
+    a.dev.handle_tun_packet(&ipv4(a.pod, b.pod, 1), &mut a.wire);
     let captured = a.wire.outbox[0].1.clone();
     assert_eq!(captured[0], 1, "a's first datagram is its initiation");
     pump(&mut a, &mut b);
@@ -376,12 +392,20 @@ fn a_replayed_initiation_never_moves_the_peers_endpoint() {
         let flooder = SocketAddr::from(([198, 18, 1, i], 40_000));
         b.dev.handle_datagram(&flood, flooder, now, &mut replies);
         let replayer = SocketAddr::from(([198, 18, 2, i], 40_000));
-        b.dev.handle_datagram(&captured, replayer, now, &mut replies);
+        b.dev
+            .handle_datagram(&captured, replayer, now, &mut replies);
     }
     let state = b.dev.state(0, 0);
-    assert_eq!(state.peers[0].endpoint, Some(a.addr), "the endpoint moved to a replayer");
+    assert_eq!(
+        state.peers[0].endpoint,
+        Some(a.addr),
+        "the endpoint moved to a replayer"
+    );
     assert!(
-        replies.outbox.iter().any(|(to, _)| to.ip().to_string().starts_with("198.18.2.")),
+        replies
+            .outbox
+            .iter()
+            .any(|(to, _)| to.ip().to_string().starts_with("198.18.2.")),
         "no replayed initiation was answered with a cookie: the case was not exercised"
     );
     exchange(&mut a, &mut b, 2);

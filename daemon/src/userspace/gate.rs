@@ -120,11 +120,17 @@ mod tests {
         }
         let ten_s = |r: Rate| u64::from(r.burst) + 10 * u64::from(r.per_second);
         assert!(dh <= ten_s(HANDSHAKES_PER_SOURCE), "{dh} DH computations");
-        assert!(cookies <= ten_s(COOKIES_PER_DESTINATION), "{cookies} cookies");
+        assert!(
+            cookies <= ten_s(COOKIES_PER_DESTINATION),
+            "{cookies} cookies"
+        );
         let s = g.stats();
         assert_eq!(s.processed, dh);
         assert_eq!(s.cookie_sent, cookies);
-        assert_eq!(s.processed + s.rate_limited + s.cookie_sent + s.cookie_suppressed, 200_000);
+        assert_eq!(
+            s.processed + s.rate_limited + s.cookie_sent + s.cookie_suppressed,
+            200_000
+        );
         // Meanwhile a real peer is untouched.
         let later = t0 + Duration::from_secs(10);
         assert!(g.admit(peer, later));
@@ -147,6 +153,9 @@ mod tests {
         }
         let max = u64::from(COOKIES_TOTAL.burst) + u64::from(COOKIES_TOTAL.per_second);
         assert!(sent <= max, "{sent} cookie replies in one second");
-        assert!(sent > u64::from(COOKIES_TOTAL.burst), "{sent}: the budget is used beyond the burst");
+        assert!(
+            sent > u64::from(COOKIES_TOTAL.burst),
+            "{sent}: the budget is used beyond the burst"
+        );
     }
 }

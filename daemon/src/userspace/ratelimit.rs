@@ -214,7 +214,11 @@ mod tests {
             assert_eq!(l.check(ip(&format!("198.18.1.{i}")), t0), Verdict::Allow);
         }
         assert_eq!(l.check(ip("198.18.1.99"), t0), Verdict::TableFull);
-        assert_eq!(l.check(ip("198.18.1.1"), t0), Verdict::Allow, "known sources still pass");
+        assert_eq!(
+            l.check(ip("198.18.1.1"), t0),
+            Verdict::Allow,
+            "known sources still pass"
+        );
         l.expire(t0 + Duration::from_millis(100));
         assert_eq!(l.sources(), 4, "not yet full again: kept");
         l.expire(t0 + Duration::from_millis(300));
