@@ -167,6 +167,7 @@ fn host_to_state(host: Host) -> DeviceState {
         listen_port: host.listen_port,
         fwmark: host.fwmark.unwrap_or(0),
         peers,
+        handshakes: None,
     }
 }
 

@@ -29,6 +29,11 @@ struct PacketLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     enforced: &'static str,
 }
@@ -154,6 +159,19 @@ pub async fn render(state: &AdminState) -> Result<String> {
         "Unix time of the latest handshake with a peer (0: never)",
         handshake,
     );
+    if let Some(stats) = device.handshakes {
+        let handshakes = Family::<HandshakeLabels, Counter<u64, AtomicU64>>::default();
+        for (outcome, n) in stats.outcomes() {
+            handshakes
+                .get_or_create(&HandshakeLabels { outcome })
+                .inc_by(n);
+        }
+        registry.register(
+            "handshakes",
+            "Handshake initiations received from the underlay, by what the flood defence did with them",
+            handshakes,
+        );
+    }
     register_policy(&mut registry, state);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;

@@ -51,6 +51,8 @@ pub enum LabError {
     Node { node: u8, what: String },
     #[error("{0}")]
     Check(String),
+    #[error("flooder: {0}")]
+    Flood(String),
 }
 
 impl LabError {

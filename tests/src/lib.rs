@@ -21,8 +21,10 @@ mod control;
 mod error;
 mod etcd;
 mod exec;
+mod flood;
 mod lab;
 mod lifecycle;
+mod metrics;
 mod netpol;
 mod options;
 mod policy;
@@ -45,8 +47,13 @@ pub use control::{tail, unix_now};
 pub use error::{LabError, Result};
 pub use etcd::{etcd_node_key, etcd_owner_key};
 pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
+pub use flood::{flood, initiation, mac1_key, FloodReport, FloodSpec, INITIATION_LEN};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
 pub use lifecycle::PolicyHooks;
+pub use metrics::{
+    documented_metrics, parse_exposition, parse_udp_snmp, process_cpu, DocumentedMetric,
+    Exposition, MetricFamily,
+};
 pub use netpol::{
     netpol_pod, NetpolModel, Reachability, NETPOL_NAMESPACES, NETPOL_PODS, NETPOL_TCP_PORTS,
     NETPOL_UDP_PORTS,

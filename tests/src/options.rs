@@ -60,6 +60,8 @@ impl KeyRotation {
 pub struct LabOptions {
     pub store: StoreKind,
     pub key_rotation: Option<KeyRotation>,
+    /// Serve Prometheus metrics on `<node address>:<port>` (`metricsAddress`).
+    pub metrics_port: Option<u16>,
 }
 
 impl LabOptions {
@@ -73,6 +75,11 @@ impl LabOptions {
 
     pub fn key_rotation(mut self, rotation: KeyRotation) -> Self {
         self.key_rotation = Some(rotation);
+        self
+    }
+
+    pub fn metrics_port(mut self, port: u16) -> Self {
+        self.metrics_port = Some(port);
         self
     }
 
@@ -137,6 +144,9 @@ pub fn agent_config_with(
             .join(node_name(node))
             .display()
     );
+    if let Some(port) = options.metrics_port {
+        let _ = writeln!(yaml, "metricsAddress: \"{}:{port}\"", node_ip(node));
+    }
     if let Some(r) = options.key_rotation {
         let _ = writeln!(
             yaml,

@@ -89,6 +89,53 @@ pub struct DeviceState {
     pub listen_port: u16,
     pub fwmark: u32,
     pub peers: Vec<PeerState>,
+    /// What became of the handshake messages received (the userspace data path's flood
+    /// defence); `None` where the data path does not count them (kernel WireGuard).
+    pub handshakes: Option<HandshakeStats>,
+}
+
+/// Handshake initiations received from the underlay, by outcome: every initiation lands in
+/// exactly one field. The cookie fields also count the cookie replies boringtun itself makes for
+/// a session's handshake messages under load (bounded by the same budget).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeStats {
+    /// Passed the MAC checks and the per-source limit: a Diffie-Hellman computation was spent.
+    pub processed: u64,
+    /// mac1 matched none of our keys: dropped at the cost of one BLAKE2s.
+    pub invalid_mac: u64,
+    /// Under load without a valid cookie (mac2): answered with a cookie reply.
+    pub cookie_sent: u64,
+    /// Under load without a valid cookie, and the cookie-reply budget spent: dropped.
+    pub cookie_suppressed: u64,
+    /// MACs valid but the source over its handshake rate: dropped before any DH.
+    pub rate_limited: u64,
+}
+
+impl HandshakeStats {
+    /// `(outcome, count)` pairs, as the UAPI and the metrics name them.
+    pub fn outcomes(&self) -> [(&'static str, u64); 5] {
+        [
+            ("processed", self.processed),
+            ("invalid_mac", self.invalid_mac),
+            ("cookie_sent", self.cookie_sent),
+            ("cookie_suppressed", self.cookie_suppressed),
+            ("rate_limited", self.rate_limited),
+        ]
+    }
+
+    /// Sets the count of the outcome named `name`; false for an unknown name.
+    pub fn set(&mut self, name: &str, value: u64) -> bool {
+        let field = match name {
+            "processed" => &mut self.processed,
+            "invalid_mac" => &mut self.invalid_mac,
+            "cookie_sent" => &mut self.cookie_sent,
+            "cookie_suppressed" => &mut self.cookie_suppressed,
+            "rate_limited" => &mut self.rate_limited,
+            _ => return false,
+        };
+        *field = value;
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

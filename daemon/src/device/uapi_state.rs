@@ -8,7 +8,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use keymgr::{PrivateKey, PublicKey};
 
 use super::uapi::UapiError;
-use super::{DeviceState, PeerState, Psk};
+use super::{DeviceState, HandshakeStats, PeerState, Psk};
+
+/// Device-level extension keys `wiremesh_handshakes_<outcome>=N`: the data path's handshake
+/// counters ([`HandshakeStats`]).
+const HANDSHAKES_PREFIX: &str = "wiremesh_handshakes_";
 
 /// Formats a `get` answer, including the final `errno=0` and empty line.
 pub fn format_get(state: &DeviceState, extended: bool) -> String {
@@ -22,6 +26,11 @@ pub fn format_get(state: &DeviceState, extended: bool) -> String {
     }
     if let (true, Some(next)) = (extended, state.next_public_key) {
         let _ = writeln!(out, "wiremesh_next_public_key={}", next.to_hex());
+    }
+    if let (true, Some(stats)) = (extended, state.handshakes) {
+        for (outcome, n) in stats.outcomes() {
+            let _ = writeln!(out, "{HANDSHAKES_PREFIX}{outcome}={n}");
+        }
     }
     for p in &state.peers {
         let _ = writeln!(out, "public_key={}", p.public_key.to_hex());
@@ -76,6 +85,7 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
         listen_port: 0,
         fwmark: 0,
         peers: Vec::new(),
+        handshakes: None,
     };
     let mut errno = None;
     let mut handshake = (0u64, 0u32);
@@ -110,6 +120,16 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             ("listen_port", None) => state.listen_port = value.parse().map_err(|_| bad())?,
             ("fwmark", None) => state.fwmark = value.parse().map_err(|_| bad())?,
             ("wiremesh_next_public_key", None) => state.next_public_key = Some(hex_key()?),
+            (k, None) if k.starts_with(HANDSHAKES_PREFIX) => {
+                let n = value.parse().map_err(|_| bad())?;
+                let stats = state.handshakes.get_or_insert_with(HandshakeStats::default);
+                if !stats.set(&k[HANDSHAKES_PREFIX.len()..], n) {
+                    return Err(UapiError::UnknownKey {
+                        line,
+                        key: key.into(),
+                    });
+                }
+            }
             ("preshared_key", Some(p)) => {
                 let k = hex_key()?;
                 p.preshared_key = (!k.is_zero()).then_some(Psk(*k.as_bytes()));
@@ -193,6 +213,13 @@ mod tests {
                 active_key: None,
                 ready_for: vec![PrivateKey::generate().public_key()],
             }],
+            handshakes: Some(HandshakeStats {
+                processed: 1,
+                invalid_mac: 2,
+                cookie_sent: 3,
+                cookie_suppressed: 4,
+                rate_limited: 5,
+            }),
         }
     }
 
@@ -218,6 +245,7 @@ mod tests {
         let back = parse_get(&format_get(&state, true)).unwrap();
         assert_eq!(back.peers, state.peers);
         assert_eq!(back.next_public_key, state.next_public_key);
+        assert_eq!(back.handshakes, state.handshakes);
         assert_eq!(back.listen_port, 51871);
         assert_eq!(
             back.private_key.map(|k| k.public_key()),

@@ -11,11 +11,12 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use keymgr::{PrivateKey, PublicKey};
 
 use super::allowed_ips::AllowedIps;
+use super::gate::{Gate, UNDER_LOAD as HANDSHAKE_RATE_LIMIT};
 use super::peer::{new_tunn, LocalKey, Peer, Tunnel, RETIRE_GRACE};
 use crate::device::{DeviceError, DeviceState, PeerChange, SetRequest};
 
-/// Handshake initiations per second before cookies are demanded (boringtun's device default).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// WireGuard's message type of a cookie reply, which authenticates nothing.
+const COOKIE_REPLY: u8 = 3;
 /// Large enough for any IP packet plus WireGuard's overhead.
 pub const BUF_SIZE: usize = 65_535 + 256;
 /// How often a preferred tunnel without a session is offered a handshake while an older one
@@ -41,11 +42,13 @@ pub struct Device {
     next_index: u32,
     /// Peers added since the last flush: they get a handshake at once (see `flush_new_peers`).
     new_peers: Vec<u32>,
+    /// The flood defence in front of every handshake message.
+    gate: Gate,
     out: Vec<u8>,
 }
 
 impl Device {
-    pub fn new(key: PrivateKey) -> Self {
+    pub fn new(key: PrivateKey, now: Instant) -> Self {
         Self {
             locals: vec![LocalKey::new(key, HANDSHAKE_RATE_LIMIT)],
             peers: HashMap::new(),
@@ -55,6 +58,7 @@ impl Device {
             next_id: 1,
             next_index: 1,
             new_peers: Vec::new(),
+            gate: Gate::new(now),
             out: vec![0; BUF_SIZE],
         }
     }
@@ -96,10 +100,16 @@ impl Device {
         }
     }
 
-    /// A datagram from the underlay.
-    pub fn handle_datagram(&mut self, datagram: &[u8], from: SocketAddr, io: &mut impl Io) {
+    /// A datagram from the underlay, received at `now`.
+    pub fn handle_datagram(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        io: &mut impl Io,
+    ) {
         let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let Some((id, index)) = self.route_datagram(datagram, from, io) else {
+        let Some((id, index)) = self.route_datagram(datagram, from, now, io) else {
             return;
         };
         let Some(peer) = self.peers.get_mut(&id) else {
@@ -118,6 +128,15 @@ impl Device {
                 TunnResult::Done => break,
                 TunnResult::Err(e) => {
                     tracing::trace!(error = ?e, "decapsulate");
+                    break;
+                }
+                TunnResult::WriteToNetwork(p) if p.first() == Some(&COOKIE_REPLY) => {
+                    // boringtun counts load on its own too; its cookie replies are bounded
+                    // like ours and prove nothing about the sender (a replayed initiation
+                    // earns one), so they never move the endpoint.
+                    if self.gate.cookie(from.ip(), now) {
+                        io.send(from, p);
+                    }
                     break;
                 }
                 TunnResult::WriteToNetwork(p) => {
@@ -145,35 +164,19 @@ impl Device {
     }
 
     /// Which peer and tunnel a datagram belongs to: by receiver index, or for a handshake
-    /// initiation by the (MAC-checked, then decrypted) static keys of both sides.
+    /// initiation by the (MAC-checked, then decrypted) static keys of both sides. Initiations
+    /// pass the flood defence first.
     fn route_datagram(
         &mut self,
         datagram: &[u8],
         from: SocketAddr,
+        now: Instant,
         io: &mut impl Io,
     ) -> Option<(u32, u32)> {
         let index = match Tunn::parse_incoming_packet(datagram).ok()? {
             Packet::HandshakeInit(init) => {
-                // mac1 is keyed by the receiver's public key: it names which of our keys the
-                // initiator addressed, before any Diffie-Hellman is spent on it.
-                let mut addressed = None;
-                for local in &self.locals {
-                    match local
-                        .rate_limiter
-                        .verify_packet(Some(from.ip()), datagram, &mut self.out)
-                    {
-                        Ok(_) => {
-                            addressed = Some(local);
-                            break;
-                        }
-                        Err(TunnResult::WriteToNetwork(cookie)) => {
-                            io.send(from, cookie);
-                            return None;
-                        }
-                        Err(_) => {}
-                    }
-                }
-                let local = addressed?;
+                let addressed = self.admit_handshake(datagram, from, now, io)?;
+                let local = &self.locals[addressed];
                 let public = x25519_dalek::PublicKey::from(*local.public.as_bytes());
                 let half = parse_handshake_anon(local.key.secret(), &public, &init).ok()?;
                 let remote = PublicKey::from_bytes(half.peer_static_public);
@@ -185,6 +188,8 @@ impl Device {
                 let peer = self.peers.get_mut(&id)?;
                 return peer.tunnel_for(&local_pub, &remote).map(|t| (id, t.index));
             }
+            // A response costs DH only if its receiver index names a handshake we have in
+            // flight; boringtun checks its MACs (and demands a cookie under load) itself.
             Packet::HandshakeResponse(p) => p.receiver_idx >> 8,
             Packet::PacketCookieReply(p) => p.receiver_idx >> 8,
             Packet::PacketData(p) => p.receiver_idx >> 8,
@@ -192,9 +197,39 @@ impl Device {
         self.by_index.get(&index).map(|&id| (id, index))
     }
 
+    /// The flood defence for an initiation: mac1 (which also names which of our keys the sender
+    /// addressed, before any Diffie-Hellman is spent), a cookie demanded under load, the
+    /// per-source limit. Returns the index of the addressed key in `locals` if it may go on.
+    fn admit_handshake(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        io: &mut impl Io,
+    ) -> Option<usize> {
+        for (i, local) in self.locals.iter().enumerate() {
+            match local
+                .rate_limiter
+                .verify_packet(Some(from.ip()), datagram, &mut self.out)
+            {
+                Ok(_) => return self.gate.admit(from.ip(), now).then_some(i),
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    if self.gate.cookie(from.ip(), now) {
+                        io.send(from, cookie);
+                    }
+                    return None;
+                }
+                Err(_) => {}
+            }
+        }
+        self.gate.invalid_mac();
+        None
+    }
+
     /// Drives WireGuard's timers, offers handshakes on preferred tunnels that lack a session,
     /// and drops retired tunnels whose grace period is over.
     pub fn tick(&mut self, now: Instant, io: &mut impl Io) {
+        self.gate.expire(now);
         for peer in self.peers.values_mut() {
             let endpoint = peer.endpoint;
             let active = peer.tunnels.iter().any(|t| t.has_session());
@@ -240,6 +275,7 @@ impl Device {
             listen_port,
             fwmark,
             peers,
+            handshakes: Some(self.gate.stats()),
         }
     }
 

@@ -35,7 +35,7 @@ struct Node {
 fn node(n: u8) -> Node {
     let key = PrivateKey::generate();
     Node {
-        dev: Device::new(key.clone()),
+        dev: Device::new(key.clone(), Instant::now()),
         wire: Wire::default(),
         addr: SocketAddr::from(([198, 18, 0, n], 51871)),
         pod: Ipv4Addr::new(10, 244, n, 11),
@@ -94,11 +94,13 @@ fn pump(a: &mut Node, b: &mut Node) {
         }
         for (to, p) in from_a {
             assert_eq!(to, b.addr, "a sent to an unexpected address");
-            b.dev.handle_datagram(&p, a.addr, &mut b.wire);
+            b.dev
+                .handle_datagram(&p, a.addr, Instant::now(), &mut b.wire);
         }
         for (to, p) in from_b {
             assert_eq!(to, a.addr, "b sent to an unexpected address");
-            a.dev.handle_datagram(&p, b.addr, &mut a.wire);
+            a.dev
+                .handle_datagram(&p, b.addr, Instant::now(), &mut a.wire);
         }
     }
     panic!("the devices kept talking for 100 rounds");
@@ -170,7 +172,7 @@ fn a_restarted_peer_is_handshaken_at_once_not_after_the_keepalive_timeout() {
     connect(&mut a, &mut b);
     exchange(&mut a, &mut b, 1);
     // b's data path restarts: same key, no sessions. a still holds its old session.
-    b.dev = Device::new(b.key.clone());
+    b.dev = Device::new(b.key.clone(), Instant::now());
     set_peer(&mut b, peer_change(&a, a.key.public_key()));
     b.dev.flush_new_peers(&mut b.wire);
     assert_eq!(
@@ -302,4 +304,109 @@ fn a_staged_key_the_peer_does_not_know_never_disturbs_traffic() {
         tick(&mut a, &mut b, t0 + Duration::from_secs(u64::from(i) + 1));
     }
     assert!(!ready(&a, next.public_key()));
+}
+
+/// A valid-MAC initiation to `to` from a key no peer has: what a flooder sends.
+fn stranger_initiation(to: &Node) -> Vec<u8> {
+    let secret = PrivateKey::generate().secret().clone();
+    let theirs = x25519_dalek::PublicKey::from(*to.key.public_key().as_bytes());
+    let mut tunn = boringtun::noise::Tunn::new(secret, theirs, None, None, 7, None);
+    let mut buf = vec![0u8; 256];
+    match tunn.format_handshake_initiation(&mut buf, true) {
+        boringtun::noise::TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("no initiation"),
+    }
+}
+
+#[test]
+fn a_flood_from_one_source_gets_bounded_dh_and_cookies_and_spares_the_session() {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    exchange(&mut a, &mut b, 1);
+    let flooder = SocketAddr::from(([198, 18, 0, 200], 40_000));
+    let init = stranger_initiation(&b);
+    let mut replies = Wire::default();
+    let before = b
+        .dev
+        .state(0, 0)
+        .handshakes
+        .expect("the userspace device counts");
+    let t0 = Instant::now();
+    // 20,000 per second for 0.5 s (the time is injected).
+    let n = 10_000u64;
+    for i in 0..n {
+        b.dev.handle_datagram(
+            &init,
+            flooder,
+            t0 + Duration::from_micros(i * 50),
+            &mut replies,
+        );
+    }
+    let after = b
+        .dev
+        .state(0, 0)
+        .handshakes
+        .expect("the userspace device counts");
+    let d = |f: fn(&crate::device::HandshakeStats) -> u64| f(&after) - f(&before);
+    let (processed, invalid, sent, suppressed, limited) = (
+        d(|s| s.processed),
+        d(|s| s.invalid_mac),
+        d(|s| s.cookie_sent),
+        d(|s| s.cookie_suppressed),
+        d(|s| s.rate_limited),
+    );
+    assert_eq!(
+        processed + invalid + sent + suppressed + limited,
+        n,
+        "every message counted once: {after:?}"
+    );
+    assert_eq!(invalid, 0);
+    // Burst 5 and 20/s over 0.5 s, for DH and for cookie replies alike.
+    assert!(processed <= 5 + 10, "{after:?}");
+    assert!(sent <= 5 + 10, "{after:?}");
+    assert!(limited > 0 && suppressed > n / 2, "{after:?}");
+    assert_eq!(replies.outbox.len() as u64, sent);
+    assert!(replies
+        .outbox
+        .iter()
+        .all(|(to, p)| *to == flooder && p[0] == 3));
+    exchange(&mut a, &mut b, 2);
+}
+
+#[test]
+fn a_replayed_initiation_never_moves_the_peers_endpoint() {
+    let (mut a, mut b) = (node(1), node(2));
+    connect(&mut a, &mut b);
+    a.dev.handle_tun_packet(&ipv4(a.pod, b.pod, 1), &mut a.wire);
+    let captured = a.wire.outbox[0].1.clone();
+    assert_eq!(captured[0], 1, "a's first datagram is its initiation");
+    pump(&mut a, &mut b);
+    b.wire.delivered.clear();
+    let flood = stranger_initiation(&b);
+    let mut replies = Wire::default();
+    let now = Instant::now();
+    // Load builds up message by message; whichever message tips boringtun's own counter over
+    // its limit (while ours let it through) gets a cookie reply from inside the session, which
+    // must not count as the peer speaking from the replaying address.
+    for i in 0..150u8 {
+        let flooder = SocketAddr::from(([198, 18, 1, i], 40_000));
+        b.dev.handle_datagram(&flood, flooder, now, &mut replies);
+        let replayer = SocketAddr::from(([198, 18, 2, i], 40_000));
+        b.dev
+            .handle_datagram(&captured, replayer, now, &mut replies);
+    }
+    let state = b.dev.state(0, 0);
+    assert_eq!(
+        state.peers[0].endpoint,
+        Some(a.addr),
+        "the endpoint moved to a replayer"
+    );
+    assert!(
+        replies
+            .outbox
+            .iter()
+            .any(|(to, _)| to.ip().to_string().starts_with("198.18.2.")),
+        "no replayed initiation was answered with a cookie: the case was not exercised"
+    );
+    exchange(&mut a, &mut b, 2);
 }

@@ -6,7 +6,9 @@
 
 mod allowed_ips;
 pub mod device;
+mod gate;
 mod peer;
+mod ratelimit;
 mod sockets;
 mod tun;
 
@@ -98,7 +100,7 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
                     tun: Arc::new(tun),
                     sockets,
                 };
-                if let Err(e) = run(Device::new(key), shell, rx).await {
+                if let Err(e) = run(Device::new(key, Instant::now()), shell, rx).await {
                     tracing::error!(interface = %name, error = %e, "data path stopped");
                 }
             });
@@ -205,7 +207,7 @@ fn recv_batch(device: &mut Device, shell: &mut Shell, v6: bool, buf: &mut [u8]) 
             _ => &shell.sockets.v4,
         };
         match sock.try_recv_from(buf) {
-            Ok((n, from)) => device.handle_datagram(&buf[..n], from, shell),
+            Ok((n, from)) => device.handle_datagram(&buf[..n], from, Instant::now(), shell),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
                 // ICMP errors surface here as ECONNREFUSED etc.; they concern one peer only.

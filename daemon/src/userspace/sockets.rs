@@ -8,6 +8,11 @@ use tokio::net::UdpSocket;
 
 use crate::device::DeviceError;
 
+/// Socket buffers of the underlay sockets (wireguard-go's figure): deep enough that a burst of
+/// datagrams, a handshake flood among them, waits while the data-path thread is not scheduled,
+/// rather than crowd out peers' packets at the socket.
+const SOCKET_BUFFER: usize = 7 << 20;
+
 pub struct Sockets {
     pub v4: UdpSocket,
     pub v6: Option<UdpSocket>,
@@ -69,6 +74,34 @@ fn udp(addr: SocketAddr, fwmark: u32) -> io::Result<UdpSocket> {
         sock.set_mark(fwmark)?;
     }
     sock.set_nonblocking(true)?;
+    grow_buffers(&sock);
     sock.bind(&addr.into())?;
     UdpSocket::from_std(sock.into())
+}
+
+/// Raises both buffers to [`SOCKET_BUFFER`]: past `net.core.[rw]mem_max` with the `*FORCE`
+/// options (the data path runs with CAP_NET_ADMIN), else as far as the limits allow.
+fn grow_buffers(sock: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(SOCKET_BUFFER).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| {
+            // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    std::ptr::from_ref(&size).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 && set(plain) != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "underlay socket buffer left at its default");
+        }
+    }
 }
