@@ -26,6 +26,15 @@ echo "== systemd unit"
 unit_dir=$(mktemp -d)
 sed "s|/usr/local/bin/wiremesh|$PWD/target/debug/wiremesh|" scripts/systemd/wiremesh.service > "$unit_dir/wiremesh.service"
 systemd-analyze verify "$unit_dir/wiremesh.service"
+# The hardening must not erode: the unit scores at most 4.5 (lower is safer).
+security=$(systemd-analyze security --offline=true --no-pager "$unit_dir/wiremesh.service")
+score=$(printf '%s\n' "$security" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+if [ -z "$score" ] || ! awk -v s="$score" 'BEGIN { exit !(s <= 4.5) }'; then
+  echo "scripts/systemd/wiremesh.service: systemd-analyze security scores it ${score:-?} (must be <= 4.5); exposures:" >&2
+  printf '%s\n' "$security" | grep '✗' >&2 || printf '%s\n' "$security" >&2
+  exit 1
+fi
+echo "systemd-analyze security: $score"
 rm -rf "$unit_dir"
 
 echo "== tests"
