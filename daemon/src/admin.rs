@@ -162,7 +162,12 @@ pub struct AdminServer {
 impl AdminServer {
     /// Serves the admin API on `path`: root may do everything, `access`'s reader group may only
     /// read (GET), anyone else gets 403 whatever the socket file's mode.
-    pub fn bind(path: &Path, state: Arc<AdminState>, access: Access, limits: Limits) -> Result<Self> {
+    pub fn bind(
+        path: &Path,
+        state: Arc<AdminState>,
+        access: Access,
+        limits: Limits,
+    ) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

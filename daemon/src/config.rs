@@ -748,10 +748,18 @@ store:
         assert_eq!(c.admin_group, Some(65534));
         let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: no-such-group-wm\n")
             .unwrap_err();
-        assert!(err.contains("adminGroup") && err.contains("groupadd"), "{err}");
+        assert!(
+            err.contains("adminGroup") && err.contains("groupadd"),
+            "{err}"
+        );
         let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: root\n").unwrap_err();
         assert!(err.contains("gid 0"), "{err}");
-        assert_eq!(parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap().admin_group, None);
+        assert_eq!(
+            parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n")
+                .unwrap()
+                .admin_group,
+            None
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use keymgr::KeyFile;
 
 use crate::datapath::Datapath;
-use crate::listen::{Access, Limits};
 use crate::device::uapi_server::UapiServer;
+use crate::listen::{Access, Limits};
 use crate::userspace;
 
 pub struct Options {

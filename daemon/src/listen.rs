@@ -104,7 +104,8 @@ impl Access {
             reader => Err(Refused::NotAllowed {
                 uid,
                 gid,
-                group: reader.map_or_else(|| " (none is configured)".into(), |g| format!(" (gid {g})")),
+                group: reader
+                    .map_or_else(|| " (none is configured)".into(), |g| format!(" (gid {g})")),
             }),
         }
     }
@@ -208,8 +209,12 @@ impl Backoff {
 
 /// Accepts connections for ever: at most `max_conns` are served at once (one more is closed at
 /// once), errors back off. `serve` gets each connection with the permit it must hold until done.
-pub async fn accept_loop<S, A, Fut, F>(what: &'static str, max_conns: usize, mut accept: A, serve: F)
-where
+pub async fn accept_loop<S, A, Fut, F>(
+    what: &'static str,
+    max_conns: usize,
+    mut accept: A,
+    serve: F,
+) where
     A: FnMut() -> Fut,
     Fut: Future<Output = io::Result<S>>,
     F: Fn(S, OwnedSemaphorePermit),
@@ -227,7 +232,12 @@ where
                         excess += 1;
                         // Every 100th, so that a flood does not flood the log too.
                         if excess % 100 == 1 {
-                            tracing::warn!(server = what, max_conns, refused = excess, "too many connections; closing the excess at once");
+                            tracing::warn!(
+                                server = what,
+                                max_conns,
+                                refused = excess,
+                                "too many connections; closing the excess at once"
+                            );
                         }
                         drop(conn);
                     }
@@ -261,7 +271,11 @@ impl<S> WriteDeadline<S> {
         }
     }
 
-    fn check<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
             self.timer = None;
             return polled;
@@ -281,13 +295,21 @@ impl<S> WriteDeadline<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.check(cx, polled)
@@ -347,7 +369,10 @@ pub async fn read_body(
     match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
         Err(_) => Err((
             StatusCode::REQUEST_TIMEOUT,
-            format!("request body not received within {:?}\n", limits.body_timeout),
+            format!(
+                "request body not received within {:?}\n",
+                limits.body_timeout
+            ),
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
@@ -365,13 +390,21 @@ mod tests {
 
     #[test]
     fn roles() {
-        let access = Access { reader_gid: Some(4242) };
+        let access = Access {
+            reader_gid: Some(4242),
+        };
         assert_eq!(access.role(0, 0, &[]), Ok(Role::Admin));
         assert_eq!(access.role(1000, 4242, &[]), Ok(Role::Reader));
         assert_eq!(access.role(1000, 100, &[7, 4242]), Ok(Role::Reader));
         let err = access.role(1000, 100, &[7]).unwrap_err().to_string();
-        assert!(err.contains("uid 1000") && err.contains("gid 4242"), "{err}");
-        let none = Access::default().role(1000, 100, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("uid 1000") && err.contains("gid 4242"),
+            "{err}"
+        );
+        let none = Access::default()
+            .role(1000, 100, &[])
+            .unwrap_err()
+            .to_string();
         assert!(none.contains("none is configured"), "{none}");
     }
 
@@ -424,7 +457,13 @@ mod tests {
             2,
             move || {
                 let rx = conn_rx.clone();
-                async move { rx.lock().await.recv().await.ok_or_else(|| io::Error::other("closed")) }
+                async move {
+                    rx.lock()
+                        .await
+                        .recv()
+                        .await
+                        .ok_or_else(|| io::Error::other("closed"))
+                }
             },
             move |n, permit| {
                 held2.lock().unwrap().push(permit);
@@ -438,7 +477,9 @@ mod tests {
         assert_eq!(rx.recv().await, Some(2));
         conn_tx.send(4).await.unwrap();
         // 3 was past the cap; 4 too, while both slots are held.
-        assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv())
+            .await
+            .is_err());
         held.lock().unwrap().pop();
         conn_tx.send(5).await.unwrap();
         assert_eq!(rx.recv().await, Some(5));

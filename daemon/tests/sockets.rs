@@ -65,7 +65,10 @@ async fn closed_within(stream: &mut (impl AsyncReadExt + Unpin), within: Duratio
         }
     })
     .await;
-    assert!(closed.is_ok(), "the server kept the connection open for {within:?}");
+    assert!(
+        closed.is_ok(),
+        "the server kept the connection open for {within:?}"
+    );
     start.elapsed()
 }
 
@@ -84,24 +87,42 @@ async fn uapi_checks_the_peer_not_only_the_file_mode() {
 
     // Anyone else: refused, whatever they ask, and the data path never hears of it.
     let s = sock.clone();
-    let other = blocking(move || as_user(NOBODY, NOBODY, &[], move || {
-        let get = exchange(&s, b"get=1\n\n").unwrap();
-        let set = exchange(&s, format!("set=1\nprivate_key={}\n\n", "11".repeat(32)).as_bytes()).unwrap();
-        (get, set)
-    }))
+    let other = blocking(move || {
+        as_user(NOBODY, NOBODY, &[], move || {
+            let get = exchange(&s, b"get=1\n\n").unwrap();
+            let set = exchange(
+                &s,
+                format!("set=1\nprivate_key={}\n\n", "11".repeat(32)).as_bytes(),
+            )
+            .unwrap();
+            (get, set)
+        })
+    })
     .await;
     assert_eq!(other, ("errno=1\n\n".into(), "errno=1\n\n".into()));
 
     // The group (here as a supplementary group): get, without any key; never set.
     let s = sock.clone();
-    let (get, set) = blocking(move || as_user(NOBODY, NOBODY, &[GROUP], move || {
-        let get = exchange(&s, b"get=1\n\n").unwrap();
-        let set = exchange(&s, format!("set=1\npublic_key={PEER_HEX}\nremove=true\n\n").as_bytes()).unwrap();
-        (get, set)
-    }))
+    let (get, set) = blocking(move || {
+        as_user(NOBODY, NOBODY, &[GROUP], move || {
+            let get = exchange(&s, b"get=1\n\n").unwrap();
+            let set = exchange(
+                &s,
+                format!("set=1\npublic_key={PEER_HEX}\nremove=true\n\n").as_bytes(),
+            )
+            .unwrap();
+            (get, set)
+        })
+    })
     .await;
-    assert!(get.contains(&format!("public_key={PEER_HEX}")) && get.ends_with("errno=0\n\n"), "{get}");
-    assert!(!get.contains("private_key") && !get.contains(SECRET_HEX), "{get}");
+    assert!(
+        get.contains(&format!("public_key={PEER_HEX}")) && get.ends_with("errno=0\n\n"),
+        "{get}"
+    );
+    assert!(
+        !get.contains("private_key") && !get.contains(SECRET_HEX),
+        "{get}"
+    );
     assert_eq!(set, "errno=1\n\n");
     assert_eq!(fake.sets.load(std::sync::atomic::Ordering::SeqCst), 0);
 
@@ -109,7 +130,11 @@ async fn uapi_checks_the_peer_not_only_the_file_mode() {
     let s = sock.clone();
     let (get, set) = blocking(move || {
         let get = exchange(&s, b"get=1\n\n").unwrap();
-        let set = exchange(&s, format!("set=1\npublic_key={PEER_HEX}\nremove=true\n\n").as_bytes()).unwrap();
+        let set = exchange(
+            &s,
+            format!("set=1\npublic_key={PEER_HEX}\nremove=true\n\n").as_bytes(),
+        )
+        .unwrap();
         (get, set)
     })
     .await;
@@ -130,10 +155,21 @@ async fn uapi_caps_line_length_and_request_size() {
     let _server = UapiServer::bind_at(&sock, fake.datapath(), Access::default(), limits).unwrap();
     let s = sock.clone();
     let (long_line, huge, normal) = blocking(move || {
-        let long_line = exchange(&s, format!("set=1\nendpoint={}\n\n", "1".repeat(5000)).as_bytes()).unwrap();
-        let many = format!("set=1\npublic_key={PEER_HEX}\n{}\n", "allowed_ip=10.244.2.0/24\n".repeat(4000));
+        let long_line = exchange(
+            &s,
+            format!("set=1\nendpoint={}\n\n", "1".repeat(5000)).as_bytes(),
+        )
+        .unwrap();
+        let many = format!(
+            "set=1\npublic_key={PEER_HEX}\n{}\n",
+            "allowed_ip=10.244.2.0/24\n".repeat(4000)
+        );
         let huge = exchange(&s, many.as_bytes()).unwrap();
-        let normal = exchange(&s, format!("set=1\npublic_key={PEER_HEX}\nallowed_ip=10.244.2.0/24\n\n").as_bytes()).unwrap();
+        let normal = exchange(
+            &s,
+            format!("set=1\npublic_key={PEER_HEX}\nallowed_ip=10.244.2.0/24\n\n").as_bytes(),
+        )
+        .unwrap();
         (long_line, huge, normal)
     })
     .await;
@@ -160,7 +196,10 @@ async fn uapi_slow_client_is_cut_off_and_the_cap_holds() {
     slow.write_all(b"get=1\n").await.unwrap();
     let mut idle = tokio::net::UnixStream::connect(&sock).await.unwrap();
     let took = closed_within(&mut slow, Duration::from_secs(5)).await;
-    assert!(took >= Duration::from_millis(300), "closed after {took:?}, before the timeout");
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed after {took:?}, before the timeout"
+    );
     closed_within(&mut idle, Duration::from_secs(5)).await;
 
     // The cap: two held connections (a generous timeout now), the third is closed unanswered.
@@ -176,7 +215,10 @@ async fn uapi_slow_client_is_cut_off_and_the_cap_holds() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s = sock2.clone();
     let third = blocking(move || exchange(&s, b"get=1\n\n")).await;
-    assert!(matches!(&third, Ok(a) if a.is_empty()) || third.is_err(), "{third:?}");
+    assert!(
+        matches!(&third, Ok(a) if a.is_empty()) || third.is_err(),
+        "{third:?}"
+    );
     // The control: a slot freed, the next client is answered.
     drop(held1);
     let s = sock2.clone();
@@ -209,17 +251,35 @@ async fn admin_refuses_other_users_and_lets_the_group_only_read() {
     let run_dir = dir.path().to_str().unwrap().to_string();
 
     let rd = run_dir.clone();
-    let (ok, out) = blocking(move || cli_as(NOBODY, GROUP, &["encrypt", "status", "--json", "--run-dir", &rd])).await;
+    let (ok, out) = blocking(move || {
+        cli_as(
+            NOBODY,
+            GROUP,
+            &["encrypt", "status", "--json", "--run-dir", &rd],
+        )
+    })
+    .await;
     let peer = keymgr::PublicKey::from_hex(PEER_HEX).unwrap().to_base64();
-    assert!(ok && out.contains(&peer), "the group may read status: {out}");
+    assert!(
+        ok && out.contains(&peer),
+        "the group may read status: {out}"
+    );
     let rd = run_dir.clone();
-    let (ok, out) = blocking(move || cli_as(NOBODY, GROUP, &["keys", "rotate", "--run-dir", &rd])).await;
-    assert!(!ok && out.contains("403") && out.contains("may only read"), "{out}");
+    let (ok, out) =
+        blocking(move || cli_as(NOBODY, GROUP, &["keys", "rotate", "--run-dir", &rd])).await;
+    assert!(
+        !ok && out.contains("403") && out.contains("may only read"),
+        "{out}"
+    );
 
     widen(&sock);
     let rd = run_dir.clone();
-    let (ok, out) = blocking(move || cli_as(NOBODY, NOBODY, &["encrypt", "status", "--run-dir", &rd])).await;
-    assert!(!ok && out.contains("403") && out.contains("permission denied: uid 65534"), "{out}");
+    let (ok, out) =
+        blocking(move || cli_as(NOBODY, NOBODY, &["encrypt", "status", "--run-dir", &rd])).await;
+    assert!(
+        !ok && out.contains("403") && out.contains("permission denied: uid 65534"),
+        "{out}"
+    );
 
     // The control: root reaches the rotator (which fails on purpose in this test).
     let rd = run_dir.clone();
@@ -265,7 +325,9 @@ async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
     };
     let _server = AdminServer::bind(&sock, state.clone(), Access::default(), limits).unwrap();
     let mut slow = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     // Slowloris: one more header line every 100 ms, for at most 10 s.
     let drip = async {
         let start = Instant::now();
@@ -279,9 +341,15 @@ async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
     };
     let mut idle = tokio::net::UnixStream::connect(&sock).await.unwrap();
     let (took, dripped) = tokio::join!(closed_within(&mut idle, Duration::from_secs(5)), drip);
-    assert!(took >= Duration::from_millis(500), "idle closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "idle closed after {took:?}"
+    );
     let dripped = dripped.expect("the slowloris client was never cut off");
-    assert!(dripped >= Duration::from_millis(500), "cut off after {dripped:?}");
+    assert!(
+        dripped >= Duration::from_millis(500),
+        "cut off after {dripped:?}"
+    );
 
     // The cap, on a server with a generous timeout.
     let limits = Limits {
@@ -295,14 +363,21 @@ async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
     let _held2 = tokio::net::UnixStream::connect(&sock2).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = tokio::net::UnixStream::connect(&sock2).await.unwrap();
-    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer)).await;
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     drop(held1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ok = admin::request(&sock2, hyper::Method::GET, "/healthz").await.unwrap();
-    assert_eq!(ok, "ok\n", "the control: a freed slot serves the next client");
+    let ok = admin::request(&sock2, hyper::Method::GET, "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(
+        ok, "ok\n",
+        "the control: a freed slot serves the next client"
+    );
 }
 
 async fn scrape(addr: std::net::SocketAddr, request: &str) -> String {
@@ -327,23 +402,34 @@ async fn scrapes_never_reach_the_data_path() {
     let addr = listener.local_addr().unwrap();
     admin::serve_metrics(listener, state.clone(), Limits::METRICS);
     for _round in 0..4 {
-        let scrapes: Vec<_> = (0..12).map(|_| tokio::spawn(scrape(addr, GET_METRICS))).collect();
+        let scrapes: Vec<_> = (0..12)
+            .map(|_| tokio::spawn(scrape(addr, GET_METRICS)))
+            .collect();
         for s in scrapes {
             let body = s.await.unwrap();
             assert!(body.starts_with("HTTP/1.1 200"), "{body}");
             assert!(body.contains("wiremesh_peers 1"), "{body}");
-            assert!(body.contains("wiremesh_peer_rx_bytes_total{node=") && body.contains("} 1234"), "{body}");
+            assert!(
+                body.contains("wiremesh_peer_rx_bytes_total{node=") && body.contains("} 1234"),
+                "{body}"
+            );
         }
     }
     assert_eq!(fake.gets(), 0, "a scrape reached the data path");
-    let post = scrape(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+    let post = scrape(
+        addr,
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
     let other = scrape(addr, "GET /v1/encrypt/status HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
     // The control: the detector counts a request that does reach the data path.
     let sock = dir.path().join("wiremesh.sock");
     let _admin = AdminServer::bind(&sock, state, Access::default(), Limits::ADMIN).unwrap();
-    admin::request(&sock, hyper::Method::GET, admin::STATUS_PATH).await.unwrap();
+    admin::request(&sock, hyper::Method::GET, admin::STATUS_PATH)
+        .await
+        .unwrap();
     assert_eq!(fake.gets(), 1);
 }
 
@@ -379,7 +465,10 @@ async fn a_hostile_scraper_delays_nothing_else() {
         .await
         .expect("the admin API answered while the metrics port was saturated")
         .unwrap();
-        assert!(status.contains(&keymgr::PublicKey::from_hex(PEER_HEX).unwrap().to_base64()), "{status}");
+        assert!(
+            status.contains(&keymgr::PublicKey::from_hex(PEER_HEX).unwrap().to_base64()),
+            "{status}"
+        );
         state.datapath.get().await.unwrap();
     }
     assert_eq!(fake.gets(), 10);

@@ -32,7 +32,9 @@ impl Write for Capture {
 /// Whether `text` holds the secret, or any 16-character piece of it (hex or base64).
 fn leaks(text: &str) -> bool {
     let pieces = |s: &str| -> Vec<String> {
-        (0..=s.len() - 16).map(|i| s[i..i + 16].to_string()).collect()
+        (0..=s.len() - 16)
+            .map(|i| s[i..i + 16].to_string())
+            .collect()
     };
     pieces(SECRET_HEX)
         .iter()
@@ -90,7 +92,8 @@ async fn no_private_key_in_any_log_line_or_error() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeDatapath::start(dir.path());
     let sock = dir.path().join("wm_test0.sock");
-    let _server = UapiServer::bind_at(&sock, fake.datapath(), Access::default(), Limits::UAPI).unwrap();
+    let _server =
+        UapiServer::bind_at(&sock, fake.datapath(), Access::default(), Limits::UAPI).unwrap();
     let s = sock.clone();
     let answers = tokio::task::spawn_blocking(move || {
         malformed()
@@ -115,7 +118,10 @@ async fn no_private_key_in_any_log_line_or_error() {
     let client = wiremesh::device::uapi_client::UapiClient::new(&sock);
     client.set(&req).await.unwrap();
     let received = fake.received.lock().unwrap().concat();
-    assert!(received.contains(&format!("private_key={SECRET_HEX}")), "{received}");
+    assert!(
+        received.contains(&format!("private_key={SECRET_HEX}")),
+        "{received}"
+    );
     let Request::Set(back) = uapi::parse(&uapi::format_set(&req)).unwrap() else {
         panic!("not a set")
     };

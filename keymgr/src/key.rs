@@ -247,11 +247,9 @@ impl KeyFile {
         if owner == me {
             return Ok(());
         }
-        let name = |uid: u32| {
-            match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-                Ok(Some(u)) => format!("uid {uid} ({})", u.name),
-                _ => format!("uid {uid}"),
-            }
+        let name = |uid: u32| match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            Ok(Some(u)) => format!("uid {uid} ({})", u.name),
+            _ => format!("uid {uid}"),
         };
         Err(KeyError::Owner {
             path: self.path.clone(),
@@ -358,10 +356,16 @@ mod tests {
         let kf = KeyFile::new(dir.path().join("wg0.key"));
         kf.load_or_create().unwrap();
         let me = nix::unistd::geteuid();
-        assert!(me.is_root(), "this test needs root (to chown the key file to another user)");
+        assert!(
+            me.is_root(),
+            "this test needs root (to chown the key file to another user)"
+        );
         nix::unistd::chown(kf.path(), Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
         let err = kf.load_or_create().unwrap_err().to_string();
-        assert!(err.contains("wg0.key") && err.contains("uid 65534"), "{err}");
+        assert!(
+            err.contains("wg0.key") && err.contains("uid 65534"),
+            "{err}"
+        );
         assert!(err.contains("chown 0 "), "{err}");
         // The control: the same file back with its owner loads.
         nix::unistd::chown(kf.path(), Some(me), None).unwrap();

@@ -50,8 +50,7 @@ const SECRET_KEYS: [&str; 3] = ["private_key", "wiremesh_next_private_key", "pre
 pub fn shown(key: &str, value: &str) -> String {
     let t = value.trim();
     let key_shaped = t.len() >= 40
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
     if SECRET_KEYS.contains(&key) || key_shaped || value.len() > 64 {
         format!("<{} bytes, not shown>", value.len())
@@ -62,7 +61,10 @@ pub fn shown(key: &str, value: &str) -> String {
 
 /// A key name as it may appear in an error: a plausible key name, or only its length.
 pub fn shown_key(key: &str) -> String {
-    if !key.is_empty() && key.len() <= 40 && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+    if !key.is_empty()
+        && key.len() <= 40
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
         format!("{key:?}")
     } else {
         format!("<{} bytes, not shown>", key.len())
@@ -208,7 +210,10 @@ pub fn format_set(req: &SetRequest) -> Zeroizing<String> {
         None => {}
     }
     let rest = format_set_public(req);
-    let len = secret.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+    let len = secret
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum::<usize>();
     let mut out = Zeroizing::new(String::with_capacity("set=1\n".len() + len + rest.len()));
     out.push_str("set=1\n");
     for (key, value) in &secret {

@@ -38,7 +38,12 @@ impl UapiServer {
         let dir = Path::new(SOCKET_DIR);
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        Self::bind_at(&dir.join(format!("{interface}.sock")), datapath, access, limits)
+        Self::bind_at(
+            &dir.join(format!("{interface}.sock")),
+            datapath,
+            access,
+            limits,
+        )
     }
 
     /// Serves on `path` (tests use their own directory).
@@ -160,6 +165,12 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
             while self.scanned < self.buf.len() {
                 let at = self.scanned;
                 self.scanned += 1;
+                if at >= limits.max_body {
+                    return Err(ReadError::TooLarge(format!(
+                        "a request larger than {} bytes",
+                        limits.max_body
+                    )));
+                }
                 if self.buf[at] != b'\n' {
                     if at - self.line_start >= MAX_LINE {
                         return Err(ReadError::TooLarge(format!(
@@ -172,12 +183,6 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
                     return Ok((self.take(at, at + 1), false));
                 }
                 self.line_start = at + 1;
-            }
-            if self.buf.len() > limits.max_body {
-                return Err(ReadError::TooLarge(format!(
-                    "a request larger than {} bytes",
-                    limits.max_body
-                )));
             }
             self.reserve(8192);
             match self.inner.read_buf(&mut *self.buf).await {

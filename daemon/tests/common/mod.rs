@@ -173,7 +173,10 @@ pub fn as_user<T: Send + 'static>(
     std::thread::spawn(move || {
         // SAFETY: plain syscalls on this thread's own credentials; the buffer outlives them.
         unsafe {
-            assert_eq!(libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()), 0);
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                0
+            );
             assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
             assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
         }
