@@ -36,6 +36,9 @@ if [ -z "$score" ] || ! awk -v s="$score" 'BEGIN { exit !(s <= 4.5) }'; then
 fi
 echo "systemd-analyze security: $score"
 rm -rf "$unit_dir"
+# ...and it must still start: boot it under systemd as PID 1 (a Debian root in systemd-nspawn,
+# made once with debootstrap and cached) and check the agent comes up and stays up.
+scripts/systemd/boot-test.sh /var/tmp/wiremesh-vm "$PWD/target/debug/wiremesh"
 
 echo "== tests"
 # The end-to-end tests find the agent binary here.
