@@ -209,7 +209,8 @@ mod tests {
         assert!(text.contains("allowed_ip=10.244.2.0/24\n"));
         assert!(
             !text.contains("wiremesh_"),
-            "stock wg would reject extension keys:\n{text}"
+            "stock wg would reject extension keys:\n{}",
+            text.as_str()
         );
         assert!(text.ends_with("errno=0\n\n"));
     }
