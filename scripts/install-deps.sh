@@ -14,6 +14,7 @@ packages=(
   wireguard-tools wireguard-go
   protobuf-compiler libprotobuf-dev etcd-server etcd-client openssl systemd
   clang llvm libbpf-dev linux-libc-dev bpftool
+  systemd-container debootstrap
 )
 
 missing=()
@@ -44,7 +45,8 @@ declare -A provider=(
   [ip]=iproute2 [wg]=wireguard-tools [wireguard-go]=wireguard-go [tcpdump]=tcpdump [ping]=iputils-ping
   [nc]=netcat-openbsd [iperf3]=iperf3 [protoc]=protobuf-compiler [etcd]=etcd-server [etcdctl]=etcd-client
   [openssl]=openssl [systemd-analyze]=systemd [clang]=clang [llc]=llvm [bpftool]=bpftool
-  [pkg-config]=pkg-config [cc]=build-essential [nsenter]=util-linux [cargo]="rustup (https://rustup.rs)"
+  [pkg-config]=pkg-config [cc]=build-essential [nsenter]=util-linux
+  [systemd-nspawn]=systemd-container [debootstrap]=debootstrap [cargo]="rustup (https://rustup.rs)"
 )
 for tool in "${!provider[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing after installation; install ${provider[$tool]}"

@@ -1,10 +1,9 @@
-//! The local admin API on `<runDir>/wiremesh.sock` (HTTP/1.1 over a Unix socket, root only),
-//! used by the CLI: `GET /v1/encrypt/status`, `GET /v1/encrypt/nodes`, `POST /v1/keys/rotate`,
+//! The local admin API on `<runDir>/wiremesh.sock` (HTTP/1.1 over a Unix socket; root, or
+//! `adminGroup` read-only, checked by the peer's credentials), used by the CLI: `GET /v1/encrypt/status`, `GET /v1/encrypt/nodes`, `POST /v1/keys/rotate`,
 //! `POST /v1/objects` (apply/delete), `POST /v1/policy/trace`, `GET /metrics`, `GET /healthz`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +24,8 @@ use crate::policy_api::{self, ObjectsRequest, OBJECTS_PATH, TRACE_PATH};
 use keymgr::store::objects::ObjectStore;
 
 use crate::datapath::Datapath;
+use crate::device::DeviceView;
+use crate::listen::{self, Access, Limits, Refused, Role};
 use crate::status::{rfc3339, store_health, EncryptStatus, KeyState, NodeStatus, PeerStatus};
 
 pub const STATUS_PATH: &str = "/v1/encrypt/status";
@@ -48,6 +49,9 @@ pub struct AdminState {
     pub objects: Arc<ObjectStore>,
     pub policy: watch::Receiver<Arc<PolicyState>>,
     pub policy_counters: Arc<PolicyCounters>,
+    /// The data path as the reconcile loop last read it (private key removed): what metrics
+    /// are built from, so that a scrape never costs the data path a UAPI round trip.
+    pub device_view: watch::Receiver<Option<Arc<DeviceView>>>,
 }
 
 impl AdminState {
@@ -156,72 +160,105 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    pub fn bind(path: &Path, state: Arc<AdminState>) -> Result<Self> {
+    /// Serves the admin API on `path`: root may do everything, `access`'s reader group may only
+    /// read (GET), anyone else gets 403 whatever the socket file's mode.
+    pub fn bind(
+        path: &Path,
+        state: Arc<AdminState>,
+        access: Access,
+        limits: Limits,
+    ) -> Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)
             .with_context(|| format!("binding admin socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod {}", path.display()))?;
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+        access
+            .restrict_socket_file(path)
+            .with_context(|| format!("setting the owner and mode of {}", path.display()))?;
+        let listener = Arc::new(listener);
+        tokio::spawn(listen::accept_loop(
+            "admin",
+            limits.max_conns,
+            move || {
+                let listener = listener.clone();
+                async move { listener.accept().await.map(|(s, _)| s) }
+            },
+            move |stream: UnixStream, permit| {
+                let role = access.of_unix(&stream);
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(req, state.clone(), role.clone(), limits)
+                    });
+                    listen::serve_http(stream, limits, svc).await;
+                    drop(permit);
                 });
-            }
-        });
+            },
+        ));
         Ok(Self {
             path: path.to_path_buf(),
         })
     }
 }
 
-/// Serves `/metrics` only (never the admin endpoints) on a TCP address for Prometheus.
-pub async fn serve_metrics(addr: std::net::SocketAddr, state: Arc<AdminState>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// Binds `metricsAddress` (network-facing), so that a taken port fails start-up.
+pub async fn bind_metrics(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding metricsAddress {addr}"))?;
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+        .with_context(|| format!("binding metricsAddress {addr}"))
+}
+
+/// Serves `GET /metrics` only (never the admin endpoints) for Prometheus, from the cached view
+/// of the data path: a scrape never reaches the data path.
+pub fn serve_metrics(listener: tokio::net::TcpListener, state: Arc<AdminState>, limits: Limits) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    let listener = Arc::new(listener);
+    tokio::spawn(listen::accept_loop(
+        "metrics",
+        limits.max_conns,
+        move || {
+            let listener = listener.clone();
+            async move { listener.accept().await.map(|(s, _)| s) }
+        },
+        move |stream: tokio::net::TcpStream, permit| {
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     async move {
                         let (code, body) = match (req.method(), req.uri().path()) {
-                            (&Method::GET, "/metrics") => {
-                                match crate::metrics::render(&state).await {
-                                    Ok(s) => (StatusCode::OK, s),
-                                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
-                                }
-                            }
+                            (&Method::GET, "/metrics") => metrics_reply(&state),
+                            (_, "/metrics") => (
+                                StatusCode::METHOD_NOT_ALLOWED,
+                                "only GET /metrics is served here\n".into(),
+                            ),
                             _ => (StatusCode::NOT_FOUND, "not found\n".into()),
                         };
-                        let mut r = Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = code;
-                        Ok::<_, Infallible>(r)
+                        Ok::<_, Infallible>(response(code, body))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                listen::serve_http(stream, limits, svc).await;
+                drop(permit);
             });
-        }
-    });
-    Ok(())
+        },
+    ));
+}
+
+fn metrics_reply(state: &AdminState) -> (StatusCode, String) {
+    match crate::metrics::render(state) {
+        Ok(s) => (StatusCode::OK, s),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
+    }
+}
+
+fn response(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r
 }
 
 impl Drop for AdminServer {
@@ -233,43 +270,42 @@ impl Drop for AdminServer {
 async fn handle(
     req: Request<Incoming>,
     state: Arc<AdminState>,
+    role: Result<Role, Refused>,
+    limits: Limits,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let reply = |code: StatusCode, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = code;
-        Ok(r)
+    let reply = |code: StatusCode, body: String| -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(response(code, body))
+    };
+    match role {
+        Err(refused) => {
+            tracing::warn!(path = req.uri().path(), "admin API: {refused}");
+            return reply(StatusCode::FORBIDDEN, format!("{refused}\n"));
+        }
+        Ok(Role::Reader) if req.method() != Method::GET => {
+            let refused = Refused::ReadOnly {
+                role: "a member of adminGroup",
+            };
+            return reply(StatusCode::FORBIDDEN, format!("{refused}\n"));
+        }
+        Ok(_) => {}
+    }
+    let json = |r: Result<String, anyhow::Error>| match r {
+        Ok(s) => reply(StatusCode::OK, s),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "ok\n".into()),
-        (&Method::GET, STATUS_PATH) => match state.status().await {
-            Ok(s) => reply(
-                StatusCode::OK,
-                serde_json::to_string(&s).unwrap_or_default(),
-            ),
-            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
-        },
-        (&Method::GET, "/metrics") => match crate::metrics::render(&state).await {
-            Ok(s) => reply(StatusCode::OK, s),
-            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
-        },
-        (&Method::GET, NODES_PATH) => match state.nodes().await {
-            Ok(s) => reply(
-                StatusCode::OK,
-                serde_json::to_string(&s).unwrap_or_default(),
-            ),
-            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
-        },
-        (&Method::POST, ROTATE_PATH) => match state.rotate().await {
-            Ok(s) => reply(
-                StatusCode::OK,
-                serde_json::to_string(&s).unwrap_or_default(),
-            ),
-            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")),
-        },
+        (&Method::GET, STATUS_PATH) => json(state.status().await.map(|s| to_json(&s))),
+        (&Method::GET, "/metrics") => {
+            let (code, body) = metrics_reply(&state);
+            reply(code, body)
+        }
+        (&Method::GET, NODES_PATH) => json(state.nodes().await.map(|s| to_json(&s))),
+        (&Method::POST, ROTATE_PATH) => json(state.rotate().await.map(|s| to_json(&s))),
         (&Method::POST, OBJECTS_PATH) => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            let body = match listen::read_body(req.into_body(), &limits).await {
+                Ok(b) => b,
+                Err((code, text)) => return reply(code, text),
             };
             let request: ObjectsRequest = match serde_json::from_slice(&body) {
                 Ok(r) => r,
@@ -278,19 +314,16 @@ async fn handle(
             let current = state.objects.subscribe().borrow().clone();
             let nodes = state.snapshots.borrow().clone();
             match policy_api::change_objects(&state.objects, &current, &nodes, request).await {
-                Ok(r) => reply(
-                    StatusCode::OK,
-                    serde_json::to_string(&r).unwrap_or_default(),
-                ),
+                Ok(r) => reply(StatusCode::OK, to_json(&r)),
                 Err((true, e)) => reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 Err((false, e)) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
             }
         }
         (&Method::POST, TRACE_PATH) => {
             let text = req.uri().query() == Some("output=text");
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            let body = match listen::read_body(req.into_body(), &limits).await {
+                Ok(b) => b,
+                Err((code, text)) => return reply(code, text),
             };
             let policy = state.policy.borrow().clone();
             let out = policy_api::trace_online(&policy, &String::from_utf8_lossy(&body), text);
@@ -298,6 +331,10 @@ async fn handle(
         }
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// CLI side: one request against the admin socket.

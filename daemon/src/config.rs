@@ -39,6 +39,7 @@ struct RawConfig {
     store: Option<RawStore>,
     key_rotation: Option<RawKeyRotation>,
     metrics_address: Option<String>,
+    admin_group: Option<String>,
     policy: Option<RawPolicy>,
 }
 
@@ -156,6 +157,9 @@ pub struct Config {
     pub key_rotation: KeyRotation,
     /// Where Prometheus scrapes `/metrics`; `None` serves them on the admin socket only.
     pub metrics_address: Option<SocketAddr>,
+    /// The group (gid) whose members may read status and metrics on the admin and UAPI
+    /// sockets; `None`: root only.
+    pub admin_group: Option<u32>,
     pub policy: PolicyConfig,
 }
 
@@ -385,6 +389,12 @@ impl RawConfig {
                 }
             },
         };
+        let admin_group = self
+            .admin_group
+            .as_deref()
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .and_then(|g| resolve_group(g, &mut errors));
         let raw_policy = self.policy.unwrap_or(RawPolicy {
             enforcement: None,
             bpf_pin_dir: None,
@@ -422,6 +432,7 @@ impl RawConfig {
             store,
             key_rotation,
             metrics_address,
+            admin_group,
             policy,
         })
     }
@@ -524,6 +535,34 @@ fn cidrs(
             }
         })
         .collect()
+}
+
+/// A group name or numeric gid, which must exist on this host (a misspelt group would leave
+/// the sockets root-only without saying so).
+fn resolve_group(name: &str, errors: &mut Vec<String>) -> Option<u32> {
+    let found = match name.parse::<u32>() {
+        Ok(gid) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
+        Err(_) => nix::unistd::Group::from_name(name),
+    };
+    match found {
+        Ok(Some(g)) if g.gid.as_raw() != 0 => Some(g.gid.as_raw()),
+        Ok(Some(_)) => {
+            errors.push(format!(
+                "adminGroup: {name:?} is gid 0 (root's group); name a group of its own for read-only access"
+            ));
+            None
+        }
+        Ok(None) => {
+            errors.push(format!(
+                "adminGroup: no group {name:?} on this host (create it with `groupadd {name}`, or remove the key for root-only sockets)"
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("adminGroup: cannot look up {name:?}: {e}"));
+            None
+        }
+    }
 }
 
 fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
@@ -699,6 +738,28 @@ store:
             "{err}"
         );
         assert!(!err.contains("podCIDRs[0]"), "{err}");
+    }
+
+    #[test]
+    fn admin_group_must_exist() {
+        let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: nogroup\n").unwrap();
+        assert_eq!(c.admin_group, Some(65534));
+        let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: \"65534\"\n").unwrap();
+        assert_eq!(c.admin_group, Some(65534));
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: no-such-group-wm\n")
+            .unwrap_err();
+        assert!(
+            err.contains("adminGroup") && err.contains("groupadd"),
+            "{err}"
+        );
+        let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: root\n").unwrap_err();
+        assert!(err.contains("gid 0"), "{err}");
+        assert_eq!(
+            parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n")
+                .unwrap()
+                .admin_group,
+            None
+        );
     }
 
     #[test]

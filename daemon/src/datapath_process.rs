@@ -11,6 +11,7 @@ use keymgr::KeyFile;
 
 use crate::datapath::Datapath;
 use crate::device::uapi_server::UapiServer;
+use crate::listen::{Access, Limits};
 use crate::userspace;
 
 pub struct Options {
@@ -18,13 +19,18 @@ pub struct Options {
     pub listen_port: u16,
     pub key_file: PathBuf,
     pub pid_file: Option<PathBuf>,
+    /// Members of this group may `get` (without keys) on the UAPI socket; root only otherwise.
+    pub admin_group: Option<u32>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
     let key = KeyFile::new(&opts.key_file).load()?;
     let handle = userspace::start(&opts.interface, key, opts.listen_port)?;
     let datapath = Arc::new(Datapath::Userspace(handle));
-    let _uapi = UapiServer::bind(&opts.interface, datapath)
+    let access = Access {
+        reader_gid: opts.admin_group,
+    };
+    let _uapi = UapiServer::bind(&opts.interface, datapath, access, Limits::UAPI)
         .with_context(|| format!("serving the WireGuard UAPI for {}", opts.interface))?;
     if let Some(pid_file) = &opts.pid_file {
         if let Some(dir) = pid_file.parent() {

@@ -41,7 +41,7 @@ impl Kernel {
                 base64::engine::general_purpose::STANDARD.encode(key.secret().as_bytes()),
             )
         };
-        let config = InterfaceConfiguration {
+        let mut config = InterfaceConfiguration {
             name: interface.to_string(),
             prvkey: b64.to_string(),
             addresses: Vec::new(),
@@ -50,7 +50,10 @@ impl Kernel {
             mtu: Some(mtu),
             fwmark: None,
         };
-        api.configure_interface(&config).map_err(kerr)?;
+        let configured = api.configure_interface(&config);
+        // The library's type holds the key in a plain String.
+        zeroize::Zeroize::zeroize(&mut config.prvkey);
+        configured.map_err(kerr)?;
         Ok(Self {
             api: Mutex::new(api),
             interface: interface.to_string(),

@@ -10,6 +10,7 @@ pub mod device;
 pub mod enforce;
 pub mod kernel;
 pub mod link_events;
+pub mod listen;
 pub mod metrics;
 pub mod netlink;
 pub mod policy_api;

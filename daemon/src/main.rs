@@ -71,6 +71,10 @@ enum Command {
         /// Where to write this process's PID.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Members of this group (gid) may read (`get`, without keys) on the UAPI socket
+        /// (config key `adminGroup`).
+        #[arg(long)]
+        admin_group: Option<u32>,
     },
 }
 
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
             listen_port,
             key_file,
             pid_file,
+            admin_group,
         } => {
             init_logging();
             let opts = datapath_process::Options {
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
                 listen_port,
                 key_file,
                 pid_file,
+                admin_group,
             };
             report(
                 "wiremesh datapath",

@@ -1,7 +1,8 @@
-//! Prometheus metrics, `wiremesh_` prefixed, built at scrape time from the same live views the
-//! admin API reads (the data path's peers, this node's key, the store's health), so there is no
-//! second copy of any state to drift. Served on the admin socket at `/metrics` and, when
-//! `metricsAddress` is set, on that TCP address.
+//! Prometheus metrics, `wiremesh_` prefixed, built at scrape time from the same views the admin
+//! API reads (this node's key, the store's health, policy) and from the reconcile loop's latest
+//! read of the data path (at most one resync, 5 s, old). A scrape must never reach the data path:
+//! the metrics port faces the network, and scrapes must not cost packets. Served on the admin
+//! socket at `/metrics` and, when `metricsAddress` is set, on that TCP address.
 
 use std::sync::atomic::AtomicU64;
 use std::time::UNIX_EPOCH;
@@ -100,8 +101,12 @@ fn register_policy(registry: &mut Registry, state: &AdminState) {
     );
 }
 
-pub async fn render(state: &AdminState) -> Result<String> {
-    let device = state.datapath.get().await?;
+pub fn render(state: &AdminState) -> Result<String> {
+    let view = state.device_view.borrow().clone();
+    let (device_peers, taken) = match &view {
+        Some(v) => (v.state.peers.as_slice(), v.taken),
+        None => (&[][..], UNIX_EPOCH),
+    };
     let names = state.peers.borrow().clone();
     let own = state.own.borrow().clone();
     let store_up = matches!(
@@ -111,7 +116,7 @@ pub async fn render(state: &AdminState) -> Result<String> {
 
     let mut registry = Registry::with_prefix("wiremesh");
     let peers = Gauge::<i64>::default();
-    peers.set(device.peers.len() as i64);
+    peers.set(device_peers.len() as i64);
     registry.register("peers", "Peers configured in the data path", peers);
     let epoch = Gauge::<i64>::default();
     epoch.set(i64::try_from(own.epoch).unwrap_or(i64::MAX));
@@ -126,11 +131,18 @@ pub async fn render(state: &AdminState) -> Result<String> {
     let up = Gauge::<i64>::default();
     up.set(i64::from(store_up));
     registry.register("store_up", "1 if the store is reachable", up);
+    let view_at = Gauge::<i64>::default();
+    view_at.set(taken.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64);
+    registry.register(
+        "datapath_view_timestamp_seconds",
+        "Unix time of the data-path read the peer metrics come from (0: none yet)",
+        view_at,
+    );
 
     let rx = Family::<PeerLabels, Counter<u64, AtomicU64>>::default();
     let tx = Family::<PeerLabels, Counter<u64, AtomicU64>>::default();
     let handshake = Family::<PeerLabels, Gauge<i64>>::default();
-    for p in &device.peers {
+    for p in device_peers {
         let labels = PeerLabels {
             node: names
                 .get(&p.public_key)

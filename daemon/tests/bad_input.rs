@@ -117,3 +117,38 @@ fn world_readable_key_file_is_refused_with_the_fix() {
         "the agent went on after refusing its key"
     );
 }
+
+#[test]
+fn key_file_owned_by_another_user_is_refused_with_the_fix() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (to give the key file to another user)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let key = state.join("wiremesh_wg0.key");
+    std::fs::write(&key, "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    nix::unistd::chown(&key, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "nodeName: n1\nnodeIPs: [198.18.0.1]\nclusterPodCIDRs: [10.244.0.0/16]\nstateDir: {}\nrunDir: {}\nstore: {{ kind: dir, dir: {{ path: {} }} }}\n",
+            state.display(),
+            dir.path().join("run").display(),
+            dir.path().join("store").display()
+        ),
+    );
+    let (code, err) = agent(&cfg);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&key.display().to_string()), "{err}");
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    assert!(err.contains("chown 0 "), "{err}");
+    // The secret itself is never printed, not even when refusing the file.
+    assert!(!err.contains("dwdtCnMYpX08FsFy"), "{err}");
+    assert!(
+        !dir.path().join("store").exists(),
+        "the agent went on after refusing its key"
+    );
+}

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -132,6 +132,16 @@ pub enum KeyError {
     )]
     Permissions { path: PathBuf, mode: u32 },
     #[error(
+        "key file {path} is owned by {owner}, not by the user the agent runs as ({expected}); \
+         another user could replace it with a key of their choosing: run `chown {expected_uid} {path}`"
+    )]
+    Owner {
+        path: PathBuf,
+        owner: String,
+        expected: String,
+        expected_uid: u32,
+    },
+    #[error(
         "key file {path} is malformed: expected one line of base64 holding 32 bytes \
          (as `wg genkey` writes); remove it to generate a new key, or restore a valid one"
     )]
@@ -164,6 +174,7 @@ impl KeyFile {
     pub fn load_or_create(&self) -> Result<(PrivateKey, bool), KeyError> {
         match fs::metadata(&self.path) {
             Ok(meta) => {
+                self.check_owner(meta.uid())?;
                 let mode = meta.permissions().mode() & 0o7777;
                 if mode & 0o077 != 0 {
                     return Err(KeyError::Permissions {
@@ -214,7 +225,10 @@ impl KeyFile {
                 path: tmp.clone(),
                 source: e,
             })?;
-        let mut line = key.to_base64();
+        // Sized up front: growing the buffer would leave a copy of the key in freed memory.
+        let b64 = key.to_base64();
+        let mut line = Zeroizing::new(String::with_capacity(b64.len() + 1));
+        line.push_str(&b64);
         line.push('\n');
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
@@ -224,6 +238,25 @@ impl KeyFile {
             })?;
         fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
         Ok(())
+    }
+
+    /// Refuses a key file another user owns: whoever owns it can rewrite it, and so choose the
+    /// key this node uses.
+    fn check_owner(&self, owner: u32) -> Result<(), KeyError> {
+        let me = nix::unistd::geteuid().as_raw();
+        if owner == me {
+            return Ok(());
+        }
+        let name = |uid: u32| match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            Ok(Some(u)) => format!("uid {uid} ({})", u.name),
+            _ => format!("uid {uid}"),
+        };
+        Err(KeyError::Owner {
+            path: self.path.clone(),
+            owner: name(owner),
+            expected: name(me),
+            expected_uid: me,
+        })
     }
 
     fn io(&self, source: std::io::Error) -> KeyError {
@@ -259,17 +292,15 @@ fn decode_key(b64: &[u8]) -> Result<[u8; 32], KeyError> {
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Malformed)
 }
 
+/// Sized up front, so that hex of a private key is never copied by a growing buffer.
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| {
-            [
-                DIGITS[(b >> 4) as usize] as char,
-                DIGITS[(b & 0xf) as usize] as char,
-            ]
-        })
-        .collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
 }
 
 fn unhex(s: &str) -> Result<[u8; 32], KeyError> {
@@ -317,6 +348,28 @@ mod tests {
         assert!(err.contains("wg0.key"), "{err}");
         assert!(err.contains("0644"), "{err}");
         assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn key_file_owned_by_another_user_is_refused_with_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        let kf = KeyFile::new(dir.path().join("wg0.key"));
+        kf.load_or_create().unwrap();
+        let me = nix::unistd::geteuid();
+        assert!(
+            me.is_root(),
+            "this test needs root (to chown the key file to another user)"
+        );
+        nix::unistd::chown(kf.path(), Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = kf.load_or_create().unwrap_err().to_string();
+        assert!(
+            err.contains("wg0.key") && err.contains("uid 65534"),
+            "{err}"
+        );
+        assert!(err.contains("chown 0 "), "{err}");
+        // The control: the same file back with its owner loads.
+        nix::unistd::chown(kf.path(), Some(me), None).unwrap();
+        kf.load_or_create().unwrap();
     }
 
     #[test]

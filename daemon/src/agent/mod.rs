@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::{AdminServer, AdminState};
 use crate::config::{Config, StoreConfig};
 use crate::device::DeviceError;
+use crate::listen::{Access, Limits};
 use crate::netlink::Netlink;
 use persist::PeerFile;
 use reconciler::Reconciler;
@@ -186,6 +187,7 @@ pub async fn run(config: Config) -> Result<()> {
     let policy_counters = Arc::new(policy::PolicyCounters::default());
 
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
+    let (view_tx, view_rx) = watch::channel(None);
     let admin_state = Arc::new(AdminState {
         interface: config.interface.clone(),
         mtu,
@@ -201,10 +203,20 @@ pub async fn run(config: Config) -> Result<()> {
         objects: objects.clone(),
         policy: policy_rx,
         policy_counters: policy_counters.clone(),
+        device_view: view_rx,
     });
-    let _admin = AdminServer::bind(&config.admin_socket(), admin_state.clone())?;
+    let access = Access {
+        reader_gid: config.admin_group,
+    };
+    let _admin = AdminServer::bind(
+        &config.admin_socket(),
+        admin_state.clone(),
+        access,
+        Limits::ADMIN,
+    )?;
     if let Some(addr) = config.metrics_address {
-        crate::admin::serve_metrics(addr, admin_state).await?;
+        let listener = crate::admin::bind_metrics(addr).await?;
+        crate::admin::serve_metrics(listener, admin_state, Limits::METRICS);
     }
 
     let mut reconciler = Reconciler {
@@ -223,6 +235,7 @@ pub async fn run(config: Config) -> Result<()> {
         names: names_tx,
         peer_file,
         own_record_seen: false,
+        view: view_tx,
     };
     tokio::spawn(rotator.run());
     let (passes_tx, mut passes) = watch::channel(policy::PassReport::default());

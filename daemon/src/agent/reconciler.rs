@@ -11,7 +11,7 @@ use super::persist::PeerFile;
 use super::reconcile;
 use super::rotation::OwnKey;
 use crate::datapath::Datapath;
-use crate::device::{DeviceError, SetRequest};
+use crate::device::{DeviceError, DeviceView, SetRequest};
 use crate::netlink::Netlink;
 
 pub struct Reconciler {
@@ -29,6 +29,8 @@ pub struct Reconciler {
     pub names: watch::Sender<Arc<HashMap<PublicKey, PeerKey>>>,
     pub peer_file: PeerFile,
     pub own_record_seen: bool,
+    /// The latest read of the data path, for metrics (which must not read it themselves).
+    pub view: watch::Sender<Option<Arc<DeviceView>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +52,7 @@ impl Reconciler {
     /// Applies `snap`; an `Err` means the data path is gone.
     pub async fn reconcile(&mut self, snap: &Snapshot) -> Result<(), DeviceError> {
         // A data path that died without anything left to change would otherwise go unnoticed.
-        if let Err(DeviceError::Stopped) = self.datapath.get().await {
-            return Err(DeviceError::Stopped);
-        }
+        self.refresh_view().await?;
         self.check_own_record(snap);
         let mut desired = reconcile::desired(&snap.nodes, &self.self_name);
         desired.retain(|name, rec| {
@@ -88,12 +88,29 @@ impl Reconciler {
             }
             self.peers = desired;
             self.peer_file.save(&self.peers);
+            self.refresh_view().await?;
         }
         // Also when nothing changed: a re-attached agent starts with the peers in force but no
         // names published yet.
         self.publish_names();
         self.sync_routes().await;
         Ok(())
+    }
+
+    /// Reads the data path and publishes what it holds for metrics; `Err` only when it is gone.
+    async fn refresh_view(&self) -> Result<(), DeviceError> {
+        match self.datapath.get().await {
+            Ok(state) => {
+                let view = DeviceView::of(state, std::time::SystemTime::now());
+                self.view.send_replace(Some(Arc::new(view)));
+                Ok(())
+            }
+            Err(DeviceError::Stopped) => Err(DeviceError::Stopped),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the data path for metrics");
+                Ok(())
+            }
+        }
     }
 
     fn publish_names(&self) {

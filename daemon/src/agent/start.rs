@@ -167,6 +167,9 @@ fn spawn(config: &Config) -> Result<()> {
         .arg("--pid-file")
         .arg(pid_file(config))
         .stdin(Stdio::null());
+    if let Some(gid) = config.admin_group {
+        cmd.arg("--admin-group").arg(gid.to_string());
+    }
     // SAFETY: setsid(2) is async-signal-safe; it detaches the data path from the agent's
     // session and process group, so that signals meant for the agent do not reach it.
     unsafe {

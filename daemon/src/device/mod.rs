@@ -138,6 +138,23 @@ impl HandshakeStats {
     }
 }
 
+/// A read of the data path kept for metrics: no private key, no preshared keys.
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    pub state: DeviceState,
+    pub taken: SystemTime,
+}
+
+impl DeviceView {
+    pub fn of(mut state: DeviceState, taken: SystemTime) -> Self {
+        state.private_key = None;
+        for p in &mut state.peers {
+            p.preshared_key = None;
+        }
+        Self { state, taken }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerState {
     pub public_key: PublicKey,

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use keymgr::{PrivateKey, PublicKey};
+use zeroize::Zeroizing;
 
 use super::{PeerChange, Psk, SetRequest};
 
@@ -18,13 +19,16 @@ pub enum Request {
     Set(SetRequest),
 }
 
+/// A request that does not parse. Requests carry private keys, so an error never holds a line
+/// as sent: only its number, a key name that cannot be a secret, and values of keys that are
+/// not secrets (see [`shown`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UapiError {
-    #[error("line {line}: expected key=value, got {text:?}")]
-    Syntax { line: usize, text: String },
-    #[error("line {line}: unknown key {key:?}")]
+    #[error("line {line}: expected key=value ({len} bytes, not shown)")]
+    Syntax { line: usize, len: usize },
+    #[error("line {line}: unknown key {key}")]
     UnknownKey { line: usize, key: String },
-    #[error("line {line}: invalid value for {key}: {value:?}")]
+    #[error("line {line}: invalid value for {key}: {value}")]
     Value {
         line: usize,
         key: String,
@@ -38,7 +42,58 @@ pub enum UapiError {
     Errno(i32),
 }
 
+/// The keys whose values are secrets.
+const SECRET_KEYS: [&str; 3] = ["private_key", "wiremesh_next_private_key", "preshared_key"];
+
+/// How a request's key or value may appear in an error: quoted if it cannot be a secret (a
+/// short value of a key that is not secret, not shaped like a key), otherwise only its length.
+pub fn shown(key: &str, value: &str) -> String {
+    let t = value.trim();
+    let key_shaped = t.len() >= 40
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    if SECRET_KEYS.contains(&key) || key_shaped || value.len() > 64 {
+        format!("<{} bytes, not shown>", value.len())
+    } else {
+        format!("{value:?}")
+    }
+}
+
+/// A key name as it may appear in an error: a plausible key name, or only its length.
+pub fn shown_key(key: &str) -> String {
+    if !key.is_empty()
+        && key.len() <= 40
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        format!("{key:?}")
+    } else {
+        format!("<{} bytes, not shown>", key.len())
+    }
+}
+
 impl UapiError {
+    pub fn syntax(line: usize, text: &str) -> Self {
+        UapiError::Syntax {
+            line,
+            len: text.len(),
+        }
+    }
+
+    pub fn unknown_key(line: usize, key: &str) -> Self {
+        UapiError::UnknownKey {
+            line,
+            key: shown_key(key),
+        }
+    }
+
+    pub fn value(line: usize, key: &str, value: &str) -> Self {
+        UapiError::Value {
+            line,
+            key: shown_key(key),
+            value: shown(key, value),
+        }
+    }
+
     pub fn errno(&self) -> i32 {
         match self {
             UapiError::Operation => libc::EIO,
@@ -63,16 +118,9 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
             break;
         }
         let Some((key, value)) = text.split_once('=') else {
-            return Err(UapiError::Syntax {
-                line,
-                text: text.into(),
-            });
+            return Err(UapiError::syntax(line, text));
         };
-        let bad = || UapiError::Value {
-            line,
-            key: key.into(),
-            value: value.into(),
-        };
+        let bad = || UapiError::value(line, key, value);
         match key {
             "private_key" => {
                 req.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?)
@@ -124,12 +172,7 @@ pub fn parse(text: &str) -> Result<Request, UapiError> {
                     return Err(bad());
                 }
             }
-            _ => {
-                return Err(UapiError::UnknownKey {
-                    line,
-                    key: key.into(),
-                })
-            }
+            _ => return Err(UapiError::unknown_key(line, key)),
         }
     }
     Ok(Request::Set(req))
@@ -145,7 +188,7 @@ fn last<'a>(
         .last_mut()
         .ok_or_else(|| UapiError::PeerKeyOutsidePeer {
             line,
-            key: key.into(),
+            key: shown_key(key),
         })
 }
 
@@ -154,26 +197,39 @@ fn parse_true(v: &str) -> Option<bool> {
 }
 
 /// Formats a `set` request (with its terminating empty line): what wiremesh's agent sends to a
-/// data path running as a separate process.
-pub fn format_set(req: &SetRequest) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from("set=1\n");
+/// data path running as a separate process. The text holds private keys: it is zeroed on drop,
+/// and the buffer is sized before they go in (no reallocation leaves a copy behind).
+pub fn format_set(req: &SetRequest) -> Zeroizing<String> {
+    let mut secret: Vec<(&str, Zeroizing<String>)> = Vec::new();
     if let Some(k) = &req.private_key {
-        let _ = writeln!(out, "private_key={}", k.to_hex_for_uapi().as_str());
+        secret.push(("private_key", k.to_hex_for_uapi()));
     }
     match &req.next_private_key {
-        Some(Some(k)) => {
-            let _ = writeln!(
-                out,
-                "wiremesh_next_private_key={}",
-                k.to_hex_for_uapi().as_str()
-            );
-        }
-        Some(None) => {
-            let _ = writeln!(out, "wiremesh_next_private_key={}", "0".repeat(64));
-        }
+        Some(Some(k)) => secret.push(("wiremesh_next_private_key", k.to_hex_for_uapi())),
+        Some(None) => secret.push(("wiremesh_next_private_key", Zeroizing::new("0".repeat(64)))),
         None => {}
     }
+    let rest = format_set_public(req);
+    let len = secret
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum::<usize>();
+    let mut out = Zeroizing::new(String::with_capacity("set=1\n".len() + len + rest.len()));
+    out.push_str("set=1\n");
+    for (key, value) in &secret {
+        out.push_str(key);
+        out.push('=');
+        out.push_str(value);
+        out.push('\n');
+    }
+    out.push_str(&rest);
+    out
+}
+
+/// The lines of a `set` request after its private keys.
+fn format_set_public(req: &SetRequest) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     if let Some(p) = req.listen_port {
         let _ = writeln!(out, "listen_port={p}");
     }
@@ -274,7 +330,7 @@ mod tests {
             parse("set=1\nendpoint=1.2.3.4:5\n").unwrap_err(),
             UapiError::PeerKeyOutsidePeer {
                 line: 2,
-                key: "endpoint".into()
+                key: "\"endpoint\"".into()
             }
         );
         assert!(matches!(

@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
+use zeroize::Zeroizing;
+
+use super::uapi_server::{ReadError, RequestReader};
+use crate::listen::Limits;
 
 use super::uapi::format_set;
 use super::uapi_state::parse_get;
@@ -13,6 +17,12 @@ use super::{DeviceError, DeviceState, SetRequest};
 
 /// A data path that does not answer within this is treated as gone.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `get` answer for tens of thousands of peers still fits.
+const ANSWER_LIMITS: Limits = Limits {
+    max_body: 64 << 20,
+    ..Limits::UAPI
+};
 
 #[derive(Debug, Clone)]
 pub struct UapiClient {
@@ -48,31 +58,35 @@ impl UapiClient {
                 std::io::Error::from_raw_os_error(n)
             ))),
             _ => Err(DeviceError::Invalid(format!(
-                "{}: unexpected answer {answer:?}",
-                self.path.display()
+                "{}: unexpected answer to set ({} bytes)",
+                self.path.display(),
+                answer.len()
             ))),
         }
     }
 
-    async fn request(&self, text: &str) -> Result<String, DeviceError> {
+    async fn request(&self, text: &str) -> Result<Zeroizing<String>, DeviceError> {
         tokio::time::timeout(TIMEOUT, self.exchange(text))
             .await
             .map_err(|_| DeviceError::Stopped)?
             .map_err(|_| DeviceError::Stopped)
     }
 
-    async fn exchange(&self, text: &str) -> std::io::Result<String> {
+    /// One request, one answer. The answer to `get` holds the private key: it is read into a
+    /// zeroizing buffer, never into an intermediate one.
+    async fn exchange(&self, text: &str) -> std::io::Result<Zeroizing<String>> {
         let mut stream = UnixStream::connect(&self.path).await?;
         stream.write_all(text.as_bytes()).await?;
-        let mut reader = BufReader::new(stream);
-        let mut answer = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).await? == 0 || line == "\n" {
-                break;
-            }
-            answer.push_str(&line);
-        }
-        Ok(answer)
+        let mut reader = RequestReader::new(stream);
+        let (answer, _) = reader.next(&ANSWER_LIMITS).await.map_err(|e| match e {
+            ReadError::Closed => std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            ReadError::TooLarge(what) => std::io::Error::other(what),
+        })?;
+        let text = answer
+            .as_str()
+            .ok_or_else(|| std::io::Error::other("answer is not UTF-8"))?;
+        let mut out = Zeroizing::new(String::with_capacity(text.len()));
+        out.push_str(text);
+        Ok(out)
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use keymgr::{PrivateKey, PublicKey};
+use zeroize::Zeroizing;
 
 use super::uapi::UapiError;
 use super::{DeviceState, HandshakeStats, PeerState, Psk};
@@ -14,12 +15,25 @@ use super::{DeviceState, HandshakeStats, PeerState, Psk};
 /// counters ([`HandshakeStats`]).
 const HANDSHAKES_PREFIX: &str = "wiremesh_handshakes_";
 
-/// Formats a `get` answer, including the final `errno=0` and empty line.
-pub fn format_get(state: &DeviceState, extended: bool) -> String {
-    let mut out = String::new();
-    if let Some(key) = &state.private_key {
-        let _ = writeln!(out, "private_key={}", key.to_hex_for_uapi().as_str());
+/// Formats a `get` answer, including the final `errno=0` and empty line. The answer holds the
+/// private key: it is zeroed on drop, and built without a reallocation after the key is in.
+pub fn format_get(state: &DeviceState, extended: bool) -> Zeroizing<String> {
+    let rest = format_public(state, extended);
+    let key = state.private_key.as_ref().map(|k| k.to_hex_for_uapi());
+    let key_len = key.as_ref().map_or(0, |k| "private_key=\n".len() + k.len());
+    let mut out = Zeroizing::new(String::with_capacity(key_len + rest.len()));
+    if let Some(key) = key {
+        out.push_str("private_key=");
+        out.push_str(&key);
+        out.push('\n');
     }
+    out.push_str(&rest);
+    out
+}
+
+/// Everything in a `get` answer but the private key.
+fn format_public(state: &DeviceState, extended: bool) -> String {
+    let mut out = String::new();
     let _ = writeln!(out, "listen_port={}", state.listen_port);
     if state.fwmark != 0 {
         let _ = writeln!(out, "fwmark={}", state.fwmark);
@@ -94,16 +108,9 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             break;
         }
         let Some((key, value)) = text.split_once('=') else {
-            return Err(UapiError::Syntax {
-                line,
-                text: text.into(),
-            });
+            return Err(UapiError::syntax(line, text));
         };
-        let bad = || UapiError::Value {
-            line,
-            key: key.into(),
-            value: value.into(),
-        };
+        let bad = || UapiError::value(line, key, value);
         let hex_key = || PublicKey::from_hex(value).map_err(|_| bad());
         if key == "public_key" {
             finish_handshake(&mut state, handshake);
@@ -151,12 +158,7 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             ("wiremesh_next_public_key", Some(p)) => p.next_public_key = Some(hex_key()?),
             ("wiremesh_active_key", Some(p)) => p.active_key = Some(hex_key()?),
             ("wiremesh_ready_for", Some(p)) => p.ready_for.push(hex_key()?),
-            _ => {
-                return Err(UapiError::UnknownKey {
-                    line,
-                    key: key.into(),
-                })
-            }
+            _ => return Err(UapiError::unknown_key(line, key)),
         }
     }
     finish_handshake(&mut state, handshake);
@@ -234,7 +236,8 @@ mod tests {
         assert!(text.contains("allowed_ip=10.244.2.0/24\n"));
         assert!(
             !text.contains("wiremesh_"),
-            "stock wg would reject extension keys:\n{text}"
+            "stock wg would reject extension keys:\n{}",
+            text.as_str()
         );
         assert!(text.ends_with("errno=0\n\n"));
     }
