@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use policy::compile::{Entry, Key};
-use policy::identity::{IdentityLabels, HOST, REMOTE_NODE};
+use policy::identity::IdentityLabels;
 use policy::{Bundle, Direction, Identities};
 
 use super::maps::{
@@ -175,14 +175,11 @@ pub fn ipcache_entries(
             out.insert(full(*ip), identities.lookup(*ip, local_node));
         }
     }
+    // A node's address is `host` on that node and a remote-node identity elsewhere (one with
+    // CIDR labels when it lies in a policy prefix, so that an `ipBlock` can select it).
     for node in bundle.nodes.values() {
-        let id = if Some(node.name.as_str()) == local_node {
-            HOST
-        } else {
-            REMOTE_NODE
-        };
         for ip in &node.ips {
-            out.insert(full(*ip), id);
+            out.insert(full(*ip), identities.lookup(*ip, local_node));
         }
     }
     out
