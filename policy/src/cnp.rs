@@ -310,7 +310,13 @@ fn selector(sel: &LabelSelector, field: &str) -> Result<Selector, FieldError> {
 /// the rule says.
 fn entity(s: &str, deny: bool) -> Result<Entity, String> {
     match s {
-        "world" | "world-ipv4" | "world-ipv6" => Ok(Entity::World),
+        "world" => Ok(Entity::World),
+        // The world of one family would be matched as the world of both: wider in an allow
+        // rule, narrower in a deny rule.
+        "world-ipv4" | "world-ipv6" => Err(format!(
+            "valid Cilium, but wiremesh does not tell the world's address families apart; \
+             entity {s:?} is refused (use world, or toCIDR 0.0.0.0/0 or ::/0)"
+        )),
         "cluster" => Ok(Entity::Cluster),
         "host" => Ok(Entity::Host),
         "remote-node" => Ok(Entity::RemoteNode),
@@ -487,9 +493,9 @@ fn dns_rules(dns: Option<&Value>, field: &str, ingress: bool) -> Result<(), Fiel
         return Err(FieldError::new(field, "expected a list of DNS rules"));
     };
     for (i, entry) in list.iter().enumerate() {
-        let every_query = entry
-            .as_mapping()
-            .is_some_and(|m| m.len() == 1 && m.get("matchPattern").and_then(Value::as_str) == Some("*"));
+        let every_query = entry.as_mapping().is_some_and(|m| {
+            m.len() == 1 && m.get("matchPattern").and_then(Value::as_str) == Some("*")
+        });
         if !every_query {
             return Err(FieldError::new(
                 format!("{field}[{i}]"),

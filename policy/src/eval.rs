@@ -66,9 +66,7 @@ impl CidrTest<'_> {
         let address = |ip: &IpAddr| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip));
         match self {
             CidrTest::Address(ip) => ip.as_ref().is_some_and(address),
-            CidrTest::Labels(set) => {
-                set.contains(cidr) && !except.iter().any(|e| set.contains(e))
-            }
+            CidrTest::Labels(set) => set.contains(cidr) && !except.iter().any(|e| set.contains(e)),
             CidrTest::Every(ips) => !ips.is_empty() && ips.iter().all(address),
         }
     }

@@ -95,15 +95,21 @@ pub fn refusal(api_version: &str, kind: &str) -> Option<(&'static str, String)> 
         return None;
     }
     Some(match by_name(kind) {
-        Some(k) => ("apiVersion", format!(
-            "{api_version} is not supported for {kind} (use {}); refused rather than \
+        Some(k) => (
+            "apiVersion",
+            format!(
+                "{api_version} is not supported for {kind} (use {}); refused rather than \
              skipped, since skipping a policy changes what is allowed",
-            k.api_version
-        )),
-        None => ("kind", format!(
-            "{api_version} {kind} is a policy kind wiremesh does not enforce; refused rather \
+                k.api_version
+            ),
+        ),
+        None => (
+            "kind",
+            format!(
+                "{api_version} {kind} is a policy kind wiremesh does not enforce; refused rather \
              than skipped, since skipping it would leave what it denies allowed"
-        )),
+            ),
+        ),
     })
 }
 
