@@ -254,13 +254,22 @@ mod tests {
                     .max_by_key(|(net, _)| net.prefix_len())
                     .map_or(policy::identity::WORLD, |(_, id)| *id)
             };
-            for ip in ["198.18.0.1", "198.18.0.2", "198.18.7.7", "10.244.1.10", "8.8.8.8"] {
+            for ip in [
+                "198.18.0.1",
+                "198.18.0.2",
+                "198.18.7.7",
+                "10.244.1.10",
+                "8.8.8.8",
+            ] {
                 let ip: IpAddr = ip.parse().unwrap();
                 assert_eq!(lpm(ip), ids.lookup(ip, Some(local)), "{ip} on {local}");
             }
         }
         let on_n2 = ipcache_entries(&ids, &bundle, Some("n2"));
-        assert_eq!(on_n2[&"198.18.0.2/32".parse().unwrap()], policy::identity::HOST);
+        assert_eq!(
+            on_n2[&"198.18.0.2/32".parse().unwrap()],
+            policy::identity::HOST
+        );
     }
 
     #[test]
