@@ -143,8 +143,9 @@ pub fn trace_online(state: &PolicyState, body: &str, text: bool) -> String {
 }
 
 /// Reads manifest files as `kubectl apply -f` does (multi-document YAML, `kind: List`),
-/// checks them with the policy loader (errors name the file, the resource and the field) and
-/// returns the objects wiremesh stores; other kinds are skipped with a note on stderr.
+/// checks them with the policy loader (errors name the file, the resource and the field; it
+/// refuses policy kinds and rules wiremesh cannot enforce as written) and returns the objects
+/// wiremesh stores; other kinds are skipped with a note on stderr.
 pub fn read_manifests(files: &[PathBuf]) -> Result<Vec<Sourced>> {
     let mut texts = Vec::new();
     for path in files {

@@ -20,7 +20,9 @@ pub enum Output {
 pub struct TraceArgs {
     /// Manifest file (multi-document YAML or `kind: List`: Namespace, Pod, Node,
     /// NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy). Repeatable.
-    /// Without it the trace asks the local agent, which answers from the policy it enforces.
+    /// Loaded as `wiremesh apply` loads it: what wiremesh cannot enforce as written (a policy
+    /// kind it does not enforce, HTTP rules, ...) is refused, with no verdict. Without it the
+    /// trace asks the local agent, which answers from the policy it enforces.
     #[arg(short = 'f', long = "file")]
     pub files: Vec<PathBuf>,
     /// The agent's run directory (config key `runDir`), for the online trace.

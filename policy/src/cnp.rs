@@ -2,8 +2,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use serde_yaml::Value;
+
 use crate::cilium::{
-    CidrRule, EgressRule, HttpRuleSpec, IcmpRule, IngressRule, PortRule, RuleSpec, StrOrInt,
+    CidrRule, EgressRule, HttpRuleSpec, IcmpRule, IngressRule, L7Rules, PortRule, RuleSpec,
+    StrOrInt,
 };
 use crate::error::FieldError;
 use crate::http::{HttpRule, Pattern};
@@ -14,13 +17,25 @@ use crate::model::{
 };
 use crate::parse::{parse_cidr, valid_port_name};
 
+/// How a rule list is read.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    /// `None` for a CiliumClusterwideNetworkPolicy.
+    ns: Option<&'a str>,
+    deny: bool,
+    ingress: bool,
+    /// Accept `rules.http` into the model instead of refusing it (see `LoadOptions`).
+    l7_model: bool,
+}
+
 /// Converts one rule spec (`spec`, or `specs[i]` with `base` = `specs[i]`). `namespace` is
-/// `None` for a CiliumClusterwideNetworkPolicy.
+/// `None` for a CiliumClusterwideNetworkPolicy. `rules.http` is refused unless `l7_model`.
 pub fn convert(
     spec: &RuleSpec,
     id: PolicyId,
     namespace: Option<&str>,
     base: &str,
+    l7_model: bool,
 ) -> Result<Policy, FieldError> {
     let subject = match (&spec.endpoint_selector, &spec.node_selector, namespace) {
         (Some(_), Some(_), _) => {
@@ -53,29 +68,31 @@ pub fn convert(
             Subject::Endpoints(s)
         }
     };
+    let ctx = |ingress, deny| Ctx {
+        ns: namespace,
+        deny,
+        ingress,
+        l7_model,
+    };
     let ingress = rules(
         spec.ingress.as_ref(),
         &format!("{base}.ingress"),
-        namespace,
-        false,
+        ctx(true, false),
     )?;
     let ingress_deny = rules(
         spec.ingress_deny.as_ref(),
         &format!("{base}.ingressDeny"),
-        namespace,
-        true,
+        ctx(true, true),
     )?;
     let egress = rules(
         spec.egress.as_ref(),
         &format!("{base}.egress"),
-        namespace,
-        false,
+        ctx(false, false),
     )?;
     let egress_deny = rules(
         spec.egress_deny.as_ref(),
         &format!("{base}.egressDeny"),
-        namespace,
-        true,
+        ctx(false, true),
     )?;
     // Cilium: an endpoint selected by a rule with ingress (or ingressDeny) rules is in
     // default-deny for ingress, unless enableDefaultDeny.ingress is false; likewise egress.
@@ -161,14 +178,13 @@ impl Directional for EgressRule {
 fn rules<R: Directional>(
     list: Option<&Vec<R>>,
     field: &str,
-    ns: Option<&str>,
-    deny: bool,
+    ctx: Ctx<'_>,
 ) -> Result<Vec<Rule>, FieldError> {
     list.iter()
         .copied()
         .flatten()
         .enumerate()
-        .map(|(i, r)| rule(&r.common(), &format!("{field}[{i}]"), ns, deny))
+        .map(|(i, r)| rule(&r.common(), &format!("{field}[{i}]"), ctx))
         .collect()
 }
 
@@ -180,7 +196,8 @@ fn unsupported(field: String) -> FieldError {
     )
 }
 
-fn rule(c: &Common<'_>, field: &str, ns: Option<&str>, deny: bool) -> Result<Rule, FieldError> {
+fn rule(c: &Common<'_>, field: &str, ctx: Ctx<'_>) -> Result<Rule, FieldError> {
+    let ns = ctx.ns;
     for (name, present) in &c.unsupported {
         if *present {
             return Err(unsupported(format!("{field}.{name}")));
@@ -240,7 +257,7 @@ fn rule(c: &Common<'_>, field: &str, ns: Option<&str>, deny: bool) -> Result<Rul
     }
     for (i, e) in c.entities.iter().copied().flatten().enumerate() {
         any_l3 = true;
-        peers.push(Peer::Entity(entity(e).map_err(|m| {
+        peers.push(Peer::Entity(entity(e, ctx.deny).map_err(|m| {
             FieldError::new(format!("{field}.{p}Entities[{i}]"), m)
         })?));
     }
@@ -248,7 +265,7 @@ fn rule(c: &Common<'_>, field: &str, ns: Option<&str>, deny: bool) -> Result<Rul
     let mut any_l4 = false;
     for (i, pr) in c.to_ports.iter().copied().flatten().enumerate() {
         any_l4 = true;
-        specs.extend(port_rule(pr, &format!("{field}.toPorts[{i}]"), deny)?);
+        specs.extend(port_rule(pr, &format!("{field}.toPorts[{i}]"), ctx)?);
     }
     for (i, icmp) in c.icmps.iter().copied().flatten().enumerate() {
         any_l4 = true;
@@ -288,22 +305,37 @@ fn selector(sel: &LabelSelector, field: &str) -> Result<Selector, FieldError> {
         .map_err(|e| FieldError::new(format!("{field}.{}", e.field), e.message))
 }
 
-fn entity(s: &str) -> Result<Entity, String> {
+/// Cilium's entities. Those that stand for something wiremesh has no identity for are refused:
+/// in a deny rule they would deny nothing, in an allow rule allow nothing, and neither is what
+/// the rule says.
+fn entity(s: &str, deny: bool) -> Result<Entity, String> {
     match s {
-        "world" | "world-ipv4" | "world-ipv6" => Ok(Entity::World),
+        "world" => Ok(Entity::World),
+        // The world of one family would be matched as the world of both: wider in an allow
+        // rule, narrower in a deny rule.
+        "world-ipv4" | "world-ipv6" => Err(format!(
+            "valid Cilium, but wiremesh does not tell the world's address families apart; \
+             entity {s:?} is refused (use world, or toCIDR 0.0.0.0/0 or ::/0)"
+        )),
         "cluster" => Ok(Entity::Cluster),
         "host" => Ok(Entity::Host),
         "remote-node" => Ok(Entity::RemoteNode),
         "all" => Ok(Entity::All),
-        "kube-apiserver" | "health" | "init" | "unmanaged" | "ingress" => Ok(Entity::Unrepresented),
+        "kube-apiserver" | "health" | "init" | "unmanaged" | "ingress" => {
+            let verb = if deny { "deny" } else { "allow" };
+            Err(format!(
+                "valid Cilium, but entity {s:?} selects nothing in wiremesh (it has no {s} \
+                 identity); refused, since this {verb} rule would {verb} nothing"
+            ))
+        }
         other => Err(format!(
-            "unknown entity {other:?} (expected world, cluster, host, remote-node, all, \
-             kube-apiserver, health, init, unmanaged or ingress)"
+            "unknown entity {other:?} (expected world, cluster, host, remote-node or all; \
+             kube-apiserver, health, init, unmanaged and ingress are refused)"
         )),
     }
 }
 
-fn port_rule(pr: &PortRule, field: &str, deny: bool) -> Result<Vec<PortSpec>, FieldError> {
+fn port_rule(pr: &PortRule, field: &str, ctx: Ctx<'_>) -> Result<Vec<PortSpec>, FieldError> {
     for (name, present) in [
         ("terminatingTLS", pr.terminating_tls.is_some()),
         ("originatingTLS", pr.originating_tls.is_some()),
@@ -316,36 +348,7 @@ fn port_rule(pr: &PortRule, field: &str, deny: bool) -> Result<Vec<PortSpec>, Fi
     }
     let http = match &pr.rules {
         None => None,
-        Some(_) if deny => {
-            return Err(FieldError::new(
-                format!("{field}.rules"),
-                "L7 rules are not allowed in deny rules",
-            ))
-        }
-        Some(rules) => {
-            for (name, v) in [
-                ("kafka", &rules.kafka),
-                ("dns", &rules.dns),
-                ("l7proto", &rules.l7proto),
-                ("l7", &rules.l7),
-            ] {
-                if v.is_some() {
-                    return Err(unsupported(format!("{field}.rules.{name}")));
-                }
-            }
-            // An empty `http: []` restricts nothing, like no `rules` at all.
-            let list = rules.http.as_ref().filter(|l| !l.is_empty());
-            match list {
-                None => None,
-                Some(list) => {
-                    let mut out = Vec::new();
-                    for (i, h) in list.iter().enumerate() {
-                        out.push(http_rule(h, &format!("{field}.rules.http[{i}]"))?);
-                    }
-                    Some(out)
-                }
-            }
-        }
+        Some(rules) => l7_rules(rules, &format!("{field}.rules"), ctx)?,
     };
     let Some(ports) = pr.ports.as_ref().filter(|p| !p.is_empty()) else {
         return Ok(vec![PortSpec {
@@ -422,6 +425,87 @@ fn port_rule(pr: &PortRule, field: &str, deny: bool) -> Result<Vec<PortSpec>, Fi
         });
     }
     Ok(out)
+}
+
+/// A port rule's `rules` (`field` = `...toPorts[i].rules`): the HTTP rules that restrict it
+/// (`None`: unrestricted). Only what restricts nothing beyond L4 is accepted — no list, empty
+/// lists, and DNS rules that allow every query (`matchPattern: "*"`, Cilium's "visibility"
+/// rule); everything else is refused by name, since no L7 filter enforces it yet and an L4
+/// allow would let every request through.
+fn l7_rules(
+    rules: &L7Rules,
+    field: &str,
+    ctx: Ctx<'_>,
+) -> Result<Option<Vec<HttpRule>>, FieldError> {
+    let present = |v: &Option<Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Sequence(list)) => !list.is_empty(),
+        Some(_) => true,
+    };
+    let http = rules.http.as_ref().filter(|l| !l.is_empty());
+    let dns = present(&rules.dns);
+    if ctx.deny {
+        return Err(FieldError::new(
+            field,
+            "L7 rules are not allowed in deny rules",
+        ));
+    }
+    for (name, v) in [
+        ("kafka", &rules.kafka),
+        ("l7proto", &rules.l7proto),
+        ("l7", &rules.l7),
+    ] {
+        if v.is_some() {
+            return Err(unsupported(format!("{field}.{name}")));
+        }
+    }
+    if dns {
+        dns_rules(rules.dns.as_ref(), &format!("{field}.dns"), ctx.ingress)?;
+    }
+    let Some(list) = http else {
+        return Ok(None);
+    };
+    if !ctx.l7_model {
+        return Err(FieldError::new(
+            format!("{field}.http"),
+            "valid Cilium, but HTTP rules are not enforced by wiremesh yet (no L7 filter); \
+             refused, since enforcing only the port would allow every method and path",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        out.push(http_rule(h, &format!("{field}.http[{i}]"))?);
+    }
+    Ok(Some(out))
+}
+
+/// `rules.dns`: accepted only when every entry is `matchPattern: "*"`, which allows every query
+/// and so restricts nothing beyond the rule's ports (Cilium uses it for DNS visibility, which
+/// wiremesh does not provide).
+fn dns_rules(dns: Option<&Value>, field: &str, ingress: bool) -> Result<(), FieldError> {
+    if ingress {
+        return Err(FieldError::new(
+            field,
+            "DNS rules restrict the queries a pod sends: only valid in egress rules",
+        ));
+    }
+    let Some(Value::Sequence(list)) = dns else {
+        return Err(FieldError::new(field, "expected a list of DNS rules"));
+    };
+    for (i, entry) in list.iter().enumerate() {
+        let every_query = entry.as_mapping().is_some_and(|m| {
+            m.len() == 1 && m.get("matchPattern").and_then(Value::as_str) == Some("*")
+        });
+        if !every_query {
+            return Err(FieldError::new(
+                format!("{field}[{i}]"),
+                "valid Cilium, but wiremesh has no DNS proxy: only matchPattern: \"*\" \
+                 (every query) is accepted; refused, since enforcing only the port would \
+                 allow every name",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn http_rule(h: &HttpRuleSpec, field: &str) -> Result<HttpRule, FieldError> {

@@ -188,6 +188,11 @@ impl Compiled {
             index: &index,
         };
         let on_node = |n: Option<&str>| node.is_none() || n == node;
+        let no_ips: Vec<IpAddr> = Vec::new();
+        let host_ips = |n: Option<&str>| {
+            n.and_then(|n| bundle.nodes.get(n))
+                .map_or(no_ips.as_slice(), |n| n.ips.as_slice())
+        };
         let maps = bundle
             .endpoints
             .iter()
@@ -198,9 +203,13 @@ impl Compiled {
                     .iter()
                     .filter(|p| subject_matches(p, bundle, ep))
                     .collect();
+                let subject = Subject {
+                    own_ports: &ep.named_ports,
+                    host_ips: host_ips(ep.node.as_deref()),
+                };
                 (
                     ep.qualified_name(),
-                    compile_subject(&ctx, selecting, &ep.named_ports),
+                    compile_subject(&ctx, selecting, &subject),
                 )
             })
             .collect();
@@ -215,10 +224,14 @@ impl Compiled {
                     .iter()
                     .filter(|p| node_subject_matches(p, node))
                     .collect();
+                let subject = Subject {
+                    own_ports: &no_ports,
+                    host_ips: &node.ips,
+                };
                 (!selecting.is_empty()).then(|| {
                     (
                         node.name.clone(),
-                        compile_subject(&ctx, selecting, &no_ports),
+                        compile_subject(&ctx, selecting, &subject),
                     )
                 })
             })
@@ -245,15 +258,27 @@ impl Compiled {
     }
 }
 
-fn view_of_identity(labels: &IdentityLabels) -> View<'_> {
+/// What an identity is, as a peer matcher sees it; `host_ips` are the addresses `host` stands
+/// for in the map being compiled (the endpoint's own node).
+fn view_of_identity<'a>(labels: &'a IdentityLabels, host_ips: &'a [IpAddr]) -> View<'a> {
     match labels {
+        IdentityLabels::Reserved(HOST) => View {
+            class: Class::Host,
+            cidr: CidrTest::Every(host_ips),
+            named_ports: None,
+        },
         IdentityLabels::Reserved(id) => View {
-            class: match *id {
-                HOST => Class::Host,
-                REMOTE_NODE => Class::RemoteNode,
-                _ => Class::World,
+            class: if *id == REMOTE_NODE {
+                Class::RemoteNode
+            } else {
+                Class::World
             },
             cidr: CidrTest::Address(None),
+            named_ports: None,
+        },
+        IdentityLabels::RemoteNode { cidrs } => View {
+            class: Class::RemoteNode,
+            cidr: CidrTest::Labels(cidrs),
             named_ports: None,
         },
         IdentityLabels::Endpoint {
@@ -292,7 +317,9 @@ impl PeerIndex {
     fn new(ids: &Identities) -> Self {
         let mut by_cidr: HashMap<IpNet, Vec<IdentityId>> = HashMap::new();
         for (id, labels) in ids.iter() {
-            if let IdentityLabels::Endpoint { cidrs, .. } | IdentityLabels::Cidr { cidrs } = labels
+            if let IdentityLabels::Endpoint { cidrs, .. }
+            | IdentityLabels::Cidr { cidrs }
+            | IdentityLabels::RemoteNode { cidrs } = labels
             {
                 for net in cidrs {
                     by_cidr.entry(*net).or_default().push(id);
@@ -303,8 +330,10 @@ impl PeerIndex {
     }
 
     /// The identities that may match one of `peers` (a superset; `None`: any identity may).
+    /// `host` carries no CIDR labels (it stands for the local node's addresses), so it is
+    /// always a candidate.
     fn candidates(&self, peers: &[Peer]) -> Option<BTreeSet<IdentityId>> {
-        let mut out = BTreeSet::new();
+        let mut out = BTreeSet::from([HOST]);
         for peer in peers {
             let (Peer::IpBlock { cidr, .. } | Peer::Cidr { cidr, .. }) = peer else {
                 return None;
@@ -320,10 +349,22 @@ struct Ctx<'a> {
     index: &'a PeerIndex,
 }
 
+/// The endpoint (or host endpoint) a map is compiled for.
+struct Subject<'a> {
+    /// Its named ports (ingress named ports resolve on it).
+    own_ports: &'a NamedPorts,
+    /// The addresses of its node: what `host` stands for in its map.
+    host_ips: &'a [IpAddr],
+}
+
 /// The identities matching any of `peers`, with their named ports.
-fn matching<'a>(ctx: &Ctx<'a>, peers: &[Peer]) -> Vec<(IdentityId, Option<&'a NamedPorts>)> {
+fn matching<'a>(
+    ctx: &Ctx<'a>,
+    peers: &[Peer],
+    host_ips: &'a [IpAddr],
+) -> Vec<(IdentityId, Option<&'a NamedPorts>)> {
     let test = |(id, labels): (IdentityId, &'a IdentityLabels)| {
-        let view = view_of_identity(labels);
+        let view = view_of_identity(labels, host_ips);
         peers
             .iter()
             .any(|p| peer_matches(p, &view))
@@ -339,7 +380,8 @@ fn matching<'a>(ctx: &Ctx<'a>, peers: &[Peer]) -> Vec<(IdentityId, Option<&'a Na
     }
 }
 
-fn compile_subject(ctx: &Ctx<'_>, selecting: Vec<&Policy>, own_ports: &NamedPorts) -> PolicyMap {
+fn compile_subject<'a>(ctx: &Ctx<'a>, selecting: Vec<&Policy>, subject: &Subject<'a>) -> PolicyMap {
+    let own_ports = subject.own_ports;
     let ids = ctx.ids;
     let mut map = PolicyMap::default();
     for dir in [Direction::Ingress, Direction::Egress] {
@@ -365,7 +407,7 @@ fn compile_subject(ctx: &Ctx<'_>, selecting: Vec<&Policy>, own_ports: &NamedPort
                 for rule in rules {
                     let targets: Vec<(IdentityId, Option<&NamedPorts>)> = match &rule.peers {
                         Peers::All => vec![(ANY, None)],
-                        Peers::List(peers) => matching(ctx, peers),
+                        Peers::List(peers) => matching(ctx, peers, subject.host_ips),
                     };
                     for (identity, remote_ports) in targets {
                         let named = match dir {

@@ -21,10 +21,11 @@ pub enum Remote<'a> {
         endpoint: &'a Endpoint,
         ip: Option<IpAddr>,
     },
-    /// A node; `own` when it is the node the local endpoint runs on.
+    /// A node; `own` when it is the node the local endpoint runs on; `ips` all its addresses.
     Node {
         name: &'a str,
         ip: IpAddr,
+        ips: &'a [IpAddr],
         own: bool,
     },
     World(IpAddr),
@@ -54,18 +55,20 @@ pub(crate) enum Class<'a> {
 pub(crate) enum CidrTest<'a> {
     Address(Option<IpAddr>),
     Labels(&'a BTreeSet<IpNet>),
+    /// The local node, which the data path knows as one identity (`host`) for all its
+    /// addresses: in a block only if every one of them is (never when it has none), so that
+    /// allowing `host` never allows an address the block leaves out.
+    Every(&'a [IpAddr]),
 }
 
 impl CidrTest<'_> {
-    fn contains(&self, net: &IpNet) -> bool {
-        match self {
-            CidrTest::Address(ip) => ip.is_some_and(|ip| net.contains(&ip)),
-            CidrTest::Labels(set) => set.contains(net),
-        }
-    }
-
     fn in_block(&self, cidr: &IpNet, except: &[IpNet]) -> bool {
-        self.contains(cidr) && !except.iter().any(|e| self.contains(e))
+        let address = |ip: &IpAddr| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip));
+        match self {
+            CidrTest::Address(ip) => ip.as_ref().is_some_and(address),
+            CidrTest::Labels(set) => set.contains(cidr) && !except.iter().any(|e| set.contains(e)),
+            CidrTest::Every(ips) => !ips.is_empty() && ips.iter().all(address),
+        }
     }
 }
 
@@ -122,12 +125,9 @@ pub(crate) fn peer_matches(peer: &Peer, view: &View<'_>) -> bool {
                     .is_none_or(|s| s.matches(labels, &Source::K8s))
         }
         (Peer::Pods { .. }, _) => false,
-        // ipBlock matches pod addresses as well as outside ones (upstream conformance tests
-        // select pods by ipBlock); node addresses are left to the own-node rule.
-        (Peer::IpBlock { cidr, except }, Class::Endpoint { .. } | Class::World) => {
-            view.cidr.in_block(cidr, except)
-        }
-        (Peer::IpBlock { .. }, _) => false,
+        // ipBlock matches every address in it: pods' (upstream conformance tests select pods
+        // by ipBlock), nodes' and outside ones.
+        (Peer::IpBlock { cidr, except }, _) => view.cidr.in_block(cidr, except),
         (
             Peer::Endpoints(sel),
             Class::Endpoint {
@@ -240,9 +240,13 @@ pub(crate) fn view_of<'a>(remote: &Remote<'a>, ns_labels: &'a Labels) -> View<'a
             cidr: CidrTest::Address(ip),
             named_ports: Some(&endpoint.named_ports),
         },
-        Remote::Node { ip, own, .. } => View {
+        Remote::Node { ip, ips, own, .. } => View {
             class: if own { Class::Host } else { Class::RemoteNode },
-            cidr: CidrTest::Address(Some(ip)),
+            cidr: if own {
+                CidrTest::Every(ips)
+            } else {
+                CidrTest::Address(Some(ip))
+            },
             named_ports: None,
         },
         Remote::World(ip) => View {

@@ -11,6 +11,10 @@
 //!   prefixes), and a dual-stack pod may have one identity per family;
 //! * the pod's named ports, which NetworkPolicy resolves on the destination pod.
 //!
+//! A node's address is `host` on that node; elsewhere it is `remote-node`, or, when it lies in
+//! policy prefixes, a remote-node identity carrying their `cidr:` labels (a NetworkPolicy
+//! `ipBlock` selects node addresses; Cilium CIDR rules still do not).
+//!
 //! Reserved identities use Cilium's numbers; endpoint identities start at 256 (Cilium's
 //! first cluster-scoped identity) and CIDR identities at 2^24 (Cilium's local scope).
 
@@ -44,6 +48,10 @@ pub enum IdentityLabels {
     },
     /// An outside address range: `reserved:world` plus its `cidr:` labels.
     Cidr { cidrs: BTreeSet<IpNet> },
+    /// A node address inside policy prefixes, seen from another node: `reserved:remote-node`
+    /// plus its `cidr:` labels (never empty), so that a NetworkPolicy `ipBlock` can select it
+    /// while it stays a remote node to everything else.
+    RemoteNode { cidrs: BTreeSet<IpNet> },
 }
 
 impl IdentityLabels {
@@ -53,7 +61,9 @@ impl IdentityLabels {
         match self {
             IdentityLabels::Reserved(_) => None,
             IdentityLabels::Endpoint { .. } => Some((FIRST_ENDPOINT, FIRST_CIDR)),
-            IdentityLabels::Cidr { .. } => Some((FIRST_CIDR, IdentityId::MAX)),
+            IdentityLabels::Cidr { .. } | IdentityLabels::RemoteNode { .. } => {
+                Some((FIRST_CIDR, IdentityId::MAX))
+            }
         }
     }
 
@@ -101,6 +111,10 @@ impl fmt::Display for IdentityLabels {
                 parts.push("reserved:world".into());
                 parts.extend(cidrs.iter().map(|c| format!("cidr:{c}")));
             }
+            IdentityLabels::RemoteNode { cidrs } => {
+                parts.push("reserved:remote-node".into());
+                parts.extend(cidrs.iter().map(|c| format!("cidr:{c}")));
+            }
         }
         f.write_str(&parts.join(","))
     }
@@ -110,8 +124,9 @@ impl fmt::Display for IdentityLabels {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CacheEntry {
     Identity(IdentityId),
-    /// A node's address: `host` seen from that node, `remote-node` from any other.
-    Node(String),
+    /// A node's address: `host` seen from that node, this identity (`remote-node`, or a
+    /// remote-node identity with the address's policy prefixes) from any other.
+    Node(String, IdentityId),
 }
 
 /// Identities and the longest-prefix-match IP cache.
@@ -196,6 +211,19 @@ impl Identities {
                 endpoint_ips.push((*ip, labels));
             }
         }
+        // A node address inside policy prefixes gets a remote-node identity with them, so an
+        // `ipBlock` can tell it from other nodes' addresses.
+        let mut node_ips = Vec::new();
+        for node in bundle.nodes.values() {
+            for ip in &node.ips {
+                let cidrs = containing(*ip);
+                let labels = (!cidrs.is_empty()).then_some(IdentityLabels::RemoteNode { cidrs });
+                if let Some(l) = &labels {
+                    endpoint_sets.insert(l.clone());
+                }
+                node_ips.push((node.name.clone(), *ip, labels));
+            }
+        }
         let cidr_sets: Vec<(IpNet, IdentityLabels)> = prefixes
             .iter()
             .map(|prefix| {
@@ -243,10 +271,9 @@ impl Identities {
             let id = ids.by_labels[&labels];
             ids.put(IpNet::from(ip), CacheEntry::Identity(id));
         }
-        for node in bundle.nodes.values() {
-            for ip in &node.ips {
-                ids.put(IpNet::from(*ip), CacheEntry::Node(node.name.clone()));
-            }
+        for (name, ip, labels) in node_ips {
+            let remote = labels.map_or(REMOTE_NODE, |l| ids.by_labels[&l]);
+            ids.put(IpNet::from(ip), CacheEntry::Node(name, remote));
         }
         ids
     }
@@ -270,11 +297,11 @@ impl Identities {
             match self.cache[usize::from(len)].get(&net.trunc()) {
                 None => {}
                 Some(CacheEntry::Identity(id)) => return *id,
-                Some(CacheEntry::Node(name)) => {
+                Some(CacheEntry::Node(name, remote)) => {
                     return if Some(name.as_str()) == local_node {
                         HOST
                     } else {
-                        REMOTE_NODE
+                        *remote
                     }
                 }
             }

@@ -1,10 +1,11 @@
 //! Loading Kubernetes manifests (multi-document YAML, `kind: List`) into a [`Bundle`].
 //!
-//! Kinds other than Namespace, Pod, Node, NetworkPolicy, CiliumNetworkPolicy and
-//! CiliumClusterwideNetworkPolicy are skipped with a note in [`Bundle::notes`], so that a
-//! `kubectl get ... -A -o yaml` dump with Services or ConfigMaps in it loads. A policy kind
-//! under an API version we do not understand is an error instead: skipping a policy would
-//! make the trace answer for a cluster that is not the one described.
+//! The kinds loaded are [`crate::kinds::KINDS`]. A policy kind wiremesh does not enforce
+//! (Istio, AdminNetworkPolicy, a policy kind under an API version we do not understand) is an
+//! error naming it ([`crate::kinds::refusal`]): skipping a policy would make apply and the trace
+//! answer for a cluster that is not the one described. Other kinds are skipped with a note in
+//! [`Bundle::notes`], so that a `kubectl get ... -A -o yaml` dump with Services or ConfigMaps in
+//! it loads.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,13 +17,35 @@ use serde_yaml::Value;
 
 use crate::cilium::CiliumPolicyBody;
 use crate::error::{FieldError, LoadError};
+use crate::kinds::{self, ObjectKind};
 use crate::model::{Bundle, Endpoint, Node, PolicyId, PolicyKind, Protocol, METADATA_NAME};
 use crate::{cnp, np, strict};
 
-/// Loads manifests given as (file name, contents) pairs. The file name is only used in
-/// messages; this crate reads no files.
+/// Loads manifests given as (file name, contents) pairs, refusing whatever wiremesh cannot
+/// enforce as written. The file name is only used in messages; this crate reads no files.
 pub fn load<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Bundle, LoadError> {
-    let mut loader = Loader::default();
+    load_with(files, LoadOptions::default())
+}
+
+/// What [`load_with`] accepts beyond what wiremesh enforces.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Accept CiliumNetworkPolicy `rules.http` into the model (which `trace` evaluates) instead
+    /// of refusing it. Nothing enforces L7 rules yet, so anything that enforces, stores or
+    /// answers for what is enforced (the agent, `apply`, the trace) must leave this off; it
+    /// exists for the L7 model's own tests and the L7 filter that will enforce it.
+    pub l7_model: bool,
+}
+
+/// [`load`] with `options`.
+pub fn load_with<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    options: LoadOptions,
+) -> Result<Bundle, LoadError> {
+    let mut loader = Loader {
+        options,
+        ..Loader::default()
+    };
     for (file, text) in files {
         loader.file(file, text)?;
     }
@@ -31,6 +54,7 @@ pub fn load<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<B
 
 #[derive(Default)]
 struct Loader {
+    options: LoadOptions,
     bundle: Bundle,
     /// `kind namespace/name` → file it came from, to refuse duplicates.
     seen: BTreeMap<String, String>,
@@ -100,8 +124,11 @@ impl Loader {
         };
         // A namespaced object without a namespace goes where kubectl would put it by default.
         let namespace = meta_str("namespace").unwrap_or("default").to_string();
-        let qualified = match kind.as_str() {
-            "Namespace" | "Node" | "CiliumClusterwideNetworkPolicy" => format!("{kind} {name}"),
+        let loaded = kinds::KINDS
+            .iter()
+            .find(|k| k.kind == kind && k.api_version == api_version);
+        let qualified = match loaded.or_else(|| kinds::by_name(&kind)) {
+            Some(k) if !k.namespaced => format!("{kind} {name}"),
             _ => format!("{kind} {namespace}/{name}"),
         };
         let invalid = |e: FieldError| LoadError::Invalid {
@@ -110,8 +137,17 @@ impl Loader {
             field: e.field,
             message: e.message,
         };
-        match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Namespace") => {
+        let Some(loaded) = loaded else {
+            if let Some((field, why)) = kinds::refusal(&api_version, &kind) {
+                return Err(invalid(FieldError::new(field, why)));
+            }
+            self.bundle
+                .notes
+                .push(format!("{}: skipped {api_version} {qualified}", doc.file));
+            return Ok(());
+        };
+        match loaded.object {
+            ObjectKind::Namespace => {
                 let ns: Namespace = typed(value).map_err(invalid)?;
                 self.claim(doc, &qualified)?;
                 let mut labels: BTreeMap<String, String> =
@@ -120,7 +156,7 @@ impl Loader {
                 labels.insert(METADATA_NAME.to_string(), name.clone());
                 self.bundle.namespaces.insert(name, labels);
             }
-            ("v1", "Node") => {
+            ObjectKind::Node => {
                 let node: K8sNode = typed(value).map_err(invalid)?;
                 self.claim(doc, &qualified)?;
                 let entry = self.node_entry(&name);
@@ -143,12 +179,12 @@ impl Loader {
                     }
                 }
             }
-            ("v1", "Pod") => {
+            ObjectKind::Pod => {
                 let pod: Pod = typed(value).map_err(invalid)?;
                 self.claim(doc, &qualified)?;
                 self.pod(pod, namespace, name).map_err(invalid)?;
             }
-            ("networking.k8s.io/v1", "NetworkPolicy") => {
+            ObjectKind::NetworkPolicy => {
                 let spec_in = map.get("spec").cloned();
                 let policy: NetworkPolicy = typed(value).map_err(invalid)?;
                 if let (Some(spec_in), Some(spec)) = (spec_in, &policy.spec) {
@@ -162,8 +198,8 @@ impl Loader {
                 self.claim(doc, &qualified)?;
                 self.bundle.policies.push(p);
             }
-            ("cilium.io/v2", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
-                let clusterwide = kind == "CiliumClusterwideNetworkPolicy";
+            ObjectKind::CiliumNetworkPolicy | ObjectKind::CiliumClusterwideNetworkPolicy => {
+                let clusterwide = loaded.object == ObjectKind::CiliumClusterwideNetworkPolicy;
                 let body: CiliumPolicyBody = typed(value).map_err(invalid)?;
                 let ns = (!clusterwide).then_some(namespace.as_str());
                 let id = PolicyId {
@@ -190,21 +226,14 @@ impl Loader {
                 }
                 let mut converted = Vec::new();
                 for (spec, base) in specs {
-                    converted.push(cnp::convert(spec, id.clone(), ns, &base).map_err(invalid)?);
+                    converted.push(
+                        cnp::convert(spec, id.clone(), ns, &base, self.options.l7_model)
+                            .map_err(invalid)?,
+                    );
                 }
                 self.claim(doc, &qualified)?;
                 self.bundle.policies.extend(converted);
             }
-            (_, "NetworkPolicy" | "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
-                return Err(invalid(FieldError::new(
-                    "apiVersion",
-                    format!("{api_version} is not supported for {kind} (use networking.k8s.io/v1 or cilium.io/v2)"),
-                )));
-            }
-            _ => self
-                .bundle
-                .notes
-                .push(format!("{}: skipped {api_version} {qualified}", doc.file)),
         }
         Ok(())
     }

@@ -142,9 +142,6 @@ pub enum Entity {
     Host,
     RemoteNode,
     All,
-    /// Valid Cilium entities (`kube-apiserver`, `health`, `init`, `unmanaged`, `ingress`)
-    /// with no counterpart among manifest objects: they select nothing here.
-    Unrepresented,
 }
 
 /// Who a rule admits.

@@ -29,27 +29,43 @@ pub fn convert(np: &NetworkPolicy, namespace: &str, name: &str) -> Result<Policy
     // API reference, policyTypes: "If this field is not specified, it will default based on
     // the existence of ingress or egress rules; policies that contain an egress section are
     // assumed to affect egress, and all policies (whether or not they contain an ingress
-    // section) are assumed to affect ingress."
-    let (isolates_ingress, isolates_egress) = match &spec.policy_types {
-        None => (true, spec.egress.is_some()),
-        Some(types) => {
-            let mut ingress = false;
-            let mut egress = false;
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => ingress = true,
-                    "Egress" => egress = true,
-                    other => {
-                        return Err(FieldError::new(
-                            format!("spec.policyTypes[{i}]"),
-                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
-                        ))
+    // section) are assumed to affect ingress." The API server's defaulting
+    // (SetDefaults_NetworkPolicySpec) is what counts: when `len(policyTypes) == 0` it sets
+    // Ingress, plus Egress only when `len(egress) != 0` — so `egress: []` and an empty
+    // `policyTypes: []` are defaulted like absent ones.
+    let (isolates_ingress, isolates_egress) =
+        match spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
+            None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+            // API validation: "may not specify more than two policyTypes".
+            Some(types) if types.len() > 2 => {
+                return Err(FieldError::new(
+                    "spec.policyTypes",
+                    format!(
+                        "may not specify more than two policyTypes (got {})",
+                        types.len()
+                    ),
+                ))
+            }
+            Some(types) => {
+                let mut ingress = false;
+                let mut egress = false;
+                for (i, t) in types.iter().enumerate() {
+                    match t.as_str() {
+                        "Ingress" => ingress = true,
+                        "Egress" => egress = true,
+                        other => {
+                            return Err(FieldError::new(
+                                format!("spec.policyTypes[{i}]"),
+                                format!(
+                                    "unknown policy type {other:?} (expected Ingress or Egress)"
+                                ),
+                            ))
+                        }
                     }
                 }
+                (ingress, egress)
             }
-            (ingress, egress)
-        }
-    };
+        };
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
         let field = format!("spec.ingress[{i}]");

@@ -216,6 +216,7 @@ fn remote_of<'a>(
             Some(node) => Remote::Node {
                 name: &node.name,
                 ip: *ip,
+                ips: &node.ips,
                 own: local.node.as_deref() == Some(node.name.as_str()),
             },
             None => Remote::World(*ip),
@@ -236,11 +237,13 @@ fn describe(remote: &Remote<'_>) -> String {
             name,
             ip,
             own: true,
+            ..
         } => format!("node {name} ({ip}), the endpoint's own node"),
         Remote::Node {
             name,
             ip,
             own: false,
+            ..
         } => format!("node {name} ({ip})"),
         Remote::World(ip) => format!("{ip} (world)"),
     }

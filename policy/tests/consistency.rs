@@ -1,13 +1,16 @@
 //! The trace evaluator and the compiled policy maps must agree: random small clusters and
 //! policy sets (NetworkPolicy and Cilium, loaded through the manifest loader) and random
 //! queries get the same per-direction verdict and the same L7 rules from (a) the direct
-//! evaluator and (b) identity + LPM cache + policy-map lookup.
+//! evaluator and (b) identity + LPM cache + policy-map lookup. The L7 model is loaded (HTTP
+//! rules, which `load` refuses until an L7 filter enforces them) so that it stays covered.
+//! Node addresses inside and outside `ipBlock`s, and a node with two addresses of which a
+//! block may cover one, check that an `ipBlock` selects node addresses the same way in both.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use policy::eval::{evaluate, Remote};
-use policy::{load, Bundle, Compiled, Direction, Protocol};
+use policy::{load_with, Bundle, Compiled, Direction, LoadOptions, Protocol};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -41,6 +44,8 @@ const CIDRS: &[(&str, &[&str])] = &[
     ("8.8.8.0/24", &[]),
     ("198.18.0.0/15", &[]),
     ("10.244.2.11/32", &[]),
+    ("198.18.0.1/32", &[]),
+    ("192.0.2.0/24", &[]),
 ];
 
 fn selector(g: &mut Gen, cilium: bool) -> Value {
@@ -256,9 +261,13 @@ fn cluster(g: &mut Gen) -> String {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns-b", "labels": {"env": "dev"}}}),
     ];
     for n in 1..=2 {
+        let mut addresses = vec![json!({"type": "InternalIP", "address": format!("198.18.0.{n}")})];
+        if g.chance(50) {
+            addresses.push(json!({"type": "ExternalIP", "address": format!("192.0.2.{n}")}));
+        }
         docs.push(
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("n{n}")},
-            "status": {"addresses": [{"type": "InternalIP", "address": format!("198.18.0.{n}")}]}}),
+            "status": {"addresses": addresses}}),
         );
     }
     for i in 0..=g.below(6) {
@@ -299,6 +308,7 @@ fn remote<'a>(b: &'a Bundle, ip: IpAddr, local_node: Option<&str>) -> Remote<'a>
         Some(n) => Remote::Node {
             name: &n.name,
             ip,
+            ips: &n.ips,
             own: Some(n.name.as_str()) == local_node,
         },
         None => Remote::World(ip),
@@ -312,7 +322,8 @@ fn l7_fields(rules: Option<Vec<policy::http::HttpRule>>) -> Option<BTreeSet<Stri
 fn check(seed: u64) -> Result<(), TestCaseError> {
     let mut g = Gen(seed | 1);
     let text = cluster(&mut g);
-    let bundle = load([("gen.yaml", text.as_str())]).map_err(|e| {
+    let l7_model = LoadOptions { l7_model: true };
+    let bundle = load_with([("gen.yaml", text.as_str())], l7_model).map_err(|e| {
         TestCaseError::fail(format!("generated manifests do not load: {e}\n{text}"))
     })?;
     let compiled = Compiled::build(&bundle);
@@ -327,6 +338,8 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
         "10.9.9.9",
         "198.18.0.1",
         "198.18.0.2",
+        "192.0.2.1",
+        "192.0.2.2",
         "10.244.1.200",
         "10.244.2.11",
     ] {

@@ -380,7 +380,7 @@ fn own_node_allowed_remote_node_not() {
     let b = with(&np(
         "p",
         "x",
-        "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]",
+        "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}}]}]",
     ));
     assert_eq!(tcp(&b, "198.18.0.1", "x/a", 80), "allowed");
     assert_eq!(tcp(&b, "198.18.0.2", "x/a", 80), "ingress");

@@ -535,6 +535,13 @@ fn egress_and_update_scenarios(model: &NetpolModel, open: Reachability) -> Vec<S
                 .check(TCP80, open.clone().expect("*", "x", false).expect("x", "*", false))],
         ),
         scenario(
+            // API defaulting: no policyTypes means Ingress, plus Egress only if egress has rules.
+            "egress: [] without policyTypes isolates ingress only (API server defaulting)",
+            vec![step("empty egress list in x")
+                .policy(np("x", "empty-egress", "{podSelector: {}, egress: []}"))
+                .check(TCP80, open.clone().expect("*", "x", false))],
+        ),
+        scenario(
             "should allow egress access on one named port",
             vec![step("x to serve-80-tcp only")
                 .policy(np("x", "allow-egress", egress("{}", "{ports: [{port: serve-80-tcp}]}")))

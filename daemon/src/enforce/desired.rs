@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use policy::compile::{Entry, Key};
-use policy::identity::{IdentityLabels, HOST, REMOTE_NODE};
+use policy::identity::IdentityLabels;
 use policy::{Bundle, Direction, Identities};
 
 use super::maps::{
@@ -175,14 +175,11 @@ pub fn ipcache_entries(
             out.insert(full(*ip), identities.lookup(*ip, local_node));
         }
     }
+    // A node's address is `host` on that node and a remote-node identity elsewhere (one with
+    // CIDR labels when it lies in a policy prefix, so that an `ipBlock` can select it).
     for node in bundle.nodes.values() {
-        let id = if Some(node.name.as_str()) == local_node {
-            HOST
-        } else {
-            REMOTE_NODE
-        };
         for ip in &node.ips {
-            out.insert(full(*ip), id);
+            out.insert(full(*ip), identities.lookup(*ip, local_node));
         }
     }
     out
@@ -227,6 +224,52 @@ mod tests {
         let p = plan(&current, &desired);
         assert_eq!(p.upserts, vec![(2, 3), (4, 1)]);
         assert_eq!(p.removals, vec![3]);
+    }
+
+    /// The LPM cache the data path gets answers as `Identities::lookup` does, node addresses in
+    /// an `ipBlock` included (they get a remote-node identity with CIDR labels elsewhere, and
+    /// stay `host` on their own node, which the host-endpoint programs rely on).
+    #[test]
+    fn ipcache_answers_as_the_identity_lookup() {
+        let text = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n\
+            status: {addresses: [{type: InternalIP, address: 198.18.0.1}]}\n---\n\
+            apiVersion: v1\nkind: Node\nmetadata: {name: n2}\n\
+            status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}\n---\n\
+            apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\n\
+            spec: {nodeName: n1, containers: [{name: c, image: i}]}\n\
+            status: {podIPs: [{ip: 10.244.1.10}]}\n---\n\
+            apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+            metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  \
+            ingress: [{from: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.0.1/32]}}]}]\n";
+        let bundle = policy::load([("t.yaml", text)]).unwrap();
+        let ids = Identities::build(&bundle);
+        let remote = ids.lookup("198.18.0.2".parse().unwrap(), Some("n1"));
+        assert_ne!(remote, policy::identity::REMOTE_NODE, "CIDR-labelled");
+        for local in ["n1", "n2"] {
+            let cache = ipcache_entries(&ids, &bundle, Some(local));
+            let lpm = |ip: IpAddr| {
+                cache
+                    .iter()
+                    .filter(|(net, _)| net.contains(&ip))
+                    .max_by_key(|(net, _)| net.prefix_len())
+                    .map_or(policy::identity::WORLD, |(_, id)| *id)
+            };
+            for ip in [
+                "198.18.0.1",
+                "198.18.0.2",
+                "198.18.7.7",
+                "10.244.1.10",
+                "8.8.8.8",
+            ] {
+                let ip: IpAddr = ip.parse().unwrap();
+                assert_eq!(lpm(ip), ids.lookup(ip, Some(local)), "{ip} on {local}");
+            }
+        }
+        let on_n2 = ipcache_entries(&ids, &bundle, Some("n2"));
+        assert_eq!(
+            on_n2[&"198.18.0.2/32".parse().unwrap()],
+            policy::identity::HOST
+        );
     }
 
     #[test]

@@ -28,16 +28,6 @@ pub use kubernetes::KubeObjects;
 
 use super::{EtcdConfig, KubeConfig, StoreError};
 
-/// The kinds stored, and whether each is namespaced.
-pub const KINDS: [(&str, bool); 6] = [
-    ("Namespace", false),
-    ("Node", false),
-    ("Pod", true),
-    ("NetworkPolicy", true),
-    ("CiliumNetworkPolicy", true),
-    ("CiliumClusterwideNetworkPolicy", false),
-];
-
 /// Which object: `kind`, namespace (empty for cluster-scoped kinds) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectRef {
@@ -66,8 +56,12 @@ impl ObjectRef {
             .get("kind")
             .and_then(Value::as_str)
             .ok_or("field kind: missing or not a string")?;
-        let Some(&(kind, namespaced)) = KINDS.iter().find(|(k, _)| *k == kind) else {
-            let known: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+        // The kinds stored are the ones the policy loader reads: one list, in `policy::kinds`.
+        let Some(policy::kinds::Kind {
+            kind, namespaced, ..
+        }) = policy::kinds::by_name(kind).copied()
+        else {
+            let known: Vec<&str> = policy::kinds::KINDS.iter().map(|k| k.kind).collect();
             return Err(format!(
                 "field kind: {kind:?} is not stored by wiremesh (one of {})",
                 known.join(", ")

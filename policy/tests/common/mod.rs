@@ -1,10 +1,22 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use policy::{load, trace, Bundle, DeniedBy, HttpRequest, Protocol, Query, TraceResult, Verdict};
+use policy::{
+    load, load_with, trace, Bundle, DeniedBy, HttpRequest, LoadOptions, Protocol, Query,
+    TraceResult, Verdict,
+};
 
 /// Loads files from `examples/` through the same loader the CLI uses.
 pub fn examples(names: &[&str]) -> Bundle {
+    examples_with(names, LoadOptions::default()).expect("examples load")
+}
+
+/// Loads files from `examples/` into the L7 model (HTTP rules accepted, as the L7 filter will).
+pub fn examples_l7_model(names: &[&str]) -> Bundle {
+    examples_with(names, LoadOptions { l7_model: true }).expect("examples load")
+}
+
+pub fn examples_with(names: &[&str], options: LoadOptions) -> Result<Bundle, policy::LoadError> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     let files: Vec<(String, String)> = names
         .iter()
@@ -14,7 +26,7 @@ pub fn examples(names: &[&str]) -> Bundle {
             (path, text)
         })
         .collect();
-    load(files.iter().map(|(a, b)| (a.as_str(), b.as_str()))).expect("examples load")
+    load_with(files.iter().map(|(a, b)| (a.as_str(), b.as_str())), options)
 }
 
 pub fn yaml(text: &str) -> Bundle {

@@ -531,7 +531,7 @@ impl Follower {
         let origin = self.origin(&object.metadata);
         let manifest = manifest(&self.kind, &object);
         let entry = match ObjectRef::of(&manifest) {
-            Ok(r) => Entry::Object(r, manifest.to_string()),
+            Ok(r) => checked(&origin, r, manifest.to_string()),
             Err(reason) => Entry::Unreadable(reason),
         };
         (origin, entry)
@@ -551,6 +551,21 @@ impl Follower {
         };
         let name = meta.name.as_deref().unwrap_or_default();
         format!("{base}{ns}/{}/{name}", r.plural)
+    }
+}
+
+/// An object as the publisher keeps it: itself if the policy loader takes it on its own, else
+/// left out with a WARN naming the resource and the field. Nobody validated it before it reached
+/// the API server (kubectl, not `wiremesh apply`, wrote it): one object wiremesh cannot enforce
+/// as written (an HTTP rule, a narrow DNS rule) must neither be enforced in part nor stop every
+/// other object's changes from taking effect.
+fn checked(origin: &str, r: ObjectRef, manifest: String) -> Entry {
+    match policy::load([(origin, manifest.as_str())]) {
+        Ok(_) => Entry::Object(r, manifest),
+        Err(e) => {
+            tracing::warn!(object = %r, "refused, left out of the policy in force: {e}");
+            Entry::Unreadable(format!("refused, left out of the policy in force: {e}"))
+        }
     }
 }
 
@@ -671,6 +686,49 @@ mod tests {
         let m = manifest(&kinds[4], &ccnp);
         assert_eq!(m["kind"], "CiliumClusterwideNetworkPolicy");
         assert_eq!(m["specs"], json!([{}]));
+    }
+
+    #[test]
+    fn every_followed_kind_is_one_the_policy_loader_reads() {
+        for k in followed() {
+            let r = &k.resource;
+            let loaded = policy::kinds::by_name(&r.kind).expect("a loaded kind");
+            assert_eq!(loaded.api_version, r.api_version, "{}", r.kind);
+        }
+    }
+
+    #[test]
+    fn a_policy_the_loader_refuses_is_left_out_naming_resource_and_field() {
+        let kinds = followed();
+        let follower = |index: usize| Follower {
+            api: ApiServer::open(None).unwrap(),
+            index,
+            kind: kinds[index].clone(),
+            updates: mpsc::channel(1).0,
+            down: false,
+            told_missing: false,
+        };
+        let l7 = object(json!({
+            "metadata": {"name": "l7", "namespace": "x"},
+            "spec": {"endpointSelector": {}, "ingress": [{"toPorts": [{
+                "ports": [{"port": "80"}], "rules": {"http": [{"method": "GET"}]}}]}]},
+        }));
+        let (origin, entry) = follower(3).entry(l7);
+        let Entry::Unreadable(why) = entry else {
+            panic!("an HTTP rule must be refused: {entry:?}")
+        };
+        assert!(
+            why.contains(&format!(
+                "{origin}: CiliumNetworkPolicy x/l7: spec.ingress[0].toPorts[0].rules.http: "
+            )) && why.contains("left out"),
+            "{why}"
+        );
+        let egress_default = object(json!({
+            "metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {}, "egress": []},
+        }));
+        let (_, entry) = follower(2).entry(egress_default);
+        assert!(matches!(entry, Entry::Object(r, _) if r.to_string() == "NetworkPolicy x/p"));
     }
 
     #[test]
