@@ -48,6 +48,7 @@ pub struct AdminState {
     pub objects: Arc<ObjectStore>,
     pub policy: watch::Receiver<Arc<PolicyState>>,
     pub policy_counters: Arc<PolicyCounters>,
+    pub strict: watch::Receiver<crate::strict::StrictStatus>,
 }
 
 impl AdminState {
@@ -94,6 +95,7 @@ impl AdminState {
             key_created: rfc3339(own.created),
             next_rotation: own.next_rotation.map(rfc3339),
             next_public_key: own.next.map(|k| k.to_base64()),
+            strict_mode: self.strict.borrow().clone(),
             peers,
         })
     }

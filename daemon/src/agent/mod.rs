@@ -89,6 +89,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> Result<()> {
     tracing::debug!(?config, "configuration");
+    // Before the data path, the store or the key: pod traffic must never find a moment with
+    // neither the tunnel nor the guard.
+    let strict = crate::strict::start(&config).await?;
     let ring = KeyRing::new(&config.state_dir, &config.interface);
     let keys = ring.load_or_create()?;
     let public_key = keys.current.public_key();
@@ -172,6 +175,7 @@ pub async fn run(config: Config) -> Result<()> {
         objects: objects.clone(),
         policy: policy_rx,
         policy_counters: policy_counters.clone(),
+        strict,
     });
     let _admin = AdminServer::bind(&config.admin_socket(), admin_state.clone())?;
     if let Some(addr) = config.metrics_address {
