@@ -42,7 +42,16 @@ pub fn node_gateway6(node: u8) -> Ipv6Addr {
 }
 
 pub fn pod_ip6(node: u8, pod: u8) -> Ipv6Addr {
-    Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(node), 0, 0, 0, 10 + u16::from(pod))
+    Ipv6Addr::new(
+        0xfd00,
+        0x10,
+        0x244,
+        u16::from(node),
+        0,
+        0,
+        0,
+        10 + u16::from(pod),
+    )
 }
 
 /// `fd00:10:244:<node>::/64`.

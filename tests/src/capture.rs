@@ -53,17 +53,9 @@ impl Lab {
         // the kernel's ring when we stop tcpdump are counted but never written); -U: write
         // each one at once; -Z root: Debian's tcpdump otherwise drops to a user that cannot
         // write into the root-owned lab directory.
-        cmd.args([
-            "netns",
-            "exec",
-            ns,
-            "tcpdump",
-            "-i",
-            iface,
-            "-nn",
-        ])
-        .args(["--immediate-mode", "-U", "-Z", "root", "-w"])
-        .arg(&pcap);
+        cmd.args(["netns", "exec", ns, "tcpdump", "-i", iface, "-nn"])
+            .args(["--immediate-mode", "-U", "-Z", "root", "-w"])
+            .arg(&pcap);
         let mut proc = BgProcess::spawn(format!("tcpdump {name}"), &mut cmd, &log)?;
         let deadline = Instant::now() + START_TIMEOUT;
         while !proc.log().contains("listening on") {

@@ -35,8 +35,15 @@ impl Lab {
     /// or `None` when the node has no such table.
     pub fn guard_counters(&self, node: u8) -> Result<Option<BTreeMap<String, u64>>> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_ns(node)])
-            .args(["nft", "-j", "list", "counters", "table", "inet", GUARD_TABLE]);
+        cmd.args(["netns", "exec", &self.node_ns(node)]).args([
+            "nft",
+            "-j",
+            "list",
+            "counters",
+            "table",
+            "inet",
+            GUARD_TABLE,
+        ]);
         let out = output(&mut cmd, None, NFT_TIMEOUT)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -75,8 +82,13 @@ impl Lab {
     /// a running agent puts it back within seconds).
     pub fn delete_guard(&self, node: u8) -> Result<()> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_ns(node)])
-            .args(["nft", "delete", "table", "inet", GUARD_TABLE]);
+        cmd.args(["netns", "exec", &self.node_ns(node)]).args([
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            GUARD_TABLE,
+        ]);
         run(&mut cmd, NFT_TIMEOUT).map(drop)
     }
 
@@ -101,7 +113,16 @@ impl Lab {
             let addr6 = format!("{}/128", pod.ip6());
             ip(&["addr", "add", &addr6, "dev", "br0", "nodad"])?;
             let via6 = node_ip6(victim).to_string();
-            ip(&["-6", "route", "add", &pod_cidr6(victim), "via", &via6, "dev", "br0"])?;
+            ip(&[
+                "-6",
+                "route",
+                "add",
+                &pod_cidr6(victim),
+                "via",
+                &via6,
+                "dev",
+                "br0",
+            ])?;
         }
         Ok(())
     }
@@ -118,9 +139,23 @@ impl Lab {
     ) -> Result<String> {
         let hex: String = pattern.iter().map(|b| format!("{b:02x}")).collect();
         let mut cmd = self.switch_cmd("ping");
-        cmd.args(["-n", "-c", &count.to_string(), "-i", "0.1", "-W", "1", "-p", &hex])
-            .args(["-I", &from.to_string(), &to.to_string()]);
-        let out = output(&mut cmd, None, Duration::from_secs(10) + Duration::from_millis(100) * count)?;
+        cmd.args([
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+            "-p",
+            &hex,
+        ])
+        .args(["-I", &from.to_string(), &to.to_string()]);
+        let out = output(
+            &mut cmd,
+            None,
+            Duration::from_secs(10) + Duration::from_millis(100) * count,
+        )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -51,7 +51,18 @@ impl Lab {
         if self.options().dual_stack {
             // No multicast snooping: MLD would otherwise decide which port sees neighbour
             // discovery.
-            self.ip_in(&sw, &["link", "set", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+            self.ip_in(
+                &sw,
+                &[
+                    "link",
+                    "set",
+                    "br0",
+                    "type",
+                    "bridge",
+                    "mcast_snooping",
+                    "0",
+                ],
+            )?;
         }
         self.ip_in(&sw, &["link", "set", "br0", "up"])?;
         if self.options().switch_has_address() {
@@ -105,7 +116,10 @@ impl Lab {
         self.ip_in(&ns, &["link", "set", "eth0", "up"])?;
         if self.options().default_route {
             let via = SWITCH_IP.to_string();
-            self.ip_in(&ns, &["route", "add", "default", "via", &via, "dev", "eth0"])?;
+            self.ip_in(
+                &ns,
+                &["route", "add", "default", "via", &via, "dev", "eth0"],
+            )?;
             if self.options().dual_stack {
                 let via6 = SWITCH_IP6.to_string();
                 self.ip_in(

@@ -68,9 +68,19 @@ fn mesh(strict: bool, v6: bool) -> Lab {
 
 /// Pings carrying the marker from pod(1,1) to pod(2,1) while capturing the underlay. Delivery is
 /// not required: with the tunnel broken the packets are either dropped or leaked.
-fn send_marker(lab: &Lab, mark: &[u8; 16], name: &str, v6: bool, count: u32, every: Duration) -> LeakReport {
+fn send_marker(
+    lab: &Lab,
+    mark: &[u8; 16],
+    name: &str,
+    v6: bool,
+    count: u32,
+    every: Duration,
+) -> LeakReport {
     let capture = lab.start_capture(name).expect("tcpdump starts");
-    let ping = Ping::new(TO.ip_of(v6)).count(count).interval(every).pattern(mark);
+    let ping = Ping::new(TO.ip_of(v6))
+        .count(count)
+        .interval(every)
+        .pattern(mark);
     // Lost packets are the expected outcome here; an error (unreachable) is too.
     let _ = lab.ping_from(FROM, &ping);
     capture
@@ -105,11 +115,19 @@ fn run_case(strict: bool, v6: bool, breakage: Breakage) -> (Lab, LeakReport) {
             lab.stop_datapath(1, Signal::SIGKILL, Duration::from_secs(5))
                 .expect("kill -9 of node-1's data path");
             let _ = pinger.wait_timeout(ping.deadline() + Duration::from_secs(5));
-            lab.wait_log(1, log_from, "a new data path", Duration::from_secs(10), |l| {
-                l.contains("started the data path process")
-            })
+            lab.wait_log(
+                1,
+                log_from,
+                "a new data path",
+                Duration::from_secs(10),
+                |l| l.contains("started the data path process"),
+            )
             .expect("the agent starts a new data path");
-            capture.stop().expect("tcpdump stops").analyze(&mark).expect("decodes")
+            capture
+                .stop()
+                .expect("tcpdump stops")
+                .analyze(&mark)
+                .expect("decodes")
         }
         Breakage::AgentStopped => {
             lab.stop_agent(1).expect("stop node-1's agent");
@@ -147,7 +165,10 @@ fn leak_case(v6: bool, breakage: Breakage) {
     );
     let counter = if v6 { "egress_ipv6" } else { "egress_ipv4" };
     let dropped = lab.guard_counter(1, counter).expect("node-1's guard table");
-    assert!(dropped > 0, "strict mode dropped nothing on node-1 ({counter} = 0)");
+    assert!(
+        dropped > 0,
+        "strict mode dropped nothing on node-1 ({counter} = 0)"
+    );
     if !matches!(breakage, Breakage::AgentStopped) {
         wait_status_drops(&lab, 1, if v6 { "egressIpv6" } else { "egressIpv4" });
     }
@@ -197,7 +218,14 @@ fn guard_holds_before_the_agent_ever_started() {
     common::require_agent();
     let lab = common::lab_with(2, 1, options(true, false));
     let mark = marker();
-    let control = send_marker(&lab, &mark, "before-guard", false, 5, Duration::from_millis(100));
+    let control = send_marker(
+        &lab,
+        &mark,
+        "before-guard",
+        false,
+        5,
+        Duration::from_millis(100),
+    );
     assert!(
         control.marker_found,
         "control (no agent, no guard): the marker did not leave by the default route:\n{}",
@@ -210,7 +238,10 @@ fn guard_holds_before_the_agent_ever_started() {
         assert!(out.contains("table inet wiremesh installed"), "{out}");
     }
     assert!(
-        !lab.node_dir(1).join("state").join("wiremesh_wg0.key").exists(),
+        !lab.node_dir(1)
+            .join("state")
+            .join("wiremesh_wg0.key")
+            .exists(),
         "the guard must not need (or create) the agent's state"
     );
     let guarded = send_marker(&lab, &mark, "guarded", false, 5, Duration::from_millis(100));
@@ -259,12 +290,20 @@ fn spoof(lab: &Lab, name: &str) -> (usize, usize) {
 fn spoofed_remote_pod_sources_never_reach_a_pod() {
     for strict in [false, true] {
         let lab = mesh(strict, true);
-        lab.impersonate_on_switch(TO, 1).expect("switch impersonates pod(2,1)");
+        lab.impersonate_on_switch(TO, 1)
+            .expect("switch impersonates pod(2,1)");
         let before = (
             lab.guard_counter(1, "ingress_ipv4").unwrap_or(0),
             lab.guard_counter(1, "ingress_ipv6").unwrap_or(0),
         );
-        let (v4, v6) = spoof(&lab, if strict { "spoof-strict" } else { "spoof-control" });
+        let (v4, v6) = spoof(
+            &lab,
+            if strict {
+                "spoof-strict"
+            } else {
+                "spoof-control"
+            },
+        );
         if !strict {
             assert!(
                 v4 > 0 && v6 > 0,

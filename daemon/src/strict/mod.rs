@@ -36,8 +36,14 @@ pub enum GuardError {
         #[source]
         source: std::io::Error,
     },
-    #[error("strictMode: nft failed {action} table inet {}: {stderr}", ruleset::TABLE)]
-    Failed { action: &'static str, stderr: String },
+    #[error(
+        "strictMode: nft failed {action} table inet {}: {stderr}",
+        ruleset::TABLE
+    )]
+    Failed {
+        action: &'static str,
+        stderr: String,
+    },
     #[error("strictMode: reading table inet {}: {source}", ruleset::TABLE)]
     Listing {
         #[source]
@@ -103,11 +109,16 @@ impl StrictStatus {
     pub fn render(&self) -> String {
         let d = &self.drops;
         let state = match (self.enabled, self.installed) {
-            (false, _) => return "\tStrict mode: OFF (strictMode: false): pod traffic is not guarded\n".into(),
+            (false, _) => {
+                return "\tStrict mode: OFF (strictMode: false): pod traffic is not guarded\n"
+                    .into()
+            }
             (true, true) => format!("on (table inet {})", ruleset::TABLE),
             (true, false) => format!(
                 "ON BUT NOT VERIFIED: {}",
-                self.error.as_deref().unwrap_or("table inet wiremesh missing")
+                self.error
+                    .as_deref()
+                    .unwrap_or("table inet wiremesh missing")
             ),
         };
         let again = match self.reinstalls {
@@ -168,7 +179,11 @@ async fn watch_table(spec: GuardSpec, tx: watch::Sender<StrictStatus>) {
             }
             Ok(Ok(found)) => {
                 tracing::warn!(
-                    found = if found.is_some() { "incomplete" } else { "missing" },
+                    found = if found.is_some() {
+                        "incomplete"
+                    } else {
+                        "missing"
+                    },
                     "strict mode: table inet {} was removed or changed behind the agent's back \
                      (a firewall reload running `flush ruleset`?); installing it again",
                     ruleset::TABLE

@@ -255,9 +255,7 @@ fn rule(spec: &GuardSpec, direction: Direction, family: Family) -> Rule<'static>
             Operator::NEQ,
             format!("@{}", set_name("local", family)),
         ),
-        Statement::Counter(stmt::Counter::Named(
-            counter_name(direction, family).into(),
-        )),
+        Statement::Counter(stmt::Counter::Named(counter_name(direction, family).into())),
         Statement::Drop(None),
     ];
     Rule {

@@ -88,13 +88,25 @@ fn egress_drops_pool_traffic_not_leaving_by_the_tunnel() {
         .find(|c| c["name"] == "egress")
         .expect("egress chain");
     assert_eq!(
-        (&egress["type"], &egress["hook"], &egress["prio"], &egress["policy"]),
-        (&json!("filter"), &json!("postrouting"), &json!(0), &json!("accept"))
+        (
+            &egress["type"],
+            &egress["hook"],
+            &egress["prio"],
+            &egress["policy"]
+        ),
+        (
+            &json!("filter"),
+            &json!("postrouting"),
+            &json!(0),
+            &json!("accept")
+        )
     );
     let rules = added(&cmds, "rule");
     let rule = rules
         .iter()
-        .find(|r| r["chain"] == "egress" && r["expr"][1]["match"]["left"]["payload"]["protocol"] == "ip")
+        .find(|r| {
+            r["chain"] == "egress" && r["expr"][1]["match"]["left"]["payload"]["protocol"] == "ip"
+        })
         .expect("IPv4 egress rule");
     assert_eq!(
         rule["expr"],
@@ -123,7 +135,9 @@ fn ingress_drops_pool_sources_not_arriving_by_the_tunnel() {
     let rules = added(&cmds, "rule");
     let rule = rules
         .iter()
-        .find(|r| r["chain"] == "ingress" && r["expr"][1]["match"]["left"]["payload"]["protocol"] == "ip6")
+        .find(|r| {
+            r["chain"] == "ingress" && r["expr"][1]["match"]["left"]["payload"]["protocol"] == "ip6"
+        })
         .expect("IPv6 ingress rule");
     assert_eq!(
         rule["expr"],
@@ -152,7 +166,9 @@ fn the_interface_name_comes_from_the_config() {
         "interface: wg-pods\n{DUAL_PODS}{DUAL_POOL}"
     )));
     let rules = added(&commands(&spec), "rule");
-    assert!(rules.iter().all(|r| r["expr"][0]["match"]["right"] == "wg-pods"));
+    assert!(rules
+        .iter()
+        .all(|r| r["expr"][0]["match"]["right"] == "wg-pods"));
 }
 
 #[test]
@@ -161,9 +177,15 @@ fn overlapping_pools_are_merged_and_a_missing_family_leaves_its_sets_empty() {
         "podCIDRs: [10.244.1.0/24]\nclusterPodCIDRs: [10.244.0.0/16, 10.244.0.0/17, 10.245.0.0/16]\n",
     ));
     let sets = added(&commands(&spec), "set");
-    let pool4 = sets.iter().find(|s| s["name"] == "pool_ipv4").expect("pool");
+    let pool4 = sets
+        .iter()
+        .find(|s| s["name"] == "pool_ipv4")
+        .expect("pool");
     assert_eq!(pool4["elem"], json!([prefix("10.244.0.0", 15)]));
-    let pool6 = sets.iter().find(|s| s["name"] == "pool_ipv6").expect("pool");
+    let pool6 = sets
+        .iter()
+        .find(|s| s["name"] == "pool_ipv6")
+        .expect("pool");
     assert!(
         pool6.get("elem").is_none(),
         "no IPv6 pool: an empty set, so the IPv6 rules match nothing: {pool6}"

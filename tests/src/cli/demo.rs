@@ -194,7 +194,9 @@ fn prove_encryption(lab: &Lab) -> anyhow::Result<()> {
     println!("marker absent; only UDP port {WG_PORT} between node addresses (plus ARP)");
     check_interrupted()?;
 
-    section("Strict mode: the same marker routed around the tunnel (plain routes over the underlay)");
+    section(
+        "Strict mode: the same marker routed around the tunnel (plain routes over the underlay)",
+    );
     lab.bypass_tunnel(1, 2)?;
     lab.bypass_tunnel(2, 1)?;
     let guarded = bypassed_marker(lab, &mark);
@@ -224,7 +226,9 @@ fn prove_encryption(lab: &Lab) -> anyhow::Result<()> {
         bail!("the detector missed the cleartext marker, so the check above proves nothing");
     }
     println!("marker FOUND in cleartext: the detector works, so its absence above is meaningful");
-    section("Restarting the two agents (they re-attach to their data paths and re-install the guard)");
+    section(
+        "Restarting the two agents (they re-attach to their data paths and re-install the guard)",
+    );
     for node in [1, 2] {
         lab.start_agent(node)?;
         lab.wait_status(node, "the agent to answer status", READY, |s| {
