@@ -106,6 +106,23 @@ impl Lab {
     pub fn impersonate_on_switch(&self, pod: Host, victim: u8) -> Result<()> {
         let ns = self.switch_ns();
         let ip = |args: &[&str]| run(Command::new("ip").args(["-n", &ns]).args(args), NFT_TIMEOUT);
+        // The victim's link address, fixed: otherwise the switch would resolve it with neighbour
+        // solicitations sourced from the impersonated address, which the victim's guard drops
+        // before any spoofed packet is even sent.
+        let link = self.ip(Host::Node(victim), &["-o", "link", "show", "eth0"])?;
+        let mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .ok_or_else(|| LabError::Check(format!("no MAC in {link:?}")))?
+            .to_string();
+        let mut victim_ips = vec![node_ip(victim).to_string()];
+        if self.options().dual_stack {
+            victim_ips.push(node_ip6(victim).to_string());
+        }
+        for addr in &victim_ips {
+            ip(&["neigh", "replace", addr, "lladdr", &mac, "dev", "br0", "nud", "permanent"])?;
+        }
         ip(&["addr", "add", &format!("{}/32", pod.ip()), "dev", "br0"])?;
         let via = node_ip(victim).to_string();
         ip(&["route", "add", &pod_cidr(victim), "via", &via, "dev", "br0"])?;
