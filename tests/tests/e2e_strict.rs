@@ -106,8 +106,8 @@ fn run_case(strict: bool, v6: bool, breakage: Breakage) -> (Lab, LeakReport) {
             // its routes are gone until the agent has a new data path up) carry some of it.
             let capture = lab.start_capture(&name).expect("tcpdump starts");
             let ping = Ping::new(TO.ip_of(v6))
-                .count(300)
-                .interval(Duration::from_millis(10))
+                .count(600)
+                .interval(Duration::from_millis(5))
                 .pattern(&mark);
             let log_from = lab.agent_log_len(1);
             let mut pinger = lab.spawn_ping(FROM, &ping).expect("ping starts");
