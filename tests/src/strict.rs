@@ -121,7 +121,17 @@ impl Lab {
             victim_ips.push(node_ip6(victim).to_string());
         }
         for addr in &victim_ips {
-            ip(&["neigh", "replace", addr, "lladdr", &mac, "dev", "br0", "nud", "permanent"])?;
+            ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                "br0",
+                "nud",
+                "permanent",
+            ])?;
         }
         ip(&["addr", "add", &format!("{}/32", pod.ip()), "dev", "br0"])?;
         let via = node_ip(victim).to_string();
