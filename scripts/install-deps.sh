@@ -14,7 +14,7 @@ packages=(
   wireguard-tools wireguard-go
   protobuf-compiler libprotobuf-dev etcd-server etcd-client openssl systemd
   clang llvm libbpf-dev linux-libc-dev bpftool
-  systemd-container debootstrap
+  systemd-container debootstrap nftables
 )
 
 missing=()
@@ -47,6 +47,7 @@ declare -A provider=(
   [openssl]=openssl [systemd-analyze]=systemd [clang]=clang [llc]=llvm [bpftool]=bpftool
   [pkg-config]=pkg-config [cc]=build-essential [nsenter]=util-linux
   [systemd-nspawn]=systemd-container [debootstrap]=debootstrap [cargo]="rustup (https://rustup.rs)"
+  [nft]=nftables
 )
 for tool in "${!provider[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing after installation; install ${provider[$tool]}"
@@ -60,4 +61,7 @@ protoc --proto_path="$probe" --descriptor_set_out="$probe/out.pb" "$probe/probe.
 # The eBPF programs include libbpf's helpers and the kernel's UAPI headers.
 [ -f /usr/include/bpf/bpf_helpers.h ] || fail "/usr/include/bpf/bpf_helpers.h is missing; install libbpf-dev"
 [ -f /usr/include/linux/bpf.h ] || fail "/usr/include/linux/bpf.h is missing; install linux-libc-dev"
+# Strict mode's guard goes through nft's JSON interface (the agent refuses to start without it).
+echo '{"nftables": [{"metainfo": {"json_schema_version": 1}}]}' | nft -c -j -f - 2>/dev/null \
+  || fail "nft cannot read JSON (nft -j); install nftables (with libnftables1)"
 [ -c /dev/net/tun ] || fail "/dev/net/tun is missing; load the tun module (modprobe tun)"

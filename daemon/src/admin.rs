@@ -52,6 +52,8 @@ pub struct AdminState {
     /// The data path as the reconcile loop last read it (private key removed): what metrics
     /// are built from, so that a scrape never costs the data path a UAPI round trip.
     pub device_view: watch::Receiver<Option<Arc<DeviceView>>>,
+    /// Strict mode's guard table as the agent last read it (every 2 s).
+    pub strict: watch::Receiver<crate::strict::StrictStatus>,
 }
 
 impl AdminState {
@@ -98,6 +100,7 @@ impl AdminState {
             key_created: rfc3339(own.created),
             next_rotation: own.next_rotation.map(rfc3339),
             next_public_key: own.next.map(|k| k.to_base64()),
+            strict_mode: self.strict.borrow().clone(),
             peers,
         })
     }

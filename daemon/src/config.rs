@@ -326,6 +326,9 @@ impl RawConfig {
                 None
             }
         };
+        if strict_mode {
+            underlay_outside_pool(&node_ips, endpoint, &cluster_pod_cidrs, &mut errors);
+        }
         let store = match self.store {
             None => Some(StoreConfig::Dir {
                 path: PathBuf::from("/var/lib/wiremesh/store"),
@@ -586,6 +589,29 @@ fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
+/// Strict mode drops pool traffic that leaves by any interface but the tunnel, so an underlay
+/// address inside the pool would have the guard drop the tunnel's own packets.
+fn underlay_outside_pool(
+    node_ips: &[IpAddr],
+    endpoint: Option<SocketAddr>,
+    pool: &[IpNet],
+    errors: &mut Vec<String>,
+) {
+    let named = node_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (format!("nodeIPs[{i}]"), *ip))
+        .chain(endpoint.map(|e| ("endpoint".to_string(), e.ip())));
+    for (field, ip) in named {
+        if let Some(net) = pool.iter().find(|net| net.contains(&ip)) {
+            errors.push(format!(
+                "{field}: {ip} lies inside clusterPodCIDRs ({net}); with strictMode the guard \
+                 would drop the tunnel's own packets: the underlay must be outside the pod pool"
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +736,18 @@ store:
         let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: soon }\n")
             .unwrap_err();
         assert!(err.contains("keyRotation.interval"), "{err}");
+    }
+
+    #[test]
+    fn strict_mode_refuses_an_underlay_inside_the_pool() {
+        let err = parse("nodeName: n1\nnodeIPs: [10.244.9.1]\n").unwrap_err();
+        assert!(
+            err.contains("nodeIPs[0]: 10.244.9.1 lies inside clusterPodCIDRs (10.244.0.0/16)")
+                && err.contains("endpoint: 10.244.9.1"),
+            "{err}"
+        );
+        parse("strictMode: false\nnodeName: n1\nnodeIPs: [10.244.9.1]\nclusterPodCIDRs: [10.244.0.0/16]\n")
+            .expect("without strict mode nothing is dropped, so the overlap is allowed");
     }
 
     #[test]

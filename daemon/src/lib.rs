@@ -16,6 +16,7 @@ pub mod netlink;
 pub mod policy_api;
 pub mod policy_cmd;
 pub mod status;
+pub mod strict;
 pub mod userspace;
 
 /// The control plane's runtime: two workers, as the agent and the CLI need no more.

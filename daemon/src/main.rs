@@ -1,6 +1,8 @@
 //! `wiremesh`: the node agent (`wiremesh agent`) and the operator CLI (`wiremesh encrypt status`).
 
-use wiremesh::{admin, agent, config, datapath_process, policy_api, policy_cmd, runtime, status};
+use wiremesh::{
+    admin, agent, config, datapath_process, policy_api, policy_cmd, runtime, status, strict,
+};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +20,15 @@ struct Cli {
 enum Command {
     /// Run the node agent.
     Agent {
+        /// Agent configuration (YAML; see docs/config.md).
+        #[arg(long, short = 'c', default_value = "/etc/wiremesh/agent.yaml")]
+        config: PathBuf,
+    },
+    /// Install the strict-mode guard (nftables table `inet wiremesh`) from the config alone, with
+    /// no store and no data path: run at boot, before the network and the agent come up
+    /// (scripts/systemd/wiremesh-guard.service). Idempotent; with `strictMode: false` it removes
+    /// the table.
+    Guard {
         /// Agent configuration (YAML; see docs/config.md).
         #[arg(long, short = 'c', default_value = "/etc/wiremesh/agent.yaml")]
         config: PathBuf,
@@ -116,6 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent { config } => run_agent(config),
+        Command::Guard { config } => run_guard(config),
         Command::Apply { files, run_dir } => policy_api::run_objects(&files, false, &run_dir),
         Command::Delete { files, run_dir } => policy_api::run_objects(&files, true, &run_dir),
         Command::Policy {
@@ -215,6 +227,30 @@ fn run_agent(path: PathBuf) -> ExitCode {
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(agent::run(config)));
     report("wiremesh agent", result)
+}
+
+fn run_guard(path: PathBuf) -> ExitCode {
+    let config = match config::Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wiremesh guard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match strict::guard_once(&config) {
+        Ok(done) => {
+            if !config.strict_mode {
+                eprintln!("wiremesh guard: WARNING: {done}");
+            } else {
+                println!("wiremesh guard: {done}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wiremesh guard: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn encrypt_status(json: bool, all_nodes: bool, run_dir: PathBuf) -> ExitCode {

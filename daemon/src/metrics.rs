@@ -30,6 +30,41 @@ struct PacketLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    direction: &'static str,
+    family: &'static str,
+}
+
+/// Strict mode: whether the guard table is in force, and its drop counters (read by the agent
+/// every 2 s; a scrape never runs `nft`).
+fn register_strict(registry: &mut Registry, state: &AdminState) {
+    let strict = state.strict.borrow().clone();
+    let on = Gauge::<i64>::default();
+    on.set(i64::from(strict.enabled && strict.installed));
+    registry.register(
+        "strict_mode_enforced",
+        "1 while the strict-mode table inet wiremesh is in force",
+        on,
+    );
+    let drops = Family::<DropLabels, Counter<u64, AtomicU64>>::default();
+    for direction in crate::strict::DIRECTIONS {
+        for family in crate::strict::FAMILIES {
+            let labels = DropLabels {
+                direction: direction.as_str(),
+                family: family.as_str(),
+            };
+            drops
+                .get_or_create(&labels)
+                .inc_by(strict.drops.get(direction, family));
+        }
+    }
+    registry.register(
+        "strict_mode_drops",
+        "Packets strict mode dropped: egress = to a remote pod by an interface other than the tunnel, ingress = from a remote pod's address by an interface other than the tunnel",
+        drops,
+    );
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     outcome: &'static str,
 }
@@ -185,6 +220,7 @@ pub fn render(state: &AdminState) -> Result<String> {
         );
     }
     register_policy(&mut registry, state);
+    register_strict(&mut registry, state);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)

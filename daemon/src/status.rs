@@ -25,6 +25,9 @@ pub struct EncryptStatus {
     pub next_rotation: Option<String>,
     /// The announced successor key while a rotation is under way.
     pub next_public_key: Option<String>,
+    /// The strict-mode guard (absent from agents that predate it).
+    #[serde(default)]
+    pub strict_mode: crate::strict::StrictStatus,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -159,6 +162,7 @@ impl EncryptStatus {
             },
             self.peers.len()
         );
+        out.push_str(&self.strict_mode.render());
         for p in &self.peers {
             let handshake = p
                 .last_handshake
@@ -212,6 +216,16 @@ mod tests {
             key_created: rfc3339(now),
             next_rotation: None,
             next_public_key: None,
+            strict_mode: crate::strict::StrictStatus {
+                enabled: true,
+                installed: true,
+                drops: crate::strict::DropCounts {
+                    egress_ipv4: 7,
+                    ..Default::default()
+                },
+                reinstalls: 0,
+                error: None,
+            },
             peers: vec![PeerStatus {
                 node_name: Some("node-2".into()),
                 public_key: "PEER".into(),
@@ -229,6 +243,10 @@ mod tests {
             text.starts_with("Encryption: Wireguard\nInterface: wiremesh_wg0\n\tPublic key: PUB\n")
         );
         assert!(text.contains("\tNumber of peers: 1\n"));
+        assert!(
+            text.contains("\tStrict mode: on (table inet wiremesh), dropped egress 7 / 0, ingress 0 / 0 packets (IPv4 / IPv6)\n"),
+            "{text}"
+        );
         assert!(text.contains("Peer node-2: endpoint 198.18.0.2:51871, allowed IPs 10.244.2.0/24, latest handshake 3s ago"));
         let json = serde_json::to_value(&s).unwrap();
         for k in [

@@ -4,7 +4,7 @@
 //! between nodes, not only frames addressed to the bridge itself.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,6 +40,11 @@ pub struct CaptureFile {
 impl Lab {
     /// Starts tcpdump on `br0` in the switch namespace and waits until it is capturing.
     pub fn start_capture(&self, name: &str) -> Result<Capture> {
+        self.start_capture_on(name, &self.switch_ns(), "br0")
+    }
+
+    /// Starts tcpdump on `iface` in namespace `ns` (e.g. a pod's `eth0`, to see what reaches it).
+    pub fn start_capture_on(&self, name: &str, ns: &str, iface: &str) -> Result<Capture> {
         let n = NEXT_CAPTURE.fetch_add(1, Ordering::Relaxed);
         let pcap = self.dir().join(format!("{name}-{n}.pcap"));
         let log = self.dir().join(format!("{name}-{n}.tcpdump.log"));
@@ -48,17 +53,9 @@ impl Lab {
         // the kernel's ring when we stop tcpdump are counted but never written); -U: write
         // each one at once; -Z root: Debian's tcpdump otherwise drops to a user that cannot
         // write into the root-owned lab directory.
-        cmd.args([
-            "netns",
-            "exec",
-            &self.switch_ns(),
-            "tcpdump",
-            "-i",
-            "br0",
-            "-nn",
-        ])
-        .args(["--immediate-mode", "-U", "-Z", "root", "-w"])
-        .arg(&pcap);
+        cmd.args(["netns", "exec", ns, "tcpdump", "-i", iface, "-nn"])
+            .args(["--immediate-mode", "-U", "-Z", "root", "-w"])
+            .arg(&pcap);
         let mut proc = BgProcess::spawn(format!("tcpdump {name}"), &mut cmd, &log)?;
         let deadline = Instant::now() + START_TIMEOUT;
         while !proc.log().contains("listening on") {
@@ -159,6 +156,7 @@ impl CaptureFile {
 pub struct LeakReport {
     pub marker_found: bool,
     pub packets: usize,
+    /// ARP, and IPv6 neighbour discovery and MLD.
     pub arp: usize,
     /// UDP between two underlay node addresses with the WireGuard port on one side.
     pub wireguard: usize,
@@ -220,7 +218,8 @@ pub fn classify(line: &str) -> Packet {
     let fields: Vec<&str> = line.split_whitespace().collect();
     match fields.get(1) {
         Some(&"ARP,") => return Packet::Arp,
-        Some(&"IP") => {}
+        Some(&"IP6") if is_neighbour_discovery(line) => return Packet::Arp,
+        Some(&"IP") | Some(&"IP6") => {}
         _ => {
             return Packet::Other(
                 line.split_whitespace()
@@ -270,19 +269,41 @@ pub fn classify(line: &str) -> Packet {
     }
 }
 
-/// `198.18.0.1.51871` into address and port.
-fn split_addr_port(s: &str) -> Option<(Ipv4Addr, u16)> {
+/// IPv6's ARP (neighbour solicitations and advertisements) and the MLD reports that go with it:
+/// link housekeeping, never a payload.
+fn is_neighbour_discovery(line: &str) -> bool {
+    [
+        "ICMP6, neighbor solicitation",
+        "ICMP6, neighbor advertisement",
+        "ICMP6, multicast listener report",
+        "ICMP6, router solicitation",
+    ]
+    .iter()
+    .any(|kind| line.contains(kind))
+}
+
+/// `198.18.0.1.51871` or `2001:2::1.51871` into address and port.
+fn split_addr_port(s: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = s.rsplit_once('.')?;
     Some((addr.parse().ok()?, port.parse().ok()?))
 }
 
-/// A node's underlay address (`198.18.0.<1..=MAX_NODES>`); the switch's is not one.
-fn is_node(addr: Ipv4Addr) -> bool {
-    let [a, b, c, d] = addr.octets();
-    [a, b, c] == [198, 18, 0] && (1..=MAX_NODES).contains(&d)
+/// A node's underlay address (`198.18.0.<1..=MAX_NODES>` or `2001:2::<1..=MAX_NODES>`); the
+/// switch's is not one.
+fn is_node(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            let [a, b, c, d] = a.octets();
+            [a, b, c] == [198, 18, 0] && (1..=MAX_NODES).contains(&d)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            s[..7] == [0x2001, 2, 0, 0, 0, 0, 0] && (1..=u16::from(MAX_NODES)).contains(&s[7])
+        }
+    }
 }
 
-fn is_store_end((addr, port): (Ipv4Addr, u16)) -> bool {
+fn is_store_end((addr, port): (IpAddr, u16)) -> bool {
     addr == SWITCH_IP && (port == ETCD_CLIENT_PORT || port == ETCD_PEER_PORT)
 }
 
@@ -340,8 +361,19 @@ mod tests {
         let wg_to_switch =
             "12:00:00.000000 IP 198.18.0.1.51871 > 198.18.0.254.51871: UDP, length 148";
         assert!(matches!(classify(wg_to_switch), Packet::Other(_)));
-        let v6 = "12:00:00.000000 IP6 fe80::1 > ff02::2: ICMP6, router solicitation, length 16";
-        assert!(matches!(classify(v6), Packet::Other(_)));
+        let rs = "12:00:00.000000 IP6 fe80::1 > ff02::2: ICMP6, router solicitation, length 16";
+        assert_eq!(classify(rs), Packet::Arp);
+        let ns = "12:00:00.000000 IP6 2001:2::1 > ff02::1:ff00:2: ICMP6, neighbor solicitation, who has 2001:2::2, length 32";
+        assert_eq!(classify(ns), Packet::Arp);
+        let mld = "12:00:00.000000 IP6 fe80::1 > ff02::16: HBH ICMP6, multicast listener report v2, 1 group record(s), length 28";
+        assert_eq!(classify(mld), Packet::Arp);
+        let echo6 = "12:00:00.000000 IP6 fd00:10:244:1::b > fd00:10:244:2::b: ICMP6, echo request, id 7, seq 1, length 64";
+        assert_eq!(
+            classify(echo6),
+            Packet::Other("fd00:10:244:1::b > fd00:10:244:2::b ICMP6".into())
+        );
+        let wg6 = "12:00:00.000000 IP6 2001:2::1.51871 > 2001:2::2.51871: UDP, length 148";
+        assert!(matches!(classify(wg6), Packet::WireGuard { .. }));
     }
 
     #[test]

@@ -296,6 +296,8 @@ pub fn preflight() -> Result<()> {
         "mount",
         "ss",
         "sysctl",
+        // The agents' strict mode (on by default) installs its guard with nft.
+        "nft",
     ])
 }
 

@@ -30,13 +30,16 @@ mod options;
 mod policy;
 mod store;
 mod stream;
+mod strict;
 mod topology;
 mod traffic;
 mod wggo;
 mod wgshow;
 
 pub use addr::{
-    endpoint, node_gateway, node_ip, node_name, pod_cidr, pod_ip, Host, WG_IFACE, WG_MTU, WG_PORT,
+    endpoint, node_gateway, node_gateway6, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6,
+    pod_ip, pod_ip6, Host, CLUSTER_POD_CIDR, CLUSTER_POD_CIDR6, SWITCH_IP6, WG_IFACE, WG_MTU,
+    WG_PORT,
 };
 pub use agent::{
     agent_binary, agent_config, peer, peer_names, peers, CLUSTER_NAME, LOG_TAIL_LINES,
@@ -65,6 +68,7 @@ pub use options::{
 pub use policy::{namespace_manifest, render_matrix, PodSpec, Proto, Servers};
 pub use store::node_record;
 pub use stream::{IperfClient, IperfReport, PingLog};
+pub use strict::GUARD_TABLE;
 pub use topology::{BYPASS_PREF, BYPASS_TABLE};
 pub use traffic::{test_data, Ping, PingResult};
 pub use wggo::KeyPair;

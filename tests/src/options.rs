@@ -7,7 +7,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::addr::{endpoint, node_ip, node_name, pod_cidr, CLUSTER_POD_CIDR, WG_IFACE, WG_PORT};
+use crate::addr::{
+    endpoint, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6, CLUSTER_POD_CIDR,
+    CLUSTER_POD_CIDR6, WG_IFACE, WG_PORT,
+};
 use crate::agent::CLUSTER_NAME;
 use crate::lab::AGENT_RUN_DIR;
 
@@ -55,13 +58,36 @@ impl KeyRotation {
 }
 
 /// How [`crate::Lab::with_options`] builds a lab. The default is what [`crate::Lab::new`] builds:
-/// the dir store, and no `keyRotation` section (the agent's defaults).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// the dir store, no `keyRotation` section (the agent's defaults), IPv4 only, strict mode on, no
+/// default routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabOptions {
     pub store: StoreKind,
     pub key_rotation: Option<KeyRotation>,
     /// Serve Prometheus metrics on `<node address>:<port>` (`metricsAddress`).
     pub metrics_port: Option<u16>,
+    /// IPv6 as well: underlay `2001:2::<i>/64`, pods `fd00:10:244:<i>::<10+k>`, the agents'
+    /// v6 `nodeIPs`, `podCIDRs` and `clusterPodCIDRs` (see [`crate::addr`]).
+    pub dual_stack: bool,
+    /// Every node gets a default route (v4, and v6 in a dual-stack lab) to the switch, which holds
+    /// [`SWITCH_IP`] (and [`crate::addr::SWITCH_IP6`]) and forwards nothing: traffic that misses
+    /// the tunnel really leaves the node and is captured on the underlay.
+    pub default_route: bool,
+    /// The agents' `strictMode`.
+    pub strict_mode: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Dir,
+            key_rotation: None,
+            dual_stack: false,
+            default_route: false,
+            strict_mode: true,
+            metrics_port: None,
+        }
+    }
 }
 
 impl LabOptions {
@@ -86,6 +112,26 @@ impl LabOptions {
     pub fn uses_etcd(&self) -> bool {
         matches!(self.store, StoreKind::Etcd { .. })
     }
+
+    pub fn dual_stack(mut self) -> Self {
+        self.dual_stack = true;
+        self
+    }
+
+    pub fn default_route(mut self) -> Self {
+        self.default_route = true;
+        self
+    }
+
+    pub fn strict_mode(mut self, on: bool) -> Self {
+        self.strict_mode = on;
+        self
+    }
+
+    /// Whether the switch joins the underlay with an address of its own.
+    pub fn switch_has_address(&self) -> bool {
+        self.uses_etcd() || self.default_route
+    }
 }
 
 /// A duration as the agent's config reads it (`0`, `5s`, `250ms`).
@@ -106,6 +152,19 @@ pub fn agent_config_with(
     store_dir: &Path,
     options: &LabOptions,
 ) -> String {
+    let (ip, cidr, pool) = if options.dual_stack {
+        (
+            format!("{}, \"{}\"", node_ip(node), node_ip6(node)),
+            format!("{}, \"{}\"", pod_cidr(node), pod_cidr6(node)),
+            format!("{CLUSTER_POD_CIDR}, \"{CLUSTER_POD_CIDR6}\""),
+        )
+    } else {
+        (
+            node_ip(node).to_string(),
+            pod_cidr(node),
+            CLUSTER_POD_CIDR.to_string(),
+        )
+    };
     let mut yaml = format!(
         "nodeName: {name}\n\
          clusterName: {CLUSTER_NAME}\n\
@@ -116,12 +175,12 @@ pub fn agent_config_with(
          endpoint: \"{endpoint}\"\n\
          nodeIPs: [{ip}]\n\
          podCIDRs: [{cidr}]\n\
-         clusterPodCIDRs: [{CLUSTER_POD_CIDR}]\n",
+         clusterPodCIDRs: [{pool}]\n\
+         strictMode: {strict}\n",
         name = node_name(node),
         state = state_dir.display(),
         endpoint = endpoint(node),
-        ip = node_ip(node),
-        cidr = pod_cidr(node),
+        strict = options.strict_mode,
     );
     // Writing to a String cannot fail.
     let _ = match &options.store {
@@ -188,5 +247,27 @@ mod tests {
         assert_eq!(v["keyRotation"]["interval"], serde_yaml::Value::from(0));
         assert_eq!(v["keyRotation"]["commitTimeout"], "30s");
         assert_eq!(v["nodeName"], "node-3");
+        assert_eq!(v["strictMode"], true);
+        assert_eq!(v["nodeIPs"], serde_yaml::Value::from(vec!["198.18.0.3"]));
+    }
+
+    #[test]
+    fn dual_stack_config_adds_the_v6_plan() {
+        let options = LabOptions::default().dual_stack().strict_mode(false);
+        let yaml = agent_config_with(2, Path::new("/s"), Path::new("/d"), &options);
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("config is valid YAML");
+        assert_eq!(
+            v["nodeIPs"],
+            serde_yaml::Value::from(vec!["198.18.0.2", "2001:2::2"])
+        );
+        assert_eq!(
+            v["podCIDRs"],
+            serde_yaml::Value::from(vec!["10.244.2.0/24", "fd00:10:244:2::/64"])
+        );
+        assert_eq!(
+            v["clusterPodCIDRs"],
+            serde_yaml::Value::from(vec!["10.244.0.0/16", "fd00:10:244::/56"])
+        );
+        assert_eq!(v["strictMode"], false);
     }
 }

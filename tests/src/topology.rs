@@ -3,7 +3,10 @@
 
 use std::process::Command;
 
-use crate::addr::{node_gateway, node_ip, pod_cidr, pod_ip, UNDERLAY_PREFIX_LEN, WG_MTU};
+use crate::addr::{
+    node_gateway, node_gateway6, node_ip, node_ip6, pod_cidr, pod_ip, pod_ip6, SWITCH_IP6,
+    UNDERLAY_PREFIX_LEN, UNDERLAY_PREFIX_LEN6, WG_MTU,
+};
 use crate::error::Result;
 use crate::exec::run;
 use crate::lab::{Lab, IP_TIMEOUT};
@@ -13,23 +16,64 @@ use crate::options::SWITCH_IP;
 pub const BYPASS_TABLE: &str = "100";
 pub const BYPASS_PREF: &str = "100";
 
-/// The lab is IPv4-only: with IPv6 off, the underlay carries no router solicitations or MLD
-/// reports, so every frame a capture sees was caused by the experiment. `-e` tolerates a host
-/// without IPv6.
+/// The lab is IPv4-only unless dual-stack: with IPv6 off, the underlay carries no router
+/// solicitations or MLD reports, so every frame a capture sees was caused by the experiment.
+/// `-e` tolerates a host without IPv6.
 const NO_IPV6: [&str; 2] = [
     "net.ipv6.conf.all.disable_ipv6=1",
     "net.ipv6.conf.default.disable_ipv6=1",
 ];
+/// Dual-stack: IPv6 on, no router advertisements taken or solicitations sent (nothing on the
+/// underlay but what an experiment causes and neighbour discovery).
+const IPV6: [&str; 6] = [
+    "net.ipv6.conf.all.disable_ipv6=0",
+    "net.ipv6.conf.default.disable_ipv6=0",
+    "net.ipv6.conf.all.accept_ra=0",
+    "net.ipv6.conf.default.accept_ra=0",
+    "net.ipv6.conf.all.router_solicitations=0",
+    "net.ipv6.conf.default.router_solicitations=0",
+];
 
 impl Lab {
+    /// The sysctls for IPv6 in every namespace of this lab.
+    fn ipv6_sysctls(&self) -> &'static [&'static str] {
+        if self.options().dual_stack {
+            &IPV6
+        } else {
+            &NO_IPV6
+        }
+    }
+
     pub(crate) fn build_topology(&self) -> Result<()> {
-        self.add_ns(&self.switch_ns(), &NO_IPV6)?;
-        self.ip_in(&self.switch_ns(), &["link", "add", "br0", "type", "bridge"])?;
-        self.ip_in(&self.switch_ns(), &["link", "set", "br0", "up"])?;
-        if self.options().uses_etcd() {
-            // The switch itself joins the underlay, as the host of the store's server.
+        let sw = self.switch_ns();
+        self.add_ns(&sw, self.ipv6_sysctls())?;
+        self.ip_in(&sw, &["link", "add", "br0", "type", "bridge"])?;
+        if self.options().dual_stack {
+            // No multicast snooping: MLD would otherwise decide which port sees neighbour
+            // discovery.
+            self.ip_in(
+                &sw,
+                &[
+                    "link",
+                    "set",
+                    "br0",
+                    "type",
+                    "bridge",
+                    "mcast_snooping",
+                    "0",
+                ],
+            )?;
+        }
+        self.ip_in(&sw, &["link", "set", "br0", "up"])?;
+        if self.options().switch_has_address() {
+            // The switch itself joins the underlay: the host of the store's server, and the
+            // next hop of the nodes' default routes (it forwards nothing).
             let addr = format!("{SWITCH_IP}/{UNDERLAY_PREFIX_LEN}");
-            self.ip_in(&self.switch_ns(), &["addr", "add", &addr, "dev", "br0"])?;
+            self.ip_in(&sw, &["addr", "add", &addr, "dev", "br0"])?;
+            if self.options().dual_stack {
+                let addr6 = format!("{SWITCH_IP6}/{UNDERLAY_PREFIX_LEN6}");
+                self.ip_in(&sw, &["addr", "add", &addr6, "dev", "br0", "nodad"])?;
+            }
         }
         for node in self.node_ids() {
             self.build_node(node)?;
@@ -45,13 +89,15 @@ impl Lab {
         let sw = self.switch_ns();
         // Set before any interface exists, so every later one (pod veths, the agent's TUN)
         // inherits the defaults.
-        let sysctls = [
+        let mut sysctls = vec![
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
-            NO_IPV6[0],
-            NO_IPV6[1],
         ];
+        sysctls.extend(self.ipv6_sysctls());
+        if self.options().dual_stack {
+            sysctls.push("net.ipv6.conf.all.forwarding=1");
+        }
         self.add_ns(&ns, &sysctls)?;
         let port = format!("n{node}");
         self.ip_in(
@@ -63,14 +109,32 @@ impl Lab {
         self.ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])?;
         let addr = format!("{}/{UNDERLAY_PREFIX_LEN}", node_ip(node));
         self.ip_in(&ns, &["addr", "add", &addr, "dev", "eth0"])?;
+        if self.options().dual_stack {
+            let addr6 = format!("{}/{UNDERLAY_PREFIX_LEN6}", node_ip6(node));
+            self.ip_in(&ns, &["addr", "add", &addr6, "dev", "eth0", "nodad"])?;
+        }
         self.ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        if self.options().default_route {
+            let via = SWITCH_IP.to_string();
+            self.ip_in(
+                &ns,
+                &["route", "add", "default", "via", &via, "dev", "eth0"],
+            )?;
+            if self.options().dual_stack {
+                let via6 = SWITCH_IP6.to_string();
+                self.ip_in(
+                    &ns,
+                    &["-6", "route", "add", "default", "via", &via6, "dev", "eth0"],
+                )?;
+            }
+        }
         Ok(())
     }
 
     /// A Calico-style pod: a /32 address, a link-scoped route to the node's gateway address and a
     /// default route through it; the node routes the pod's /32 to the veth.
     fn build_pod(&self, node: u8, pod: u8) -> Result<()> {
-        self.add_ns(&self.pod_ns(node, pod), &NO_IPV6)?;
+        self.add_ns(&self.pod_ns(node, pod), self.ipv6_sysctls())?;
         self.wire_pod(node, pod)
     }
 
@@ -120,6 +184,30 @@ impl Lab {
             &node_ns,
             &["route", "add", &format!("{ip}/32"), "dev", &link],
         )?;
+        if self.options().dual_stack {
+            self.build_pod6(node, pod)?;
+        }
+        Ok(())
+    }
+
+    /// The same pod's IPv6 side: a /128, the node's gateway address on the veth, a /128 route
+    /// back. `nodad`: usable at once, as a CNI makes them.
+    fn build_pod6(&self, node: u8, pod: u8) -> Result<()> {
+        let node_ns = self.node_ns(node);
+        let pod_ns = self.pod_ns(node, pod);
+        let link = format!("pod{pod}");
+        let gw = node_gateway6(node).to_string();
+        let ip = pod_ip6(node, pod).to_string();
+        let gw128 = format!("{gw}/128");
+        self.ip_in(&node_ns, &["addr", "add", &gw128, "dev", &link, "nodad"])?;
+        let ip128 = format!("{ip}/128");
+        self.ip_in(&pod_ns, &["addr", "add", &ip128, "dev", "eth0", "nodad"])?;
+        self.ip_in(&pod_ns, &["-6", "route", "add", &gw, "dev", "eth0"])?;
+        self.ip_in(
+            &pod_ns,
+            &["-6", "route", "add", "default", "via", &gw, "dev", "eth0"],
+        )?;
+        self.ip_in(&node_ns, &["-6", "route", "add", &ip128, "dev", &link])?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Traffic between lab hosts: ping (iputils) and TCP transfers (netcat-openbsd), every one bounded
 //! in count and time.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// One bounded ping run.
 #[derive(Debug, Clone)]
 pub struct Ping {
-    pub to: Ipv4Addr,
+    pub to: IpAddr,
     pub count: u32,
     pub interval: Duration,
     /// Up to 16 bytes as hex (`ping -p`), repeated through the payload.
@@ -29,9 +29,10 @@ pub struct Ping {
 }
 
 impl Ping {
-    pub fn new(to: Ipv4Addr) -> Self {
+    /// An IPv4 or IPv6 destination (iputils picks the family from the address).
+    pub fn new(to: impl Into<IpAddr>) -> Self {
         Self {
-            to,
+            to: to.into(),
             count: 3,
             interval: Duration::from_millis(200),
             pattern: None,
@@ -190,7 +191,13 @@ impl Lab {
     }
 
     /// Pings `to` from `from` once per attempt until a reply comes back; returns how long it took.
-    pub fn wait_reachable(&self, from: Host, to: Ipv4Addr, timeout: Duration) -> Result<Duration> {
+    pub fn wait_reachable(
+        &self,
+        from: Host,
+        to: impl Into<IpAddr>,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let to = to.into();
         let start = Instant::now();
         loop {
             let last = match self.ping_from(from, &Ping::new(to).count(1)) {

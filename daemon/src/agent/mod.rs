@@ -119,6 +119,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> Result<()> {
     tracing::debug!(?config, "configuration");
+    // Before the data path, the store or the key: pod traffic must never find a moment with
+    // neither the tunnel nor the guard.
+    let strict = crate::strict::start(&config).await?;
     let ring = KeyRing::new(&config.state_dir, &config.interface);
     let keys = ring.load_or_create()?;
     let public_key = keys.current.public_key();
@@ -204,6 +207,7 @@ pub async fn run(config: Config) -> Result<()> {
         policy: policy_rx,
         policy_counters: policy_counters.clone(),
         device_view: view_rx,
+        strict,
     });
     let access = Access {
         reader_gid: config.admin_group,

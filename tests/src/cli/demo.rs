@@ -194,10 +194,30 @@ fn prove_encryption(lab: &Lab) -> anyhow::Result<()> {
     println!("marker absent; only UDP port {WG_PORT} between node addresses (plus ARP)");
     check_interrupted()?;
 
-    section("Control: the same with the tunnel bypassed (plain routes over the underlay)");
+    section(
+        "Strict mode: the same marker routed around the tunnel (plain routes over the underlay)",
+    );
     lab.bypass_tunnel(1, 2)?;
     lab.bypass_tunnel(2, 1)?;
-    let control = send_marker_captured(lab, &mark, "demo-control");
+    let guarded = bypassed_marker(lab, &mark);
+    let control = guarded.and_then(|g| {
+        print!("{}", g.summary());
+        ensure!(!g.marker_found, "strict mode let the marker out in clear");
+        println!(
+            "marker absent: the strict-mode guard dropped it (node-1: {})",
+            lab.status_text(1)?
+                .lines()
+                .find(|l| l.contains("Strict mode"))
+                .unwrap_or("?")
+                .trim()
+        );
+        section("Control: the same with the guard removed (agents stopped, table deleted)");
+        for node in [1, 2] {
+            lab.stop_agent(node)?;
+            lab.delete_guard(node)?;
+        }
+        send_marker_captured(lab, &mark, "demo-control")
+    });
     lab.remove_bypass(1, 2)?;
     lab.remove_bypass(2, 1)?;
     let control = control?;
@@ -206,7 +226,31 @@ fn prove_encryption(lab: &Lab) -> anyhow::Result<()> {
         bail!("the detector missed the cleartext marker, so the check above proves nothing");
     }
     println!("marker FOUND in cleartext: the detector works, so its absence above is meaningful");
+    section(
+        "Restarting the two agents (they re-attach to their data paths and re-install the guard)",
+    );
+    for node in [1, 2] {
+        lab.start_agent(node)?;
+        lab.wait_status(node, "the agent to answer status", READY, |s| {
+            s["strictMode"]["installed"] == true
+        })?;
+    }
+    lab.wait_reachable(Host::Pod(1, 1), Host::Pod(2, 1).ip(), REACH)?;
     Ok(())
+}
+
+/// Pings with the marker over the bypass while capturing: strict mode must drop them all.
+fn bypassed_marker(lab: &Lab, mark: &[u8; 16]) -> anyhow::Result<wiremesh_lab::LeakReport> {
+    let capture = lab.start_capture("demo-guarded")?;
+    let ping = lab.ping_from(
+        Host::Pod(1, 1),
+        &Ping::new(Host::Pod(2, 1).ip())
+            .count(3)
+            .interval(Duration::from_millis(100))
+            .pattern(mark),
+    )?;
+    println!("ping over the bypass: {ping}");
+    Ok(capture.stop()?.analyze(mark)?)
 }
 
 fn send_marker_captured(
