@@ -7,9 +7,7 @@ mod etcd_server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{
-    bounded_by, count_absences, outage_keeps_the_last_snapshot, wait_for, wait_health,
-};
+use common::{bounded_by, count_absences, outage_keeps_the_last_snapshot, wait_for, wait_health};
 use etcd_client::PutOptions;
 use etcd_server::EtcdServer;
 use keymgr::store::{

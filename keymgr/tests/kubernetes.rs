@@ -12,9 +12,7 @@ mod fake_apiserver;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{
-    bounded_by, count_absences, outage_keeps_the_last_snapshot, wait_for, wait_health,
-};
+use common::{bounded_by, count_absences, outage_keeps_the_last_snapshot, wait_for, wait_health};
 use fake_apiserver::{kubelet_node, FakeApiServer};
 use keymgr::store::{ClaimOutcome, KubeConfig, KubeStore, Snapshot, StoreError, StoreHealth};
 use keymgr::{Admission, NodeRecord, PrivateKey};

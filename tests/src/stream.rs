@@ -60,8 +60,16 @@ impl PingLog {
     /// one the time interpolated between the nearest replies on either side (ping sends at a
     /// steady pace, so this places a loss within a few milliseconds).
     pub fn time_of(&self, seq: u32) -> Option<f64> {
-        let before = self.replies.iter().filter(|r| r.1 <= seq).max_by_key(|r| r.1);
-        let after = self.replies.iter().filter(|r| r.1 >= seq).min_by_key(|r| r.1);
+        let before = self
+            .replies
+            .iter()
+            .filter(|r| r.1 <= seq)
+            .max_by_key(|r| r.1);
+        let after = self
+            .replies
+            .iter()
+            .filter(|r| r.1 >= seq)
+            .min_by_key(|r| r.1);
         match (before, after) {
             (Some(&(t, s)), _) if s == seq => Some(t),
             (Some(&(t0, s0)), Some(&(t1, s1))) => {
