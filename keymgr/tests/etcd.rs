@@ -7,7 +7,7 @@ mod etcd_server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{bounded_by, outage_keeps_the_last_snapshot, wait_for, wait_health};
+use common::{bounded_by, count_absences, outage_keeps_the_last_snapshot, wait_for, wait_health};
 use etcd_client::PutOptions;
 use etcd_server::EtcdServer;
 use keymgr::store::{
@@ -121,6 +121,47 @@ async fn a_killed_agents_record_expires_with_its_lease_and_close_removes_at_once
         assert!(rx.borrow().nodes.contains_key("node-1"));
     })
     .await;
+}
+
+/// An agent killed and started again within its lease TTL claims its name before it has a
+/// record to publish (its data path comes up in between). Its peers must keep seeing its record
+/// all along: a record that leaves and comes back makes them drop the peer, its routes and its
+/// sessions (one ping lost per restart in the lab).
+#[tokio::test]
+async fn a_restarted_agents_record_never_leaves_while_it_reclaims_its_name() {
+    bounded(async {
+        let server = EtcdServer::start().await;
+        let (r1, r2) = (rec("node-1", 1), rec("node-2", 2));
+        let s1 = joined(&server, &r1, 30).await;
+        let s2 = joined(&server, &r2, 30).await;
+        let mut rx = s1.subscribe();
+        let has = |s: &Snapshot| s.nodes.get("node-2") == Some(&r2);
+        wait_for(&mut rx, Duration::from_secs(5), "node-2", has).await;
+        let absent = count_absences(s1.subscribe(), "node-2");
+        for round in 1..=3 {
+            s2_restart(&server, &r2, round).await;
+        }
+        drop(s2);
+        assert_eq!(
+            absent.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "node-1 saw node-2's record leave while node-2's agent restarted"
+        );
+        assert_eq!(rx.borrow().nodes.get("node-2"), Some(&r2));
+    })
+    .await;
+}
+
+/// Kills node-2's agent (`abandon`: its lease stays), starts another with the same owner id,
+/// claims, waits as long as a data path start may take, then publishes the same record.
+async fn s2_restart(server: &EtcdServer, r2: &NodeRecord, round: u32) {
+    let s = store(server.url(), "node-2", "owner-node-2", 30);
+    let claimed = s.claim(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(claimed, ClaimOutcome::Claimed, "restart {round}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.publish(r2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.abandon();
 }
 
 #[tokio::test]

@@ -39,6 +39,12 @@ pub fn agent_binary() -> Result<PathBuf> {
     }
 }
 
+/// The agents' (and their data paths') log filter: `info`, or `$WIREMESH_LAB_RUST_LOG` to
+/// investigate (e.g. `debug,wiremesh::userspace=trace`).
+pub fn agent_log_filter() -> String {
+    std::env::var("WIREMESH_LAB_RUST_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// The peers array of a status document (empty if absent).
 pub fn peers(status: &Value) -> &[Value] {
     status
@@ -109,7 +115,7 @@ impl Lab {
         let mut cmd = self.node_cmd(node, &bin);
         cmd.args(["agent", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", agent_log_filter());
         self.register(node, NodeKind::Agent, |name| {
             BgProcess::spawn(name, &mut cmd, &log)
         })

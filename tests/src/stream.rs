@@ -56,6 +56,50 @@ impl PingLog {
         (1..=sent).filter(|s| !got.contains(s)).collect()
     }
 
+    /// When packet `seq` was about to be answered (Unix seconds): its reply's time, or for a lost
+    /// one the time interpolated between the nearest replies on either side (ping sends at a
+    /// steady pace, so this places a loss within a few milliseconds).
+    pub fn time_of(&self, seq: u32) -> Option<f64> {
+        let before = self
+            .replies
+            .iter()
+            .filter(|r| r.1 <= seq)
+            .max_by_key(|r| r.1);
+        let after = self
+            .replies
+            .iter()
+            .filter(|r| r.1 >= seq)
+            .min_by_key(|r| r.1);
+        match (before, after) {
+            (Some(&(t, s)), _) if s == seq => Some(t),
+            (Some(&(t0, s0)), Some(&(t1, s1))) => {
+                Some(t0 + (t1 - t0) * f64::from(seq - s0) / f64::from(s1 - s0))
+            }
+            (Some(&(t, _)), None) | (None, Some(&(t, _))) => Some(t),
+            (None, None) => None,
+        }
+    }
+
+    /// Every lost packet in `1..=sent` placed against `events` (`(unix time, what)`, in time
+    /// order): `icmp_seq=N at +123 ms after <the latest event before it>`, one line each.
+    pub fn explain_losses(&self, sent: u32, events: &[(f64, String)]) -> Vec<String> {
+        self.missing(sent)
+            .into_iter()
+            .map(|seq| {
+                let Some(t) = self.time_of(seq) else {
+                    return format!("icmp_seq={seq} (no reply at all to place it)");
+                };
+                match events.iter().rev().find(|e| e.0 <= t) {
+                    Some((at, what)) => format!(
+                        "icmp_seq={seq} at +{:.0} ms after {what}",
+                        (t - at) * 1000.0
+                    ),
+                    None => format!("icmp_seq={seq} before any event"),
+                }
+            })
+            .collect()
+    }
+
     /// The longest time between two consecutive replies.
     pub fn longest_gap(&self) -> Duration {
         let gap = self
@@ -208,6 +252,44 @@ mod tests {
         assert_eq!(log.first_reply_at(), Some(1_700_000_000.1));
         assert!((log.longest_gap().as_secs_f64() - 0.25).abs() < 1e-3);
         assert_eq!(log.summary.map(|s| (s.sent, s.received)), Some((3, 2)));
+    }
+
+    #[test]
+    fn places_each_loss_after_the_event_before_it() {
+        let at = |seq: u32| 1_700_000_000.0 + f64::from(seq) * 0.01;
+        let log = PingLog {
+            replies: (1..=100)
+                .filter(|s| ![15, 60, 61].contains(s))
+                .map(|s| (at(s), s))
+                .collect(),
+            summary: None,
+        };
+        assert!((log.time_of(15).unwrap() - at(15)).abs() < 1e-6);
+        assert!((log.time_of(61).unwrap() - at(61)).abs() < 1e-6);
+        let events = [
+            (at(10), "kill 1 (node-2)".to_string()),
+            (at(50), "kill 2 (node-1)".to_string()),
+        ];
+        assert_eq!(
+            log.explain_losses(100, &events),
+            [
+                "icmp_seq=15 at +50 ms after kill 1 (node-2)",
+                "icmp_seq=60 at +100 ms after kill 2 (node-1)",
+                "icmp_seq=61 at +110 ms after kill 2 (node-1)",
+            ]
+        );
+        assert_eq!(
+            log.explain_losses(100, &events[1..])[0],
+            "icmp_seq=15 before any event"
+        );
+        let none = PingLog {
+            replies: vec![],
+            summary: None,
+        };
+        assert_eq!(
+            none.explain_losses(1, &events),
+            ["icmp_seq=1 (no reply at all to place it)"]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! reconnects on its own; this handle only exchanges values with it through `watch` channels. An
 //! unreachable etcd never blocks or fails the agent: it keeps the last known peers and says so.
 
+mod claim;
 mod session;
 mod view;
 

@@ -123,3 +123,22 @@ pub async fn race_allocators(
     assert_eq!(numbers.len(), 8, "a number holds two label sets: {first:?}");
     first
 }
+
+/// Follows `rx` in the background and counts the snapshots in which `node` is missing: a
+/// restarted agent's record must never leave its peers' view, not even for one event.
+pub fn count_absences(
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    node: &str,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let absent = Arc::new(AtomicUsize::new(0));
+    let (count, node) = (absent.clone(), node.to_owned());
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            if !rx.borrow_and_update().nodes.contains_key(&node) {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    absent
+}

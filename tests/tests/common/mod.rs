@@ -137,21 +137,31 @@ pub fn fast_ping(
     (proc, ping)
 }
 
-/// Waits for a [`fast_ping`] to end by itself and asserts that every packet was answered;
-/// `context` says what happened meanwhile.
-pub fn assert_no_loss(
+/// Waits for a [`fast_ping`] to end by itself and returns its log, which has a summary.
+pub fn finish_ping(
     mut proc: wiremesh_lab::BgProcess,
     ping: &wiremesh_lab::Ping,
-    context: &str,
 ) -> wiremesh_lab::PingLog {
     // ping's own pacing slips under load (it sends late rather than skipping), hence twice
     // its nominal duration.
     proc.wait_timeout(ping.deadline() * 2 + Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("ping did not finish: {e}"));
     let log = wiremesh_lab::PingLog::parse(&proc.log());
-    let Some(summary) = log.summary else {
+    if log.summary.is_none() {
         panic!("no ping summary: {}", wiremesh_lab::tail(&proc.log(), 20));
-    };
+    }
+    log
+}
+
+/// Waits for a [`fast_ping`] to end by itself and asserts that every packet was answered;
+/// `context` says what happened meanwhile.
+pub fn assert_no_loss(
+    proc: wiremesh_lab::BgProcess,
+    ping: &wiremesh_lab::Ping,
+    context: &str,
+) -> wiremesh_lab::PingLog {
+    let log = finish_ping(proc, ping);
+    let summary = log.summary.expect("finish_ping checked the summary");
     let missing = log.missing(summary.sent);
     eprintln!(
         "ping {}: {summary}, longest gap between replies {:?}",

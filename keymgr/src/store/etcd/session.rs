@@ -12,6 +12,7 @@ use etcd_client::{
     TxnOp, WatchOptions, WatchResponse,
 };
 
+use super::claim::{self, Kv, RecordWrite};
 use super::view::View;
 use super::{Target, RPC_TIMEOUT};
 use crate::store::task::{self, Backoff, Link};
@@ -102,47 +103,58 @@ impl Shell {
     }
 
     /// Takes the node name for `lease` and writes the desired record with it, atomically: only if
-    /// the owner key is absent or already holds our owner id (an earlier run of this agent). Returns
+    /// the owner key is absent or already holds our owner id (an earlier run of this agent). Before
+    /// this run has a record to publish, the record of the earlier run moves to the new lease in
+    /// the same transaction, so revoking the old lease never removes it from the peers. Returns
     /// the other owner's id when the name is taken.
     async fn claim(&mut self, client: &mut Client, lease: i64) -> Result<Option<String>, String> {
         let t = self.target.clone();
         for _ in 0..3 {
             let desired = self.link.desired.borrow_and_update().clone();
-            let got = rpc(
-                &format!("get {}", t.owner_key),
-                client.get(t.owner_key.as_str(), None),
-            )
-            .await?;
-            let (unchanged, old_lease) = match got.kvs().first() {
-                None => (
-                    Compare::version(t.owner_key.as_str(), CompareOp::Equal, 0),
-                    0,
-                ),
-                Some(kv) if kv.value() == t.owner_id.as_bytes() => {
-                    let rev = kv.mod_revision();
-                    let cmp = Compare::mod_revision(t.owner_key.as_str(), CompareOp::Equal, rev);
-                    (cmp, kv.lease())
-                }
-                Some(kv) => return Ok(Some(String::from_utf8_lossy(kv.value()).into_owned())),
+            let owner = get_one(client, &t.owner_key).await?;
+            let record = get_one(client, &t.node_key).await?;
+            let plan = match claim::plan(
+                &t.owner_id,
+                lease,
+                owner.as_ref(),
+                record.as_ref(),
+                desired.record.as_deref().map(Vec::as_slice),
+            ) {
+                Ok(plan) => plan,
+                Err(other) => return Ok(Some(other)),
             };
+            let owner_key = t.owner_key.as_str();
+            let mut guards = vec![match plan.owner_at {
+                None => Compare::version(owner_key, CompareOp::Equal, 0),
+                Some(rev) => Compare::mod_revision(owner_key, CompareOp::Equal, rev),
+            }];
             let with_lease = || Some(PutOptions::new().with_lease(lease));
-            let mut ops = vec![TxnOp::put(
-                t.owner_key.as_str(),
-                t.owner_id.as_str(),
-                with_lease(),
-            )];
-            if let Some(json) = &desired.record {
-                ops.push(TxnOp::put(t.node_key.as_str(), json.to_vec(), with_lease()));
+            let mut ops = vec![TxnOp::put(owner_key, t.owner_id.as_str(), with_lease())];
+            if let RecordWrite::Put {
+                value,
+                unchanged_at,
+            } = plan.record
+            {
+                if let Some(rev) = unchanged_at {
+                    let key = t.node_key.as_str();
+                    guards.push(Compare::mod_revision(key, CompareOp::Equal, rev));
+                }
+                ops.push(TxnOp::put(t.node_key.as_str(), value, with_lease()));
             }
-            let txn = Txn::new().when([unchanged]).and_then(ops);
+            let txn = Txn::new().when(guards).and_then(ops);
             let what = format!("claim {}", t.owner_key);
             if !rpc(&what, client.txn(txn)).await?.succeeded() {
                 continue;
             }
-            if old_lease != 0 && old_lease != lease {
+            if let Some(old_lease) = plan.revoke {
                 // A previous run of this agent (killed before its lease expired) or this process
                 // before a reconnect: its keys are rebound to the new lease, so the old one only
                 // holds leftovers.
+                tracing::debug!(
+                    old = format!("{old_lease:x}"),
+                    new = format!("{lease:x}"),
+                    "claim moved to a new lease; revoking the old one"
+                );
                 if let Err(e) = rpc("revoke old lease", client.lease_revoke(old_lease)).await {
                     tracing::debug!(lease = format!("{old_lease:x}"), "{e}");
                 }
@@ -274,6 +286,16 @@ impl Shell {
         self.link.written(desired.seq);
         Ok(true)
     }
+}
+
+/// The value, mod revision and lease of `key`, if it exists.
+async fn get_one(client: &mut Client, key: &str) -> Result<Option<Kv>, String> {
+    let got = rpc(&format!("get {key}"), client.get(key, None)).await?;
+    Ok(got.kvs().first().map(|kv| Kv {
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    }))
 }
 
 /// One request to etcd, bounded in time (a stopped or partitioned server never answers), with
