@@ -63,6 +63,7 @@ fn register_strict(registry: &mut Registry, state: &AdminState) {
         "Packets strict mode dropped: egress = to a remote pod by an interface other than the tunnel, ingress = from a remote pod's address by an interface other than the tunnel",
         drops,
     );
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
