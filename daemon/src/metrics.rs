@@ -207,7 +207,7 @@ pub fn render(state: &AdminState) -> Result<String> {
         "Unix time of the latest handshake with a peer (0: never)",
         handshake,
     );
-    if let Some(stats) = device.handshakes {
+    if let Some(stats) = view.as_ref().and_then(|v| v.state.handshakes) {
         let handshakes = Family::<HandshakeLabels, Counter<u64, AtomicU64>>::default();
         for (outcome, n) in stats.outcomes() {
             handshakes
