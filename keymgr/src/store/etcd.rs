@@ -7,7 +7,7 @@
 //! unreachable etcd never blocks or fails the agent: it keeps the last known peers and says so.
 
 mod session;
-mod view;
+pub(super) mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
