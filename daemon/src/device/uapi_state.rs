@@ -256,6 +256,26 @@ mod tests {
         );
     }
 
+    /// Found by the `uapi_get` fuzz target: a handshake time past what `SystemTime` holds
+    /// panicked the agent's UAPI client instead of being refused.
+    #[test]
+    fn absurd_handshake_times_are_refused_naming_the_line() {
+        let peer = PrivateKey::generate().public_key().to_hex();
+        for (field, value) in [
+            ("last_handshake_time_sec", "18446744073709551615"),
+            ("last_handshake_time_sec", "9223372036854775807"),
+            ("last_handshake_time_nsec", "1000000000"),
+        ] {
+            let text = format!("public_key={peer}\n{field}={value}\nerrno=0\n");
+            match parse_get(&text) {
+                Err(UapiError::Value { line: 2, key, .. }) => assert_eq!(key, field),
+                other => panic!("{field}={value}: {other:?}"),
+            }
+        }
+        let text = format!("public_key={peer}\nlast_handshake_time_sec=1\nerrno=0\n");
+        assert!(parse_get(&text).unwrap().peers[0].last_handshake.is_some());
+    }
+
     #[test]
     fn errno_is_reported() {
         assert_eq!(parse_get("errno=19\n").unwrap_err(), UapiError::Errno(19));
