@@ -409,8 +409,9 @@ fn a_replayed_initiation_never_moves_the_peers_endpoint() {
         "no replayed initiation was answered with a cookie: the case was not exercised"
     );
     exchange(&mut a, &mut b, 2);
+}
 
-/// Found by the `device` fuzz target: boringtun hands over only the first "total length" bytes
+/// Found while writing the `device` fuzz target's oracle: boringtun hands over only the first "total length" bytes
 /// of a decrypted packet, after reporting the source from the whole header, so a peer could
 /// have A write a packet shorter than an IP header (with no source at all) to its TUN.
 #[test]
