@@ -411,9 +411,9 @@ fn a_replayed_initiation_never_moves_the_peers_endpoint() {
     exchange(&mut a, &mut b, 2);
 }
 
-/// Found while writing the `device` fuzz target's oracle: boringtun hands over only the first "total length" bytes
-/// of a decrypted packet, after reporting the source from the whole header, so a peer could
-/// have A write a packet shorter than an IP header (with no source at all) to its TUN.
+/// Found while writing the `device` fuzz target's oracle: boringtun hands over only the first
+/// "total length" bytes of a decrypted packet, after reporting the source from the whole header,
+/// so a peer could have A write a packet shorter than an IP header (with no source at all) to its TUN.
 #[test]
 fn a_decrypted_packet_shorter_than_its_ip_header_is_not_delivered() {
     let (mut a, mut b) = (node(1), node(2));
