@@ -8,6 +8,9 @@ pub mod uapi_client;
 pub mod uapi_server;
 pub mod uapi_state;
 
+#[cfg(test)]
+mod uapi_props;
+
 use std::net::SocketAddr;
 use std::time::SystemTime;
 

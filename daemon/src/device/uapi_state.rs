@@ -91,6 +91,8 @@ fn format_public(state: &DeviceState, extended: bool) -> String {
     out
 }
 
+const NANOS: u32 = 1_000_000_000;
+
 /// Parses a `get` answer (without its terminating empty line).
 pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
     let mut state = DeviceState {
@@ -144,10 +146,17 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             ("protocol_version", Some(_)) => {}
             ("endpoint", Some(p)) => p.endpoint = Some(value.parse().map_err(|_| bad())?),
             ("last_handshake_time_sec", Some(_)) => {
-                handshake.0 = value.parse().map_err(|_| bad())?
+                handshake.0 = value.parse().map_err(|_| bad())?;
+                // A time `SystemTime` cannot hold would panic in `finish_handshake`.
+                UNIX_EPOCH
+                    .checked_add(Duration::new(handshake.0, NANOS - 1))
+                    .ok_or_else(bad)?;
             }
             ("last_handshake_time_nsec", Some(_)) => {
-                handshake.1 = value.parse().map_err(|_| bad())?
+                handshake.1 = value.parse().map_err(|_| bad())?;
+                if handshake.1 >= NANOS {
+                    return Err(bad());
+                }
             }
             ("tx_bytes", Some(p)) => p.tx_bytes = value.parse().map_err(|_| bad())?,
             ("rx_bytes", Some(p)) => p.rx_bytes = value.parse().map_err(|_| bad())?,
@@ -254,6 +263,26 @@ mod tests {
             back.private_key.map(|k| k.public_key()),
             state.private_key.map(|k| k.public_key())
         );
+    }
+
+    /// Found while writing the `uapi_get` fuzz target: a handshake time past what `SystemTime`
+    /// holds panicked the agent's UAPI client instead of being refused.
+    #[test]
+    fn absurd_handshake_times_are_refused_naming_the_line() {
+        let peer = PrivateKey::generate().public_key().to_hex();
+        for (field, value) in [
+            ("last_handshake_time_sec", "18446744073709551615"),
+            ("last_handshake_time_sec", "9223372036854775808"),
+            ("last_handshake_time_nsec", "1000000000"),
+        ] {
+            let text = format!("public_key={peer}\n{field}={value}\nerrno=0\n");
+            match parse_get(&text) {
+                Err(UapiError::Value { line: 2, key, .. }) => assert_eq!(key, field),
+                other => panic!("{field}={value}: {other:?}"),
+            }
+        }
+        let text = format!("public_key={peer}\nlast_handshake_time_sec=1\nerrno=0\n");
+        assert!(parse_get(&text).unwrap().peers[0].last_handshake.is_some());
     }
 
     #[test]

@@ -145,14 +145,9 @@ impl Device {
                     // Queued packets and handshake replies follow: keep draining.
                     input = &[];
                 }
-                TunnResult::WriteToTunnelV4(p, src) => {
+                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
                     authenticated = true;
-                    deliver(&self.allowed, id, p, IpAddr::V4(src), io);
-                    break;
-                }
-                TunnResult::WriteToTunnelV6(p, src) => {
-                    authenticated = true;
-                    deliver(&self.allowed, id, p, IpAddr::V6(src), io);
+                    deliver(&self.allowed, id, p, io);
                     break;
                 }
             }
@@ -486,10 +481,28 @@ fn allocate_index(next: &mut u32, used: &HashMap<u32, u32>) -> u32 {
 
 /// Cryptokey routing, inbound: a decrypted packet is accepted only if its source address belongs
 /// to the peer that sent it. This is what lets every later stage trust the inner source address.
-fn deliver(allowed: &AllowedIps<u32>, id: u32, packet: &[u8], src: IpAddr, io: &mut impl Io) {
+/// The source is read from the bytes delivered: boringtun cuts the packet to its header's total
+/// length after reading the source, so a peer can make it shorter than its own header.
+fn deliver(allowed: &AllowedIps<u32>, id: u32, packet: &[u8], io: &mut impl Io) {
+    let Some(src) = source_of(packet) else {
+        tracing::trace!(
+            len = packet.len(),
+            "decrypted packet shorter than its IP header; dropped"
+        );
+        return;
+    };
     if allowed.lookup(src) != Some(id) {
         tracing::trace!(%src, "source not in sending peer's allowed IPs; dropped");
         return;
     }
     io.deliver(packet);
+}
+
+/// The source address of an IP packet holding at least a whole fixed header.
+fn source_of(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => Some(IpAddr::from(<[u8; 4]>::try_from(&packet[12..16]).ok()?)),
+        6 if packet.len() >= 40 => Some(IpAddr::from(<[u8; 16]>::try_from(&packet[8..24]).ok()?)),
+        _ => None,
+    }
 }

@@ -8,7 +8,7 @@
 
 mod claim;
 mod session;
-mod view;
+pub(super) mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -16,7 +16,7 @@
 //! watch protocol (`keymgr/tests/fake_apiserver`): no real API server can be installed on the
 //! project's machines.
 
-mod node;
+pub(super) mod node;
 mod session;
 
 use std::path::{Path, PathBuf};

@@ -9,8 +9,8 @@
 //! object under `<prefix>/v1/<cluster>/objects/`; with Kubernetes they are the API server's own
 //! resources, listed and watched there (and written with kubectl, not by wiremesh).
 
-mod dir;
-mod etcd;
+pub(super) mod dir;
+pub(super) mod etcd;
 mod kubernetes;
 
 use std::collections::BTreeMap;

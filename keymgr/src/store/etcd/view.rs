@@ -49,7 +49,7 @@ impl View {
     }
 }
 
-fn read(nodes_prefix: &str, (key, value, created): Kv<'_>) -> Read {
+pub(crate) fn read(nodes_prefix: &str, (key, value, created): Kv<'_>) -> Read {
     let key = String::from_utf8_lossy(key).into_owned();
     match parse(nodes_prefix, &key, value) {
         Ok(rec) => Ok((key, Seniority(u128::try_from(created).unwrap_or(0)), rec)),

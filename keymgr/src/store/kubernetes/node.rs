@@ -195,7 +195,7 @@ fn source(name: &str) -> String {
 
 /// The record a Node holds or why it is refused; `None` when it holds none (not a wiremesh node,
 /// or not published yet).
-fn read(cluster: &str, node: &Node) -> Option<Read> {
+pub(crate) fn read(cluster: &str, node: &Node) -> Option<Read> {
     let name = node.metadata.name.as_deref()?;
     let source = source(name);
     match record(node, cluster) {

@@ -293,13 +293,18 @@ impl Scanner {
 
 fn read(path: &Path, file: &str) -> Read {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    Ok((decode(file, &text)?, text))
+}
+
+/// The object a file named `file` holds, refused unless the file is named after it.
+pub(crate) fn decode(file: &str, text: &str) -> Result<ObjectRef, String> {
     let manifest: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?;
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let r = ObjectRef::of(&manifest)?;
     if ObjectRef::from_file_name(file).as_ref() != Some(&r) {
         return Err(format!("holds {r}, which belongs in {}", r.file_name()));
     }
-    Ok((r, text))
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -302,7 +302,7 @@ impl Follower {
     }
 }
 
-fn parse(suffix: &str, value: &str) -> Result<ObjectRef, String> {
+pub(crate) fn parse(suffix: &str, value: &str) -> Result<ObjectRef, String> {
     let manifest: serde_json::Value =
         serde_json::from_str(value).map_err(|e| format!("invalid JSON: {e}"))?;
     let r = ObjectRef::of(&manifest)?;
