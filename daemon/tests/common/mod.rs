@@ -108,6 +108,7 @@ pub fn device_state() -> DeviceState {
             active_key: None,
             ready_for: Vec::new(),
         }],
+        handshakes: None,
     }
 }
 
@@ -152,6 +153,7 @@ pub fn admin_state(
         policy: watch::channel(Arc::new(Default::default())).1,
         policy_counters: Arc::new(Default::default()),
         device_view: view_rx,
+        strict: watch::channel(Default::default()).1,
     };
     (Arc::new(state), view_tx)
 }
