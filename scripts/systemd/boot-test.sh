@@ -8,7 +8,7 @@
 #   sudo scripts/systemd/boot-test.sh [ROOTFS] [BINARY]
 #
 # ROOTFS: a Debian root with systemd (default /var/tmp/wiremesh-vm, made with debootstrap
-# --include=systemd,systemd-sysv,dbus,iproute2 on first use); BINARY: target/debug/wiremesh.
+# --include=systemd,systemd-sysv,dbus,iproute2,nftables on first use); BINARY: target/debug/wiremesh.
 # Needs root, systemd-nspawn (systemd-container) and debootstrap. Leaves nothing behind: the
 # rootfs is used through a throwaway overlay; the namespace, the bpffs and the container are
 # removed on exit.
@@ -23,8 +23,15 @@ command -v systemd-nspawn >/dev/null || { echo "boot-test: systemd-nspawn missin
 if [ ! -x "$rootfs/lib/systemd/systemd" ]; then
   command -v debootstrap >/dev/null || { echo "boot-test: debootstrap missing (apt-get install debootstrap)" >&2; exit 1; }
   echo "boot-test: creating $rootfs (once)"
-  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iproute2 bookworm "$rootfs.tmp" http://deb.debian.org/debian >/dev/null
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iproute2,nftables bookworm "$rootfs.tmp" http://deb.debian.org/debian >/dev/null
   mv "$rootfs.tmp" "$rootfs"
+fi
+# Strict mode (the default) needs nft in the "VM"; a root cached before that lacks it.
+if [ ! -x "$rootfs/usr/sbin/nft" ]; then
+  echo "boot-test: installing nftables into $rootfs"
+  cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
+  chroot "$rootfs" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends nftables >/dev/null
 fi
 
 ns=wmboot$$
@@ -38,6 +45,7 @@ cleanup() {
   fi
   umount -l "$work/root" 2>/dev/null; umount -l "$work/bpf" 2>/dev/null
   ip netns del "$ns" 2>/dev/null
+  [ -n "${BOOT_TEST_KEEP:-}" ] && { echo "boot-test: kept $work"; return; }
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,6 +64,9 @@ r=$work/root
 install -m 0755 "$bin" "$r/usr/local/bin/wiremesh"
 cp scripts/systemd/wiremesh.service "$r/etc/systemd/system/wiremesh.service"
 ln -sf /etc/systemd/system/wiremesh.service "$r/etc/systemd/system/multi-user.target.wants/wiremesh.service"
+cp scripts/systemd/wiremesh-guard.service "$r/etc/systemd/system/wiremesh-guard.service"
+mkdir -p "$r/etc/systemd/system/sysinit.target.wants"
+ln -sf /etc/systemd/system/wiremesh-guard.service "$r/etc/systemd/system/sysinit.target.wants/wiremesh-guard.service"
 mkdir -p "$r/etc/wiremesh"
 cat > "$r/etc/wiremesh/agent.yaml" <<'EOF'
 nodeName: vm-1
@@ -111,6 +122,10 @@ inside wiremesh encrypt status | grep -q "vm-1\|wiremesh_wg0" || fail "encrypt s
 inside bash -c 'exec 3<>/dev/tcp/127.0.0.1/9871; printf "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" >&3; cat <&3' \
   | grep -q "^wiremesh_peers " || fail "no metrics on metricsAddress"
 ls "$work/bpf/wiremesh" >/dev/null 2>&1 || fail "no policy maps pinned under /sys/fs/bpf/wiremesh"
+guard=$(inside systemctl is-active wiremesh-guard.service || true)
+[ "$guard" = active ] || fail "wiremesh-guard.service is '$guard', not active"
+inside nft list table inet wiremesh >/dev/null || fail "no strict-mode table inet wiremesh"
+inside wiremesh encrypt status | grep -qi "strict mode" || fail "encrypt status does not show strict mode"
 caps=$(inside sh -c 'grep CapBnd /proc/$(systemctl show -p MainPID --value wiremesh.service)/status')
 echo "boot-test: wiremesh.service active under the hardened unit ($caps)"
 inside journalctl -b --no-pager -u wiremesh.service | tail -15
