@@ -353,7 +353,7 @@ mod tests {
         let expected: serde_yaml::Value = serde_yaml::from_str(
             "nodeName: node-2\nclusterName: lab\ninterface: wiremesh_wg0\nlistenPort: 51871\n\
              stateDir: /tmp/l/n2/state\nrunDir: /run/wiremesh\nendpoint: 198.18.0.2:51871\n\
-             nodeIPs: [198.18.0.2]\npodCIDRs: [10.244.2.0/24]\nclusterPodCIDRs: [10.244.0.0/16]\nstore: {kind: dir, dir: {path: /tmp/l/store}}\n\
+             nodeIPs: [198.18.0.2]\npodCIDRs: [10.244.2.0/24]\nclusterPodCIDRs: [10.244.0.0/16]\nstrictMode: true\nstore: {kind: dir, dir: {path: /tmp/l/store}}\n\
              policy: {bpfPinDir: /tmp/l/bpffs/node-2}\n",
         )
         .expect("expected config is valid YAML");

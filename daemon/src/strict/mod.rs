@@ -75,11 +75,12 @@ pub fn remove() -> Result<(), GuardError> {
     helper::apply_ruleset(&ruleset::remove()).map_err(|e| describe("removing", e))
 }
 
-/// The table's counters and completeness; `None` when there is no such table. Blocking.
-pub fn list() -> Result<Option<Listed>, GuardError> {
+/// The table's counters and whether it is complete and built from `spec`; `None` when there is
+/// no such table. Blocking.
+pub fn list(spec: &GuardSpec) -> Result<Option<Listed>, GuardError> {
     let args = ["list", "table", "inet", ruleset::TABLE];
     match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
-        Ok(json) => ruleset::parse_listing(&json)
+        Ok(json) => ruleset::parse_listing(&json, &spec.fingerprint())
             .map(Some)
             .map_err(|source| GuardError::Listing { source }),
         // nft says "No such file or directory" for a table that does not exist.
@@ -169,7 +170,8 @@ async fn watch_table(spec: GuardSpec, tx: watch::Sender<StrictStatus>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tick.tick().await;
-        let listed = tokio::task::spawn_blocking(list).await;
+        let wanted = spec.clone();
+        let listed = tokio::task::spawn_blocking(move || list(&wanted)).await;
         let mut status = tx.borrow().clone();
         match listed {
             Ok(Ok(Some(l))) if l.complete => {

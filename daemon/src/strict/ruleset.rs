@@ -41,6 +41,18 @@ pub struct GuardSpec {
 }
 
 impl GuardSpec {
+    /// A stable fingerprint of what the table is built from, written into every rule's comment:
+    /// a table built from another config (another agent started on this host with other
+    /// settings, a stale boot-time guard) is told apart from ours and installed again.
+    pub fn fingerprint(&self) -> String {
+        let text = format!("{}|{:?}|{:?}", self.interface, self.pool, self.local);
+        // FNV-1a: the same on every run and every build, unlike the standard library's hasher.
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("(spec {hash:016x})")
+    }
+
     pub fn from_config(config: &Config) -> Self {
         Self {
             interface: config.interface.clone(),
@@ -266,10 +278,14 @@ fn rule(spec: &GuardSpec, direction: Direction, family: Family) -> Rule<'static>
         handle: None,
         index: None,
         comment: Some(
-            match direction {
-                Direction::Egress => "wiremesh strict mode: pod traffic to another node leaves only through the tunnel",
-                Direction::Ingress => "wiremesh strict mode: remote pod addresses arrive only through the tunnel",
-            }
+            format!(
+                "{} {}",
+                match direction {
+                    Direction::Egress => "wiremesh strict mode: pod traffic to another node leaves only through the tunnel",
+                    Direction::Ingress => "wiremesh strict mode: remote pod addresses arrive only through the tunnel",
+                },
+                spec.fingerprint()
+            )
             .into(),
         ),
     }
@@ -310,14 +326,15 @@ impl DropCounts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub drops: DropCounts,
-    /// Whether all four rules and all four counters are there: anything less is a damaged table
-    /// (edited by hand) that must be installed again.
+    /// Whether all four rules (built from the expected spec) and all four counters are there:
+    /// anything else is a damaged or foreign table that must be installed again.
     pub complete: bool,
 }
 
-/// Reads the counters and checks completeness from `nft -j list table inet wiremesh` output.
-/// Parsed as plain JSON: nft counts in 64 bits.
-pub fn parse_listing(json: &str) -> Result<Listed, serde_json::Error> {
+/// Reads the counters and checks completeness from `nft -j list table inet wiremesh` output:
+/// complete means every rule and counter is there and every rule was built from the spec whose
+/// [`GuardSpec::fingerprint`] is `fingerprint`. Parsed as plain JSON: nft counts in 64 bits.
+pub fn parse_listing(json: &str, fingerprint: &str) -> Result<Listed, serde_json::Error> {
     let doc: serde_json::Value = serde_json::from_str(json)?;
     let mut drops = DropCounts::default();
     let (mut counters, mut rules) = (0, 0);
@@ -333,7 +350,10 @@ pub fn parse_listing(json: &str) -> Result<Listed, serde_json::Error> {
                 counters += 1;
             }
         } else if let Some(r) = item.get("rule") {
-            if r["table"] == TABLE {
+            let ours = r["comment"]
+                .as_str()
+                .is_some_and(|c| c.ends_with(fingerprint));
+            if r["table"] == TABLE && ours {
                 rules += 1;
             }
         }

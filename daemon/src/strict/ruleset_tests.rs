@@ -200,16 +200,21 @@ const LISTING: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "releas
  {"counter": {"family": "inet", "name": "ingress_ipv4", "table": "wiremesh", "handle": 4, "packets": 3, "bytes": 252}},
  {"counter": {"family": "inet", "name": "ingress_ipv6", "table": "wiremesh", "handle": 5, "packets": 2, "bytes": 208}},
  {"chain": {"family": "inet", "table": "wiremesh", "name": "egress", "handle": 10, "type": "filter", "hook": "postrouting", "prio": 0, "policy": "accept"}},
- {"rule": {"family": "inet", "table": "wiremesh", "chain": "egress", "handle": 12, "expr": []}},
- {"rule": {"family": "inet", "table": "wiremesh", "chain": "egress", "handle": 13, "expr": []}},
+ {"rule": {"family": "inet", "table": "wiremesh", "chain": "egress", "handle": 12, "expr": [], "comment": "wiremesh strict mode: ... (spec 00000000000000aa)"}},
+ {"rule": {"family": "inet", "table": "wiremesh", "chain": "egress", "handle": 13, "expr": [], "comment": "wiremesh strict mode: ... (spec 00000000000000aa)"}},
  {"chain": {"family": "inet", "table": "wiremesh", "name": "ingress", "handle": 11, "type": "filter", "hook": "prerouting", "prio": -300, "policy": "accept"}},
- {"rule": {"family": "inet", "table": "wiremesh", "chain": "ingress", "handle": 14, "expr": []}},
- {"rule": {"family": "inet", "table": "wiremesh", "chain": "ingress", "handle": 15, "expr": []}}]}"#;
+ {"rule": {"family": "inet", "table": "wiremesh", "chain": "ingress", "handle": 14, "expr": [], "comment": "wiremesh strict mode: ... (spec 00000000000000aa)"}},
+ {"rule": {"family": "inet", "table": "wiremesh", "chain": "ingress", "handle": 15, "expr": [], "comment": "wiremesh strict mode: ... (spec 00000000000000aa)"}}]}"#;
 
 #[test]
 fn reads_64_bit_counters_and_completeness() {
-    let listed = parse_listing(LISTING).expect("parses");
+    let listed = parse_listing(LISTING, "(spec 00000000000000aa)").expect("parses");
     assert!(listed.complete);
+    let foreign = parse_listing(LISTING, "(spec 00000000000000bb)").expect("parses");
+    assert!(
+        !foreign.complete,
+        "a table built from another config (another agent on this host) is noticed"
+    );
     assert_eq!(
         listed.drops,
         DropCounts {
@@ -223,7 +228,27 @@ fn reads_64_bit_counters_and_completeness() {
     let mut doc: Value = serde_json::from_str(LISTING).expect("parses");
     let items = doc["nftables"].as_array_mut().expect("list");
     items.pop();
-    let damaged = parse_listing(&doc.to_string()).expect("parses");
+    let damaged = parse_listing(&doc.to_string(), "(spec 00000000000000aa)").expect("parses");
     assert!(!damaged.complete, "a rule deleted by hand is noticed");
-    assert!(parse_listing("not json").is_err());
+    assert!(parse_listing("not json", "").is_err());
+}
+
+#[test]
+fn the_fingerprint_follows_every_input_of_the_table() {
+    let spec = GuardSpec {
+        interface: "wiremesh_wg0".into(),
+        pool: vec!["10.244.0.0/16".parse().expect("cidr")],
+        local: vec!["10.244.1.0/24".parse().expect("cidr")],
+    };
+    assert_eq!(spec.fingerprint(), spec.clone().fingerprint());
+    let other_interface = GuardSpec {
+        interface: "wmimpostor0".into(),
+        ..spec.clone()
+    };
+    let other_local = GuardSpec {
+        local: vec!["10.244.2.0/24".parse().expect("cidr")],
+        ..spec.clone()
+    };
+    assert_ne!(spec.fingerprint(), other_interface.fingerprint());
+    assert_ne!(spec.fingerprint(), other_local.fingerprint());
 }
