@@ -1,0 +1,195 @@
+//! Tests of the config: every key, every error named, all errors at once.
+
+use super::*;
+
+/// Parses `text` as written, or with the lab's cluster pool added when it names neither of
+/// the strict-mode keys (so that each test states only what it is about).
+fn parse(text: &str) -> Result<Config, String> {
+    let text = if text.contains("clusterPodCIDRs") || text.contains("strictMode") {
+        text.to_string()
+    } else {
+        format!("clusterPodCIDRs: [10.244.0.0/16, fd00:10:244::/56]\n{text}")
+    };
+    Config::parse(&text, Path::new("/etc/wiremesh/agent.yaml")).map_err(|e| e.to_string())
+}
+
+const FULL: &str = "
+nodeName: node-1
+clusterName: default
+interface: wiremesh_wg0
+listenPort: 51871
+mtu: 0
+stateDir: /var/lib/wiremesh
+runDir: /run/wiremesh
+endpoint: 198.18.0.1:51871
+nodeIPs: [198.18.0.1]
+podCIDRs: [10.244.1.0/24, fd00:10:244:1::/64]
+store:
+  kind: dir
+  dir: { path: /var/lib/wiremesh/store }
+";
+
+#[test]
+fn documented_example_parses() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(c.node_name, "node-1");
+    assert_eq!(c.endpoint, "198.18.0.1:51871".parse().unwrap());
+    assert_eq!(c.pod_cidrs.len(), 2);
+    assert_eq!(
+        c.key_path(),
+        PathBuf::from("/var/lib/wiremesh/wiremesh_wg0.key")
+    );
+    assert_eq!(c.datapath, DatapathKind::Auto);
+}
+
+#[test]
+fn defaults_apply() {
+    let c = parse("nodeName: n1\nnodeIPs: [198.18.0.7]\n").unwrap();
+    assert_eq!(c.interface, "wiremesh_wg0");
+    assert_eq!(c.listen_port, 51871);
+    assert_eq!(c.endpoint, "198.18.0.7:51871".parse().unwrap());
+    assert_eq!(c.cluster_name, "default");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nlistenPrt: 1\n").unwrap_err();
+    assert!(err.contains("listenPrt"), "{err}");
+    assert!(err.contains("agent.yaml"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let err =
+        parse("podCIDRs: [10.244.1.0/33, 10.244.1.5/24]\nnodeIPs: [nope]\nmtu: 5\n").unwrap_err();
+    for needle in [
+        "nodeName: required",
+        "podCIDRs[0]",
+        "podCIDRs[1]",
+        "nodeIPs[0]",
+        "mtu: 5",
+        "endpoint",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn unsupported_store_kind_says_so() {
+    let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: consul }\n").unwrap_err();
+    assert!(err.contains("consul"), "{err}");
+    let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: kubernetes, kubernetes: { heartbeat: 5s, ownerTTL: 20s } }\n").unwrap();
+    let StoreConfig::Kubernetes(k) = c.store else {
+        panic!("not kubernetes")
+    };
+    assert_eq!(k.owner_ttl, Duration::from_secs(20));
+    let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: kubernetes, kubernetes: { heartbeat: 30s, ownerTTL: 40s } }\n").unwrap_err();
+    assert!(err.contains("store.kubernetes.ownerTTL"), "{err}");
+}
+
+#[test]
+fn etcd_store() {
+    let c = parse(
+        "nodeName: n1\nnodeIPs: [198.18.0.1]\nstore:\n  kind: etcd\n  etcd: { endpoints: [http://198.18.0.254:2379], prefix: /wm, leaseTTL: 10s }\n",
+    )
+    .unwrap();
+    let StoreConfig::Etcd(e) = c.store else {
+        panic!("not etcd")
+    };
+    assert_eq!(e.endpoints, vec!["http://198.18.0.254:2379"]);
+    assert_eq!(e.prefix, "/wm");
+    assert_eq!(e.lease_ttl, Duration::from_secs(10));
+    let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nstore: { kind: etcd, etcd: { endpoints: [localhost:2379], leaseTTL: 1s } }\n").unwrap_err();
+    assert!(
+        err.contains("store.etcd.endpoints[0]") && err.contains("store.etcd.leaseTTL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_rotation_durations() {
+    let c = parse(
+        "nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: 0, commitTimeout: 30s }\n",
+    )
+    .unwrap();
+    assert!(c.key_rotation.interval.is_zero());
+    assert_eq!(c.key_rotation.commit_timeout, Duration::from_secs(30));
+    assert_eq!(
+        parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n")
+            .unwrap()
+            .key_rotation
+            .interval,
+        Duration::from_secs(86400)
+    );
+    let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nkeyRotation: { interval: soon }\n")
+        .unwrap_err();
+    assert!(err.contains("keyRotation.interval"), "{err}");
+}
+
+#[test]
+fn strict_mode_refuses_an_underlay_inside_the_pool() {
+    let err = parse("nodeName: n1\nnodeIPs: [10.244.9.1]\n").unwrap_err();
+    assert!(
+        err.contains("nodeIPs[0]: 10.244.9.1 lies inside clusterPodCIDRs (10.244.0.0/16)")
+            && err.contains("endpoint: 10.244.9.1"),
+        "{err}"
+    );
+    parse("strictMode: false\nnodeName: n1\nnodeIPs: [10.244.9.1]\nclusterPodCIDRs: [10.244.0.0/16]\n")
+        .expect("without strict mode nothing is dropped, so the overlap is allowed");
+}
+
+#[test]
+fn strict_mode_is_on_by_default_and_needs_the_cluster_pool() {
+    let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap();
+    assert!(c.strict_mode);
+    assert_eq!(c.cluster_pod_cidrs.len(), 2);
+    let err = parse("strictMode: true\nnodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap_err();
+    assert!(
+        err.contains("clusterPodCIDRs: required") && err.contains("strictMode: false"),
+        "{err}"
+    );
+    let c = parse("strictMode: false\nnodeName: n1\nnodeIPs: [198.18.0.1]\n").unwrap();
+    assert!(!c.strict_mode && c.cluster_pod_cidrs.is_empty());
+}
+
+#[test]
+fn pod_cidrs_must_lie_in_the_cluster_pool() {
+    let err = parse(
+        "clusterPodCIDRs: [10.244.0.0/16, 10.300.0.0/16]\nnodeName: n1\nnodeIPs: [198.18.0.1]\npodCIDRs: [10.244.1.0/24, 10.245.1.0/24]\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("clusterPodCIDRs[1]"), "{err}");
+    assert!(
+        err.contains("podCIDRs[1]: 10.245.1.0/24 is not inside clusterPodCIDRs"),
+        "{err}"
+    );
+    assert!(!err.contains("podCIDRs[0]"), "{err}");
+}
+
+#[test]
+fn admin_group_must_exist() {
+    let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: nogroup\n").unwrap();
+    assert_eq!(c.admin_group, Some(65534));
+    let c = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: \"65534\"\n").unwrap();
+    assert_eq!(c.admin_group, Some(65534));
+    let err =
+        parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: no-such-group-wm\n").unwrap_err();
+    assert!(
+        err.contains("adminGroup") && err.contains("groupadd"),
+        "{err}"
+    );
+    let err = parse("nodeName: n1\nnodeIPs: [198.18.0.1]\nadminGroup: root\n").unwrap_err();
+    assert!(err.contains("gid 0"), "{err}");
+    assert_eq!(
+        parse("nodeName: n1\nnodeIPs: [198.18.0.1]\n")
+            .unwrap()
+            .admin_group,
+        None
+    );
+}
+
+#[test]
+fn ipv6_endpoint() {
+    let c = parse("nodeName: n1\nendpoint: \"[fd00::1]:51871\"\n").unwrap();
+    assert!(c.endpoint.is_ipv6());
+}
