@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use keymgr::PrivateKey;
 use wiremesh::device::uapi::format_set;
 use wiremesh::device::uapi_state::format_get;
-use wiremesh::device::{DeviceState, PeerChange, PeerState, Psk, SetRequest};
+use wiremesh::device::{DeviceState, HandshakeStats, PeerChange, PeerState, Psk, SetRequest};
 use wiremesh_fuzz::device::{encode, Op, Pair, B_KEY};
 
 fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
@@ -246,6 +246,13 @@ fn uapi_get_seeds(dir: &Path) -> std::io::Result<()> {
         listen_port: 51871,
         fwmark: 51,
         peers: vec![peer, fresh],
+        handshakes: Some(HandshakeStats {
+            processed: 12,
+            invalid_mac: 3,
+            cookie_sent: 40,
+            cookie_suppressed: 7,
+            rate_limited: 900,
+        }),
     };
     // The client collects the answer up to (not including) the empty line.
     let answer = |extended| format_get(&state, extended).trim_end_matches('\n').to_owned() + "\n";

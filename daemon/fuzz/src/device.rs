@@ -135,8 +135,8 @@ impl Pair {
     /// they are carried, so that A and B share a session.
     pub fn new(handshake: bool) -> Self {
         let now = Instant::now();
-        let mut a = Device::new(PrivateKey::from_bytes(A_KEY));
-        let mut b = Device::new(PrivateKey::from_bytes(B_KEY));
+        let mut a = Device::new(PrivateKey::from_bytes(A_KEY), now);
+        let mut b = Device::new(PrivateKey::from_bytes(B_KEY), now);
         let c_addr = SocketAddr::from((Ipv6Addr::new(0xfd00, 18, 0, 0, 0, 0, 0, 3), 51871));
         let to_a = SetRequest {
             peers: vec![
@@ -181,7 +181,7 @@ impl Pair {
     pub fn b_answers_a(&mut self) -> Vec<Vec<u8>> {
         for (to, p) in std::mem::take(&mut self.wa.sent) {
             if to == addr(B_ADDR) {
-                self.b.handle_datagram(&p, addr(A_ADDR), &mut self.wb);
+                self.b.handle_datagram(&p, addr(A_ADDR), self.now, &mut self.wb);
             }
         }
         std::mem::take(&mut self.wb.sent)
@@ -201,7 +201,7 @@ impl Pair {
             }
             for (to, p) in from_a {
                 if to == addr(B_ADDR) {
-                    self.b.handle_datagram(&p, addr(A_ADDR), &mut self.wb);
+                    self.b.handle_datagram(&p, addr(A_ADDR), self.now, &mut self.wb);
                 }
             }
             for (to, p) in from_b {
@@ -221,7 +221,7 @@ impl Pair {
         if !self.sources.contains(&canonical) {
             self.sources.push(canonical);
         }
-        self.a.handle_datagram(datagram, from, &mut self.wa);
+        self.a.handle_datagram(datagram, from, self.now, &mut self.wa);
     }
 
     /// The networks a delivered source may come from.

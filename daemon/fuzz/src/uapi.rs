@@ -16,7 +16,7 @@ pub fn set(data: &[u8]) {
     let once = uapi::format_set(&req);
     let back = match uapi::parse(&once) {
         Ok(Request::Set(back)) => back,
-        other => panic!("format_set wrote a request parse reads as {other:?}:\n{once}"),
+        other => panic!("format_set wrote a request parse reads as {other:?}:\n{}", once.as_str()),
     };
     let twice = uapi::format_set(&back);
     assert_eq!(once, twice, "set text changed on a second round trip");
@@ -31,7 +31,7 @@ pub fn get(data: &[u8]) {
     for extended in [false, true] {
         let once = uapi_state::format_get(&state, extended);
         let back = uapi_state::parse_get(&once)
-            .unwrap_or_else(|e| panic!("format_get wrote an answer parse_get refuses ({e}):\n{once}"));
+            .unwrap_or_else(|e| panic!("format_get wrote an answer parse_get refuses ({e}):\n{}", once.as_str()));
         let twice = uapi_state::format_get(&back, extended);
         assert_eq!(once, twice, "get text changed on a second round trip");
     }
