@@ -45,4 +45,8 @@ echo "== tests"
 export WIREMESH_BIN="$PWD/target/debug/wiremesh"
 cargo test --workspace --locked -- --test-threads=2
 
+echo "== fuzz smoke"
+# Every fuzz target (docs/FUZZING.md) for 20 s from its committed seeds: a crash fails the run.
+FUZZ_NICE=0 ./scripts/fuzz.sh 20
+
 echo "== all tests passed"

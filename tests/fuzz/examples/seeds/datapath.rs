@@ -1,11 +1,9 @@
-//! Writes the seed corpora of the daemon's fuzz targets into `corpus/<target>/`: real WireGuard
-//! traffic between two devices (handshake initiation, response, data, replays, a handshake
-//! flood), packets as read from the TUN, and UAPI `set` requests and `get` answers as `wg` and
-//! the agent exchange them. Deterministic names; re-run after changing an input format:
-//!   cargo run --example seeds   (in daemon/fuzz)
+//! Seeds of the data path's targets: real WireGuard traffic between two devices (handshake
+//! initiation, response, data, replays, a handshake flood), packets as read from the TUN, and
+//! UAPI `set` requests and `get` answers as `wg` and the agent exchange them.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use keymgr::PrivateKey;
@@ -262,11 +260,9 @@ fn uapi_get_seeds(dir: &Path) -> std::io::Result<()> {
     write(dir, "empty-device", b"listen_port=0\nerrno=0\n")
 }
 
-fn main() -> std::io::Result<()> {
-    let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
+/// Writes the `device`, `uapi_set` and `uapi_get` corpora under `corpus`.
+pub fn write_all(corpus: &Path) -> std::io::Result<()> {
     device_seeds(&corpus.join("device"))?;
     uapi_set_seeds(&corpus.join("uapi_set"))?;
-    uapi_get_seeds(&corpus.join("uapi_get"))?;
-    println!("seeds written under {}", corpus.display());
-    Ok(())
+    uapi_get_seeds(&corpus.join("uapi_get"))
 }

@@ -1,15 +1,13 @@
-//! Writes the seed corpus of the `store_record` fuzz target into `corpus/store_record/`: node
-//! records as agents publish them in the dir and etcd stores (with and without a rotation under
-//! way), the malformed ones the store tests refuse, Kubernetes Node objects as the API server
-//! sends them with wiremesh's annotations, and stored policy objects. Re-run after changing the
-//! input format:   cargo run --example seeds   (in keymgr/fuzz)
+//! Seeds of `store_record`: node records as agents publish them in the dir and etcd stores (with
+//! and without a rotation under way), the malformed ones the store tests refuse, Kubernetes Node
+//! objects as the API server sends them with wiremesh's annotations, and stored policy objects.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use keymgr::{NodeRecord, PrivateKey};
-use keymgr_fuzz::{encode, NODES_PREFIX};
+use wiremesh_fuzz::store_record::{encode, NODES_PREFIX};
 
 fn record(name: &str, n: u8) -> NodeRecord {
     let key = PrivateKey::from_bytes([n; 32]).public_key();
@@ -58,8 +56,9 @@ fn node(name: &str, n: u8, annotations: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec_pretty(&node).expect("a Node serialises")
 }
 
-fn main() -> std::io::Result<()> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/store_record");
+/// Writes the `store_record` corpus under `corpus`.
+pub fn write_all(corpus: &Path) -> std::io::Result<()> {
+    let dir = corpus.join("store_record");
     std::fs::create_dir_all(&dir)?;
     let write = |name: &str, bytes: Vec<u8>| std::fs::write(Path::new(&dir).join(name), bytes);
     let json = |r: &NodeRecord| serde_json::to_vec_pretty(r).expect("a record serialises");
@@ -123,6 +122,5 @@ fn main() -> std::io::Result<()> {
     write("dir-object-pod", encode(3, "Pod_default_frontend.json", pod.as_bytes()))?;
     write("etcd-object-np", encode(4, "NetworkPolicy/shop/allow-frontend", np.as_bytes()))?;
     write("etcd-object-ccnp", encode(4, "CiliumClusterwideNetworkPolicy/_/deny-all", ccnp.as_bytes()))?;
-    println!("seeds written under {}", dir.display());
     Ok(())
 }

@@ -1,14 +1,12 @@
-//! Writes the seed corpus of the `policy_load` fuzz target into `corpus/policy_load/`: every
-//! manifest in `policy/examples/` alone, and each policy file after `cluster.yaml` (the objects
+//! Seeds of `policy_load`: every manifest in `policy/examples/` alone, and each policy file after `cluster.yaml` (the objects
 //! the policies select), as `wiremesh apply -f` would see them concatenated.
-//!   cargo run --example seeds   (in policy/fuzz)
 
-use std::path::PathBuf;
+use std::path::Path;
 
-fn main() -> std::io::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let examples = root.join("../examples");
-    let out = root.join("corpus/policy_load");
+/// Writes the `policy_load` corpus under `corpus`.
+pub fn write_all(corpus: &Path) -> std::io::Result<()> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policy/examples");
+    let out = corpus.join("policy_load");
     std::fs::create_dir_all(&out)?;
     let cluster = std::fs::read_to_string(examples.join("cluster.yaml"))?;
     let mut names: Vec<String> = std::fs::read_dir(&examples)?
@@ -24,6 +22,5 @@ fn main() -> std::io::Result<()> {
             std::fs::write(out.join(format!("cluster+{name}")), both)?;
         }
     }
-    println!("seeds written under {}", out.display());
     Ok(())
 }
