@@ -45,13 +45,18 @@ cleanup() {
   fi
   umount -l "$work/root" 2>/dev/null; umount -l "$work/bpf" 2>/dev/null
   ip netns del "$ns" 2>/dev/null
-  [ -n "${BOOT_TEST_KEEP:-}" ] && { echo "boot-test: kept $work"; return; }
+  [ -n "${BOOT_TEST_KEEP:-}" ] && { echo "boot-test: kept $work (the VM's changes in $work/scratch/upper)"; return; }
+  umount -l "$work/scratch" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-mkdir -p "$work/upper" "$work/work" "$work/root" "$work/bpf"
-mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$work/upper,workdir=$work/work" "$work/root"
+mkdir -p "$work/scratch" "$work/root" "$work/bpf"
+# The overlay's upper and work directories on a tmpfs of their own: overlayfs refuses an upper
+# directory on overlayfs, which /var/tmp is in a container or in ../shared/tools/fresh-machine.
+mount -t tmpfs -o mode=0755 tmpfs "$work/scratch"
+mkdir -p "$work/scratch/upper" "$work/scratch/work"
+mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$work/scratch/upper,workdir=$work/scratch/work" "$work/root"
 mount -t bpf bpf "$work/bpf"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
