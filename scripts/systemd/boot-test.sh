@@ -95,10 +95,18 @@ systemd-nspawn -q -b -D "$r" --register=no --keep-unit --console=passive \
   >"$work/console.log" 2>&1 &
 nspawn_pid=$!
 
-# The container's PID 1: nspawn's child.
+# The container's PID 1: the child of nspawn that runs systemd in a PID namespace of its own
+# (nspawn's short-lived outer child has the same parent; picking it instead made every check
+# below fail when it had already gone, as under ../shared/tools/fresh-machine).
 init=
+outer_pidns=$(readlink "/proc/$nspawn_pid/ns/pid")
 for _ in $(seq 100); do
-  init=$(pgrep -P "$nspawn_pid" | head -1 || true)
+  for child in $(pgrep -P "$nspawn_pid" || true); do
+    if [ "$(readlink "/proc/$child/ns/pid" 2>/dev/null)" != "$outer_pidns" ] \
+      && [ "$(cat "/proc/$child/comm" 2>/dev/null)" = systemd ]; then
+      init=$child
+    fi
+  done
   [ -n "$init" ] && break; sleep 0.1
 done
 [ -n "$init" ] || { cat "$work/console.log"; echo "boot-test: the container did not start" >&2; exit 1; }
@@ -113,6 +121,8 @@ done
 fail() {
   echo "boot-test: $*" >&2
   inside journalctl -b --no-pager -u wiremesh.service | tail -40 >&2 || true
+  echo "boot-test: the container's console, last lines:" >&2
+  tail -20 "$work/console.log" >&2 || true
   exit 1
 }
 [ "$state" = active ] || fail "wiremesh.service is '$state', not active"
