@@ -114,7 +114,7 @@ inside() { nsenter -t "$init" -a -- "$@"; }
 
 state=
 for _ in $(seq 120); do
-  state=$(inside systemctl is-active wiremesh.service 2>/dev/null || true)
+  state=$(inside systemctl is-active wiremesh.service 2>"$work/inside.err" || true)
   [ "$state" = active ] && inside test -S /run/wiremesh/wiremesh.sock 2>/dev/null && break
   sleep 0.5
 done
@@ -125,7 +125,7 @@ fail() {
   tail -20 "$work/console.log" >&2 || true
   exit 1
 }
-[ "$state" = active ] || fail "wiremesh.service is '$state', not active"
+[ "$state" = active ] || fail "wiremesh.service is '$state', not active ($(tail -1 "$work/inside.err"))"
 sleep 3
 state=$(inside systemctl is-active wiremesh.service || true)
 [ "$state" = active ] || fail "wiremesh.service did not stay up ($state)"
