@@ -110,7 +110,9 @@ for _ in $(seq 100); do
   [ -n "$init" ] && break; sleep 0.1
 done
 [ -n "$init" ] || { cat "$work/console.log"; echo "boot-test: the container did not start" >&2; exit 1; }
-inside() { nsenter -t "$init" -a -- "$@"; }
+# Its root and working directory too (-r -w): the namespaces alone are not enough when this
+# script runs chrooted, as under ../shared/tools/fresh-machine.
+inside() { nsenter -t "$init" -a -r -w -- "$@"; }
 
 state=
 for _ in $(seq 120); do
