@@ -205,7 +205,7 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.into(),
                 message: describe_yaml_error(&e),
             })?
@@ -225,7 +225,7 @@ impl Config {
     }
 }
 
-fn describe_yaml_error(e: &serde_yaml::Error) -> String {
+fn describe_yaml_error(e: &yaml_serde::Error) -> String {
     match e.location() {
         Some(loc) => format!("line {}, column {}: {e}", loc.line(), loc.column()),
         None => e.to_string(),

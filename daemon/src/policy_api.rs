@@ -156,7 +156,7 @@ pub fn read_manifests(files: &[PathBuf]) -> Result<Vec<Sourced>> {
     policy::load(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())))?;
     let mut out = Vec::new();
     for (file, text) in &texts {
-        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, de) in yaml_serde::Deserializer::from_str(text).enumerate() {
             let origin = format!("{file} (document {})", i + 1);
             let value: Value = serde::Deserialize::deserialize(de)
                 .with_context(|| format!("{origin}: invalid YAML"))?;

@@ -2,7 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::cilium::{
     CidrRule, EgressRule, HttpRuleSpec, IcmpRule, IngressRule, L7Rules, PortRule, RuleSpec,

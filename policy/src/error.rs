@@ -25,7 +25,7 @@ pub enum LoadError {
         file: String,
         document: usize,
         #[source]
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("{file}: document {document}: {message}")]
     Document {

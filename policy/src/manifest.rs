@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::cilium::CiliumPolicyBody;
 use crate::error::{FieldError, LoadError};
@@ -77,7 +77,7 @@ impl Doc<'_> {
 
 impl Loader {
     fn file(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
-        for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, de) in yaml_serde::Deserializer::from_str(text).enumerate() {
             let doc = Doc {
                 file,
                 document: i + 1,

@@ -2,7 +2,7 @@
 //! deserialising. The API server rejects them (kubectl's default strict field validation), and
 //! a silently dropped misspelt `podSelecter` would widen a policy, so we reject them too.
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 /// The first field present in `input` but absent from `parsed` (the typed object serialised
 /// back), as a path below `base`. Fields whose value is `null` are skipped: they mean "unset".
@@ -48,14 +48,14 @@ mod tests {
     #[test]
     fn finds_misspelt_field() {
         let input: Value =
-            serde_yaml::from_str("podSelector: {}\ningress:\n- from:\n  - podSelecter: {}\n")
+            yaml_serde::from_str("podSelector: {}\ningress:\n- from:\n  - podSelecter: {}\n")
                 .expect("yaml");
         let parsed = serde_json::json!({"podSelector": {}, "ingress": [{"from": [{}]}]});
         assert_eq!(
             unknown_field(&input, &parsed, "spec").as_deref(),
             Some("spec.ingress[0].from[0].podSelecter")
         );
-        let ok: Value = serde_yaml::from_str("podSelector: {}\negress: null\n").expect("yaml");
+        let ok: Value = yaml_serde::from_str("podSelector: {}\negress: null\n").expect("yaml");
         assert_eq!(
             unknown_field(&ok, &serde_json::json!({"podSelector": {}}), "spec"),
             None

@@ -349,8 +349,8 @@ mod tests {
     #[test]
     fn config_has_the_documented_keys_and_values() {
         let yaml = agent_config(2, Path::new("/tmp/l/n2/state"), Path::new("/tmp/l/store"));
-        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("config is valid YAML");
-        let expected: serde_yaml::Value = serde_yaml::from_str(
+        let v: yaml_serde::Value = yaml_serde::from_str(&yaml).expect("config is valid YAML");
+        let expected: yaml_serde::Value = yaml_serde::from_str(
             "nodeName: node-2\nclusterName: lab\ninterface: wiremesh_wg0\nlistenPort: 51871\n\
              stateDir: /tmp/l/n2/state\nrunDir: /run/wiremesh\nendpoint: 198.18.0.2:51871\n\
              nodeIPs: [198.18.0.2]\npodCIDRs: [10.244.2.0/24]\nclusterPodCIDRs: [10.244.0.0/16]\nstrictMode: true\nstore: {kind: dir, dir: {path: /tmp/l/store}}\n\

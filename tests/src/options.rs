@@ -238,35 +238,35 @@ mod tests {
             Path::new("/unused"),
             &options,
         );
-        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("config is valid YAML");
-        let expected: serde_yaml::Value = serde_yaml::from_str(
+        let v: yaml_serde::Value = yaml_serde::from_str(&yaml).expect("config is valid YAML");
+        let expected: yaml_serde::Value = yaml_serde::from_str(
             "{kind: etcd, etcd: {endpoints: [\"http://198.18.0.254:2379\"], prefix: /wiremesh, leaseTTL: 5s}}",
         )
         .expect("expected store is valid YAML");
         assert_eq!(v["store"], expected);
-        assert_eq!(v["keyRotation"]["interval"], serde_yaml::Value::from(0));
+        assert_eq!(v["keyRotation"]["interval"], yaml_serde::Value::from(0));
         assert_eq!(v["keyRotation"]["commitTimeout"], "30s");
         assert_eq!(v["nodeName"], "node-3");
         assert_eq!(v["strictMode"], true);
-        assert_eq!(v["nodeIPs"], serde_yaml::Value::from(vec!["198.18.0.3"]));
+        assert_eq!(v["nodeIPs"], yaml_serde::Value::from(vec!["198.18.0.3"]));
     }
 
     #[test]
     fn dual_stack_config_adds_the_v6_plan() {
         let options = LabOptions::default().dual_stack().strict_mode(false);
         let yaml = agent_config_with(2, Path::new("/s"), Path::new("/d"), &options);
-        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("config is valid YAML");
+        let v: yaml_serde::Value = yaml_serde::from_str(&yaml).expect("config is valid YAML");
         assert_eq!(
             v["nodeIPs"],
-            serde_yaml::Value::from(vec!["198.18.0.2", "2001:2::2"])
+            yaml_serde::Value::from(vec!["198.18.0.2", "2001:2::2"])
         );
         assert_eq!(
             v["podCIDRs"],
-            serde_yaml::Value::from(vec!["10.244.2.0/24", "fd00:10:244:2::/64"])
+            yaml_serde::Value::from(vec!["10.244.2.0/24", "fd00:10:244:2::/64"])
         );
         assert_eq!(
             v["clusterPodCIDRs"],
-            serde_yaml::Value::from(vec!["10.244.0.0/16", "fd00:10:244::/56"])
+            yaml_serde::Value::from(vec!["10.244.0.0/16", "fd00:10:244::/56"])
         );
         assert_eq!(v["strictMode"], false);
     }

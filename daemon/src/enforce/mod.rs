@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap};
-use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use ipnet::IpNet;
@@ -59,7 +59,7 @@ const HOST_HOOKS: [(&str, TcAttachType); 2] = [
 /// Our tc filter's fixed slot on every interface: a restarted agent replaces the program in
 /// it atomically instead of stacking a second filter or leaving a gap.
 const TC_PRIORITY: u16 = 1;
-const TC_HANDLE: u32 = 0x574d;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 0x574d);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -84,6 +84,11 @@ pub enum EnforceError {
     },
     #[error("interface {ifname}: {source}")]
     Interface { ifname: String, source: io::Error },
+    #[error("interface {ifname}: adding the clsact qdisc: {source}")]
+    Qdisc {
+        ifname: String,
+        source: Box<TcError>,
+    },
     #[error("attaching {name} to {ifname}: {source}")]
     Attach {
         ifname: String,
@@ -131,7 +136,7 @@ impl Enforcer {
             source,
         })?;
         let mut ebpf = EbpfLoader::new()
-            .map_pin_path(pin_dir)
+            .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .map_err(|source| EnforceError::Load {
                 pin_dir: pin_dir.to_path_buf(),
@@ -212,12 +217,14 @@ impl Enforcer {
         hooks: [(&'static str, TcAttachType); 2],
     ) -> Result<u32, EnforceError> {
         let ifindex = ifindex(ifname)?;
-        if let Err(e) = tc::qdisc_add_clsact(ifname) {
-            if e.raw_os_error() != Some(libc::EEXIST) {
-                return Err(EnforceError::Interface {
+        match tc::qdisc_add_clsact(ifname) {
+            Ok(()) | Err(TcError::AlreadyAttached) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(EnforceError::Qdisc {
                     ifname: ifname.to_string(),
-                    source: e,
-                });
+                    source: Box::new(e),
+                })
             }
         }
         for (name, hook) in hooks {
@@ -227,7 +234,7 @@ impl Enforcer {
                 name,
                 source: Box::new(source),
             };
-            let existing = SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE)
+            let existing = SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE, None)
                 .map_err(|source| EnforceError::Interface {
                     ifname: ifname.to_string(),
                     source,
@@ -242,6 +249,7 @@ impl Enforcer {
                         TcAttachOptions::Netlink(NlOptions {
                             priority: TC_PRIORITY,
                             handle: TC_HANDLE,
+                            classid: None,
                         }),
                     )
                     .map_err(attach_err)?,
@@ -258,7 +266,7 @@ impl Enforcer {
     /// Removes our filters from `ifname` (the interface then enforces nothing).
     pub fn detach(&mut self, ifname: &str) -> Result<(), EnforceError> {
         for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let link = SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE)
+            let link = SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE, None)
                 .map_err(|source| EnforceError::Interface {
                     ifname: ifname.to_string(),
                     source,

@@ -185,7 +185,7 @@ impl View {
 /// API server never serves such a Node.
 fn seniority(node: &Node) -> Seniority {
     let created = node.metadata.creation_timestamp.as_ref();
-    let secs = created.map_or(0, |t| t.0.timestamp());
+    let secs = created.map_or(0, |t| t.0.as_second());
     Seniority(u128::try_from(secs).unwrap_or(0))
 }
 

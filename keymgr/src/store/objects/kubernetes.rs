@@ -247,7 +247,7 @@ impl KubeObjects {
         &self,
         what: &str,
         request: impl Future<Output = kube::Result<T>>,
-    ) -> Result<Result<T, kube::core::ErrorResponse>, StoreError> {
+    ) -> Result<Result<T, Box<kube::core::Status>>, StoreError> {
         let failed = match tokio::time::timeout(RPC_TIMEOUT, request).await {
             Ok(Ok(v)) => return Ok(Ok(v)),
             Ok(Err(kube::Error::Api(e))) if e.code < 500 && e.code != 401 => return Ok(Err(e)),
