@@ -234,11 +234,7 @@ impl Enforcer {
                 name,
                 source: Box::new(source),
             };
-            let existing = SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE, None)
-                .map_err(|source| EnforceError::Interface {
-                    ifname: ifname.to_string(),
-                    source,
-                })?;
+            let existing = our_slot(ifname, hook)?;
             let id = match prog.attach_to_link(existing) {
                 Ok(id) => id,
                 // Nothing in our slot yet.
@@ -266,11 +262,7 @@ impl Enforcer {
     /// Removes our filters from `ifname` (the interface then enforces nothing).
     pub fn detach(&mut self, ifname: &str) -> Result<(), EnforceError> {
         for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-            let link = SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE, None)
-                .map_err(|source| EnforceError::Interface {
-                    ifname: ifname.to_string(),
-                    source,
-                })?;
+            let link = our_slot(ifname, hook)?;
             aya::programs::links::Link::detach(link).map_err(|source| EnforceError::Attach {
                 ifname: ifname.to_string(),
                 name: "detach",
@@ -346,6 +338,17 @@ fn program<'a>(
     };
     prog.try_into()
         .map_err(|source| program_error(name, source))
+}
+
+/// The link naming our filter's slot (`TC_PRIORITY`, `TC_HANDLE`) on `ifname`'s `hook`, whether
+/// or not a program is attached there.
+fn our_slot(ifname: &str, hook: TcAttachType) -> Result<SchedClassifierLink, EnforceError> {
+    SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE, None).map_err(|source| {
+        EnforceError::Interface {
+            ifname: ifname.to_string(),
+            source,
+        }
+    })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EnforceError> {
