@@ -33,6 +33,9 @@ use crate::{Admission, NodeRecord};
 
 /// How long one request to the API server may take before it counts as down.
 pub(super) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// The API server ends each watch after this long; kube's watcher then resumes from the last
+/// resourceVersion.
+pub(super) const WATCH_SECS: u32 = 55;
 
 /// Where and how to reach the API server, and the ownership timing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +89,8 @@ impl ApiServer {
         Ok(Self { kubeconfig, server })
     }
 
-    /// A new client, with [`RPC_TIMEOUT`] to connect.
+    /// A new client, with [`RPC_TIMEOUT`] to connect and [`WATCH_SECS`] + [`RPC_TIMEOUT`] for any
+    /// read.
     pub(super) async fn client(&self) -> Result<Client, String> {
         let mut config = match &self.kubeconfig {
             Some((path, kc)) => {
@@ -99,6 +103,9 @@ impl ApiServer {
                 .map_err(|e| format!("no Kubernetes config found: {e}"))?,
         };
         config.connect_timeout = Some(RPC_TIMEOUT);
+        // Every read, a watch's included: the server ends each watch after WATCH_SECS, so a
+        // connection silent for longer is a dead one.
+        config.read_timeout = Some(Duration::from_secs(WATCH_SECS.into()) + RPC_TIMEOUT);
         Client::try_from(config).map_err(|e| format!("Kubernetes client for {}: {e}", self.server))
     }
 }

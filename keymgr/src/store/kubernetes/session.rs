@@ -1,31 +1,29 @@
 //! The I/O shell of the Kubernetes store: one background task that connects, claims the node
 //! name on this node's `Node`, writes the desired annotations, refreshes the heartbeat, and lists
-//! then watches every Node (following bookmarks, relisting on 410 Gone). Any failure ends the
-//! session; the next one starts from scratch (new client, re-claim, relist), which also picks up
-//! whatever changed during an outage.
+//! then watches every Node (kube's `watcher`: following bookmarks, relisting on 410 Gone). Any
+//! failure ends the session; the next one starts from scratch (new client, re-claim, relist),
+//! which also picks up whatever changed during an outage.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher::{self, watcher, Event};
 use kube::Api;
 
 use super::node::{self, Ownership, View};
-use super::{Target, RPC_TIMEOUT};
+use super::{Target, RPC_TIMEOUT, WATCH_SECS};
 use crate::store::task::{self, Backoff, Link};
 use crate::NodeRecord;
 
-/// The API server ends each watch after this long; the next one resumes from the last
-/// resourceVersion. A watch silent for longer than this (plus [`RPC_TIMEOUT`]) is a dead one.
-const WATCH_SECS: u32 = 55;
 /// How many 409 Conflicts one write re-reads and retries before the session gives up.
 const CONFLICT_RETRIES: usize = 8;
 
-type Events = Pin<Box<dyn Stream<Item = kube::Result<WatchEvent<Node>>> + Send>>;
+type Events = Pin<Box<dyn Stream<Item = watcher::Result<Event<Node>>> + Send>>;
 
 pub(super) struct Shell {
     pub(super) target: Arc<Target>,
@@ -36,7 +34,7 @@ pub(super) struct Shell {
 /// One thing that happened while serving.
 enum Step {
     Tick,
-    Watch(Result<Option<kube::Result<Box<WatchEvent<Node>>>>, tokio::time::error::Elapsed>),
+    Watch(Option<watcher::Result<Box<Event<Node>>>>),
     /// The desired record changed (`false`: the store handle is gone).
     Desired(bool),
     Stop,
@@ -107,76 +105,69 @@ impl Shell {
         Ok(Api::all(self.target.api.client().await?))
     }
 
-    /// Lists then watches every Node, refreshes the heartbeat and writes record changes, until
-    /// something fails (`Err`) or the store is closed.
+    /// Lists then watches every Node (kube's watcher: relisting after 410 Gone, a dead
+    /// connection ending a read after the client's read timeout), refreshes the heartbeat and
+    /// writes record changes, until something fails (`Err`) or the store is closed.
     async fn serve(&mut self, api: &Api<Node>, own: &mut Node) -> Result<End, String> {
         let t = self.target.clone();
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + t.heartbeat, t.heartbeat);
-        let silent = Duration::from_secs(WATCH_SECS.into()) + RPC_TIMEOUT;
-        'relist: loop {
-            let list = rpc("list Nodes", api.list(&ListParams::default())).await?;
-            let mut rv = list.metadata.resource_version.clone().unwrap_or_default();
-            self.view.replace(&t.cluster, &list.items);
-            if let Some(n) = list.items.iter().find(|n| is(n, &t.node)) {
-                *own = n.clone();
+        let config = watcher::Config::default().timeout(WATCH_SECS);
+        let mut events: Events = watcher(api.clone(), config).boxed();
+        let mut listing: Option<Vec<Node>> = None;
+        loop {
+            let step = tokio::select! {
+                _ = tick.tick() => Step::Tick,
+                ev = events.next() => Step::Watch(ev.map(|e| e.map(Box::new))),
+                changed = self.link.desired.changed() => Step::Desired(changed.is_ok()),
+                _ = self.link.stop.wait_for(|s| *s) => Step::Stop,
+            };
+            let event = match step {
+                Step::Tick | Step::Desired(true) => match self.write(api, own).await? {
+                    None => continue,
+                    Some(owner) => return Ok(End::Conflict(owner)),
+                },
+                Step::Desired(false) | Step::Stop => return Ok(End::Stop),
+                Step::Watch(None) => return Err("watch Nodes: the watch ended".into()),
+                Step::Watch(Some(Err(watcher::Error::WatchError(e)))) if e.code == 410 => {
+                    tracing::info!("watch Nodes: {} (410 Gone); relisting Nodes", e.message);
+                    continue;
+                }
+                Step::Watch(Some(Err(e))) => return Err(format!("following Nodes: {e}")),
+                Step::Watch(Some(Ok(event))) => *event,
+            };
+            match event {
+                Event::Init => {
+                    listing = Some(Vec::new());
+                    continue;
+                }
+                Event::InitApply(n) => {
+                    listing.get_or_insert_default().push(n);
+                    continue;
+                }
+                Event::InitDone => {
+                    let items = listing.take().unwrap_or_default();
+                    self.view.replace(&t.cluster, &items);
+                    if let Some(n) = items.iter().find(|n| is(n, &t.node)) {
+                        *own = n.clone();
+                    }
+                    self.link.health.connected();
+                }
+                Event::Apply(n) => {
+                    self.view.put(&t.cluster, &n);
+                    if is(&n, &t.node) {
+                        *own = n;
+                        let now = SystemTime::now();
+                        if let Ownership::Taken { owner } =
+                            node::ownership(own, &t.owner_id, t.owner_ttl, now)
+                        {
+                            return Ok(End::Conflict(owner));
+                        }
+                    }
+                }
+                Event::Delete(n) => self.view.delete(&n),
             }
             self.link.send_snapshot(self.view.snapshot());
-            self.link.health.connected();
-            loop {
-                let params = WatchParams::default().timeout(WATCH_SECS);
-                let what = format!("watch Nodes from resourceVersion {rv}");
-                let mut events: Events = Box::pin(rpc(&what, api.watch(&params, &rv)).await?);
-                loop {
-                    let step = tokio::select! {
-                        _ = tick.tick() => Step::Tick,
-                        ev = tokio::time::timeout(silent, events.next()) => {
-                            Step::Watch(ev.map(|e| e.map(|e| e.map(Box::new))))
-                        }
-                        changed = self.link.desired.changed() => Step::Desired(changed.is_ok()),
-                        _ = self.link.stop.wait_for(|s| *s) => Step::Stop,
-                    };
-                    let event = match step {
-                        Step::Tick | Step::Desired(true) => match self.write(api, own).await? {
-                            None => continue,
-                            Some(owner) => return Ok(End::Conflict(owner)),
-                        },
-                        Step::Desired(false) | Step::Stop => return Ok(End::Stop),
-                        Step::Watch(Err(_)) => {
-                            return Err(format!("{what}: silent for {silent:?}"))
-                        }
-                        Step::Watch(Ok(None)) => break,
-                        Step::Watch(Ok(Some(Err(e)))) => return Err(format!("{what}: {e}")),
-                        Step::Watch(Ok(Some(Ok(event)))) => *event,
-                    };
-                    match event {
-                        WatchEvent::Added(n) | WatchEvent::Modified(n) => {
-                            rv = n.metadata.resource_version.clone().unwrap_or(rv);
-                            self.view.put(&t.cluster, &n);
-                            if is(&n, &t.node) {
-                                *own = n;
-                                let now = SystemTime::now();
-                                if let Ownership::Taken { owner } =
-                                    node::ownership(own, &t.owner_id, t.owner_ttl, now)
-                                {
-                                    return Ok(End::Conflict(owner));
-                                }
-                            }
-                        }
-                        WatchEvent::Deleted(n) => {
-                            rv = n.metadata.resource_version.clone().unwrap_or(rv);
-                            self.view.delete(&n);
-                        }
-                        WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
-                        WatchEvent::Error(e) if e.code == 410 => {
-                            tracing::info!("{what}: {} (410 Gone); relisting Nodes", e.message);
-                            continue 'relist;
-                        }
-                        WatchEvent::Error(e) => return Err(format!("{what}: {e}")),
-                    }
-                    self.link.send_snapshot(self.view.snapshot());
-                }
-            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Objects from the Kubernetes API: Namespaces, Pods, NetworkPolicies, CiliumNetworkPolicies and
 //! CiliumClusterwideNetworkPolicies in every namespace, each kind listed then watched by its own
-//! follower (relisting on 410 Gone, reconnecting with backoff), all feeding one publisher that
+//! follower (kube's `watcher`: relisting on 410 Gone; a failed session reconnects with backoff), all feeding one publisher that
 //! keeps the [`ObjectSet`]. The set is `synced` once every kind has been listed; a kind's listing
 //! replaces what was known of it. A Cilium kind whose CRD is not installed counts as listed and
 //! empty, and is rechecked every [`CRD_RECHECK`], so the other kinds never wait for it.
@@ -21,24 +21,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ApiResource, DynamicObject, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
+use kube::runtime::watcher::{self, watcher, Event};
 use kube::{Api, Client};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use super::{Claim, ObjectRef, ObjectSet, StoredObject};
-use crate::store::kubernetes::{ApiServer, RPC_TIMEOUT};
+use crate::store::kubernetes::{ApiServer, RPC_TIMEOUT, WATCH_SECS};
 use crate::store::task::Backoff;
 use crate::store::{KubeConfig, StoreError};
 
-/// The API server ends each watch after this long; the next resumes from the last
-/// resourceVersion. A watch silent for longer than this (plus [`RPC_TIMEOUT`]) is a dead one.
-const WATCH_SECS: u32 = 55;
 /// How often a Cilium kind whose CRD is missing is looked for again.
 const CRD_RECHECK: Duration = Duration::from_secs(10);
 /// Changes arriving within this long of each other are published as one set.
@@ -355,8 +353,6 @@ enum End {
     Closed,
 }
 
-type Events = std::pin::Pin<Box<dyn Stream<Item = kube::Result<WatchEvent<DynamicObject>>> + Send>>;
-
 /// Lists then watches one kind.
 struct Follower {
     api: ApiServer,
@@ -415,91 +411,62 @@ impl Follower {
             }
         }
         let api: Api<DynamicObject> = Api::all_with(client, &self.kind.resource);
-        let silent = Duration::from_secs(WATCH_SECS.into()) + RPC_TIMEOUT;
-        'relist: loop {
-            let (entries, mut rv) = match self.list(&api).await {
-                Ok(listed) => listed,
-                Err(None) => return self.missing().await,
-                Err(Some(e)) => return End::Failed(e),
-            };
-            let (was_down, was_missing) = (self.down, self.told_missing);
-            (self.down, self.told_missing) = (false, false);
-            let r = &self.kind.resource;
-            if was_missing {
-                let n = entries.len();
-                tracing::info!("{} {} is served now: {n} objects", r.api_version, r.kind);
-            } else if was_down {
-                tracing::info!("following {plural} again: {} objects", entries.len());
-            }
-            if !self.send(Update::Listed(self.index, entries)).await {
-                return End::Closed;
-            }
-            loop {
-                let params = WatchParams::default().timeout(WATCH_SECS);
-                let what = format!("watch {plural} from resourceVersion {rv}");
-                let mut events: Events = match rpc(&what, api.watch(&params, &rv)).await {
-                    Ok(events) => Box::pin(events),
-                    Err(e) => return End::Failed(e),
-                };
-                loop {
-                    let event = match tokio::time::timeout(silent, events.next()).await {
-                        Err(_) => return End::Failed(format!("{what}: silent for {silent:?}")),
-                        Ok(None) => break,
-                        Ok(Some(Err(e))) => return End::Failed(format!("{what}: {e}")),
-                        Ok(Some(Ok(event))) => event,
-                    };
-                    let update = match event {
-                        WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                            rv = o.metadata.resource_version.clone().unwrap_or(rv);
-                            let (origin, entry) = self.entry(o);
-                            Update::Put(self.index, origin, entry)
-                        }
-                        WatchEvent::Deleted(o) => {
-                            rv = o.metadata.resource_version.clone().unwrap_or(rv);
-                            Update::Deleted(self.index, self.origin(&o.metadata))
-                        }
-                        WatchEvent::Bookmark(b) => {
-                            rv = b.metadata.resource_version;
-                            continue;
-                        }
-                        WatchEvent::Error(e) if e.code == 410 => {
-                            tracing::info!("{what}: {} (410 Gone); relisting", e.message);
-                            continue 'relist;
-                        }
-                        WatchEvent::Error(e) => return End::Failed(format!("{what}: {e}")),
-                    };
-                    if !self.send(update).await {
-                        return End::Closed;
-                    }
+        // kube's watcher lists (page by page), then watches from the listing's resourceVersion,
+        // following bookmarks and relisting after 410 Gone; a dead connection ends a read after
+        // the client's read timeout (`ApiServer::client`).
+        let config = watcher::Config::default()
+            .timeout(WATCH_SECS)
+            .page_size(PAGE);
+        let mut events = watcher(api, config).boxed();
+        let mut listing: Option<BTreeMap<String, Entry>> = None;
+        loop {
+            let update = match events.next().await {
+                None => return End::Failed(format!("following {plural}: the watch ended")),
+                Some(Err(watcher::Error::InitialListFailed(kube::Error::Api(e))))
+                    if e.code == 404 && self.kind.crd =>
+                {
+                    return self.missing().await
                 }
+                Some(Err(watcher::Error::WatchError(e))) if e.code == 410 => {
+                    tracing::info!("watch {plural}: {} (410 Gone); relisting", e.message);
+                    continue;
+                }
+                Some(Err(e)) => return End::Failed(format!("following {plural}: {e}")),
+                Some(Ok(Event::Init)) => {
+                    listing = Some(BTreeMap::new());
+                    continue;
+                }
+                Some(Ok(Event::InitApply(o))) => {
+                    let (origin, entry) = self.entry(o);
+                    listing.get_or_insert_default().insert(origin, entry);
+                    continue;
+                }
+                Some(Ok(Event::InitDone)) => {
+                    let entries = listing.take().unwrap_or_default();
+                    self.listed(entries.len());
+                    Update::Listed(self.index, entries)
+                }
+                Some(Ok(Event::Apply(o))) => {
+                    let (origin, entry) = self.entry(o);
+                    Update::Put(self.index, origin, entry)
+                }
+                Some(Ok(Event::Delete(o))) => Update::Deleted(self.index, self.origin(&o.metadata)),
+            };
+            if !self.send(update).await {
+                return End::Closed;
             }
         }
     }
 
-    /// Every object of the kind, page by page, and the resourceVersion to watch from.
-    /// `Err(None)`: the kind is a CRD that is not installed.
-    async fn list(
-        &self,
-        api: &Api<DynamicObject>,
-    ) -> Result<(BTreeMap<String, Entry>, String), Option<String>> {
-        let what = format!("list {}", self.kind.resource.plural);
-        let mut entries = BTreeMap::new();
-        let mut params = ListParams::default().limit(PAGE);
-        loop {
-            let page = match tokio::time::timeout(RPC_TIMEOUT, api.list(&params)).await {
-                Ok(Ok(page)) => page,
-                Ok(Err(kube::Error::Api(e))) if e.code == 404 && self.kind.crd => return Err(None),
-                Ok(Err(e)) => return Err(Some(format!("{what}: {e}"))),
-                Err(_) => return Err(Some(format!("{what}: no answer within {RPC_TIMEOUT:?}"))),
-            };
-            for o in page.items {
-                let (origin, entry) = self.entry(o);
-                entries.insert(origin, entry);
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => return Ok((entries, page.metadata.resource_version.unwrap_or_default())),
-            }
+    /// A listing arrived: says so once after an outage or a missing CRD.
+    fn listed(&mut self, n: usize) {
+        let (was_down, was_missing) = (self.down, self.told_missing);
+        (self.down, self.told_missing) = (false, false);
+        let r = &self.kind.resource;
+        if was_missing {
+            tracing::info!("{} {} is served now: {n} objects", r.api_version, r.kind);
+        } else if was_down {
+            tracing::info!("following {} again: {n} objects", r.plural);
         }
     }
 
