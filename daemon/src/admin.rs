@@ -23,10 +23,10 @@ use crate::agent::rotation::{OwnKey, RotateRequest};
 use crate::policy_api::{self, ObjectsRequest, OBJECTS_PATH, TRACE_PATH};
 use keymgr::store::objects::ObjectStore;
 
-use crate::datapath::Datapath;
-use crate::device::DeviceView;
-use crate::listen::{self, Access, Limits, Refused, Role};
 use crate::status::{rfc3339, store_health, EncryptStatus, KeyState, NodeStatus, PeerStatus};
+use wiremesh_datapath::backend::Datapath;
+use wiremesh_datapath::listen::{self, Access, Limits, Refused, Role};
+use wiremesh_datapath::model::DeviceView;
 
 pub const STATUS_PATH: &str = "/v1/encrypt/status";
 pub const ROTATE_PATH: &str = "/v1/keys/rotate";
@@ -195,7 +195,7 @@ impl AdminServer {
                     let svc = hyper::service::service_fn(move |req| {
                         handle(req, state.clone(), role.clone(), limits)
                     });
-                    listen::serve_http(stream, limits, svc).await;
+                    crate::http::serve_http(stream, limits, svc).await;
                     drop(permit);
                 });
             },
@@ -244,7 +244,7 @@ pub fn serve_metrics(listener: tokio::net::TcpListener, state: Arc<AdminState>, 
                         Ok::<_, Infallible>(response(code, body))
                     }
                 });
-                listen::serve_http(stream, limits, svc).await;
+                crate::http::serve_http(stream, limits, svc).await;
                 drop(permit);
             });
         },
@@ -306,7 +306,7 @@ async fn handle(
         (&Method::GET, NODES_PATH) => json(state.nodes().await.map(|s| to_json(&s))),
         (&Method::POST, ROTATE_PATH) => json(state.rotate().await.map(|s| to_json(&s))),
         (&Method::POST, OBJECTS_PATH) => {
-            let body = match listen::read_body(req.into_body(), &limits).await {
+            let body = match crate::http::read_body(req.into_body(), &limits).await {
                 Ok(b) => b,
                 Err((code, text)) => return reply(code, text),
             };
@@ -324,7 +324,7 @@ async fn handle(
         }
         (&Method::POST, TRACE_PATH) => {
             let text = req.uri().query() == Some("output=text");
-            let body = match listen::read_body(req.into_body(), &limits).await {
+            let body = match crate::http::read_body(req.into_body(), &limits).await {
                 Ok(b) => b,
                 Err((code, text)) => return reply(code, text),
             };

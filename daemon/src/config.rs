@@ -406,7 +406,7 @@ impl RawConfig {
             enforcement: raw_policy.enforcement.unwrap_or(Enforcement::Default),
             bpf_pin_dir: raw_policy
                 .bpf_pin_dir
-                .unwrap_or_else(|| crate::enforce::DEFAULT_PIN_DIR.into()),
+                .unwrap_or_else(|| wiremesh_enforce::DEFAULT_PIN_DIR.into()),
         };
         if !policy.bpf_pin_dir.is_absolute() {
             errors.push(format!(

@@ -4,20 +4,12 @@
 pub mod admin;
 pub mod agent;
 pub mod config;
-pub mod datapath;
-pub mod datapath_process;
-pub mod device;
-pub mod enforce;
-pub mod kernel;
-pub mod link_events;
-pub mod listen;
+pub mod http;
 pub mod metrics;
-pub mod netlink;
 pub mod policy_api;
 pub mod policy_cmd;
 pub mod status;
 pub mod strict;
-pub mod userspace;
 
 /// The control plane's runtime: two workers, as the agent and the CLI need no more.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -1,8 +1,6 @@
 //! `wiremesh`: the node agent (`wiremesh agent`) and the operator CLI (`wiremesh encrypt status`).
 
-use wiremesh::{
-    admin, agent, config, datapath_process, policy_api, policy_cmd, runtime, status, strict,
-};
+use wiremesh::{admin, agent, config, policy_api, policy_cmd, runtime, status, strict};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -141,7 +139,7 @@ fn main() -> ExitCode {
             admin_group,
         } => {
             init_logging();
-            let opts = datapath_process::Options {
+            let opts = wiremesh_datapath::process::Options {
                 interface,
                 listen_port,
                 key_file,
@@ -152,7 +150,7 @@ fn main() -> ExitCode {
                 "wiremesh datapath",
                 runtime()
                     .map_err(anyhow::Error::from)
-                    .and_then(|rt| rt.block_on(datapath_process::run(opts))),
+                    .and_then(|rt| rt.block_on(wiremesh_datapath::process::run(opts))),
             )
         }
         Command::Keys {

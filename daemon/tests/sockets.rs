@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use common::{as_user, exchange, FakeDatapath, PEER_HEX, SECRET_HEX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremesh::admin::{self, AdminServer};
-use wiremesh::device::uapi_server::UapiServer;
-use wiremesh::listen::{Access, Limits};
+use wiremesh_datapath::listen::{Access, Limits};
+use wiremesh_datapath::uapi::server::UapiServer;
 
 const GROUP: u32 = 4242;
 const NOBODY: u32 = 65534;

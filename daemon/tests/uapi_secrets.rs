@@ -11,10 +11,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{exchange, FakeDatapath, PEER_HEX, SECRET_B64, SECRET_HEX};
-use wiremesh::device::uapi::{self, Request};
-use wiremesh::device::uapi_server::UapiServer;
-use wiremesh::device::SetRequest;
-use wiremesh::listen::{Access, Limits};
+use wiremesh_datapath::listen::{Access, Limits};
+use wiremesh_datapath::model::SetRequest;
+use wiremesh_datapath::uapi::server::UapiServer;
+use wiremesh_datapath::uapi::{self, Request};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -82,7 +82,7 @@ async fn no_private_key_in_any_log_line_or_error() {
         assert!(!leaks(&shown), "error shows the key: {shown}");
         // The answer side too: a `get` answer that is malformed.
         let text = text.replacen("set=1\n", "", 1);
-        if let Err(e) = wiremesh::device::uapi_state::parse_get(&text) {
+        if let Err(e) = wiremesh_datapath::uapi::state::parse_get(&text) {
             let shown = format!("{e} {e:?}");
             assert!(!leaks(&shown), "get-answer error shows the key: {shown}");
         }
@@ -115,7 +115,7 @@ async fn no_private_key_in_any_log_line_or_error() {
     };
     req.listen_port = Some(51871);
     tracing::debug!(?req, "the request, as a careless log line would print it");
-    let client = wiremesh::device::uapi_client::UapiClient::new(&sock);
+    let client = wiremesh_datapath::uapi::client::UapiClient::new(&sock);
     client.set(&req).await.unwrap();
     let received = fake.received.lock().unwrap().concat();
     assert!(

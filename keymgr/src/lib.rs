@@ -12,12 +12,11 @@
 //! [`Admission`].
 
 pub mod admission;
-mod key;
 mod record;
 pub mod ring;
 pub mod store;
 
 pub use admission::{validate_set, Admission, Candidate, Seniority};
-pub use key::{KeyError, KeyFile, PrivateKey, PublicKey};
 pub use record::{NodeRecord, RecordError, Rejected};
 pub use store::{Snapshot, Store, StoreError};
+pub use wiremesh_key::{KeyError, KeyFile, PrivateKey, PublicKey};

@@ -29,7 +29,7 @@ const FLOODER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 const TARGET: u8 = 2;
 /// Pings that may be lost, as a fraction.
 const MAX_LOSS: f64 = 0.01;
-/// The data path's limits (daemon/src/userspace/gate.rs): 20 per second with a burst of 5, for
+/// The data path's limits (daemon/datapath/src/userspace/gate.rs): 20 per second with a burst of 5, for
 /// handshakes reaching Diffie-Hellman and for cookie replies, per source.
 const PER_SOURCE_PER_S: u64 = 20;
 const PER_SOURCE_BURST: u64 = 5;

@@ -22,13 +22,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::config::{Config, StoreConfig};
-use crate::device::DeviceError;
-use crate::listen::{Access, Limits};
-use crate::netlink::Netlink;
 use persist::PeerFile;
 use reconciler::Reconciler;
 use rotation::{OwnKey, Rotator};
 use start::Origin;
+use wiremesh_datapath::listen::{Access, Limits};
+use wiremesh_datapath::model::DeviceError;
+use wiremesh_datapath::netlink::Netlink;
 
 /// What this node admits from the store beyond the records' own rules: pod ranges inside the
 /// cluster's pool, and none over this node's own addresses.

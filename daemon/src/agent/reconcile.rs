@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 use keymgr::NodeRecord;
 
-use crate::device::{PeerChange, SetRequest};
+use wiremesh_datapath::model::{PeerChange, SetRequest};
 
 #[derive(Debug, Default)]
 pub struct Plan {

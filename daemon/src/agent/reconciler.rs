@@ -10,9 +10,9 @@ use tokio::sync::watch;
 use super::persist::PeerFile;
 use super::reconcile;
 use super::rotation::OwnKey;
-use crate::datapath::Datapath;
-use crate::device::{DeviceError, DeviceView, SetRequest};
-use crate::netlink::Netlink;
+use wiremesh_datapath::backend::Datapath;
+use wiremesh_datapath::model::{DeviceError, DeviceView, SetRequest};
+use wiremesh_datapath::netlink::Netlink;
 
 pub struct Reconciler {
     pub datapath: Arc<Datapath>,

@@ -17,9 +17,9 @@ use keymgr::store::StoreHealth;
 use keymgr::{NodeRecord, PrivateKey, PublicKey, Store};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::datapath::Datapath;
-use crate::device::SetRequest;
 use crate::status::rfc3339;
+use wiremesh_datapath::backend::Datapath;
+use wiremesh_datapath::model::SetRequest;
 
 /// This node's key as the admin API reports it.
 #[derive(Debug, Clone)]

@@ -12,12 +12,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use keymgr::PrivateKey;
 
 use crate::config::{Config, DatapathKind, WIREGUARD_OVERHEAD};
-use crate::datapath::Datapath;
-use crate::device::uapi_client::UapiClient;
-use crate::device::uapi_server::SOCKET_DIR;
-use crate::device::SetRequest;
-use crate::kernel::Kernel;
-use crate::netlink::Netlink;
+use wiremesh_datapath::backend::Datapath;
+use wiremesh_datapath::kernel::Kernel;
+use wiremesh_datapath::model::SetRequest;
+use wiremesh_datapath::netlink::Netlink;
+use wiremesh_datapath::uapi::client::UapiClient;
+use wiremesh_datapath::uapi::server::SOCKET_DIR;
 
 /// How the agent came by its data path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

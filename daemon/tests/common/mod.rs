@@ -17,9 +17,10 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use wiremesh::admin::AdminState;
 use wiremesh::agent::rotation::OwnKey;
-use wiremesh::datapath::Datapath;
-use wiremesh::device::uapi_client::UapiClient;
-use wiremesh::device::{uapi, uapi_state, DeviceState, DeviceView, PeerState};
+use wiremesh_datapath::backend::Datapath;
+use wiremesh_datapath::model::{DeviceState, DeviceView, PeerState};
+use wiremesh_datapath::uapi::client::UapiClient;
+use wiremesh_datapath::uapi::{self, state as uapi_state};
 
 /// The RFC 7748 test vector private key, the secret the tests look for in logs.
 pub const SECRET_HEX: &str = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use boringtun::noise::Tunn;
 use ipnet::IpNet;
 use keymgr::PrivateKey;
-use wiremesh::device::uapi::{self, Request};
-use wiremesh::device::{PeerChange, SetRequest};
-use wiremesh::userspace::device::{Device, Io};
+use wiremesh_datapath::uapi::{self, Request};
+use wiremesh_datapath::model::{PeerChange, SetRequest};
+use wiremesh_datapath::userspace::device::{Device, Io};
 
 pub const A_KEY: [u8; 32] = [0x11; 32];
 pub const B_KEY: [u8; 32] = [0x22; 32];

@@ -3,8 +3,8 @@
 //! parses formats back into text that parses again to the same text (format∘parse is a fixpoint
 //! after one round), so the agent and the data path never disagree on what was said.
 
-use wiremesh::device::uapi::{self, Request};
-use wiremesh::device::uapi_state;
+use wiremesh_datapath::uapi::{self, Request};
+use wiremesh_datapath::uapi::state as uapi_state;
 
 /// The input is one request as the UAPI server hands it to the parser (text up to the empty
 /// line; invalid UTF-8 is replaced, as it never reaches the parser whole).

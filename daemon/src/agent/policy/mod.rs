@@ -25,7 +25,7 @@ use keymgr::Snapshot;
 use policy::{Bundle, Compiled};
 
 use crate::config::{Enforcement, PolicyConfig};
-use crate::enforce::{Counter, EnforceError, Enforcer};
+use wiremesh_enforce::{Counter, EnforceError, Enforcer};
 
 pub use run::{PassReport, PolicyLoop};
 
@@ -117,7 +117,7 @@ pub fn open_enforcer(config: &PolicyConfig) -> Result<Option<Enforcer>> {
     let hint = "set policy.enforcement: never to run without policy enforcement";
     let enforcer = match Enforcer::open(&config.bpf_pin_dir) {
         Err(EnforceError::NotBpfFs { .. }) => {
-            crate::enforce::ensure_bpf_fs(std::path::Path::new("/sys/fs/bpf"))
+            wiremesh_enforce::ensure_bpf_fs(std::path::Path::new("/sys/fs/bpf"))
                 .with_context(|| format!("mounting a BPF filesystem ({hint})"))?;
             Enforcer::open(&config.bpf_pin_dir)
         }

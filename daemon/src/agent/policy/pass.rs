@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-use crate::enforce::{Desired, Enforcer};
+use wiremesh_enforce::{Desired, Enforcer};
 
 use super::attach::{self, Attached, HostAction, Observed, Plan};
 use super::run::PolicyLoop;

@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use super::attach::Attached;
 use super::saved::{self, Saved, SavedFile, Source};
 use super::{load, node_entry, PolicyCounters, PolicyState};
-use crate::enforce::Enforcer;
-use crate::netlink::Netlink;
+use wiremesh_datapath::netlink::Netlink;
+use wiremesh_enforce::Enforcer;
 
 /// Interfaces appear after their pods' objects (and disappear): re-checked this often, besides
 /// the kernel's link and route notifications.
@@ -80,7 +80,7 @@ pub(super) struct Memory {
 impl PolicyLoop {
     pub async fn run(mut self, mut enforcer: Option<Enforcer>) {
         let mut tick = tokio::time::interval(RESYNC_EVERY);
-        let mut events = match crate::link_events::subscribe() {
+        let mut events = match wiremesh_datapath::link_events::subscribe() {
             Ok(rx) => Some(rx),
             Err(e) => {
                 tracing::warn!("{e:#}; re-created interfaces get their policy programs within {RESYNC_EVERY:?} only");

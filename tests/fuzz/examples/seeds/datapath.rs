@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use keymgr::PrivateKey;
-use wiremesh::device::uapi::format_set;
-use wiremesh::device::uapi_state::format_get;
-use wiremesh::device::{DeviceState, HandshakeStats, PeerChange, PeerState, Psk, SetRequest};
+use wiremesh_datapath::uapi::format_set;
+use wiremesh_datapath::uapi::state::format_get;
+use wiremesh_datapath::model::{DeviceState, HandshakeStats, PeerChange, PeerState, Psk, SetRequest};
 use wiremesh_fuzz::device::{encode, Op, Pair, B_KEY};
 
 fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use super::ratelimit::{Rate, SourceLimiter, TokenBucket, Verdict};
-use crate::device::HandshakeStats;
+use crate::model::HandshakeStats;
 
 /// MAC-valid handshake messages per second, per local key, before cookies are demanded
 /// (boringtun's device default).

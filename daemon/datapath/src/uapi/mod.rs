@@ -3,12 +3,19 @@
 //! by an empty line, answered with `errno=N`. Pure: text in, typed requests out, and back.
 //! Reference: <https://www.wireguard.com/xplatform/>.
 
+pub mod client;
+pub mod server;
+pub mod state;
+
+#[cfg(test)]
+mod props;
+
 use std::net::SocketAddr;
 
-use keymgr::{PrivateKey, PublicKey};
+use wiremesh_key::{PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-use super::{PeerChange, Psk, SetRequest};
+use crate::model::{PeerChange, Psk, SetRequest};
 
 #[derive(Debug)]
 pub enum Request {

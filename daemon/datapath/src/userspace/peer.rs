@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
-use keymgr::{PrivateKey, PublicKey};
+use wiremesh_key::{PrivateKey, PublicKey};
 
-use crate::device::{PeerState, Psk};
+use crate::model::{PeerState, Psk};
 
 /// How long a tunnel replaced by a newer key keeps decrypting packets still in flight.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(10);

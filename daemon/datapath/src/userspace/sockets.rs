@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::UdpSocket;
 
-use crate::device::DeviceError;
+use crate::model::DeviceError;
 
 /// Socket buffers of the underlay sockets (wireguard-go's figure): deep enough that a burst of
 /// datagrams, a handshake flood among them, waits while the data-path thread is not scheduled,

@@ -1,4 +1,4 @@
-//! The BPF map layouts, mirroring `daemon/bpf/policy.h` field for field. Keys carry explicit
+//! The BPF map layouts, mirroring `daemon/enforce/bpf/policy.h` field for field. Keys carry explicit
 //! padding so that no byte of a key is left uninitialised: the kernel hashes and compares
 //! every byte.
 

@@ -1,4 +1,4 @@
-//! Policy enforcement in the kernel: the eBPF tc programs built from `daemon/bpf/policy.bpf.c`
+//! Policy enforcement in the kernel: the eBPF tc programs built from `daemon/enforce/bpf/policy.bpf.c`
 //! and the maps they read. This module loads the programs, attaches them to endpoints'
 //! host-side interfaces and keeps the maps equal to a compiled policy ([`Desired`]).
 //!
@@ -23,10 +23,6 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use ipnet::IpNet;
 use tracing::info;
 
-#[allow(
-    unused_imports,
-    reason = "for tests/enforce_netns.rs, which includes this module"
-)]
 pub use desired::{ipcache_entries, policy_key, MapEntries, Plan};
 pub use desired::{plan, Desired, EndpointConfig};
 pub use maps::Reason;

@@ -12,9 +12,9 @@ use defguard_wireguard_rs::net::IpAddrMask;
 use defguard_wireguard_rs::peer::Peer;
 use defguard_wireguard_rs::{InterfaceConfiguration, WGApi, WireguardInterfaceApi};
 use ipnet::IpNet;
-use keymgr::{PrivateKey, PublicKey};
+use wiremesh_key::{PrivateKey, PublicKey};
 
-use crate::device::{DeviceError, DeviceState, PeerChange, PeerState, Psk, SetRequest};
+use crate::model::{DeviceError, DeviceState, PeerChange, PeerState, Psk, SetRequest};
 
 pub struct Kernel {
     api: Mutex<WGApi<defguard_wireguard_rs::Kernel>>,

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use keymgr::KeyFile;
+use wiremesh_key::KeyFile;
 
-use crate::datapath::Datapath;
-use crate::device::uapi_server::UapiServer;
+use crate::backend::Datapath;
 use crate::listen::{Access, Limits};
+use crate::uapi::server::UapiServer;
 use crate::userspace;
 
 pub struct Options {

@@ -19,11 +19,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keymgr::PrivateKey;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
+use wiremesh_key::PrivateKey;
 
-use crate::device::{DeviceError, DeviceState, SetRequest};
+use crate::model::{DeviceError, DeviceState, SetRequest};
 use device::{Device, Io, BUF_SIZE};
 use sockets::Sockets;
 

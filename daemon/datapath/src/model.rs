@@ -3,19 +3,11 @@
 //! `set`/`get` model: the agent reconciles the store into [`SetRequest`]s, `wg set` arrives as
 //! UAPI text parsed into the same type, and status comes back as a [`DeviceState`].
 
-pub mod uapi;
-pub mod uapi_client;
-pub mod uapi_server;
-pub mod uapi_state;
-
-#[cfg(test)]
-mod uapi_props;
-
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
-use keymgr::{PrivateKey, PublicKey};
+use wiremesh_key::{PrivateKey, PublicKey};
 
 /// A change to the device, in UAPI `set` semantics: absent fields are left as they are.
 #[derive(Debug, Default, Clone)]

@@ -5,14 +5,6 @@
 //! they enforce pod b's policy: tc egress of `vh` is b's ingress. Needs root and eBPF; fails
 //! (never skips) without them.
 
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "the agent uses the rest of the module"
-)]
-#[path = "../src/enforce/mod.rs"]
-mod enforce;
-
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,9 +16,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use enforce::{Desired, Enforcer, Reason};
 use policy::compile::Key;
 use policy::{Compiled, Direction};
+use wiremesh_enforce::{Desired, Enforcer, Reason};
 
 const A: &str = "10.244.0.1";
 const B: &str = "10.244.0.2";
@@ -145,7 +137,8 @@ impl Lab {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         // A private BPF filesystem: pins of parallel runs never meet.
-        enforce::ensure_bpf_fs(&lab.bpffs).expect("mount a BPF filesystem (is bpf() available?)");
+        wiremesh_enforce::ensure_bpf_fs(&lab.bpffs)
+            .expect("mount a BPF filesystem (is bpf() available?)");
         lab
     }
 
@@ -412,13 +405,15 @@ fn enforces_policy_statefully_on_a_real_veth() {
             port: 1,
             prefix: 16,
         };
-        flood.policy.insert(enforce::policy_key(ifindex, &key), 1);
+        flood
+            .policy
+            .insert(wiremesh_enforce::policy_key(ifindex, &key), 1);
     }
     let err = enf
         .apply(&flood)
         .expect_err("the policy map holds 262144 entries");
     assert!(
-        matches!(&err, enforce::EnforceError::FailClosed { endpoints, .. } if endpoints == &[ifindex]),
+        matches!(&err, wiremesh_enforce::EnforceError::FailClosed { endpoints, .. } if endpoints == &[ifindex]),
         "{err}"
     );
     assert!(

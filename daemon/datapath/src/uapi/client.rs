@@ -8,12 +8,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use zeroize::Zeroizing;
 
-use super::uapi_server::{ReadError, RequestReader};
+use super::server::{ReadError, RequestReader};
 use crate::listen::Limits;
 
-use super::uapi::format_set;
-use super::uapi_state::parse_get;
-use super::{DeviceError, DeviceState, SetRequest};
+use super::format_set;
+use super::state::parse_get;
+use crate::model::{DeviceError, DeviceState, SetRequest};
 
 /// A data path that does not answer within this is treated as gone.
 const TIMEOUT: Duration = Duration::from_secs(5);

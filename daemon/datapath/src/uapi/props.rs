@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, UNIX_EPOCH};
 
 use ipnet::IpNet;
-use keymgr::{PrivateKey, PublicKey};
 use proptest::prelude::*;
+use wiremesh_key::{PrivateKey, PublicKey};
 
-use super::uapi::{format_set, parse, Request};
-use super::uapi_state::{format_get, parse_get};
-use super::{DeviceState, PeerChange, PeerState, Psk, SetRequest};
+use super::state::{format_get, parse_get};
+use super::{format_set, parse, Request};
+use crate::model::{DeviceState, PeerChange, PeerState, Psk, SetRequest};
 
 /// 32 bytes that are not all zero: the text encodes "none" as the zero key.
 fn key_bytes() -> impl Strategy<Value = [u8; 32]> {

@@ -4,10 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use keymgr::{PrivateKey, PublicKey};
+use wiremesh_key::{PrivateKey, PublicKey};
 
 use super::device::{Device, Io};
-use crate::device::{PeerChange, SetRequest};
+use crate::model::{PeerChange, SetRequest};
 
 #[derive(Default)]
 struct Wire {
@@ -347,7 +347,7 @@ fn a_flood_from_one_source_gets_bounded_dh_and_cookies_and_spares_the_session() 
         .state(0, 0)
         .handshakes
         .expect("the userspace device counts");
-    let d = |f: fn(&crate::device::HandshakeStats) -> u64| f(&after) - f(&before);
+    let d = |f: fn(&crate::model::HandshakeStats) -> u64| f(&after) - f(&before);
     let (processed, invalid, sent, suppressed, limited) = (
         d(|s| s.processed),
         d(|s| s.invalid_mac),

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::device::uapi_client::UapiClient;
-use crate::device::{DeviceError, DeviceState, SetRequest};
+use crate::model::{DeviceError, DeviceState, SetRequest};
+use crate::uapi::client::UapiClient;
 use crate::{kernel, userspace};
 
 pub enum Datapath {

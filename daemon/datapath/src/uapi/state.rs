@@ -5,11 +5,11 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keymgr::{PrivateKey, PublicKey};
+use wiremesh_key::{PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-use super::uapi::UapiError;
-use super::{DeviceState, HandshakeStats, PeerState, Psk};
+use super::UapiError;
+use crate::model::{DeviceState, HandshakeStats, PeerState, Psk};
 
 /// Device-level extension keys `wiremesh_handshakes_<outcome>=N`: the data path's handshake
 /// counters ([`HandshakeStats`]).
@@ -278,7 +278,7 @@ mod tests {
             let text = format!("public_key={peer}\n{field}={value}\nerrno=0\n");
             match parse_get(&text) {
                 Err(UapiError::Value { line: 2, key, .. }) => {
-                    assert_eq!(key, crate::device::uapi::shown_key(field))
+                    assert_eq!(key, crate::uapi::shown_key(field))
                 }
                 other => panic!("{field}={value}: {other:?}"),
             }

@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::Zeroizing;
 
-use super::uapi::{self, Request};
-use super::uapi_state;
-use crate::datapath::Datapath;
+use super::state as uapi_state;
+use super::{self as uapi, Request};
+use crate::backend::Datapath;
 use crate::listen::{self, Access, Limits, Role};
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
-use keymgr::{PrivateKey, PublicKey};
+use wiremesh_key::{PrivateKey, PublicKey};
 
 use super::allowed_ips::AllowedIps;
 use super::gate::{Gate, UNDER_LOAD as HANDSHAKE_RATE_LIMIT};
 use super::peer::{new_tunn, LocalKey, Peer, Tunnel, RETIRE_GRACE};
-use crate::device::{DeviceError, DeviceState, PeerChange, SetRequest};
+use crate::model::{DeviceError, DeviceState, PeerChange, SetRequest};
 
 /// WireGuard's message type of a cookie reply, which authenticates nothing.
 const COOKIE_REPLY: u8 = 3;

@@ -1,0 +1,30 @@
+//! The wiremesh data path: what moves packets, and nothing that decides which.
+//!
+//! - [`model`]: the WireGuard device model both backends speak ([`model::SetRequest`] in,
+//!   [`model::DeviceState`] out), in the cross-platform UAPI's `set`/`get` semantics;
+//! - [`uapi`]: that model as UAPI text (parser and formatter), its server on the device's
+//!   socket (`wg` talks to it) and the agent's client;
+//! - [`userspace`]: the userspace device: a sans-IO core over boringtun's `noise` (`device`)
+//!   and the shell that feeds it from the TUN device and the UDP sockets;
+//! - [`kernel`]: the kernel module backend (defguard_wireguard_rs over netlink);
+//! - [`backend`]: the seam the agent drives, one variant per backend;
+//! - [`process`]: the `wiremesh datapath` process (the userspace device and its UAPI socket,
+//!   outliving agent restarts);
+//! - [`listen`]: local socket listeners: peer credentials, connection caps, write deadlines;
+//! - [`netlink`], [`link_events`]: the interface's addresses and routes, and the kernel's
+//!   link/route announcements.
+//!
+//! It links no store client (kube, etcd), no eBPF loader and no policy: `cargo tree -p
+//! wiremesh-datapath` shows it.
+
+pub mod backend;
+pub mod kernel;
+pub mod link_events;
+pub mod listen;
+pub mod model;
+pub mod netlink;
+pub mod process;
+pub mod uapi;
+pub mod userspace;
+
+pub use backend::Datapath;
