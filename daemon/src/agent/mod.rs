@@ -8,6 +8,7 @@ mod reconcile;
 pub mod reconciler;
 pub mod rotation;
 mod start;
+pub mod supervisor;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
