@@ -1,14 +1,21 @@
 //! Bringing the maps to a [`Desired`] state, make-before-break, failing closed on error.
 
-use std::collections::HashMap;
 use std::time::Instant;
+
+use ipnet::IpNet;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::MapError;
 use tracing::{error, info};
 
 use super::maps::{IpcacheData, IpcacheValue, PolicyKey, PolicyValue};
-use super::{plan, Desired, EnforceError, Enforcer};
+use super::{plan, Desired, EnforceError, Enforcer, Plan};
+
+/// Failed updates: the endpoint they affect (`None`: the shared ipcache, so every endpoint) and
+/// what failed.
+type Failures = Vec<(Option<u32>, String)>;
+type IpcachePlan = Plan<IpNet, u32>;
+type PolicyPlan = Plan<PolicyKey, u32>;
 
 impl Enforcer {
     /// Brings the maps to `desired`, incrementally and make-before-break: new and changed
@@ -19,27 +26,55 @@ impl Enforcer {
     /// ipcache failed), logs at ERROR and returns [`EnforceError::FailClosed`].
     pub fn apply(&mut self, desired: &Desired) -> Result<(), EnforceError> {
         let started = Instant::now();
-        let mut failures: Vec<(Option<u32>, String)> = Vec::new();
+        let mut failures: Failures = Vec::new();
 
         let ipcache_plan = plan(&self.ipcache_state, &desired.ipcache);
+        let policy_plan = plan(&self.policy_state, &desired.policy);
+        self.upsert(&ipcache_plan, &policy_plan, &mut failures);
+        self.write_endpoints(desired, &mut failures);
+        // Removals only once everything new is in place.
+        self.remove_stale(desired, &ipcache_plan, &policy_plan, &mut failures);
+
+        let changed = !(policy_plan.upserts.is_empty()
+            && policy_plan.removals.is_empty()
+            && ipcache_plan.upserts.is_empty()
+            && ipcache_plan.removals.is_empty());
+        if failures.is_empty() && !changed {
+            return Ok(());
+        }
+        if failures.is_empty() {
+            info!(
+                policy_upserts = policy_plan.upserts.len(),
+                policy_removals = policy_plan.removals.len(),
+                ipcache_upserts = ipcache_plan.upserts.len(),
+                ipcache_removals = ipcache_plan.removals.len(),
+                elapsed = ?started.elapsed(),
+                "policy maps updated"
+            );
+            return Ok(());
+        }
+        self.fail_closed_after(desired, &failures)
+    }
+
+    /// New and changed entries: the ipcache first, then the policy.
+    fn upsert(
+        &mut self,
+        ipcache_plan: &IpcachePlan,
+        policy_plan: &PolicyPlan,
+        failures: &mut Failures,
+    ) {
         for (net, identity) in &ipcache_plan.upserts {
             let (len, data) = IpcacheData::of(net);
-            match self.ipcache.insert(
-                &LpmKey::new(len, data),
-                IpcacheValue {
-                    identity: *identity,
-                },
-                0,
-            ) {
+            let value = IpcacheValue {
+                identity: *identity,
+            };
+            match self.ipcache.insert(&LpmKey::new(len, data), value, 0) {
                 Ok(()) => {
                     self.ipcache_state.insert(*net, *identity);
                 }
                 Err(e) => failures.push((None, format!("ipcache {net}: {e}"))),
             }
         }
-
-        let wanted: HashMap<PolicyKey, u32> = desired.policy.clone();
-        let policy_plan = plan(&self.policy_state, &wanted);
         for (key, flags) in &policy_plan.upserts {
             match self.policy.insert(key, PolicyValue { flags: *flags }, 0) {
                 Ok(()) => {
@@ -48,7 +83,11 @@ impl Enforcer {
                 Err(e) => failures.push((Some(key.ifindex), format!("policy {key:?}: {e}"))),
             }
         }
+    }
 
+    /// Every wanted endpoint's config, fail-closed where an update for it (or the shared
+    /// ipcache) failed.
+    fn write_endpoints(&mut self, desired: &Desired, failures: &mut Failures) {
         let failed_all = failures.iter().any(|(ep, _)| ep.is_none());
         let failed_eps: Vec<u32> = failures.iter().filter_map(|(ep, _)| *ep).collect();
         for (&ifindex, config) in &desired.endpoints {
@@ -57,9 +96,17 @@ impl Enforcer {
                 failures.push((Some(ifindex), e.to_string()));
             }
         }
+    }
 
-        // Removals only once everything new is in place. A failed removal leaves an entry of
-        // the old policy; the endpoint is failed closed rather than left with it.
+    /// Stale entries and endpoints. A failed removal leaves an entry of the old policy; the
+    /// endpoint is failed closed rather than left with it.
+    fn remove_stale(
+        &mut self,
+        desired: &Desired,
+        ipcache_plan: &IpcachePlan,
+        policy_plan: &PolicyPlan,
+        failures: &mut Failures,
+    ) {
         for key in &policy_plan.removals {
             match self.policy.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {
@@ -91,32 +138,12 @@ impl Enforcer {
                 failures.push((Some(ifindex), e.to_string()));
             }
         }
-
-        let changed = !(policy_plan.upserts.is_empty()
-            && policy_plan.removals.is_empty()
-            && ipcache_plan.upserts.is_empty()
-            && ipcache_plan.removals.is_empty());
-        if failures.is_empty() && !changed {
-            return Ok(());
-        }
-        if failures.is_empty() {
-            info!(
-                policy_upserts = policy_plan.upserts.len(),
-                policy_removals = policy_plan.removals.len(),
-                ipcache_upserts = ipcache_plan.upserts.len(),
-                ipcache_removals = ipcache_plan.removals.len(),
-                elapsed = ?started.elapsed(),
-                "policy maps updated"
-            );
-            return Ok(());
-        }
-        self.fail_closed_after(desired, &failures)
     }
 
     fn fail_closed_after(
         &mut self,
         desired: &Desired,
-        failures: &[(Option<u32>, String)],
+        failures: &Failures,
     ) -> Result<(), EnforceError> {
         let mut endpoints: Vec<u32> = if failures.iter().any(|(ep, _)| ep.is_none()) {
             desired.endpoints.keys().copied().collect()

@@ -198,7 +198,11 @@ impl Supervisor {
             task.failures = 0;
         }
         task.failures += 1;
-        tracing::error!(task = task.name, failures = task.failures, "control loop {reason}");
+        tracing::error!(
+            task = task.name,
+            failures = task.failures,
+            "control loop {reason}"
+        );
         let (name, failures) = (task.name, task.failures);
         self.health.send_modify(|h| {
             if let Some(s) = h.get_mut(name) {
@@ -295,7 +299,10 @@ mod tests {
         }
         let reported = health.borrow().clone();
         let why = unhealthy(&reported).expect("a restarting task makes the agent unhealthy");
-        assert!(why.contains("task rotation") && why.contains("injected fault"), "{why}");
+        assert!(
+            why.contains("task rotation") && why.contains("injected fault"),
+            "{why}"
+        );
         assert_eq!(reported["steady"].state, TaskState::Running);
 
         tokio::select! {
@@ -331,7 +338,11 @@ mod tests {
         assert!(gave_up.reason.contains("maps unreadable"), "{gave_up}");
         assert_eq!(runs.load(Ordering::SeqCst), MAX_FAILURES);
         // 10 + 20 + 40 + 80 ms of backoff between the five runs.
-        assert!(begun.elapsed() >= Duration::from_millis(150), "{:?}", begun.elapsed());
+        assert!(
+            begun.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            begun.elapsed()
+        );
         assert_eq!(health.borrow()["policy"].state, TaskState::Restarting);
     }
 
@@ -345,7 +356,10 @@ mod tests {
             Ok(())
         });
         let waited = tokio::time::timeout(Duration::from_millis(500), sup.run()).await;
-        assert!(waited.is_err(), "the supervisor returned with nothing failing");
+        assert!(
+            waited.is_err(),
+            "the supervisor returned with nothing failing"
+        );
         assert_eq!(unhealthy(&health.borrow()), None);
         assert_eq!(health.borrow()["a"].restarts, 0);
     }

@@ -120,54 +120,13 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
             state.peers.push(empty_peer(hex_key()?));
             continue;
         }
-        let peer = state.peers.last_mut();
-        match (key, peer) {
-            ("errno", _) => errno = Some(value.parse::<i32>().map_err(|_| bad())?),
-            ("private_key", None) => {
-                state.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?)
-            }
-            ("listen_port", None) => state.listen_port = value.parse().map_err(|_| bad())?,
-            ("fwmark", None) => state.fwmark = value.parse().map_err(|_| bad())?,
-            ("wiremesh_next_public_key", None) => state.next_public_key = Some(hex_key()?),
-            (k, None) if k.starts_with(HANDSHAKES_PREFIX) => {
-                let n = value.parse().map_err(|_| bad())?;
-                let stats = state.handshakes.get_or_insert_with(HandshakeStats::default);
-                if !stats.set(&k[HANDSHAKES_PREFIX.len()..], n) {
-                    return Err(UapiError::UnknownKey {
-                        line,
-                        key: key.into(),
-                    });
-                }
-            }
-            ("preshared_key", Some(p)) => {
-                let k = hex_key()?;
-                p.preshared_key = (!k.is_zero()).then_some(Psk(*k.as_bytes()));
-            }
-            ("protocol_version", Some(_)) => {}
-            ("endpoint", Some(p)) => p.endpoint = Some(value.parse().map_err(|_| bad())?),
-            ("last_handshake_time_sec", Some(_)) => {
-                handshake.0 = value.parse().map_err(|_| bad())?;
-                // A time `SystemTime` cannot hold would panic in `finish_handshake`.
-                UNIX_EPOCH
-                    .checked_add(Duration::new(handshake.0, NANOS - 1))
-                    .ok_or_else(bad)?;
-            }
-            ("last_handshake_time_nsec", Some(_)) => {
-                handshake.1 = value.parse().map_err(|_| bad())?;
-                if handshake.1 >= NANOS {
-                    return Err(bad());
-                }
-            }
-            ("tx_bytes", Some(p)) => p.tx_bytes = value.parse().map_err(|_| bad())?,
-            ("rx_bytes", Some(p)) => p.rx_bytes = value.parse().map_err(|_| bad())?,
-            ("persistent_keepalive_interval", Some(p)) => {
-                p.persistent_keepalive = value.parse().map_err(|_| bad())?
-            }
-            ("allowed_ip", Some(p)) => p.allowed_ips.push(value.parse().map_err(|_| bad())?),
-            ("wiremesh_next_public_key", Some(p)) => p.next_public_key = Some(hex_key()?),
-            ("wiremesh_active_key", Some(p)) => p.active_key = Some(hex_key()?),
-            ("wiremesh_ready_for", Some(p)) => p.ready_for.push(hex_key()?),
-            _ => return Err(UapiError::unknown_key(line, key)),
+        if key == "errno" {
+            errno = Some(value.parse::<i32>().map_err(|_| bad())?);
+            continue;
+        }
+        match state.peers.last_mut() {
+            None => device_line(&mut state, line, key, value)?,
+            Some(p) => peer_line(p, &mut handshake, line, key, value)?,
         }
     }
     finish_handshake(&mut state, handshake);
@@ -176,6 +135,80 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
         Some(n) => Err(UapiError::Errno(n)),
         None => Err(UapiError::Operation),
     }
+}
+
+/// A device-level line of a `get` answer (before the first `public_key`).
+fn device_line(
+    state: &mut DeviceState,
+    line: usize,
+    key: &str,
+    value: &str,
+) -> Result<(), UapiError> {
+    let bad = || UapiError::value(line, key, value);
+    match key {
+        "private_key" => state.private_key = Some(PrivateKey::from_hex(value).map_err(|_| bad())?),
+        "listen_port" => state.listen_port = value.parse().map_err(|_| bad())?,
+        "fwmark" => state.fwmark = value.parse().map_err(|_| bad())?,
+        "wiremesh_next_public_key" => {
+            state.next_public_key = Some(PublicKey::from_hex(value).map_err(|_| bad())?)
+        }
+        k if k.starts_with(HANDSHAKES_PREFIX) => {
+            let n = value.parse().map_err(|_| bad())?;
+            let stats = state.handshakes.get_or_insert_with(HandshakeStats::default);
+            if !stats.set(&k[HANDSHAKES_PREFIX.len()..], n) {
+                return Err(UapiError::UnknownKey {
+                    line,
+                    key: key.into(),
+                });
+            }
+        }
+        _ => return Err(UapiError::unknown_key(line, key)),
+    }
+    Ok(())
+}
+
+/// A line of a peer's section; `handshake` collects its last handshake time (seconds, nanos).
+fn peer_line(
+    p: &mut PeerState,
+    handshake: &mut (u64, u32),
+    line: usize,
+    key: &str,
+    value: &str,
+) -> Result<(), UapiError> {
+    let bad = || UapiError::value(line, key, value);
+    let hex_key = || PublicKey::from_hex(value).map_err(|_| bad());
+    match key {
+        "preshared_key" => {
+            let k = hex_key()?;
+            p.preshared_key = (!k.is_zero()).then_some(Psk(*k.as_bytes()));
+        }
+        "protocol_version" => {}
+        "endpoint" => p.endpoint = Some(value.parse().map_err(|_| bad())?),
+        "last_handshake_time_sec" => {
+            handshake.0 = value.parse().map_err(|_| bad())?;
+            // A time `SystemTime` cannot hold would panic in `finish_handshake`.
+            UNIX_EPOCH
+                .checked_add(Duration::new(handshake.0, NANOS - 1))
+                .ok_or_else(bad)?;
+        }
+        "last_handshake_time_nsec" => {
+            handshake.1 = value.parse().map_err(|_| bad())?;
+            if handshake.1 >= NANOS {
+                return Err(bad());
+            }
+        }
+        "tx_bytes" => p.tx_bytes = value.parse().map_err(|_| bad())?,
+        "rx_bytes" => p.rx_bytes = value.parse().map_err(|_| bad())?,
+        "persistent_keepalive_interval" => {
+            p.persistent_keepalive = value.parse().map_err(|_| bad())?
+        }
+        "allowed_ip" => p.allowed_ips.push(value.parse().map_err(|_| bad())?),
+        "wiremesh_next_public_key" => p.next_public_key = Some(hex_key()?),
+        "wiremesh_active_key" => p.active_key = Some(hex_key()?),
+        "wiremesh_ready_for" => p.ready_for.push(hex_key()?),
+        _ => return Err(UapiError::unknown_key(line, key)),
+    }
+    Ok(())
 }
 
 fn empty_peer(public_key: PublicKey) -> PeerState {
