@@ -141,7 +141,8 @@ pub async fn run(config: Config) -> Result<()> {
         0 => start::auto_mtu(&netlink, &config).await,
         m => m,
     };
-    let started = start::start(&config, &netlink, &keys.current, mtu).await?;
+    let datapath_exited = Arc::new(tokio::sync::Notify::new());
+    let started = start::start(&config, &netlink, &keys.current, mtu, &datapath_exited).await?;
     let datapath = started.datapath.clone();
     tracing::info!(interface = %config.interface, datapath = datapath.kind(), mtu, port = config.listen_port, "interface up");
 
@@ -274,7 +275,7 @@ pub async fn run(config: Config) -> Result<()> {
                 }
             }
             _ = resync.tick() => {}
-            _ = start::DATAPATH_EXITED.notified() => {}
+            _ = datapath_exited.notified() => {}
             Ok(()) = health.changed() => {
                 if let keymgr::store::StoreHealth::Conflict { owner } = &*health.borrow_and_update() {
                     bail!(
@@ -292,7 +293,7 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::error!("the data path is gone; starting a new one (sessions restart)");
             let restarted = async {
                 let key = keymgr::KeyFile::new(config.key_path()).load()?;
-                start::start(&config, &netlink, &key, mtu).await
+                start::start(&config, &netlink, &key, mtu, &datapath_exited).await
             };
             match restarted.await {
                 Ok(s) => {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use keymgr::PrivateKey;
+use tokio::sync::Notify;
 
 use crate::config::{Config, DatapathKind, WIREGUARD_OVERHEAD};
 use wiremesh_datapath::backend::Datapath;
@@ -48,11 +49,14 @@ pub async fn auto_mtu(netlink: &Netlink, config: &Config) -> u32 {
     1500 - WIREGUARD_OVERHEAD
 }
 
+/// Brings up the data path; `exited` is notified if a data-path process this agent starts
+/// exits, so that a new one starts at once rather than at the next resync.
 pub async fn start(
     config: &Config,
     netlink: &Netlink,
     key: &PrivateKey,
     mtu: u32,
+    exited: &Arc<Notify>,
 ) -> Result<Started> {
     if config.datapath != DatapathKind::Userspace {
         match start_kernel(config, netlink, key, mtu).await {
@@ -69,7 +73,7 @@ pub async fn start(
             ),
         }
     }
-    let (client, origin) = attach_or_spawn(config, key).await?;
+    let (client, origin) = attach_or_spawn(config, key, exited).await?;
     let ifindex = netlink.link_index(&config.interface).await?;
     netlink.set_up(ifindex, mtu).await?;
     Ok(Started {
@@ -107,7 +111,11 @@ pub fn uapi_client(config: &Config) -> UapiClient {
 }
 
 /// Re-attaches to a running data path, or starts one.
-pub async fn attach_or_spawn(config: &Config, key: &PrivateKey) -> Result<(UapiClient, Origin)> {
+async fn attach_or_spawn(
+    config: &Config,
+    key: &PrivateKey,
+    exited: &Arc<Notify>,
+) -> Result<(UapiClient, Origin)> {
     let client = uapi_client(config);
     if let Ok(state) = client.get().await {
         let running = state.private_key.as_ref().map(|k| k.public_key());
@@ -130,7 +138,7 @@ pub async fn attach_or_spawn(config: &Config, key: &PrivateKey) -> Result<(UapiC
         );
         return Ok((client, Origin::Attached));
     }
-    spawn(config)?;
+    spawn(config, exited.clone())?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if client.get().await.is_ok() {
@@ -146,15 +154,11 @@ pub async fn attach_or_spawn(config: &Config, key: &PrivateKey) -> Result<(UapiC
     }
 }
 
-/// Signalled when a data path this agent started exits, so that a new one starts at once rather
-/// than at the next resync.
-pub static DATAPATH_EXITED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
 pub fn pid_file(config: &Config) -> std::path::PathBuf {
     config.run_dir.join("datapath.pid")
 }
 
-fn spawn(config: &Config) -> Result<()> {
+fn spawn(config: &Config, exited: Arc<Notify>) -> Result<()> {
     let exe = std::env::current_exe().context("locating the wiremesh binary")?;
     let mut cmd = Command::new(&exe);
     cmd.arg("datapath")
@@ -189,7 +193,7 @@ fn spawn(config: &Config) -> Result<()> {
         .spawn(move || match child.wait() {
             Ok(status) => {
                 tracing::warn!(pid, %status, "the data path process exited");
-                DATAPATH_EXITED.notify_one();
+                exited.notify_one();
             }
             Err(e) => tracing::warn!(pid, error = %e, "waiting for the data path process"),
         })
