@@ -17,8 +17,8 @@ use keymgr::{PublicKey, Snapshot};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::agent::peers::PeerKey;
 use crate::agent::policy::{PolicyCounters, PolicyState};
-use crate::agent::reconciler::PeerKey;
 use crate::agent::rotation::{OwnKey, RotateRequest};
 use crate::policy_api::{self, ObjectsRequest, OBJECTS_PATH, TRACE_PATH};
 use keymgr::store::objects::ObjectStore;

@@ -2,10 +2,9 @@
 //! this node's record, keeps the data path and the routing table in step with the store, and
 //! rotates the key on schedule. It holds no packet state: killing it drops nothing.
 
-mod persist;
+pub mod peers;
+pub mod persist;
 pub mod policy;
-mod reconcile;
-pub mod reconciler;
 pub mod rotation;
 mod start;
 pub mod supervisor;
@@ -23,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminServer, AdminState};
 use crate::config::{Config, StoreConfig};
+use peers::Reconciler;
 use persist::PeerFile;
-use reconciler::Reconciler;
 use rotation::{OwnKey, Rotator};
 use start::Origin;
 use wiremesh_datapath::listen::{Access, Limits};

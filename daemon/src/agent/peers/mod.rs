@@ -1,4 +1,7 @@
-//! Applies store snapshots to the data path and the routing table, remembering what is in force.
+//! The node's peers: applies store snapshots to the data path and the routing table,
+//! remembering what is in force. [`plan`] is the pure diff; [`Reconciler`] does the I/O.
+
+pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -8,7 +11,6 @@ use keymgr::{NodeRecord, PublicKey, Snapshot};
 use tokio::sync::watch;
 
 use super::persist::PeerFile;
-use super::reconcile;
 use super::rotation::OwnKey;
 use wiremesh_datapath::backend::Datapath;
 use wiremesh_datapath::model::{DeviceError, DeviceView, SetRequest};
@@ -54,7 +56,7 @@ impl Reconciler {
         // A data path that died without anything left to change would otherwise go unnoticed.
         self.refresh_view().await?;
         self.check_own_record(snap);
-        let mut desired = reconcile::desired(&snap.nodes, &self.self_name);
+        let mut desired = plan::desired(&snap.nodes, &self.self_name);
         desired.retain(|name, rec| {
             let own = self.own.borrow();
             let ours = rec.keys().any(|k| k == own.public || Some(k) == own.next);
@@ -63,7 +65,7 @@ impl Reconciler {
             }
             !ours
         });
-        let plan = reconcile::plan(&self.peers, &desired, self.keepalive);
+        let plan = plan::plan(&self.peers, &desired, self.keepalive);
         if !plan.is_empty() {
             let set = SetRequest {
                 peers: plan.set.peers,
@@ -146,7 +148,7 @@ impl Reconciler {
     }
 
     async fn sync_routes(&mut self) {
-        let want = reconcile::routes(&self.peers);
+        let want = plan::routes(&self.peers);
         for net in self.routes.difference(&want).copied().collect::<Vec<_>>() {
             if let Err(e) = self.netlink.delete_route(net, self.ifindex).await {
                 tracing::debug!(%net, error = %format!("{e:#}"), "route already gone");
