@@ -24,7 +24,7 @@ use crate::admin::{AdminServer, AdminState};
 use crate::config::{Config, StoreConfig};
 use peers::Reconciler;
 use persist::PeerFile;
-use rotation::{OwnKey, Rotator};
+use rotation::{OwnKey, Rotator, Startup};
 use start::Origin;
 use wiremesh_datapath::listen::{Access, Limits};
 use wiremesh_datapath::model::DeviceError;
@@ -170,6 +170,7 @@ pub async fn run(config: Config) -> Result<()> {
         commit_timeout: config.key_rotation.commit_timeout,
         own: own_tx,
         requests: rotate_rx,
+        startup: Startup::Synced,
     };
     match store.publish(&rotator.current_record()).await {
         Ok(()) => {

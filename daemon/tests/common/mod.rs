@@ -16,9 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use wiremesh::admin::AdminState;
-use wiremesh::agent::rotation::OwnKey;
+use wiremesh::agent::rotation::{OwnKey, RotateError};
 use wiremesh_datapath::backend::Datapath;
-use wiremesh_datapath::model::{DeviceState, DeviceView, PeerState};
+use wiremesh_datapath::model::{DeviceError, DeviceState, DeviceView, PeerState};
 use wiremesh_datapath::uapi::client::UapiClient;
 use wiremesh_datapath::uapi::{self, state as uapi_state};
 
@@ -131,7 +131,8 @@ pub fn admin_state(
     tokio::spawn(async move {
         while let Some(reply) = rotations.recv().await {
             let reply: wiremesh::agent::rotation::RotateRequest = reply;
-            let _ = reply.send(Err("test rotator".into()));
+            let failed = DeviceError::Invalid("test rotator".into());
+            let _ = reply.send(Err(RotateError::StageInDatapath(failed)));
         }
     });
     let view = DeviceView::of(device_state(), SystemTime::now());
