@@ -117,11 +117,17 @@ enum Step {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Idle { due: Option<Instant> },
+    Idle {
+        due: Option<Instant>,
+    },
     Awaiting(Step),
     /// Some active peer has no session with the successor yet.
-    Waiting { poll_at: Instant },
-    Retry { at: Instant },
+    Waiting {
+        poll_at: Instant,
+    },
+    Retry {
+        at: Instant,
+    },
 }
 
 impl Phase {
@@ -229,7 +235,10 @@ impl RotationCore {
             Phase::Waiting { poll_at } if now.instant >= poll_at => {
                 self.ask(Action::ReadDatapath, Step::ReadDatapath)
             }
-            Phase::Idle { .. } | Phase::Awaiting(_) | Phase::Waiting { .. } | Phase::Retry { .. } => {}
+            Phase::Idle { .. }
+            | Phase::Awaiting(_)
+            | Phase::Waiting { .. }
+            | Phase::Retry { .. } => {}
         }
     }
 
@@ -255,7 +264,9 @@ impl RotationCore {
                 self.ask(Action::Announce(self.record()), Step::Announce);
             }
             Phase::Awaiting(Step::Announce) => self.announced(now),
-            Phase::Awaiting(Step::Switch) => self.ask(Action::PublishKey(self.record()), Step::PublishKey),
+            Phase::Awaiting(Step::Switch) => {
+                self.ask(Action::PublishKey(self.record()), Step::PublishKey)
+            }
             Phase::Awaiting(Step::PublishKey) => self.published(now),
             _ => return Err(self.out_of_step("a step done")),
         }
@@ -274,7 +285,11 @@ impl RotationCore {
 
     /// The data path's peers: commit once every active peer has a session with the successor,
     /// or the commit timeout has passed. A peer with no session at all has nothing to lose.
-    pub fn handle_datapath_state(&mut self, state: &DeviceState, now: Now) -> Result<(), OutOfStep> {
+    pub fn handle_datapath_state(
+        &mut self,
+        state: &DeviceState,
+        now: Now,
+    ) -> Result<(), OutOfStep> {
         let (Phase::Awaiting(Step::ReadDatapath), Some(next), Some(commit_by)) =
             (self.phase, &self.next, self.commit_by)
         else {
