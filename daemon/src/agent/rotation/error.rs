@@ -45,7 +45,9 @@ pub enum RotateError {
 /// The shell answered a step the core was not waiting for: a bug in the shell, which ends the
 /// rotator (its supervisor restarts it from the key ring on disk) rather than guessing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key rotation: got {answer} while {phase}; the rotator stops so that it restarts from the key ring")]
+#[error(
+    "key rotation: got {answer} while {phase} (a bug in the rotator); it stops rather than guess"
+)]
 pub struct OutOfStep {
     pub answer: &'static str,
     pub phase: &'static str,
