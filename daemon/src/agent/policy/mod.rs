@@ -7,15 +7,23 @@
 //! endpoint whose map update fails is failed closed by the enforcer. Every set accepted from the
 //! store is saved (`saved.rs`) and enforced at the next start until the store answers.
 //!
-//! `run.rs` is the loop, `pass.rs` one enforcement pass, `attach.rs` the pure decision of which
-//! interfaces carry the programs, `saved.rs` the saved set.
+//! `planner.rs` is the pure core (no I/O, no clock): `take.rs` loads a set into the policy in
+//! force, `pass.rs` decides one enforcement pass, `attach.rs` which interfaces carry the
+//! programs; it talks to `run.rs`, the I/O shell (netlink, the enforcer, the saved file, the
+//! watch channels), through the actions and answers of `action.rs`. `saved.rs` is the saved set.
 
+mod action;
 mod attach;
 mod pass;
+mod planner;
+#[cfg(test)]
+mod planner_tests;
 mod run;
 pub mod saved;
+mod take;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -27,7 +35,11 @@ use policy::{Bundle, Compiled};
 use crate::config::{Enforcement, PolicyConfig};
 use wiremesh_enforce::{Counter, EnforceError, Enforcer};
 
-pub use run::{PassReport, PolicyLoop};
+pub use action::{
+    Action, AttachOps, AttachResults, HostOp, HostResult, NetlinkError, Observation, RouteLookup,
+};
+pub use planner::{PassReport, Planner, PlannerConfig, RESYNC_EVERY};
+pub use run::{PolicyLoop, PolicyLoopError};
 
 /// The policy in force: what the enforcer applies and what an online trace answers from.
 #[derive(Clone)]
@@ -40,7 +52,33 @@ pub struct PolicyState {
     pub refused: Option<String>,
     /// This node's endpoints and the interface each is enforced on (`namespace/name` →
     /// interface), or why it is not.
-    pub endpoints: BTreeMap<String, Result<String, String>>,
+    pub endpoints: BTreeMap<String, Result<String, NotEnforced>>,
+}
+
+/// Why a local endpoint is not enforced on an interface.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotEnforced {
+    #[error("route lookup: {reason}")]
+    RouteLookup { reason: String },
+    #[error("no route to {ip}")]
+    NoRoute { ip: IpAddr },
+    #[error("{ip} is routed into the tunnel, not to a local interface")]
+    Tunnel { ip: IpAddr },
+    #[error("{ip} is routed via a gateway ({ifname})")]
+    Gateway { ip: IpAddr, ifname: String },
+    #[error("the policy programs are not attached to {ifname}")]
+    NotAttached { ifname: String },
+}
+
+impl std::fmt::Debug for PolicyState {
+    /// The bundle and maps are left out: they are large, and the trace and status show them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyState")
+            .field("generation", &self.generation)
+            .field("refused", &self.refused)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for PolicyState {
@@ -70,12 +108,12 @@ pub struct PolicyCounters {
 
 /// Loads an object set into a bundle and adds what the node records know about nodes (their
 /// addresses are the `host` and `remote-node` identities).
-pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, String> {
+pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, policy::LoadError> {
     let texts = set
         .objects
         .values()
         .map(|o| (o.origin.as_str(), o.manifest.as_str()));
-    let mut bundle = policy::load(texts).map_err(|e| e.to_string())?;
+    let mut bundle = policy::load(texts)?;
     for rec in nodes.nodes.values() {
         let node = node_entry(&mut bundle, &rec.node_name);
         for ip in rec.node_ips.iter().copied().chain([rec.endpoint.ip()]) {

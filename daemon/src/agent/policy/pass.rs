@@ -1,170 +1,327 @@
-//! One enforcement pass: finds each local endpoint's host-side interface (route lookup), puts
-//! the programs on every interface that needs them and takes them off the others
-//! ([`super::attach::plan`]), and brings the maps to the policy in force.
+//! The enforcing half of a pass (pure): from the interfaces and routes the kernel lists, which
+//! interface each local endpoint is enforced on, which interfaces carry the programs
+//! ([`super::attach::plan`]), what the maps hold, and when the accepted set is saved.
 //!
 //! It must never leave an endpoint's interface open while that endpoint has a policy: an
 //! interface whose endpoint cannot be resolved for a moment keeps the programs without an
-//! endpoint config, which drops everything.
+//! endpoint config, which drops everything; an endpoint gets its config only on an interface
+//! whose programs are attached.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-use wiremesh_enforce::{Desired, Enforcer};
+use wiremesh_enforce::{Desired, EnforceError};
 
-use super::attach::{self, Attached, HostAction, Observed, Plan};
-use super::run::PolicyLoop;
+use super::action::{
+    Action, AttachOps, AttachResults, HostOp, HostResult, NetlinkError, Observation, RouteLookup,
+};
+use super::attach::{self, HostAction, Observed, Plan};
+use super::planner::{Enforcing, PassReport, Planner, Step};
+use super::saved::{self, Saved, SavedError, Source};
+use super::NotEnforced;
 
-/// What a pass found, for the loop.
-pub(super) struct Outcome {
-    /// Whether a host policy selects this node.
-    pub host_wanted: bool,
-    /// The interfaces the local endpoints are enforced on.
-    pub interfaces: Vec<String>,
-}
+impl Planner {
+    /// Enforces the policy in force, unless there is nothing to enforce: with nothing known
+    /// yet, the pinned maps of the previous run stay untouched.
+    pub(super) fn enforce(&mut self, source: Source) {
+        let closed = saved::closed_interfaces(
+            self.m.loaded,
+            self.cfg.fresh_maps,
+            self.saved.as_ref().map(|s| &s.saved),
+        );
+        let act = source != Source::Nothing || !closed.is_empty();
+        if !act || !self.cfg.enforcing {
+            self.finish_pass(PassReport::default());
+            return;
+        }
+        let endpoints = local_endpoints(&self.state.bundle, &self.cfg.node_name);
+        self.step = Step::Links { closed };
+        self.actions.push_back(Action::Observe(endpoints));
+    }
 
-impl PolicyLoop {
-    /// Attaches the programs where they are needed and brings the maps to the policy in force.
-    /// `closed`: interfaces to keep closed whatever the policy says. `None` if the interfaces
-    /// cannot be listed (nothing is changed then).
-    pub(super) async fn enforce(
-        &mut self,
-        enf: &mut Enforcer,
-        attached: &mut Attached,
-        closed: &[String],
-    ) -> Option<Outcome> {
-        let state = self.state.borrow().clone();
-        let links = match self.netlink.links().await {
-            Ok(l) => l,
+    /// The interfaces and routes the kernel lists now: plans the attachments.
+    pub fn handle_links(&mut self, seen: Result<Observation, NetlinkError>) {
+        let Some(closed) = self.expect_step("interface listing", |s| match s {
+            Step::Links { closed } => Ok(closed),
+            other => Err(other),
+        }) else {
+            return;
+        };
+        let seen = match seen {
+            Ok(o) => o,
             Err(e) => {
-                tracing::warn!("listing interfaces: {e:#}; policy pass skipped");
-                return None;
+                tracing::warn!("listing interfaces: {e}; policy pass skipped");
+                let report = PassReport {
+                    host_on: self.m.attached.host,
+                    ..PassReport::default()
+                };
+                self.finish_pass(report);
+                return;
             }
         };
-        let wg_ifindex = links.get(&self.wg_ifname).copied();
+        let wg_ifindex = seen.links.get(&self.cfg.wg_ifname).copied();
         let mut resolved = BTreeMap::new();
         let mut unresolved = Vec::new();
         let mut report = BTreeMap::new();
-        for (name, ip) in local_endpoints(&state.bundle, &self.node_name) {
-            match self.host_interface(ip, wg_ifindex).await {
+        for lookup in seen.routes {
+            let endpoint = lookup.endpoint.clone();
+            match self.host_interface(lookup, wg_ifindex) {
                 Ok(iface) => {
-                    resolved.insert(name, iface);
+                    resolved.insert(endpoint, iface);
                 }
                 Err(why) => {
-                    report.insert(name.clone(), Err(why));
-                    unresolved.push(name);
+                    report.insert(endpoint.clone(), Err(why));
+                    unresolved.push(endpoint);
                 }
             }
         }
-        let host_map = state.compiled.host_maps.get(&self.node_name);
-        let seen = Observed {
-            links: &links,
+        let host_wanted = self
+            .state
+            .compiled
+            .host_maps
+            .contains_key(&self.cfg.node_name);
+        let observed = Observed {
+            links: &seen.links,
             resolved: &resolved,
             unresolved: &unresolved,
-            closed,
-            wg: &self.wg_ifname,
-            host_wanted: host_map.is_some(),
+            closed: &closed,
+            wg: &self.cfg.wg_ifname,
+            host_wanted,
         };
-        let plan = attach::plan(attached, &seen);
-        attach::remember(attached, &seen);
+        let plan = attach::plan(&self.m.attached, &observed);
+        attach::remember(&mut self.m.attached, &observed);
         for name in &plan.closed {
             tracing::info!(interface = %name, "policy programs on an interface whose endpoint is not resolved (or not loaded): it drops everything until it is");
         }
-        tokio::task::block_in_place(|| carry_out(enf, attached, &plan, &self.wg_ifname));
+        let ops = self.forget_and_ops(&plan);
+        let e = Enforcing {
+            wg_ifindex,
+            resolved,
+            report,
+            host_wanted,
+            ifindexes: BTreeMap::new(),
+        };
+        if ops.is_empty() {
+            self.apply(e);
+        } else {
+            self.step = Step::Attach(e);
+            self.actions.push_back(Action::Attach(ops));
+        }
+    }
 
-        let mut ifindexes = BTreeMap::new();
-        for (ep, (ifname, ifindex)) in &resolved {
-            if attached.pods.get(ifname) == Some(ifindex) {
-                ifindexes.insert(ep.clone(), *ifindex);
-                report.insert(ep.clone(), Ok(ifname.clone()));
-            } else {
-                report.insert(
-                    ep.clone(),
-                    Err(format!("the policy programs are not attached to {ifname}")),
-                );
+    /// Does the pure part of `plan` (forgetting what is gone) and returns the enforcer calls.
+    fn forget_and_ops(&mut self, plan: &Plan) -> AttachOps {
+        for name in &plan.forget {
+            self.m.attached.pods.remove(name);
+        }
+        let host = match plan.host {
+            HostAction::Keep => None,
+            HostAction::Attach(_) => Some(HostOp::Attach),
+            HostAction::Detach => Some(HostOp::Detach),
+            HostAction::Forget => {
+                self.m.attached.host = None;
+                None
+            }
+        };
+        AttachOps {
+            attach: plan.attach.iter().map(|(name, _)| name.clone()).collect(),
+            detach: plan.detach.clone(),
+            host,
+            wg: self.cfg.wg_ifname.clone(),
+        }
+    }
+
+    /// What the enforcer attached and detached: remembered, then on to the maps.
+    pub fn handle_attach_result(&mut self, done: AttachResults) {
+        let Some(e) = self.expect_step("attach result", |s| match s {
+            Step::Attach(e) => Ok(e),
+            other => Err(other),
+        }) else {
+            return;
+        };
+        let attached = &mut self.m.attached;
+        for (name, result) in done.attached {
+            match result {
+                Ok(index) => {
+                    attached.pods.insert(name, index);
+                }
+                Err(err) => {
+                    tracing::error!(interface = %name, "{err}");
+                    attached.pods.remove(&name);
+                }
             }
         }
+        for (name, result) in done.detached {
+            // The interface may be going away as we speak.
+            if let Err(err) = result {
+                tracing::debug!(interface = %name, "detach: {err}");
+            }
+            attached.pods.remove(&name);
+        }
+        let wg = &self.cfg.wg_ifname;
+        match done.host {
+            None => {}
+            Some(HostResult::Attached(Ok(index))) => attached.host = Some(index),
+            Some(HostResult::Attached(Err(err))) => {
+                tracing::error!(interface = %wg, "host endpoint: {err}");
+                attached.host = None;
+            }
+            Some(HostResult::Detached(result)) => {
+                if let Err(err) = result {
+                    tracing::warn!(interface = %wg, "host endpoint detach: {err}");
+                }
+                attached.host = None;
+            }
+        }
+        self.apply(e);
+    }
+
+    /// The maps for the endpoints whose interface carries the programs now.
+    fn apply(&mut self, mut e: Enforcing) {
+        let state = self.state.clone();
+        for (ep, (ifname, ifindex)) in &e.resolved {
+            if self.m.attached.pods.get(ifname) == Some(ifindex) {
+                e.ifindexes.insert(ep.clone(), *ifindex);
+                e.report.insert(ep.clone(), Ok(ifname.clone()));
+            } else {
+                let not = NotEnforced::NotAttached {
+                    ifname: ifname.clone(),
+                };
+                e.report.insert(ep.clone(), Err(not));
+            }
+        }
+        let node = &self.cfg.node_name;
         let mut desired = Desired::from_compiled(
             &state.compiled.identities,
             &state.compiled.maps,
             &state.bundle,
-            Some(&self.node_name),
-            &ifindexes,
+            Some(node),
+            &e.ifindexes,
         );
         // This node as a host endpoint, on the WireGuard device it has now.
-        if let (Some(map), Some(on)) = (host_map, attached.host) {
-            if Some(on) == wg_ifindex {
+        let host_map = state.compiled.host_maps.get(node);
+        if let (Some(map), Some(on)) = (host_map, self.m.attached.host) {
+            if Some(on) == e.wg_ifindex {
                 desired.add_endpoint(on, policy::identity::HOST, map);
-                report.insert(
-                    format!("host/{}", self.node_name),
-                    Ok(self.wg_ifname.clone()),
-                );
+                let wg = self.cfg.wg_ifname.clone();
+                e.report.insert(format!("host/{node}"), Ok(wg));
             }
         }
-        match tokio::task::block_in_place(|| enf.apply(&desired)) {
+        self.step = Step::Apply(e);
+        self.actions.push_back(Action::Apply(Box::new(desired)));
+    }
+
+    /// The outcome of bringing the maps to the policy: a failure has failed the endpoints it
+    /// touched closed (the enforcer does that) and the next pass applies again.
+    pub fn handle_apply_result(&mut self, result: Result<(), EnforceError>) {
+        let Some(e) = self.expect_step("apply result", |s| match s {
+            Step::Apply(e) => Ok(e),
+            other => Err(other),
+        }) else {
+            return;
+        };
+        match result {
             Ok(()) => {
                 self.counters.applies.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => {
+            Err(err) => {
                 self.counters.apply_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("policy enforcement: {e}");
+                tracing::error!("policy enforcement: {err}");
             }
         }
-        self.read_counters(enf, &ifindexes);
-        if state.endpoints != report {
-            self.state.send_modify(|s| {
-                let mut next = (**s).clone();
-                next.endpoints = report;
-                *s = std::sync::Arc::new(next);
-            });
+        let names = e.ifindexes.iter().map(|(n, i)| (*i, n.clone())).collect();
+        self.actions.push_back(Action::ReadCounters(names));
+        if self.state.endpoints != e.report {
+            let mut next = (*self.state).clone();
+            next.endpoints = e.report;
+            self.publish(next);
         }
-        let mut interfaces: Vec<String> = resolved
+        let mut interfaces: Vec<String> = e
+            .resolved
             .into_iter()
-            .filter(|(ep, _)| ifindexes.contains_key(ep))
+            .filter(|(ep, _)| e.ifindexes.contains_key(ep))
             .map(|(_, (ifname, _))| ifname)
             .collect();
         interfaces.sort();
         interfaces.dedup();
-        Some(Outcome {
-            host_wanted: host_map.is_some(),
-            interfaces,
-        })
+        let report = PassReport {
+            host_wanted: e.host_wanted,
+            host_on: self.m.attached.host,
+            ..PassReport::default()
+        };
+        self.save(report, interfaces);
     }
 
-    fn read_counters(&self, enf: &Enforcer, ifindexes: &BTreeMap<String, u32>) {
-        let names: BTreeMap<u32, &String> = ifindexes.iter().map(|(n, i)| (*i, n)).collect();
-        match tokio::task::block_in_place(|| enf.counters()) {
-            Ok(counters) => {
-                let named = counters
-                    .into_iter()
-                    .filter_map(|c| Some(((*names.get(&c.ifindex)?).clone(), c)))
-                    .collect();
-                if let Ok(mut p) = self.counters.packets.lock() {
-                    *p = named;
-                }
-            }
-            Err(e) => tracing::debug!("reading policy counters: {e}"),
+    /// Saves the set accepted from the store, with the node addresses and identity numbers it
+    /// is compiled with and the interfaces it is enforced on, whenever one of them changed.
+    fn save(&mut self, report: PassReport, interfaces: Vec<String>) {
+        let Some((set, Source::Store)) = &self.m.accepted else {
+            return self.finish_pass(report);
+        };
+        let now = (self.state.generation, interfaces);
+        if self.m.saved_as.as_ref() == Some(&now) {
+            return self.finish_pass(report);
         }
+        let nodes = self
+            .state
+            .bundle
+            .nodes
+            .values()
+            .map(|n| (n.name.clone(), n.ips.clone()))
+            .collect();
+        let identities = self
+            .state
+            .compiled
+            .identities
+            .iter()
+            .filter(|(_, labels)| labels.allocation_range().is_some())
+            .map(|(id, labels)| (labels.key(), id))
+            .collect();
+        let record = Saved::new(&self.cfg.node_name, set, nodes, identities, now.1.clone());
+        self.step = Step::Save(report, now);
+        self.actions.push_back(Action::Save(Box::new(record)));
     }
 
-    /// The interface the node routes `ip` to, which must be a local one (not the tunnel, not via
-    /// a gateway): the endpoint's host-side veth, as CNIs such as Calico set it up.
-    async fn host_interface(
+    /// Whether the accepted set reached the disk; if not it is written again at the next pass.
+    pub fn handle_save_result(&mut self, result: Result<(), SavedError>) {
+        let Some((report, now)) = self.expect_step("save result", |s| match s {
+            Step::Save(report, now) => Ok((report, now)),
+            other => Err(other),
+        }) else {
+            return;
+        };
+        match result {
+            Ok(()) => self.m.saved_as = Some(now),
+            Err(e) => tracing::error!(
+                "saving the accepted policy: {e}; after a reboot with the store unreachable, \
+                 this node would enforce an older policy or none"
+            ),
+        }
+        self.finish_pass(report);
+    }
+
+    /// The interface the node routes the endpoint's address to, which must be a local one (not
+    /// the tunnel, not via a gateway): the endpoint's host-side veth, as CNIs such as Calico
+    /// set it up.
+    fn host_interface(
         &self,
-        ip: IpAddr,
+        lookup: RouteLookup,
         wg_ifindex: Option<u32>,
-    ) -> Result<(String, u32), String> {
-        let route = self
-            .netlink
-            .route_to(ip)
-            .await
-            .map_err(|e| format!("route lookup: {e:#}"))?;
+    ) -> Result<(String, u32), NotEnforced> {
+        let ip = lookup.ip;
+        let route = lookup.route.map_err(|e| NotEnforced::RouteLookup {
+            reason: e.to_string(),
+        })?;
         match route {
-            None => Err(format!("no route to {ip}")),
-            Some(r) if Some(r.ifindex) == wg_ifindex || r.ifname == self.wg_ifname => Err(format!(
-                "{ip} is routed into the tunnel, not to a local interface"
-            )),
-            Some(r) if r.gateway => Err(format!("{ip} is routed via a gateway ({})", r.ifname)),
+            None => Err(NotEnforced::NoRoute { ip }),
+            Some(r) if Some(r.ifindex) == wg_ifindex || r.ifname == self.cfg.wg_ifname => {
+                Err(NotEnforced::Tunnel { ip })
+            }
+            Some(r) if r.gateway => Err(NotEnforced::Gateway {
+                ip,
+                ifname: r.ifname,
+            }),
             Some(r) => Ok((r.ifname, r.ifindex)),
         }
     }
@@ -182,47 +339,4 @@ fn local_endpoints(bundle: &policy::Bundle, node: &str) -> Vec<(String, IpAddr)>
             ips.first().map(|ip| (ep.qualified_name(), *ip))
         })
         .collect()
-}
-
-/// Carries out the attachment plan (blocking netlink calls), recording what now carries the
-/// programs.
-fn carry_out(enf: &mut Enforcer, attached: &mut Attached, plan: &Plan, wg: &str) {
-    for (name, _) in &plan.attach {
-        match enf.attach(name) {
-            Ok(index) => {
-                attached.pods.insert(name.clone(), index);
-            }
-            Err(e) => {
-                tracing::error!(interface = %name, "{e}");
-                attached.pods.remove(name);
-            }
-        }
-    }
-    for name in &plan.detach {
-        // The interface may be going away as we speak.
-        if let Err(e) = enf.detach(name) {
-            tracing::debug!(interface = %name, "detach: {e}");
-        }
-        attached.pods.remove(name);
-    }
-    for name in &plan.forget {
-        attached.pods.remove(name);
-    }
-    match plan.host {
-        HostAction::Keep => {}
-        HostAction::Attach(_) => match enf.attach_host(wg) {
-            Ok(index) => attached.host = Some(index),
-            Err(e) => {
-                tracing::error!(interface = %wg, "host endpoint: {e}");
-                attached.host = None;
-            }
-        },
-        HostAction::Detach => {
-            if let Err(e) = enf.detach(wg) {
-                tracing::warn!(interface = %wg, "host endpoint detach: {e}");
-            }
-            attached.host = None;
-        }
-        HostAction::Forget => attached.host = None,
-    }
 }

@@ -1,31 +1,30 @@
-//! The policy loop: picks the object set in force (the store's once it has answered, the saved
-//! one until then), loads and compiles it, saves every set it accepts from the store, and runs an
-//! enforcement pass on every change, on every link or route change the kernel announces, and
-//! every 2 s.
+//! The policy loop's I/O shell: feeds the [`Planner`] the store's objects and node records, the
+//! kernel's link and route notifications and the time, and carries out its actions: netlink
+//! look-ups, the enforcer (blocking: on tokio's blocking pool, one call at a time, never on a
+//! runtime thread), the saved file, and the `state` and `passes` watch channels.
 //!
-//! It must never enforce something broader than the last set this node accepted: a set that
-//! does not load leaves the one in force, and the saved set is only ever one that loaded.
+//! It decides nothing: what to take, attach, apply or save is the planner's. It returns only on
+//! a fatal error (a blocking task that panicked, which takes the enforcer with it): the caller
+//! may start a fresh loop with a re-opened enforcer, which finds the maps pinned and the saved
+//! file where this one left them.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
-use keymgr::store::objects::{ObjectSet, ObjectStore, Wanted};
+use keymgr::store::objects::{ObjectSet, ObjectStore};
 use keymgr::Snapshot;
-use policy::{Bundle, Compiled, Identities};
-use tokio::sync::watch;
-
-use super::attach::Attached;
-use super::saved::{self, Saved, SavedFile, Source};
-use super::{load, node_entry, PolicyCounters, PolicyState};
+use tokio::sync::{mpsc, watch};
 use wiremesh_datapath::netlink::Netlink;
 use wiremesh_enforce::Enforcer;
 
-/// Interfaces appear after their pods' objects (and disappear): re-checked this often, besides
-/// the kernel's link and route notifications.
-const RESYNC_EVERY: Duration = Duration::from_secs(2);
+use super::action::{
+    Action, AttachOps, AttachResults, HostOp, HostResult, NetlinkError, Observation, RouteLookup,
+};
+use super::planner::{PassReport, Planner, PlannerConfig, RESYNC_EVERY};
+use super::saved::{Saved, SavedError, SavedFile};
+use super::{PolicyCounters, PolicyState};
 
 pub struct PolicyLoop {
     pub node_name: String,
@@ -44,42 +43,23 @@ pub struct PolicyLoop {
     pub passes: watch::Sender<PassReport>,
 }
 
-/// What the last pass did, for the agent's start-up and data path restarts to wait on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PassReport {
-    /// Passes completed (0: none yet).
-    pub passes: u64,
-    /// Whether a host policy selects this node.
-    pub host_wanted: bool,
-    /// The WireGuard device (ifindex) the host endpoint's programs are attached to.
-    pub host_on: Option<u32>,
-}
-
-impl PassReport {
-    /// Whether the host endpoint is enforced on the WireGuard device `ifindex`, or there is no
-    /// host endpoint to enforce.
-    pub fn host_settled_on(&self, ifindex: u32) -> bool {
-        !self.host_wanted || self.host_on == Some(ifindex)
-    }
-}
-
-/// What the loop remembers between passes.
-#[derive(Default)]
-pub(super) struct Memory {
-    in_force: Option<(Arc<ObjectSet>, Arc<Snapshot>)>,
-    /// The last set that loaded, and where it came from.
-    accepted: Option<(Arc<ObjectSet>, Source)>,
-    generation: u64,
-    last_refusal: Option<String>,
-    allocation_failed: bool,
-    pub(super) attached: Attached,
-    /// The generation and interfaces last written to the saved file.
-    saved_as: Option<(u64, Vec<String>)>,
+/// Why the policy loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyLoopError {
+    #[error("the policy loop's blocking task ({what}) failed: {source}")]
+    Blocking {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("the policy planner asked for {what} with enforcement off (a bug)")]
+    NoEnforcer { what: &'static str },
 }
 
 impl PolicyLoop {
-    pub async fn run(mut self, mut enforcer: Option<Enforcer>) {
-        let mut tick = tokio::time::interval(RESYNC_EVERY);
+    /// Runs until a fatal error; `enforcer` is `None` when enforcement is off (the policy is
+    /// still loaded, published and saved).
+    pub async fn run(mut self, enforcer: Option<Enforcer>) -> Result<(), PolicyLoopError> {
         let mut events = match wiremesh_datapath::link_events::subscribe() {
             Ok(rx) => Some(rx),
             Err(e) => {
@@ -87,267 +67,193 @@ impl PolicyLoop {
                 None
             }
         };
-        let saved = self.load_saved();
-        let saved_set = saved.as_ref().map(|s| Arc::new(s.object_set()));
-        // Maps created empty: a reboot (or a first start), not a restarted agent.
-        let fresh_maps = enforcer.as_ref().is_some_and(|e| !e.holds_policy());
-        let mut m = Memory::default();
-        let mut passes = 0;
+        let cfg = PlannerConfig {
+            node_name: self.node_name.clone(),
+            wg_ifname: self.wg_ifname.clone(),
+            saved_path: self.saved.path().to_path_buf(),
+            enforcing: enforcer.is_some(),
+            // Maps created empty: a reboot (or a first start), not a restarted agent.
+            fresh_maps: enforcer.as_ref().is_some_and(|e| !e.holds_policy()),
+        };
+        let initial = self.state.borrow().clone();
+        let mut planner = Planner::new(cfg, self.counters.clone(), initial, Instant::now());
+        let (file, node) = (self.saved.clone(), self.node_name.clone());
+        planner.handle_saved(blocking("reading the saved policy", move || file.load(&node)).await?);
+        planner.handle_objects(self.objects.borrow_and_update().clone());
+        planner.handle_nodes(self.nodes.borrow_and_update().clone());
+        let mut enforcer = BlockingEnforcer(enforcer);
         loop {
-            let store_set = self.objects.borrow_and_update().clone();
-            let nodes = self.nodes.borrow_and_update().clone();
-            let source = saved::source(store_set.synced, saved_set.is_some());
-            let set = match source {
-                Source::Store => Some(store_set),
-                Source::Saved => saved_set.clone(),
-                Source::Nothing => None,
-            };
-            if let Some(set) = set {
-                let changed = (m.allocation_failed && source == Source::Store)
-                    || m.in_force
-                        .as_ref()
-                        .is_none_or(|(s, n)| !Arc::ptr_eq(s, &set) || !Arc::ptr_eq(n, &nodes));
-                if changed {
-                    self.take(&mut m, set, nodes, source, saved.as_ref()).await;
-                }
+            while let Some(action) = planner.poll_action() {
+                self.execute(&mut planner, &mut enforcer, action).await?;
             }
-            let closed = saved::closed_interfaces(m.generation > 0, fresh_maps, saved.as_ref());
-            let mut report = PassReport {
-                passes: passes + 1,
-                ..PassReport::default()
-            };
-            // With nothing known yet, the pinned maps of the previous run stay untouched.
-            let act = source != Source::Nothing || !closed.is_empty();
-            if let (true, Some(enf)) = (act, enforcer.as_mut()) {
-                if let Some(outcome) = self.enforce(enf, &mut m.attached, &closed).await {
-                    report.host_wanted = outcome.host_wanted;
-                    self.save(&mut m, outcome.interfaces);
-                }
-                report.host_on = m.attached.host;
-            }
-            passes += 1;
-            self.passes.send_replace(report);
+            let deadline = tokio::time::Instant::from_std(planner.poll_timeout());
             tokio::select! {
-                Ok(()) = self.objects.changed() => {}
-                Ok(()) = self.nodes.changed() => {}
-                Some(()) = async { events.as_mut()?.recv().await } => {}
-                _ = tick.tick() => {}
+                Ok(()) = self.objects.changed() => {
+                    planner.handle_objects(self.objects.borrow_and_update().clone());
+                }
+                Ok(()) = self.nodes.changed() => {
+                    planner.handle_nodes(self.nodes.borrow_and_update().clone());
+                }
+                Some(()) = next_event(&mut events) => planner.handle_link_event(),
+                () = tokio::time::sleep_until(deadline) => planner.handle_timeout(Instant::now()),
+            }
+            // A pass starts from the newest of every input, as one change woke it.
+            if self.objects.has_changed().unwrap_or(false) {
+                planner.handle_objects(self.objects.borrow_and_update().clone());
+            }
+            if self.nodes.has_changed().unwrap_or(false) {
+                planner.handle_nodes(self.nodes.borrow_and_update().clone());
             }
         }
     }
 
-    fn load_saved(&self) -> Option<Saved> {
-        let path = self.saved.path().display().to_string();
-        match self.saved.load(&self.node_name) {
-            Ok(Some(s)) => {
-                tracing::info!(file = %path, objects = s.objects.len(), "saved policy found: it is enforced until the store answers");
-                Some(s)
+    async fn execute(
+        &self,
+        planner: &mut Planner,
+        enforcer: &mut BlockingEnforcer,
+        action: Action,
+    ) -> Result<(), PolicyLoopError> {
+        match action {
+            Action::ListLocalAddresses => {
+                let addrs = self.netlink.local_addresses().await.map_err(NetlinkError);
+                planner.handle_local_addresses(addrs);
             }
-            Ok(None) => {
-                tracing::info!(file = %path, "no saved policy: until the store answers, policy stays as the pinned maps hold it (none after a reboot)");
-                None
+            Action::AllocateIdentities(wanted) => {
+                planner.handle_identities(self.store.allocate(wanted).await);
             }
-            Err(e) => {
-                tracing::error!("{e}; until the store answers, policy stays as the pinned maps hold it (none after a reboot)");
-                None
+            Action::PublishState(state) => {
+                self.state.send_replace(state);
+            }
+            Action::Observe(endpoints) => planner.handle_links(self.observe(endpoints).await),
+            Action::Attach(ops) => {
+                let done = enforcer
+                    .call("attaching programs", move |e| carry_out(e, ops))
+                    .await?;
+                planner.handle_attach_result(done);
+            }
+            Action::Apply(desired) => {
+                let result = enforcer
+                    .call("applying the maps", move |e| e.apply(&desired))
+                    .await?;
+                planner.handle_apply_result(result);
+            }
+            Action::ReadCounters(names) => self.read_counters(enforcer, names).await?,
+            Action::Save(record) => {
+                let result = self.save(*record).await?;
+                planner.handle_save_result(result);
+            }
+            Action::PublishReport(report) => {
+                self.passes.send_replace(report);
             }
         }
+        Ok(())
     }
 
-    /// Loads `set` (with `nodes`) into the policy in force, or keeps the one in force if it
-    /// does not load.
-    async fn take(
+    /// The interfaces, then the route to each endpoint's address.
+    async fn observe(
+        &self,
+        endpoints: Vec<(String, IpAddr)>,
+    ) -> Result<Observation, NetlinkError> {
+        let links = self.netlink.links().await.map_err(NetlinkError)?;
+        let mut routes = Vec::with_capacity(endpoints.len());
+        for (endpoint, ip) in endpoints {
+            let route = self.netlink.route_to(ip).await.map_err(NetlinkError);
+            routes.push(RouteLookup {
+                endpoint,
+                ip,
+                route,
+            });
+        }
+        Ok(Observation { links, routes })
+    }
+
+    async fn read_counters(
+        &self,
+        enforcer: &mut BlockingEnforcer,
+        names: BTreeMap<u32, String>,
+    ) -> Result<(), PolicyLoopError> {
+        match enforcer.call("reading counters", |e| e.counters()).await? {
+            Ok(counters) => {
+                let named = counters
+                    .into_iter()
+                    .filter_map(|c| Some((names.get(&c.ifindex)?.clone(), c)))
+                    .collect();
+                if let Ok(mut p) = self.counters.packets.lock() {
+                    *p = named;
+                }
+            }
+            Err(e) => tracing::debug!("reading policy counters: {e}"),
+        }
+        Ok(())
+    }
+
+    async fn save(&self, record: Saved) -> Result<Result<(), SavedError>, PolicyLoopError> {
+        let file = self.saved.clone();
+        blocking("saving the policy", move || file.save(&record)).await
+    }
+}
+
+async fn next_event(events: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    events.as_mut()?.recv().await
+}
+
+/// Runs blocking file I/O off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PolicyLoopError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| PolicyLoopError::Blocking { what, source })
+}
+
+/// The enforcer, lent to the blocking pool for one call at a time.
+struct BlockingEnforcer(Option<Enforcer>);
+
+impl BlockingEnforcer {
+    async fn call<T: Send + 'static>(
         &mut self,
-        m: &mut Memory,
-        set: Arc<ObjectSet>,
-        nodes: Arc<Snapshot>,
-        source: Source,
-        saved: Option<&Saved>,
-    ) {
-        if source == Source::Store {
-            for (origin, reason) in &set.unreadable {
-                tracing::warn!(origin, "store entry is not a wiremesh object: {reason}");
-            }
-        }
-        match load(&set, &nodes) {
-            Ok(mut bundle) => {
-                self.add_local_addresses(&mut bundle).await;
-                let identities = match (source, saved) {
-                    (Source::Saved, Some(s)) => {
-                        add_node_addresses(&mut bundle, &s.nodes);
-                        m.allocation_failed = false;
-                        Identities::build_with(&bundle, &|l| s.identities.get(&l.key()).copied())
-                    }
-                    _ => {
-                        let (ids, failed) = self.identities(&bundle).await;
-                        m.allocation_failed = failed;
-                        ids
-                    }
-                };
-                if source == Source::Saved {
-                    tracing::warn!(
-                        file = %self.saved.path().display(),
-                        objects = set.objects.len(),
-                        "the store has not answered yet: enforcing the policy this node last accepted"
-                    );
-                } else if m
-                    .accepted
-                    .as_ref()
-                    .is_some_and(|(_, s)| *s == Source::Saved)
-                {
-                    tracing::info!("the store answered: its objects replace the saved policy");
-                }
-                m.generation += 1;
-                let compiled = Compiled::build_for(&bundle, identities, Some(&self.node_name));
-                let endpoints = self.state.borrow().endpoints.clone();
-                self.state.send_replace(Arc::new(PolicyState {
-                    bundle: Arc::new(bundle),
-                    compiled: Arc::new(compiled),
-                    generation: m.generation,
-                    refused: None,
-                    endpoints,
-                }));
-                m.last_refusal = None;
-                m.accepted = Some((set.clone(), source));
-            }
-            Err(e) => {
-                if m.last_refusal.as_deref() != Some(e.as_str()) {
-                    tracing::error!(
-                        error = %e,
-                        saved = source == Source::Saved,
-                        "the objects do not load; the policy in force stays unchanged"
-                    );
-                    self.counters.load_failures.fetch_add(1, Ordering::Relaxed);
-                    self.state.send_modify(|s| {
-                        let mut next = (**s).clone();
-                        next.refused = Some(e.clone());
-                        *s = Arc::new(next);
-                    });
-                    m.last_refusal = Some(e);
-                }
-            }
-        }
-        m.in_force = Some((set, nodes));
-    }
-
-    /// Saves the set accepted from the store, with the node addresses and identity numbers it
-    /// is compiled with and the interfaces it is enforced on, whenever one of them changed.
-    fn save(&self, m: &mut Memory, interfaces: Vec<String>) {
-        let Some((set, Source::Store)) = &m.accepted else {
-            return;
+        what: &'static str,
+        f: impl FnOnce(&mut Enforcer) -> T + Send + 'static,
+    ) -> Result<T, PolicyLoopError> {
+        let Some(mut enforcer) = self.0.take() else {
+            return Err(PolicyLoopError::NoEnforcer { what });
         };
-        let now = (m.generation, interfaces);
-        if m.saved_as.as_ref() == Some(&now) {
-            return;
-        }
-        let state = self.state.borrow().clone();
-        let nodes = state
-            .bundle
-            .nodes
-            .values()
-            .map(|n| (n.name.clone(), n.ips.clone()))
-            .collect();
-        let identities = state
-            .compiled
-            .identities
-            .iter()
-            .filter(|(_, labels)| labels.allocation_range().is_some())
-            .map(|(id, labels)| (labels.key(), id))
-            .collect();
-        let record = Saved::new(&self.node_name, set, nodes, identities, now.1.clone());
-        match self.saved.save(&record) {
-            Ok(()) => m.saved_as = Some(now),
-            Err(e) => tracing::error!(
-                "saving the accepted policy: {e}; after a reboot with the store unreachable, \
-                 this node would enforce an older policy or none"
-            ),
-        }
-    }
-
-    /// This host's own addresses (e.g. a pod gateway address inside its pod CIDR, which peers
-    /// reach through the tunnel) belong to its node: the `host` identity here.
-    async fn add_local_addresses(&self, bundle: &mut Bundle) {
-        let addrs = match self.netlink.local_addresses().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!("listing this host's addresses: {e:#}");
-                return;
-            }
-        };
-        add_node_addresses(bundle, &BTreeMap::from([(self.node_name.clone(), addrs)]));
-    }
-
-    /// The bundle's identities with numbers allocated cluster-wide through the store. If the
-    /// store cannot allocate (unreachable), numbers are derived locally for now (they never
-    /// leave this node) and `true` says to try again.
-    async fn identities(&self, bundle: &Bundle) -> (Identities, bool) {
-        let local = Identities::build(bundle);
-        let wanted: Vec<Wanted> = local
-            .iter()
-            .filter_map(|(_, labels)| {
-                let (first, end) = labels.allocation_range()?;
-                Some(Wanted {
-                    key: labels.key(),
-                    preferred: labels.preferred_id()?,
-                    first,
-                    end,
-                })
-            })
-            .collect();
-        match self.store.allocate(wanted).await {
-            Ok(assigned) => {
-                let ids = Identities::build_with(bundle, &|l| assigned.get(&l.key()).copied());
-                (ids, false)
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "cannot allocate identities through the store ({e}); numbering them locally \
-                     until it answers"
-                );
-                (local, true)
-            }
-        }
+        let (enforcer, out) = blocking(what, move || {
+            let out = f(&mut enforcer);
+            (enforcer, out)
+        })
+        .await?;
+        self.0 = Some(enforcer);
+        Ok(out)
     }
 }
 
-/// Adds node addresses (node name → addresses) to the bundle's nodes.
-fn add_node_addresses(bundle: &mut Bundle, nodes: &BTreeMap<String, Vec<IpAddr>>) {
-    for (name, ips) in nodes {
-        let node = node_entry(bundle, name);
-        for ip in ips {
-            if !node.ips.contains(ip) {
-                node.ips.push(*ip);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_restarted_data_path_waits_for_the_host_programs_on_its_new_device() {
-        let none = PassReport::default();
-        assert!(
-            none.host_settled_on(9),
-            "no host endpoint: nothing to wait for"
-        );
-        let old = PassReport {
-            passes: 3,
-            host_wanted: true,
-            host_on: Some(5),
-        };
-        assert!(!old.host_settled_on(9), "still on the old device");
-        let new = PassReport {
-            host_on: Some(9),
-            ..old
-        };
-        assert!(new.host_settled_on(9));
-        let detached = PassReport {
-            host_on: None,
-            ..old
-        };
-        assert!(!detached.host_settled_on(9), "wanted but not attached");
+/// Carries out the enforcer calls of an attachment plan (blocking netlink calls).
+fn carry_out(enf: &mut Enforcer, ops: AttachOps) -> AttachResults {
+    let attached = ops
+        .attach
+        .into_iter()
+        .map(|name| {
+            let result = enf.attach(&name);
+            (name, result)
+        })
+        .collect();
+    let detached = ops
+        .detach
+        .into_iter()
+        .map(|name| {
+            let result = enf.detach(&name);
+            (name, result)
+        })
+        .collect();
+    let host = ops.host.map(|op| match op {
+        HostOp::Attach => HostResult::Attached(enf.attach_host(&ops.wg)),
+        HostOp::Detach => HostResult::Detached(enf.detach(&ops.wg)),
+    });
+    AttachResults {
+        attached,
+        detached,
+        host,
     }
 }

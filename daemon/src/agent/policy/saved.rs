@@ -122,6 +122,7 @@ impl Saved {
 }
 
 /// `<stateDir>/policy.json`.
+#[derive(Debug, Clone)]
 pub struct SavedFile {
     path: PathBuf,
 }
