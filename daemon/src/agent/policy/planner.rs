@@ -112,9 +112,11 @@ pub(super) struct Enforcing {
 pub(super) enum Step {
     #[default]
     Idle,
-    Addresses(Taking),
-    Identities(Taking, Identities),
-    Links { closed: Vec<String> },
+    Addresses(Box<Taking>),
+    Identities(Box<(Taking, Identities)>),
+    Links {
+        closed: Vec<String>,
+    },
     Attach(Enforcing),
     Apply(Enforcing),
     Save(PassReport, (u64, Vec<String>)),

@@ -150,10 +150,7 @@ impl PolicyLoop {
     }
 
     /// The interfaces, then the route to each endpoint's address.
-    async fn observe(
-        &self,
-        endpoints: Vec<(String, IpAddr)>,
-    ) -> Result<Observation, NetlinkError> {
+    async fn observe(&self, endpoints: Vec<(String, IpAddr)>) -> Result<Observation, NetlinkError> {
         let links = self.netlink.links().await.map_err(NetlinkError)?;
         let mut routes = Vec::with_capacity(endpoints.len());
         for (endpoint, ip) in endpoints {

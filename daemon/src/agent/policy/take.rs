@@ -54,12 +54,12 @@ impl Planner {
         }
         match load(&set, &nodes) {
             Ok(bundle) => {
-                self.step = Step::Addresses(Taking {
+                self.step = Step::Addresses(Box::new(Taking {
                     source,
                     set,
                     nodes,
                     bundle,
-                });
+                }));
                 self.actions.push_back(Action::ListLocalAddresses);
             }
             Err(e) => {
@@ -89,15 +89,14 @@ impl Planner {
         if let (Source::Saved, Some(s)) = (t.source, &self.saved) {
             add_node_addresses(&mut t.bundle, &s.saved.nodes);
             self.m.allocation_failed = false;
-            let ids = Identities::build_with(&t.bundle, &|l| {
-                s.saved.identities.get(&l.key()).copied()
-            });
-            self.accept(t, ids);
+            let ids =
+                Identities::build_with(&t.bundle, &|l| s.saved.identities.get(&l.key()).copied());
+            self.accept(*t, ids);
             return;
         }
         let local = Identities::build(&t.bundle);
         let wanted = wanted(&local);
-        self.step = Step::Identities(t, local);
+        self.step = Step::Identities(Box::new((*t, local)));
         self.actions.push_back(Action::AllocateIdentities(wanted));
     }
 
@@ -106,7 +105,7 @@ impl Planner {
     /// next pass.
     pub fn handle_identities(&mut self, assigned: Result<BTreeMap<String, u32>, StoreError>) {
         let Some((t, local)) = self.expect_step("identity allocation", |s| match s {
-            Step::Identities(t, local) => Ok((t, local)),
+            Step::Identities(taking) => Ok(*taking),
             other => Err(other),
         }) else {
             return;
