@@ -35,10 +35,7 @@ use policy::{Bundle, Compiled};
 use crate::config::{Enforcement, PolicyConfig};
 use wiremesh_enforce::{Counter, EnforceError, Enforcer};
 
-pub use action::{
-    Action, AttachOps, AttachResults, HostOp, HostResult, NetlinkError, Observation, RouteLookup,
-};
-pub use planner::{PassReport, Planner, PlannerConfig, RESYNC_EVERY};
+pub use planner::PassReport;
 pub use run::{PolicyLoop, PolicyLoopError};
 
 /// The policy in force: what the enforcer applies and what an online trace answers from.

@@ -229,7 +229,8 @@ impl Planner {
         self.actions.pop_front()
     }
 
-    /// The policy in force.
+    /// The policy in force (the shell learns it from [`Action::PublishState`]).
+    #[cfg(test)]
     pub fn state(&self) -> &Arc<PolicyState> {
         &self.state
     }

@@ -26,6 +26,8 @@ use super::planner::{PassReport, Planner, PlannerConfig, RESYNC_EVERY};
 use super::saved::{Saved, SavedError, SavedFile};
 use super::{PolicyCounters, PolicyState};
 
+/// Clone it to start the loop again (a supervisor's restart): every field is a handle.
+#[derive(Clone)]
 pub struct PolicyLoop {
     pub node_name: String,
     /// The WireGuard interface's name: the host endpoint's interface, never a pod's.
@@ -58,7 +60,7 @@ pub enum PolicyLoopError {
 
 impl PolicyLoop {
     /// Runs until a fatal error; `enforcer` is `None` when enforcement is off (the policy is
-    /// still loaded, published and saved).
+    /// still loaded and published, for the online trace; nothing is attached or saved).
     pub async fn run(mut self, enforcer: Option<Enforcer>) -> Result<(), PolicyLoopError> {
         let mut events = match wiremesh_datapath::link_events::subscribe() {
             Ok(rx) => Some(rx),
