@@ -18,27 +18,27 @@ use super::{PassReport, PolicyState};
 /// "answer with") is always the last one queued until that answer arrives.
 #[derive(Debug)]
 pub enum Action {
-    /// List this host's addresses. Answer with [`super::Planner::handle_local_addresses`].
+    /// List this host's addresses. Answer with [`super::planner::Planner::handle_local_addresses`].
     ListLocalAddresses,
     /// Allocate identity numbers cluster-wide through the object store. Answer with
-    /// [`super::Planner::handle_identities`].
+    /// [`super::planner::Planner::handle_identities`].
     AllocateIdentities(Vec<Wanted>),
     /// Publish the policy in force (online trace, status, metrics).
     PublishState(Arc<PolicyState>),
     /// List the interfaces, then look up the route to each endpoint's address. Answer with
-    /// [`super::Planner::handle_links`].
+    /// [`super::planner::Planner::handle_links`].
     Observe(Vec<(String, IpAddr)>),
     /// Put the programs on interfaces and take them off others (blocking netlink calls).
-    /// Answer with [`super::Planner::handle_attach_result`].
+    /// Answer with [`super::planner::Planner::handle_attach_result`].
     Attach(AttachOps),
     /// Bring the maps to this content (blocking map updates). Answer with
-    /// [`super::Planner::handle_apply_result`].
+    /// [`super::planner::Planner::handle_apply_result`].
     Apply(Box<Desired>),
     /// Read the programs' packet counters into the metrics, naming each ifindex by the endpoint
     /// it serves (counters of other interfaces are left out).
     ReadCounters(BTreeMap<u32, String>),
     /// Write the accepted set to the saved file. Answer with
-    /// [`super::Planner::handle_save_result`].
+    /// [`super::planner::Planner::handle_save_result`].
     Save(Box<Saved>),
     /// Report a finished pass.
     PublishReport(PassReport),
