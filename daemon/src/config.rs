@@ -221,7 +221,7 @@ impl Config {
     }
 
     pub fn admin_socket(&self) -> PathBuf {
-        self.run_dir.join("wiremesh.sock")
+        crate::api::socket_path(&self.run_dir)
     }
 }
 

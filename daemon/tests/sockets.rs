@@ -13,8 +13,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{as_user, exchange, FakeDatapath, PEER_HEX, SECRET_HEX};
+use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wiremesh::admin::{self, AdminServer};
+use wiremesh::admin::{metrics, AdminServer};
+use wiremesh::api::{paths, AgentClient};
 use wiremesh_datapath::listen::{Access, Limits};
 use wiremesh_datapath::uapi::server::UapiServer;
 
@@ -240,12 +242,12 @@ async fn uapi_slow_client_is_cut_off_and_the_cap_holds() {
 async fn admin_refuses_other_users_and_lets_the_group_only_read() {
     let dir = open_dir();
     let fake = FakeDatapath::start(dir.path());
-    let (state, _view) = common::admin_state(dir.path(), fake.datapath());
-    let sock = dir.path().join("wiremesh.sock");
+    let state = common::admin_state(dir.path(), fake.datapath());
+    let sock = wiremesh::api::socket_path(dir.path());
     let access = Access {
         reader_gid: Some(GROUP),
     };
-    let _server = AdminServer::bind(&sock, state, access, Limits::ADMIN).unwrap();
+    let _server = AdminServer::bind(&sock, state.views.routes(), access, Limits::ADMIN).unwrap();
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, GROUP));
     let run_dir = dir.path().to_str().unwrap().to_string();
@@ -291,21 +293,25 @@ async fn admin_refuses_other_users_and_lets_the_group_only_read() {
 async fn admin_body_over_the_limit_gets_413() {
     let dir = open_dir();
     let fake = FakeDatapath::start(dir.path());
-    let (state, _view) = common::admin_state(dir.path(), fake.datapath());
-    let sock = dir.path().join("wiremesh.sock");
+    let state = common::admin_state(dir.path(), fake.datapath());
+    let sock = wiremesh::api::socket_path(dir.path());
     let limits = Limits {
         max_body: 1024,
         ..Limits::ADMIN
     };
-    let _server = AdminServer::bind(&sock, state, Access::default(), limits).unwrap();
+    let _server =
+        AdminServer::bind(&sock, state.views.routes(), Access::default(), limits).unwrap();
     let big = format!("{{\"objects\": \"{}\"}}", "x".repeat(4096));
-    let err = admin::request_with_body(&sock, hyper::Method::POST, "/v1/objects", big)
+    let agent = AgentClient::new(&sock);
+    let err = agent
+        .send(Method::POST, paths::OBJECTS, big)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("413") && err.contains("1024"), "{err}");
     // The control: a small body reaches the parser (and is refused by it).
-    let err = admin::request_with_body(&sock, hyper::Method::POST, "/v1/objects", "{".into())
+    let err = agent
+        .send(Method::POST, paths::OBJECTS, "{".into())
         .await
         .unwrap_err()
         .to_string();
@@ -316,14 +322,15 @@ async fn admin_body_over_the_limit_gets_413() {
 async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
     let dir = open_dir();
     let fake = FakeDatapath::start(dir.path());
-    let (state, _view) = common::admin_state(dir.path(), fake.datapath());
-    let sock = dir.path().join("wiremesh.sock");
+    let state = common::admin_state(dir.path(), fake.datapath());
+    let sock = wiremesh::api::socket_path(dir.path());
     let limits = Limits {
         max_conns: 2,
         header_timeout: Duration::from_millis(700),
         ..Limits::ADMIN
     };
-    let _server = AdminServer::bind(&sock, state.clone(), Access::default(), limits).unwrap();
+    let _server =
+        AdminServer::bind(&sock, state.views.routes(), Access::default(), limits).unwrap();
     let mut slow = tokio::net::UnixStream::connect(&sock).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -358,7 +365,8 @@ async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
         ..Limits::ADMIN
     };
     let sock2 = dir.path().join("wiremesh2.sock");
-    let _server2 = AdminServer::bind(&sock2, state, Access::default(), limits).unwrap();
+    let _server2 =
+        AdminServer::bind(&sock2, state.views.routes(), Access::default(), limits).unwrap();
     let held1 = tokio::net::UnixStream::connect(&sock2).await.unwrap();
     let _held2 = tokio::net::UnixStream::connect(&sock2).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -371,9 +379,7 @@ async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     drop(held1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ok = admin::request(&sock2, hyper::Method::GET, "/healthz")
-        .await
-        .unwrap();
+    let ok = AgentClient::new(&sock2).healthz().await.unwrap();
     assert_eq!(
         ok, "ok\n",
         "the control: a freed slot serves the next client"
@@ -397,10 +403,10 @@ const GET_METRICS: &str = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
 async fn scrapes_never_reach_the_data_path() {
     let dir = open_dir();
     let fake = FakeDatapath::start(dir.path());
-    let (state, _view) = common::admin_state(dir.path(), fake.datapath());
+    let state = common::admin_state(dir.path(), fake.datapath());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    admin::serve_metrics(listener, state.clone(), Limits::METRICS);
+    metrics::serve(listener, state.views.metrics.clone(), Limits::METRICS);
     for _round in 0..4 {
         let scrapes: Vec<_> = (0..12)
             .map(|_| tokio::spawn(scrape(addr, GET_METRICS)))
@@ -425,11 +431,15 @@ async fn scrapes_never_reach_the_data_path() {
     let other = scrape(addr, "GET /v1/encrypt/status HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
     // The control: the detector counts a request that does reach the data path.
-    let sock = dir.path().join("wiremesh.sock");
-    let _admin = AdminServer::bind(&sock, state, Access::default(), Limits::ADMIN).unwrap();
-    admin::request(&sock, hyper::Method::GET, admin::STATUS_PATH)
-        .await
-        .unwrap();
+    let sock = wiremesh::api::socket_path(dir.path());
+    let _admin = AdminServer::bind(
+        &sock,
+        state.views.routes(),
+        Access::default(),
+        Limits::ADMIN,
+    )
+    .unwrap();
+    AgentClient::new(&sock).status_json().await.unwrap();
     assert_eq!(fake.gets(), 1);
 }
 
@@ -437,7 +447,7 @@ async fn scrapes_never_reach_the_data_path() {
 async fn a_hostile_scraper_delays_nothing_else() {
     let dir = open_dir();
     let fake = FakeDatapath::start(dir.path());
-    let (state, _view) = common::admin_state(dir.path(), fake.datapath());
+    let state = common::admin_state(dir.path(), fake.datapath());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let limits = Limits {
@@ -445,9 +455,15 @@ async fn a_hostile_scraper_delays_nothing_else() {
         header_timeout: Duration::from_secs(2),
         ..Limits::METRICS
     };
-    admin::serve_metrics(listener, state.clone(), limits);
-    let sock = dir.path().join("wiremesh.sock");
-    let _admin = AdminServer::bind(&sock, state.clone(), Access::default(), Limits::ADMIN).unwrap();
+    metrics::serve(listener, state.views.metrics.clone(), limits);
+    let sock = wiremesh::api::socket_path(dir.path());
+    let _admin = AdminServer::bind(
+        &sock,
+        state.views.routes(),
+        Access::default(),
+        Limits::ADMIN,
+    )
+    .unwrap();
     // Every slot taken by a scraper that starts a request and never finishes it.
     let mut hostile = Vec::new();
     for _ in 0..4 {
@@ -460,7 +476,7 @@ async fn a_hostile_scraper_delays_nothing_else() {
     for _ in 0..5 {
         let status = tokio::time::timeout(
             Duration::from_secs(5),
-            admin::request(&sock, hyper::Method::GET, admin::STATUS_PATH),
+            AgentClient::new(&sock).status_json(),
         )
         .await
         .expect("the admin API answered while the metrics port was saturated")
@@ -469,7 +485,7 @@ async fn a_hostile_scraper_delays_nothing_else() {
             status.contains(&keymgr::PublicKey::from_hex(PEER_HEX).unwrap().to_base64()),
             "{status}"
         );
-        state.datapath.get().await.unwrap();
+        state.datapath().get().await.unwrap();
     }
     assert_eq!(fake.gets(), 10);
     // The hostile connections are cut at the header timeout, and scrapes are served again.
@@ -479,4 +495,92 @@ async fn a_hostile_scraper_delays_nothing_else() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let body = scrape(addr, GET_METRICS).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_task_shows_in_healthz_and_encrypt_status() {
+    let dir = open_dir();
+    let fake = FakeDatapath::start(dir.path());
+    let state = common::admin_state(dir.path(), fake.datapath());
+    let sock = wiremesh::api::socket_path(dir.path());
+    let _server = AdminServer::bind(
+        &sock,
+        state.views.routes(),
+        Access::default(),
+        Limits::ADMIN,
+    )
+    .unwrap();
+    let agent = AgentClient::new(&sock);
+    let rd = dir.path().to_str().unwrap().to_string();
+    // The control: every task running, nothing about tasks anywhere.
+    assert_eq!(agent.healthz().await.unwrap(), "ok\n");
+    let json = agent.status_json().await.unwrap();
+    assert!(!json.contains("\"health\""), "{json}");
+    let r = rd.clone();
+    let (ok, out) = blocking(move || cli_as(0, 0, &["encrypt", "status", "--run-dir", &r])).await;
+    assert!(ok && !out.contains("task "), "{out}");
+
+    state.health.send_replace(wiremesh::api::Health {
+        tasks: vec![wiremesh::api::TaskHealth {
+            name: "rotation".into(),
+            state: wiremesh::api::TaskState::Failed {
+                reason: "panicked: boom".into(),
+            },
+            restarts: 1,
+        }],
+    });
+    let err = agent.healthz().await.unwrap_err().to_string();
+    assert!(
+        err.contains("503") && err.contains("task rotation: FAILED: panicked: boom"),
+        "{err}"
+    );
+    let status = agent.status().await.unwrap();
+    assert_eq!(status.health.tasks.len(), 1);
+    let r = rd.clone();
+    let (ok, out) = blocking(move || cli_as(0, 0, &["encrypt", "status", "--run-dir", &r])).await;
+    assert!(
+        ok && out.contains("\ttask rotation: FAILED: panicked: boom (restarted 1 times)\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_dir_flag_goes_before_or_after_the_command() {
+    let dir = open_dir();
+    let fake = FakeDatapath::start(dir.path());
+    let state = common::admin_state(dir.path(), fake.datapath());
+    let sock = wiremesh::api::socket_path(dir.path());
+    let _server = AdminServer::bind(
+        &sock,
+        state.views.routes(),
+        Access::default(),
+        Limits::ADMIN,
+    )
+    .unwrap();
+    let peer = keymgr::PublicKey::from_hex(PEER_HEX).unwrap().to_base64();
+    let rd = dir.path().to_str().unwrap().to_string();
+    for args in [
+        vec!["--run-dir", &rd, "encrypt", "status", "--json"],
+        vec!["encrypt", "--run-dir", &rd, "status", "--json"],
+        vec!["encrypt", "status", "--json", "--run-dir", &rd],
+    ] {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        let (ok, out) = blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli_as(0, 0, &args)
+        })
+        .await;
+        assert!(ok && out.contains(&peer), "{out}");
+    }
+    // The control: another run directory is another (absent) agent, named in the error.
+    let other = dir.path().join("elsewhere");
+    let other = other.to_str().unwrap().to_string();
+    let o = other.clone();
+    let (ok, out) = blocking(move || cli_as(0, 0, &["--run-dir", &o, "keys", "rotate"])).await;
+    assert!(
+        !ok && out.contains(&format!(
+            "cannot reach the wiremesh agent at {other}/wiremesh.sock"
+        )),
+        "{out}"
+    );
 }

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod rotation;
 mod start;
 pub mod supervisor;
+mod views;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use keymgr::store::{ClaimOutcome, DirStore, EtcdStore, KubeStore};
 use keymgr::{Admission, NodeRecord, Store};
 use tokio::sync::{mpsc, watch};
 
-use crate::admin::{AdminServer, AdminState};
+use crate::admin::AdminServer;
 use crate::config::{Config, StoreConfig};
 use peers::Reconciler;
 use persist::PeerFile;
@@ -193,16 +194,12 @@ pub async fn run(config: Config) -> Result<()> {
 
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let (view_tx, view_rx) = watch::channel(None);
-    let admin_state = Arc::new(AdminState {
-        interface: config.interface.clone(),
-        mtu,
-        node_name: config.node_name.clone(),
-        cluster_name: config.cluster_name.clone(),
-        store: store.describe(),
-        store_health: store.health(),
-        snapshots: store.subscribe(),
+    // The task supervisor publishes its tasks' health here.
+    let (_health_tx, health_rx) = watch::channel(crate::api::Health::default());
+    let published = views::Published {
+        store: store.clone(),
         datapath: datapath.clone(),
-        peers: names_rx,
+        names: names_rx,
         own: own_rx.clone(),
         rotate: rotate_tx,
         objects: objects.clone(),
@@ -210,19 +207,21 @@ pub async fn run(config: Config) -> Result<()> {
         policy_counters: policy_counters.clone(),
         device_view: view_rx,
         strict,
-    });
+        health: health_rx,
+    };
+    let admin_views = views::admin_views(&config, mtu, published);
     let access = Access {
         reader_gid: config.admin_group,
     };
     let _admin = AdminServer::bind(
         &config.admin_socket(),
-        admin_state.clone(),
+        admin_views.routes(),
         access,
         Limits::ADMIN,
     )?;
     if let Some(addr) = config.metrics_address {
-        let listener = crate::admin::bind_metrics(addr).await?;
-        crate::admin::serve_metrics(listener, admin_state, Limits::METRICS);
+        let listener = crate::admin::metrics::bind(addr).await?;
+        crate::admin::metrics::serve(listener, admin_views.metrics, Limits::METRICS);
     }
 
     let mut reconciler = Reconciler {

@@ -1,5 +1,5 @@
 //! Test support for the socket tests: a fake data path behind a UAPI socket that counts what it
-//! is asked, an `AdminState` wired to it, and a way to act as another user.
+//! is asked, the admin server's views wired to it, and a way to act as another user.
 
 #![allow(dead_code)] // Each test binary uses part of this.
 
@@ -14,11 +14,16 @@ use keymgr::store::StoreHealth;
 use keymgr::{PrivateKey, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
-use wiremesh::admin::AdminState;
-use wiremesh::agent::rotation::{OwnKey, RotateError};
+use tokio::sync::watch;
+use wiremesh::admin::encrypt::{EncryptView, NodeFacts};
+use wiremesh::admin::keys::RotationFailed;
+use wiremesh::admin::metrics::MetricsView;
+use wiremesh::admin::objects::ObjectsView;
+use wiremesh::admin::view::{OwnKeyView, View};
+use wiremesh::admin::AdminViews;
+use wiremesh::api::Health;
 use wiremesh_datapath::backend::Datapath;
-use wiremesh_datapath::model::{DeviceError, DeviceState, DeviceView, PeerState};
+use wiremesh_datapath::model::{DeviceState, DeviceView, PeerState};
 use wiremesh_datapath::uapi::client::UapiClient;
 use wiremesh_datapath::uapi::{self, state as uapi_state};
 
@@ -113,51 +118,74 @@ pub fn device_state() -> DeviceState {
     }
 }
 
-/// An admin state over `datapath`, with a published data-path view (as the reconcile loop
-/// leaves it), and its sender so a test can publish another.
-pub fn admin_state(
-    dir: &Path,
-    datapath: Arc<Datapath>,
-) -> (Arc<AdminState>, watch::Sender<Option<Arc<DeviceView>>>) {
-    let own = OwnKey {
+/// The admin server's views over `datapath`, with a published data-path view (as the reconcile
+/// loop leaves it), and the senders a test can publish another view or task health with.
+pub struct TestAdmin {
+    pub views: Arc<AdminViews>,
+    pub device_view: watch::Sender<Option<Arc<DeviceView>>>,
+    pub health: watch::Sender<Health>,
+}
+
+impl TestAdmin {
+    pub fn datapath(&self) -> &Datapath {
+        &self.views.encrypt.datapath
+    }
+}
+
+pub fn admin_state(dir: &Path, datapath: Arc<Datapath>) -> TestAdmin {
+    let own = OwnKeyView {
         public: PrivateKey::from_hex(SECRET_HEX).unwrap().public_key(),
         epoch: 1,
         created: SystemTime::now(),
         next: None,
         next_rotation: None,
     };
-    let (rotate, mut rotations) = mpsc::channel(1);
-    // A rotator that always fails: enough to tell that a rotation was reached.
-    tokio::spawn(async move {
-        while let Some(reply) = rotations.recv().await {
-            let reply: wiremesh::agent::rotation::RotateRequest = reply;
-            let failed = DeviceError::Invalid("test rotator".into());
-            let _ = reply.send(Err(RotateError::StageInDatapath(failed)));
-        }
-    });
     let view = DeviceView::of(device_state(), SystemTime::now());
     let (view_tx, view_rx) = watch::channel(Some(Arc::new(view)));
+    let (health_tx, health_rx) = watch::channel(Health::default());
     let store_dir = dir.join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let state = AdminState {
-        interface: "wm_test0".into(),
-        mtu: 1420,
-        node_name: "n1".into(),
-        cluster_name: "default".into(),
-        store: "test".into(),
+    let encrypt = Arc::new(EncryptView {
+        facts: NodeFacts {
+            interface: "wm_test0".into(),
+            mtu: 1420,
+            node_name: "n1".into(),
+            cluster_name: "default".into(),
+            store: "test".into(),
+        },
+        datapath,
         store_health: watch::channel(StoreHealth::Connected).1,
         snapshots: watch::channel(Arc::new(Snapshot::default())).1,
-        datapath,
-        peers: watch::channel(Arc::new(HashMap::new())).1,
-        own: watch::channel(own).1,
-        rotate,
-        objects: Arc::new(ObjectStore::dir(&store_dir).unwrap()),
-        policy: watch::channel(Arc::new(Default::default())).1,
-        policy_counters: Arc::new(Default::default()),
-        device_view: view_rx,
+        own: View::fixed(own),
+        names: View::fixed(Arc::new(HashMap::new())),
         strict: watch::channel(Default::default()).1,
+        health: health_rx,
+    });
+    let policy = View::fixed(Default::default());
+    let views = AdminViews {
+        encrypt: encrypt.clone(),
+        // A rotator that always fails: enough to tell that a rotation was reached.
+        rotate: Arc::new(|| {
+            Box::pin(async { Err(RotationFailed::Rotator("test rotator".into())) })
+        }),
+        objects: Arc::new(ObjectsView {
+            store: Arc::new(ObjectStore::dir(&store_dir).unwrap()),
+            nodes: watch::channel(Arc::new(Snapshot::default())).1,
+            validate: Arc::new(|_, _| Ok(())),
+        }),
+        policy: policy.clone(),
+        metrics: Arc::new(MetricsView {
+            node: encrypt,
+            device: view_rx,
+            policy,
+            totals: View::fixed(Default::default()),
+        }),
     };
-    (Arc::new(state), view_tx)
+    TestAdmin {
+        views: Arc::new(views),
+        device_view: view_tx,
+        health: health_tx,
+    }
 }
 
 /// Runs `f` on a thread of its own whose credentials are `uid`/`gid`/`groups` (raw syscalls

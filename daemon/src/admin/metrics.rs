@@ -2,19 +2,116 @@
 //! API reads (this node's key, the store's health, policy) and from the reconcile loop's latest
 //! read of the data path (at most one resync, 5 s, old). A scrape must never reach the data path:
 //! the metrics port faces the network, and scrapes must not cost packets. Served on the admin
-//! socket at `/metrics` and, when `metricsAddress` is set, on that TCP address.
+//! socket at `/metrics` and, when `metricsAddress` is set, on that TCP address (which serves
+//! nothing else).
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use anyhow::Result;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::admin::AdminState;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use wiremesh_datapath::listen::{self, Limits};
+use wiremesh_datapath::model::DeviceView;
+
+use super::encrypt::EncryptView;
+use super::server::{Reply, Routes};
+use super::view::{PolicyTotals, PolicyView, View};
+use crate::api::paths;
+
+/// What the metrics are built from: views only, never the data path itself.
+pub struct MetricsView {
+    /// This node's key, the peers' names, the store's health, strict mode.
+    pub node: Arc<EncryptView>,
+    /// The data path as the reconcile loop last read it (private key removed), so that a
+    /// scrape never costs the data path a UAPI round trip.
+    pub device: watch::Receiver<Option<Arc<DeviceView>>>,
+    pub policy: View<PolicyView>,
+    pub totals: View<PolicyTotals>,
+}
+
+/// `GET /metrics` on the admin socket.
+pub fn register(routes: &mut Routes, view: Arc<MetricsView>) {
+    routes.get(paths::METRICS, move |_| {
+        let reply = reply(&view);
+        async move { reply }
+    });
+}
+
+fn reply(view: &MetricsView) -> Reply {
+    match render(view) {
+        Ok(s) => Reply::ok(s),
+        Err(e) => Reply::error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    }
+}
+
+/// Why `metricsAddress` could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("binding metricsAddress {addr}")]
+pub struct BindError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Binds `metricsAddress` (network-facing), so that a taken port fails start-up.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
+/// Serves `GET /metrics` only (never the admin endpoints) on `listener`, for Prometheus.
+pub fn serve(listener: TcpListener, view: Arc<MetricsView>, limits: Limits) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    let listener = Arc::new(listener);
+    tokio::spawn(listen::accept_loop(
+        "metrics",
+        limits.max_conns,
+        move || {
+            let listener = listener.clone();
+            async move { listener.accept().await.map(|(s, _)| s) }
+        },
+        move |stream: TcpStream, permit| {
+            let view = view.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let view = view.clone();
+                    async move { Ok::<_, Infallible>(scrape(&req, &view)) }
+                });
+                crate::http::serve_http(stream, limits, svc).await;
+                drop(permit);
+            });
+        },
+    ));
+}
+
+fn scrape(req: &Request<Incoming>, view: &MetricsView) -> Response<Full<Bytes>> {
+    let reply = match (req.method(), req.uri().path()) {
+        (&Method::GET, paths::METRICS) => reply(view),
+        (_, paths::METRICS) => Reply::with(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET /metrics is served here\n".into(),
+        ),
+        _ => Reply::with(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(reply.body)));
+    *r.status_mut() = reply.code;
+    r
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
@@ -37,8 +134,8 @@ struct DropLabels {
 
 /// Strict mode: whether the guard table is in force, and its drop counters (read by the agent
 /// every 2 s; a scrape never runs `nft`).
-fn register_strict(registry: &mut Registry, state: &AdminState) {
-    let strict = state.strict.borrow().clone();
+fn register_strict(registry: &mut Registry, view: &MetricsView) {
+    let strict = view.node.strict.borrow().clone();
     let on = Gauge::<i64>::default();
     on.set(i64::from(strict.enabled && strict.installed));
     registry.register(
@@ -77,10 +174,9 @@ struct EndpointLabels {
 
 /// Policy: generation in force, refusals, enforcement failures, endpoints, and the eBPF
 /// programs' packet counters per endpoint, direction, verdict and reason.
-fn register_policy(registry: &mut Registry, state: &AdminState) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let policy = state.policy.borrow().clone();
-    let c = &state.policy_counters;
+fn register_policy(registry: &mut Registry, view: &MetricsView) {
+    let policy = view.policy.get();
+    let c = view.totals.get();
     let generation = Gauge::<i64>::default();
     generation.set(policy.generation as i64);
     registry.register(
@@ -92,12 +188,12 @@ fn register_policy(registry: &mut Registry, state: &AdminState) {
         (
             "policy_load_failures",
             "Object sets from the store that did not load (the previous stayed in force)",
-            c.load_failures.load(Relaxed),
+            c.load_failures,
         ),
         (
             "policy_apply_failures",
             "eBPF map updates that failed (endpoints failed closed)",
-            c.apply_failures.load(Relaxed),
+            c.apply_failures,
         ),
     ] {
         let counter = Counter::<u64, AtomicU64>::default();
@@ -105,9 +201,15 @@ fn register_policy(registry: &mut Registry, state: &AdminState) {
         registry.register(name, help, counter);
     }
     let endpoints = Family::<EndpointLabels, Gauge<i64>>::default();
-    for result in policy.endpoints.values() {
-        let enforced = if result.is_ok() { "true" } else { "false" };
-        endpoints.get_or_create(&EndpointLabels { enforced }).inc();
+    for (enforced, n) in [
+        ("true", policy.endpoints_enforced),
+        ("false", policy.endpoints_failed),
+    ] {
+        // A label appears only once an endpoint carries it, as with one `inc` per endpoint.
+        if n > 0 {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            endpoints.get_or_create(&EndpointLabels { enforced }).set(n);
+        }
     }
     registry.register(
         "policy_endpoints",
@@ -115,20 +217,18 @@ fn register_policy(registry: &mut Registry, state: &AdminState) {
         endpoints,
     );
     let packets = Family::<PacketLabels, Counter<u64, AtomicU64>>::default();
-    if let Ok(counters) = c.packets.lock() {
-        for (endpoint, counter) in counters.iter() {
-            let labels = PacketLabels {
-                endpoint: endpoint.clone(),
-                direction: if counter.ingress { "ingress" } else { "egress" },
-                verdict: if counter.allowed {
-                    "allowed"
-                } else {
-                    "dropped"
-                },
-                reason: counter.reason.as_str(),
-            };
-            packets.get_or_create(&labels).inc_by(counter.packets);
-        }
+    for (endpoint, counter) in &c.packets {
+        let labels = PacketLabels {
+            endpoint: endpoint.clone(),
+            direction: if counter.ingress { "ingress" } else { "egress" },
+            verdict: if counter.allowed {
+                "allowed"
+            } else {
+                "dropped"
+            },
+            reason: counter.reason.as_str(),
+        };
+        packets.get_or_create(&labels).inc_by(counter.packets);
     }
     registry.register(
         "policy_packets",
@@ -137,16 +237,17 @@ fn register_policy(registry: &mut Registry, state: &AdminState) {
     );
 }
 
-pub fn render(state: &AdminState) -> Result<String> {
-    let view = state.device_view.borrow().clone();
-    let (device_peers, taken) = match &view {
+/// The Prometheus text for the views' current values.
+pub fn render(view: &MetricsView) -> Result<String, std::fmt::Error> {
+    let device = view.device.borrow().clone();
+    let (device_peers, taken) = match &device {
         Some(v) => (v.state.peers.as_slice(), v.taken),
         None => (&[][..], UNIX_EPOCH),
     };
-    let names = state.peers.borrow().clone();
-    let own = state.own.borrow().clone();
+    let names = view.node.names.get();
+    let own = view.node.own.get();
     let store_up = matches!(
-        *state.store_health.borrow(),
+        *view.node.store_health.borrow(),
         keymgr::store::StoreHealth::Connected
     );
 
@@ -207,7 +308,7 @@ pub fn render(state: &AdminState) -> Result<String> {
         "Unix time of the latest handshake with a peer (0: never)",
         handshake,
     );
-    if let Some(stats) = view.as_ref().and_then(|v| v.state.handshakes) {
+    if let Some(stats) = device.as_ref().and_then(|v| v.state.handshakes) {
         let handshakes = Family::<HandshakeLabels, Counter<u64, AtomicU64>>::default();
         for (outcome, n) in stats.outcomes() {
             handshakes
@@ -220,8 +321,8 @@ pub fn render(state: &AdminState) -> Result<String> {
             handshakes,
         );
     }
-    register_policy(&mut registry, state);
-    register_strict(&mut registry, state);
+    register_policy(&mut registry, view);
+    register_strict(&mut registry, view);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)

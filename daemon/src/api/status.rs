@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::health::Health;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EncryptStatus {
@@ -29,6 +31,10 @@ pub struct EncryptStatus {
     #[serde(default)]
     pub strict_mode: crate::strict::StrictStatus,
     pub peers: Vec<PeerStatus>,
+    /// The agent's supervised tasks; left out while every one runs and none was restarted,
+    /// so a healthy agent's status reads as it always has.
+    #[serde(default, skip_serializing_if = "Health::is_quiet")]
+    pub health: Health,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +169,9 @@ impl EncryptStatus {
             self.peers.len()
         );
         out.push_str(&self.strict_mode.render());
+        for line in self.health.render().lines() {
+            out.push_str(&format!("\t{line}\n"));
+        }
         for p in &self.peers {
             let handshake = p
                 .last_handshake
@@ -198,10 +207,8 @@ impl EncryptStatus {
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_cilium_style_header_and_one_line_per_peer() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let s = EncryptStatus {
+    fn sample(now: SystemTime) -> EncryptStatus {
+        EncryptStatus {
             encryption: "Wireguard".into(),
             interface: "wiremesh_wg0".into(),
             public_key: "PUB".into(),
@@ -237,7 +244,14 @@ mod tests {
                 key_epoch: Some(1),
                 next_public_key: None,
             }],
-        };
+            health: Health::default(),
+        }
+    }
+
+    #[test]
+    fn renders_cilium_style_header_and_one_line_per_peer() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let s = sample(now);
         let text = s.render(now);
         assert!(
             text.starts_with("Encryption: Wireguard\nInterface: wiremesh_wg0\n\tPublic key: PUB\n")
@@ -275,5 +289,36 @@ mod tests {
         ] {
             assert!(json["peers"][0].get(k).is_some(), "{k}");
         }
+    }
+
+    #[test]
+    fn task_health_shows_only_when_a_task_failed_or_restarted() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let healthy = sample(now);
+        let json = serde_json::to_value(&healthy).unwrap();
+        assert!(json.get("health").is_none(), "{json}");
+        assert!(!healthy.render(now).contains("task "));
+        let mut failed = sample(now);
+        failed.health = Health {
+            tasks: vec![crate::api::TaskHealth {
+                name: "rotation".into(),
+                state: crate::api::TaskState::Failed {
+                    reason: "panicked".into(),
+                },
+                restarts: 0,
+            }],
+        };
+        let json = serde_json::to_string(&failed).unwrap();
+        assert!(
+            json.contains(r#""health":{"tasks":[{"name":"rotation""#),
+            "{json}"
+        );
+        let text = failed.render(now);
+        assert!(
+            text.contains("\ttask rotation: FAILED: panicked (restarted 0 times)\n"),
+            "{text}"
+        );
+        let back: EncryptStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.health, failed.health);
     }
 }

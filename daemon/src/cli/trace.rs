@@ -3,11 +3,14 @@
 //! enforces (online).
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::ValueEnum;
 use policy::{parse_port, render_text, trace, Bundle, HttpRequest, Protocol, Query};
+
+use super::ask::ask;
+use crate::api::error_chain;
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Output {
@@ -25,9 +28,6 @@ pub struct TraceArgs {
     /// trace asks the local agent, which answers from the policy it enforces.
     #[arg(short = 'f', long = "file")]
     pub files: Vec<PathBuf>,
-    /// The agent's run directory (config key `runDir`), for the online trace.
-    #[arg(long, default_value = "/run/wiremesh")]
-    pub run_dir: PathBuf,
     /// Source: `namespace/pod` or an IP address.
     #[arg(long, required_unless_present = "queries")]
     pub from: Option<String>,
@@ -56,9 +56,10 @@ pub struct TraceArgs {
     pub queries: Option<PathBuf>,
 }
 
-pub fn run_trace(args: TraceArgs) -> ExitCode {
+/// `wiremesh policy trace`: offline with `-f`, else against the agent of `run_dir`.
+pub fn run(args: TraceArgs, run_dir: &Path) -> ExitCode {
     if args.files.is_empty() {
-        return online(&args);
+        return online(&args, run_dir);
     }
     let bundle = match load(&args.files) {
         Ok(b) => b,
@@ -87,7 +88,7 @@ fn load(files: &[PathBuf]) -> Result<Bundle, String> {
 }
 
 /// Asks the local agent: the queries go as JSON lines, the answers come back as printed.
-fn online(args: &TraceArgs) -> ExitCode {
+fn online(args: &TraceArgs, run_dir: &Path) -> ExitCode {
     let (lines, text) = match &args.queries {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(t) => (t, false),
@@ -104,7 +105,10 @@ fn online(args: &TraceArgs) -> ExitCode {
             }
         },
     };
-    match crate::policy_api::ask_agent(&args.run_dir, lines, text) {
+    match ask(
+        run_dir,
+        |agent| async move { agent.trace(lines, text).await },
+    ) {
         Ok(out) => {
             let out = match (&args.queries, args.output) {
                 // One JSON answer: pretty, as offline.
@@ -120,7 +124,7 @@ fn online(args: &TraceArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("wiremesh policy trace: {e:#}");
+            eprintln!("wiremesh policy trace: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

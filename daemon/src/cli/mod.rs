@@ -1,0 +1,157 @@
+//! The `wiremesh` command line: its clap definition and the commands' implementations (`main.rs`
+//! only parses and dispatches here). The commands that talk to a running agent do so through
+//! [`crate::api::AgentClient`] only; output text and exit codes are part of the interface (the
+//! lab and scripts parse them): 0 done, 1 failed, 2 bad input.
+
+mod agent;
+mod ask;
+mod encrypt;
+mod objects;
+mod trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+pub use trace::{Output, TraceArgs};
+
+#[derive(Parser)]
+#[command(name = "wiremesh", version, about = "WireGuard overlay network agent")]
+pub struct Cli {
+    /// The agent's run directory (config key `runDir`), where wiremesh.sock lives: for the
+    /// commands that talk to the local agent.
+    #[arg(global = true, long, default_value = crate::api::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the node agent.
+    Agent {
+        /// Agent configuration (YAML; see docs/config.md).
+        #[arg(long, short = 'c', default_value = "/etc/wiremesh/agent.yaml")]
+        config: PathBuf,
+    },
+    /// Install the strict-mode guard (nftables table `inet wiremesh`) from the config alone, with
+    /// no store and no data path: run at boot, before the network and the agent come up
+    /// (scripts/systemd/wiremesh-guard.service). Idempotent; with `strictMode: false` it removes
+    /// the table.
+    Guard {
+        /// Agent configuration (YAML; see docs/config.md).
+        #[arg(long, short = 'c', default_value = "/etc/wiremesh/agent.yaml")]
+        config: PathBuf,
+    },
+    /// Encryption commands.
+    Encrypt {
+        #[command(subcommand)]
+        command: EncryptCommand,
+    },
+    /// Policy commands.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Store Namespaces, Pods (endpoints) and policies (NetworkPolicy, CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy) through the local agent; the whole resulting set is
+    /// validated first, and nothing is stored if any of it is invalid.
+    Apply {
+        /// Manifest file (multi-document YAML or `kind: List`). Repeatable.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Remove the objects named in the manifests (kind, namespace, name) through the local agent.
+    Delete {
+        /// Manifest file. Repeatable.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Key commands.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run the userspace data path (started by the agent; it outlives agent restarts).
+    Datapath {
+        /// Interface to create (config key `interface`).
+        #[arg(long, default_value = config::DEFAULT_INTERFACE)]
+        interface: String,
+        /// UDP port (config key `listenPort`).
+        #[arg(long, default_value_t = config::DEFAULT_PORT)]
+        listen_port: u16,
+        /// The node's private key file, created by the agent (`<stateDir>/<interface>.key`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Where to write this process's PID.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Members of this group (gid) may read (`get`, without keys) on the UAPI socket
+        /// (config key `adminGroup`).
+        #[arg(long)]
+        admin_group: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Explain whether traffic is allowed, and by which policy and rule, from manifests
+    /// (`kubectl get ns,pods,netpol,cnp -A -o yaml` output works as is).
+    Trace(TraceArgs),
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Rotate this node's key now (make before break; waits until it is committed).
+    Rotate,
+}
+
+#[derive(Subcommand)]
+pub enum EncryptCommand {
+    /// Show the WireGuard interface, this node's public key and every peer.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// List every node in the store with its key epoch, and whether the key this node uses
+        /// for it is the one it publishes.
+        #[arg(long)]
+        all_nodes: bool,
+    },
+}
+
+/// Runs the command `cli` names; its exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let run_dir = cli.run_dir;
+    match cli.command {
+        Command::Agent { config } => agent::run_agent(config),
+        Command::Guard { config } => agent::run_guard(config),
+        Command::Datapath {
+            interface,
+            listen_port,
+            key_file,
+            pid_file,
+            admin_group,
+        } => agent::run_datapath(wiremesh_datapath::process::Options {
+            interface,
+            listen_port,
+            key_file,
+            pid_file,
+            admin_group,
+        }),
+        Command::Apply { files } => objects::run(&files, false, &run_dir),
+        Command::Delete { files } => objects::run(&files, true, &run_dir),
+        Command::Policy {
+            command: PolicyCommand::Trace(args),
+        } => trace::run(args, &run_dir),
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => encrypt::rotate(&run_dir),
+        Command::Encrypt {
+            command: EncryptCommand::Status { json, all_nodes },
+        } => encrypt::status(json, all_nodes, &run_dir),
+    }
+}
