@@ -23,11 +23,11 @@ use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use wiremesh_datapath::listen::{self, Limits};
-use wiremesh_datapath::model::DeviceView;
+use wiremesh_datapath::model::{DeviceView, PeerState};
 
 use super::encrypt::EncryptView;
 use super::server::{Reply, Routes};
-use super::view::{PolicyTotals, PolicyView, View};
+use super::view::{PeerNames, PolicyTotals, PolicyView, View};
 use crate::api::paths;
 
 /// What the metrics are built from: views only, never the data path itself.
@@ -275,7 +275,29 @@ pub fn render(view: &MetricsView) -> Result<String, std::fmt::Error> {
         "Unix time of the data-path read the peer metrics come from (0: none yet)",
         view_at,
     );
+    register_peers(&mut registry, device_peers, &names);
+    if let Some(stats) = device.as_ref().and_then(|v| v.state.handshakes) {
+        let handshakes = Family::<HandshakeLabels, Counter<u64, AtomicU64>>::default();
+        for (outcome, n) in stats.outcomes() {
+            handshakes
+                .get_or_create(&HandshakeLabels { outcome })
+                .inc_by(n);
+        }
+        registry.register(
+            "handshakes",
+            "Handshake initiations received from the underlay, by what the flood defence did with them",
+            handshakes,
+        );
+    }
+    register_policy(&mut registry, view);
+    register_strict(&mut registry, view);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
 
+/// Per peer, named by node where the store knows the key: bytes and the latest handshake.
+fn register_peers(registry: &mut Registry, device_peers: &[PeerState], names: &PeerNames) {
     let rx = Family::<PeerLabels, Counter<u64, AtomicU64>>::default();
     let tx = Family::<PeerLabels, Counter<u64, AtomicU64>>::default();
     let handshake = Family::<PeerLabels, Gauge<i64>>::default();
@@ -308,22 +330,86 @@ pub fn render(view: &MetricsView) -> Result<String, std::fmt::Error> {
         "Unix time of the latest handshake with a peer (0: never)",
         handshake,
     );
-    if let Some(stats) = device.as_ref().and_then(|v| v.state.handshakes) {
-        let handshakes = Family::<HandshakeLabels, Counter<u64, AtomicU64>>::default();
-        for (outcome, n) in stats.outcomes() {
-            handshakes
-                .get_or_create(&HandshakeLabels { outcome })
-                .inc_by(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use keymgr::store::StoreHealth;
+    use wiremesh_datapath::backend::Datapath;
+    use wiremesh_datapath::uapi::client::UapiClient;
+    use wiremesh_enforce::Reason;
+
+    use super::*;
+    use crate::admin::encrypt::NodeFacts;
+    use crate::admin::view::OwnKeyView;
+
+    fn view(policy: PolicyView, totals: PolicyTotals) -> MetricsView {
+        let own = OwnKeyView {
+            public: keymgr::PrivateKey::generate().public_key(),
+            epoch: 7,
+            created: UNIX_EPOCH,
+            next: None,
+            next_rotation: None,
+        };
+        let node = EncryptView {
+            facts: NodeFacts {
+                interface: "wm0".into(),
+                mtu: 1420,
+                node_name: "n1".into(),
+                cluster_name: "c".into(),
+                store: "test".into(),
+            },
+            // Never asked: metrics read views only.
+            datapath: Arc::new(Datapath::Process(UapiClient::new("/nonexistent"))),
+            store_health: watch::channel(StoreHealth::Connected).1,
+            snapshots: watch::channel(Default::default()).1,
+            own: View::fixed(own),
+            names: View::fixed(Arc::new(HashMap::new())),
+            strict: watch::channel(Default::default()).1,
+            health: watch::channel(Default::default()).1,
+        };
+        MetricsView {
+            node: Arc::new(node),
+            device: watch::channel(None).1,
+            policy: View::fixed(policy),
+            totals: View::fixed(totals),
         }
-        registry.register(
-            "handshakes",
-            "Handshake initiations received from the underlay, by what the flood defence did with them",
-            handshakes,
-        );
     }
-    register_policy(&mut registry, view);
-    register_strict(&mut registry, view);
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)?;
-    Ok(out)
+
+    #[test]
+    fn policy_endpoints_and_counters_come_from_the_views() {
+        let policy = PolicyView {
+            generation: 3,
+            endpoints_enforced: 2,
+            ..Default::default()
+        };
+        let counter = wiremesh_enforce::Counter {
+            ifindex: 9,
+            ingress: true,
+            allowed: false,
+            reason: Reason::PolicyDeny,
+            packets: 5,
+            bytes: 500,
+        };
+        let totals = PolicyTotals {
+            load_failures: 1,
+            apply_failures: 0,
+            packets: vec![("x/a".into(), counter)],
+        };
+        let text = render(&view(policy, totals)).unwrap();
+        for want in [
+            "wiremesh_key_epoch 7\n",
+            "wiremesh_store_up 1\n",
+            "wiremesh_policy_generation 3\n",
+            "wiremesh_policy_load_failures_total 1\n",
+            "wiremesh_policy_endpoints{enforced=\"true\"} 2\n",
+            "wiremesh_policy_packets_total{endpoint=\"x/a\",direction=\"ingress\",verdict=\"dropped\",reason=\"policy-deny\"} 5\n",
+        ] {
+            assert!(text.contains(want), "{want} not in\n{text}");
+        }
+        // A label no endpoint carries is not shown (as when each endpoint counted itself).
+        assert!(!text.contains("enforced=\"false\""), "{text}");
+    }
 }

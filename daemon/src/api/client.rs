@@ -11,7 +11,9 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::{paths, socket_path, EncryptStatus, NodeStatus, ObjectsRequest, ObjectsResponse};
+use super::objects::{ObjectsRequest, ObjectsResponse};
+use super::paths::{self, socket_path};
+use super::status::{EncryptStatus, NodeStatus};
 
 /// Why a request to the agent failed.
 #[derive(Debug, thiserror::Error)]
