@@ -515,31 +515,32 @@ async fn a_failed_task_shows_in_healthz_and_encrypt_status() {
     // The control: every task running, nothing about tasks anywhere.
     assert_eq!(agent.healthz().await.unwrap(), "ok\n");
     let json = agent.status_json().await.unwrap();
-    assert!(!json.contains("\"health\""), "{json}");
+    assert!(!json.contains("\"tasks\""), "{json}");
     let r = rd.clone();
     let (ok, out) = blocking(move || cli_as(0, 0, &["encrypt", "status", "--run-dir", &r])).await;
-    assert!(ok && !out.contains("task "), "{out}");
+    assert!(ok && !out.contains("Task "), "{out}");
 
-    state.health.send_replace(wiremesh::api::Health {
-        tasks: vec![wiremesh::api::TaskHealth {
-            name: "rotation".into(),
-            state: wiremesh::api::TaskState::Failed {
-                reason: "panicked: boom".into(),
-            },
+    state.health.send_modify(|h| {
+        let restarting = wiremesh::api::TaskStatus {
+            state: wiremesh::api::TaskState::Restarting,
             restarts: 1,
-        }],
+            last_failure: Some("panicked: boom".into()),
+        };
+        h.insert("rotation".into(), restarting);
     });
     let err = agent.healthz().await.unwrap_err().to_string();
     assert!(
-        err.contains("503") && err.contains("task rotation: FAILED: panicked: boom"),
+        err.contains("503") && err.contains("task rotation is restarting (panicked: boom)"),
         "{err}"
     );
     let status = agent.status().await.unwrap();
-    assert_eq!(status.health.tasks.len(), 1);
+    assert_eq!(status.tasks.len(), 1);
     let r = rd.clone();
     let (ok, out) = blocking(move || cli_as(0, 0, &["encrypt", "status", "--run-dir", &r])).await;
     assert!(
-        ok && out.contains("\ttask rotation: FAILED: panicked: boom (restarted 1 times)\n"),
+        ok && out.contains(
+            "\tTask rotation: RESTARTING (restarted 1 times, last failure: panicked: boom)\n"
+        ),
         "{out}"
     );
 }

@@ -60,12 +60,12 @@ pub fn register(routes: &mut Routes, view: Arc<EncryptView>) {
     });
 }
 
-/// "ok" while every task runs; 503 naming the failed tasks otherwise.
+/// "ok" while every task runs; 503 naming the others.
 fn healthz(health: &Health) -> Reply {
-    if health.is_ok() {
-        return Reply::ok("ok\n".into());
+    match crate::api::health::unhealthy(health) {
+        None => Reply::ok("ok\n".into()),
+        Some(down) => Reply::with(StatusCode::SERVICE_UNAVAILABLE, format!("{down}\n")),
     }
-    Reply::with(StatusCode::SERVICE_UNAVAILABLE, health.render())
 }
 
 impl EncryptView {
@@ -115,7 +115,7 @@ impl EncryptView {
             next_public_key: own.next.map(|k| k.to_base64()),
             strict_mode: self.strict.borrow().clone(),
             peers,
-            health: self.health.borrow().clone(),
+            tasks: self.health.borrow().clone(),
         })
     }
 
@@ -163,25 +163,30 @@ impl EncryptView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{TaskHealth, TaskState};
+    use crate::api::{TaskState, TaskStatus};
 
     #[test]
     fn healthz_is_ok_until_a_task_fails() {
-        let mut health = Health::default();
+        let mut health = Health::new();
+        let running = TaskStatus {
+            state: TaskState::Running,
+            restarts: 0,
+            last_failure: None,
+        };
+        health.insert("rotation".into(), running);
         let ok = healthz(&health);
         assert_eq!((ok.code, ok.body.as_str()), (StatusCode::OK, "ok\n"));
-        health.tasks.push(TaskHealth {
-            name: "policy".into(),
-            state: TaskState::Failed {
-                reason: "panicked at run.rs:1".into(),
-            },
+        let restarting = TaskStatus {
+            state: TaskState::Restarting,
             restarts: 3,
-        });
+            last_failure: Some("panicked at run.rs:1".into()),
+        };
+        health.insert("policy".into(), restarting);
         let failed = healthz(&health);
         assert_eq!(failed.code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             failed.body,
-            "task policy: FAILED: panicked at run.rs:1 (restarted 3 times)\n"
+            "task policy is restarting (panicked at run.rs:1)\n"
         );
     }
 }

@@ -1,123 +1,128 @@
 //! Task health as the admin API reports it (`/healthz`, `encrypt status`): one entry per
-//! supervised task of the agent. The supervisor publishes it; the admin server only reads it.
+//! supervised task of the agent, by name. The supervisor (`agent/supervisor.rs`) publishes it;
+//! the admin server only reads it.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The health of every supervised task. Empty (no task reported) counts as healthy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Health {
-    pub tasks: Vec<TaskHealth>,
-}
+/// Every supervised task by name. Empty (no task reported) counts as healthy.
+pub type Health = BTreeMap<String, TaskStatus>;
 
+/// What the health view says of one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TaskHealth {
-    /// The task's name, e.g. `rotation` or `policy`.
-    pub name: String,
-    #[serde(flatten)]
+pub struct TaskStatus {
     pub state: TaskState,
-    /// Times the supervisor restarted it.
+    /// Restarts since the agent started.
     pub restarts: u32,
+    /// How the task last ended (panic message or error), if it ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum TaskState {
     Running,
-    /// The task panicked or returned; `reason` says how.
-    Failed {
-        reason: String,
-    },
+    /// Ended; starts again after its backoff.
+    Restarting,
 }
 
-impl Health {
-    /// Every task runs: `/healthz` answers "ok".
-    pub fn is_ok(&self) -> bool {
-        self.tasks
-            .iter()
-            .all(|t| matches!(t.state, TaskState::Running))
-    }
+/// Names the tasks that are not running, for `/healthz`; `None` when all are.
+pub fn unhealthy(health: &Health) -> Option<String> {
+    let down: Vec<String> = health
+        .iter()
+        .filter(|(_, s)| s.state != TaskState::Running)
+        .map(|(name, s)| {
+            let why = s.last_failure.as_deref().unwrap_or("ended");
+            format!("task {name} is restarting ({why})")
+        })
+        .collect();
+    (!down.is_empty()).then(|| down.join("; "))
+}
 
-    /// Nothing to report: every task runs and none was ever restarted. `encrypt status` shows
-    /// task health only when it is not quiet, so a healthy agent's status is unchanged.
-    pub fn is_quiet(&self) -> bool {
-        self.is_ok() && self.tasks.iter().all(|t| t.restarts == 0)
-    }
+/// Nothing to report: every task runs and none was ever restarted. `encrypt status` shows task
+/// health only when it is not quiet, so a healthy agent's status reads as it always has.
+pub fn is_quiet(health: &Health) -> bool {
+    health
+        .values()
+        .all(|s| s.state == TaskState::Running && s.restarts == 0)
+}
 
-    /// One line per task that failed or was restarted, for `/healthz` and `encrypt status`.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for t in self
-            .tasks
-            .iter()
-            .filter(|t| t.restarts > 0 || !matches!(t.state, TaskState::Running))
-        {
-            let state = match &t.state {
-                TaskState::Running => "running".to_string(),
-                TaskState::Failed { reason } => format!("FAILED: {reason}"),
-            };
-            out.push_str(&format!(
-                "task {}: {state} (restarted {} times)\n",
-                t.name, t.restarts
-            ));
+/// One line per task that is restarting or was restarted, for `encrypt status`.
+pub fn render(health: &Health) -> String {
+    let mut out = String::new();
+    for (name, s) in health {
+        if s.state == TaskState::Running && s.restarts == 0 {
+            continue;
         }
-        out
+        let state = match s.state {
+            TaskState::Running => "running",
+            TaskState::Restarting => "RESTARTING",
+        };
+        let last = s
+            .last_failure
+            .as_deref()
+            .map(|f| format!(", last failure: {f}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "Task {name}: {state} (restarted {} times{last})\n",
+            s.restarts
+        ));
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn task(name: &str, state: TaskState, restarts: u32) -> TaskHealth {
-        TaskHealth {
-            name: name.into(),
+    fn task(state: TaskState, restarts: u32, last: Option<&str>) -> TaskStatus {
+        TaskStatus {
             state,
             restarts,
+            last_failure: last.map(str::to_string),
         }
     }
 
     #[test]
-    fn a_failed_task_is_not_ok_and_is_named() {
-        let failed = TaskState::Failed {
-            reason: "panicked: boom".into(),
-        };
-        let h = Health {
-            tasks: vec![
-                task("policy", TaskState::Running, 0),
-                task("rotation", failed, 2),
-            ],
-        };
-        assert!(!h.is_ok() && !h.is_quiet());
-        assert_eq!(
-            h.render(),
-            "task rotation: FAILED: panicked: boom (restarted 2 times)\n"
-        );
+    fn a_restarting_task_is_unhealthy_and_named() {
+        let mut h = Health::new();
+        h.insert("policy".into(), task(TaskState::Running, 0, None));
         // The control: all running, none restarted.
-        let ok = Health {
-            tasks: vec![task("policy", TaskState::Running, 0)],
-        };
-        assert!(ok.is_ok() && ok.is_quiet() && ok.render().is_empty());
-        let restarted = Health {
-            tasks: vec![task("policy", TaskState::Running, 1)],
-        };
-        assert!(restarted.is_ok() && !restarted.is_quiet());
+        assert_eq!(unhealthy(&h), None);
+        assert!(is_quiet(&h) && render(&h).is_empty());
+        h.insert(
+            "rotation".into(),
+            task(TaskState::Restarting, 2, Some("panicked: boom")),
+        );
+        assert_eq!(
+            unhealthy(&h).as_deref(),
+            Some("task rotation is restarting (panicked: boom)")
+        );
+        assert!(!is_quiet(&h));
+        assert_eq!(
+            render(&h),
+            "Task rotation: RESTARTING (restarted 2 times, last failure: panicked: boom)\n"
+        );
+        // Restarted, running again: healthy, but still shown in status.
+        h.insert(
+            "rotation".into(),
+            task(TaskState::Running, 3, Some("panicked: boom")),
+        );
+        assert_eq!(unhealthy(&h), None);
+        assert!(!is_quiet(&h));
     }
 
     #[test]
     fn round_trips_as_json() {
-        let h = Health {
-            tasks: vec![task(
-                "rotation",
-                TaskState::Failed { reason: "x".into() },
-                1,
-            )],
-        };
+        let mut h = Health::new();
+        h.insert("rotation".into(), task(TaskState::Restarting, 1, Some("x")));
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(
             json,
-            r#"{"tasks":[{"name":"rotation","state":"failed","reason":"x","restarts":1}]}"#
+            r#"{"rotation":{"state":"restarting","restarts":1,"lastFailure":"x"}}"#
         );
         assert_eq!(serde_json::from_str::<Health>(&json).unwrap(), h);
     }

@@ -10,7 +10,7 @@ pub mod paths;
 pub mod status;
 
 pub use client::{error_chain, AgentClient, ApiError};
-pub use health::{Health, TaskHealth, TaskState};
+pub use health::{Health, TaskState, TaskStatus};
 pub use objects::{ObjectsRequest, ObjectsResponse, Sourced};
 pub use paths::{socket_path, DEFAULT_RUN_DIR, SOCKET_NAME};
 pub use status::{EncryptStatus, KeyState, NodeStatus, PeerStatus, StoreHealthStatus};

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::health::Health;
+use super::health::{self, Health};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,8 +33,8 @@ pub struct EncryptStatus {
     pub peers: Vec<PeerStatus>,
     /// The agent's supervised tasks; left out while every one runs and none was restarted,
     /// so a healthy agent's status reads as it always has.
-    #[serde(default, skip_serializing_if = "Health::is_quiet")]
-    pub health: Health,
+    #[serde(default, skip_serializing_if = "health::is_quiet")]
+    pub tasks: Health,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,7 +169,7 @@ impl EncryptStatus {
             self.peers.len()
         );
         out.push_str(&self.strict_mode.render());
-        for line in self.health.render().lines() {
+        for line in health::render(&self.tasks).lines() {
             out.push_str(&format!("\t{line}\n"));
         }
         for p in &self.peers {
@@ -244,7 +244,7 @@ mod tests {
                 key_epoch: Some(1),
                 next_public_key: None,
             }],
-            health: Health::default(),
+            tasks: Health::default(),
         }
     }
 
@@ -292,33 +292,34 @@ mod tests {
     }
 
     #[test]
-    fn task_health_shows_only_when_a_task_failed_or_restarted() {
+    fn task_health_shows_only_when_a_task_restarted() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let healthy = sample(now);
         let json = serde_json::to_value(&healthy).unwrap();
-        assert!(json.get("health").is_none(), "{json}");
-        assert!(!healthy.render(now).contains("task "));
+        assert!(json.get("tasks").is_none(), "{json}");
+        assert!(!healthy.render(now).contains("Task "));
         let mut failed = sample(now);
-        failed.health = Health {
-            tasks: vec![crate::api::TaskHealth {
-                name: "rotation".into(),
-                state: crate::api::TaskState::Failed {
-                    reason: "panicked".into(),
-                },
+        failed.tasks.insert(
+            "rotation".into(),
+            crate::api::TaskStatus {
+                state: crate::api::TaskState::Restarting,
                 restarts: 0,
-            }],
-        };
+                last_failure: Some("panicked".into()),
+            },
+        );
         let json = serde_json::to_string(&failed).unwrap();
         assert!(
-            json.contains(r#""health":{"tasks":[{"name":"rotation""#),
+            json.contains(r#""tasks":{"rotation":{"state":"restarting""#),
             "{json}"
         );
         let text = failed.render(now);
         assert!(
-            text.contains("\ttask rotation: FAILED: panicked (restarted 0 times)\n"),
+            text.contains(
+                "\tTask rotation: RESTARTING (restarted 0 times, last failure: panicked)\n"
+            ),
             "{text}"
         );
         let back: EncryptStatus = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.health, failed.health);
+        assert_eq!(back.tasks, failed.tasks);
     }
 }
