@@ -137,3 +137,45 @@ fn rotate(requests: mpsc::Sender<RotateRequest>) -> Rotate {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::agent::rotation::RotateError;
+
+    #[tokio::test]
+    async fn a_rotation_answers_with_the_rotators_own_words() {
+        let (tx, mut requests) = mpsc::channel::<RotateRequest>(1);
+        let rotate = rotate(tx);
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let refusal = RotateError::StoreUnreachable { since };
+        let want = refusal.to_string();
+        let answer = tokio::spawn(async move {
+            let reply = requests.recv().await.expect("a request");
+            let _ = reply.send(Err(refusal));
+            // The control: a rotator that has gone.
+            drop(requests);
+        });
+        let err = rotate().await.unwrap_err();
+        assert_eq!(err.to_string(), want);
+        answer.await.unwrap();
+        let err = rotate().await.unwrap_err();
+        assert!(matches!(err, RotationFailed::RotatorStopped), "{err}");
+    }
+
+    #[test]
+    fn the_policy_view_counts_endpoints_by_enforcement() {
+        let mut state = PolicyState {
+            generation: 4,
+            ..Default::default()
+        };
+        state.endpoints.insert("x/a".into(), Ok("lxc1".into()));
+        state.endpoints.insert("x/b".into(), Ok("lxc2".into()));
+        state.endpoints.insert("x/c".into(), Err("no route".into()));
+        let view = policy_view(&state);
+        assert_eq!(view.generation, 4);
+        assert_eq!((view.endpoints_enforced, view.endpoints_failed), (2, 1));
+    }
+}
