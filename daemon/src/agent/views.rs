@@ -173,7 +173,10 @@ mod tests {
         };
         state.endpoints.insert("x/a".into(), Ok("lxc1".into()));
         state.endpoints.insert("x/b".into(), Ok("lxc2".into()));
-        state.endpoints.insert("x/c".into(), Err("no route".into()));
+        let not = crate::agent::policy::NotEnforced::NotAttached {
+            ifname: "lxc3".into(),
+        };
+        state.endpoints.insert("x/c".into(), Err(not));
         let view = policy_view(&state);
         assert_eq!(view.generation, 4);
         assert_eq!((view.endpoints_enforced, view.endpoints_failed), (2, 1));
