@@ -181,7 +181,7 @@ pub fn read_manifests(files: &[PathBuf]) -> Result<Vec<Sourced>> {
                 };
                 match ObjectRef::of(&manifest) {
                     Ok(_) => out.push(Sourced { origin, manifest }),
-                    Err(e) if e.starts_with("field kind:") && manifest.get("kind").is_some() => {
+                    Err(e) if e.is_about_kind() && manifest.get("kind").is_some() => {
                         eprintln!("note: {origin}: skipped: {e}");
                     }
                     Err(e) => bail!("{origin}: {e}"),

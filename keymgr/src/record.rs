@@ -162,7 +162,7 @@ impl NodeRecord {
 
     /// Checks that hold for one record on its own, whoever reads it.
     pub fn validate(&self) -> Result<(), RecordError> {
-        if !is_rfc1123_subdomain(&self.node_name) {
+        if !policy::names::is_dns_subdomain(&self.node_name) {
             return Err(RecordError::NodeName(self.node_name.clone()));
         }
         if self.public_key.is_zero() || self.next_public_key.is_some_and(|k| k.is_zero()) {
@@ -242,20 +242,6 @@ fn unusable(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address"),
         _ => None,
     }
-}
-
-fn is_rfc1123_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod kinds;
 pub mod labels;
 mod manifest;
+pub mod names;
 pub mod model;
 mod np;
 mod parse;

@@ -331,16 +331,35 @@ impl Backoff {
     }
 }
 
+/// Why one request to a server failed, naming what was attempted.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RpcError<E: std::error::Error + 'static> {
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: E,
+    },
+    #[error("{what}: no answer within {within:?}")]
+    Timeout { what: String, within: Duration },
+}
+
 /// One request to a server, bounded by `within` (a stopped or partitioned server never answers),
 /// with the error naming what was attempted.
-pub(super) async fn rpc<T, E: fmt::Display>(
+pub(super) async fn rpc<T, E: std::error::Error + 'static>(
     what: &str,
     within: Duration,
     request: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, RpcError<E>> {
     match tokio::time::timeout(within, request).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {within:?}")),
+        Ok(Err(source)) => Err(RpcError::Failed {
+            what: what.to_string(),
+            source,
+        }),
+        Err(_) => Err(RpcError::Timeout {
+            what: what.to_string(),
+            within,
+        }),
     }
 }

@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use super::{Claim, ObjectRef, ObjectSet, StoredObject};
-use crate::store::kubernetes::{ApiServer, RPC_TIMEOUT, WATCH_SECS};
-use crate::store::task::Backoff;
+use crate::store::kubernetes::{ApiServer, ClientError, RPC_TIMEOUT, WATCH_SECS};
+use crate::store::task::{Backoff, RpcError};
 use crate::store::{KubeConfig, StoreError};
 
 /// How often a Cilium kind whose CRD is missing is looked for again.
@@ -221,7 +221,8 @@ impl KubeObjects {
     async fn configmaps(&self) -> Result<Api<ConfigMap>, StoreError> {
         let mut client = self.client.lock().await;
         if client.is_none() {
-            *client = Some(self.api.client().await.map_err(|e| self.unavailable(e))?);
+            let made = self.api.client().await;
+            *client = Some(made.map_err(|e| self.unavailable(e.to_string()))?);
         }
         let client = client.clone().expect("made above");
         Ok(Api::namespaced(client, IDENTITY_NAMESPACE))
@@ -344,9 +345,26 @@ fn build(known: &[Option<BTreeMap<String, Entry>>]) -> ObjectSet {
     set
 }
 
+/// Why a follower's session failed.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Rpc(#[from] RpcError<kube::Error>),
+    #[error("following {plural}: the watch ended")]
+    WatchEnded { plural: String },
+    #[error("following {plural}: {source}")]
+    Watch {
+        plural: String,
+        #[source]
+        source: watcher::Error,
+    },
+}
+
 /// Why a follower's session ended.
 enum End {
-    Failed(String),
+    Failed(FollowError),
     /// The kind's CRD is not installed.
     Missing,
     /// The publisher is gone: the store was dropped.
@@ -394,12 +412,12 @@ impl Follower {
         let plural = self.kind.resource.plural.clone();
         let client = match self.api.client().await {
             Ok(c) => c,
-            Err(e) => return End::Failed(e),
+            Err(e) => return End::Failed(e.into()),
         };
         if self.kind.crd {
             let groups = match rpc("list API groups", client.list_api_groups()).await {
                 Ok(g) => g,
-                Err(e) => return End::Failed(e),
+                Err(e) => return End::Failed(e.into()),
             };
             let r = &self.kind.resource;
             let served = groups
@@ -421,7 +439,7 @@ impl Follower {
         let mut listing: Option<BTreeMap<String, Entry>> = None;
         loop {
             let update = match events.next().await {
-                None => return End::Failed(format!("following {plural}: the watch ended")),
+                None => return End::Failed(FollowError::WatchEnded { plural }),
                 Some(Err(watcher::Error::InitialListFailed(kube::Error::Api(e))))
                     if e.code == 404 && self.kind.crd =>
                 {
@@ -431,7 +449,7 @@ impl Follower {
                     tracing::info!("watch {plural}: {} (410 Gone); relisting", e.message);
                     continue;
                 }
-                Some(Err(e)) => return End::Failed(format!("following {plural}: {e}")),
+                Some(Err(source)) => return End::Failed(FollowError::Watch { plural, source }),
                 Some(Ok(Event::Init)) => {
                     listing = Some(BTreeMap::new());
                     continue;
@@ -499,7 +517,7 @@ impl Follower {
         let manifest = manifest(&self.kind, &object);
         let entry = match ObjectRef::of(&manifest) {
             Ok(r) => checked(&origin, r, manifest.to_string()),
-            Err(reason) => Entry::Unreadable(reason),
+            Err(reason) => Entry::Unreadable(reason.to_string()),
         };
         (origin, entry)
     }
@@ -589,7 +607,10 @@ fn pick(value: &Value, keys: &[&str]) -> Map<String, Value> {
 }
 
 /// One request, bounded in time, with the error naming what was attempted.
-async fn rpc<T>(what: &str, request: impl Future<Output = kube::Result<T>>) -> Result<T, String> {
+async fn rpc<T>(
+    what: &str,
+    request: impl Future<Output = kube::Result<T>>,
+) -> Result<T, RpcError<kube::Error>> {
     crate::store::task::rpc(what, RPC_TIMEOUT, request).await
 }
 
