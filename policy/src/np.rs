@@ -173,11 +173,12 @@ fn peer(p: &NetworkPolicyPeer, field: &str, namespace: &str) -> Result<Peer, Fie
 
 fn ip_block(block: &IPBlock, field: &str) -> Result<Peer, FieldError> {
     let cidr =
-        parse_cidr(&block.cidr, false).map_err(|m| FieldError::new(format!("{field}.cidr"), m))?;
+        parse_cidr(&block.cidr, false)
+            .map_err(|e| FieldError::new(format!("{field}.cidr"), e.to_string()))?;
     let mut except = Vec::new();
     for (i, e) in block.except.iter().flatten().enumerate() {
         let f = format!("{field}.except[{i}]");
-        let net = parse_cidr(e, false).map_err(|m| FieldError::new(&f, m))?;
+        let net = parse_cidr(e, false).map_err(|err| FieldError::new(&f, err.to_string()))?;
         // API validation: "must be a strict subset of `cidr`".
         if !(cidr.contains(&net) && net.prefix_len() > cidr.prefix_len()) {
             return Err(FieldError::new(
@@ -261,7 +262,8 @@ fn port(p: &NetworkPolicyPort, field: &str) -> Result<PortSpec, FieldError> {
                 let n = port_number(n, &format!("{field}.port"))?;
                 PortValue::Range(n, n)
             } else {
-                valid_port_name(name).map_err(|m| FieldError::new(format!("{field}.port"), m))?;
+                valid_port_name(name)
+                    .map_err(|e| FieldError::new(format!("{field}.port"), e.to_string()))?;
                 PortValue::Named(name.clone())
             }
         }
