@@ -86,37 +86,41 @@ pub fn convert(
 /// Whom the rule spec applies to: endpoints (of the policy's namespace, for a
 /// CiliumNetworkPolicy) or nodes (CiliumClusterwideNetworkPolicy only).
 fn subject(spec: &RuleSpec, namespace: Option<&str>, base: &str) -> Result<Subject, FieldError> {
-    Ok(match (&spec.endpoint_selector, &spec.node_selector, namespace) {
-        (Some(_), Some(_), _) => {
-            return Err(FieldError::new(
-                base,
-                "endpointSelector and nodeSelector are mutually exclusive",
-            ))
-        }
-        (None, None, _) => {
-            return Err(FieldError::new(
-                base,
-                "one of endpointSelector or nodeSelector is required",
-            ))
-        }
-        (None, Some(_), Some(_)) => {
-            return Err(FieldError::new(
-                format!("{base}.nodeSelector"),
-                "nodeSelector is only valid in a CiliumClusterwideNetworkPolicy",
-            ))
-        }
-        (None, Some(sel), None) => Subject::Nodes(selector(sel, &format!("{base}.nodeSelector"))?),
-        // Cilium docs: a CiliumNetworkPolicy's endpointSelector only selects endpoints of the
-        // policy's namespace.
-        (Some(sel), None, ns) => {
-            let mut s = selector(sel, &format!("{base}.endpointSelector"))?;
-            if let Some(ns) = ns {
-                s.requirements
-                    .push(Selector::equals(POD_NAMESPACE_LABEL, ns));
+    Ok(
+        match (&spec.endpoint_selector, &spec.node_selector, namespace) {
+            (Some(_), Some(_), _) => {
+                return Err(FieldError::new(
+                    base,
+                    "endpointSelector and nodeSelector are mutually exclusive",
+                ))
             }
-            Subject::Endpoints(s)
-        }
-    })
+            (None, None, _) => {
+                return Err(FieldError::new(
+                    base,
+                    "one of endpointSelector or nodeSelector is required",
+                ))
+            }
+            (None, Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    format!("{base}.nodeSelector"),
+                    "nodeSelector is only valid in a CiliumClusterwideNetworkPolicy",
+                ))
+            }
+            (None, Some(sel), None) => {
+                Subject::Nodes(selector(sel, &format!("{base}.nodeSelector"))?)
+            }
+            // Cilium docs: a CiliumNetworkPolicy's endpointSelector only selects endpoints of the
+            // policy's namespace.
+            (Some(sel), None, ns) => {
+                let mut s = selector(sel, &format!("{base}.endpointSelector"))?;
+                if let Some(ns) = ns {
+                    s.requirements
+                        .push(Selector::equals(POD_NAMESPACE_LABEL, ns));
+                }
+                Subject::Endpoints(s)
+            }
+        },
+    )
 }
 
 /// The direction-independent view of an ingress or egress rule.
@@ -281,8 +285,8 @@ fn cidr_set(set: &CidrRule, f: &str) -> Result<Peer, FieldError> {
     let Some(cidr) = &set.cidr else {
         return Err(FieldError::new(format!("{f}.cidr"), "missing"));
     };
-    let net = parse_cidr(cidr, true)
-        .map_err(|e| FieldError::new(format!("{f}.cidr"), e.to_string()))?;
+    let net =
+        parse_cidr(cidr, true).map_err(|e| FieldError::new(format!("{f}.cidr"), e.to_string()))?;
     let mut except = Vec::new();
     for (j, e) in set.except.iter().flatten().enumerate() {
         let ef = format!("{f}.except[{j}]");

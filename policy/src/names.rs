@@ -42,7 +42,14 @@ mod tests {
 
     #[test]
     fn subdomains_as_kubernetes_validates_them() {
-        for ok in ["a", "node-1", "0", "a.b.c", "worker-1.example.com", "a-b--c"] {
+        for ok in [
+            "a",
+            "node-1",
+            "0",
+            "a.b.c",
+            "worker-1.example.com",
+            "a-b--c",
+        ] {
             assert!(is_dns_subdomain(ok), "{ok:?} is a subdomain");
         }
         let long_ok = ["a"; 127].join(".");

@@ -172,9 +172,8 @@ fn peer(p: &NetworkPolicyPeer, field: &str, namespace: &str) -> Result<Peer, Fie
 }
 
 fn ip_block(block: &IPBlock, field: &str) -> Result<Peer, FieldError> {
-    let cidr =
-        parse_cidr(&block.cidr, false)
-            .map_err(|e| FieldError::new(format!("{field}.cidr"), e.to_string()))?;
+    let cidr = parse_cidr(&block.cidr, false)
+        .map_err(|e| FieldError::new(format!("{field}.cidr"), e.to_string()))?;
     let mut except = Vec::new();
     for (i, e) in block.except.iter().flatten().enumerate() {
         let f = format!("{field}.except[{i}]");

@@ -226,7 +226,10 @@ fn read_dir(dir: &Path) -> Vec<Read> {
 enum FileError {
     #[error("{0}")]
     Read(#[from] std::io::Error),
-    #[error("the file is larger than {} bytes; a record is a few hundred", MAX_RECORD_BYTES)]
+    #[error(
+        "the file is larger than {} bytes; a record is a few hundred",
+        MAX_RECORD_BYTES
+    )]
     TooLarge,
     #[error(transparent)]
     Decode(#[from] DecodeError),

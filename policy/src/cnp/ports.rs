@@ -103,12 +103,15 @@ fn port_range(n: i64, end_port: Option<i64>, f: &str) -> Result<PortValue, Field
     })?;
     let end = match end_port {
         None | Some(0) => start,
-        Some(e) => u16::try_from(e).ok().filter(|e| *e >= start).ok_or_else(|| {
-            FieldError::new(
-                format!("{f}.endPort"),
-                format!("endPort {e} must be within 0-65535 and not below port {start}"),
-            )
-        })?,
+        Some(e) => u16::try_from(e)
+            .ok()
+            .filter(|e| *e >= start)
+            .ok_or_else(|| {
+                FieldError::new(
+                    format!("{f}.endPort"),
+                    format!("endPort {e} must be within 0-65535 and not below port {start}"),
+                )
+            })?,
     };
     // Cilium docs: "If omitted or zero, any port matches."
     Ok(if start == 0 {
@@ -257,7 +260,10 @@ pub(super) enum IcmpError {
 }
 
 /// ICMP type by number or by the names Cilium accepts.
-pub(super) fn icmp_field(family: Option<&str>, ty: &StrOrInt) -> Result<(Protocol, u16), IcmpError> {
+pub(super) fn icmp_field(
+    family: Option<&str>,
+    ty: &StrOrInt,
+) -> Result<(Protocol, u16), IcmpError> {
     let v6 = match family {
         None | Some("IPv4") => false,
         Some("IPv6") => true,
@@ -279,7 +285,9 @@ pub(super) fn icmp_field(family: Option<&str>, ty: &StrOrInt) -> Result<(Protoco
             ("ParameterProblem", true) => 4,
             ("EchoRequest", true) => 128,
             ("EchoReply", true) => 129,
-            (s, _) => s.parse::<i64>().map_err(|_| IcmpError::Type(s.to_string()))?,
+            (s, _) => s
+                .parse::<i64>()
+                .map_err(|_| IcmpError::Type(s.to_string()))?,
         },
     };
     let n = u8::try_from(n).map_err(|_| IcmpError::OutOfRange(n))?;

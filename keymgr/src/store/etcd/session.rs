@@ -301,10 +301,10 @@ impl Shell {
                     return Ok(Some(End::Lost(lost)));
                 }
                 Step::Ack(Ok(None)) => return Err(SessionError::KeepAliveClosed { lease: id }),
-                Step::Ack(Err(source)) => return Err(SessionError::KeepAlive { lease: id, source }),
-                Step::Watch(Ok(Some(resp)))
-                    if resp.canceled() || resp.compact_revision() != 0 =>
-                {
+                Step::Ack(Err(source)) => {
+                    return Err(SessionError::KeepAlive { lease: id, source })
+                }
+                Step::Watch(Ok(Some(resp))) if resp.canceled() || resp.compact_revision() != 0 => {
                     tracing::info!(
                         revision = rev,
                         compacted = resp.compact_revision(),

@@ -82,12 +82,10 @@ pub(super) fn record(node: &Node, cluster: &str) -> Result<Option<NodeRecord>, N
     let name = node.metadata.name.clone().unwrap_or_default();
     let public_key = parse_key(PUB_KEY, key)?;
     let endpoint = annotation(node, ENDPOINT).ok_or(NodeError::NoEndpoint)?;
-    let endpoint = endpoint
-        .parse()
-        .map_err(|source| NodeError::Endpoint {
-            value: endpoint.to_string(),
-            source,
-        })?;
+    let endpoint = endpoint.parse().map_err(|source| NodeError::Endpoint {
+        value: endpoint.to_string(),
+        source,
+    })?;
     let next_public_key = match annotation(node, NEXT_PUB_KEY) {
         None | Some("") => None,
         Some(k) => Some(parse_key(NEXT_PUB_KEY, k)?),

@@ -56,7 +56,10 @@ enum SessionError {
     WatchEnded,
     #[error("following Nodes: {0}")]
     Watch(#[source] watcher::Error),
-    #[error("Node {node} kept changing: {} conflicting writes in a row", CONFLICT_RETRIES)]
+    #[error(
+        "Node {node} kept changing: {} conflicting writes in a row",
+        CONFLICT_RETRIES
+    )]
     KeptChanging { node: String },
 }
 
