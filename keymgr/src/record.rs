@@ -394,4 +394,25 @@ mod tests {
         assert_eq!(almost.validate(), Ok(()));
         assert_eq!(base.validate(), Ok(()));
     }
+
+    /// Node names follow Kubernetes' DNS-1123 subdomain (`policy::names`): a label longer than
+    /// 63 characters is accepted (the API server accepts such a Node), `-` or `.` at either end
+    /// of a label is not.
+    #[test]
+    fn node_names_are_judged_as_kubernetes_judges_them() {
+        let key = PrivateKey::generate().public_key();
+        let named = |name: &str| NodeRecord {
+            cluster_name: "c".into(),
+            ..NodeRecord::new(name, key, "198.18.0.1:51871".parse().unwrap())
+        };
+        let long_label = format!("{}.example", "a".repeat(64));
+        assert_eq!(named(&long_label).validate(), Ok(()));
+        for bad in ["-a", "a-", "a..b", ".a", "A", &"a".repeat(254)] {
+            assert_eq!(
+                named(bad).validate(),
+                Err(RecordError::NodeName(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -373,3 +373,55 @@ fn entity(s: &str, deny: bool) -> Result<Entity, EntityError> {
         other => Err(EntityError::Unknown(other.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ports::{icmp_field, IcmpError};
+    use super::*;
+    use crate::cilium::StrOrInt;
+    use crate::parse::{parse_cidr, valid_port_name};
+
+    /// The refusals' texts, word for word: users read them in `apply` and the agent's log.
+    #[test]
+    fn refusals_read_as_before() {
+        let text = |s: &str, deny: bool| entity(s, deny).unwrap_err().to_string();
+        assert_eq!(
+            text("world-ipv4", false),
+            "valid Cilium, but wiremesh does not tell the world's address families apart; \
+             entity \"world-ipv4\" is refused (use world, or toCIDR 0.0.0.0/0 or ::/0)"
+        );
+        assert_eq!(
+            text("health", true),
+            "valid Cilium, but entity \"health\" selects nothing in wiremesh (it has no health \
+             identity); refused, since this deny rule would deny nothing"
+        );
+        assert_eq!(
+            text("everyone", false),
+            "unknown entity \"everyone\" (expected world, cluster, host, remote-node or all; \
+             kube-apiserver, health, init, unmanaged and ingress are refused)"
+        );
+        let icmp = |family, ty| icmp_field(family, &ty).unwrap_err();
+        assert_eq!(
+            icmp(Some("IPv5"), StrOrInt::Int(8)).to_string(),
+            "unknown family \"IPv5\" (expected IPv4 or IPv6)"
+        );
+        assert_eq!(
+            icmp(None, StrOrInt::Str("Echo".into())).to_string(),
+            "unknown ICMP type \"Echo\""
+        );
+        assert_eq!(icmp(None, StrOrInt::Int(256)), IcmpError::OutOfRange(256));
+        assert_eq!(
+            IcmpError::OutOfRange(256).to_string(),
+            "ICMP type 256 is out of range (0-255)"
+        );
+        assert_eq!(
+            parse_cidr("10.0.0.0/33", true).unwrap_err().to_string(),
+            "invalid CIDR \"10.0.0.0/33\""
+        );
+        assert_eq!(
+            valid_port_name("HTTP").unwrap_err().to_string(),
+            "\"HTTP\" is neither a port number nor a valid port name (IANA service name: at most \
+             15 lower-case letters, digits and '-')"
+        );
+    }
+}

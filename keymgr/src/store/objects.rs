@@ -405,4 +405,46 @@ mod tests {
         assert_eq!(ObjectRef::from_key_suffix("Pod/x"), None);
         assert_eq!(ObjectRef::from_file_name("Pod_x.json"), None);
     }
+
+    /// The texts `apply` prints and the agent logs, word for word.
+    #[test]
+    fn refusals_read_as_before() {
+        let of = |v: serde_json::Value| ObjectRef::of(&v).unwrap_err().to_string();
+        assert_eq!(
+            of(serde_json::json!({"metadata": {"name": "a"}})),
+            "field kind: missing or not a string"
+        );
+        assert_eq!(
+            of(serde_json::json!({"kind": "Service", "metadata": {"name": "a"}})),
+            "field kind: \"Service\" is not stored by wiremesh (one of Namespace, Node, Pod, \
+             NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy)"
+        );
+        assert_eq!(
+            of(serde_json::json!({"kind": "Pod", "metadata": {"name": "a", "namespace": "X"}})),
+            "field metadata.namespace: \"X\" is not a valid name (lowercase RFC 1123 subdomain)"
+        );
+        let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "a"}});
+        assert!(ObjectRef::of(&svc).unwrap_err().is_about_kind());
+        let bad = serde_json::json!({"kind": "Pod", "metadata": {"name": "A"}});
+        assert!(!ObjectRef::of(&bad).unwrap_err().is_about_kind());
+    }
+
+    /// Object names follow Kubernetes' DNS-1123 subdomain (`policy::names`): `-` or `.` at
+    /// either end of a label, which this store's own check let through, is refused now.
+    #[test]
+    fn names_kubernetes_refuses_are_refused() {
+        for bad in ["-a", "a-", "a..b", ".a", "a.", "-"] {
+            let pod = serde_json::json!({"kind": "Pod", "metadata": {"name": bad}});
+            assert_eq!(
+                ObjectRef::of(&pod),
+                Err(ObjectRefError::Name {
+                    field: "metadata.name",
+                    name: bad.to_string()
+                })
+            );
+        }
+        let long_label = "a".repeat(100);
+        let pod = serde_json::json!({"kind": "Pod", "metadata": {"name": long_label}});
+        assert!(ObjectRef::of(&pod).is_ok());
+    }
 }

@@ -363,3 +363,26 @@ pub(super) async fn rpc<T, E: std::error::Error + 'static>(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed request reads `what: why`, as the store's health and errors have always shown it.
+    #[tokio::test]
+    async fn a_failed_request_names_what_was_attempted() {
+        let failed = rpc("get /k", Duration::from_secs(1), async {
+            Err::<(), _>(std::io::Error::other("refused"))
+        });
+        assert_eq!(failed.await.unwrap_err().to_string(), "get /k: refused");
+        let silent = rpc(
+            "get /k",
+            Duration::from_millis(10),
+            std::future::pending::<Result<(), std::io::Error>>(),
+        );
+        assert_eq!(
+            silent.await.unwrap_err().to_string(),
+            "get /k: no answer within 10ms"
+        );
+    }
+}
