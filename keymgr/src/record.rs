@@ -162,7 +162,7 @@ impl NodeRecord {
 
     /// Checks that hold for one record on its own, whoever reads it.
     pub fn validate(&self) -> Result<(), RecordError> {
-        if !is_rfc1123_subdomain(&self.node_name) {
+        if !policy::names::is_dns_subdomain(&self.node_name) {
             return Err(RecordError::NodeName(self.node_name.clone()));
         }
         if self.public_key.is_zero() || self.next_public_key.is_some_and(|k| k.is_zero()) {
@@ -242,20 +242,6 @@ fn unusable(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(v4) if v4.is_broadcast() => Some("is the broadcast address"),
         _ => None,
     }
-}
-
-fn is_rfc1123_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]
@@ -407,5 +393,26 @@ mod tests {
         };
         assert_eq!(almost.validate(), Ok(()));
         assert_eq!(base.validate(), Ok(()));
+    }
+
+    /// Node names follow Kubernetes' DNS-1123 subdomain (`policy::names`): a label longer than
+    /// 63 characters is accepted (the API server accepts such a Node), `-` or `.` at either end
+    /// of a label is not.
+    #[test]
+    fn node_names_are_judged_as_kubernetes_judges_them() {
+        let key = PrivateKey::generate().public_key();
+        let named = |name: &str| NodeRecord {
+            cluster_name: "c".into(),
+            ..NodeRecord::new(name, key, "198.18.0.1:51871".parse().unwrap())
+        };
+        let long_label = format!("{}.example", "a".repeat(64));
+        assert_eq!(named(&long_label).validate(), Ok(()));
+        for bad in ["-a", "a-", "a..b", ".a", "A", &"a".repeat(254)] {
+            assert_eq!(
+                named(bad).validate(),
+                Err(RecordError::NodeName(bad.to_string())),
+                "{bad:?}"
+            );
+        }
     }
 }

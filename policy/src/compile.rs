@@ -5,157 +5,26 @@
 //! few power-of-two-aligned prefixes that cover it (port/prefix-length, prefix 0 = any port).
 //! A lookup probes {identity, any} × {protocol, any} × 17 prefix lengths = at most 68 hash
 //! lookups, whatever the number of rules: rule count only grows the map, never the probes.
-//! Deny entries win over allow entries among everything the probes find.
+//! Deny entries win over allow entries among everything the probes find. The map itself is
+//! [`map`]; this module decides what goes in it, and must never put in an entry that the
+//! trace evaluator (`eval`) would not grant: both use the same peer matcher.
 
-use ipnet::IpNet;
+mod map;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
+pub use map::{range_prefixes, Entry, Key, MapVerdict, PolicyMap};
+use map::{ANY, ANY_PROTO};
+
 use crate::eval::{node_subject_matches, peer_matches, subject_matches, CidrTest, Class, View};
-use crate::http::HttpRule;
 use crate::identity::{Identities, IdentityId, IdentityLabels, HOST, REMOTE_NODE};
 use crate::model::{
     Bundle, Direction, Endpoint, NamedPorts, Peer, Peers, Policy, PortSpec, PortValue, Ports,
     Protocol,
 };
-
-const ANY: u32 = 0;
-const ANY_PROTO: u8 = 0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub direction: Direction,
-    pub identity: IdentityId,
-    pub protocol: u8,
-    /// Port (or ICMP type) with the bits below `prefix` cleared.
-    pub port: u16,
-    /// Number of significant leading port bits, 0..=16.
-    pub prefix: u8,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Entry {
-    pub deny: bool,
-    pub allow: bool,
-    /// For allow entries: `None` leaves L7 unrestricted, else these HTTP rules apply.
-    pub http: Option<Vec<HttpRule>>,
-}
-
-/// The outcome of one map lookup.
-#[derive(Debug, Clone)]
-pub struct MapVerdict {
-    pub allowed: bool,
-    /// Constraining L7 rules of an allowed connection (`None`: unrestricted).
-    pub http: Option<Vec<HttpRule>>,
-}
-
-/// One endpoint's policy map.
-#[derive(Debug, Clone, Default)]
-pub struct PolicyMap {
-    entries: HashMap<Key, Entry>,
-}
-
-impl PolicyMap {
-    /// Every entry, for loading the map into the data path.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.entries.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn add(&mut self, key: Key, deny: bool, http: Option<Vec<HttpRule>>) {
-        let e = self.entries.entry(key).or_insert_with(|| Entry {
-            deny: false,
-            allow: false,
-            http: Some(Vec::new()),
-        });
-        if deny {
-            e.deny = true;
-            return;
-        }
-        e.allow = true;
-        // Union of L7 rules; a rule without L7 restrictions lifts them for this key.
-        match (&mut e.http, http) {
-            (Some(have), Some(more)) => have.extend(more),
-            (slot, _) => *slot = None,
-        }
-    }
-
-    pub fn lookup(
-        &self,
-        dir: Direction,
-        identity: IdentityId,
-        protocol: Protocol,
-        port: u16,
-    ) -> MapVerdict {
-        let mut allowed = false;
-        let mut denied = false;
-        let mut http: Option<Vec<HttpRule>> = Some(Vec::new());
-        for id in [identity, ANY] {
-            for proto in [protocol.number(), ANY_PROTO] {
-                for prefix in 0..=16u8 {
-                    let key = Key {
-                        direction: dir,
-                        identity: id,
-                        protocol: proto,
-                        port: mask(port, prefix),
-                        prefix,
-                    };
-                    let Some(e) = self.entries.get(&key) else {
-                        continue;
-                    };
-                    denied |= e.deny;
-                    if e.allow {
-                        allowed = true;
-                        match (&mut http, &e.http) {
-                            (Some(have), Some(more)) => have.extend(more.iter().cloned()),
-                            (slot, _) => *slot = None,
-                        }
-                    }
-                }
-            }
-        }
-        let allowed = allowed && !denied;
-        MapVerdict {
-            allowed,
-            http: if allowed { http } else { None },
-        }
-    }
-}
-
-fn mask(port: u16, prefix: u8) -> u16 {
-    match prefix {
-        0 => 0,
-        p => port & (u16::MAX << (16 - u32::from(p).min(16))),
-    }
-}
-
-/// Covers `lo..=hi` with aligned prefixes (at most 30 for any range).
-pub fn range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
-    let mut out = Vec::new();
-    let mut start = u32::from(lo);
-    let end = u32::from(hi);
-    while start <= end {
-        // Largest aligned block starting at `start` that stays within `end`.
-        let mut size: u32 = 1 << start.trailing_zeros().min(16);
-        while start + size - 1 > end {
-            size >>= 1;
-        }
-        let bits = size.trailing_zeros();
-        out.push((
-            u16::try_from(start).unwrap_or(u16::MAX),
-            u8::try_from(16 - bits).unwrap_or(0),
-        ));
-        start += size;
-    }
-    out
-}
 
 /// Identities plus every endpoint's map: what the agent pushes to the data path.
 #[derive(Debug, Clone)]
@@ -489,32 +358,6 @@ fn add_ports(
                         map.add(key(p.number(), *n, 16), deny, http.clone());
                     }
                 }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_cover_exactly() {
-        for (lo, hi) in [
-            (0u16, 65535u16),
-            (80, 80),
-            (1, 65535),
-            (8000, 9000),
-            (32000, 32768),
-            (65535, 65535),
-        ] {
-            let ps = range_prefixes(lo, hi);
-            assert!(ps.len() <= 30, "{lo}-{hi}: {}", ps.len());
-            for port in [
-                0u16, 1, 79, 80, 81, 7999, 8000, 8500, 9000, 9001, 32767, 32768, 65534, 65535,
-            ] {
-                let covered = ps.iter().any(|(p, len)| mask(port, *len) == *p);
-                assert_eq!(covered, (lo..=hi).contains(&port), "{lo}-{hi} port {port}");
             }
         }
     }

@@ -139,6 +139,58 @@ pub struct Identities {
     cache: Vec<HashMap<IpNet, CacheEntry>>,
 }
 
+/// Every prefix the policies name (`ipBlock`, `toCIDR`, `toCIDRSet` and their exceptions).
+fn policy_prefixes(bundle: &Bundle) -> BTreeSet<IpNet> {
+    let mut prefixes = BTreeSet::new();
+    for policy in &bundle.policies {
+        let rules = [
+            &policy.ingress,
+            &policy.egress,
+            &policy.ingress_deny,
+            &policy.egress_deny,
+        ];
+        for rule in rules.into_iter().flatten() {
+            let Peers::List(peers) = &rule.peers else {
+                continue;
+            };
+            for peer in peers {
+                if let Peer::IpBlock { cidr, except } | Peer::Cidr { cidr, except } = peer {
+                    prefixes.insert(*cidr);
+                    prefixes.extend(except.iter().copied());
+                }
+            }
+        }
+    }
+    prefixes
+}
+
+/// Each policy prefix under its network address, so that the prefixes containing an address or
+/// another prefix are found with one lookup per prefix length (33 or 129), not by testing every
+/// prefix: 10,000 /32 ipBlocks would otherwise cost 10^8 tests.
+struct PrefixIndex {
+    by_network: HashMap<IpNet, Vec<IpNet>>,
+}
+
+impl PrefixIndex {
+    fn new(prefixes: &BTreeSet<IpNet>) -> Self {
+        let mut by_network: HashMap<IpNet, Vec<IpNet>> = HashMap::new();
+        for p in prefixes {
+            by_network.entry(p.trunc()).or_default().push(*p);
+        }
+        Self { by_network }
+    }
+
+    /// The policy prefixes containing `addr/len`.
+    fn supernets(&self, addr: IpAddr, len: u8) -> BTreeSet<IpNet> {
+        (0..=len)
+            .filter_map(|l| IpNet::new(addr, l).ok())
+            .filter_map(|net| self.by_network.get(&net.trunc()))
+            .flatten()
+            .copied()
+            .collect()
+    }
+}
+
 impl Identities {
     /// Identities numbered locally (see [`stable_id`]).
     pub fn build(bundle: &Bundle) -> Self {
@@ -151,42 +203,9 @@ impl Identities {
         bundle: &Bundle,
         assigned: &dyn Fn(&IdentityLabels) -> Option<IdentityId>,
     ) -> Self {
-        let mut prefixes = BTreeSet::new();
-        for policy in &bundle.policies {
-            let rules = [
-                &policy.ingress,
-                &policy.egress,
-                &policy.ingress_deny,
-                &policy.egress_deny,
-            ];
-            for rule in rules.into_iter().flatten() {
-                let Peers::List(peers) = &rule.peers else {
-                    continue;
-                };
-                for peer in peers {
-                    if let Peer::IpBlock { cidr, except } | Peer::Cidr { cidr, except } = peer {
-                        prefixes.insert(*cidr);
-                        prefixes.extend(except.iter().copied());
-                    }
-                }
-            }
-        }
-        // Each policy prefix under its network address, so that the prefixes containing an
-        // address or another prefix are found with one lookup per prefix length (33 or 129),
-        // not by testing every prefix: 10,000 /32 ipBlocks would otherwise cost 10^8 tests.
-        let mut by_network: HashMap<IpNet, Vec<IpNet>> = HashMap::new();
-        for p in &prefixes {
-            by_network.entry(p.trunc()).or_default().push(*p);
-        }
-        let supernets = |addr: IpAddr, len: u8| -> BTreeSet<IpNet> {
-            (0..=len)
-                .filter_map(|l| IpNet::new(addr, l).ok())
-                .filter_map(|net| by_network.get(&net.trunc()))
-                .flatten()
-                .copied()
-                .collect()
-        };
-        let containing = |ip: IpAddr| supernets(ip, IpNet::from(ip).prefix_len());
+        let prefixes = policy_prefixes(bundle);
+        let index = PrefixIndex::new(&prefixes);
+        let containing = |ip: IpAddr| index.supernets(ip, IpNet::from(ip).prefix_len());
         let mut ids = Self {
             cache: vec![HashMap::new(); 129],
             ..Self::default()
@@ -227,7 +246,7 @@ impl Identities {
         let cidr_sets: Vec<(IpNet, IdentityLabels)> = prefixes
             .iter()
             .map(|prefix| {
-                let cidrs = supernets(prefix.addr(), prefix.prefix_len());
+                let cidrs = index.supernets(prefix.addr(), prefix.prefix_len());
                 (*prefix, IdentityLabels::Cidr { cidrs })
             })
             .collect();
@@ -235,26 +254,7 @@ impl Identities {
             .iter()
             .chain(cidr_sets.iter().map(|(_, l)| l))
             .collect();
-        // Assigned numbers first, so that local numbering steps around them.
-        let mut taken = HashSet::new();
-        let mut local = Vec::new();
-        for labels in wanted {
-            let range = labels.allocation_range();
-            match assigned(labels) {
-                Some(id)
-                    if range.is_some_and(|(a, b)| (a..b).contains(&id)) && taken.insert(id) =>
-                {
-                    ids.insert(labels.clone(), id);
-                }
-                _ => local.push(labels),
-            }
-        }
-        for labels in local {
-            if let Some((first, end)) = labels.allocation_range() {
-                let id = stable_id(labels, first, end, &mut taken);
-                ids.insert(labels.clone(), id);
-            }
-        }
+        ids.number(wanted, assigned);
         for (prefix, labels) in &cidr_sets {
             let id = ids.by_labels[labels];
             ids.put(*prefix, CacheEntry::Identity(id));
@@ -276,6 +276,34 @@ impl Identities {
             ids.put(IpNet::from(ip), CacheEntry::Node(name, remote));
         }
         ids
+    }
+
+    /// Numbers every label set of `wanted`: assigned numbers first, so that local numbering
+    /// steps around them.
+    fn number(
+        &mut self,
+        wanted: BTreeSet<&IdentityLabels>,
+        assigned: &dyn Fn(&IdentityLabels) -> Option<IdentityId>,
+    ) {
+        let mut taken = HashSet::new();
+        let mut local = Vec::new();
+        for labels in wanted {
+            let range = labels.allocation_range();
+            match assigned(labels) {
+                Some(id)
+                    if range.is_some_and(|(a, b)| (a..b).contains(&id)) && taken.insert(id) =>
+                {
+                    self.insert(labels.clone(), id);
+                }
+                _ => local.push(labels),
+            }
+        }
+        for labels in local {
+            if let Some((first, end)) = labels.allocation_range() {
+                let id = stable_id(labels, first, end, &mut taken);
+                self.insert(labels.clone(), id);
+            }
+        }
     }
 
     fn insert(&mut self, labels: IdentityLabels, id: IdentityId) {

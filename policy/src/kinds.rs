@@ -1,6 +1,7 @@
 //! Which Kubernetes object kinds wiremesh reads, and which policy kinds it refuses: the one
-//! list of both, used by the manifest loader and by the store (which keeps only the kinds
-//! listed here, under names derived from them).
+//! table of both, used by the manifest loader and by the stores (which keep only the kinds
+//! listed here, under names derived from them; the Kubernetes store follows them at the API
+//! paths derived from their group, version and plural).
 //!
 //! A policy kind wiremesh does not enforce is refused by name, never skipped: a user who applies
 //! an Istio DENY policy and sees it accepted believes it is in force. Objects that are not
@@ -19,53 +20,87 @@ pub enum ObjectKind {
     CiliumClusterwideNetworkPolicy,
 }
 
-/// One kind wiremesh loads: the apiVersion it is read under, its name and scope.
+/// One kind wiremesh loads: the apiVersion it is read under (and its group and version apart),
+/// its name, its resource name in API paths, its scope, and whether a CRD serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kind {
     pub object: ObjectKind,
+    /// `group/version`, or `version` for the core group.
     pub api_version: &'static str,
+    /// Empty for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
     pub kind: &'static str,
+    /// The resource name in API paths (`/api/v1/namespaces/x/pods`).
+    pub plural: &'static str,
     pub namespaced: bool,
+    /// Served by a CustomResourceDefinition, which a cluster may not have installed.
+    pub crd: bool,
 }
 
 /// Every kind wiremesh loads and stores.
 pub const KINDS: [Kind; 6] = [
-    kind(ObjectKind::Namespace, "v1", "Namespace", false),
-    kind(ObjectKind::Node, "v1", "Node", false),
-    kind(ObjectKind::Pod, "v1", "Pod", true),
-    kind(
-        ObjectKind::NetworkPolicy,
-        "networking.k8s.io/v1",
-        "NetworkPolicy",
-        true,
-    ),
-    kind(
-        ObjectKind::CiliumNetworkPolicy,
-        "cilium.io/v2",
-        "CiliumNetworkPolicy",
-        true,
-    ),
-    kind(
-        ObjectKind::CiliumClusterwideNetworkPolicy,
-        "cilium.io/v2",
-        "CiliumClusterwideNetworkPolicy",
-        false,
-    ),
-];
-
-const fn kind(
-    object: ObjectKind,
-    api_version: &'static str,
-    kind: &'static str,
-    namespaced: bool,
-) -> Kind {
     Kind {
-        object,
-        api_version,
-        kind,
-        namespaced,
-    }
-}
+        object: ObjectKind::Namespace,
+        api_version: "v1",
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+        crd: false,
+    },
+    Kind {
+        object: ObjectKind::Node,
+        api_version: "v1",
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        namespaced: false,
+        crd: false,
+    },
+    Kind {
+        object: ObjectKind::Pod,
+        api_version: "v1",
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        namespaced: true,
+        crd: false,
+    },
+    Kind {
+        object: ObjectKind::NetworkPolicy,
+        api_version: "networking.k8s.io/v1",
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        namespaced: true,
+        crd: false,
+    },
+    Kind {
+        object: ObjectKind::CiliumNetworkPolicy,
+        api_version: "cilium.io/v2",
+        group: "cilium.io",
+        version: "v2",
+        kind: "CiliumNetworkPolicy",
+        plural: "ciliumnetworkpolicies",
+        namespaced: true,
+        crd: true,
+    },
+    Kind {
+        object: ObjectKind::CiliumClusterwideNetworkPolicy,
+        api_version: "cilium.io/v2",
+        group: "cilium.io",
+        version: "v2",
+        kind: "CiliumClusterwideNetworkPolicy",
+        plural: "ciliumclusterwidenetworkpolicies",
+        namespaced: false,
+        crd: true,
+    },
+];
 
 /// The loaded kind named `kind` (whatever its apiVersion).
 pub fn by_name(kind: &str) -> Option<&'static Kind> {
@@ -147,6 +182,48 @@ mod tests {
             ("networking.istio.io/v1", "VirtualService"),
         ] {
             assert_eq!(refusal(v, k), None, "{v} {k}");
+        }
+    }
+
+    /// The built-in kinds' entries are what k8s-openapi says of them; the Cilium ones follow
+    /// the same rules (apiVersion is group/version, plural is the lowercase kind + "ies"/"s").
+    #[test]
+    fn the_table_agrees_with_the_api_definitions() {
+        use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        use k8s_openapi::Resource;
+        fn of<R: Resource>() -> (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+        ) {
+            (
+                R::API_VERSION,
+                R::GROUP,
+                R::VERSION,
+                R::KIND,
+                R::URL_PATH_SEGMENT,
+            )
+        }
+        let row = |k: &Kind| (k.api_version, k.group, k.version, k.kind, k.plural);
+        let by = |o: ObjectKind| KINDS.iter().find(|k| k.object == o).expect("in the table");
+        assert_eq!(row(by(ObjectKind::Namespace)), of::<Namespace>());
+        assert_eq!(row(by(ObjectKind::Node)), of::<Node>());
+        assert_eq!(row(by(ObjectKind::Pod)), of::<Pod>());
+        assert_eq!(row(by(ObjectKind::NetworkPolicy)), of::<NetworkPolicy>());
+        for k in KINDS {
+            let joined = if k.group.is_empty() {
+                k.version.to_string()
+            } else {
+                format!("{}/{}", k.group, k.version)
+            };
+            assert_eq!(k.api_version, joined, "{}", k.kind);
+            assert!(k
+                .plural
+                .starts_with(&k.kind.to_lowercase()[..k.kind.len() - 1]));
+            assert_eq!(k.crd, k.group == "cilium.io", "{}", k.kind);
         }
     }
 

@@ -22,6 +22,7 @@ pub mod kinds;
 pub mod labels;
 mod manifest;
 pub mod model;
+pub mod names;
 mod np;
 mod parse;
 mod render;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod, PodSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use yaml_serde::Value;
@@ -75,6 +75,26 @@ impl Doc<'_> {
     }
 }
 
+/// One object of a loaded kind: where it is and what it is called in messages.
+struct Object<'a> {
+    doc: &'a Doc<'a>,
+    name: String,
+    namespace: String,
+    /// `Kind namespace/name`, or `Kind name` for a cluster-scoped kind.
+    qualified: String,
+}
+
+impl Object<'_> {
+    fn invalid(&self, e: FieldError) -> LoadError {
+        LoadError::Invalid {
+            file: self.doc.file.to_string(),
+            resource: self.qualified.clone(),
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
 impl Loader {
     fn file(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
         for (i, de) in yaml_serde::Deserializer::from_str(text).enumerate() {
@@ -131,110 +151,140 @@ impl Loader {
             Some(k) if !k.namespaced => format!("{kind} {name}"),
             _ => format!("{kind} {namespace}/{name}"),
         };
-        let invalid = |e: FieldError| LoadError::Invalid {
-            file: doc.file.to_string(),
-            resource: qualified.clone(),
-            field: e.field,
-            message: e.message,
+        let object = Object {
+            doc,
+            name,
+            namespace,
+            qualified,
         };
         let Some(loaded) = loaded else {
             if let Some((field, why)) = kinds::refusal(&api_version, &kind) {
-                return Err(invalid(FieldError::new(field, why)));
+                return Err(object.invalid(FieldError::new(field, why)));
             }
-            self.bundle
-                .notes
-                .push(format!("{}: skipped {api_version} {qualified}", doc.file));
+            self.bundle.notes.push(format!(
+                "{}: skipped {api_version} {}",
+                doc.file, object.qualified
+            ));
             return Ok(());
         };
         match loaded.object {
-            ObjectKind::Namespace => {
-                let ns: Namespace = typed(value).map_err(invalid)?;
-                self.claim(doc, &qualified)?;
-                let mut labels: BTreeMap<String, String> =
-                    ns.metadata.labels.unwrap_or_default().into_iter().collect();
-                // The API server sets this label on every namespace.
-                labels.insert(METADATA_NAME.to_string(), name.clone());
-                self.bundle.namespaces.insert(name, labels);
-            }
-            ObjectKind::Node => {
-                let node: K8sNode = typed(value).map_err(invalid)?;
-                self.claim(doc, &qualified)?;
-                let entry = self.node_entry(&name);
-                entry.labels = node
-                    .metadata
-                    .labels
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect();
-                let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
-                for (i, a) in addresses.iter().enumerate() {
-                    if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-                        let ip = parse_ip(&a.address).map_err(|e| {
-                            invalid(FieldError::new(
-                                format!("status.addresses[{i}].address"),
-                                e.message,
-                            ))
-                        })?;
-                        push_unique(&mut entry.ips, ip);
-                    }
-                }
-            }
+            ObjectKind::Namespace => self.namespace(object, value),
+            ObjectKind::Node => self.node(object, value),
             ObjectKind::Pod => {
-                let pod: Pod = typed(value).map_err(invalid)?;
-                self.claim(doc, &qualified)?;
-                self.pod(pod, namespace, name).map_err(invalid)?;
+                let pod: Pod = typed(value).map_err(|e| object.invalid(e))?;
+                self.claim(doc, &object.qualified)?;
+                let invalid = |e| object.invalid(e);
+                self.pod(pod, object.namespace.clone(), object.name.clone())
+                    .map_err(invalid)
             }
             ObjectKind::NetworkPolicy => {
                 let spec_in = map.get("spec").cloned();
-                let policy: NetworkPolicy = typed(value).map_err(invalid)?;
-                if let (Some(spec_in), Some(spec)) = (spec_in, &policy.spec) {
-                    let parsed = serde_json::to_value(spec)
-                        .map_err(|e| invalid(FieldError::new("spec", e.to_string())))?;
-                    if let Some(field) = strict::unknown_field(&spec_in, &parsed, "spec") {
-                        return Err(invalid(FieldError::new(field, "unknown field")));
-                    }
-                }
-                let p = np::convert(&policy, &namespace, &name).map_err(invalid)?;
-                self.claim(doc, &qualified)?;
-                self.bundle.policies.push(p);
+                self.network_policy(object, spec_in, value)
             }
             ObjectKind::CiliumNetworkPolicy | ObjectKind::CiliumClusterwideNetworkPolicy => {
                 let clusterwide = loaded.object == ObjectKind::CiliumClusterwideNetworkPolicy;
-                let body: CiliumPolicyBody = typed(value).map_err(invalid)?;
-                let ns = (!clusterwide).then_some(namespace.as_str());
-                let id = PolicyId {
-                    kind: if clusterwide {
-                        PolicyKind::CiliumClusterwideNetworkPolicy
-                    } else {
-                        PolicyKind::CiliumNetworkPolicy
-                    },
-                    namespace: ns.map(str::to_string),
-                    name: name.clone(),
-                };
-                let mut specs = Vec::new();
-                if let Some(spec) = &body.spec {
-                    specs.push((spec, "spec".to_string()));
-                }
-                for (i, spec) in body.specs.iter().flatten().enumerate() {
-                    specs.push((spec, format!("specs[{i}]")));
-                }
-                if specs.is_empty() {
-                    return Err(invalid(FieldError::new(
-                        "spec",
-                        "one of spec or specs is required",
-                    )));
-                }
-                let mut converted = Vec::new();
-                for (spec, base) in specs {
-                    converted.push(
-                        cnp::convert(spec, id.clone(), ns, &base, self.options.l7_model)
-                            .map_err(invalid)?,
-                    );
-                }
-                self.claim(doc, &qualified)?;
-                self.bundle.policies.extend(converted);
+                self.cilium(object, clusterwide, value)
             }
         }
+    }
+
+    fn namespace(&mut self, object: Object<'_>, value: Value) -> Result<(), LoadError> {
+        let ns: Namespace = typed(value).map_err(|e| object.invalid(e))?;
+        self.claim(object.doc, &object.qualified)?;
+        let mut labels: BTreeMap<String, String> =
+            ns.metadata.labels.unwrap_or_default().into_iter().collect();
+        // The API server sets this label on every namespace.
+        labels.insert(METADATA_NAME.to_string(), object.name.clone());
+        self.bundle.namespaces.insert(object.name, labels);
+        Ok(())
+    }
+
+    fn node(&mut self, object: Object<'_>, value: Value) -> Result<(), LoadError> {
+        let node: K8sNode = typed(value).map_err(|e| object.invalid(e))?;
+        self.claim(object.doc, &object.qualified)?;
+        let entry = self.node_entry(&object.name);
+        entry.labels = node
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
+        for (i, a) in addresses.iter().enumerate() {
+            if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
+                let ip = parse_ip(&a.address).map_err(|e| {
+                    object.invalid(FieldError::new(
+                        format!("status.addresses[{i}].address"),
+                        e.message,
+                    ))
+                })?;
+                push_unique(&mut entry.ips, ip);
+            }
+        }
+        Ok(())
+    }
+
+    fn network_policy(
+        &mut self,
+        object: Object<'_>,
+        spec_in: Option<Value>,
+        value: Value,
+    ) -> Result<(), LoadError> {
+        let invalid = |e| object.invalid(e);
+        let policy: NetworkPolicy = typed(value).map_err(invalid)?;
+        if let (Some(spec_in), Some(spec)) = (spec_in, &policy.spec) {
+            let parsed = serde_json::to_value(spec)
+                .map_err(|e| invalid(FieldError::new("spec", e.to_string())))?;
+            if let Some(field) = strict::unknown_field(&spec_in, &parsed, "spec") {
+                return Err(invalid(FieldError::new(field, "unknown field")));
+            }
+        }
+        let p = np::convert(&policy, &object.namespace, &object.name).map_err(invalid)?;
+        self.claim(object.doc, &object.qualified)?;
+        self.bundle.policies.push(p);
+        Ok(())
+    }
+
+    fn cilium(
+        &mut self,
+        object: Object<'_>,
+        clusterwide: bool,
+        value: Value,
+    ) -> Result<(), LoadError> {
+        let invalid = |e| object.invalid(e);
+        let body: CiliumPolicyBody = typed(value).map_err(invalid)?;
+        let ns = (!clusterwide).then_some(object.namespace.as_str());
+        let id = PolicyId {
+            kind: if clusterwide {
+                PolicyKind::CiliumClusterwideNetworkPolicy
+            } else {
+                PolicyKind::CiliumNetworkPolicy
+            },
+            namespace: ns.map(str::to_string),
+            name: object.name.clone(),
+        };
+        let mut specs = Vec::new();
+        if let Some(spec) = &body.spec {
+            specs.push((spec, "spec".to_string()));
+        }
+        for (i, spec) in body.specs.iter().flatten().enumerate() {
+            specs.push((spec, format!("specs[{i}]")));
+        }
+        if specs.is_empty() {
+            return Err(invalid(FieldError::new(
+                "spec",
+                "one of spec or specs is required",
+            )));
+        }
+        let mut converted = Vec::new();
+        for (spec, base) in specs {
+            converted.push(
+                cnp::convert(spec, id.clone(), ns, &base, self.options.l7_model)
+                    .map_err(invalid)?,
+            );
+        }
+        self.claim(object.doc, &object.qualified)?;
+        self.bundle.policies.extend(converted);
         Ok(())
     }
 
@@ -265,32 +315,16 @@ impl Loader {
         let spec = pod.spec.unwrap_or_default();
         let status = pod.status.unwrap_or_default();
         let node = spec.node_name.clone();
-        let mut host_ips = Vec::new();
-        for (i, h) in status.host_ips.iter().flatten().enumerate() {
-            host_ips.push(
-                parse_ip(&h.ip)
-                    .map_err(|e| FieldError::new(format!("status.hostIPs[{i}].ip"), e.message))?,
-            );
-        }
-        if let Some(h) = &status.host_ip {
-            push_unique(
-                &mut host_ips,
-                parse_ip(h).map_err(|e| FieldError::new("status.hostIP", e.message))?,
-            );
-        }
-        let mut ips = Vec::new();
-        for (i, p) in status.pod_ips.iter().flatten().enumerate() {
-            ips.push(
-                parse_ip(&p.ip)
-                    .map_err(|e| FieldError::new(format!("status.podIPs[{i}].ip"), e.message))?,
-            );
-        }
-        if let Some(p) = &status.pod_ip {
-            push_unique(
-                &mut ips,
-                parse_ip(p).map_err(|e| FieldError::new("status.podIP", e.message))?,
-            );
-        }
+        let host_ips = status_ips(
+            status.host_ips.iter().flatten().map(|h| h.ip.as_str()),
+            status.host_ip.as_deref(),
+            ("status.hostIPs", "status.hostIP"),
+        )?;
+        let ips = status_ips(
+            status.pod_ips.iter().flatten().map(|p| p.ip.as_str()),
+            status.pod_ip.as_deref(),
+            ("status.podIPs", "status.podIP"),
+        )?;
         let host_network = spec.host_network == Some(true);
         if let Some(node) = &node {
             let entry = self.node_entry(node);
@@ -317,42 +351,7 @@ impl Loader {
             ));
             return Ok(());
         }
-        let mut named_ports = BTreeMap::new();
-        for (ci, c) in spec.containers.iter().enumerate() {
-            for (pi, p) in c.ports.iter().flatten().enumerate() {
-                let field = format!("spec.containers[{ci}].ports[{pi}]");
-                let Some(port_name) = &p.name else { continue };
-                let proto = match p.protocol.as_deref() {
-                    None | Some("TCP") => Protocol::Tcp,
-                    Some("UDP") => Protocol::Udp,
-                    Some("SCTP") => Protocol::Sctp,
-                    Some(other) => {
-                        return Err(FieldError::new(
-                            format!("{field}.protocol"),
-                            format!("unknown protocol {other:?}"),
-                        ))
-                    }
-                };
-                let number = u16::try_from(p.container_port)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        FieldError::new(
-                            format!("{field}.containerPort"),
-                            format!("port {} is out of range (1-65535)", p.container_port),
-                        )
-                    })?;
-                if named_ports
-                    .insert(port_name.clone(), (proto, number))
-                    .is_some()
-                {
-                    return Err(FieldError::new(
-                        format!("{field}.name"),
-                        format!("port name {port_name:?} is used twice in this pod"),
-                    ));
-                }
-            }
-        }
+        let named_ports = named_ports(&spec)?;
         self.bundle.endpoints.push(Endpoint {
             namespace,
             name,
@@ -368,6 +367,70 @@ impl Loader {
         });
         Ok(())
     }
+}
+
+/// The addresses a pod's status lists (`list_field[i].ip`), then the single one (`one_field`)
+/// if not listed already.
+fn status_ips<'a>(
+    list: impl Iterator<Item = &'a str>,
+    one: Option<&str>,
+    (list_field, one_field): (&str, &str),
+) -> Result<Vec<IpAddr>, FieldError> {
+    let mut ips = Vec::new();
+    for (i, ip) in list.enumerate() {
+        ips.push(
+            parse_ip(ip)
+                .map_err(|e| FieldError::new(format!("{list_field}[{i}].ip"), e.message))?,
+        );
+    }
+    if let Some(ip) = one {
+        push_unique(
+            &mut ips,
+            parse_ip(ip).map_err(|e| FieldError::new(one_field, e.message))?,
+        );
+    }
+    Ok(ips)
+}
+
+/// The pod's named container ports: name → (protocol, number).
+fn named_ports(spec: &PodSpec) -> Result<BTreeMap<String, (Protocol, u16)>, FieldError> {
+    let mut named_ports = BTreeMap::new();
+    for (ci, c) in spec.containers.iter().enumerate() {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            let field = format!("spec.containers[{ci}].ports[{pi}]");
+            let Some(port_name) = &p.name else { continue };
+            let proto = match p.protocol.as_deref() {
+                None | Some("TCP") => Protocol::Tcp,
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                Some(other) => {
+                    return Err(FieldError::new(
+                        format!("{field}.protocol"),
+                        format!("unknown protocol {other:?}"),
+                    ))
+                }
+            };
+            let number = u16::try_from(p.container_port)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    FieldError::new(
+                        format!("{field}.containerPort"),
+                        format!("port {} is out of range (1-65535)", p.container_port),
+                    )
+                })?;
+            if named_ports
+                .insert(port_name.clone(), (proto, number))
+                .is_some()
+            {
+                return Err(FieldError::new(
+                    format!("{field}.name"),
+                    format!("port name {port_name:?} is used twice in this pod"),
+                ));
+            }
+        }
+    }
+    Ok(named_ports)
 }
 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {

@@ -2,7 +2,7 @@
 //! validates it.
 
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -26,46 +26,7 @@ pub fn convert(np: &NetworkPolicy, namespace: &str, name: &str) -> Result<Policy
         // namespace." (absent is the same as `{}` since it is optional in v1.34.)
         selector: selector(spec.pod_selector.as_ref(), "spec.podSelector")?,
     };
-    // API reference, policyTypes: "If this field is not specified, it will default based on
-    // the existence of ingress or egress rules; policies that contain an egress section are
-    // assumed to affect egress, and all policies (whether or not they contain an ingress
-    // section) are assumed to affect ingress." The API server's defaulting
-    // (SetDefaults_NetworkPolicySpec) is what counts: when `len(policyTypes) == 0` it sets
-    // Ingress, plus Egress only when `len(egress) != 0` — so `egress: []` and an empty
-    // `policyTypes: []` are defaulted like absent ones.
-    let (isolates_ingress, isolates_egress) =
-        match spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
-            None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
-            // API validation: "may not specify more than two policyTypes".
-            Some(types) if types.len() > 2 => {
-                return Err(FieldError::new(
-                    "spec.policyTypes",
-                    format!(
-                        "may not specify more than two policyTypes (got {})",
-                        types.len()
-                    ),
-                ))
-            }
-            Some(types) => {
-                let mut ingress = false;
-                let mut egress = false;
-                for (i, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        "Ingress" => ingress = true,
-                        "Egress" => egress = true,
-                        other => {
-                            return Err(FieldError::new(
-                                format!("spec.policyTypes[{i}]"),
-                                format!(
-                                    "unknown policy type {other:?} (expected Ingress or Egress)"
-                                ),
-                            ))
-                        }
-                    }
-                }
-                (ingress, egress)
-            }
-        };
+    let (isolates_ingress, isolates_egress) = isolation(spec)?;
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
         let field = format!("spec.ingress[{i}]");
@@ -108,6 +69,47 @@ pub fn convert(np: &NetworkPolicy, namespace: &str, name: &str) -> Result<Policy
         egress,
         ingress_deny: Vec::new(),
         egress_deny: Vec::new(),
+    })
+}
+
+/// Which directions the policy affects (isolates), from `policyTypes` as defaulted.
+fn isolation(spec: &NetworkPolicySpec) -> Result<(bool, bool), FieldError> {
+    // API reference, policyTypes: "If this field is not specified, it will default based on
+    // the existence of ingress or egress rules; policies that contain an egress section are
+    // assumed to affect egress, and all policies (whether or not they contain an ingress
+    // section) are assumed to affect ingress." The API server's defaulting
+    // (SetDefaults_NetworkPolicySpec) is what counts: when `len(policyTypes) == 0` it sets
+    // Ingress, plus Egress only when `len(egress) != 0` — so `egress: []` and an empty
+    // `policyTypes: []` are defaulted like absent ones.
+    Ok(match spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
+        None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+        // API validation: "may not specify more than two policyTypes".
+        Some(types) if types.len() > 2 => {
+            return Err(FieldError::new(
+                "spec.policyTypes",
+                format!(
+                    "may not specify more than two policyTypes (got {})",
+                    types.len()
+                ),
+            ))
+        }
+        Some(types) => {
+            let mut ingress = false;
+            let mut egress = false;
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => ingress = true,
+                    "Egress" => egress = true,
+                    other => {
+                        return Err(FieldError::new(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
+                        ))
+                    }
+                }
+            }
+            (ingress, egress)
+        }
     })
 }
 
@@ -172,12 +174,12 @@ fn peer(p: &NetworkPolicyPeer, field: &str, namespace: &str) -> Result<Peer, Fie
 }
 
 fn ip_block(block: &IPBlock, field: &str) -> Result<Peer, FieldError> {
-    let cidr =
-        parse_cidr(&block.cidr, false).map_err(|m| FieldError::new(format!("{field}.cidr"), m))?;
+    let cidr = parse_cidr(&block.cidr, false)
+        .map_err(|e| FieldError::new(format!("{field}.cidr"), e.to_string()))?;
     let mut except = Vec::new();
     for (i, e) in block.except.iter().flatten().enumerate() {
         let f = format!("{field}.except[{i}]");
-        let net = parse_cidr(e, false).map_err(|m| FieldError::new(&f, m))?;
+        let net = parse_cidr(e, false).map_err(|err| FieldError::new(&f, err.to_string()))?;
         // API validation: "must be a strict subset of `cidr`".
         if !(cidr.contains(&net) && net.prefix_len() > cidr.prefix_len()) {
             return Err(FieldError::new(
@@ -261,7 +263,8 @@ fn port(p: &NetworkPolicyPort, field: &str) -> Result<PortSpec, FieldError> {
                 let n = port_number(n, &format!("{field}.port"))?;
                 PortValue::Range(n, n)
             } else {
-                valid_port_name(name).map_err(|m| FieldError::new(format!("{field}.port"), m))?;
+                valid_port_name(name)
+                    .map_err(|e| FieldError::new(format!("{field}.port"), e.to_string()))?;
                 PortValue::Named(name.clone())
             }
         }

@@ -4,9 +4,21 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// Why a value is refused; the converter adds the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("invalid CIDR {0:?}")]
+    Cidr(String),
+    #[error(
+        "{0:?} is neither a port number nor a valid port name (IANA service name: \
+             at most 15 lower-case letters, digits and '-')"
+    )]
+    PortName(String),
+}
+
 /// Parses `a.b.c.d/n` or `x::/n` (host bits are masked off, as `net.ParseCIDR` does). With
 /// `bare_ip`, a plain address is taken as a single-address prefix (Cilium accepts that).
-pub fn parse_cidr(s: &str, bare_ip: bool) -> Result<IpNet, String> {
+pub fn parse_cidr(s: &str, bare_ip: bool) -> Result<IpNet, ValueError> {
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());
     }
@@ -15,13 +27,13 @@ pub fn parse_cidr(s: &str, bare_ip: bool) -> Result<IpNet, String> {
             return Ok(IpNet::from(ip));
         }
     }
-    Err(format!("invalid CIDR {s:?}"))
+    Err(ValueError::Cidr(s.to_string()))
 }
 
 /// An IANA service name as Kubernetes validates a named port: at most 15 characters,
 /// lower-case letters, digits and '-', at least one letter, no leading, trailing or doubled
 /// '-'.
-pub fn valid_port_name(name: &str) -> Result<(), String> {
+pub fn valid_port_name(name: &str) -> Result<(), ValueError> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name
@@ -34,10 +46,7 @@ pub fn valid_port_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is neither a port number nor a valid port name (IANA service name: \
-             at most 15 lower-case letters, digits and '-')"
-        ))
+        Err(ValueError::PortName(name.to_string()))
     }
 }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::QueryError;
 use crate::eval::{evaluate, DirectionEval, Remote};
-use crate::http::HttpRequest;
+use crate::http::{HttpRequest, HttpRule};
 use crate::model::{Bundle, Direction, Endpoint, Protocol};
 
 /// One question: may `from` open a connection to `to`?
@@ -310,6 +310,26 @@ fn not_endpoint(what: &str, dir: Direction) -> SideReport {
     }
 }
 
+/// The verdict of `this` party's `dir` policy on traffic with `other` (at `other_ip`):
+/// (allowed, its report, the L7 rules that restrict the allowed traffic). A party that is no
+/// pod endpoint has no policy and allows.
+fn one_side(
+    bundle: &Bundle,
+    (this, dir): (&Party<'_>, Direction),
+    (other, other_ip): (&Party<'_>, Option<IpAddr>),
+    (protocol, port): (Protocol, u16),
+) -> (bool, SideReport, Option<Vec<HttpRule>>) {
+    match this {
+        Party::Pod(ep) => {
+            let remote = remote_of(bundle, other, other_ip, ep);
+            let e = evaluate(bundle, ep, dir, &remote, protocol, port);
+            let l7 = e.allowed().then(|| e.l7_rules()).flatten();
+            (e.allowed(), side(ep, &remote, dir, &e), l7)
+        }
+        Party::Ip(ip) => (true, not_endpoint(&ip.to_string(), dir), None),
+    }
+}
+
 /// Answers one query from the manifests in `bundle`.
 pub fn trace(bundle: &Bundle, q: &Query) -> Result<TraceResult, QueryError> {
     let port = match (q.port, q.protocol) {
@@ -338,28 +358,9 @@ pub fn trace(bundle: &Bundle, q: &Query) -> Result<TraceResult, QueryError> {
         Party::Pod(ep) => pod_ip(ep, named(&q.to), src_ip),
         Party::Ip(ip) => Some(*ip),
     };
-    let egress = match &src {
-        Party::Pod(ep) => {
-            let remote = remote_of(bundle, &dst, dst_ip, ep);
-            let e = evaluate(bundle, ep, Direction::Egress, &remote, q.protocol, port);
-            let l7 = e.allowed().then(|| e.l7_rules()).flatten();
-            (e.allowed(), side(ep, &remote, Direction::Egress, &e), l7)
-        }
-        Party::Ip(ip) => (true, not_endpoint(&ip.to_string(), Direction::Egress), None),
-    };
-    let ingress = match &dst {
-        Party::Pod(ep) => {
-            let remote = remote_of(bundle, &src, src_ip, ep);
-            let e = evaluate(bundle, ep, Direction::Ingress, &remote, q.protocol, port);
-            let l7 = e.allowed().then(|| e.l7_rules()).flatten();
-            (e.allowed(), side(ep, &remote, Direction::Ingress, &e), l7)
-        }
-        Party::Ip(ip) => (
-            true,
-            not_endpoint(&ip.to_string(), Direction::Ingress),
-            None,
-        ),
-    };
+    let packet = (q.protocol, port);
+    let egress = one_side(bundle, (&src, Direction::Egress), (&dst, dst_ip), packet);
+    let ingress = one_side(bundle, (&dst, Direction::Ingress), (&src, src_ip), packet);
     // Each side that restricts L7 filters on its own: a rule of every such side must admit
     // the request.
     let l7_matched = match &q.http {

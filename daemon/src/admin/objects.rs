@@ -95,7 +95,7 @@ pub async fn change_objects(
     let mut writes = Vec::new();
     let mut deletes = Vec::new();
     for d in &req.delete {
-        let r = ObjectRef::of(&d.manifest).map_err(|e| bad(&d.origin, e))?;
+        let r = ObjectRef::of(&d.manifest).map_err(|e| bad(&d.origin, e.to_string()))?;
         if next.objects.remove(&r).is_some() {
             resp.deleted.push(r.to_string());
             deletes.push(r);
@@ -104,7 +104,7 @@ pub async fn change_objects(
         }
     }
     for a in req.apply {
-        let r = ObjectRef::of(&a.manifest).map_err(|e| bad(&a.origin, e))?;
+        let r = ObjectRef::of(&a.manifest).map_err(|e| bad(&a.origin, e.to_string()))?;
         let text = serde_json::to_string(&a.manifest).map_err(ObjectsError::Encode)?;
         if next.objects.get(&r).is_some_and(|o| o.manifest == text) {
             resp.unchanged.push(r.to_string());

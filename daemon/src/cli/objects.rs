@@ -29,7 +29,10 @@ pub enum ManifestError {
         source: yaml_serde::Error,
     },
     #[error("{origin}: {reason}")]
-    Object { origin: String, reason: String },
+    Object {
+        origin: String,
+        reason: keymgr::store::objects::ObjectRefError,
+    },
 }
 
 /// Reads manifest files as `kubectl apply -f` does (multi-document YAML, `kind: List`),
@@ -75,7 +78,7 @@ pub fn read_manifests(files: &[PathBuf]) -> Result<Vec<Sourced>, ManifestError> 
                 };
                 match ObjectRef::of(&manifest) {
                     Ok(_) => out.push(Sourced { origin, manifest }),
-                    Err(e) if e.starts_with("field kind:") && manifest.get("kind").is_some() => {
+                    Err(e) if e.is_about_kind() && manifest.get("kind").is_some() => {
                         eprintln!("note: {origin}: skipped: {e}");
                     }
                     Err(reason) => return Err(ManifestError::Object { origin, reason }),

@@ -5,15 +5,15 @@
 
 use k8s_openapi::api::core::v1::Node;
 
-use super::objects::ObjectRef;
+use super::objects::{ObjectRef, StoredObjectError};
 use crate::{NodeRecord, Rejected};
 
 /// A dir store file `<file_stem>.json` holding `bytes`.
 pub fn dir_record(file_stem: &str, bytes: &[u8]) -> Result<NodeRecord, Rejected> {
-    super::decode_record(bytes, file_stem).map_err(|reason| Rejected {
+    super::decode_record(bytes, file_stem).map_err(|e| Rejected {
         source: format!("{file_stem}.json"),
         node_name: Some(file_stem.to_owned()),
-        reason,
+        reason: e.to_string(),
     })
 }
 
@@ -37,11 +37,11 @@ pub fn kubernetes_node(cluster: &str, node_json: &[u8]) -> Result<Option<NodeRec
 }
 
 /// A cluster object in the dir store: the file `file_name` in `<dir>/objects/` holding `text`.
-pub fn dir_object(file_name: &str, text: &str) -> Result<ObjectRef, String> {
+pub fn dir_object(file_name: &str, text: &str) -> Result<ObjectRef, StoredObjectError> {
     super::objects::dir::decode(file_name, text)
 }
 
 /// A cluster object in etcd: the key suffix after `<prefix>/v1/<cluster>/objects/` and its value.
-pub fn etcd_object(key_suffix: &str, value: &str) -> Result<ObjectRef, String> {
+pub fn etcd_object(key_suffix: &str, value: &str) -> Result<ObjectRef, StoredObjectError> {
     super::objects::etcd::parse(key_suffix, value)
 }

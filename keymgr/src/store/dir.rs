@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::records::{Read, Records};
 use super::refused::Origin;
-use super::{decode_record, send_if_changed, Snapshot, StoreError};
+use super::{decode_record, send_if_changed, DecodeError, Snapshot, StoreError};
 use crate::{Admission, NodeRecord, Rejected, Seniority};
 
 /// The largest record file read; a record is a few hundred bytes.
@@ -210,28 +210,40 @@ fn read_dir(dir: &Path) -> Vec<Read> {
         let source = path.display().to_string();
         reads.push(match read_record(&path) {
             Ok((rec, meta)) => Ok((source, seniority(dir, &rec.node_name, &meta), rec)),
-            Err(reason) => Err(Rejected {
+            Err(e) => Err(Rejected {
                 // The file is named after the node even when its content cannot be read.
                 node_name: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
                 source,
-                reason,
+                reason: e.to_string(),
             }),
         });
     }
     reads
 }
 
+/// Why a file of the store holds no record. The refusal names the file, so the text does not.
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error(
+        "the file is larger than {} bytes; a record is a few hundred",
+        MAX_RECORD_BYTES
+    )]
+    TooLarge,
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
 /// The record in `path` and the file's metadata, or why it is refused.
-fn read_record(path: &Path) -> Result<(NodeRecord, std::fs::Metadata), String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+fn read_record(path: &Path) -> Result<(NodeRecord, std::fs::Metadata), FileError> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
     let mut bytes = Vec::new();
     let mut limited = file.take(MAX_RECORD_BYTES + 1);
-    limited.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    limited.read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_RECORD_BYTES {
-        return Err(format!(
-            "the file is larger than {MAX_RECORD_BYTES} bytes; a record is a few hundred"
-        ));
+        return Err(FileError::TooLarge);
     }
     let stem = path
         .file_stem()

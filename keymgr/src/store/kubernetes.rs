@@ -91,23 +91,46 @@ impl ApiServer {
 
     /// A new client, with [`RPC_TIMEOUT`] to connect and [`WATCH_SECS`] + [`RPC_TIMEOUT`] for any
     /// read.
-    pub(super) async fn client(&self) -> Result<Client, String> {
+    pub(super) async fn client(&self) -> Result<Client, ClientError> {
         let mut config = match &self.kubeconfig {
             Some((path, kc)) => {
                 let options = kube::config::KubeConfigOptions::default();
                 let config = kube::Config::from_custom_kubeconfig(kc.clone(), &options).await;
-                config.map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+                config.map_err(|source| ClientError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
             }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| format!("no Kubernetes config found: {e}"))?,
+            None => kube::Config::infer().await.map_err(ClientError::Infer)?,
         };
         config.connect_timeout = Some(RPC_TIMEOUT);
         // Every read, a watch's included: the server ends each watch after WATCH_SECS, so a
         // connection silent for longer is a dead one.
         config.read_timeout = Some(Duration::from_secs(WATCH_SECS.into()) + RPC_TIMEOUT);
-        Client::try_from(config).map_err(|e| format!("Kubernetes client for {}: {e}", self.server))
+        Client::try_from(config).map_err(|source| ClientError::Client {
+            server: self.server.clone(),
+            source,
+        })
     }
+}
+
+/// Why no client could be made for the API server.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ClientError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes config found: {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("Kubernetes client for {server}: {source}")]
+    Client {
+        server: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Identity and connection settings, shared read-only with the background task.

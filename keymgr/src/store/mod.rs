@@ -161,22 +161,42 @@ fn send_if_changed(tx: &watch::Sender<Arc<Snapshot>>, snap: Snapshot) {
     });
 }
 
+/// Why a stored record (JSON, as the dir and etcd stores keep it) is refused; the text is what
+/// the refusal warning says.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("field {field}: {source}")]
+    Field {
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] RecordError),
+}
+
 /// A record as stored by the dir and etcd stores (JSON), checked, and refused unless it is the
 /// record of `name` (the node its file or key is named after). The error names the bad field.
-fn decode_record(json: &[u8], name: &str) -> Result<NodeRecord, String> {
+fn decode_record(json: &[u8], name: &str) -> Result<NodeRecord, DecodeError> {
     let de = &mut serde_json::Deserializer::from_slice(json);
-    let rec: NodeRecord =
-        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
-            p if p == "." => format!("invalid JSON: {}", e.inner()),
-            p => format!("field {p}: {}", e.inner()),
-        })?;
-    rec.validate().map_err(|e| e.to_string())?;
+    let rec: NodeRecord = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let source = e.into_inner();
+        if field == "." {
+            DecodeError::Json(source)
+        } else {
+            DecodeError::Field { field, source }
+        }
+    })?;
+    rec.validate()?;
     if rec.node_name != name {
         return Err(RecordError::NameMismatch {
             expected: name.into(),
             found: rec.node_name,
         }
-        .to_string());
+        .into());
     }
     Ok(rec)
 }

@@ -51,21 +51,21 @@ impl fmt::Display for ObjectRef {
 impl ObjectRef {
     /// Reads `kind`, `metadata.name` and `metadata.namespace` of a manifest. Namespaced kinds
     /// without a namespace are in `default`, as with kubectl. The error names the field.
-    pub fn of(manifest: &Value) -> Result<Self, String> {
+    pub fn of(manifest: &Value) -> Result<Self, ObjectRefError> {
         let kind = manifest
             .get("kind")
             .and_then(Value::as_str)
-            .ok_or("field kind: missing or not a string")?;
+            .ok_or(ObjectRefError::NoKind)?;
         // The kinds stored are the ones the policy loader reads: one list, in `policy::kinds`.
         let Some(policy::kinds::Kind {
             kind, namespaced, ..
         }) = policy::kinds::by_name(kind).copied()
         else {
             let known: Vec<&str> = policy::kinds::KINDS.iter().map(|k| k.kind).collect();
-            return Err(format!(
-                "field kind: {kind:?} is not stored by wiremesh (one of {})",
-                known.join(", ")
-            ));
+            return Err(ObjectRefError::KindNotStored {
+                kind: kind.to_string(),
+                known: known.join(", "),
+            });
         };
         let meta = manifest.get("metadata");
         let name = meta
@@ -132,20 +132,51 @@ impl ObjectRef {
     }
 }
 
-/// Names are DNS subdomains: lowercase alphanumerics, `-` and `.` (so `/` and `_` never occur).
-fn check_name(field: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if ok {
+/// Names are DNS subdomains (`policy::names`): `/` and `_` never occur, so the etcd key and the
+/// file name of an object name no other.
+fn check_name(field: &'static str, name: &str) -> Result<(), ObjectRefError> {
+    if policy::names::is_dns_subdomain(name) {
         Ok(())
     } else {
-        Err(format!(
-            "field {field}: {name:?} is not a valid name (lowercase RFC 1123 subdomain)"
-        ))
+        Err(ObjectRefError::Name {
+            field,
+            name: name.to_string(),
+        })
     }
+}
+
+/// Why a manifest names no object wiremesh stores.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectRefError {
+    #[error("field kind: missing or not a string")]
+    NoKind,
+    #[error("field kind: {kind:?} is not stored by wiremesh (one of {known})")]
+    KindNotStored { kind: String, known: String },
+    #[error("field {field}: {name:?} is not a valid name (lowercase RFC 1123 subdomain)")]
+    Name { field: &'static str, name: String },
+}
+
+impl ObjectRefError {
+    /// Whether the manifest is refused for its kind (and not for its name): `apply` skips such
+    /// an object with a note when it names a kind at all.
+    pub fn is_about_kind(&self) -> bool {
+        matches!(self, Self::NoKind | Self::KindNotStored { .. })
+    }
+}
+
+/// Why an entry of the dir or etcd store is not an object (the text is what `unreadable` holds).
+#[derive(Debug, thiserror::Error)]
+pub enum StoredObjectError {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error(transparent)]
+    Ref(#[from] ObjectRefError),
+    #[error("holds {object}, which belongs in {file}")]
+    MisplacedFile { object: ObjectRef, file: String },
+    #[error("holds {object}, which belongs under {key}")]
+    MisplacedKey { object: ObjectRef, key: String },
 }
 
 /// One stored object: its manifest as JSON text, and where it is kept (a file, an etcd key)
@@ -338,11 +369,20 @@ mod tests {
             serde_json::json!({"kind": "Namespace", "metadata": {"name": "x", "namespace": "y"}});
         assert_eq!(ObjectRef::of(&ns).unwrap().to_string(), "Namespace x");
         let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "s"}});
-        assert!(ObjectRef::of(&svc).unwrap_err().contains("\"Service\""));
+        assert!(ObjectRef::of(&svc)
+            .unwrap_err()
+            .to_string()
+            .contains("\"Service\""));
         let bad = serde_json::json!({"kind": "Pod", "metadata": {"name": "A_b"}});
-        assert!(ObjectRef::of(&bad).unwrap_err().contains("metadata.name"));
+        assert!(ObjectRef::of(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("metadata.name"));
         let none = serde_json::json!({"kind": "Pod", "metadata": {}});
-        assert!(ObjectRef::of(&none).unwrap_err().contains("metadata.name"));
+        assert!(ObjectRef::of(&none)
+            .unwrap_err()
+            .to_string()
+            .contains("metadata.name"));
     }
 
     #[test]
@@ -364,5 +404,47 @@ mod tests {
         }
         assert_eq!(ObjectRef::from_key_suffix("Pod/x"), None);
         assert_eq!(ObjectRef::from_file_name("Pod_x.json"), None);
+    }
+
+    /// The texts `apply` prints and the agent logs, word for word.
+    #[test]
+    fn refusals_read_as_before() {
+        let of = |v: serde_json::Value| ObjectRef::of(&v).unwrap_err().to_string();
+        assert_eq!(
+            of(serde_json::json!({"metadata": {"name": "a"}})),
+            "field kind: missing or not a string"
+        );
+        assert_eq!(
+            of(serde_json::json!({"kind": "Service", "metadata": {"name": "a"}})),
+            "field kind: \"Service\" is not stored by wiremesh (one of Namespace, Node, Pod, \
+             NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy)"
+        );
+        assert_eq!(
+            of(serde_json::json!({"kind": "Pod", "metadata": {"name": "a", "namespace": "X"}})),
+            "field metadata.namespace: \"X\" is not a valid name (lowercase RFC 1123 subdomain)"
+        );
+        let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "a"}});
+        assert!(ObjectRef::of(&svc).unwrap_err().is_about_kind());
+        let bad = serde_json::json!({"kind": "Pod", "metadata": {"name": "A"}});
+        assert!(!ObjectRef::of(&bad).unwrap_err().is_about_kind());
+    }
+
+    /// Object names follow Kubernetes' DNS-1123 subdomain (`policy::names`): `-` or `.` at
+    /// either end of a label, which this store's own check let through, is refused now.
+    #[test]
+    fn names_kubernetes_refuses_are_refused() {
+        for bad in ["-a", "a-", "a..b", ".a", "a.", "-"] {
+            let pod = serde_json::json!({"kind": "Pod", "metadata": {"name": bad}});
+            assert_eq!(
+                ObjectRef::of(&pod),
+                Err(ObjectRefError::Name {
+                    field: "metadata.name",
+                    name: bad.to_string()
+                })
+            );
+        }
+        let long_label = "a".repeat(100);
+        let pod = serde_json::json!({"kind": "Pod", "metadata": {"name": long_label}});
+        assert!(ObjectRef::of(&pod).is_ok());
     }
 }

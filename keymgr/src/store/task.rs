@@ -331,16 +331,58 @@ impl Backoff {
     }
 }
 
+/// Why one request to a server failed, naming what was attempted.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RpcError<E: std::error::Error + 'static> {
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: E,
+    },
+    #[error("{what}: no answer within {within:?}")]
+    Timeout { what: String, within: Duration },
+}
+
 /// One request to a server, bounded by `within` (a stopped or partitioned server never answers),
 /// with the error naming what was attempted.
-pub(super) async fn rpc<T, E: fmt::Display>(
+pub(super) async fn rpc<T, E: std::error::Error + 'static>(
     what: &str,
     within: Duration,
     request: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, RpcError<E>> {
     match tokio::time::timeout(within, request).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {within:?}")),
+        Ok(Err(source)) => Err(RpcError::Failed {
+            what: what.to_string(),
+            source,
+        }),
+        Err(_) => Err(RpcError::Timeout {
+            what: what.to_string(),
+            within,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed request reads `what: why`, as the store's health and errors have always shown it.
+    #[tokio::test]
+    async fn a_failed_request_names_what_was_attempted() {
+        let failed = rpc("get /k", Duration::from_secs(1), async {
+            Err::<(), _>(std::io::Error::other("refused"))
+        });
+        assert_eq!(failed.await.unwrap_err().to_string(), "get /k: refused");
+        let silent = rpc(
+            "get /k",
+            Duration::from_millis(10),
+            std::future::pending::<Result<(), std::io::Error>>(),
+        );
+        assert_eq!(
+            silent.await.unwrap_err().to_string(),
+            "get /k: no answer within 10ms"
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! backend gives it.
 
 use keymgr::store::decode;
+use keymgr::store::objects::{ObjectRef, StoredObjectError};
 use keymgr::NodeRecord;
 
 pub const NODES_PREFIX: &str = "/wiremesh/v1/lab/nodes/";
@@ -66,14 +67,20 @@ fn check_record(rec: &NodeRecord, stored_under: Option<&str>) {
     assert_eq!(&back, rec, "a record changed on a round trip through JSON");
 }
 
-fn check_object(decoded: Result<keymgr::store::objects::ObjectRef, String>, value: &[u8]) {
+fn check_object(decoded: Result<ObjectRef, StoredObjectError>, value: &[u8]) {
     let Ok(r) = decoded else {
         return;
     };
     let text = String::from_utf8_lossy(value);
     let file = format!("{}_{}_{}.json", r.kind, r.namespace, r.name);
-    assert_eq!(decode::dir_object(&file, &text).as_ref(), Ok(&r), "dir name {file}");
+    match decode::dir_object(&file, &text) {
+        Ok(back) => assert_eq!(back, r, "dir name {file}"),
+        Err(e) => panic!("dir name {file}: {r} refused: {e}"),
+    }
     let ns = if r.namespace.is_empty() { "_" } else { &r.namespace };
     let key = format!("{}/{ns}/{}", r.kind, r.name);
-    assert_eq!(decode::etcd_object(&key, &text).as_ref(), Ok(&r), "etcd key {key}");
+    match decode::etcd_object(&key, &text) {
+        Ok(back) => assert_eq!(back, r, "etcd key {key}"),
+        Err(e) => panic!("etcd key {key}: {r} refused: {e}"),
+    }
 }

@@ -38,20 +38,31 @@ pub(super) struct ClaimPlan {
     pub(super) revoke: Option<i64>,
 }
 
+/// The name is held by another owner, whose id the owner key holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node name held by owner {owner:?}")]
+pub(super) struct Held {
+    pub(super) owner: String,
+}
+
 /// Plans the claim of the name for `lease` by `owner_id`. `desired` is the record this agent
 /// wants published, `None` before it has one (an agent that just restarted claims its name
-/// before its data path is up). `Err(owner)`: another owner holds the name.
+/// before its data path is up). `Err`: another owner holds the name.
 pub(super) fn plan(
     owner_id: &str,
     lease: i64,
     owner: Option<&Kv>,
     record: Option<&Kv>,
     desired: Option<&[u8]>,
-) -> Result<ClaimPlan, String> {
+) -> Result<ClaimPlan, Held> {
     let (owner_at, old_lease) = match owner {
         None => (None, 0),
         Some(kv) if kv.value == owner_id.as_bytes() => (Some(kv.mod_revision), kv.lease),
-        Some(kv) => return Err(String::from_utf8_lossy(&kv.value).into_owned()),
+        Some(kv) => {
+            return Err(Held {
+                owner: String::from_utf8_lossy(&kv.value).into_owned(),
+            })
+        }
     };
     let revoke = (old_lease != 0 && old_lease != lease).then_some(old_lease);
     let record = match (desired, record) {
@@ -164,7 +175,9 @@ mod tests {
         let record = kv(b"x", 8, OLD);
         assert_eq!(
             plan(ME, NEW, Some(&owner), Some(&record), Some(b"mine")),
-            Err("host/bb".into())
+            Err(Held {
+                owner: "host/bb".into()
+            })
         );
     }
 

@@ -5,17 +5,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveResponse, PutOptions, Txn,
-    TxnOp, WatchOptions, WatchResponse,
+    Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveResponse,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+    WatchStream,
 };
 
 use super::claim::{self, Kv, RecordWrite};
 use super::view::View;
 use super::{Target, RPC_TIMEOUT};
-use crate::store::task::{self, Backoff, Link};
+use crate::store::task::{self, Backoff, Link, RpcError};
 
 pub(super) struct Shell {
     pub(super) target: Arc<Target>,
@@ -33,10 +34,66 @@ enum Step {
     Stop,
 }
 
+/// The lease the session holds, and how it is kept alive.
+struct Lease {
+    id: i64,
+    keeper: LeaseKeeper,
+    acks: LeaseKeepAliveStream,
+    /// How often a keep-alive is sent.
+    every: Duration,
+    tick: tokio::time::Interval,
+    last_ack: Instant,
+}
+
+impl Lease {
+    /// Sends a keep-alive, unless etcd has not answered one for too long.
+    async fn keep_alive(&mut self) -> Result<(), SessionError> {
+        let silent = self.last_ack.elapsed();
+        if silent > self.every + RPC_TIMEOUT {
+            return Err(SessionError::LeaseSilent {
+                lease: self.id,
+                silent,
+            });
+        }
+        let lease = self.id;
+        self.keeper
+            .keep_alive()
+            .await
+            .map_err(|source| SessionError::KeepAlive { lease, source })
+    }
+}
+
+/// Why a session failed: what the store's health reports.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError<etcd_client::Error>),
+    #[error("{owner_key} kept changing while claiming it")]
+    ClaimRaced { owner_key: String },
+    #[error("lease {lease:x}: no keep-alive answer for {silent:?}")]
+    LeaseSilent { lease: i64, silent: Duration },
+    #[error("lease {lease:x}: {source}")]
+    KeepAlive {
+        lease: i64,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("lease {lease:x}: keep-alive stream closed")]
+    KeepAliveClosed { lease: i64 },
+    #[error("{what}: stream closed")]
+    WatchClosed { what: String },
+    #[error("{what}: {source}")]
+    Watch {
+        what: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+}
+
 /// Why a session ended.
 enum End {
     Stop,
-    Down(String),
+    Down(SessionError),
     /// Our lease or claim is gone although etcd answers; claim again at once.
     Lost(String),
     Conflict(String),
@@ -52,7 +109,7 @@ impl Shell {
             let pause = match end {
                 End::Stop => return,
                 End::Down(error) => {
-                    self.link.health.unreachable(error);
+                    self.link.health.unreachable(error.to_string());
                     retry
                 }
                 End::Lost(reason) => {
@@ -79,12 +136,12 @@ impl Shell {
         let connect = Client::connect(&t.endpoints, Some(t.options.clone()));
         let mut client = match rpc("connect", connect).await {
             Ok(c) => c,
-            Err(e) => return End::Down(e),
+            Err(e) => return End::Down(e.into()),
         };
         let ttl = i64::try_from(t.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = match rpc("grant lease", client.lease_grant(ttl, None)).await {
             Ok(r) => r.id(),
-            Err(e) => return End::Down(e),
+            Err(e) => return End::Down(e.into()),
         };
         let end = match self.claim(&mut client, lease).await {
             Ok(None) => self.serve(&mut client, lease).await,
@@ -107,7 +164,11 @@ impl Shell {
     /// this run has a record to publish, the record of the earlier run moves to the new lease in
     /// the same transaction, so revoking the old lease never removes it from the peers. Returns
     /// the other owner's id when the name is taken.
-    async fn claim(&mut self, client: &mut Client, lease: i64) -> Result<Option<String>, String> {
+    async fn claim(
+        &mut self,
+        client: &mut Client,
+        lease: i64,
+    ) -> Result<Option<String>, SessionError> {
         let t = self.target.clone();
         for _ in 0..3 {
             let desired = self.link.desired.borrow_and_update().clone();
@@ -121,7 +182,7 @@ impl Shell {
                 desired.record.as_deref().map(Vec::as_slice),
             ) {
                 Ok(plan) => plan,
-                Err(other) => return Ok(Some(other)),
+                Err(held) => return Ok(Some(held.owner)),
             };
             let owner_key = t.owner_key.as_str();
             let mut guards = vec![match plan.owner_at {
@@ -162,107 +223,130 @@ impl Shell {
             self.link.written(desired.seq);
             return Ok(None);
         }
-        Err(format!("{} kept changing while claiming it", t.owner_key))
+        Err(SessionError::ClaimRaced {
+            owner_key: t.owner_key.clone(),
+        })
     }
 
     /// Keeps the lease alive, writes record changes and follows the nodes prefix until something
     /// fails (`Err`, the session is over) or the store is closed.
-    async fn serve(&mut self, client: &mut Client, lease: i64) -> Result<End, String> {
+    async fn serve(&mut self, client: &mut Client, lease: i64) -> Result<End, SessionError> {
         let t = self.target.clone();
-        let (mut keeper, mut acks) =
-            rpc("keep lease alive", client.lease_keep_alive(lease)).await?;
+        let (keeper, acks) = rpc("keep lease alive", client.lease_keep_alive(lease)).await?;
         let every = t.lease_ttl / 3;
-        let mut tick = tokio::time::interval(every);
-        let mut last_ack = Instant::now();
-        let list = format!("list {}", t.nodes_prefix);
+        let mut alive = Lease {
+            id: lease,
+            keeper,
+            acks,
+            every,
+            tick: tokio::time::interval(every),
+            last_ack: Instant::now(),
+        };
         loop {
-            let opts = GetOptions::new().with_prefix();
-            let listing = rpc(&list, client.get(t.nodes_prefix.as_str(), Some(opts))).await?;
-            let rev = listing.header().map_or(0, |h| h.revision());
-            let kvs = listing
-                .kvs()
-                .iter()
-                .map(|kv| (kv.key(), kv.value(), kv.create_revision()));
-            self.view.replace(&t.nodes_prefix, kvs);
-            self.link.send_snapshot(self.view.snapshot());
-            self.link.health.connected();
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(rev + 1)
-                .with_prev_key();
-            let what = format!("watch {}", t.nodes_prefix);
-            let mut watch = rpc(&what, client.watch(t.nodes_prefix.as_str(), Some(opts))).await?;
-            loop {
-                let step = tokio::select! {
-                    _ = tick.tick() => Step::Tick,
-                    ack = acks.message() => Step::Ack(ack),
-                    msg = watch.message() => Step::Watch(msg),
-                    changed = self.link.desired.changed() => Step::Desired(changed.is_ok()),
-                    _ = self.link.stop.wait_for(|s| *s) => Step::Stop,
-                };
-                match step {
-                    Step::Tick => {
-                        if last_ack.elapsed() > every + RPC_TIMEOUT {
-                            let silent = last_ack.elapsed();
-                            return Err(format!(
-                                "lease {lease:x}: no keep-alive answer for {silent:?}"
-                            ));
-                        }
-                        let sent = keeper.keep_alive().await;
-                        sent.map_err(|e| format!("lease {lease:x}: {e}"))?;
-                    }
-                    Step::Ack(Ok(Some(a))) if a.ttl() > 0 => last_ack = Instant::now(),
-                    Step::Ack(Ok(Some(_))) => {
-                        let lost = format!("lease {lease:x} of {} expired", t.owner_key);
-                        return Ok(End::Lost(lost));
-                    }
-                    Step::Ack(Ok(None)) => {
-                        return Err(format!("lease {lease:x}: keep-alive stream closed"))
-                    }
-                    Step::Ack(Err(e)) => return Err(format!("lease {lease:x}: {e}")),
-                    Step::Watch(Ok(Some(resp)))
-                        if resp.canceled() || resp.compact_revision() != 0 =>
-                    {
-                        tracing::info!(
-                            revision = rev,
-                            compacted = resp.compact_revision(),
-                            "watch of {} cancelled ({}); relisting",
-                            t.nodes_prefix,
-                            resp.cancel_reason()
-                        );
-                        break;
-                    }
-                    Step::Watch(Ok(Some(resp))) => {
-                        for ev in resp.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            match ev.event_type() {
-                                EventType::Put => self.view.put(
-                                    &t.nodes_prefix,
-                                    (kv.key(), kv.value(), kv.create_revision()),
-                                ),
-                                EventType::Delete => self.view.delete(kv.key()),
-                            }
-                        }
-                        self.link.send_snapshot(self.view.snapshot());
-                    }
-                    Step::Watch(Ok(None)) => return Err(format!("{what}: stream closed")),
-                    Step::Watch(Err(e)) => return Err(format!("{what}: {e}")),
-                    Step::Desired(true) => {
-                        if !self.write_own(client, lease).await? {
-                            let lost = format!("{} no longer holds our claim", t.owner_key);
-                            return Ok(End::Lost(lost));
-                        }
-                    }
-                    Step::Desired(false) | Step::Stop => return Ok(End::Stop),
-                }
+            let (rev, mut watch) = self.relist(client).await?;
+            if let Some(end) = self.follow(client, &mut alive, rev, &mut watch).await? {
+                return Ok(end);
             }
         }
+    }
+
+    /// Lists the nodes prefix into the view and watches it from the listing's revision on.
+    async fn relist(&mut self, client: &mut Client) -> Result<(i64, WatchStream), SessionError> {
+        let t = self.target.clone();
+        let list = format!("list {}", t.nodes_prefix);
+        let opts = GetOptions::new().with_prefix();
+        let listing = rpc(&list, client.get(t.nodes_prefix.as_str(), Some(opts))).await?;
+        let rev = listing.header().map_or(0, |h| h.revision());
+        let kvs = listing
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key(), kv.value(), kv.create_revision()));
+        self.view.replace(&t.nodes_prefix, kvs);
+        self.link.send_snapshot(self.view.snapshot());
+        self.link.health.connected();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1)
+            .with_prev_key();
+        let what = format!("watch {}", t.nodes_prefix);
+        let watch = rpc(&what, client.watch(t.nodes_prefix.as_str(), Some(opts))).await?;
+        Ok((rev, watch))
+    }
+
+    /// Serves one watch: `Ok(None)` when it was cancelled or compacted and the prefix must be
+    /// listed again, `Ok(Some(end))` when the session is over without a failure.
+    async fn follow(
+        &mut self,
+        client: &mut Client,
+        lease: &mut Lease,
+        rev: i64,
+        watch: &mut WatchStream,
+    ) -> Result<Option<End>, SessionError> {
+        let t = self.target.clone();
+        let what = format!("watch {}", t.nodes_prefix);
+        loop {
+            let step = tokio::select! {
+                _ = lease.tick.tick() => Step::Tick,
+                ack = lease.acks.message() => Step::Ack(ack),
+                msg = watch.message() => Step::Watch(msg),
+                changed = self.link.desired.changed() => Step::Desired(changed.is_ok()),
+                _ = self.link.stop.wait_for(|s| *s) => Step::Stop,
+            };
+            let id = lease.id;
+            match step {
+                Step::Tick => lease.keep_alive().await?,
+                Step::Ack(Ok(Some(a))) if a.ttl() > 0 => lease.last_ack = Instant::now(),
+                Step::Ack(Ok(Some(_))) => {
+                    let lost = format!("lease {id:x} of {} expired", t.owner_key);
+                    return Ok(Some(End::Lost(lost)));
+                }
+                Step::Ack(Ok(None)) => return Err(SessionError::KeepAliveClosed { lease: id }),
+                Step::Ack(Err(source)) => {
+                    return Err(SessionError::KeepAlive { lease: id, source })
+                }
+                Step::Watch(Ok(Some(resp))) if resp.canceled() || resp.compact_revision() != 0 => {
+                    tracing::info!(
+                        revision = rev,
+                        compacted = resp.compact_revision(),
+                        "watch of {} cancelled ({}); relisting",
+                        t.nodes_prefix,
+                        resp.cancel_reason()
+                    );
+                    return Ok(None);
+                }
+                Step::Watch(Ok(Some(resp))) => self.apply(&resp),
+                Step::Watch(Ok(None)) => return Err(SessionError::WatchClosed { what }),
+                Step::Watch(Err(source)) => return Err(SessionError::Watch { what, source }),
+                Step::Desired(true) => {
+                    if !self.write_own(client, id).await? {
+                        let lost = format!("{} no longer holds our claim", t.owner_key);
+                        return Ok(Some(End::Lost(lost)));
+                    }
+                }
+                Step::Desired(false) | Step::Stop => return Ok(Some(End::Stop)),
+            }
+        }
+    }
+
+    /// Applies one watch response to the view and hands subscribers the result.
+    fn apply(&mut self, resp: &WatchResponse) {
+        let prefix = &self.target.nodes_prefix;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => self
+                    .view
+                    .put(prefix, (kv.key(), kv.value(), kv.create_revision())),
+                EventType::Delete => self.view.delete(kv.key()),
+            }
+        }
+        self.link.send_snapshot(self.view.snapshot());
     }
 
     /// Writes the desired record, but only while the owner key still holds our claim with our
     /// lease: another node's record, or a name taken over meanwhile, is never overwritten.
     /// `Ok(false)` when the claim is gone.
-    async fn write_own(&mut self, client: &mut Client, lease: i64) -> Result<bool, String> {
+    async fn write_own(&mut self, client: &mut Client, lease: i64) -> Result<bool, SessionError> {
         let desired = self.link.desired.borrow_and_update().clone();
         let Some(json) = desired.record else {
             return Ok(true);
@@ -289,7 +373,7 @@ impl Shell {
 }
 
 /// The value, mod revision and lease of `key`, if it exists.
-async fn get_one(client: &mut Client, key: &str) -> Result<Option<Kv>, String> {
+async fn get_one(client: &mut Client, key: &str) -> Result<Option<Kv>, SessionError> {
     let got = rpc(&format!("get {key}"), client.get(key, None)).await?;
     Ok(got.kvs().first().map(|kv| Kv {
         value: kv.value().to_vec(),
@@ -303,6 +387,6 @@ async fn get_one(client: &mut Client, key: &str) -> Result<Option<Kv>, String> {
 async fn rpc<T>(
     what: &str,
     request: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
+) -> Result<T, RpcError<etcd_client::Error>> {
     task::rpc(what, RPC_TIMEOUT, request).await
 }

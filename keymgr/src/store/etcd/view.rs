@@ -3,7 +3,7 @@
 
 use crate::store::records::{Read, Records};
 use crate::store::refused::Origin;
-use crate::store::{decode_record, Snapshot};
+use crate::store::{decode_record, DecodeError, Snapshot};
 use crate::{Admission, NodeRecord, Rejected, Seniority};
 
 /// One key as etcd returns it: the key, its value and its `create_revision`, which is the
@@ -53,21 +53,32 @@ pub(crate) fn read(nodes_prefix: &str, (key, value, created): Kv<'_>) -> Read {
     let key = String::from_utf8_lossy(key).into_owned();
     match parse(nodes_prefix, &key, value) {
         Ok(rec) => Ok((key, Seniority(u128::try_from(created).unwrap_or(0)), rec)),
-        Err(reason) => Err(Rejected {
+        Err(e) => Err(Rejected {
             // The key names the node even when its value cannot be read.
             node_name: key.rsplit('/').next().map(str::to_owned),
             source: key,
-            reason,
+            reason: e.to_string(),
         }),
     }
 }
 
-fn parse(nodes_prefix: &str, key: &str, value: &[u8]) -> Result<NodeRecord, String> {
+/// Why an etcd key under the nodes prefix holds no record.
+#[derive(Debug, thiserror::Error)]
+enum KeyError {
+    #[error("key is not {nodes_prefix}<nodeName>")]
+    NotANodeKey { nodes_prefix: String },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+fn parse(nodes_prefix: &str, key: &str, value: &[u8]) -> Result<NodeRecord, KeyError> {
     let name = key.strip_prefix(nodes_prefix).unwrap_or(key);
     if name.is_empty() || name.contains('/') {
-        return Err(format!("key is not {nodes_prefix}<nodeName>"));
+        return Err(KeyError::NotANodeKey {
+            nodes_prefix: nodes_prefix.to_string(),
+        });
     }
-    decode_record(value, name)
+    Ok(decode_record(value, name)?)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::store::records::{Read, Records};
 use crate::store::refused::Origin;
 use crate::store::Snapshot;
-use crate::{Admission, NodeRecord, PublicKey, Rejected, Seniority};
+use crate::{Admission, KeyError, NodeRecord, PublicKey, RecordError, Rejected, Seniority};
 
 pub(super) const PUB_KEY: &str = "wiremesh.io/wg-pub-key";
 pub(super) const ENDPOINT: &str = "wiremesh.io/wg-endpoint";
@@ -30,30 +30,72 @@ fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// Why a Node's annotations (or its spec) hold no valid record.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NodeError {
+    #[error("{annotation} {value:?}: {source}")]
+    Key {
+        annotation: &'static str,
+        value: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("{} is missing", ENDPOINT)]
+    NoEndpoint,
+    #[error("{} {value:?} is not ip:port: {source}", ENDPOINT)]
+    Endpoint {
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("{} {value:?} is not a number: {source}", KEY_EPOCH)]
+    Epoch {
+        value: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("spec.podCIDRs {value:?}: {source}")]
+    PodCidr {
+        value: String,
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+    #[error(transparent)]
+    Invalid(#[from] RecordError),
+}
+
+fn parse_key(annotation: &'static str, value: &str) -> Result<PublicKey, NodeError> {
+    PublicKey::from_base64(value).map_err(|source| NodeError::Key {
+        annotation,
+        value: value.to_string(),
+        source,
+    })
+}
+
 /// The record a Node carries, `Ok(None)` when it has no `wg-pub-key` annotation (not a wiremesh
 /// node, or not published yet). Pod CIDRs and node IPs come from the Node itself (set by the
 /// control plane and kubelet), never from annotations, so an agent cannot claim another range.
-pub(super) fn record(node: &Node, cluster: &str) -> Result<Option<NodeRecord>, String> {
+pub(super) fn record(node: &Node, cluster: &str) -> Result<Option<NodeRecord>, NodeError> {
     let Some(key) = annotation(node, PUB_KEY) else {
         return Ok(None);
     };
     let name = node.metadata.name.clone().unwrap_or_default();
-    let public_key = PublicKey::from_base64(key).map_err(|e| format!("{PUB_KEY} {key:?}: {e}"))?;
-    let endpoint = annotation(node, ENDPOINT).ok_or(format!("{ENDPOINT} is missing"))?;
-    let endpoint = endpoint
-        .parse()
-        .map_err(|e| format!("{ENDPOINT} {endpoint:?} is not ip:port: {e}"))?;
+    let public_key = parse_key(PUB_KEY, key)?;
+    let endpoint = annotation(node, ENDPOINT).ok_or(NodeError::NoEndpoint)?;
+    let endpoint = endpoint.parse().map_err(|source| NodeError::Endpoint {
+        value: endpoint.to_string(),
+        source,
+    })?;
     let next_public_key = match annotation(node, NEXT_PUB_KEY) {
         None | Some("") => None,
-        Some(k) => {
-            Some(PublicKey::from_base64(k).map_err(|e| format!("{NEXT_PUB_KEY} {k:?}: {e}"))?)
-        }
+        Some(k) => Some(parse_key(NEXT_PUB_KEY, k)?),
     };
     let key_epoch = match annotation(node, KEY_EPOCH) {
         None => 0,
-        Some(e) => e
-            .parse()
-            .map_err(|err| format!("{KEY_EPOCH} {e:?} is not a number: {err}"))?,
+        Some(e) => e.parse().map_err(|source| NodeError::Epoch {
+            value: e.to_string(),
+            source,
+        })?,
     };
     let spec = node.spec.as_ref();
     let cidrs = match spec.and_then(|s| s.pod_cidrs.clone()) {
@@ -63,8 +105,10 @@ pub(super) fn record(node: &Node, cluster: &str) -> Result<Option<NodeRecord>, S
     let pod_cidrs = cidrs
         .iter()
         .map(|c| {
-            c.parse::<IpNet>()
-                .map_err(|e| format!("spec.podCIDRs {c:?}: {e}"))
+            c.parse::<IpNet>().map_err(|source| NodeError::PodCidr {
+                value: c.clone(),
+                source,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
@@ -82,7 +126,7 @@ pub(super) fn record(node: &Node, cluster: &str) -> Result<Option<NodeRecord>, S
         next_public_key,
         ..NodeRecord::new(name, public_key, endpoint)
     };
-    rec.validate().map_err(|e| e.to_string())?;
+    rec.validate()?;
     Ok(Some(rec))
 }
 
@@ -201,10 +245,10 @@ pub(crate) fn read(cluster: &str, node: &Node) -> Option<Read> {
     match record(node, cluster) {
         Ok(Some(rec)) => Some(Ok((source, seniority(node), rec))),
         Ok(None) => None,
-        Err(reason) => Some(Err(Rejected {
+        Err(e) => Some(Err(Rejected {
             source,
             node_name: Some(name.to_owned()),
-            reason,
+            reason: e.to_string(),
         })),
     }
 }
@@ -272,7 +316,10 @@ mod tests {
         );
         let ips: Vec<IpAddr> = vec!["198.18.0.1".parse().unwrap(), "198.19.0.1".parse().unwrap()];
         assert_eq!(got.node_ips, ips, "InternalIP first");
-        assert_eq!(record(&node("node-2", 2, json!({})), "lab"), Ok(None));
+        assert!(matches!(
+            record(&node("node-2", 2, json!({})), "lab"),
+            Ok(None)
+        ));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use kube::runtime::watcher::{self, watcher, Event};
 use kube::Api;
 
 use super::node::{self, Ownership, View};
-use super::{Target, RPC_TIMEOUT, WATCH_SECS};
-use crate::store::task::{self, Backoff, Link};
+use super::{ClientError, Target, RPC_TIMEOUT, WATCH_SECS};
+use crate::store::task::{self, Backoff, Link, RpcError};
 use crate::NodeRecord;
 
 /// How many 409 Conflicts one write re-reads and retries before the session gives up.
@@ -40,10 +40,33 @@ enum Step {
     Stop,
 }
 
+/// Why a session failed: what the store's health reports.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Rpc(#[from] RpcError<kube::Error>),
+    #[error(
+        "Node {node} does not exist: kubelet registers it (wiremesh never creates Nodes); \
+         check that nodeName matches the kubelet's node name"
+    )]
+    NoNode { node: String },
+    #[error("watch Nodes: the watch ended")]
+    WatchEnded,
+    #[error("following Nodes: {0}")]
+    Watch(#[source] watcher::Error),
+    #[error(
+        "Node {node} kept changing: {} conflicting writes in a row",
+        CONFLICT_RETRIES
+    )]
+    KeptChanging { node: String },
+}
+
 /// Why a session ended.
 enum End {
     Stop,
-    Down(String),
+    Down(SessionError),
     Conflict(String),
 }
 
@@ -57,7 +80,7 @@ impl Shell {
             let pause = match end {
                 End::Stop => return,
                 End::Down(error) => {
-                    self.link.health.unreachable(error);
+                    self.link.health.unreachable(error.to_string());
                     retry
                 }
                 End::Conflict(owner) => {
@@ -81,13 +104,11 @@ impl Shell {
         let mut own = match rpc(&what, api.get_opt(&t.node)).await {
             Ok(Some(n)) => n,
             Ok(None) => {
-                return End::Down(format!(
-                    "Node {} does not exist: kubelet registers it (wiremesh never creates Nodes); \
-                     check that nodeName matches the kubelet's node name",
-                    t.node
-                ))
+                return End::Down(SessionError::NoNode {
+                    node: t.node.clone(),
+                })
             }
-            Err(e) => return End::Down(e),
+            Err(e) => return End::Down(e.into()),
         };
         let end = match self.write(&api, &mut own).await {
             Ok(None) => self.serve(&api, &mut own).await,
@@ -101,14 +122,14 @@ impl Shell {
         end
     }
 
-    async fn connect(&self) -> Result<Api<Node>, String> {
+    async fn connect(&self) -> Result<Api<Node>, SessionError> {
         Ok(Api::all(self.target.api.client().await?))
     }
 
     /// Lists then watches every Node (kube's watcher: relisting after 410 Gone, a dead
     /// connection ending a read after the client's read timeout), refreshes the heartbeat and
     /// writes record changes, until something fails (`Err`) or the store is closed.
-    async fn serve(&mut self, api: &Api<Node>, own: &mut Node) -> Result<End, String> {
+    async fn serve(&mut self, api: &Api<Node>, own: &mut Node) -> Result<End, SessionError> {
         let t = self.target.clone();
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + t.heartbeat, t.heartbeat);
@@ -128,12 +149,12 @@ impl Shell {
                     Some(owner) => return Ok(End::Conflict(owner)),
                 },
                 Step::Desired(false) | Step::Stop => return Ok(End::Stop),
-                Step::Watch(None) => return Err("watch Nodes: the watch ended".into()),
+                Step::Watch(None) => return Err(SessionError::WatchEnded),
                 Step::Watch(Some(Err(watcher::Error::WatchError(e)))) if e.code == 410 => {
                     tracing::info!("watch Nodes: {} (410 Gone); relisting Nodes", e.message);
                     continue;
                 }
-                Step::Watch(Some(Err(e))) => return Err(format!("following Nodes: {e}")),
+                Step::Watch(Some(Err(e))) => return Err(SessionError::Watch(e)),
                 Step::Watch(Some(Ok(event))) => *event,
             };
             match event {
@@ -175,7 +196,11 @@ impl Shell {
     /// resourceVersion last seen: on 409 Conflict the Node is re-read and ownership re-checked,
     /// so another owner's annotations are never overwritten. `Ok(Some(owner))` when another live
     /// agent holds the name.
-    async fn write(&mut self, api: &Api<Node>, own: &mut Node) -> Result<Option<String>, String> {
+    async fn write(
+        &mut self,
+        api: &Api<Node>,
+        own: &mut Node,
+    ) -> Result<Option<String>, SessionError> {
         let t = self.target.clone();
         let desired = self.link.desired.borrow_and_update().clone();
         for _ in 0..CONFLICT_RETRIES {
@@ -205,14 +230,16 @@ impl Shell {
                     tracing::debug!("{what}: {} (409); re-reading it", e.message);
                     *own = rpc(&format!("get Node {}", t.node), api.get(&t.node)).await?;
                 }
-                Ok(Err(e)) => return Err(format!("{what}: {e}")),
-                Err(_) => return Err(format!("{what}: no answer within {RPC_TIMEOUT:?}")),
+                Ok(Err(source)) => return Err(RpcError::Failed { what, source }.into()),
+                Err(_) => {
+                    let within = RPC_TIMEOUT;
+                    return Err(RpcError::Timeout { what, within }.into());
+                }
             }
         }
-        Err(format!(
-            "Node {} kept changing: {CONFLICT_RETRIES} conflicting writes in a row",
-            t.node
-        ))
+        Err(SessionError::KeptChanging {
+            node: t.node.clone(),
+        })
     }
 
     /// Removes our claim (owner and heartbeat) so that another agent may take the name at once.
@@ -238,6 +265,9 @@ fn is(node: &Node, name: &str) -> bool {
 }
 
 /// One request to the API server, bounded in time, with the error naming what was attempted.
-async fn rpc<T>(what: &str, request: impl Future<Output = kube::Result<T>>) -> Result<T, String> {
+async fn rpc<T>(
+    what: &str,
+    request: impl Future<Output = kube::Result<T>>,
+) -> Result<T, RpcError<kube::Error>> {
     task::rpc(what, RPC_TIMEOUT, request).await
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
-use super::{Claim, ObjectRef, ObjectSet, StoredObject};
+use super::{Claim, ObjectRef, ObjectSet, StoredObject, StoredObjectError};
 use crate::store::StoreError;
 
 const SCAN_EVERY: Duration = Duration::from_millis(200);
@@ -223,7 +223,7 @@ fn write_atomically(dir: &Path, file: &str, bytes: &[u8]) -> Result<(), StoreErr
 }
 
 /// A file read: the object and its manifest, or why it is not one.
-type Read = Result<(ObjectRef, String), String>;
+type Read = Result<(ObjectRef, String), StoredObjectError>;
 
 /// The last scan's files, so that unchanged ones are not read again.
 #[derive(Default)]
@@ -283,7 +283,7 @@ impl Scanner {
                     );
                 }
                 Err(reason) => {
-                    set.unreadable.insert(origin, reason.clone());
+                    set.unreadable.insert(origin, reason.to_string());
                 }
             }
         }
@@ -292,17 +292,20 @@ impl Scanner {
 }
 
 fn read(path: &Path, file: &str) -> Read {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path).map_err(StoredObjectError::Read)?;
     Ok((decode(file, &text)?, text))
 }
 
 /// The object a file named `file` holds, refused unless the file is named after it.
-pub(crate) fn decode(file: &str, text: &str) -> Result<ObjectRef, String> {
+pub(crate) fn decode(file: &str, text: &str) -> Result<ObjectRef, StoredObjectError> {
     let manifest: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        serde_json::from_str(text).map_err(StoredObjectError::Json)?;
     let r = ObjectRef::of(&manifest)?;
     if ObjectRef::from_file_name(file).as_ref() != Some(&r) {
-        return Err(format!("holds {r}, which belongs in {}", r.file_name()));
+        return Err(StoredObjectError::MisplacedFile {
+            file: r.file_name(),
+            object: r,
+        });
     }
     Ok(r)
 }

@@ -11,9 +11,9 @@ use etcd_client::{
 };
 use tokio::sync::{watch, Mutex};
 
-use super::{Claim, ObjectRef, ObjectSet, StoredObject};
+use super::{Claim, ObjectRef, ObjectSet, StoredObject, StoredObjectError};
 use crate::store::etcd::{connect_options, RPC_TIMEOUT};
-use crate::store::task::{rpc, Backoff};
+use crate::store::task::{rpc, Backoff, RpcError};
 use crate::store::{EtcdConfig, StoreError};
 
 /// etcd's default `--max-txn-ops`.
@@ -110,9 +110,9 @@ impl EtcdObjects {
             Box<dyn std::future::Future<Output = Result<T, etcd_client::Error>> + Send + 'c>,
         >,
     {
-        let unavailable = |reason: String| StoreError::Unavailable {
+        let unavailable = |e: RpcError<etcd_client::Error>| StoreError::Unavailable {
             endpoints: self.endpoints.join(","),
-            reason,
+            reason: e.to_string(),
         };
         let mut writer = self.writer.lock().await;
         if writer.is_none() {
@@ -192,6 +192,17 @@ impl EtcdObjects {
     }
 }
 
+/// Why a follower's session ended.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError<etcd_client::Error>),
+    #[error("watch stream closed")]
+    WatchClosed,
+    #[error("watch: {0}")]
+    Watch(#[source] etcd_client::Error),
+}
+
 /// The list + watch loop.
 struct Follower {
     endpoints: Vec<String>,
@@ -212,18 +223,18 @@ impl Follower {
     }
 
     /// Lists, then watches, until something fails; returns why.
-    async fn session(&self) -> String {
+    async fn session(&self) -> FollowError {
         let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
         let mut client = match rpc("connect", RPC_TIMEOUT, connect).await {
             Ok(c) => c,
-            Err(e) => return e,
+            Err(e) => return e.into(),
         };
         let mut entries: std::collections::BTreeMap<String, String> = Default::default();
         loop {
             let list = client.get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()));
             let listing = match rpc("list objects", RPC_TIMEOUT, list).await {
                 Ok(l) => l,
-                Err(e) => return e,
+                Err(e) => return e.into(),
             };
             entries.clear();
             for kv in listing.kvs() {
@@ -240,7 +251,7 @@ impl Follower {
             let watch = client.watch(self.prefix.as_str(), Some(opts));
             let mut stream = match rpc("watch objects", RPC_TIMEOUT, watch).await {
                 Ok(w) => w,
-                Err(e) => return e,
+                Err(e) => return e.into(),
             };
             loop {
                 match stream.message().await {
@@ -263,8 +274,8 @@ impl Follower {
                         }
                         self.send(&entries);
                     }
-                    Ok(None) => return "watch stream closed".into(),
-                    Err(e) => return format!("watch: {e}"),
+                    Ok(None) => return FollowError::WatchClosed,
+                    Err(e) => return FollowError::Watch(e),
                 }
             }
         }
@@ -288,7 +299,7 @@ impl Follower {
                     );
                 }
                 Err(reason) => {
-                    set.unreadable.insert(key.clone(), reason);
+                    set.unreadable.insert(key.clone(), reason.to_string());
                 }
             }
         }
@@ -302,12 +313,15 @@ impl Follower {
     }
 }
 
-pub(crate) fn parse(suffix: &str, value: &str) -> Result<ObjectRef, String> {
+pub(crate) fn parse(suffix: &str, value: &str) -> Result<ObjectRef, StoredObjectError> {
     let manifest: serde_json::Value =
-        serde_json::from_str(value).map_err(|e| format!("invalid JSON: {e}"))?;
+        serde_json::from_str(value).map_err(StoredObjectError::Json)?;
     let r = ObjectRef::of(&manifest)?;
     if ObjectRef::from_key_suffix(suffix).as_ref() != Some(&r) {
-        return Err(format!("holds {r}, which belongs under {}", r.key_suffix()));
+        return Err(StoredObjectError::MisplacedKey {
+            key: r.key_suffix(),
+            object: r,
+        });
     }
     Ok(r)
 }
