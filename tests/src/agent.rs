@@ -76,12 +76,12 @@ pub fn agent_config(node: u8, state_dir: &Path, store_dir: &Path) -> String {
 
 impl Lab {
     /// The agent's config file for `node`.
-    pub fn config_path(&self, node: u8) -> PathBuf {
+    pub(crate) fn config_path(&self, node: u8) -> PathBuf {
         self.node_dir(node).join("config.yaml")
     }
 
     /// The config the lab gives node `node`'s agent.
-    pub fn config_yaml(&self, node: u8) -> String {
+    pub(crate) fn config_yaml(&self, node: u8) -> String {
         agent_config_with(
             node,
             &self.node_dir(node).join("state"),
@@ -91,7 +91,7 @@ impl Lab {
     }
 
     /// The log file of what node `node` runs (agent or wireguard-go).
-    pub fn log_path(&self, node: u8, kind: NodeKind) -> PathBuf {
+    pub(crate) fn log_path(&self, node: u8, kind: NodeKind) -> PathBuf {
         let file = match kind {
             NodeKind::Agent => "agent.log",
             NodeKind::WireguardGo => "wireguard-go.log",
@@ -100,7 +100,7 @@ impl Lab {
     }
 
     /// Writes the config and starts `wiremesh agent` in node `node` (without waiting for it).
-    pub fn start_agent(&self, node: u8) -> Result<()> {
+    pub(crate) fn start_agent(&self, node: u8) -> Result<()> {
         let bin = agent_binary()?;
         let config = self.config_path(node);
         std::fs::write(&config, self.config_yaml(node)).map_err(|e| LabError::io(&config, e))?;
@@ -157,21 +157,21 @@ impl Lab {
     }
 
     /// The PID of what node `node` runs, while it runs.
-    pub fn agent_pid(&self, node: u8) -> Option<u32> {
+    pub(crate) fn agent_pid(&self, node: u8) -> Option<u32> {
         let mut procs = self.procs();
         let p = procs.get_mut(slot(node))?.as_mut()?;
         p.proc.exited().is_none().then(|| p.proc.pid())
     }
 
     /// SIGKILL (no chance to clean up), as a crash would.
-    pub fn kill_agent(&self, node: u8) -> Result<()> {
+    pub(crate) fn kill_agent(&self, node: u8) -> Result<()> {
         let mut p = self.take_proc(node)?;
         p.proc.kill();
         Ok(())
     }
 
     /// SIGTERM, up to 5 s to exit, then SIGKILL.
-    pub fn stop_agent(&self, node: u8) -> Result<()> {
+    pub(crate) fn stop_agent(&self, node: u8) -> Result<()> {
         let mut p = self.take_proc(node)?;
         p.proc.stop(Signal::SIGTERM, STOP_GRACE);
         Ok(())
@@ -189,7 +189,7 @@ impl Lab {
     }
 
     /// Fails with the exit status and log tail if node `node`'s process has exited.
-    pub fn check_running(&self, node: u8) -> Result<()> {
+    pub(crate) fn check_running(&self, node: u8) -> Result<()> {
         let mut procs = self.procs();
         let Some(p) = procs.get_mut(slot(node)).and_then(Option::as_mut) else {
             return Err(LabError::Node {
@@ -212,7 +212,7 @@ impl Lab {
     }
 
     /// `wiremesh encrypt status --json` in node `node`.
-    pub fn status(&self, node: u8) -> Result<Value> {
+    pub(crate) fn status(&self, node: u8) -> Result<Value> {
         let mut cmd = self.node_cmd(node, agent_binary()?);
         cmd.args(["encrypt", "status", "--json", "--run-dir", AGENT_RUN_DIR]);
         let out = run(&mut cmd, STATUS_TIMEOUT)?;
@@ -223,14 +223,14 @@ impl Lab {
     }
 
     /// `wiremesh encrypt status` (human form) in node `node`.
-    pub fn status_text(&self, node: u8) -> Result<String> {
+    pub(crate) fn status_text(&self, node: u8) -> Result<String> {
         let mut cmd = self.node_cmd(node, agent_binary()?);
         cmd.args(["encrypt", "status", "--run-dir", AGENT_RUN_DIR]);
         run(&mut cmd, STATUS_TIMEOUT)
     }
 
     /// `wg show wiremesh_wg0` in node `node`.
-    pub fn wg_show(&self, node: u8) -> Result<String> {
+    pub(crate) fn wg_show(&self, node: u8) -> Result<String> {
         run(
             self.node_cmd(node, "wg").args(["show", WG_IFACE]),
             STATUS_TIMEOUT,
@@ -238,7 +238,7 @@ impl Lab {
     }
 
     /// Polls node `node`'s status every 100 ms until `pred` holds; fails early if the agent dies.
-    pub fn wait_status(
+    pub(crate) fn wait_status(
         &self,
         node: u8,
         what: &str,
@@ -266,7 +266,12 @@ impl Lab {
     }
 
     /// Waits until node `node`'s status lists exactly `count` peers.
-    pub fn wait_peer_count(&self, node: u8, count: usize, timeout: Duration) -> Result<Value> {
+    pub(crate) fn wait_peer_count(
+        &self,
+        node: u8,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Value> {
         self.wait_status(node, &format!("{count} peers in status"), timeout, |s| {
             peers(s).len() == count
         })
@@ -274,7 +279,12 @@ impl Lab {
 
     /// Waits until node `node`'s status lists `count` peers with a handshake (which needs
     /// traffic: see [`Lab::wait_reachable`]).
-    pub fn wait_handshakes(&self, node: u8, count: usize, timeout: Duration) -> Result<Value> {
+    pub(crate) fn wait_handshakes(
+        &self,
+        node: u8,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Value> {
         self.wait_status(
             node,
             &format!("{count} peers with a handshake"),
@@ -290,7 +300,7 @@ impl Lab {
     }
 
     /// The last `lines` lines of node `node`'s log.
-    pub fn log_tail(&self, node: u8, kind: NodeKind, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, node: u8, kind: NodeKind, lines: usize) -> String {
         let text = std::fs::read(self.log_path(node, kind))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();

@@ -39,12 +39,12 @@ pub struct CaptureFile {
 
 impl Lab {
     /// Starts tcpdump on `br0` in the switch namespace and waits until it is capturing.
-    pub fn start_capture(&self, name: &str) -> Result<Capture> {
+    pub(crate) fn start_capture(&self, name: &str) -> Result<Capture> {
         self.start_capture_on(name, &self.switch_ns(), "br0")
     }
 
     /// Starts tcpdump on `iface` in namespace `ns` (e.g. a pod's `eth0`, to see what reaches it).
-    pub fn start_capture_on(&self, name: &str, ns: &str, iface: &str) -> Result<Capture> {
+    pub(crate) fn start_capture_on(&self, name: &str, ns: &str, iface: &str) -> Result<Capture> {
         let n = NEXT_CAPTURE.fetch_add(1, Ordering::Relaxed);
         let pcap = self.dir().join(format!("{name}-{n}.pcap"));
         let log = self.dir().join(format!("{name}-{n}.tcpdump.log"));

@@ -27,13 +27,13 @@ pub fn unix_now() -> f64 {
 
 impl Lab {
     /// The PID of node `node`'s `wiremesh datapath`, if one runs.
-    pub fn datapath_pid(&self, node: u8) -> Option<u32> {
+    pub(crate) fn datapath_pid(&self, node: u8) -> Option<u32> {
         datapath_pid_in(&self.node_dir(node).join("run"))
             .and_then(|p| u32::try_from(p.as_raw()).ok())
     }
 
     /// Sends `signal` to node `node`'s data path and waits up to `timeout` for it to be gone.
-    pub fn stop_datapath(&self, node: u8, signal: Signal, timeout: Duration) -> Result<()> {
+    pub(crate) fn stop_datapath(&self, node: u8, signal: Signal, timeout: Duration) -> Result<()> {
         let pid =
             datapath_pid_in(&self.node_dir(node).join("run")).ok_or_else(|| LabError::Node {
                 node,
@@ -60,14 +60,14 @@ impl Lab {
     }
 
     /// `wiremesh keys rotate` in node `node`: its stdout (`Rotated: key epoch N, public key K`).
-    pub fn rotate_keys(&self, node: u8, timeout: Duration) -> Result<String> {
+    pub(crate) fn rotate_keys(&self, node: u8, timeout: Duration) -> Result<String> {
         let mut cmd = self.node_cmd(node, agent_binary()?);
         cmd.args(["keys", "rotate", "--run-dir", AGENT_RUN_DIR]);
         run(&mut cmd, timeout)
     }
 
     /// `wiremesh encrypt status --all-nodes --json` in node `node`: one entry per node.
-    pub fn all_nodes_status(&self, node: u8) -> Result<Vec<Value>> {
+    pub(crate) fn all_nodes_status(&self, node: u8) -> Result<Vec<Value>> {
         let mut cmd = self.node_cmd(node, agent_binary()?);
         cmd.args([
             "encrypt",
@@ -88,7 +88,7 @@ impl Lab {
     }
 
     /// The whole log of node `node`'s agent (every run appended).
-    pub fn agent_log(&self, node: u8) -> String {
+    pub(crate) fn agent_log(&self, node: u8) -> String {
         std::fs::read(self.log_path(node, NodeKind::Agent))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
@@ -96,13 +96,13 @@ impl Lab {
 
     /// The length of node `node`'s agent log: pass it to [`Lab::wait_log`] to look only at what
     /// is written afterwards.
-    pub fn agent_log_len(&self, node: u8) -> usize {
+    pub(crate) fn agent_log_len(&self, node: u8) -> usize {
         self.agent_log(node).len()
     }
 
     /// Waits until a line of node `node`'s agent log written after byte `from` satisfies `pred`;
     /// returns that line.
-    pub fn wait_log(
+    pub(crate) fn wait_log(
         &self,
         node: u8,
         from: usize,
@@ -136,7 +136,7 @@ impl Lab {
     /// Starts `wiremesh agent` with config `yaml` in node `node`'s network namespace, but with
     /// its own `/run/wireguard` and `/run/wiremesh` (from [`Lab::extra_agent_dir`]), outside the
     /// node table: the caller owns the process. A data path it starts is stopped at teardown.
-    pub fn spawn_agent_with(&self, node: u8, label: &str, yaml: &str) -> Result<BgProcess> {
+    pub(crate) fn spawn_agent_with(&self, node: u8, label: &str, yaml: &str) -> Result<BgProcess> {
         let bin = agent_binary()?;
         let base = self.extra_agent_dir(label);
         for d in ["state", "run", "wireguard"] {
@@ -160,7 +160,7 @@ impl Lab {
     /// Runs `wiremesh agent --config <yaml>` as [`Lab::spawn_agent_with`] does, to completion or
     /// `timeout` (then it is killed and this is an error): for an agent expected to refuse to
     /// start. Returns its exit status and everything it wrote.
-    pub fn run_agent_with(
+    pub(crate) fn run_agent_with(
         &self,
         node: u8,
         label: &str,

@@ -31,12 +31,12 @@ pub fn etcd_owner_key(name: &str) -> String {
 
 impl Lab {
     /// `<labdir>/etcd`, etcd's data directory.
-    pub fn etcd_data_dir(&self) -> std::path::PathBuf {
+    pub(crate) fn etcd_data_dir(&self) -> std::path::PathBuf {
         self.dir().join("etcd")
     }
 
     /// Starts etcd (on the data directory of any previous run) and waits until it is healthy.
-    pub fn start_etcd(&self) -> Result<()> {
+    pub(crate) fn start_etcd(&self) -> Result<()> {
         if !self.options().uses_etcd() {
             return Err(LabError::Check(
                 "this lab was built for the dir store; build it with LabOptions::etcd".into(),
@@ -93,7 +93,7 @@ impl Lab {
 
     /// Stops etcd (SIGTERM, then SIGKILL after 5 s), keeping its data. A no-op if it is not
     /// running.
-    pub fn stop_etcd(&self) -> Result<()> {
+    pub(crate) fn stop_etcd(&self) -> Result<()> {
         let Some(mut proc) = self.etcd_guard().take() else {
             return Ok(());
         };
@@ -107,7 +107,7 @@ impl Lab {
     }
 
     /// Whether the lab's etcd process is running.
-    pub fn etcd_running(&self) -> bool {
+    pub(crate) fn etcd_running(&self) -> bool {
         self.etcd_guard()
             .as_mut()
             .is_some_and(|p| p.exited().is_none())
@@ -115,7 +115,7 @@ impl Lab {
 
     /// `etcdctl --endpoints http://198.18.0.254:2379 <args>` (API v3) in the switch namespace;
     /// its stdout.
-    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn etcdctl(&self, args: &[&str]) -> Result<String> {
         run(&mut self.etcdctl_cmd(args), ETCDCTL_TIMEOUT)
     }
 
@@ -130,7 +130,7 @@ impl Lab {
     }
 
     /// The value at `key`, if present.
-    pub fn etcd_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn etcd_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let mut cmd = self.etcdctl_cmd(&["get", key, "-w", "json"]);
         let out = output(&mut cmd, None, ETCDCTL_TIMEOUT)?;
         crate::exec::check(&cmd, &out)?;
@@ -152,14 +152,14 @@ impl Lab {
     }
 
     /// Puts `value` at `key` (no lease: it stays until deleted).
-    pub fn etcd_put(&self, key: &str, value: &[u8]) -> Result<()> {
+    pub(crate) fn etcd_put(&self, key: &str, value: &[u8]) -> Result<()> {
         let mut cmd = self.etcdctl_cmd(&["put", key]);
         let out = output(&mut cmd, Some(value), ETCDCTL_TIMEOUT)?;
         crate::exec::check(&cmd, &out)
     }
 
     /// Deletes `key`; whether it existed.
-    pub fn etcd_del(&self, key: &str) -> Result<bool> {
+    pub(crate) fn etcd_del(&self, key: &str) -> Result<bool> {
         Ok(self.etcdctl(&["del", key])?.trim() != "0")
     }
 

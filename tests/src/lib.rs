@@ -22,6 +22,7 @@ mod error;
 mod etcd;
 mod exec;
 mod flood;
+mod handles;
 mod lab;
 mod lifecycle;
 mod metrics;
@@ -51,6 +52,10 @@ pub use error::{LabError, Result};
 pub use etcd::{etcd_node_key, etcd_owner_key};
 pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
 pub use flood::{flood, initiation, mac1_key, FloodReport, FloodSpec, INITIATION_LEN};
+pub use handles::{
+    AgentHandle, DatapathHandle, EtcdHandle, GuardHandle, HostHandle, NodeHandle, StoreHandle,
+    SwitchHandle,
+};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
 pub use lifecycle::PolicyHooks;
 pub use metrics::{

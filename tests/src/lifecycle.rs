@@ -39,14 +39,14 @@ impl PolicyHooks {
 
 impl Lab {
     /// Node `node`'s state directory (`n<i>/state`: the key, `peers.json`, `policy.json`).
-    pub fn state_dir(&self, node: u8) -> std::path::PathBuf {
+    pub(crate) fn state_dir(&self, node: u8) -> std::path::PathBuf {
         self.node_dir(node).join("state")
     }
 
     /// What node `node` loses in a reboot: its agent (SIGKILL) and data path (SIGKILL, its TUN
     /// device goes with it), the tc filters on every interface (clsact qdiscs removed) and its
     /// pinned policy maps (bpffs does not persist). Its state directory stays, as a disk does.
-    pub fn simulate_reboot(&self, node: u8) -> Result<()> {
+    pub(crate) fn simulate_reboot(&self, node: u8) -> Result<()> {
         if self.agent_pid(node).is_some() {
             self.kill_agent(node)?;
         }
@@ -83,7 +83,7 @@ impl Lab {
     }
 
     /// The names of node `node`'s interfaces.
-    pub fn links(&self, node: u8) -> Result<Vec<String>> {
+    pub(crate) fn links(&self, node: u8) -> Result<Vec<String>> {
         let out = self.ip_in(&self.node_ns(node), &["-o", "link", "show"])?;
         Ok(out
             .lines()
@@ -94,7 +94,7 @@ impl Lab {
 
     /// Which hooks of `ifname` on node `node` carry the policy programs (`wm_*`), as
     /// `tc filter show` lists them.
-    pub fn policy_hooks(&self, node: u8, ifname: &str) -> Result<PolicyHooks> {
+    pub(crate) fn policy_hooks(&self, node: u8, ifname: &str) -> Result<PolicyHooks> {
         let ns = self.node_ns(node);
         let has = |hook: &str| -> Result<bool> {
             let out = output(
@@ -113,7 +113,7 @@ impl Lab {
     }
 
     /// The ifindex of `ifname` on node `node`.
-    pub fn ifindex(&self, node: u8, ifname: &str) -> Result<u32> {
+    pub(crate) fn ifindex(&self, node: u8, ifname: &str) -> Result<u32> {
         let out = self.ip_in(&self.node_ns(node), &["-o", "link", "show", "dev", ifname])?;
         out.split(':')
             .next()

@@ -157,7 +157,7 @@ pub fn parse_udp_snmp(text: &str) -> BTreeMap<String, u64> {
 
 impl Lab {
     /// `/metrics` from node `node`'s admin socket.
-    pub fn metrics_admin(&self, node: u8) -> Result<String> {
+    pub(crate) fn metrics_admin(&self, node: u8) -> Result<String> {
         let socket = self.node_dir(node).join("run").join("wiremesh.sock");
         run(
             Command::new("curl")
@@ -169,7 +169,7 @@ impl Lab {
     }
 
     /// `/metrics` from `http://<addr>/metrics` inside node `node`'s network namespace.
-    pub fn metrics_tcp(&self, node: u8, addr: &str) -> Result<String> {
+    pub(crate) fn metrics_tcp(&self, node: u8, addr: &str) -> Result<String> {
         run(
             Command::new("ip")
                 .args(["netns", "exec", &self.node_ns(node)])
@@ -180,7 +180,7 @@ impl Lab {
     }
 
     /// The kernel's UDP counters in node `node`'s namespace (`InDatagrams`, `RcvbufErrors`, ...).
-    pub fn udp_counters(&self, node: u8) -> Result<BTreeMap<String, u64>> {
+    pub(crate) fn udp_counters(&self, node: u8) -> Result<BTreeMap<String, u64>> {
         let text = run(
             Command::new("ip")
                 .args(["netns", "exec", &self.node_ns(node)])

@@ -140,7 +140,7 @@ impl Lab {
 
     /// Runs `wiremesh <verb> -f <manifest>` against node `node`'s agent; its whole output,
     /// whatever the exit status.
-    pub fn objects_cmd(&self, node: u8, verb: &str, manifest: &str) -> Result<Output> {
+    pub(crate) fn objects_cmd(&self, node: u8, verb: &str, manifest: &str) -> Result<Output> {
         let path = self.manifest_file(manifest)?;
         let mut cmd = self.node_cmd(node, agent_binary()?);
         cmd.args([verb, "-f"])
@@ -150,12 +150,12 @@ impl Lab {
     }
 
     /// `wiremesh apply -f` through node `node`; fails with its stderr unless it succeeds.
-    pub fn apply(&self, node: u8, manifest: &str) -> Result<String> {
+    pub(crate) fn apply(&self, node: u8, manifest: &str) -> Result<String> {
         self.objects_ok(node, "apply", manifest)
     }
 
     /// `wiremesh delete -f` through node `node`.
-    pub fn delete(&self, node: u8, manifest: &str) -> Result<String> {
+    pub(crate) fn delete(&self, node: u8, manifest: &str) -> Result<String> {
         self.objects_ok(node, "delete", manifest)
     }
 
@@ -172,7 +172,7 @@ impl Lab {
     }
 
     /// `wiremesh policy trace` (online) on node `node` with `args`; stdout.
-    pub fn trace(&self, node: u8, args: &[&str]) -> Result<String> {
+    pub(crate) fn trace(&self, node: u8, args: &[&str]) -> Result<String> {
         let mut cmd = self.node_cmd(node, agent_binary()?);
         cmd.args(["policy", "trace", "--run-dir", AGENT_RUN_DIR])
             .args(args);
@@ -217,7 +217,7 @@ impl Lab {
 
     /// Whether a connection from `from` to `to:port` completes an echo exchange within
     /// `timeout`.
-    pub fn probe(
+    pub(crate) fn probe(
         &self,
         from: Host,
         to: Ipv4Addr,
@@ -253,7 +253,7 @@ impl Lab {
     }
 
     /// Runs `f` on a new thread inside `host`'s network namespace.
-    pub fn spawn_in<T, F>(&self, host: Host, f: F) -> JoinHandle<std::io::Result<T>>
+    pub(crate) fn spawn_in<T, F>(&self, host: Host, f: F) -> JoinHandle<std::io::Result<T>>
     where
         T: Send + 'static,
         F: FnOnce() -> std::io::Result<T> + Send + 'static,

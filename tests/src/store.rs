@@ -29,12 +29,12 @@ pub fn node_record(node: u8, public_key: &str) -> Value {
 
 impl Lab {
     /// `<store>/<name>.json`.
-    pub fn record_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn record_path(&self, name: &str) -> PathBuf {
         self.store_dir().join(format!("{name}.json"))
     }
 
     /// The raw record `name`, if present (from the dir store, or from etcd in an etcd lab).
-    pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
         if self.options().uses_etcd() {
             return self.etcd_get(&etcd_node_key(name));
         }
@@ -47,7 +47,7 @@ impl Lab {
     }
 
     /// The record `name`, parsed, if present.
-    pub fn read_record(&self, name: &str) -> Result<Option<Value>> {
+    pub(crate) fn read_record(&self, name: &str) -> Result<Option<Value>> {
         let Some(bytes) = self.read_record_bytes(name)? else {
             return Ok(None);
         };
@@ -61,7 +61,7 @@ impl Lab {
 
     /// Waits until the record `name` exists and parses (an agent publishes it at start-up);
     /// polls every 100 ms.
-    pub fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
+    pub(crate) fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.read_record(name) {
@@ -81,7 +81,7 @@ impl Lab {
     }
 
     /// Writes `record` as `<nodeName>.json`, atomically.
-    pub fn write_record(&self, record: &Value) -> Result<()> {
+    pub(crate) fn write_record(&self, record: &Value) -> Result<()> {
         let name = record
             .get("nodeName")
             .and_then(Value::as_str)
@@ -93,7 +93,7 @@ impl Lab {
 
     /// Writes `bytes` as `<name>.json`, atomically (in etcd: puts it at the node's key, with no
     /// lease).
-    pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
         if self.options().uses_etcd() {
             return self.etcd_put(&etcd_node_key(name), bytes);
         }
@@ -104,7 +104,7 @@ impl Lab {
     }
 
     /// Removes the record `name` and returns what it held.
-    pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
+    pub(crate) fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
         if self.options().uses_etcd() {
             let key = etcd_node_key(name);
             let bytes = self

@@ -199,7 +199,7 @@ impl IperfClient {
 impl Lab {
     /// Starts a one-shot `iperf3 -s -1` on `host` and waits until it listens; returns it and its
     /// port.
-    pub fn spawn_iperf_server(&self, host: Host) -> Result<(BgProcess, u16)> {
+    pub(crate) fn spawn_iperf_server(&self, host: Host) -> Result<(BgProcess, u16)> {
         require_tools(&["iperf3"])?;
         let port = self.next_port();
         let log = self.dir().join(format!("iperf3-server-{port}.log"));
@@ -211,7 +211,7 @@ impl Lab {
     }
 
     /// Starts `iperf3 -c to -p port -t <duration> -i 0.25 -b <bitrate> --json` on `from`.
-    pub fn spawn_iperf_client(
+    pub(crate) fn spawn_iperf_client(
         &self,
         from: Host,
         to: Ipv4Addr,

@@ -22,7 +22,7 @@ pub const GUARD_TABLE: &str = "wiremesh";
 impl Lab {
     /// Writes node `node`'s agent config and runs `wiremesh guard --config` in its namespace (no
     /// agent, no store): what the boot-time unit does. Returns its stdout.
-    pub fn run_guard(&self, node: u8) -> Result<String> {
+    pub(crate) fn run_guard(&self, node: u8) -> Result<String> {
         let bin = agent_binary()?;
         let config = self.config_path(node);
         std::fs::write(&config, self.config_yaml(node)).map_err(|e| LabError::io(&config, e))?;
@@ -33,7 +33,7 @@ impl Lab {
 
     /// The guard table's named counters (`egress_ipv4`, ... → packets) in node `node`'s kernel,
     /// or `None` when the node has no such table.
-    pub fn guard_counters(&self, node: u8) -> Result<Option<BTreeMap<String, u64>>> {
+    pub(crate) fn guard_counters(&self, node: u8) -> Result<Option<BTreeMap<String, u64>>> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.node_ns(node)]).args([
             "nft",
@@ -70,7 +70,7 @@ impl Lab {
     }
 
     /// One guard counter (0 when absent); an error when the node has no guard table at all.
-    pub fn guard_counter(&self, node: u8, name: &str) -> Result<u64> {
+    pub(crate) fn guard_counter(&self, node: u8, name: &str) -> Result<u64> {
         let counters = self.guard_counters(node)?.ok_or_else(|| LabError::Node {
             node,
             what: format!("no nftables table inet {GUARD_TABLE}"),
@@ -80,7 +80,7 @@ impl Lab {
 
     /// `nft delete table inet wiremesh` in node `node` (the guard's own control experiments;
     /// a running agent puts it back within seconds).
-    pub fn delete_guard(&self, node: u8) -> Result<()> {
+    pub(crate) fn delete_guard(&self, node: u8) -> Result<()> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.node_ns(node)]).args([
             "nft",
@@ -93,7 +93,7 @@ impl Lab {
     }
 
     /// A command in the switch namespace.
-    pub fn switch_cmd(&self, program: &str) -> Command {
+    pub(crate) fn switch_cmd(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.switch_ns(), program]);
         cmd
@@ -103,7 +103,7 @@ impl Lab {
     /// v6 in a dual-stack lab) and routes `victim`'s pod CIDRs to `victim`'s underlay address, so
     /// that what it sends from those addresses reaches `victim` from the underlay, not through the
     /// tunnel. Needs a switch with underlay addresses ([`crate::LabOptions::default_route`]).
-    pub fn impersonate_on_switch(&self, pod: Host, victim: u8) -> Result<()> {
+    pub(crate) fn impersonate_on_switch(&self, pod: Host, victim: u8) -> Result<()> {
         let ns = self.switch_ns();
         let ip = |args: &[&str]| run(Command::new("ip").args(["-n", &ns]).args(args), NFT_TIMEOUT);
         // The victim's link address, fixed: otherwise the switch would resolve it with neighbour
@@ -157,7 +157,7 @@ impl Lab {
     /// From the switch, `count` pings with payload `pattern` to `to`, sent from `from` (an
     /// address given to the switch by [`Lab::impersonate_on_switch`]). Replies are not expected
     /// (they go to the real owner of `from`); returns ping's output.
-    pub fn ping_from_switch(
+    pub(crate) fn ping_from_switch(
         &self,
         from: IpAddr,
         to: IpAddr,

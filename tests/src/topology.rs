@@ -141,7 +141,7 @@ impl Lab {
     /// Deletes pod `pod`'s veth on node `node` and wires the pod again, as a container runtime
     /// restarting the pod would: the same names and addresses on a new device (new ifindex, no
     /// tc filters).
-    pub fn recreate_pod_link(&self, node: u8, pod: u8) -> Result<()> {
+    pub(crate) fn recreate_pod_link(&self, node: u8, pod: u8) -> Result<()> {
         let link = format!("pod{pod}");
         self.ip_in(&self.node_ns(node), &["link", "del", &link])?;
         self.wire_pod(node, pod)
@@ -228,7 +228,7 @@ impl Lab {
 
     /// Routes `from`'s traffic for `to`'s pod CIDR straight over the underlay, ahead of anything
     /// the agent installed: the unencrypted control case of a leak test.
-    pub fn bypass_tunnel(&self, from: u8, to: u8) -> Result<()> {
+    pub(crate) fn bypass_tunnel(&self, from: u8, to: u8) -> Result<()> {
         let ns = self.node_ns(from);
         let cidr = pod_cidr(to);
         let via = node_ip(to).to_string();
@@ -263,7 +263,7 @@ impl Lab {
     }
 
     /// Undoes [`Lab::bypass_tunnel`].
-    pub fn remove_bypass(&self, from: u8, to: u8) -> Result<()> {
+    pub(crate) fn remove_bypass(&self, from: u8, to: u8) -> Result<()> {
         let ns = self.node_ns(from);
         let cidr = pod_cidr(to);
         self.ip_in(&ns, &["route", "del", &cidr, "table", BYPASS_TABLE])?;

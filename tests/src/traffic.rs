@@ -1,7 +1,7 @@
 //! Traffic between lab hosts: ping (iputils) and TCP transfers (netcat-openbsd), every one bounded
 //! in count and time.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -145,23 +145,8 @@ pub fn test_data(len: usize) -> Vec<u8> {
 }
 
 impl Lab {
-    /// `count` pings from pod `pod` of node `node` to `to`, every `interval`.
-    pub fn ping(
-        &self,
-        node: u8,
-        pod: u8,
-        to: Ipv4Addr,
-        count: u32,
-        interval: Duration,
-    ) -> Result<PingResult> {
-        self.ping_from(
-            Host::Pod(node, pod),
-            &Ping::new(to).count(count).interval(interval),
-        )
-    }
-
     /// Runs `ping` on `from` and returns its summary (lost packets are not an error).
-    pub fn ping_from(&self, from: Host, ping: &Ping) -> Result<PingResult> {
+    pub(crate) fn ping_from(&self, from: Host, ping: &Ping) -> Result<PingResult> {
         let mut cmd = self.host_cmd(from, "ping");
         cmd.args(ping.args());
         let out = output(&mut cmd, None, ping.deadline() + Duration::from_secs(5))?;
@@ -180,7 +165,7 @@ impl Lab {
 
     /// Starts `ping` on `from` in the background; parse its log with [`PingResult::parse`] once it
     /// has exited (it stops by itself after `ping.deadline()`).
-    pub fn spawn_ping(&self, from: Host, ping: &Ping) -> Result<BgProcess> {
+    pub(crate) fn spawn_ping(&self, from: Host, ping: &Ping) -> Result<BgProcess> {
         let log = self.dir().join(format!(
             "ping-{}.log",
             NEXT_PORT.fetch_add(1, Ordering::Relaxed)
@@ -191,7 +176,7 @@ impl Lab {
     }
 
     /// Pings `to` from `from` once per attempt until a reply comes back; returns how long it took.
-    pub fn wait_reachable(
+    pub(crate) fn wait_reachable(
         &self,
         from: Host,
         to: impl Into<IpAddr>,
@@ -219,7 +204,7 @@ impl Lab {
 
     /// Sends `data` over one TCP connection from `from` to a listener on `to`, and returns what
     /// the listener received.
-    pub fn tcp_send(
+    pub(crate) fn tcp_send(
         &self,
         from: Host,
         to: Host,
@@ -244,7 +229,13 @@ impl Lab {
     }
 
     /// Sends `len` bytes of [`test_data`] from `from` to `to` and checks they arrived intact.
-    pub fn tcp_transfer(&self, from: Host, to: Host, len: usize, timeout: Duration) -> Result<()> {
+    pub(crate) fn tcp_transfer(
+        &self,
+        from: Host,
+        to: Host,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<()> {
         let data = test_data(len);
         let got = self.tcp_send(from, to, &data, timeout)?;
         if got == data {
@@ -317,7 +308,7 @@ mod tests {
 
     #[test]
     fn ping_arguments_are_bounded() {
-        let ping = Ping::new(Ipv4Addr::new(10, 244, 2, 11))
+        let ping = Ping::new(std::net::Ipv4Addr::new(10, 244, 2, 11))
             .count(300)
             .interval(Duration::from_millis(20))
             .pattern(b"WM");

@@ -28,14 +28,14 @@ pub struct KeyPair {
 
 impl Lab {
     /// The private key file of node `node` (`<labdir>/n<i>/state/wiremesh_wg0.key`).
-    pub fn key_path(&self, node: u8) -> PathBuf {
+    pub(crate) fn key_path(&self, node: u8) -> PathBuf {
         self.node_dir(node)
             .join("state")
             .join(format!("{WG_IFACE}.key"))
     }
 
     /// Generates node `node`'s key pair with `wg` and stores the private key like the agent does.
-    pub fn generate_key(&self, node: u8) -> Result<KeyPair> {
+    pub(crate) fn generate_key(&self, node: u8) -> Result<KeyPair> {
         let private = run(Command::new("wg").arg("genkey"), WG_TIMEOUT)?;
         let path = self.key_path(node);
         std::fs::write(&path, &private).map_err(|e| LabError::io(&path, e))?;
@@ -55,7 +55,7 @@ impl Lab {
     /// Runs wireguard-go on node `node` as `wiremesh_wg0`, peers it with every other node whose
     /// record is in the store (waiting up to `timeout` for each), routes their pod CIDRs into it
     /// and publishes the node's own record. Returns the node's public key.
-    pub fn start_wireguard_go(&self, node: u8, timeout: Duration) -> Result<String> {
+    pub(crate) fn start_wireguard_go(&self, node: u8, timeout: Duration) -> Result<String> {
         let keys = self.generate_key(node)?;
         let log = self.log_path(node, NodeKind::WireguardGo);
         let mut cmd = self.node_cmd(node, "wireguard-go");

@@ -1,0 +1,634 @@
+//! Handles per role: what a user of the lab acts on. [`Lab::node`] gives a [`NodeHandle`] (the
+//! node's namespace, links and kernel state), which gives its [`AgentHandle`] (the wiremesh agent:
+//! start, stop, status, logs, policy objects), [`DatapathHandle`] (the data-path process) and
+//! [`GuardHandle`] (strict mode's nftables guard). [`Lab::host`] and [`Lab::pod`] give a
+//! [`HostHandle`] (traffic from a node or pod), [`Lab::store`] the shared dir store,
+//! [`Lab::etcd`] the etcd server and [`Lab::switch`] the underlay switch.
+//!
+//! Handles are small borrowed views that name the role once (`lab.node(2).agent().status()`);
+//! they hold no state of their own and must never outlive or bypass the [`Lab`] that owns every
+//! process and namespace, so teardown stays the lab's alone.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Output};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::addr::{node_name, Host};
+use crate::capture::Capture;
+use crate::error::Result;
+use crate::exec::BgProcess;
+use crate::lab::{Lab, NodeKind};
+use crate::lifecycle::PolicyHooks;
+use crate::policy::Proto;
+use crate::stream::IperfClient;
+use crate::traffic::{Ping, PingResult};
+use crate::wggo::KeyPair;
+
+impl Lab {
+    /// Node `node` (1-based).
+    pub fn node(&self, node: u8) -> NodeHandle<'_> {
+        NodeHandle { lab: self, node }
+    }
+
+    /// Pod `pod` of node `node` (both 1-based).
+    pub fn pod(&self, node: u8, pod: u8) -> HostHandle<'_> {
+        self.host(Host::Pod(node, pod))
+    }
+
+    /// A node or a pod, for traffic.
+    pub fn host(&self, host: Host) -> HostHandle<'_> {
+        HostHandle { lab: self, host }
+    }
+
+    /// The dir store every node shares.
+    pub fn store(&self) -> StoreHandle<'_> {
+        StoreHandle { lab: self }
+    }
+
+    /// The etcd server on the switch (etcd labs only).
+    pub fn etcd(&self) -> EtcdHandle<'_> {
+        EtcdHandle { lab: self }
+    }
+
+    /// The underlay switch namespace (bridge `br0`).
+    pub fn switch(&self) -> SwitchHandle<'_> {
+        SwitchHandle { lab: self }
+    }
+}
+
+/// One node: its network namespace, directories, links and kernel state.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeHandle<'a> {
+    lab: &'a Lab,
+    node: u8,
+}
+
+impl<'a> NodeHandle<'a> {
+    pub fn id(&self) -> u8 {
+        self.node
+    }
+
+    /// `node-<i>`, the node's name in the store.
+    pub fn name(&self) -> String {
+        node_name(self.node)
+    }
+
+    /// The wiremesh agent on this node.
+    pub fn agent(&self) -> AgentHandle<'a> {
+        AgentHandle {
+            lab: self.lab,
+            node: self.node,
+        }
+    }
+
+    /// The data-path process the agent started on this node.
+    pub fn datapath(&self) -> DatapathHandle<'a> {
+        DatapathHandle {
+            lab: self.lab,
+            node: self.node,
+        }
+    }
+
+    /// Strict mode's nftables guard table in this node's namespace.
+    pub fn guard(&self) -> GuardHandle<'a> {
+        GuardHandle {
+            lab: self.lab,
+            node: self.node,
+        }
+    }
+
+    /// The node itself as a traffic endpoint.
+    pub fn host(&self) -> HostHandle<'a> {
+        self.lab.host(Host::Node(self.node))
+    }
+
+    /// Pod `pod` of this node.
+    pub fn pod(&self, pod: u8) -> HostHandle<'a> {
+        self.lab.pod(self.node, pod)
+    }
+
+    pub fn ns(&self) -> String {
+        self.lab.node_ns(self.node)
+    }
+
+    /// `<labdir>/n<i>`: the node's config, log, state and run directories.
+    pub fn dir(&self) -> PathBuf {
+        self.lab.node_dir(self.node)
+    }
+
+    /// The node's state directory (`n<i>/state`: the key, `peers.json`, `policy.json`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.lab.state_dir(self.node)
+    }
+
+    /// A command in the node's network namespace with the node's own `/run/wireguard` and
+    /// `/run/wiremesh` bind-mounted (as the agent sees them). Append arguments as usual.
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        self.lab.node_cmd(self.node, program)
+    }
+
+    /// The shell command line equivalent to [`NodeHandle::cmd`], for humans.
+    pub fn shell_line(&self, program: &str) -> String {
+        self.lab.node_shell_line(self.node, program)
+    }
+
+    /// Runs `ip -n <node ns> <args>` and returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        self.lab.ip(Host::Node(self.node), args)
+    }
+
+    /// The log of what runs on this node (agent or wireguard-go).
+    pub fn log_path(&self, kind: NodeKind) -> PathBuf {
+        self.lab.log_path(self.node, kind)
+    }
+
+    /// The last `lines` lines of that log.
+    pub fn log_tail(&self, kind: NodeKind, lines: usize) -> String {
+        self.lab.log_tail(self.node, kind, lines)
+    }
+
+    /// `wg show wiremesh_wg0` in the node.
+    pub fn wg_show(&self) -> Result<String> {
+        self.lab.wg_show(self.node)
+    }
+
+    /// The names of the node's interfaces.
+    pub fn links(&self) -> Result<Vec<String>> {
+        self.lab.links(self.node)
+    }
+
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        self.lab.ifindex(self.node, ifname)
+    }
+
+    /// Which of the agent's tc policy hooks are attached to `ifname`.
+    pub fn policy_hooks(&self, ifname: &str) -> Result<PolicyHooks> {
+        self.lab.policy_hooks(self.node, ifname)
+    }
+
+    /// The kernel's UDP counters in the node's namespace (`InDatagrams`, `RcvbufErrors`, ...).
+    pub fn udp_counters(&self) -> Result<BTreeMap<String, u64>> {
+        self.lab.udp_counters(self.node)
+    }
+
+    /// `/metrics` from `http://<addr>/metrics` inside the node's network namespace.
+    pub fn metrics_tcp(&self, addr: &str) -> Result<String> {
+        self.lab.metrics_tcp(self.node, addr)
+    }
+
+    /// What the node loses in a reboot: its agent and data path (SIGKILL), the tc filters on
+    /// every interface and its pinned policy maps. Its state directory stays, as a disk does.
+    pub fn simulate_reboot(&self) -> Result<()> {
+        self.lab.simulate_reboot(self.node)
+    }
+
+    /// Deletes pod `pod`'s veth and wires the pod again, as a container runtime restarting the
+    /// pod would: the same names and addresses on a new device (new ifindex, no tc filters).
+    pub fn recreate_pod_link(&self, pod: u8) -> Result<()> {
+        self.lab.recreate_pod_link(self.node, pod)
+    }
+
+    /// Routes this node's traffic for node `to`'s pod CIDR straight over the underlay, ahead of
+    /// anything the agent installed: the unencrypted control case of a leak test.
+    pub fn bypass_tunnel(&self, to: u8) -> Result<()> {
+        self.lab.bypass_tunnel(self.node, to)
+    }
+
+    /// Undoes [`NodeHandle::bypass_tunnel`].
+    pub fn remove_bypass(&self, to: u8) -> Result<()> {
+        self.lab.remove_bypass(self.node, to)
+    }
+
+    /// The node's private key file (`<labdir>/n<i>/state/wiremesh_wg0.key`).
+    pub fn key_path(&self) -> PathBuf {
+        self.lab.key_path(self.node)
+    }
+
+    /// Generates the node's key pair with `wg` and stores the private key like the agent does.
+    pub fn generate_key(&self) -> Result<KeyPair> {
+        self.lab.generate_key(self.node)
+    }
+
+    /// Runs wireguard-go on the node as `wiremesh_wg0`, peers it with every other node whose
+    /// record is in the store, and publishes the node's own record. Returns its public key.
+    pub fn start_wireguard_go(&self, timeout: Duration) -> Result<String> {
+        self.lab.start_wireguard_go(self.node, timeout)
+    }
+}
+
+/// The wiremesh agent of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentHandle<'a> {
+    lab: &'a Lab,
+    node: u8,
+}
+
+impl AgentHandle<'_> {
+    /// Writes the config and starts `wiremesh agent` in the node (without waiting for it).
+    pub fn start(&self) -> Result<()> {
+        self.lab.start_agent(self.node)
+    }
+
+    /// SIGTERM, up to 5 s to exit, then SIGKILL.
+    pub fn stop(&self) -> Result<()> {
+        self.lab.stop_agent(self.node)
+    }
+
+    /// SIGKILL (no chance to clean up), as a crash would.
+    pub fn kill(&self) -> Result<()> {
+        self.lab.kill_agent(self.node)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.lab.agent_pid(self.node)
+    }
+
+    /// Fails with the exit status and log tail if the agent has exited.
+    pub fn check_running(&self) -> Result<()> {
+        self.lab.check_running(self.node)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.lab.config_path(self.node)
+    }
+
+    /// The config the lab writes for this node's agent.
+    pub fn config_yaml(&self) -> String {
+        self.lab.config_yaml(self.node)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.lab.log_path(self.node, NodeKind::Agent)
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.lab.agent_log(self.node)
+    }
+
+    /// The length of the agent log, a mark for [`AgentHandle::wait_log`].
+    pub fn log_len(&self) -> usize {
+        self.lab.agent_log_len(self.node)
+    }
+
+    /// Waits until a line of the log written after byte `from` satisfies `pred`; returns it.
+    pub fn wait_log(
+        &self,
+        from: usize,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        self.lab.wait_log(self.node, from, what, timeout, pred)
+    }
+
+    /// `wiremesh encrypt status --json`.
+    pub fn status(&self) -> Result<Value> {
+        self.lab.status(self.node)
+    }
+
+    /// `wiremesh encrypt status`, as a human reads it.
+    pub fn status_text(&self) -> Result<String> {
+        self.lab.status_text(self.node)
+    }
+
+    /// `wiremesh encrypt status --all-nodes --json`: every node's status as this agent sees it.
+    pub fn all_nodes_status(&self) -> Result<Vec<Value>> {
+        self.lab.all_nodes_status(self.node)
+    }
+
+    /// Polls the status every 100 ms until `pred` holds; fails early if the agent dies.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        self.lab.wait_status(self.node, what, timeout, pred)
+    }
+
+    /// Waits until the status lists exactly `count` peers.
+    pub fn wait_peer_count(&self, count: usize, timeout: Duration) -> Result<Value> {
+        self.lab.wait_peer_count(self.node, count, timeout)
+    }
+
+    /// Waits until the status lists `count` peers with a handshake (which needs traffic: see
+    /// [`HostHandle::wait_reachable`]).
+    pub fn wait_handshakes(&self, count: usize, timeout: Duration) -> Result<Value> {
+        self.lab.wait_handshakes(self.node, count, timeout)
+    }
+
+    /// `wiremesh keys rotate`: its stdout (`Rotated: key epoch N, public key K`).
+    pub fn rotate_keys(&self, timeout: Duration) -> Result<String> {
+        self.lab.rotate_keys(self.node, timeout)
+    }
+
+    /// `/metrics` from the agent's admin socket.
+    pub fn metrics(&self) -> Result<String> {
+        self.lab.metrics_admin(self.node)
+    }
+
+    /// Runs `wiremesh <verb> -f <manifest>` against the agent; its whole output, whatever the
+    /// exit status.
+    pub fn objects_cmd(&self, verb: &str, manifest: &str) -> Result<Output> {
+        self.lab.objects_cmd(self.node, verb, manifest)
+    }
+
+    /// `wiremesh apply -f`; fails with its stderr unless it succeeds.
+    pub fn apply(&self, manifest: &str) -> Result<String> {
+        self.lab.apply(self.node, manifest)
+    }
+
+    /// `wiremesh delete -f`.
+    pub fn delete(&self, manifest: &str) -> Result<String> {
+        self.lab.delete(self.node, manifest)
+    }
+
+    /// `wiremesh policy trace` (online) with `args`; stdout.
+    pub fn trace(&self, args: &[&str]) -> Result<String> {
+        self.lab.trace(self.node, args)
+    }
+
+    /// Starts another agent with config `yaml` in this node's namespace, with its own run
+    /// directories ([`Lab::extra_agent_dir`]); the caller owns the process.
+    pub fn spawn_with(&self, label: &str, yaml: &str) -> Result<BgProcess> {
+        self.lab.spawn_agent_with(self.node, label, yaml)
+    }
+
+    /// [`AgentHandle::spawn_with`] to completion or `timeout`: for an agent expected to refuse
+    /// to start. Returns its exit status and everything it wrote.
+    pub fn run_with(
+        &self,
+        label: &str,
+        yaml: &str,
+        timeout: Duration,
+    ) -> Result<(ExitStatus, String)> {
+        self.lab.run_agent_with(self.node, label, yaml, timeout)
+    }
+}
+
+/// The data-path process of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct DatapathHandle<'a> {
+    lab: &'a Lab,
+    node: u8,
+}
+
+impl DatapathHandle<'_> {
+    pub fn pid(&self) -> Option<u32> {
+        self.lab.datapath_pid(self.node)
+    }
+
+    /// Sends `signal` and waits up to `timeout` for it to exit.
+    pub fn stop(&self, signal: Signal, timeout: Duration) -> Result<()> {
+        self.lab.stop_datapath(self.node, signal, timeout)
+    }
+}
+
+/// Strict mode's nftables guard of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardHandle<'a> {
+    lab: &'a Lab,
+    node: u8,
+}
+
+impl GuardHandle<'_> {
+    /// Writes the node's agent config and runs `wiremesh guard --config` in its namespace (no
+    /// agent, no store): what the boot-time unit does. Returns its stdout.
+    pub fn run(&self) -> Result<String> {
+        self.lab.run_guard(self.node)
+    }
+
+    /// The guard's named counters, or `None` without a guard table.
+    pub fn counters(&self) -> Result<Option<BTreeMap<String, u64>>> {
+        self.lab.guard_counters(self.node)
+    }
+
+    /// One named counter; an error without a guard table.
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        self.lab.guard_counter(self.node, name)
+    }
+
+    /// `nft delete table inet wiremesh` (a running agent puts it back within seconds).
+    pub fn delete(&self) -> Result<()> {
+        self.lab.delete_guard(self.node)
+    }
+}
+
+/// A node or pod as a traffic endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct HostHandle<'a> {
+    lab: &'a Lab,
+    host: Host,
+}
+
+impl HostHandle<'_> {
+    pub fn host(&self) -> Host {
+        self.host
+    }
+
+    pub fn ns(&self) -> String {
+        self.lab.ns(self.host)
+    }
+
+    /// A command in this host's namespace (for a node, with its run directories mounted).
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        self.lab.host_cmd(self.host, program)
+    }
+
+    /// Runs `ip -n <ns> <args>` and returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        self.lab.ip(self.host, args)
+    }
+
+    /// Runs `ping` here and returns its summary (lost packets are not an error).
+    pub fn ping(&self, ping: &Ping) -> Result<PingResult> {
+        self.lab.ping_from(self.host, ping)
+    }
+
+    /// Starts `ping` here in the background; parse its log with [`PingResult::parse`] once it
+    /// has exited.
+    pub fn spawn_ping(&self, ping: &Ping) -> Result<BgProcess> {
+        self.lab.spawn_ping(self.host, ping)
+    }
+
+    /// Pings `to` once per attempt until a reply comes back; returns how long it took.
+    pub fn wait_reachable(&self, to: impl Into<IpAddr>, timeout: Duration) -> Result<Duration> {
+        self.lab.wait_reachable(self.host, to, timeout)
+    }
+
+    /// Sends `data` over one TCP connection to a listener on `to`; returns what it received.
+    pub fn tcp_send(&self, to: Host, data: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.lab.tcp_send(self.host, to, data, timeout)
+    }
+
+    /// Sends `len` bytes of [`crate::test_data`] to `to` and checks they arrived intact.
+    pub fn tcp_transfer(&self, to: Host, len: usize, timeout: Duration) -> Result<()> {
+        self.lab.tcp_transfer(self.host, to, len, timeout)
+    }
+
+    /// Whether a connection to `to:port` completes an echo exchange within `timeout`.
+    pub fn probe(&self, to: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> bool {
+        self.lab.probe(self.host, to, port, proto, timeout)
+    }
+
+    /// Runs `f` on a new thread inside this host's network namespace.
+    pub fn spawn_in<T, F>(&self, f: F) -> JoinHandle<std::io::Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    {
+        self.lab.spawn_in(self.host, f)
+    }
+
+    /// Starts a one-shot `iperf3 -s -1` here and waits until it listens; returns it and its port.
+    pub fn iperf_server(&self) -> Result<(BgProcess, u16)> {
+        self.lab.spawn_iperf_server(self.host)
+    }
+
+    /// Starts an iperf3 client here against `to:port`.
+    pub fn iperf_client(
+        &self,
+        to: Ipv4Addr,
+        port: u16,
+        duration: Duration,
+        bitrate: &str,
+    ) -> Result<IperfClient> {
+        self.lab
+            .spawn_iperf_client(self.host, to, port, duration, bitrate)
+    }
+
+    /// Starts tcpdump on `iface` here (e.g. a pod's `eth0`, to see what reaches it).
+    pub fn capture(&self, name: &str, iface: &str) -> Result<Capture> {
+        self.lab.start_capture_on(name, &self.ns(), iface)
+    }
+}
+
+/// The dir store the nodes share: one JSON record per node.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreHandle<'a> {
+    lab: &'a Lab,
+}
+
+impl StoreHandle<'_> {
+    pub fn dir(&self) -> PathBuf {
+        self.lab.store_dir()
+    }
+
+    pub fn record_path(&self, name: &str) -> PathBuf {
+        self.lab.record_path(name)
+    }
+
+    /// The raw bytes of `name`'s record, or `None` if there is none.
+    pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.lab.read_record_bytes(name)
+    }
+
+    /// `name`'s record as JSON, or `None` if there is none.
+    pub fn read_record(&self, name: &str) -> Result<Option<Value>> {
+        self.lab.read_record(name)
+    }
+
+    /// Waits until the record `name` exists and parses (an agent publishes it at start-up).
+    pub fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
+        self.lab.wait_record(name, timeout)
+    }
+
+    /// Writes `record` as `<nodeName>.json`, atomically.
+    pub fn write_record(&self, record: &Value) -> Result<()> {
+        self.lab.write_record(record)
+    }
+
+    /// Writes `bytes` as `<name>.json`, atomically (in etcd: at the node's key, with no lease).
+    pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.lab.write_record_bytes(name, bytes)
+    }
+
+    /// Removes `name`'s record; returns what it held.
+    pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
+        self.lab.remove_record(name)
+    }
+}
+
+/// The etcd server an etcd lab runs on the switch.
+#[derive(Debug, Clone, Copy)]
+pub struct EtcdHandle<'a> {
+    lab: &'a Lab,
+}
+
+impl EtcdHandle<'_> {
+    pub fn data_dir(&self) -> PathBuf {
+        self.lab.etcd_data_dir()
+    }
+
+    /// Starts etcd (on the data directory of any previous run) and waits until it is healthy.
+    pub fn start(&self) -> Result<()> {
+        self.lab.start_etcd()
+    }
+
+    pub fn stop(&self) -> Result<()> {
+        self.lab.stop_etcd()
+    }
+
+    pub fn running(&self) -> bool {
+        self.lab.etcd_running()
+    }
+
+    /// `etcdctl <args>` (API v3) in the switch namespace; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        self.lab.etcdctl(args)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.lab.etcd_get(key)
+    }
+
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.lab.etcd_put(key, value)
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub fn del(&self, key: &str) -> Result<bool> {
+        self.lab.etcd_del(key)
+    }
+}
+
+/// The underlay switch namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchHandle<'a> {
+    lab: &'a Lab,
+}
+
+impl SwitchHandle<'_> {
+    pub fn ns(&self) -> String {
+        self.lab.switch_ns()
+    }
+
+    /// A command in the switch namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        self.lab.switch_cmd(program)
+    }
+
+    /// Starts tcpdump on `br0` (the whole underlay) and waits until it is capturing.
+    pub fn capture(&self, name: &str) -> Result<Capture> {
+        self.lab.start_capture(name)
+    }
+
+    /// Makes the switch impersonate `pod` towards node `victim` on the underlay.
+    pub fn impersonate(&self, pod: Host, victim: u8) -> Result<()> {
+        self.lab.impersonate_on_switch(pod, victim)
+    }
+
+    /// `count` pings with payload `pattern` from address `from` (see
+    /// [`SwitchHandle::impersonate`]) to `to`; returns ping's output.
+    pub fn ping(&self, from: IpAddr, to: IpAddr, count: u32, pattern: &[u8]) -> Result<String> {
+        self.lab.ping_from_switch(from, to, count, pattern)
+    }
+}
