@@ -349,7 +349,19 @@ mod tests {
 
     #[test]
     fn peer_helpers_read_the_status_document() {
-        let status = json!({"peers": [{"nodeName": "node-2"}, {"nodeName": "node-3"}]});
+        // The peers as the agent's status types write them.
+        let peer_of = |name: &str| wiremesh::status::PeerStatus {
+            node_name: Some(name.into()),
+            public_key: String::new(),
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            key_epoch: None,
+            next_public_key: None,
+        };
+        let status = json!({"peers": [peer_of("node-2"), peer_of("node-3")]});
         assert_eq!(peer_names(&status), ["node-2", "node-3"]);
         assert!(peer(&status, "node-3").is_some());
         assert!(peer(&status, "node-4").is_none());

@@ -67,8 +67,8 @@ pub use netpol::{
     NETPOL_UDP_PORTS,
 };
 pub use options::{
-    agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions, StoreKind,
-    ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
+    agent_config_file, agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions,
+    StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
 };
 pub use policy::{namespace_manifest, render_matrix, PodSpec, Proto, Servers};
 pub use store::node_record;

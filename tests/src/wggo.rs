@@ -103,7 +103,9 @@ impl Lab {
         for (other, _) in &peers {
             self.ip(host, &["route", "add", &pod_cidr(*other), "dev", WG_IFACE])?;
         }
-        self.write_record(&node_record(node, &keys.public_key))?;
+        let public_key = keymgr::PublicKey::from_base64(&keys.public_key)
+            .map_err(|e| LabError::Check(format!("`wg pubkey` gave {:?}: {e}", keys.public_key)))?;
+        self.write_record(&node_record(node, public_key))?;
         Ok(keys.public_key)
     }
 

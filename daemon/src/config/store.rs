@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use super::{EtcdStoreSection, KubeStoreSection};
 
-pub(super) fn etcd_config(raw: Option<EtcdStoreSection>, errors: &mut Vec<String>) -> keymgr::store::EtcdConfig {
+pub(super) fn etcd_config(
+    raw: Option<EtcdStoreSection>,
+    errors: &mut Vec<String>,
+) -> keymgr::store::EtcdConfig {
     let mut config = keymgr::store::EtcdConfig::default();
     let Some(raw) = raw else { return config };
     if let Some(endpoints) = raw.endpoints {
@@ -46,7 +49,10 @@ pub(super) fn etcd_config(raw: Option<EtcdStoreSection>, errors: &mut Vec<String
     config
 }
 
-pub(super) fn kube_config(raw: Option<KubeStoreSection>, errors: &mut Vec<String>) -> keymgr::store::KubeConfig {
+pub(super) fn kube_config(
+    raw: Option<KubeStoreSection>,
+    errors: &mut Vec<String>,
+) -> keymgr::store::KubeConfig {
     let mut config = keymgr::store::KubeConfig::default();
     let Some(raw) = raw else { return config };
     config.kubeconfig = raw.kubeconfig;
@@ -76,4 +82,3 @@ pub(super) fn kube_config(raw: Option<KubeStoreSection>, errors: &mut Vec<String
     }
     config
 }
-

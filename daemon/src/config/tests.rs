@@ -224,7 +224,10 @@ fn config_file_round_trips_through_yaml() {
     };
     let yaml = yaml_serde::to_string(&file).unwrap();
     assert!(yaml.contains("interval: 0\n"), "{yaml}");
-    assert!(!yaml.contains("mtu"), "unset keys must not be written: {yaml}");
+    assert!(
+        !yaml.contains("mtu"),
+        "unset keys must not be written: {yaml}"
+    );
     let back: ConfigFile = yaml_serde::from_str(&yaml).unwrap();
     assert_eq!(back, file);
     let config = Config::parse(&yaml, Path::new("/t.yaml")).unwrap();

@@ -356,4 +356,3 @@ fn underlay_outside_pool(
         }
     }
 }
-
