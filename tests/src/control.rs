@@ -127,7 +127,7 @@ impl Lab {
         }
     }
 
-    /// `<labdir>/<label>`: home of an extra agent ([`Lab::spawn_agent_with`]), with `state/`,
+    /// `<labdir>/<label>`: home of an extra agent ([`crate::AgentHandle::spawn_with`]), with `state/`,
     /// `run/`, `wireguard/`, `config.yaml` and `agent.log`.
     pub fn extra_agent_dir(&self, label: &str) -> PathBuf {
         self.dir().join(label)

@@ -7,6 +7,10 @@
 //! separate hosts. The agents share a dir store, or an etcd server the lab runs on the switch
 //! ([`LabOptions`]). It drives traffic (ping, TCP via nc) and captures the underlay.
 //!
+//! Users act on one role at a time through borrowed handles: `lab.node(2).agent().status()`,
+//! `lab.node(1).datapath().pid()`, `lab.pod(1, 1).ping(..)`, `lab.store().read_record(..)`,
+//! `lab.switch().capture(..)` (see [`handles`] and tests/README.md).
+//!
 //! It must never touch anything it did not create: every namespace is named with the lab's unique
 //! prefix, processes are stopped by the PID the lab holds, and nothing is ever routed out of the
 //! lab's namespaces. Every wait is bounded, and dropping a `Lab` (also while a test panics) stops
@@ -22,7 +26,7 @@ mod error;
 mod etcd;
 mod exec;
 mod flood;
-mod handles;
+pub mod handles;
 mod lab;
 mod lifecycle;
 mod metrics;

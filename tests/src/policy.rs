@@ -265,7 +265,7 @@ impl Lab {
         })
     }
 
-    /// [`Lab::probe`] for many probes at once, results in order.
+    /// [`crate::HostHandle::probe`] for many probes at once, results in order.
     pub fn probe_all(
         &self,
         probes: &[(Host, Ipv4Addr, u16, Proto)],
