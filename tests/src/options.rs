@@ -70,7 +70,8 @@ pub struct LabOptions {
     /// Serve Prometheus metrics on `<node address>:<port>` (`metricsAddress`).
     pub metrics_port: Option<u16>,
     /// IPv6 as well: underlay `2001:2::<i>/64`, pods `fd00:10:244:<i>::<10+k>`, the agents'
-    /// v6 `nodeIPs`, `podCIDRs` and `clusterPodCIDRs` (see [`crate::node_ip6`], [`crate::pod_ip6`]).
+    /// v6 `nodeIPs`, `podCIDRs` and `clusterPodCIDRs` (see [`crate::node_ip6`],
+    /// [`crate::pod_ip6`]).
     pub dual_stack: bool,
     /// Every node gets a default route (v4, and v6 in a dual-stack lab) to the switch, which holds
     /// [`SWITCH_IP`] (and [`crate::addr::SWITCH_IP6`]) and forwards nothing: traffic that misses
