@@ -514,90 +514,13 @@ impl HostHandle<'_> {
 /// The dir store the nodes share: one JSON record per node.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreHandle<'a> {
-    lab: &'a Lab,
-}
-
-impl StoreHandle<'_> {
-    pub fn dir(&self) -> PathBuf {
-        self.lab.store_dir()
-    }
-
-    pub fn record_path(&self, name: &str) -> PathBuf {
-        self.lab.record_path(name)
-    }
-
-    /// The raw bytes of `name`'s record, or `None` if there is none.
-    pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.lab.read_record_bytes(name)
-    }
-
-    /// `name`'s record as JSON, or `None` if there is none.
-    pub fn read_record(&self, name: &str) -> Result<Option<Value>> {
-        self.lab.read_record(name)
-    }
-
-    /// Waits until the record `name` exists and parses (an agent publishes it at start-up).
-    pub fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
-        self.lab.wait_record(name, timeout)
-    }
-
-    /// Writes `record` as `<nodeName>.json`, atomically.
-    pub fn write_record(&self, record: &Value) -> Result<()> {
-        self.lab.write_record(record)
-    }
-
-    /// Writes `bytes` as `<name>.json`, atomically (in etcd: at the node's key, with no lease).
-    pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.lab.write_record_bytes(name, bytes)
-    }
-
-    /// Removes `name`'s record; returns what it held.
-    pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
-        self.lab.remove_record(name)
-    }
+    pub(crate) lab: &'a Lab,
 }
 
 /// The etcd server an etcd lab runs on the switch.
 #[derive(Debug, Clone, Copy)]
 pub struct EtcdHandle<'a> {
-    lab: &'a Lab,
-}
-
-impl EtcdHandle<'_> {
-    pub fn data_dir(&self) -> PathBuf {
-        self.lab.etcd_data_dir()
-    }
-
-    /// Starts etcd (on the data directory of any previous run) and waits until it is healthy.
-    pub fn start(&self) -> Result<()> {
-        self.lab.start_etcd()
-    }
-
-    pub fn stop(&self) -> Result<()> {
-        self.lab.stop_etcd()
-    }
-
-    pub fn running(&self) -> bool {
-        self.lab.etcd_running()
-    }
-
-    /// `etcdctl <args>` (API v3) in the switch namespace; its stdout.
-    pub fn ctl(&self, args: &[&str]) -> Result<String> {
-        self.lab.etcdctl(args)
-    }
-
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.lab.etcd_get(key)
-    }
-
-    pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.lab.etcd_put(key, value)
-    }
-
-    /// Deletes `key`; whether it existed.
-    pub fn del(&self, key: &str) -> Result<bool> {
-        self.lab.etcd_del(key)
-    }
+    pub(crate) lab: &'a Lab,
 }
 
 /// The underlay switch namespace.

@@ -102,7 +102,7 @@ impl Lab {
         lab.make_dirs()?;
         lab.build_topology()?;
         if lab.options.uses_etcd() {
-            lab.start_etcd()?;
+            lab.etcd().start()?;
         }
         Ok(lab)
     }
@@ -339,7 +339,7 @@ impl Lab {
         procs.iter_mut().for_each(|p| *p = None);
         drop(procs);
         self.stop_datapaths();
-        if let Err(e) = self.stop_etcd() {
+        if let Err(e) = self.etcd().stop() {
             eprintln!("wiremesh-lab: stopping etcd: {e}");
         }
     }

@@ -14,7 +14,7 @@ use crate::addr::{node_ip, node_name, pod_cidr, WG_PORT};
 use crate::agent::CLUSTER_NAME;
 use crate::error::{LabError, Result};
 use crate::etcd::etcd_node_key;
-use crate::lab::Lab;
+use crate::handles::StoreHandle;
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -36,16 +36,21 @@ pub fn node_record(node: u8, public_key: PublicKey) -> NodeRecord {
     }
 }
 
-impl Lab {
+impl StoreHandle<'_> {
+    /// `<labdir>/store`, the dir store's directory (unused in an etcd lab).
+    pub fn dir(&self) -> PathBuf {
+        self.lab.store_dir()
+    }
+
     /// `<store>/<name>.json`.
-    pub(crate) fn record_path(&self, name: &str) -> PathBuf {
-        self.store_dir().join(format!("{name}.json"))
+    pub fn record_path(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("{name}.json"))
     }
 
     /// The raw record `name`, if present (from the dir store, or from etcd in an etcd lab).
-    pub(crate) fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        if self.options().uses_etcd() {
-            return self.etcd_get(&etcd_node_key(name));
+    pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        if self.lab.options().uses_etcd() {
+            return self.lab.etcd().get(&etcd_node_key(name));
         }
         let path = self.record_path(name);
         match std::fs::read(&path) {
@@ -56,7 +61,7 @@ impl Lab {
     }
 
     /// The record `name`, parsed, if present.
-    pub(crate) fn read_record(&self, name: &str) -> Result<Option<Value>> {
+    pub fn read_record(&self, name: &str) -> Result<Option<Value>> {
         let Some(bytes) = self.read_record_bytes(name)? else {
             return Ok(None);
         };
@@ -70,7 +75,7 @@ impl Lab {
 
     /// Waits until the record `name` exists and parses (an agent publishes it at start-up);
     /// polls every 100 ms.
-    pub(crate) fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
+    pub fn wait_record(&self, name: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let last = match self.read_record(name) {
@@ -91,7 +96,7 @@ impl Lab {
 
     /// Writes `record` (a [`NodeRecord`], or any JSON, valid or not) as `<nodeName>.json`,
     /// atomically.
-    pub(crate) fn write_record(&self, record: &impl Serialize) -> Result<()> {
+    pub fn write_record(&self, record: &impl Serialize) -> Result<()> {
         let record = serde_json::to_value(record)
             .map_err(|e| LabError::Check(format!("cannot encode a record: {e}")))?;
         let name = record
@@ -105,24 +110,26 @@ impl Lab {
 
     /// Writes `bytes` as `<name>.json`, atomically (in etcd: puts it at the node's key, with no
     /// lease).
-    pub(crate) fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        if self.options().uses_etcd() {
-            return self.etcd_put(&etcd_node_key(name), bytes);
+    pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        if self.lab.options().uses_etcd() {
+            return self.lab.etcd().put(&etcd_node_key(name), bytes);
         }
-        let tmp = self.store_dir().join(format!(".{name}.json.lab-tmp"));
+        let tmp = self.dir().join(format!(".{name}.json.lab-tmp"));
         std::fs::write(&tmp, bytes).map_err(|e| LabError::io(&tmp, e))?;
         let path = self.record_path(name);
         std::fs::rename(&tmp, &path).map_err(|e| LabError::io(&path, e))
     }
 
     /// Removes the record `name` and returns what it held.
-    pub(crate) fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
-        if self.options().uses_etcd() {
+    pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
+        if self.lab.options().uses_etcd() {
             let key = etcd_node_key(name);
             let bytes = self
-                .etcd_get(&key)?
+                .lab
+                .etcd()
+                .get(&key)?
                 .ok_or_else(|| LabError::Check(format!("no record at {key} in etcd")))?;
-            self.etcd_del(&key)?;
+            self.lab.etcd().del(&key)?;
             return Ok(bytes);
         }
         let path = self.record_path(name);

@@ -68,7 +68,7 @@ impl Lab {
 
         let mut peers = Vec::new();
         for other in self.node_ids().filter(|&o| o != node) {
-            let record = self.wait_record(&node_name(other), timeout)?;
+            let record = self.store().wait_record(&node_name(other), timeout)?;
             let key = record
                 .get("publicKey")
                 .and_then(Value::as_str)
@@ -105,7 +105,7 @@ impl Lab {
         }
         let public_key = keymgr::PublicKey::from_base64(&keys.public_key)
             .map_err(|e| LabError::Check(format!("`wg pubkey` gave {:?}: {e}", keys.public_key)))?;
-        self.write_record(&node_record(node, public_key))?;
+        self.store().write_record(&node_record(node, public_key))?;
         Ok(keys.public_key)
     }
 

@@ -93,7 +93,7 @@ fn lab_topology_traffic_capture_and_cleanup() {
         .expect("ping runs");
     assert_eq!(blocked.received, 0, "bypass removal did not take effect");
 
-    // node(1).cmd sees the node's own /run/wireguard, not the host's, and its PID is the program's.
+    // node(1).cmd sees the node's own /run/wireguard (not the host's); its PID is the program's.
     let mut touch = lab.node(1).cmd("sh");
     touch.args([
         "-c",
