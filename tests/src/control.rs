@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::agent::{agent_binary, LOG_TAIL_LINES};
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
+use crate::handles::DatapathHandle;
 use crate::lab::{datapath_pid_in, Lab, NodeKind, AGENT_RUN_DIR};
 
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,39 +27,6 @@ pub fn unix_now() -> f64 {
 }
 
 impl Lab {
-    /// The PID of node `node`'s `wiremesh datapath`, if one runs.
-    pub(crate) fn datapath_pid(&self, node: u8) -> Option<u32> {
-        datapath_pid_in(&self.node_dir(node).join("run"))
-            .and_then(|p| u32::try_from(p.as_raw()).ok())
-    }
-
-    /// Sends `signal` to node `node`'s data path and waits up to `timeout` for it to be gone.
-    pub(crate) fn stop_datapath(&self, node: u8, signal: Signal, timeout: Duration) -> Result<()> {
-        let pid =
-            datapath_pid_in(&self.node_dir(node).join("run")).ok_or_else(|| LabError::Node {
-                node,
-                what: "no data path is running".into(),
-            })?;
-        nix::sys::signal::kill(pid, signal).map_err(|e| LabError::Node {
-            node,
-            what: format!("kill -{signal} {pid}: {e}"),
-        })?;
-        let deadline = Instant::now() + timeout;
-        // The data path is not our child (the agent detached it), so it is reaped by init: wait
-        // until its PID no longer names a data path for this node.
-        while datapath_pid_in(&self.node_dir(node).join("run")) == Some(pid) && alive(pid) {
-            if Instant::now() >= deadline {
-                return Err(LabError::Timeout {
-                    what: format!("node-{node}'s data path (pid {pid}) to exit on {signal}"),
-                    after: timeout,
-                    last: "still running".into(),
-                });
-            }
-            std::thread::sleep(POLL);
-        }
-        Ok(())
-    }
-
     /// `wiremesh keys rotate` in node `node`: its stdout (`Rotated: key epoch N, public key K`).
     pub(crate) fn rotate_keys(&self, node: u8, timeout: Duration) -> Result<String> {
         let mut cmd = self.node_cmd(node, agent_binary()?);
@@ -200,4 +168,42 @@ fn is_zombie(pid: Pid) -> bool {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl DatapathHandle<'_> {
+    /// The PID of the node's `wiremesh datapath`, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        let node = self.node;
+        datapath_pid_in(&self.lab.node_dir(node).join("run"))
+            .and_then(|p| u32::try_from(p.as_raw()).ok())
+    }
+
+    /// Sends `signal` to the node's data path and waits up to `timeout` for it to be gone.
+    pub fn stop(&self, signal: Signal, timeout: Duration) -> Result<()> {
+        let node = self.node;
+        let pid = datapath_pid_in(&self.lab.node_dir(node).join("run")).ok_or_else(|| {
+            LabError::Node {
+                node,
+                what: "no data path is running".into(),
+            }
+        })?;
+        nix::sys::signal::kill(pid, signal).map_err(|e| LabError::Node {
+            node,
+            what: format!("kill -{signal} {pid}: {e}"),
+        })?;
+        let deadline = Instant::now() + timeout;
+        // The data path is not our child (the agent detached it), so it is reaped by init: wait
+        // until its PID no longer names a data path for this node.
+        while datapath_pid_in(&self.lab.node_dir(node).join("run")) == Some(pid) && alive(pid) {
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!("node-{node}'s data path (pid {pid}) to exit on {signal}"),
+                    after: timeout,
+                    last: "still running".into(),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
 }

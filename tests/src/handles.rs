@@ -9,7 +9,6 @@
 //! they hold no state of their own and must never outlive or bypass the [`Lab`] that owns every
 //! process and namespace, so teardown stays the lab's alone.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -17,7 +16,6 @@ use std::process::{Command, ExitStatus, Output};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::addr::{node_name, Host};
@@ -25,11 +23,9 @@ use crate::capture::Capture;
 use crate::error::Result;
 use crate::exec::BgProcess;
 use crate::lab::{Lab, NodeKind};
-use crate::lifecycle::PolicyHooks;
 use crate::policy::Proto;
 use crate::stream::IperfClient;
 use crate::traffic::{Ping, PingResult};
-use crate::wggo::KeyPair;
 
 impl Lab {
     /// Node `node` (1-based).
@@ -66,8 +62,8 @@ impl Lab {
 /// One node: its network namespace, directories, links and kernel state.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeHandle<'a> {
-    lab: &'a Lab,
-    node: u8,
+    pub(crate) lab: &'a Lab,
+    pub(crate) node: u8,
 }
 
 impl<'a> NodeHandle<'a> {
@@ -123,11 +119,6 @@ impl<'a> NodeHandle<'a> {
         self.lab.node_dir(self.node)
     }
 
-    /// The node's state directory (`n<i>/state`: the key, `peers.json`, `policy.json`).
-    pub fn state_dir(&self) -> PathBuf {
-        self.lab.state_dir(self.node)
-    }
-
     /// A command in the node's network namespace with the node's own `/run/wireguard` and
     /// `/run/wiremesh` bind-mounted (as the agent sees them). Append arguments as usual.
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
@@ -158,76 +149,13 @@ impl<'a> NodeHandle<'a> {
     pub fn wg_show(&self) -> Result<String> {
         self.lab.wg_show(self.node)
     }
-
-    /// The names of the node's interfaces.
-    pub fn links(&self) -> Result<Vec<String>> {
-        self.lab.links(self.node)
-    }
-
-    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
-        self.lab.ifindex(self.node, ifname)
-    }
-
-    /// Which of the agent's tc policy hooks are attached to `ifname`.
-    pub fn policy_hooks(&self, ifname: &str) -> Result<PolicyHooks> {
-        self.lab.policy_hooks(self.node, ifname)
-    }
-
-    /// The kernel's UDP counters in the node's namespace (`InDatagrams`, `RcvbufErrors`, ...).
-    pub fn udp_counters(&self) -> Result<BTreeMap<String, u64>> {
-        self.lab.udp_counters(self.node)
-    }
-
-    /// `/metrics` from `http://<addr>/metrics` inside the node's network namespace.
-    pub fn metrics_tcp(&self, addr: &str) -> Result<String> {
-        self.lab.metrics_tcp(self.node, addr)
-    }
-
-    /// What the node loses in a reboot: its agent and data path (SIGKILL), the tc filters on
-    /// every interface and its pinned policy maps. Its state directory stays, as a disk does.
-    pub fn simulate_reboot(&self) -> Result<()> {
-        self.lab.simulate_reboot(self.node)
-    }
-
-    /// Deletes pod `pod`'s veth and wires the pod again, as a container runtime restarting the
-    /// pod would: the same names and addresses on a new device (new ifindex, no tc filters).
-    pub fn recreate_pod_link(&self, pod: u8) -> Result<()> {
-        self.lab.recreate_pod_link(self.node, pod)
-    }
-
-    /// Routes this node's traffic for node `to`'s pod CIDR straight over the underlay, ahead of
-    /// anything the agent installed: the unencrypted control case of a leak test.
-    pub fn bypass_tunnel(&self, to: u8) -> Result<()> {
-        self.lab.bypass_tunnel(self.node, to)
-    }
-
-    /// Undoes [`NodeHandle::bypass_tunnel`].
-    pub fn remove_bypass(&self, to: u8) -> Result<()> {
-        self.lab.remove_bypass(self.node, to)
-    }
-
-    /// The node's private key file (`<labdir>/n<i>/state/wiremesh_wg0.key`).
-    pub fn key_path(&self) -> PathBuf {
-        self.lab.key_path(self.node)
-    }
-
-    /// Generates the node's key pair with `wg` and stores the private key like the agent does.
-    pub fn generate_key(&self) -> Result<KeyPair> {
-        self.lab.generate_key(self.node)
-    }
-
-    /// Runs wireguard-go on the node as `wiremesh_wg0`, peers it with every other node whose
-    /// record is in the store, and publishes the node's own record. Returns its public key.
-    pub fn start_wireguard_go(&self, timeout: Duration) -> Result<String> {
-        self.lab.start_wireguard_go(self.node, timeout)
-    }
 }
 
 /// The wiremesh agent of one node.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentHandle<'a> {
-    lab: &'a Lab,
-    node: u8,
+    pub(crate) lab: &'a Lab,
+    pub(crate) node: u8,
 }
 
 impl AgentHandle<'_> {
@@ -330,11 +258,6 @@ impl AgentHandle<'_> {
         self.lab.rotate_keys(self.node, timeout)
     }
 
-    /// `/metrics` from the agent's admin socket.
-    pub fn metrics(&self) -> Result<String> {
-        self.lab.metrics_admin(self.node)
-    }
-
     /// Runs `wiremesh <verb> -f <manifest>` against the agent; its whole output, whatever the
     /// exit status.
     pub fn objects_cmd(&self, verb: &str, manifest: &str) -> Result<Output> {
@@ -377,49 +300,15 @@ impl AgentHandle<'_> {
 /// The data-path process of one node.
 #[derive(Debug, Clone, Copy)]
 pub struct DatapathHandle<'a> {
-    lab: &'a Lab,
-    node: u8,
-}
-
-impl DatapathHandle<'_> {
-    pub fn pid(&self) -> Option<u32> {
-        self.lab.datapath_pid(self.node)
-    }
-
-    /// Sends `signal` and waits up to `timeout` for it to exit.
-    pub fn stop(&self, signal: Signal, timeout: Duration) -> Result<()> {
-        self.lab.stop_datapath(self.node, signal, timeout)
-    }
+    pub(crate) lab: &'a Lab,
+    pub(crate) node: u8,
 }
 
 /// Strict mode's nftables guard of one node.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardHandle<'a> {
-    lab: &'a Lab,
-    node: u8,
-}
-
-impl GuardHandle<'_> {
-    /// Writes the node's agent config and runs `wiremesh guard --config` in its namespace (no
-    /// agent, no store): what the boot-time unit does. Returns its stdout.
-    pub fn run(&self) -> Result<String> {
-        self.lab.run_guard(self.node)
-    }
-
-    /// The guard's named counters, or `None` without a guard table.
-    pub fn counters(&self) -> Result<Option<BTreeMap<String, u64>>> {
-        self.lab.guard_counters(self.node)
-    }
-
-    /// One named counter; an error without a guard table.
-    pub fn counter(&self, name: &str) -> Result<u64> {
-        self.lab.guard_counter(self.node, name)
-    }
-
-    /// `nft delete table inet wiremesh` (a running agent puts it back within seconds).
-    pub fn delete(&self) -> Result<()> {
-        self.lab.delete_guard(self.node)
-    }
+    pub(crate) lab: &'a Lab,
+    pub(crate) node: u8,
 }
 
 /// A node or pod as a traffic endpoint.
@@ -526,32 +415,11 @@ pub struct EtcdHandle<'a> {
 /// The underlay switch namespace.
 #[derive(Debug, Clone, Copy)]
 pub struct SwitchHandle<'a> {
-    lab: &'a Lab,
+    pub(crate) lab: &'a Lab,
 }
 
 impl SwitchHandle<'_> {
     pub fn ns(&self) -> String {
         self.lab.switch_ns()
-    }
-
-    /// A command in the switch namespace.
-    pub fn cmd(&self, program: &str) -> Command {
-        self.lab.switch_cmd(program)
-    }
-
-    /// Starts tcpdump on `br0` (the whole underlay) and waits until it is capturing.
-    pub fn capture(&self, name: &str) -> Result<Capture> {
-        self.lab.start_capture(name)
-    }
-
-    /// Makes the switch impersonate `pod` towards node `victim` on the underlay.
-    pub fn impersonate(&self, pod: Host, victim: u8) -> Result<()> {
-        self.lab.impersonate_on_switch(pod, victim)
-    }
-
-    /// `count` pings with payload `pattern` from address `from` (see
-    /// [`SwitchHandle::impersonate`]) to `to`; returns ping's output.
-    pub fn ping(&self, from: IpAddr, to: IpAddr, count: u32, pattern: &[u8]) -> Result<String> {
-        self.lab.ping_from_switch(from, to, count, pattern)
     }
 }
