@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::agent::{agent_binary, LOG_TAIL_LINES};
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
+use crate::handles::AgentHandle;
 use crate::handles::DatapathHandle;
 use crate::lab::{datapath_pid_in, Lab, NodeKind, AGENT_RUN_DIR};
 
@@ -27,126 +28,10 @@ pub fn unix_now() -> f64 {
 }
 
 impl Lab {
-    /// `wiremesh keys rotate` in node `node`: its stdout (`Rotated: key epoch N, public key K`).
-    pub(crate) fn rotate_keys(&self, node: u8, timeout: Duration) -> Result<String> {
-        let mut cmd = self.node_cmd(node, agent_binary()?);
-        cmd.args(["keys", "rotate", "--run-dir", AGENT_RUN_DIR]);
-        run(&mut cmd, timeout)
-    }
-
-    /// `wiremesh encrypt status --all-nodes --json` in node `node`: one entry per node.
-    pub(crate) fn all_nodes_status(&self, node: u8) -> Result<Vec<Value>> {
-        let mut cmd = self.node_cmd(node, agent_binary()?);
-        cmd.args([
-            "encrypt",
-            "status",
-            "--all-nodes",
-            "--json",
-            "--run-dir",
-            AGENT_RUN_DIR,
-        ]);
-        let out = run(&mut cmd, STATUS_TIMEOUT)?;
-        match serde_json::from_str::<Value>(&out) {
-            Ok(Value::Array(nodes)) => Ok(nodes),
-            _ => Err(LabError::Parse {
-                what: "all-nodes status JSON list".into(),
-                input: out,
-            }),
-        }
-    }
-
-    /// The whole log of node `node`'s agent (every run appended).
-    pub(crate) fn agent_log(&self, node: u8) -> String {
-        std::fs::read(self.log_path(node, NodeKind::Agent))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    /// The length of node `node`'s agent log: pass it to [`Lab::wait_log`] to look only at what
-    /// is written afterwards.
-    pub(crate) fn agent_log_len(&self, node: u8) -> usize {
-        self.agent_log(node).len()
-    }
-
-    /// Waits until a line of node `node`'s agent log written after byte `from` satisfies `pred`;
-    /// returns that line.
-    pub(crate) fn wait_log(
-        &self,
-        node: u8,
-        from: usize,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let log = self.agent_log(node);
-            if let Some(line) = log.get(from..).unwrap_or("").lines().find(|l| pred(l)) {
-                return Ok(line.to_owned());
-            }
-            if Instant::now() >= deadline {
-                return Err(LabError::Timeout {
-                    what: format!("node-{node}'s agent log to show {what}"),
-                    after: timeout,
-                    last: self.log_tail(node, NodeKind::Agent, LOG_TAIL_LINES),
-                });
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
     /// `<labdir>/<label>`: home of an extra agent ([`crate::AgentHandle::spawn_with`]), with `state/`,
     /// `run/`, `wireguard/`, `config.yaml` and `agent.log`.
     pub fn extra_agent_dir(&self, label: &str) -> PathBuf {
         self.dir().join(label)
-    }
-
-    /// Starts `wiremesh agent` with config `yaml` in node `node`'s network namespace, but with
-    /// its own `/run/wireguard` and `/run/wiremesh` (from [`Lab::extra_agent_dir`]), outside the
-    /// node table: the caller owns the process. A data path it starts is stopped at teardown.
-    pub(crate) fn spawn_agent_with(&self, node: u8, label: &str, yaml: &str) -> Result<BgProcess> {
-        let bin = agent_binary()?;
-        let base = self.extra_agent_dir(label);
-        for d in ["state", "run", "wireguard"] {
-            let dir = base.join(d);
-            std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
-        }
-        self.extra_run_dirs_guard().push(base.join("run"));
-        let config = base.join("config.yaml");
-        std::fs::write(&config, yaml).map_err(|e| LabError::io(&config, e))?;
-        let mut cmd = self.mounted_cmd(node, &base, &bin);
-        cmd.args(["agent", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info");
-        BgProcess::spawn(
-            format!("agent {label} on node-{node}"),
-            &mut cmd,
-            &base.join("agent.log"),
-        )
-    }
-
-    /// Runs `wiremesh agent --config <yaml>` as [`Lab::spawn_agent_with`] does, to completion or
-    /// `timeout` (then it is killed and this is an error): for an agent expected to refuse to
-    /// start. Returns its exit status and everything it wrote.
-    pub(crate) fn run_agent_with(
-        &self,
-        node: u8,
-        label: &str,
-        yaml: &str,
-        timeout: Duration,
-    ) -> Result<(ExitStatus, String)> {
-        let mut proc = self.spawn_agent_with(node, label, yaml)?;
-        let status = match proc.wait_timeout(timeout) {
-            Ok(status) => status,
-            Err(e) => {
-                proc.kill();
-                return Err(LabError::Check(format!(
-                    "{e}; its log:\n{}",
-                    tail(&proc.log(), LOG_TAIL_LINES)
-                )));
-            }
-        };
-        Ok((status, proc.log()))
     }
 }
 
@@ -205,5 +90,129 @@ impl DatapathHandle<'_> {
             std::thread::sleep(POLL);
         }
         Ok(())
+    }
+}
+
+impl AgentHandle<'_> {
+    /// `wiremesh keys rotate` in the node: its stdout (`Rotated: key epoch N, public key K`).
+    pub fn rotate_keys(&self, timeout: Duration) -> Result<String> {
+        let node = self.node;
+        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        cmd.args(["keys", "rotate", "--run-dir", AGENT_RUN_DIR]);
+        run(&mut cmd, timeout)
+    }
+
+    /// `wiremesh encrypt status --all-nodes --json` in the node: one entry per node.
+    pub fn all_nodes_status(&self) -> Result<Vec<Value>> {
+        let node = self.node;
+        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        cmd.args([
+            "encrypt",
+            "status",
+            "--all-nodes",
+            "--json",
+            "--run-dir",
+            AGENT_RUN_DIR,
+        ]);
+        let out = run(&mut cmd, STATUS_TIMEOUT)?;
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(nodes)) => Ok(nodes),
+            _ => Err(LabError::Parse {
+                what: "all-nodes status JSON list".into(),
+                input: out,
+            }),
+        }
+    }
+
+    /// The whole log of the node's agent (every run appended).
+    pub fn log(&self) -> String {
+        let node = self.node;
+        std::fs::read(self.lab.node(node).log_path(NodeKind::Agent))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The length of the node's agent log: pass it to [`AgentHandle::wait_log`] to look only at what
+    /// is written afterwards.
+    pub fn log_len(&self) -> usize {
+        self.log().len()
+    }
+
+    /// Waits until a line of the node's agent log written after byte `from` satisfies `pred`;
+    /// returns that line.
+    pub fn wait_log(
+        &self,
+        from: usize,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let node = self.node;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.get(from..).unwrap_or("").lines().find(|l| pred(l)) {
+                return Ok(line.to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!("node-{node}'s agent log to show {what}"),
+                    after: timeout,
+                    last: self
+                        .lab
+                        .node(node)
+                        .log_tail(NodeKind::Agent, LOG_TAIL_LINES),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Starts `wiremesh agent` with config `yaml` in the node's network namespace, but with
+    /// its own `/run/wireguard` and `/run/wiremesh` (from [`Lab::extra_agent_dir`]), outside the
+    /// node table: the caller owns the process. A data path it starts is stopped at teardown.
+    pub fn spawn_with(&self, label: &str, yaml: &str) -> Result<BgProcess> {
+        let node = self.node;
+        let bin = agent_binary()?;
+        let base = self.lab.extra_agent_dir(label);
+        for d in ["state", "run", "wireguard"] {
+            let dir = base.join(d);
+            std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        }
+        self.lab.extra_run_dirs_guard().push(base.join("run"));
+        let config = base.join("config.yaml");
+        std::fs::write(&config, yaml).map_err(|e| LabError::io(&config, e))?;
+        let mut cmd = self.lab.mounted_cmd(node, &base, &bin);
+        cmd.args(["agent", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info");
+        BgProcess::spawn(
+            format!("agent {label} on node-{node}"),
+            &mut cmd,
+            &base.join("agent.log"),
+        )
+    }
+
+    /// Runs `wiremesh agent --config <yaml>` as [`AgentHandle::spawn_with`] does, to completion or
+    /// `timeout` (then it is killed and this is an error): for an agent expected to refuse to
+    /// start. Returns its exit status and everything it wrote.
+    pub fn run_with(
+        &self,
+        label: &str,
+        yaml: &str,
+        timeout: Duration,
+    ) -> Result<(ExitStatus, String)> {
+        let mut proc = self.spawn_with(label, yaml)?;
+        let status = match proc.wait_timeout(timeout) {
+            Ok(status) => status,
+            Err(e) => {
+                proc.kill();
+                return Err(LabError::Check(format!(
+                    "{e}; its log:\n{}",
+                    tail(&proc.log(), LOG_TAIL_LINES)
+                )));
+            }
+        };
+        Ok((status, proc.log()))
     }
 }

@@ -50,8 +50,8 @@ impl NodeHandle<'_> {
     /// pinned policy maps (bpffs does not persist). Its state directory stays, as a disk does.
     pub fn simulate_reboot(&self) -> Result<()> {
         let node = self.node;
-        if self.lab.agent_pid(node).is_some() {
-            self.lab.kill_agent(node)?;
+        if self.agent().pid().is_some() {
+            self.agent().kill()?;
         }
         if self.datapath().pid().is_some() {
             self.datapath().stop(Signal::SIGKILL, DATAPATH_GONE)?;

@@ -25,8 +25,8 @@ impl GuardHandle<'_> {
     pub fn run(&self) -> Result<String> {
         let node = self.node;
         let bin = agent_binary()?;
-        let config = self.lab.config_path(node);
-        std::fs::write(&config, self.lab.config_yaml(node))
+        let config = self.lab.node(node).agent().config_path();
+        std::fs::write(&config, self.lab.node(node).agent().config_yaml())
             .map_err(|e| LabError::io(&config, e))?;
         let mut cmd = self.lab.node_cmd(node, &bin);
         cmd.arg("guard").arg("--config").arg(&config);
@@ -163,7 +163,7 @@ impl SwitchHandle<'_> {
         Ok(())
     }
 
-    /// From the switch, `count` pings with payload `pattern` to `to`, sent from `from` (an
+    /// From the switch, `count` pings with payload `pattern` to `to`, sent from here (an
     /// address given to the switch by [`SwitchHandle::impersonate`]). Replies are not expected
     /// (they go to the real owner of `from`); returns ping's output.
     pub fn ping(&self, from: IpAddr, to: IpAddr, count: u32, pattern: &[u8]) -> Result<String> {

@@ -35,7 +35,7 @@ impl Lab {
             .join(format!("{WG_IFACE}.sock"));
         let deadline = Instant::now() + timeout;
         while !socket.exists() {
-            self.check_running(node)?;
+            self.node(node).agent().check_running()?;
             if Instant::now() >= deadline {
                 return Err(LabError::Timeout {
                     what: format!(
@@ -81,7 +81,7 @@ impl NodeHandle<'_> {
     pub fn start_wireguard_go(&self, timeout: Duration) -> Result<String> {
         let node = self.node;
         let keys = self.generate_key()?;
-        let log = self.lab.log_path(node, NodeKind::WireguardGo);
+        let log = self.log_path(NodeKind::WireguardGo);
         let mut cmd = self.lab.node_cmd(node, "wireguard-go");
         cmd.args(["-f", WG_IFACE])
             .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
