@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::addr::WG_IFACE;
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
+use crate::handles::{AgentHandle, NodeHandle};
 use crate::lab::{Lab, NodeKind, NodeProc, AGENT_RUN_DIR};
 use crate::options::{agent_config_with, LabOptions};
 
@@ -75,59 +76,15 @@ pub fn agent_config(node: u8, state_dir: &Path, store_dir: &Path) -> String {
 }
 
 impl Lab {
-    /// The agent's config file for `node`.
-    pub fn config_path(&self, node: u8) -> PathBuf {
-        self.node_dir(node).join("config.yaml")
-    }
-
-    /// The config the lab gives node `node`'s agent.
-    pub fn config_yaml(&self, node: u8) -> String {
-        agent_config_with(
-            node,
-            &self.node_dir(node).join("state"),
-            &self.store_dir(),
-            self.options(),
-        )
-    }
-
-    /// The log file of what node `node` runs (agent or wireguard-go).
-    pub fn log_path(&self, node: u8, kind: NodeKind) -> PathBuf {
-        let file = match kind {
-            NodeKind::Agent => "agent.log",
-            NodeKind::WireguardGo => "wireguard-go.log",
-        };
-        self.node_dir(node).join(file)
-    }
-
-    /// Writes the config and starts `wiremesh agent` in node `node` (without waiting for it).
-    pub fn start_agent(&self, node: u8) -> Result<()> {
-        let bin = agent_binary()?;
-        let config = self.config_path(node);
-        std::fs::write(&config, self.config_yaml(node)).map_err(|e| LabError::io(&config, e))?;
-        let log = self.log_path(node, NodeKind::Agent);
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        append(
-            &log,
-            &format!("=== wiremesh-lab: starting agent on node-{node} (unix time {since}) ===\n"),
-        )?;
-        let mut cmd = self.node_cmd(node, &bin);
-        cmd.args(["agent", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", agent_log_filter());
-        self.register(node, NodeKind::Agent, |name| {
-            BgProcess::spawn(name, &mut cmd, &log)
-        })
-    }
-
     /// Starts every node's agent and waits until each answers `encrypt status`.
     pub fn start_agents(&self, timeout: Duration) -> Result<()> {
         for node in self.node_ids() {
-            self.start_agent(node)?;
+            self.node(node).agent().start()?;
         }
         for node in self.node_ids() {
-            self.wait_status(node, "the agent to answer status", timeout, |_| true)?;
+            self.node(node)
+                .agent()
+                .wait_status("the agent to answer status", timeout, |_| true)?;
         }
         Ok(())
     }
@@ -156,27 +113,6 @@ impl Lab {
         Ok(())
     }
 
-    /// The PID of what node `node` runs, while it runs.
-    pub fn agent_pid(&self, node: u8) -> Option<u32> {
-        let mut procs = self.procs();
-        let p = procs.get_mut(slot(node))?.as_mut()?;
-        p.proc.exited().is_none().then(|| p.proc.pid())
-    }
-
-    /// SIGKILL (no chance to clean up), as a crash would.
-    pub fn kill_agent(&self, node: u8) -> Result<()> {
-        let mut p = self.take_proc(node)?;
-        p.proc.kill();
-        Ok(())
-    }
-
-    /// SIGTERM, up to 5 s to exit, then SIGKILL.
-    pub fn stop_agent(&self, node: u8) -> Result<()> {
-        let mut p = self.take_proc(node)?;
-        p.proc.stop(Signal::SIGTERM, STOP_GRACE);
-        Ok(())
-    }
-
     fn take_proc(&self, node: u8) -> Result<NodeProc> {
         let mut procs = self.procs();
         procs
@@ -188,121 +124,11 @@ impl Lab {
             })
     }
 
-    /// Fails with the exit status and log tail if node `node`'s process has exited.
-    pub fn check_running(&self, node: u8) -> Result<()> {
-        let mut procs = self.procs();
-        let Some(p) = procs.get_mut(slot(node)).and_then(Option::as_mut) else {
-            return Err(LabError::Node {
-                node,
-                what: "nothing is running on this node".into(),
-            });
-        };
-        let Some(status) = p.proc.exited() else {
-            return Ok(());
-        };
-        let kind = p.kind;
-        drop(procs);
-        Err(LabError::Node {
-            node,
-            what: format!(
-                "{kind:?} exited ({status}); log tail:\n{}",
-                self.log_tail(node, kind, LOG_TAIL_LINES)
-            ),
-        })
-    }
-
-    /// `wiremesh encrypt status --json` in node `node`.
-    pub fn status(&self, node: u8) -> Result<Value> {
-        let mut cmd = self.node_cmd(node, agent_binary()?);
-        cmd.args(["encrypt", "status", "--json", "--run-dir", AGENT_RUN_DIR]);
-        let out = run(&mut cmd, STATUS_TIMEOUT)?;
-        serde_json::from_str(&out).map_err(|_| LabError::Parse {
-            what: "status JSON".into(),
-            input: out,
-        })
-    }
-
-    /// `wiremesh encrypt status` (human form) in node `node`.
-    pub fn status_text(&self, node: u8) -> Result<String> {
-        let mut cmd = self.node_cmd(node, agent_binary()?);
-        cmd.args(["encrypt", "status", "--run-dir", AGENT_RUN_DIR]);
-        run(&mut cmd, STATUS_TIMEOUT)
-    }
-
-    /// `wg show wiremesh_wg0` in node `node`.
-    pub fn wg_show(&self, node: u8) -> Result<String> {
-        run(
-            self.node_cmd(node, "wg").args(["show", WG_IFACE]),
-            STATUS_TIMEOUT,
-        )
-    }
-
-    /// Polls node `node`'s status every 100 ms until `pred` holds; fails early if the agent dies.
-    pub fn wait_status(
-        &self,
-        node: u8,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check_running(node)?;
-            let last = match self.status(node) {
-                Ok(status) if pred(&status) => return Ok(status),
-                Ok(status) => status.to_string(),
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() >= deadline {
-                let tail = self.log_tail(node, NodeKind::Agent, LOG_TAIL_LINES);
-                return Err(LabError::Timeout {
-                    what: format!("node-{node}: {what}"),
-                    after: timeout,
-                    last: format!("{last}\nagent log tail:\n{tail}"),
-                });
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
-    /// Waits until node `node`'s status lists exactly `count` peers.
-    pub fn wait_peer_count(&self, node: u8, count: usize, timeout: Duration) -> Result<Value> {
-        self.wait_status(node, &format!("{count} peers in status"), timeout, |s| {
-            peers(s).len() == count
-        })
-    }
-
-    /// Waits until node `node`'s status lists `count` peers with a handshake (which needs
-    /// traffic: see [`Lab::wait_reachable`]).
-    pub fn wait_handshakes(&self, node: u8, count: usize, timeout: Duration) -> Result<Value> {
-        self.wait_status(
-            node,
-            &format!("{count} peers with a handshake"),
-            timeout,
-            |s| {
-                peers(s)
-                    .iter()
-                    .filter(|p| p.get("lastHandshake").is_some_and(|h| !h.is_null()))
-                    .count()
-                    >= count
-            },
-        )
-    }
-
-    /// The last `lines` lines of node `node`'s log.
-    pub fn log_tail(&self, node: u8, kind: NodeKind, lines: usize) -> String {
-        let text = std::fs::read(self.log_path(node, kind))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
     /// Prints the tail of every node's logs to stderr (where the test harness shows it on failure).
     pub fn dump_logs(&self) {
         for node in self.node_ids() {
             for kind in [NodeKind::Agent, NodeKind::WireguardGo] {
-                let path = self.log_path(node, kind);
+                let path = self.node(node).log_path(kind);
                 if !path.exists() {
                     continue;
                 }
@@ -310,7 +136,7 @@ impl Lab {
                     "----- node-{node} {} (last {LOG_TAIL_LINES} lines) -----",
                     path.display()
                 );
-                eprintln!("{}", self.log_tail(node, kind, LOG_TAIL_LINES));
+                eprintln!("{}", self.node(node).log_tail(kind, LOG_TAIL_LINES));
             }
         }
     }
@@ -332,6 +158,196 @@ fn append(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| LabError::io(path, e))
 }
 
+impl AgentHandle<'_> {
+    /// The agent's config file for `node`.
+    pub fn config_path(&self) -> PathBuf {
+        let node = self.node;
+        self.lab.node_dir(node).join("config.yaml")
+    }
+
+    /// The config the lab gives the node's agent.
+    pub fn config_yaml(&self) -> String {
+        let node = self.node;
+        agent_config_with(
+            node,
+            &self.lab.node_dir(node).join("state"),
+            &self.lab.store_dir(),
+            self.lab.options(),
+        )
+    }
+
+    /// Writes the config and starts `wiremesh agent` in the node (without waiting for it).
+    pub fn start(&self) -> Result<()> {
+        let node = self.node;
+        let bin = agent_binary()?;
+        let config = self.config_path();
+        std::fs::write(&config, self.config_yaml()).map_err(|e| LabError::io(&config, e))?;
+        let log = self.lab.node(node).log_path(NodeKind::Agent);
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        append(
+            &log,
+            &format!("=== wiremesh-lab: starting agent on node-{node} (unix time {since}) ===\n"),
+        )?;
+        let mut cmd = self.lab.node_cmd(node, &bin);
+        cmd.args(["agent", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", agent_log_filter());
+        self.lab.register(node, NodeKind::Agent, |name| {
+            BgProcess::spawn(name, &mut cmd, &log)
+        })
+    }
+
+    /// The PID of what the node runs, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let node = self.node;
+        let mut procs = self.lab.procs();
+        let p = procs.get_mut(slot(node))?.as_mut()?;
+        p.proc.exited().is_none().then(|| p.proc.pid())
+    }
+
+    /// SIGKILL (no chance to clean up), as a crash would.
+    pub fn kill(&self) -> Result<()> {
+        let node = self.node;
+        let mut p = self.lab.take_proc(node)?;
+        p.proc.kill();
+        Ok(())
+    }
+
+    /// SIGTERM, up to 5 s to exit, then SIGKILL.
+    pub fn stop(&self) -> Result<()> {
+        let node = self.node;
+        let mut p = self.lab.take_proc(node)?;
+        p.proc.stop(Signal::SIGTERM, STOP_GRACE);
+        Ok(())
+    }
+
+    /// Fails with the exit status and log tail if the node's process has exited.
+    pub fn check_running(&self) -> Result<()> {
+        let node = self.node;
+        let mut procs = self.lab.procs();
+        let Some(p) = procs.get_mut(slot(node)).and_then(Option::as_mut) else {
+            return Err(LabError::Node {
+                node,
+                what: "nothing is running on this node".into(),
+            });
+        };
+        let Some(status) = p.proc.exited() else {
+            return Ok(());
+        };
+        let kind = p.kind;
+        drop(procs);
+        Err(LabError::Node {
+            node,
+            what: format!(
+                "{kind:?} exited ({status}); log tail:\n{}",
+                self.lab.node(node).log_tail(kind, LOG_TAIL_LINES)
+            ),
+        })
+    }
+
+    /// `wiremesh encrypt status --json` in the node.
+    pub fn status(&self) -> Result<Value> {
+        let node = self.node;
+        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        cmd.args(["encrypt", "status", "--json", "--run-dir", AGENT_RUN_DIR]);
+        let out = run(&mut cmd, STATUS_TIMEOUT)?;
+        serde_json::from_str(&out).map_err(|_| LabError::Parse {
+            what: "status JSON".into(),
+            input: out,
+        })
+    }
+
+    /// `wiremesh encrypt status` (human form) in the node.
+    pub fn status_text(&self) -> Result<String> {
+        let node = self.node;
+        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        cmd.args(["encrypt", "status", "--run-dir", AGENT_RUN_DIR]);
+        run(&mut cmd, STATUS_TIMEOUT)
+    }
+
+    /// Polls the node's status every 100 ms until `pred` holds; fails early if the agent dies.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let node = self.node;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            let last = match self.status() {
+                Ok(status) if pred(&status) => return Ok(status),
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                let tail = self
+                    .lab
+                    .node(node)
+                    .log_tail(NodeKind::Agent, LOG_TAIL_LINES);
+                return Err(LabError::Timeout {
+                    what: format!("node-{node}: {what}"),
+                    after: timeout,
+                    last: format!("{last}\nagent log tail:\n{tail}"),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until the node's status lists exactly `count` peers.
+    pub fn wait_peer_count(&self, count: usize, timeout: Duration) -> Result<Value> {
+        self.wait_status(&format!("{count} peers in status"), timeout, |s| {
+            peers(s).len() == count
+        })
+    }
+
+    /// Waits until the node's status lists `count` peers with a handshake (which needs
+    /// traffic: see [`crate::HostHandle::wait_reachable`]).
+    pub fn wait_handshakes(&self, count: usize, timeout: Duration) -> Result<Value> {
+        self.wait_status(&format!("{count} peers with a handshake"), timeout, |s| {
+            peers(s)
+                .iter()
+                .filter(|p| p.get("lastHandshake").is_some_and(|h| !h.is_null()))
+                .count()
+                >= count
+        })
+    }
+}
+
+impl NodeHandle<'_> {
+    /// The log file of what the node runs (agent or wireguard-go).
+    pub fn log_path(&self, kind: NodeKind) -> PathBuf {
+        let node = self.node;
+        let file = match kind {
+            NodeKind::Agent => "agent.log",
+            NodeKind::WireguardGo => "wireguard-go.log",
+        };
+        self.lab.node_dir(node).join(file)
+    }
+
+    /// `wg show wiremesh_wg0` in the node.
+    pub fn wg_show(&self) -> Result<String> {
+        let node = self.node;
+        run(
+            self.lab.node_cmd(node, "wg").args(["show", WG_IFACE]),
+            STATUS_TIMEOUT,
+        )
+    }
+
+    /// The last `lines` lines of the node's log.
+    pub fn log_tail(&self, kind: NodeKind, lines: usize) -> String {
+        let text = std::fs::read(self.log_path(kind))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,7 +355,19 @@ mod tests {
 
     #[test]
     fn peer_helpers_read_the_status_document() {
-        let status = json!({"peers": [{"nodeName": "node-2"}, {"nodeName": "node-3"}]});
+        // The peers as the agent's status types write them.
+        let peer_of = |name: &str| wiremesh::status::PeerStatus {
+            node_name: Some(name.into()),
+            public_key: String::new(),
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            key_epoch: None,
+            next_public_key: None,
+        };
+        let status = json!({"peers": [peer_of("node-2"), peer_of("node-3")]});
         assert_eq!(peer_names(&status), ["node-2", "node-3"]);
         assert!(peer(&status, "node-3").is_some());
         assert!(peer(&status, "node-4").is_none());

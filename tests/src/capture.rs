@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use crate::addr::{MAX_NODES, WG_PORT};
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
+use crate::handles::SwitchHandle;
 use crate::lab::Lab;
 use crate::options::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, SWITCH_IP};
 
@@ -38,13 +39,8 @@ pub struct CaptureFile {
 }
 
 impl Lab {
-    /// Starts tcpdump on `br0` in the switch namespace and waits until it is capturing.
-    pub fn start_capture(&self, name: &str) -> Result<Capture> {
-        self.start_capture_on(name, &self.switch_ns(), "br0")
-    }
-
     /// Starts tcpdump on `iface` in namespace `ns` (e.g. a pod's `eth0`, to see what reaches it).
-    pub fn start_capture_on(&self, name: &str, ns: &str, iface: &str) -> Result<Capture> {
+    pub(crate) fn start_capture_on(&self, name: &str, ns: &str, iface: &str) -> Result<Capture> {
         let n = NEXT_CAPTURE.fetch_add(1, Ordering::Relaxed);
         let pcap = self.dir().join(format!("{name}-{n}.pcap"));
         let log = self.dir().join(format!("{name}-{n}.tcpdump.log"));
@@ -321,6 +317,14 @@ pub fn marker() -> [u8; 16] {
     let mut m = *b"WMLEAK0000000000";
     m[6..].copy_from_slice(hex.as_bytes());
     m
+}
+
+impl SwitchHandle<'_> {
+    /// Starts tcpdump on `br0` in the switch namespace and waits until it is capturing.
+    pub fn capture(&self, name: &str) -> Result<Capture> {
+        self.lab
+            .start_capture_on(name, &self.lab.switch_ns(), "br0")
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::agent::CLUSTER_NAME;
 use crate::error::{LabError, Result};
 use crate::exec::{output, run, BgProcess};
-use crate::lab::Lab;
+use crate::handles::EtcdHandle;
 use crate::options::{etcd_endpoint, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP};
 
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -29,15 +29,15 @@ pub fn etcd_owner_key(name: &str) -> String {
     format!("{ETCD_PREFIX}/v1/{CLUSTER_NAME}/owners/{name}")
 }
 
-impl Lab {
+impl EtcdHandle<'_> {
     /// `<labdir>/etcd`, etcd's data directory.
-    pub fn etcd_data_dir(&self) -> std::path::PathBuf {
-        self.dir().join("etcd")
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.lab.dir().join("etcd")
     }
 
     /// Starts etcd (on the data directory of any previous run) and waits until it is healthy.
-    pub fn start_etcd(&self) -> Result<()> {
-        if !self.options().uses_etcd() {
+    pub fn start(&self) -> Result<()> {
+        if !self.lab.options().uses_etcd() {
             return Err(LabError::Check(
                 "this lab was built for the dir store; build it with LabOptions::etcd".into(),
             ));
@@ -54,17 +54,24 @@ impl Lab {
         let client = etcd_endpoint();
         let peer = format!("http://{SWITCH_IP}:{ETCD_PEER_PORT}");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.switch_ns(), "etcd", "--name", "lab"])
-            .arg("--data-dir")
-            .arg(self.etcd_data_dir())
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("lab={peer}")])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .args(["--log-level", "warn"]);
-        let log = self.dir().join("etcd.log");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.lab.switch_ns(),
+            "etcd",
+            "--name",
+            "lab",
+        ])
+        .arg("--data-dir")
+        .arg(self.data_dir())
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("lab={peer}")])
+        .args(["--logger", "zap", "--log-outputs", "stderr"])
+        .args(["--log-level", "warn"]);
+        let log = self.lab.dir().join("etcd.log");
         let mut proc = BgProcess::spawn("etcd", &mut cmd, &log)?;
         let deadline = Instant::now() + HEALTHY_TIMEOUT;
         loop {
@@ -74,7 +81,7 @@ impl Lab {
                     proc.log()
                 )));
             }
-            let last = match self.etcdctl(&["endpoint", "health"]) {
+            let last = match self.ctl(&["endpoint", "health"]) {
                 Ok(_) => break,
                 Err(e) => e.to_string(),
             };
@@ -93,7 +100,7 @@ impl Lab {
 
     /// Stops etcd (SIGTERM, then SIGKILL after 5 s), keeping its data. A no-op if it is not
     /// running.
-    pub fn stop_etcd(&self) -> Result<()> {
+    pub fn stop(&self) -> Result<()> {
         let Some(mut proc) = self.etcd_guard().take() else {
             return Ok(());
         };
@@ -107,7 +114,7 @@ impl Lab {
     }
 
     /// Whether the lab's etcd process is running.
-    pub fn etcd_running(&self) -> bool {
+    pub fn running(&self) -> bool {
         self.etcd_guard()
             .as_mut()
             .is_some_and(|p| p.exited().is_none())
@@ -115,13 +122,13 @@ impl Lab {
 
     /// `etcdctl --endpoints http://198.18.0.254:2379 <args>` (API v3) in the switch namespace;
     /// its stdout.
-    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
         run(&mut self.etcdctl_cmd(args), ETCDCTL_TIMEOUT)
     }
 
     fn etcdctl_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.switch_ns(), "etcdctl"])
+        cmd.args(["netns", "exec", &self.lab.switch_ns(), "etcdctl"])
             .arg(format!("--endpoints={}", etcd_endpoint()))
             .args(["--dial-timeout=2s", "--command-timeout=5s"])
             .args(args)
@@ -130,7 +137,7 @@ impl Lab {
     }
 
     /// The value at `key`, if present.
-    pub fn etcd_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let mut cmd = self.etcdctl_cmd(&["get", key, "-w", "json"]);
         let out = output(&mut cmd, None, ETCDCTL_TIMEOUT)?;
         crate::exec::check(&cmd, &out)?;
@@ -152,20 +159,21 @@ impl Lab {
     }
 
     /// Puts `value` at `key` (no lease: it stays until deleted).
-    pub fn etcd_put(&self, key: &str, value: &[u8]) -> Result<()> {
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         let mut cmd = self.etcdctl_cmd(&["put", key]);
         let out = output(&mut cmd, Some(value), ETCDCTL_TIMEOUT)?;
         crate::exec::check(&cmd, &out)
     }
 
     /// Deletes `key`; whether it existed.
-    pub fn etcd_del(&self, key: &str) -> Result<bool> {
-        Ok(self.etcdctl(&["del", key])?.trim() != "0")
+    pub fn del(&self, key: &str) -> Result<bool> {
+        Ok(self.ctl(&["del", key])?.trim() != "0")
     }
 
     fn etcd_guard(&self) -> std::sync::MutexGuard<'_, Option<BgProcess>> {
         // Plain data: a poisoned lock is still consistent, and teardown must work while panicking.
-        self.etcd
+        self.lab
+            .etcd
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

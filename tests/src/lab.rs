@@ -102,7 +102,7 @@ impl Lab {
         lab.make_dirs()?;
         lab.build_topology()?;
         if lab.options.uses_etcd() {
-            lab.start_etcd()?;
+            lab.etcd().start()?;
         }
         Ok(lab)
     }
@@ -175,12 +175,12 @@ impl Lab {
     }
 
     /// `<labdir>/n<i>`: the node's config, log, state and run directories.
-    pub fn node_dir(&self, node: u8) -> PathBuf {
+    pub(crate) fn node_dir(&self, node: u8) -> PathBuf {
         self.dir.join(format!("n{node}"))
     }
 
     /// The dir store every node of the lab shares.
-    pub fn store_dir(&self) -> PathBuf {
+    pub(crate) fn store_dir(&self) -> PathBuf {
         self.dir.join("store")
     }
 
@@ -191,19 +191,19 @@ impl Lab {
         bpffs_dir_next_to(&self.store_dir())
     }
 
-    pub fn switch_ns(&self) -> String {
+    pub(crate) fn switch_ns(&self) -> String {
         format!("{}-sw", self.prefix)
     }
 
-    pub fn node_ns(&self, node: u8) -> String {
+    pub(crate) fn node_ns(&self, node: u8) -> String {
         format!("{}-n{node}", self.prefix)
     }
 
-    pub fn pod_ns(&self, node: u8, pod: u8) -> String {
+    pub(crate) fn pod_ns(&self, node: u8, pod: u8) -> String {
         format!("{}-n{node}p{pod}", self.prefix)
     }
 
-    pub fn ns(&self, host: Host) -> String {
+    pub(crate) fn ns(&self, host: Host) -> String {
         match host {
             Host::Node(n) => self.node_ns(n),
             Host::Pod(n, k) => self.pod_ns(n, k),
@@ -212,7 +212,7 @@ impl Lab {
 
     /// A command in node `node`'s network namespace with the node's own `/run/wireguard` and
     /// `/run/wiremesh` bind-mounted (as the agent sees them). Append arguments as usual.
-    pub fn node_cmd(&self, node: u8, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn node_cmd(&self, node: u8, program: impl AsRef<OsStr>) -> Command {
         self.mounted_cmd(node, &self.node_dir(node), program)
     }
 
@@ -238,7 +238,7 @@ impl Lab {
     }
 
     /// The shell command line equivalent to [`Lab::node_cmd`], for humans.
-    pub fn node_shell_line(&self, node: u8, program: &str) -> String {
+    pub(crate) fn node_shell_line(&self, node: u8, program: &str) -> String {
         let base = self.node_dir(node);
         format!(
             "ip netns exec {} unshare --mount --propagation private sh -c '{MOUNT_SCRIPT}' sh {} {} {program}",
@@ -249,7 +249,7 @@ impl Lab {
     }
 
     /// A command in pod `pod` of node `node`.
-    pub fn pod_cmd(&self, node: u8, pod: u8, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn pod_cmd(&self, node: u8, pod: u8, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.pod_ns(node, pod)])
             .arg(program);
@@ -257,7 +257,7 @@ impl Lab {
     }
 
     /// [`Lab::node_cmd`] or [`Lab::pod_cmd`].
-    pub fn host_cmd(&self, host: Host, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn host_cmd(&self, host: Host, program: impl AsRef<OsStr>) -> Command {
         match host {
             Host::Node(n) => self.node_cmd(n, program),
             Host::Pod(n, k) => self.pod_cmd(n, k, program),
@@ -265,7 +265,7 @@ impl Lab {
     }
 
     /// Runs `ip -n <ns of host> <args>` and returns its stdout.
-    pub fn ip(&self, host: Host, args: &[&str]) -> Result<String> {
+    pub(crate) fn ip(&self, host: Host, args: &[&str]) -> Result<String> {
         run(
             Command::new("ip").args(["-n", &self.ns(host)]).args(args),
             IP_TIMEOUT,
@@ -339,7 +339,7 @@ impl Lab {
         procs.iter_mut().for_each(|p| *p = None);
         drop(procs);
         self.stop_datapaths();
-        if let Err(e) = self.stop_etcd() {
+        if let Err(e) = self.etcd().stop() {
             eprintln!("wiremesh-lab: stopping etcd: {e}");
         }
     }

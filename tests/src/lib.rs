@@ -7,6 +7,10 @@
 //! separate hosts. The agents share a dir store, or an etcd server the lab runs on the switch
 //! ([`LabOptions`]). It drives traffic (ping, TCP via nc) and captures the underlay.
 //!
+//! Users act on one role at a time through borrowed handles: `lab.node(2).agent().status()`,
+//! `lab.node(1).datapath().pid()`, `lab.pod(1, 1).ping(..)`, `lab.store().read_record(..)`,
+//! `lab.switch().capture(..)` (see [`handles`] and tests/README.md).
+//!
 //! It must never touch anything it did not create: every namespace is named with the lab's unique
 //! prefix, processes are stopped by the PID the lab holds, and nothing is ever routed out of the
 //! lab's namespaces. Every wait is bounded, and dropping a `Lab` (also while a test panics) stops
@@ -22,6 +26,7 @@ mod error;
 mod etcd;
 mod exec;
 mod flood;
+pub mod handles;
 mod lab;
 mod lifecycle;
 mod metrics;
@@ -51,6 +56,10 @@ pub use error::{LabError, Result};
 pub use etcd::{etcd_node_key, etcd_owner_key};
 pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
 pub use flood::{flood, initiation, mac1_key, FloodReport, FloodSpec, INITIATION_LEN};
+pub use handles::{
+    AgentHandle, DatapathHandle, EtcdHandle, GuardHandle, HostHandle, NodeHandle, StoreHandle,
+    SwitchHandle,
+};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
 pub use lifecycle::PolicyHooks;
 pub use metrics::{
@@ -62,8 +71,8 @@ pub use netpol::{
     NETPOL_UDP_PORTS,
 };
 pub use options::{
-    agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions, StoreKind,
-    ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
+    agent_config_file, agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions,
+    StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
 };
 pub use policy::{namespace_manifest, render_matrix, PodSpec, Proto, Servers};
 pub use store::node_record;

@@ -13,7 +13,8 @@ use nix::sys::signal::Signal;
 use crate::addr::node_name;
 use crate::error::{LabError, Result};
 use crate::exec::output;
-use crate::lab::{Lab, IP_TIMEOUT};
+use crate::handles::NodeHandle;
+use crate::lab::IP_TIMEOUT;
 
 /// How long a killed data path may take to be gone.
 const DATAPATH_GONE: Duration = Duration::from_secs(5);
@@ -37,24 +38,26 @@ impl PolicyHooks {
     }
 }
 
-impl Lab {
-    /// Node `node`'s state directory (`n<i>/state`: the key, `peers.json`, `policy.json`).
-    pub fn state_dir(&self, node: u8) -> std::path::PathBuf {
-        self.node_dir(node).join("state")
+impl NodeHandle<'_> {
+    /// The node's state directory (`n<i>/state`: the key, `peers.json`, `policy.json`).
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        let node = self.node;
+        self.lab.node_dir(node).join("state")
     }
 
-    /// What node `node` loses in a reboot: its agent (SIGKILL) and data path (SIGKILL, its TUN
+    /// What the node loses in a reboot: its agent (SIGKILL) and data path (SIGKILL, its TUN
     /// device goes with it), the tc filters on every interface (clsact qdiscs removed) and its
     /// pinned policy maps (bpffs does not persist). Its state directory stays, as a disk does.
-    pub fn simulate_reboot(&self, node: u8) -> Result<()> {
-        if self.agent_pid(node).is_some() {
-            self.kill_agent(node)?;
+    pub fn simulate_reboot(&self) -> Result<()> {
+        let node = self.node;
+        if self.agent().pid().is_some() {
+            self.agent().kill()?;
         }
-        if self.datapath_pid(node).is_some() {
-            self.stop_datapath(node, Signal::SIGKILL, DATAPATH_GONE)?;
+        if self.datapath().pid().is_some() {
+            self.datapath().stop(Signal::SIGKILL, DATAPATH_GONE)?;
         }
-        let ns = self.node_ns(node);
-        for ifname in self.links(node)? {
+        let ns = self.lab.node_ns(node);
+        for ifname in self.links()? {
             let out = output(
                 Command::new("ip").args([
                     "netns", "exec", &ns, "tc", "qdisc", "del", "dev", &ifname, "clsact",
@@ -75,16 +78,19 @@ impl Lab {
                 });
             }
         }
-        let pins = self.bpffs_dir().join(node_name(node));
+        let pins = self.lab.bpffs_dir().join(node_name(node));
         if pins.exists() {
             std::fs::remove_dir_all(&pins).map_err(|e| LabError::io(&pins, e))?;
         }
         Ok(())
     }
 
-    /// The names of node `node`'s interfaces.
-    pub fn links(&self, node: u8) -> Result<Vec<String>> {
-        let out = self.ip_in(&self.node_ns(node), &["-o", "link", "show"])?;
+    /// The names of the node's interfaces.
+    pub fn links(&self) -> Result<Vec<String>> {
+        let node = self.node;
+        let out = self
+            .lab
+            .ip_in(&self.lab.node_ns(node), &["-o", "link", "show"])?;
         Ok(out
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
@@ -92,10 +98,11 @@ impl Lab {
             .collect())
     }
 
-    /// Which hooks of `ifname` on node `node` carry the policy programs (`wm_*`), as
+    /// Which hooks of `ifname` on the node carry the policy programs (`wm_*`), as
     /// `tc filter show` lists them.
-    pub fn policy_hooks(&self, node: u8, ifname: &str) -> Result<PolicyHooks> {
-        let ns = self.node_ns(node);
+    pub fn policy_hooks(&self, ifname: &str) -> Result<PolicyHooks> {
+        let node = self.node;
+        let ns = self.lab.node_ns(node);
         let has = |hook: &str| -> Result<bool> {
             let out = output(
                 Command::new("ip").args([
@@ -112,9 +119,13 @@ impl Lab {
         })
     }
 
-    /// The ifindex of `ifname` on node `node`.
-    pub fn ifindex(&self, node: u8, ifname: &str) -> Result<u32> {
-        let out = self.ip_in(&self.node_ns(node), &["-o", "link", "show", "dev", ifname])?;
+    /// The ifindex of `ifname` on the node.
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        let node = self.node;
+        let out = self.lab.ip_in(
+            &self.lab.node_ns(node),
+            &["-o", "link", "show", "dev", ifname],
+        )?;
         out.split(':')
             .next()
             .and_then(|i| i.trim().parse().ok())

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::error::{LabError, Result};
 use crate::exec::run;
-use crate::lab::Lab;
+use crate::handles::{AgentHandle, NodeHandle};
 
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -155,10 +155,11 @@ pub fn parse_udp_snmp(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-impl Lab {
-    /// `/metrics` from node `node`'s admin socket.
-    pub fn metrics_admin(&self, node: u8) -> Result<String> {
-        let socket = self.node_dir(node).join("run").join("wiremesh.sock");
+impl AgentHandle<'_> {
+    /// `/metrics` from the node's admin socket.
+    pub fn metrics(&self) -> Result<String> {
+        let node = self.node;
+        let socket = self.lab.node_dir(node).join("run").join("wiremesh.sock");
         run(
             Command::new("curl")
                 .args(["-sSf", "--max-time", "8", "--unix-socket"])
@@ -167,23 +168,27 @@ impl Lab {
             SCRAPE_TIMEOUT,
         )
     }
+}
 
-    /// `/metrics` from `http://<addr>/metrics` inside node `node`'s network namespace.
-    pub fn metrics_tcp(&self, node: u8, addr: &str) -> Result<String> {
+impl NodeHandle<'_> {
+    /// `/metrics` from `http://<addr>/metrics` inside the node's network namespace.
+    pub fn metrics_tcp(&self, addr: &str) -> Result<String> {
+        let node = self.node;
         run(
             Command::new("ip")
-                .args(["netns", "exec", &self.node_ns(node)])
+                .args(["netns", "exec", &self.lab.node_ns(node)])
                 .args(["curl", "-sSf", "--max-time", "8"])
                 .arg(format!("http://{addr}/metrics")),
             SCRAPE_TIMEOUT,
         )
     }
 
-    /// The kernel's UDP counters in node `node`'s namespace (`InDatagrams`, `RcvbufErrors`, ...).
-    pub fn udp_counters(&self, node: u8) -> Result<BTreeMap<String, u64>> {
+    /// The kernel's UDP counters in the node's namespace (`InDatagrams`, `RcvbufErrors`, ...).
+    pub fn udp_counters(&self) -> Result<BTreeMap<String, u64>> {
+        let node = self.node;
         let text = run(
             Command::new("ip")
-                .args(["netns", "exec", &self.node_ns(node)])
+                .args(["netns", "exec", &self.lab.node_ns(node)])
                 .args(["cat", "/proc/net/snmp"]),
             SCRAPE_TIMEOUT,
         )?;

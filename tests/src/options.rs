@@ -2,10 +2,13 @@
 //! lab runs on the underlay switch) and how their keys rotate. The agent configs the lab writes
 //! follow from these options.
 
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
+
+use wiremesh::config::{
+    ConfigFile, DirStoreSection, EtcdStoreSection, KeyRotationSection, PolicySection, StoreSection,
+};
 
 use crate::addr::{
     endpoint, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6, CLUSTER_POD_CIDR,
@@ -67,7 +70,8 @@ pub struct LabOptions {
     /// Serve Prometheus metrics on `<node address>:<port>` (`metricsAddress`).
     pub metrics_port: Option<u16>,
     /// IPv6 as well: underlay `2001:2::<i>/64`, pods `fd00:10:244:<i>::<10+k>`, the agents'
-    /// v6 `nodeIPs`, `podCIDRs` and `clusterPodCIDRs` (see [`crate::addr`]).
+    /// v6 `nodeIPs`, `podCIDRs` and `clusterPodCIDRs` (see [`crate::node_ip6`],
+    /// [`crate::pod_ip6`]).
     pub dual_stack: bool,
     /// Every node gets a default route (v4, and v6 in a dual-stack lab) to the switch, which holds
     /// [`SWITCH_IP`] (and [`crate::addr::SWITCH_IP6`]) and forwards nothing: traffic that misses
@@ -152,69 +156,76 @@ pub fn agent_config_with(
     store_dir: &Path,
     options: &LabOptions,
 ) -> String {
-    let (ip, cidr, pool) = if options.dual_stack {
-        (
-            format!("{}, \"{}\"", node_ip(node), node_ip6(node)),
-            format!("{}, \"{}\"", pod_cidr(node), pod_cidr6(node)),
-            format!("{CLUSTER_POD_CIDR}, \"{CLUSTER_POD_CIDR6}\""),
-        )
-    } else {
-        (
-            node_ip(node).to_string(),
-            pod_cidr(node),
-            CLUSTER_POD_CIDR.to_string(),
-        )
-    };
-    let mut yaml = format!(
-        "nodeName: {name}\n\
-         clusterName: {CLUSTER_NAME}\n\
-         interface: {WG_IFACE}\n\
-         listenPort: {WG_PORT}\n\
-         stateDir: \"{state}\"\n\
-         runDir: {AGENT_RUN_DIR}\n\
-         endpoint: \"{endpoint}\"\n\
-         nodeIPs: [{ip}]\n\
-         podCIDRs: [{cidr}]\n\
-         clusterPodCIDRs: [{pool}]\n\
-         strictMode: {strict}\n",
-        name = node_name(node),
-        state = state_dir.display(),
-        endpoint = endpoint(node),
-        strict = options.strict_mode,
+    let file = agent_config_file(node, state_dir, store_dir, options);
+    // A ConfigFile is strings, numbers, paths and optional sections: YAML can hold each of
+    // them, so serialising it cannot fail.
+    yaml_serde::to_string(&file).expect("a ConfigFile always serialises to YAML")
+}
+
+/// The typed config behind [`agent_config_with`].
+pub fn agent_config_file(
+    node: u8,
+    state_dir: &Path,
+    store_dir: &Path,
+    options: &LabOptions,
+) -> ConfigFile {
+    let (mut ips, mut cidrs, mut pool) = (
+        vec![node_ip(node).to_string()],
+        vec![pod_cidr(node)],
+        vec![CLUSTER_POD_CIDR.to_string()],
     );
-    // Writing to a String cannot fail.
-    let _ = match &options.store {
-        StoreKind::Dir => write!(
-            yaml,
-            "store:\n  kind: dir\n  dir: {{ path: \"{}\" }}\n",
-            store_dir.display()
-        ),
-        StoreKind::Etcd { lease_ttl } => write!(
-            yaml,
-            "store:\n  kind: etcd\n  etcd: {{ endpoints: [\"{}\"], prefix: {ETCD_PREFIX}, leaseTTL: {} }}\n",
-            etcd_endpoint(),
-            config_duration(*lease_ttl)
-        ),
+    if options.dual_stack {
+        ips.push(node_ip6(node).to_string());
+        cidrs.push(pod_cidr6(node));
+        pool.push(CLUSTER_POD_CIDR6.to_string());
+    }
+    let store = match &options.store {
+        StoreKind::Dir => StoreSection {
+            kind: wiremesh::config::StoreKind::Dir,
+            dir: Some(DirStoreSection {
+                path: store_dir.to_path_buf(),
+            }),
+            etcd: None,
+            kubernetes: None,
+        },
+        StoreKind::Etcd { lease_ttl } => StoreSection {
+            kind: wiremesh::config::StoreKind::Etcd,
+            dir: None,
+            etcd: Some(EtcdStoreSection {
+                endpoints: Some(vec![etcd_endpoint()]),
+                prefix: Some(ETCD_PREFIX.into()),
+                tls: None,
+                lease_ttl: Some(config_duration(*lease_ttl)),
+            }),
+            kubernetes: None,
+        },
     };
-    let _ = writeln!(
-        yaml,
-        "policy: {{ bpfPinDir: \"{}\" }}",
-        crate::lab::bpffs_dir_next_to(store_dir)
-            .join(node_name(node))
-            .display()
-    );
-    if let Some(port) = options.metrics_port {
-        let _ = writeln!(yaml, "metricsAddress: \"{}:{port}\"", node_ip(node));
+    ConfigFile {
+        node_name: Some(node_name(node)),
+        cluster_name: Some(CLUSTER_NAME.into()),
+        interface: Some(WG_IFACE.into()),
+        listen_port: Some(WG_PORT),
+        state_dir: Some(state_dir.to_path_buf()),
+        run_dir: Some(AGENT_RUN_DIR.into()),
+        endpoint: Some(endpoint(node)),
+        node_ips: Some(ips),
+        pod_cidrs: Some(cidrs),
+        cluster_pod_cidrs: Some(pool),
+        strict_mode: Some(options.strict_mode),
+        store: Some(store),
+        policy: Some(PolicySection {
+            enforcement: None,
+            bpf_pin_dir: Some(crate::lab::bpffs_dir_next_to(store_dir).join(node_name(node))),
+        }),
+        metrics_address: options
+            .metrics_port
+            .map(|port| format!("{}:{port}", node_ip(node))),
+        key_rotation: options.key_rotation.map(|r| KeyRotationSection {
+            interval: Some(config_duration(r.interval)),
+            commit_timeout: Some(config_duration(r.commit_timeout)),
+        }),
+        ..ConfigFile::default()
     }
-    if let Some(r) = options.key_rotation {
-        let _ = writeln!(
-            yaml,
-            "keyRotation: {{ interval: {}, commitTimeout: {} }}",
-            config_duration(r.interval),
-            config_duration(r.commit_timeout)
-        );
-    }
-    yaml
 }
 
 #[cfg(test)]
@@ -269,5 +280,82 @@ mod tests {
             yaml_serde::Value::from(vec!["10.244.0.0/16", "fd00:10:244::/56"])
         );
         assert_eq!(v["strictMode"], false);
+    }
+
+    /// The agent itself loads every config the lab writes, for each store the lab runs and
+    /// each option that adds keys: a config the agent refused would fail every e2e test at
+    /// start-up instead of here.
+    #[test]
+    fn the_agent_loads_every_config_the_lab_writes() {
+        use wiremesh::config::{Config, StoreConfig};
+        let cases = [
+            ("dir", LabOptions::default()),
+            (
+                "etcd",
+                LabOptions::etcd(Duration::from_secs(5))
+                    .key_rotation(KeyRotation::manual(Duration::from_millis(1500))),
+            ),
+            (
+                "dual-stack",
+                LabOptions::default()
+                    .dual_stack()
+                    .strict_mode(false)
+                    .metrics_port(9871),
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("wiremesh-lab-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for (name, options) in cases {
+            let yaml = agent_config_with(
+                2,
+                Path::new("/tmp/l/n2/state"),
+                Path::new("/tmp/l/store"),
+                &options,
+            );
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&path, &yaml).expect("write config");
+            let config = Config::load(&path).unwrap_or_else(|e| {
+                panic!("the agent refuses the lab's {name} config: {e}\n{yaml}")
+            });
+            assert_eq!(config.node_name, "node-2", "{name}");
+            assert_eq!(config.cluster_name, CLUSTER_NAME, "{name}");
+            assert_eq!(config.endpoint.to_string(), endpoint(2), "{name}");
+            assert_eq!(config.strict_mode, options.strict_mode, "{name}");
+            assert_eq!(
+                config.policy.bpf_pin_dir,
+                Path::new("/tmp/l/bpffs/node-2"),
+                "{name}"
+            );
+            match (&options.store, &config.store) {
+                (StoreKind::Dir, StoreConfig::Dir { path }) => {
+                    assert_eq!(path, Path::new("/tmp/l/store"));
+                }
+                (StoreKind::Etcd { lease_ttl }, StoreConfig::Etcd(etcd)) => {
+                    assert_eq!(etcd.endpoints, [etcd_endpoint()]);
+                    assert_eq!(etcd.prefix, ETCD_PREFIX);
+                    assert_eq!(etcd.lease_ttl, *lease_ttl);
+                }
+                (want, got) => panic!("{name}: store {want:?} loaded as {got:?}"),
+            }
+            if let Some(r) = options.key_rotation {
+                assert_eq!(config.key_rotation.interval, r.interval, "{name}");
+                assert_eq!(
+                    config.key_rotation.commit_timeout, r.commit_timeout,
+                    "{name}"
+                );
+            }
+            if options.dual_stack {
+                assert_eq!(config.node_ips.len(), 2, "{name}");
+                assert_eq!(config.pod_cidrs.len(), 2, "{name}");
+                assert_eq!(config.cluster_pod_cidrs.len(), 2, "{name}");
+            }
+            let metrics = options.metrics_port.map(|p| format!("{}:{p}", node_ip(2)));
+            assert_eq!(
+                config.metrics_address.map(|a| a.to_string()),
+                metrics,
+                "{name}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).expect("remove temp dir");
     }
 }

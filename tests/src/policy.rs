@@ -20,6 +20,7 @@ use crate::addr::{node_name, pod_ip, Host};
 use crate::agent::agent_binary;
 use crate::error::{LabError, Result};
 use crate::exec::output;
+use crate::handles::{AgentHandle, HostHandle};
 use crate::lab::{Lab, AGENT_RUN_DIR};
 
 /// How long `wiremesh apply` may take.
@@ -138,48 +139,11 @@ impl Lab {
         Ok(path)
     }
 
-    /// Runs `wiremesh <verb> -f <manifest>` against node `node`'s agent; its whole output,
-    /// whatever the exit status.
-    pub fn objects_cmd(&self, node: u8, verb: &str, manifest: &str) -> Result<Output> {
-        let path = self.manifest_file(manifest)?;
-        let mut cmd = self.node_cmd(node, agent_binary()?);
-        cmd.args([verb, "-f"])
-            .arg(&path)
-            .args(["--run-dir", AGENT_RUN_DIR]);
-        output(&mut cmd, None, APPLY_TIMEOUT)
-    }
-
-    /// `wiremesh apply -f` through node `node`; fails with its stderr unless it succeeds.
-    pub fn apply(&self, node: u8, manifest: &str) -> Result<String> {
-        self.objects_ok(node, "apply", manifest)
-    }
-
-    /// `wiremesh delete -f` through node `node`.
-    pub fn delete(&self, node: u8, manifest: &str) -> Result<String> {
-        self.objects_ok(node, "delete", manifest)
-    }
-
     fn objects_ok(&self, node: u8, verb: &str, manifest: &str) -> Result<String> {
-        let out = self.objects_cmd(node, verb, manifest)?;
+        let out = self.node(node).agent().objects_cmd(verb, manifest)?;
         if !out.status.success() {
             return Err(LabError::Command {
                 cmd: format!("wiremesh {verb} on node-{node}"),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `wiremesh policy trace` (online) on node `node` with `args`; stdout.
-    pub fn trace(&self, node: u8, args: &[&str]) -> Result<String> {
-        let mut cmd = self.node_cmd(node, agent_binary()?);
-        cmd.args(["policy", "trace", "--run-dir", AGENT_RUN_DIR])
-            .args(args);
-        let out = output(&mut cmd, None, APPLY_TIMEOUT)?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                cmd: format!("wiremesh policy trace on node-{node}"),
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
@@ -215,24 +179,6 @@ impl Lab {
         Ok(Servers { stop, threads })
     }
 
-    /// Whether a connection from `from` to `to:port` completes an echo exchange within
-    /// `timeout`.
-    pub fn probe(
-        &self,
-        from: Host,
-        to: Ipv4Addr,
-        port: u16,
-        proto: Proto,
-        timeout: Duration,
-    ) -> bool {
-        let ns = self.ns(from);
-        thread::spawn(move || {
-            enter(&ns).is_ok() && probe_here(SocketAddr::from((to, port)), proto, timeout)
-        })
-        .join()
-        .unwrap_or(false)
-    }
-
     /// Probes until the results equal `want` or `within` passes (policy takes a moment to reach
     /// every node's maps); the last results.
     pub fn probe_until(
@@ -252,20 +198,7 @@ impl Lab {
         }
     }
 
-    /// Runs `f` on a new thread inside `host`'s network namespace.
-    pub fn spawn_in<T, F>(&self, host: Host, f: F) -> JoinHandle<std::io::Result<T>>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> std::io::Result<T> + Send + 'static,
-    {
-        let ns = self.ns(host);
-        thread::spawn(move || {
-            enter(&ns)?;
-            f()
-        })
-    }
-
-    /// [`Lab::probe`] for many probes at once, results in order.
+    /// [`crate::HostHandle::probe`] for many probes at once, results in order.
     pub fn probe_all(
         &self,
         probes: &[(Host, Ipv4Addr, u16, Proto)],
@@ -422,4 +355,75 @@ pub fn render_matrix(
         }
     }
     out
+}
+
+impl AgentHandle<'_> {
+    /// Runs `wiremesh <verb> -f <manifest>` against the node's agent; its whole output,
+    /// whatever the exit status.
+    pub fn objects_cmd(&self, verb: &str, manifest: &str) -> Result<Output> {
+        let node = self.node;
+        let path = self.lab.manifest_file(manifest)?;
+        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        cmd.args([verb, "-f"])
+            .arg(&path)
+            .args(["--run-dir", AGENT_RUN_DIR]);
+        output(&mut cmd, None, APPLY_TIMEOUT)
+    }
+
+    /// `wiremesh apply -f` through the node; fails with its stderr unless it succeeds.
+    pub fn apply(&self, manifest: &str) -> Result<String> {
+        let node = self.node;
+        self.lab.objects_ok(node, "apply", manifest)
+    }
+
+    /// `wiremesh delete -f` through the node.
+    pub fn delete(&self, manifest: &str) -> Result<String> {
+        let node = self.node;
+        self.lab.objects_ok(node, "delete", manifest)
+    }
+
+    /// `wiremesh policy trace` (online) on the node with `args`; stdout.
+    pub fn trace(&self, args: &[&str]) -> Result<String> {
+        let node = self.node;
+        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        cmd.args(["policy", "trace", "--run-dir", AGENT_RUN_DIR])
+            .args(args);
+        let out = output(&mut cmd, None, APPLY_TIMEOUT)?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: format!("wiremesh policy trace on node-{node}"),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl HostHandle<'_> {
+    /// Whether a connection from here to `to:port` completes an echo exchange within
+    /// `timeout`.
+    pub fn probe(&self, to: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> bool {
+        let from = self.host;
+        let ns = self.lab.ns(from);
+        thread::spawn(move || {
+            enter(&ns).is_ok() && probe_here(SocketAddr::from((to, port)), proto, timeout)
+        })
+        .join()
+        .unwrap_or(false)
+    }
+
+    /// Runs `f` on a new thread inside `host`'s network namespace.
+    pub fn spawn_in<T, F>(&self, f: F) -> JoinHandle<std::io::Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    {
+        let host = self.host;
+        let ns = self.lab.ns(host);
+        thread::spawn(move || {
+            enter(&ns)?;
+            f()
+        })
+    }
 }

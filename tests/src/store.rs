@@ -2,41 +2,55 @@
 //! Tests edit it as an operator or a sync tool would: atomically (a dot-file in the same
 //! directory, then a rename), so a watcher never reads half a record.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use keymgr::{NodeRecord, PublicKey};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::addr::{endpoint, node_ip, node_name, pod_cidr};
+use crate::addr::{node_ip, node_name, pod_cidr, WG_PORT};
 use crate::agent::CLUSTER_NAME;
 use crate::error::{LabError, Result};
 use crate::etcd::etcd_node_key;
-use crate::lab::Lab;
+use crate::handles::StoreHandle;
 
 const POLL: Duration = Duration::from_millis(100);
 
-/// The record lab node `node` publishes, with `public_key` (base64).
-pub fn node_record(node: u8, public_key: &str) -> Value {
-    json!({
-        "nodeName": node_name(node),
-        "clusterName": CLUSTER_NAME,
-        "publicKey": public_key,
-        "endpoint": endpoint(node),
-        "podCIDRs": [pod_cidr(node)],
-        "nodeIPs": [node_ip(node).to_string()],
-    })
+/// The record lab node `node` publishes with `public_key`, as the agents read it.
+pub fn node_record(node: u8, public_key: PublicKey) -> NodeRecord {
+    NodeRecord {
+        node_name: node_name(node),
+        cluster_name: CLUSTER_NAME.into(),
+        public_key,
+        endpoint: SocketAddr::new(node_ip(node).into(), WG_PORT),
+        // The lab's address plan is valid CIDR text by construction (`10.244.<node>.0/24`).
+        pod_cidrs: vec![pod_cidr(node)
+            .parse()
+            .expect("the lab's pod CIDRs are valid")],
+        node_ips: vec![node_ip(node).into()],
+        key_epoch: 0,
+        key_created: None,
+        next_public_key: None,
+    }
 }
 
-impl Lab {
+impl StoreHandle<'_> {
+    /// `<labdir>/store`, the dir store's directory (unused in an etcd lab).
+    pub fn dir(&self) -> PathBuf {
+        self.lab.store_dir()
+    }
+
     /// `<store>/<name>.json`.
     pub fn record_path(&self, name: &str) -> PathBuf {
-        self.store_dir().join(format!("{name}.json"))
+        self.dir().join(format!("{name}.json"))
     }
 
     /// The raw record `name`, if present (from the dir store, or from etcd in an etcd lab).
     pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        if self.options().uses_etcd() {
-            return self.etcd_get(&etcd_node_key(name));
+        if self.lab.options().uses_etcd() {
+            return self.lab.etcd().get(&etcd_node_key(name));
         }
         let path = self.record_path(name);
         match std::fs::read(&path) {
@@ -80,13 +94,16 @@ impl Lab {
         }
     }
 
-    /// Writes `record` as `<nodeName>.json`, atomically.
-    pub fn write_record(&self, record: &Value) -> Result<()> {
+    /// Writes `record` (a [`NodeRecord`], or any JSON, valid or not) as `<nodeName>.json`,
+    /// atomically.
+    pub fn write_record(&self, record: &impl Serialize) -> Result<()> {
+        let record = serde_json::to_value(record)
+            .map_err(|e| LabError::Check(format!("cannot encode a record: {e}")))?;
         let name = record
             .get("nodeName")
             .and_then(Value::as_str)
             .ok_or_else(|| LabError::Check(format!("record without a nodeName: {record}")))?;
-        let bytes = serde_json::to_vec_pretty(record)
+        let bytes = serde_json::to_vec_pretty(&record)
             .map_err(|e| LabError::Check(format!("cannot encode record {name}: {e}")))?;
         self.write_record_bytes(name, &bytes)
     }
@@ -94,10 +111,10 @@ impl Lab {
     /// Writes `bytes` as `<name>.json`, atomically (in etcd: puts it at the node's key, with no
     /// lease).
     pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        if self.options().uses_etcd() {
-            return self.etcd_put(&etcd_node_key(name), bytes);
+        if self.lab.options().uses_etcd() {
+            return self.lab.etcd().put(&etcd_node_key(name), bytes);
         }
-        let tmp = self.store_dir().join(format!(".{name}.json.lab-tmp"));
+        let tmp = self.dir().join(format!(".{name}.json.lab-tmp"));
         std::fs::write(&tmp, bytes).map_err(|e| LabError::io(&tmp, e))?;
         let path = self.record_path(name);
         std::fs::rename(&tmp, &path).map_err(|e| LabError::io(&path, e))
@@ -105,12 +122,14 @@ impl Lab {
 
     /// Removes the record `name` and returns what it held.
     pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
-        if self.options().uses_etcd() {
+        if self.lab.options().uses_etcd() {
             let key = etcd_node_key(name);
             let bytes = self
-                .etcd_get(&key)?
+                .lab
+                .etcd()
+                .get(&key)?
                 .ok_or_else(|| LabError::Check(format!("no record at {key} in etcd")))?;
-            self.etcd_del(&key)?;
+            self.lab.etcd().del(&key)?;
             return Ok(bytes);
         }
         let path = self.record_path(name);
@@ -123,10 +142,13 @@ impl Lab {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn record_has_the_store_fields() {
-        let r = node_record(3, "AAAA");
+        let key = PublicKey::from_base64("AgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fICE=")
+            .expect("a valid key");
+        let r = serde_json::to_value(node_record(3, key)).expect("a record encodes");
         assert_eq!(r["nodeName"], "node-3");
         assert_eq!(r["clusterName"], "lab");
         assert_eq!(r["endpoint"], "198.18.0.3:51871");

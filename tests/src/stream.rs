@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::addr::Host;
 use crate::error::{LabError, Result};
 use crate::exec::{require_tools, BgProcess};
-use crate::lab::Lab;
+use crate::handles::HostHandle;
 use crate::traffic::PingResult;
 
 /// What a `ping -D` (per-reply, timestamped) run logged.
@@ -196,32 +195,34 @@ impl IperfClient {
     }
 }
 
-impl Lab {
-    /// Starts a one-shot `iperf3 -s -1` on `host` and waits until it listens; returns it and its
+impl HostHandle<'_> {
+    /// Starts a one-shot `iperf3 -s -1` here and waits until it listens; returns it and its
     /// port.
-    pub fn spawn_iperf_server(&self, host: Host) -> Result<(BgProcess, u16)> {
+    pub fn iperf_server(&self) -> Result<(BgProcess, u16)> {
+        let host = self.host;
         require_tools(&["iperf3"])?;
-        let port = self.next_port();
-        let log = self.dir().join(format!("iperf3-server-{port}.log"));
-        let mut cmd = self.host_cmd(host, "iperf3");
+        let port = self.lab.next_port();
+        let log = self.lab.dir().join(format!("iperf3-server-{port}.log"));
+        let mut cmd = self.lab.host_cmd(host, "iperf3");
         cmd.args(["-s", "-1", "-p", &port.to_string()]);
         let mut server = BgProcess::spawn(format!("iperf3 -s on {host}"), &mut cmd, &log)?;
-        self.wait_listening(host, &port.to_string(), &mut server)?;
+        self.lab
+            .wait_listening(host, &port.to_string(), &mut server)?;
         Ok((server, port))
     }
 
-    /// Starts `iperf3 -c to -p port -t <duration> -i 0.25 -b <bitrate> --json` on `from`.
-    pub fn spawn_iperf_client(
+    /// Starts `iperf3 -c to -p port -t <duration> -i 0.25 -b <bitrate> --json` here.
+    pub fn iperf_client(
         &self,
-        from: Host,
         to: Ipv4Addr,
         port: u16,
         duration: Duration,
         bitrate: &str,
     ) -> Result<IperfClient> {
-        let json = self.dir().join(format!("iperf3-client-{port}.json"));
-        let log = self.dir().join(format!("iperf3-client-{port}.log"));
-        let mut cmd = self.host_cmd(from, "iperf3");
+        let from = self.host;
+        let json = self.lab.dir().join(format!("iperf3-client-{port}.json"));
+        let log = self.lab.dir().join(format!("iperf3-client-{port}.log"));
+        let mut cmd = self.lab.host_cmd(from, "iperf3");
         cmd.args(["-c", &to.to_string(), "-p", &port.to_string()])
             .args(["-t", &duration.as_secs().max(1).to_string()])
             .args(["-i", "0.25", "-b", bitrate, "--json"]);

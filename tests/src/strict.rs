@@ -13,29 +13,32 @@ use crate::addr::{node_ip, node_ip6, pod_cidr, pod_cidr6, Host};
 use crate::agent::agent_binary;
 use crate::error::{LabError, Result};
 use crate::exec::{output, run};
-use crate::lab::Lab;
+use crate::handles::{GuardHandle, SwitchHandle};
 
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The guard table the agent and `wiremesh guard` install.
 pub const GUARD_TABLE: &str = "wiremesh";
 
-impl Lab {
-    /// Writes node `node`'s agent config and runs `wiremesh guard --config` in its namespace (no
+impl GuardHandle<'_> {
+    /// Writes the node's agent config and runs `wiremesh guard --config` in its namespace (no
     /// agent, no store): what the boot-time unit does. Returns its stdout.
-    pub fn run_guard(&self, node: u8) -> Result<String> {
+    pub fn run(&self) -> Result<String> {
+        let node = self.node;
         let bin = agent_binary()?;
-        let config = self.config_path(node);
-        std::fs::write(&config, self.config_yaml(node)).map_err(|e| LabError::io(&config, e))?;
-        let mut cmd = self.node_cmd(node, &bin);
+        let config = self.lab.node(node).agent().config_path();
+        std::fs::write(&config, self.lab.node(node).agent().config_yaml())
+            .map_err(|e| LabError::io(&config, e))?;
+        let mut cmd = self.lab.node_cmd(node, &bin);
         cmd.arg("guard").arg("--config").arg(&config);
         run(&mut cmd, NFT_TIMEOUT)
     }
 
-    /// The guard table's named counters (`egress_ipv4`, ... → packets) in node `node`'s kernel,
+    /// The guard table's named counters (`egress_ipv4`, ... → packets) in the node's kernel,
     /// or `None` when the node has no such table.
-    pub fn guard_counters(&self, node: u8) -> Result<Option<BTreeMap<String, u64>>> {
+    pub fn counters(&self) -> Result<Option<BTreeMap<String, u64>>> {
+        let node = self.node;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_ns(node)]).args([
+        cmd.args(["netns", "exec", &self.lab.node_ns(node)]).args([
             "nft",
             "-j",
             "list",
@@ -70,19 +73,21 @@ impl Lab {
     }
 
     /// One guard counter (0 when absent); an error when the node has no guard table at all.
-    pub fn guard_counter(&self, node: u8, name: &str) -> Result<u64> {
-        let counters = self.guard_counters(node)?.ok_or_else(|| LabError::Node {
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let node = self.node;
+        let counters = self.counters()?.ok_or_else(|| LabError::Node {
             node,
             what: format!("no nftables table inet {GUARD_TABLE}"),
         })?;
         Ok(counters.get(name).copied().unwrap_or(0))
     }
 
-    /// `nft delete table inet wiremesh` in node `node` (the guard's own control experiments;
+    /// `nft delete table inet wiremesh` in the node (the guard's own control experiments;
     /// a running agent puts it back within seconds).
-    pub fn delete_guard(&self, node: u8) -> Result<()> {
+    pub fn delete(&self) -> Result<()> {
+        let node = self.node;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_ns(node)]).args([
+        cmd.args(["netns", "exec", &self.lab.node_ns(node)]).args([
             "nft",
             "delete",
             "table",
@@ -91,11 +96,13 @@ impl Lab {
         ]);
         run(&mut cmd, NFT_TIMEOUT).map(drop)
     }
+}
 
+impl SwitchHandle<'_> {
     /// A command in the switch namespace.
-    pub fn switch_cmd(&self, program: &str) -> Command {
+    pub fn cmd(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.switch_ns(), program]);
+        cmd.args(["netns", "exec", &self.lab.switch_ns(), program]);
         cmd
     }
 
@@ -103,13 +110,15 @@ impl Lab {
     /// v6 in a dual-stack lab) and routes `victim`'s pod CIDRs to `victim`'s underlay address, so
     /// that what it sends from those addresses reaches `victim` from the underlay, not through the
     /// tunnel. Needs a switch with underlay addresses ([`crate::LabOptions::default_route`]).
-    pub fn impersonate_on_switch(&self, pod: Host, victim: u8) -> Result<()> {
-        let ns = self.switch_ns();
+    pub fn impersonate(&self, pod: Host, victim: u8) -> Result<()> {
+        let ns = self.lab.switch_ns();
         let ip = |args: &[&str]| run(Command::new("ip").args(["-n", &ns]).args(args), NFT_TIMEOUT);
         // The victim's link address, fixed: otherwise the switch would resolve it with neighbour
         // solicitations sourced from the impersonated address, which the victim's guard drops
         // before any spoofed packet is even sent.
-        let link = self.ip(Host::Node(victim), &["-o", "link", "show", "eth0"])?;
+        let link = self
+            .lab
+            .ip(Host::Node(victim), &["-o", "link", "show", "eth0"])?;
         let mac = link
             .split_whitespace()
             .skip_while(|w| *w != "link/ether")
@@ -117,7 +126,7 @@ impl Lab {
             .ok_or_else(|| LabError::Check(format!("no MAC in {link:?}")))?
             .to_string();
         let mut victim_ips = vec![node_ip(victim).to_string()];
-        if self.options().dual_stack {
+        if self.lab.options().dual_stack {
             victim_ips.push(node_ip6(victim).to_string());
         }
         for addr in &victim_ips {
@@ -136,7 +145,7 @@ impl Lab {
         ip(&["addr", "add", &format!("{}/32", pod.ip()), "dev", "br0"])?;
         let via = node_ip(victim).to_string();
         ip(&["route", "add", &pod_cidr(victim), "via", &via, "dev", "br0"])?;
-        if self.options().dual_stack {
+        if self.lab.options().dual_stack {
             let addr6 = format!("{}/128", pod.ip6());
             ip(&["addr", "add", &addr6, "dev", "br0", "nodad"])?;
             let via6 = node_ip6(victim).to_string();
@@ -154,18 +163,12 @@ impl Lab {
         Ok(())
     }
 
-    /// From the switch, `count` pings with payload `pattern` to `to`, sent from `from` (an
-    /// address given to the switch by [`Lab::impersonate_on_switch`]). Replies are not expected
+    /// From the switch, `count` pings with payload `pattern` to `to`, sent from here (an
+    /// address given to the switch by [`SwitchHandle::impersonate`]). Replies are not expected
     /// (they go to the real owner of `from`); returns ping's output.
-    pub fn ping_from_switch(
-        &self,
-        from: IpAddr,
-        to: IpAddr,
-        count: u32,
-        pattern: &[u8],
-    ) -> Result<String> {
+    pub fn ping(&self, from: IpAddr, to: IpAddr, count: u32, pattern: &[u8]) -> Result<String> {
         let hex: String = pattern.iter().map(|b| format!("{b:02x}")).collect();
-        let mut cmd = self.switch_cmd("ping");
+        let mut cmd = self.cmd("ping");
         cmd.args([
             "-n",
             "-c",

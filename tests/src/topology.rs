@@ -9,6 +9,7 @@ use crate::addr::{
 };
 use crate::error::Result;
 use crate::exec::run;
+use crate::handles::NodeHandle;
 use crate::lab::{Lab, IP_TIMEOUT};
 use crate::options::SWITCH_IP;
 
@@ -138,15 +139,6 @@ impl Lab {
         self.wire_pod(node, pod)
     }
 
-    /// Deletes pod `pod`'s veth on node `node` and wires the pod again, as a container runtime
-    /// restarting the pod would: the same names and addresses on a new device (new ifindex, no
-    /// tc filters).
-    pub fn recreate_pod_link(&self, node: u8, pod: u8) -> Result<()> {
-        let link = format!("pod{pod}");
-        self.ip_in(&self.node_ns(node), &["link", "del", &link])?;
-        self.wire_pod(node, pod)
-    }
-
     /// The pod's veth pair, addresses and routes (its namespace exists).
     fn wire_pod(&self, node: u8, pod: u8) -> Result<()> {
         let node_ns = self.node_ns(node);
@@ -225,14 +217,28 @@ impl Lab {
     pub(crate) fn ip_in(&self, ns: &str, args: &[&str]) -> Result<String> {
         run(Command::new("ip").args(["-n", ns]).args(args), IP_TIMEOUT)
     }
+}
 
-    /// Routes `from`'s traffic for `to`'s pod CIDR straight over the underlay, ahead of anything
+impl NodeHandle<'_> {
+    /// Deletes pod `pod`'s veth on the node and wires the pod again, as a container runtime
+    /// restarting the pod would: the same names and addresses on a new device (new ifindex, no
+    /// tc filters).
+    pub fn recreate_pod_link(&self, pod: u8) -> Result<()> {
+        let node = self.node;
+        let link = format!("pod{pod}");
+        self.lab
+            .ip_in(&self.lab.node_ns(node), &["link", "del", &link])?;
+        self.lab.wire_pod(node, pod)
+    }
+
+    /// Routes this node's traffic for `to`'s pod CIDR straight over the underlay, ahead of anything
     /// the agent installed: the unencrypted control case of a leak test.
-    pub fn bypass_tunnel(&self, from: u8, to: u8) -> Result<()> {
-        let ns = self.node_ns(from);
+    pub fn bypass_tunnel(&self, to: u8) -> Result<()> {
+        let from = self.node;
+        let ns = self.lab.node_ns(from);
         let cidr = pod_cidr(to);
         let via = node_ip(to).to_string();
-        self.ip_in(
+        self.lab.ip_in(
             &ns,
             &[
                 "rule",
@@ -245,7 +251,7 @@ impl Lab {
                 BYPASS_PREF,
             ],
         )?;
-        self.ip_in(
+        self.lab.ip_in(
             &ns,
             &[
                 "route",
@@ -262,12 +268,14 @@ impl Lab {
         Ok(())
     }
 
-    /// Undoes [`Lab::bypass_tunnel`].
-    pub fn remove_bypass(&self, from: u8, to: u8) -> Result<()> {
-        let ns = self.node_ns(from);
+    /// Undoes [`NodeHandle::bypass_tunnel`].
+    pub fn remove_bypass(&self, to: u8) -> Result<()> {
+        let from = self.node;
+        let ns = self.lab.node_ns(from);
         let cidr = pod_cidr(to);
-        self.ip_in(&ns, &["route", "del", &cidr, "table", BYPASS_TABLE])?;
-        self.ip_in(
+        self.lab
+            .ip_in(&ns, &["route", "del", &cidr, "table", BYPASS_TABLE])?;
+        self.lab.ip_in(
             &ns,
             &[
                 "rule",

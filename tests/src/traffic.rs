@@ -1,7 +1,7 @@
 //! Traffic between lab hosts: ping (iputils) and TCP transfers (netcat-openbsd), every one bounded
 //! in count and time.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::addr::Host;
 use crate::error::{LabError, Result};
 use crate::exec::{check, output, run, BgProcess};
+use crate::handles::HostHandle;
 use crate::lab::Lab;
 
 /// Ports for TCP transfers; each transfer takes a fresh one so no listener ever races a
@@ -145,120 +146,9 @@ pub fn test_data(len: usize) -> Vec<u8> {
 }
 
 impl Lab {
-    /// `count` pings from pod `pod` of node `node` to `to`, every `interval`.
-    pub fn ping(
-        &self,
-        node: u8,
-        pod: u8,
-        to: Ipv4Addr,
-        count: u32,
-        interval: Duration,
-    ) -> Result<PingResult> {
-        self.ping_from(
-            Host::Pod(node, pod),
-            &Ping::new(to).count(count).interval(interval),
-        )
-    }
-
-    /// Runs `ping` on `from` and returns its summary (lost packets are not an error).
-    pub fn ping_from(&self, from: Host, ping: &Ping) -> Result<PingResult> {
-        let mut cmd = self.host_cmd(from, "ping");
-        cmd.args(ping.args());
-        let out = output(&mut cmd, None, ping.deadline() + Duration::from_secs(5))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        PingResult::parse(&text).map_err(|_| LabError::Command {
-            cmd: crate::exec::describe(&cmd),
-            status: out.status.to_string(),
-            stderr: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
-        })
-    }
-
     /// A fresh TCP port for a listener in the lab.
     pub fn next_port(&self) -> u16 {
         NEXT_PORT.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Starts `ping` on `from` in the background; parse its log with [`PingResult::parse`] once it
-    /// has exited (it stops by itself after `ping.deadline()`).
-    pub fn spawn_ping(&self, from: Host, ping: &Ping) -> Result<BgProcess> {
-        let log = self.dir().join(format!(
-            "ping-{}.log",
-            NEXT_PORT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let mut cmd = self.host_cmd(from, "ping");
-        cmd.args(ping.args());
-        BgProcess::spawn(format!("ping {from} -> {}", ping.to), &mut cmd, &log)
-    }
-
-    /// Pings `to` from `from` once per attempt until a reply comes back; returns how long it took.
-    pub fn wait_reachable(
-        &self,
-        from: Host,
-        to: impl Into<IpAddr>,
-        timeout: Duration,
-    ) -> Result<Duration> {
-        let to = to.into();
-        let start = Instant::now();
-        loop {
-            let last = match self.ping_from(from, &Ping::new(to).count(1)) {
-                Ok(result) if result.received > 0 => return Ok(start.elapsed()),
-                Ok(result) => result.to_string(),
-                // "Network is unreachable" while routes are being set up is worth retrying.
-                Err(e) => e.to_string(),
-            };
-            if start.elapsed() >= timeout {
-                return Err(LabError::Timeout {
-                    what: format!("{to} to answer ping from {from}"),
-                    after: timeout,
-                    last,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Sends `data` over one TCP connection from `from` to a listener on `to`, and returns what
-    /// the listener received.
-    pub fn tcp_send(
-        &self,
-        from: Host,
-        to: Host,
-        data: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>> {
-        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed).to_string();
-        let received = self.dir().join(format!("tcp-{port}.out"));
-        let log = self.dir().join(format!("tcp-{port}.log"));
-        let mut server_cmd = self.host_cmd(to, "nc");
-        server_cmd.args(["-l", "-n", &port]);
-        let mut server =
-            BgProcess::spawn_split(format!("nc -l on {to}"), &mut server_cmd, &received, &log)?;
-        self.wait_listening(to, &port, &mut server)?;
-
-        let mut client = self.host_cmd(from, "nc");
-        client.args(["-N", "-n", "-w", "5", &to.ip().to_string(), &port]);
-        let out = output(&mut client, Some(data), timeout)?;
-        check(&client, &out)?;
-        server.wait_timeout(timeout)?;
-        std::fs::read(&received).map_err(|e| LabError::io(&received, e))
-    }
-
-    /// Sends `len` bytes of [`test_data`] from `from` to `to` and checks they arrived intact.
-    pub fn tcp_transfer(&self, from: Host, to: Host, len: usize, timeout: Duration) -> Result<()> {
-        let data = test_data(len);
-        let got = self.tcp_send(from, to, &data, timeout)?;
-        if got == data {
-            return Ok(());
-        }
-        let first_diff = data
-            .iter()
-            .zip(&got)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(len));
-        Err(LabError::Check(format!(
-            "TCP {from} -> {to}: sent {len} bytes, received {} (first difference at byte {first_diff})",
-            got.len()
-        )))
     }
 
     pub(crate) fn wait_listening(
@@ -293,6 +183,98 @@ impl Lab {
     }
 }
 
+impl HostHandle<'_> {
+    /// Runs `ping` here and returns its summary (lost packets are not an error).
+    pub fn ping(&self, ping: &Ping) -> Result<PingResult> {
+        let from = self.host;
+        let mut cmd = self.lab.host_cmd(from, "ping");
+        cmd.args(ping.args());
+        let out = output(&mut cmd, None, ping.deadline() + Duration::from_secs(5))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        PingResult::parse(&text).map_err(|_| LabError::Command {
+            cmd: crate::exec::describe(&cmd),
+            status: out.status.to_string(),
+            stderr: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+
+    /// Starts `ping` here in the background; parse its log with [`PingResult::parse`] once it
+    /// has exited (it stops by itself after `ping.deadline()`).
+    pub fn spawn_ping(&self, ping: &Ping) -> Result<BgProcess> {
+        let from = self.host;
+        let log = self.lab.dir().join(format!(
+            "ping-{}.log",
+            NEXT_PORT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut cmd = self.lab.host_cmd(from, "ping");
+        cmd.args(ping.args());
+        BgProcess::spawn(format!("ping {from} -> {}", ping.to), &mut cmd, &log)
+    }
+
+    /// Pings `to` from here once per attempt until a reply comes back; returns how long it took.
+    pub fn wait_reachable(&self, to: impl Into<IpAddr>, timeout: Duration) -> Result<Duration> {
+        let from = self.host;
+        let to = to.into();
+        let start = Instant::now();
+        loop {
+            let last = match self.ping(&Ping::new(to).count(1)) {
+                Ok(result) if result.received > 0 => return Ok(start.elapsed()),
+                Ok(result) => result.to_string(),
+                // "Network is unreachable" while routes are being set up is worth retrying.
+                Err(e) => e.to_string(),
+            };
+            if start.elapsed() >= timeout {
+                return Err(LabError::Timeout {
+                    what: format!("{to} to answer ping from {from}"),
+                    after: timeout,
+                    last,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `data` over one TCP connection from here to a listener on `to`, and returns what
+    /// the listener received.
+    pub fn tcp_send(&self, to: Host, data: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        let from = self.host;
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed).to_string();
+        let received = self.lab.dir().join(format!("tcp-{port}.out"));
+        let log = self.lab.dir().join(format!("tcp-{port}.log"));
+        let mut server_cmd = self.lab.host_cmd(to, "nc");
+        server_cmd.args(["-l", "-n", &port]);
+        let mut server =
+            BgProcess::spawn_split(format!("nc -l on {to}"), &mut server_cmd, &received, &log)?;
+        self.lab.wait_listening(to, &port, &mut server)?;
+
+        let mut client = self.lab.host_cmd(from, "nc");
+        client.args(["-N", "-n", "-w", "5", &to.ip().to_string(), &port]);
+        let out = output(&mut client, Some(data), timeout)?;
+        check(&client, &out)?;
+        server.wait_timeout(timeout)?;
+        std::fs::read(&received).map_err(|e| LabError::io(&received, e))
+    }
+
+    /// Sends `len` bytes of [`test_data`] from here to `to` and checks they arrived intact.
+    pub fn tcp_transfer(&self, to: Host, len: usize, timeout: Duration) -> Result<()> {
+        let from = self.host;
+        let data = test_data(len);
+        let got = self.tcp_send(to, &data, timeout)?;
+        if got == data {
+            return Ok(());
+        }
+        let first_diff = data
+            .iter()
+            .zip(&got)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(len));
+        Err(LabError::Check(format!(
+            "TCP {from} -> {to}: sent {len} bytes, received {} (first difference at byte {first_diff})",
+            got.len()
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,7 +299,7 @@ mod tests {
 
     #[test]
     fn ping_arguments_are_bounded() {
-        let ping = Ping::new(Ipv4Addr::new(10, 244, 2, 11))
+        let ping = Ping::new(std::net::Ipv4Addr::new(10, 244, 2, 11))
             .count(300)
             .interval(Duration::from_millis(20))
             .pattern(b"WM");

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::addr::{endpoint, node_name, pod_cidr, WG_IFACE, WG_MTU, WG_PORT};
 use crate::error::{LabError, Result};
 use crate::exec::{output, run, BgProcess};
+use crate::handles::NodeHandle;
 use crate::lab::{Lab, NodeKind, WG_RUN_DIR};
 use crate::store::node_record;
 
@@ -27,17 +28,39 @@ pub struct KeyPair {
 }
 
 impl Lab {
-    /// The private key file of node `node` (`<labdir>/n<i>/state/wiremesh_wg0.key`).
-    pub fn key_path(&self, node: u8) -> PathBuf {
-        self.node_dir(node)
-            .join("state")
-            .join(format!("{WG_IFACE}.key"))
+    fn wait_uapi_socket(&self, node: u8, timeout: Duration) -> Result<()> {
+        let socket = self
+            .node_dir(node)
+            .join("wireguard")
+            .join(format!("{WG_IFACE}.sock"));
+        let deadline = Instant::now() + timeout;
+        while !socket.exists() {
+            self.node(node).agent().check_running()?;
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "wireguard-go's UAPI socket {WG_RUN_DIR}/{WG_IFACE}.sock on node-{node}"
+                    ),
+                    after: timeout,
+                    last: format!("{} absent", socket.display()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl NodeHandle<'_> {
+    /// The private key file of the node (`<labdir>/n<i>/state/wiremesh_wg0.key`).
+    pub fn key_path(&self) -> PathBuf {
+        self.dir().join("state").join(format!("{WG_IFACE}.key"))
     }
 
-    /// Generates node `node`'s key pair with `wg` and stores the private key like the agent does.
-    pub fn generate_key(&self, node: u8) -> Result<KeyPair> {
+    /// Generates the node's key pair with `wg` and stores the private key like the agent does.
+    pub fn generate_key(&self) -> Result<KeyPair> {
         let private = run(Command::new("wg").arg("genkey"), WG_TIMEOUT)?;
-        let path = self.key_path(node);
+        let path = self.key_path();
         std::fs::write(&path, &private).map_err(|e| LabError::io(&path, e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| LabError::io(&path, e))?;
@@ -52,23 +75,24 @@ impl Lab {
         })
     }
 
-    /// Runs wireguard-go on node `node` as `wiremesh_wg0`, peers it with every other node whose
+    /// Runs wireguard-go on the node as `wiremesh_wg0`, peers it with every other node whose
     /// record is in the store (waiting up to `timeout` for each), routes their pod CIDRs into it
     /// and publishes the node's own record. Returns the node's public key.
-    pub fn start_wireguard_go(&self, node: u8, timeout: Duration) -> Result<String> {
-        let keys = self.generate_key(node)?;
-        let log = self.log_path(node, NodeKind::WireguardGo);
-        let mut cmd = self.node_cmd(node, "wireguard-go");
+    pub fn start_wireguard_go(&self, timeout: Duration) -> Result<String> {
+        let node = self.node;
+        let keys = self.generate_key()?;
+        let log = self.log_path(NodeKind::WireguardGo);
+        let mut cmd = self.lab.node_cmd(node, "wireguard-go");
         cmd.args(["-f", WG_IFACE])
             .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
-        self.register(node, NodeKind::WireguardGo, |name| {
+        self.lab.register(node, NodeKind::WireguardGo, |name| {
             BgProcess::spawn(name, &mut cmd, &log)
         })?;
-        self.wait_uapi_socket(node, timeout)?;
+        self.lab.wait_uapi_socket(node, timeout)?;
 
         let mut peers = Vec::new();
-        for other in self.node_ids().filter(|&o| o != node) {
-            let record = self.wait_record(&node_name(other), timeout)?;
+        for other in self.lab.node_ids().filter(|&o| o != node) {
+            let record = self.lab.store().wait_record(&node_name(other), timeout)?;
             let key = record
                 .get("publicKey")
                 .and_then(Value::as_str)
@@ -80,7 +104,7 @@ impl Lab {
                 })?;
             peers.push((other, key.to_owned()));
         }
-        let mut wg = self.node_cmd(node, "wg");
+        let mut wg = self.lab.node_cmd(node, "wg");
         wg.args(["set", WG_IFACE, "private-key"])
             .arg(&keys.private_key_file);
         wg.args(["listen-port", &WG_PORT.to_string()]);
@@ -96,36 +120,19 @@ impl Lab {
         }
         run(&mut wg, WG_TIMEOUT)?;
         let host = crate::addr::Host::Node(node);
-        self.ip(
+        self.lab.ip(
             host,
             &["link", "set", WG_IFACE, "mtu", &WG_MTU.to_string(), "up"],
         )?;
         for (other, _) in &peers {
-            self.ip(host, &["route", "add", &pod_cidr(*other), "dev", WG_IFACE])?;
+            self.lab
+                .ip(host, &["route", "add", &pod_cidr(*other), "dev", WG_IFACE])?;
         }
-        self.write_record(&node_record(node, &keys.public_key))?;
+        let public_key = keymgr::PublicKey::from_base64(&keys.public_key)
+            .map_err(|e| LabError::Check(format!("`wg pubkey` gave {:?}: {e}", keys.public_key)))?;
+        self.lab
+            .store()
+            .write_record(&node_record(node, public_key))?;
         Ok(keys.public_key)
-    }
-
-    fn wait_uapi_socket(&self, node: u8, timeout: Duration) -> Result<()> {
-        let socket = self
-            .node_dir(node)
-            .join("wireguard")
-            .join(format!("{WG_IFACE}.sock"));
-        let deadline = Instant::now() + timeout;
-        while !socket.exists() {
-            self.check_running(node)?;
-            if Instant::now() >= deadline {
-                return Err(LabError::Timeout {
-                    what: format!(
-                        "wireguard-go's UAPI socket {WG_RUN_DIR}/{WG_IFACE}.sock on node-{node}"
-                    ),
-                    after: timeout,
-                    last: format!("{} absent", socket.display()),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
     }
 }

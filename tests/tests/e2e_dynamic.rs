@@ -22,11 +22,15 @@ fn record_removal_and_return_change_only_that_peer() {
         .count(300)
         .interval(Duration::from_millis(20));
     let mut background = lab
-        .spawn_ping(Host::Pod(1, 1), &ping)
+        .host(Host::Pod(1, 1))
+        .spawn_ping(&ping)
         .expect("background ping starts");
     std::thread::sleep(Duration::from_secs(1));
 
-    let saved = lab.remove_record(&node3).expect("remove node-3's record");
+    let saved = lab
+        .store()
+        .remove_record(&node3)
+        .expect("remove node-3's record");
     let removed = Instant::now();
     let mut last = Vec::new();
     let elapsed = loop {
@@ -34,7 +38,9 @@ fn record_removal_and_return_change_only_that_peer() {
             .iter()
             .map(|&n| {
                 let status = lab
-                    .status(n)
+                    .node(n)
+                    .agent()
+                    .status()
                     .unwrap_or_else(|e| panic!("status of node-{n}: {e}"));
                 last.push(format!("node-{n}: {:?}", peer_names(&status)));
                 peer_names(&status).contains(&node3)
@@ -70,14 +76,18 @@ fn record_removal_and_return_change_only_that_peer() {
         "node-1 -> node-2 traffic lost packets while node-3 was removed: {result}"
     );
 
-    lab.write_record_bytes(&node3, &saved)
+    lab.store()
+        .write_record_bytes(&node3, &saved)
         .expect("restore node-3's record");
     for node in [1, 2] {
-        lab.wait_status(node, "node-3 listed again", Duration::from_secs(5), |s| {
-            peer_names(s).contains(&node3)
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        lab.node(node)
+            .agent()
+            .wait_status("node-3 listed again", Duration::from_secs(5), |s| {
+                peer_names(s).contains(&node3)
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
     }
-    lab.wait_reachable(Host::Pod(1, 1), pod_ip(3, 1), Duration::from_secs(10))
+    lab.host(Host::Pod(1, 1))
+        .wait_reachable(pod_ip(3, 1), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("node-3's pod unreachable after its record returned: {e}"));
 }

@@ -41,6 +41,7 @@ fn check_published_records(lab: &Lab) {
     for n in 1..=3 {
         let name = node_name(n);
         let record = lab
+            .store()
             .read_record(&name)
             .unwrap_or_else(|e| panic!("reading {name}'s record: {e}"))
             .unwrap_or_else(|| panic!("{name} has no record in etcd"));
@@ -58,7 +59,7 @@ fn check_published_records(lab: &Lab) {
                 "{name}'s record lacks {field}: {record}"
             );
         }
-        let status = lab.status(n).expect("status");
+        let status = lab.node(n).agent().status().expect("status");
         for field in ["keyEpoch", "keyCreated", "nextRotation", "nextPublicKey"] {
             assert!(
                 status.get(field).is_some(),
@@ -81,7 +82,8 @@ fn check_published_records(lab: &Lab) {
             "{name}'s record vs its status"
         );
         let owner = lab
-            .etcd_get(&etcd_owner_key(&name))
+            .etcd()
+            .get(&etcd_owner_key(&name))
             .unwrap_or_else(|e| panic!("reading {name}'s owner key: {e}"));
         assert!(
             owner.is_some(),
@@ -100,12 +102,15 @@ fn join_fourth_node(lab: &Lab) {
         .count(3000)
         .interval(Duration::from_millis(10))
         .per_reply();
-    let mut probe = lab.spawn_ping(Host::Pod(1, 1), &ping).expect("ping starts");
+    let mut probe = lab
+        .host(Host::Pod(1, 1))
+        .spawn_ping(&ping)
+        .expect("ping starts");
     let started = unix_now();
-    lab.start_agent(4).expect("start node-4's agent");
+    lab.node(4).agent().start().expect("start node-4's agent");
     let deadline = Instant::now() + common::READY;
     let record_at = loop {
-        if lab.read_record("node-4").ok().flatten().is_some() {
+        if lab.store().read_record("node-4").ok().flatten().is_some() {
             break unix_now();
         }
         assert!(
@@ -115,7 +120,9 @@ fn join_fourth_node(lab: &Lab) {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    lab.wait_status(4, "the agent to answer status", common::READY, |_| true)
+    lab.node(4)
+        .agent()
+        .wait_status("the agent to answer status", common::READY, |_| true)
         .unwrap_or_else(|e| panic!("{e}"));
     let ready_at = unix_now();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -124,7 +131,12 @@ fn join_fourth_node(lab: &Lab) {
             break t;
         }
         if Instant::now() >= deadline {
-            let status = lab.status(1).map(|s| s.to_string()).unwrap_or_default();
+            let status = lab
+                .node(1)
+                .agent()
+                .status()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
             panic!(
                 "node-1's pod got no reply from node-4's pod within 15 s of node-4's status \
                  answering; node-1 status: {status}"
@@ -151,7 +163,9 @@ fn join_fourth_node(lab: &Lab) {
 fn impostor_refuses(lab: &Lab) {
     let base = lab.extra_agent_dir("impostor");
     let yaml: String = lab
-        .config_yaml(1)
+        .node(1)
+        .agent()
+        .config_yaml()
         .lines()
         .map(|l| {
             if l.starts_with("stateDir:") {
@@ -166,10 +180,16 @@ fn impostor_refuses(lab: &Lab) {
         })
         .map(|l| l + "\n")
         .collect();
-    let key_before =
-        lab.read_record("node-1").expect("read").expect("present")["publicKey"].clone();
+    let key_before = lab
+        .store()
+        .read_record("node-1")
+        .expect("read")
+        .expect("present")["publicKey"]
+        .clone();
     let (status, log) = lab
-        .run_agent_with(1, "impostor", &yaml, Duration::from_secs(30))
+        .node(1)
+        .agent()
+        .run_with("impostor", &yaml, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("second agent named node-1 did not exit: {e}"));
     eprintln!(
         "second agent named node-1 exited with {status}:\n{}",
@@ -184,7 +204,12 @@ fn impostor_refuses(lab: &Lab) {
         lower.contains("node-1") && lower.contains("held by a live agent"),
         "the refusal does not say node-1 is held by a live agent:\n{log}"
     );
-    let key_after = lab.read_record("node-1").expect("read").expect("present")["publicKey"].clone();
+    let key_after = lab
+        .store()
+        .read_record("node-1")
+        .expect("read")
+        .expect("present")["publicKey"]
+        .clone();
     assert_eq!(
         key_after, key_before,
         "the impostor changed node-1's record"
@@ -196,7 +221,8 @@ fn impostor_refuses(lab: &Lab) {
         impostor_run.display()
     );
     let links = lab
-        .ip(Host::Node(1), &["-o", "link", "show"])
+        .host(Host::Node(1))
+        .ip(&["-o", "link", "show"])
         .expect("node-1's links");
     assert!(
         !links.contains("wmimpostor0"),
@@ -207,24 +233,22 @@ fn impostor_refuses(lab: &Lab) {
 
 /// A record with an all-zero key is refused with a WARN naming it; the others keep working.
 fn invalid_record_refused(lab: &Lab) {
-    let from = lab.agent_log_len(1);
+    let from = lab.node(1).agent().log_len();
     let bad = json!({
         "nodeName": "node-8", "clusterName": wiremesh_lab::CLUSTER_NAME, "publicKey": ZERO_KEY,
         "endpoint": "198.18.0.8:51871", "podCIDRs": ["10.244.8.0/24"], "nodeIPs": ["198.18.0.8"],
         "keyEpoch": 0,
     });
-    lab.write_record(&bad).expect("put the bad record");
+    lab.store().write_record(&bad).expect("put the bad record");
     let line = lab
-        .wait_log(
-            1,
-            from,
-            "a WARN about node-8",
-            Duration::from_secs(5),
-            |l| l.contains("WARN") && l.contains("node-8"),
-        )
+        .node(1)
+        .agent()
+        .wait_log(from, "a WARN about node-8", Duration::from_secs(5), |l| {
+            l.contains("WARN") && l.contains("node-8")
+        })
         .unwrap_or_else(|e| panic!("invalid record not reported: {e}"));
     eprintln!("node-1 on the invalid record: {line}");
-    let status = lab.status(1).expect("status");
+    let status = lab.node(1).agent().status().expect("status");
     assert!(
         !peer_names(&status).contains(&"node-8".to_owned()),
         "node-8 with an all-zero key became a peer: {status}"
@@ -232,7 +256,9 @@ fn invalid_record_refused(lab: &Lab) {
     for b in [2, 3, 4] {
         common::assert_ping(lab, Host::Pod(1, 1), Host::Pod(b, 1));
     }
-    lab.remove_record("node-8").expect("delete the bad record");
+    lab.store()
+        .remove_record("node-8")
+        .expect("delete the bad record");
 }
 
 /// Polls node `observer`'s status until `gone` is no longer a peer; the time since `since`.
@@ -245,7 +271,9 @@ fn time_until_gone(
 ) -> Duration {
     loop {
         let status: Value = lab
-            .status(observer)
+            .node(observer)
+            .agent()
+            .status()
             .unwrap_or_else(|e| panic!("status of node-{observer}: {e}"));
         if !peer_names(&status).iter().any(|n| n == gone) {
             return since.elapsed();
@@ -274,11 +302,13 @@ fn leaves_with_the_lease(lab: &Lab, node: u8, signal: Signal) {
     let name = node_name(node);
     let stopped = Instant::now();
     match signal {
-        Signal::SIGKILL => lab.kill_agent(node),
-        _ => lab.stop_agent(node),
+        Signal::SIGKILL => lab.node(node).agent().kill(),
+        _ => lab.node(node).agent().stop(),
     }
     .unwrap_or_else(|e| panic!("stopping {name}'s agent: {e}"));
-    lab.stop_datapath(node, Signal::SIGTERM, Duration::from_secs(5))
+    lab.node(node)
+        .datapath()
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("SIGTERM to {name}'s data path: {e}"));
     let gone = time_until_gone(lab, 1, &name, stopped, limit + Duration::from_secs(5));
     eprintln!("{name} ({signal}) left node-1's status {gone:?} after its agent was stopped");
@@ -292,7 +322,7 @@ fn leaves_with_the_lease(lab: &Lab, node: u8, signal: Signal) {
         common::LEASE_TTL
     );
     assert!(
-        lab.read_record(&name).expect("read").is_none(),
+        lab.store().read_record(&name).expect("read").is_none(),
         "{name}'s record is still in etcd after it left"
     );
 }

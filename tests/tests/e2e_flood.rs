@@ -46,7 +46,9 @@ struct Snapshot {
 
 fn snapshot(lab: &Lab, pid: u32) -> Snapshot {
     let text = lab
-        .metrics_admin(TARGET)
+        .node(TARGET)
+        .agent()
+        .metrics()
         .unwrap_or_else(|e| panic!("scraping node-{TARGET}'s /metrics: {e}"));
     let metrics = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}"));
     let family = metrics
@@ -65,7 +67,8 @@ fn snapshot(lab: &Lab, pid: u32) -> Snapshot {
         cpu: process_cpu(pid).unwrap_or_else(|e| panic!("data path CPU: {e}")),
         handshakes,
         udp: lab
-            .udp_counters(TARGET)
+            .node(TARGET)
+            .udp_counters()
             .unwrap_or_else(|e| panic!("UDP counters: {e}")),
     }
 }
@@ -167,7 +170,7 @@ fn handshake_flood_costs_bounded_dh_and_loses_no_ping() {
     wiremesh_lab::run(
         Command::new("ip").args([
             "-n",
-            &lab.switch_ns(),
+            &lab.switch().ns(),
             "addr",
             "add",
             &format!("{FLOODER_IP}/24"),
@@ -178,7 +181,9 @@ fn handshake_flood_costs_bounded_dh_and_loses_no_ping() {
     )
     .unwrap_or_else(|e| panic!("giving the switch the flooder's address: {e}"));
     let pid = lab
-        .datapath_pid(TARGET)
+        .node(TARGET)
+        .datapath()
+        .pid()
         .unwrap_or_else(|| panic!("node-{TARGET} has no data path"));
 
     // Baseline: the same ping, no flood.
@@ -193,7 +198,7 @@ fn handshake_flood_costs_bounded_dh_and_loses_no_ping() {
     let (ping, spec) = common::fast_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1), FLOOD_SECS);
     let s2 = snapshot(&lab, pid);
     let report = flood(&FloodSpec {
-        netns: lab.switch_ns(),
+        netns: lab.switch().ns(),
         source: FLOODER_IP,
         target: SocketAddrV4::new(node_ip(TARGET), WG_PORT),
         responder_public: public,

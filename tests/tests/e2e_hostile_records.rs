@@ -40,8 +40,8 @@ fn wait_refused(lab: &Lab, name: &str) -> String {
     loop {
         let mut lines = Vec::new();
         for node in lab.node_ids() {
-            let log =
-                std::fs::read_to_string(lab.log_path(node, NodeKind::Agent)).unwrap_or_default();
+            let log = std::fs::read_to_string(lab.node(node).log_path(NodeKind::Agent))
+                .unwrap_or_default();
             // `node` is a string field: the log quotes it.
             let field = format!("node=\"{name}\"");
             let line = log
@@ -69,7 +69,9 @@ fn wait_refused(lab: &Lab, name: &str) -> String {
 fn assert_mesh_intact(lab: &Lab, hostile: &[&str], after: &str) {
     for node in lab.node_ids() {
         let status = lab
-            .status(node)
+            .node(node)
+            .agent()
+            .status()
             .unwrap_or_else(|e| panic!("status of node-{node}: {e}"));
         let mut peers = peer_names(&status);
         peers.sort();
@@ -82,10 +84,8 @@ fn assert_mesh_intact(lab: &Lab, hostile: &[&str], after: &str) {
         let mut tunnelled = Vec::new();
         for family in ["-4", "-6"] {
             let routes = lab
-                .ip(
-                    Host::Node(node),
-                    &[family, "route", "show", "dev", WG_IFACE],
-                )
+                .host(Host::Node(node))
+                .ip(&[family, "route", "show", "dev", WG_IFACE])
                 .unwrap_or_else(|e| panic!("{family} routes of node-{node}: {e}"));
             let dests = routes.lines().filter_map(|l| l.split_whitespace().next());
             tunnelled.extend(dests.map(str::to_owned));
@@ -137,7 +137,8 @@ fn hostile_records_are_refused_without_losing_a_ping(lab: &Lab) {
         .map(|&(from, to)| {
             let p = ping(pod_ip(to, 1));
             let bg = lab
-                .spawn_ping(Host::Pod(from, 1), &p)
+                .host(Host::Pod(from, 1))
+                .spawn_ping(&p)
                 .unwrap_or_else(|e| panic!("background ping {from} -> {to}: {e}"));
             (from, to, p, bg)
         })
@@ -145,7 +146,8 @@ fn hostile_records_are_refused_without_losing_a_ping(lab: &Lab) {
     std::thread::sleep(Duration::from_secs(1));
 
     for (name, cidr) in records {
-        lab.write_record(&hostile(name, &[cidr]))
+        lab.store()
+            .write_record(&hostile(name, &[cidr]))
             .unwrap_or_else(|e| panic!("writing the hostile record {name}: {e}"));
         let line = wait_refused(lab, name);
         eprintln!("{name} ({cidr}) refused: {line}");

@@ -9,7 +9,9 @@ use wiremesh_lab::{node_name, parse_wg_show, peer, Host, Lab};
 
 fn public_key(lab: &Lab, node: u8) -> String {
     let status = lab
-        .status(node)
+        .node(node)
+        .agent()
+        .status()
         .unwrap_or_else(|e| panic!("status of node-{node}: {e}"));
     status["publicKey"]
         .as_str()
@@ -19,7 +21,8 @@ fn public_key(lab: &Lab, node: u8) -> String {
 
 fn assert_handshakes(lab: &Lab, node: u8, keys: &[(&str, &str)]) {
     let text = lab
-        .wg_show(node)
+        .node(node)
+        .wg_show()
         .unwrap_or_else(|e| panic!("wg show on node-{node}: {e}"));
     let peers = parse_wg_show(&text);
     for (name, key) in keys {
@@ -45,19 +48,26 @@ fn agents_interoperate_with_wireguard_go() {
     common::require_agent();
     let lab = common::lab(3, 2);
     for node in [1, 2] {
-        lab.start_agent(node)
+        lab.node(node)
+            .agent()
+            .start()
             .unwrap_or_else(|e| panic!("starting agent on node-{node}: {e}"));
     }
     for node in [1, 2] {
-        lab.wait_peer_count(node, 1, common::CONVERGE)
+        lab.node(node)
+            .agent()
+            .wait_peer_count(1, common::CONVERGE)
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let k3 = lab
-        .start_wireguard_go(3, common::CONVERGE)
+        .node(3)
+        .start_wireguard_go(common::CONVERGE)
         .unwrap_or_else(|e| panic!("wireguard-go on node-3: {e}"));
     for node in [1, 2] {
         let status = lab
-            .wait_peer_count(node, 2, common::CONVERGE)
+            .node(node)
+            .agent()
+            .wait_peer_count(2, common::CONVERGE)
             .unwrap_or_else(|e| panic!("{e}"));
         let listed = peer(&status, &node_name(3))
             .and_then(|p| p.get("publicKey"))

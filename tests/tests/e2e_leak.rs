@@ -13,11 +13,13 @@ use wiremesh_lab::{marker, Host, Lab, LeakReport, Ping};
 fn exchange_marker(lab: &Lab, mark: &[u8; 16], name: &str) -> LeakReport {
     let (a, b) = (Host::Pod(1, 1), Host::Pod(2, 1));
     let capture = lab
-        .start_capture(name)
+        .switch()
+        .capture(name)
         .expect("tcpdump starts on the underlay");
     for (from, to) in [(a, b), (b, a)] {
         let got = lab
-            .tcp_send(from, to, mark, common::TRAFFIC)
+            .host(from)
+            .tcp_send(to, mark, common::TRAFFIC)
             .unwrap_or_else(|e| panic!("TCP {from} -> {to}: {e}"));
         assert_eq!(got, mark, "TCP {from} -> {to} did not deliver the marker");
         let ping = Ping::new(to.ip())
@@ -25,7 +27,8 @@ fn exchange_marker(lab: &Lab, mark: &[u8; 16], name: &str) -> LeakReport {
             .interval(Duration::from_millis(100))
             .pattern(mark);
         let result = lab
-            .ping_from(from, &ping)
+            .host(from)
+            .ping(&ping)
             .unwrap_or_else(|e| panic!("ping {from} -> {to}: {e}"));
         assert!(
             result.all_received(),
@@ -97,8 +100,8 @@ fn marker_stays_encrypted(lab: &Lab) {
     );
 
     // Control: the same exchange routed around the tunnel must be caught.
-    lab.bypass_tunnel(1, 2).expect("bypass on node 1");
-    lab.bypass_tunnel(2, 1).expect("bypass on node 2");
+    lab.node(1).bypass_tunnel(2).expect("bypass on node 1");
+    lab.node(2).bypass_tunnel(1).expect("bypass on node 2");
     let control = exchange_marker(lab, &mark, "control");
     assert!(
         control.marker_found,

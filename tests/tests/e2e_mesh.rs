@@ -21,7 +21,10 @@ fn pods_reach_each_other_across_every_node_pair() {
                 failures.push(format!("ping {from} -> {to}: {e}"));
             }
             let (from, to) = (Host::Pod(a, 2), Host::Pod(b, 1));
-            if let Err(e) = lab.tcp_transfer(from, to, TRANSFER_BYTES, common::TRAFFIC) {
+            if let Err(e) = lab
+                .host(from)
+                .tcp_transfer(to, TRANSFER_BYTES, common::TRAFFIC)
+            {
                 failures.push(format!("TCP {from} -> {to}: {e}"));
             }
         }

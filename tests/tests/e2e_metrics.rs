@@ -108,8 +108,8 @@ fn every_documented_metric_is_exposed_and_nothing_else() {
     let a = PodSpec::new("demo", "a", Host::Pod(1, 1)).label("app", "a");
     let b = PodSpec::new("demo", "b", Host::Pod(2, 1)).label("app", "b");
     let objects = [namespace_manifest("demo", &[]), a.manifest(), b.manifest()].join("---\n");
-    lab.apply(1, &objects).expect("apply the pods");
-    lab.apply(1, POLICY).expect("apply the policy");
+    lab.node(1).agent().apply(&objects).expect("apply the pods");
+    lab.node(1).agent().apply(POLICY).expect("apply the policy");
 
     // Set-up: the policy reaches node-2's enforcement and counts packets (bounded wait).
     let tcp = format!("{}:{METRICS_PORT}", node_ip(2));
@@ -121,8 +121,8 @@ fn every_documented_metric_is_exposed_and_nothing_else() {
             let text = text.unwrap_or_else(|e| panic!("scraping node-2's {what}: {e}"));
             parse_exposition(&text).unwrap_or_else(|e| panic!("node-2's {what}: {e}"))
         };
-        let admin = scrape(lab.metrics_admin(2), "admin socket /metrics");
-        let network = scrape(lab.metrics_tcp(2, &tcp), "metricsAddress /metrics");
+        let admin = scrape(lab.node(2).agent().metrics(), "admin socket /metrics");
+        let network = scrape(lab.node(2).metrics_tcp(&tcp), "metricsAddress /metrics");
         let left = problems(&admin, &documented);
         if left.is_empty() || Instant::now() >= deadline {
             break (admin, network);

@@ -119,7 +119,9 @@ struct Runner<'a> {
 impl<'a> Runner<'a> {
     /// Applies the model's objects and checks that everything is open.
     fn new(lab: &'a Lab, model: NetpolModel) -> Self {
-        lab.apply(1, &model.manifests())
+        lab.node(1)
+            .agent()
+            .apply(&model.manifests())
             .expect("apply the model's namespaces and pods");
         let runner = Self {
             lab,
@@ -185,7 +187,9 @@ impl<'a> Runner<'a> {
             loop {
                 let out = self
                     .lab
-                    .trace(node, &["--from", from, "--to", to, "--port", "80"])
+                    .node(node)
+                    .agent()
+                    .trace(&["--from", from, "--to", to, "--port", "80"])
                     .unwrap_or_else(|e| e.to_string());
                 if out.contains(text) {
                     break;
@@ -213,7 +217,7 @@ impl<'a> Runner<'a> {
             }
             relabelled |= !st.objects.is_empty();
             let node = self.next_node();
-            if let Err(e) = self.lab.apply(node, &docs.join("---\n")) {
+            if let Err(e) = self.lab.node(node).agent().apply(&docs.join("---\n")) {
                 self.fail(s, st.what, &format!("apply through node-{node}: {e}"));
                 break;
             }
@@ -230,11 +234,11 @@ impl<'a> Runner<'a> {
         }
         let node = self.next_node();
         let all: Vec<String> = policies.into_values().collect();
-        if let Err(e) = self.lab.delete(node, &all.join("---\n")) {
+        if let Err(e) = self.lab.node(node).agent().delete(&all.join("---\n")) {
             self.fail(s, "delete its policies", &e.to_string());
         }
         if relabelled {
-            if let Err(e) = self.lab.apply(node, &self.model.manifests()) {
+            if let Err(e) = self.lab.node(node).agent().apply(&self.model.manifests()) {
                 self.fail(s, "restore the labels", &e.to_string());
             }
         }

@@ -29,7 +29,9 @@ fn unix_of(rfc3339: &str) -> f64 {
 }
 
 fn store_state(lab: &Lab, node: u8) -> serde_json::Value {
-    lab.status(node)
+    lab.node(node)
+        .agent()
+        .status()
         .unwrap_or_else(|e| panic!("status of node-{node}: {e}"))["storeHealth"]
         .clone()
 }
@@ -50,13 +52,15 @@ fn etcd_outage_loses_no_packet_and_agents_resync() {
 
     let (ping, spec) = common::fast_ping(&lab, Host::Pod(1, 1), Host::Pod(3, 1), TRAFFIC_SECS);
     std::thread::sleep(Duration::from_secs(2));
-    let log_from = lab.agent_log_len(1);
+    let log_from = lab.node(1).agent().log_len();
     let outage_start = unix_now();
     let stopped = Instant::now();
-    lab.stop_etcd().expect("stop etcd");
+    lab.etcd().stop().expect("stop etcd");
 
     let health = lab
-        .wait_status(1, "storeHealth unreachable", common::LEASE_TTL * 3, |s| {
+        .node(1)
+        .agent()
+        .wait_status("storeHealth unreachable", common::LEASE_TTL * 3, |s| {
             s["storeHealth"]["state"] == "unreachable"
         })
         .unwrap_or_else(|e| panic!("{e}"))["storeHealth"]
@@ -74,14 +78,12 @@ fn etcd_outage_loses_no_packet_and_agents_resync() {
         "storeHealth.since is {:.1}s from the outage's start",
         since - outage_start
     );
-    lab.wait_log(
-        1,
-        log_from,
-        "a WARN about etcd",
-        Duration::from_secs(5),
-        |l| l.contains("WARN"),
-    )
-    .unwrap_or_else(|e| panic!("no WARN on node-1 while etcd is down: {e}"));
+    lab.node(1)
+        .agent()
+        .wait_log(log_from, "a WARN about etcd", Duration::from_secs(5), |l| {
+            l.contains("WARN")
+        })
+        .unwrap_or_else(|e| panic!("no WARN on node-1 while etcd is down: {e}"));
 
     restart_node2_during_outage(&lab);
 
@@ -92,7 +94,7 @@ fn etcd_outage_loses_no_packet_and_agents_resync() {
         "unreachable",
         "node-1 at the end of the outage"
     );
-    lab.start_etcd().expect("etcd starts again on its data");
+    lab.etcd().start().expect("etcd starts again on its data");
     let back = Instant::now();
     let node9 = json!({
         "nodeName": "node-9", "clusterName": CLUSTER_NAME,
@@ -100,52 +102,60 @@ fn etcd_outage_loses_no_packet_and_agents_resync() {
         "endpoint": "198.18.0.9:51871", "podCIDRs": ["10.244.9.0/24"], "nodeIPs": ["198.18.0.9"],
         "keyEpoch": 1,
     });
-    lab.write_record(&node9)
+    lab.store()
+        .write_record(&node9)
         .expect("put node-9 the moment etcd is back");
     eprintln!("etcd back; node-9 written {:?} later", back.elapsed());
-    lab.wait_status(
-        1,
-        "node-9 listed after etcd's return",
-        RESYNC_LIMIT.saturating_sub(back.elapsed()),
-        |s| peer_names(s).iter().any(|n| n == "node-9"),
-    )
-    .unwrap_or_else(|e| {
-        panic!("node-1 did not resync within {RESYNC_LIMIT:?} of etcd's return: {e}")
-    });
+    lab.node(1)
+        .agent()
+        .wait_status(
+            "node-9 listed after etcd's return",
+            RESYNC_LIMIT.saturating_sub(back.elapsed()),
+            |s| peer_names(s).iter().any(|n| n == "node-9"),
+        )
+        .unwrap_or_else(|e| {
+            panic!("node-1 did not resync within {RESYNC_LIMIT:?} of etcd's return: {e}")
+        });
     eprintln!(
         "node-1 lists node-9 {:?} after etcd came back",
         back.elapsed()
     );
     for node in [1, 2, 3] {
-        lab.wait_status(
-            node,
-            "storeHealth connected and 3 peers",
-            Duration::from_secs(15),
-            |s| s["storeHealth"]["state"] == "connected" && wiremesh_lab::peers(s).len() == 3,
-        )
-        .unwrap_or_else(|e| panic!("after etcd's return: {e}"));
+        lab.node(node)
+            .agent()
+            .wait_status(
+                "storeHealth connected and 3 peers",
+                Duration::from_secs(15),
+                |s| s["storeHealth"]["state"] == "connected" && wiremesh_lab::peers(s).len() == 3,
+            )
+            .unwrap_or_else(|e| panic!("after etcd's return: {e}"));
     }
 
     common::assert_no_loss(ping, &spec, "pod(1) -> pod(3) across a 60 s etcd outage");
-    lab.remove_record("node-9").expect("delete node-9");
+    lab.store().remove_record("node-9").expect("delete node-9");
     common::assert_ping(&lab, Host::Pod(2, 1), Host::Pod(3, 1));
 }
 
 /// SIGKILL node 2's agent and data path while etcd is down; the restarted agent must come up on
 /// its persisted peers (with a WARN) and its pod reach the others again.
 fn restart_node2_during_outage(lab: &Lab) {
-    let peers_file = lab.node_dir(2).join("state").join("peers.json");
+    let peers_file = lab.node(2).dir().join("state").join("peers.json");
     assert!(peers_file.is_file(), "{} missing", peers_file.display());
-    lab.kill_agent(2).expect("kill -9 node-2's agent");
-    lab.stop_datapath(2, Signal::SIGKILL, Duration::from_secs(5))
+    lab.node(2).agent().kill().expect("kill -9 node-2's agent");
+    lab.node(2)
+        .datapath()
+        .stop(Signal::SIGKILL, Duration::from_secs(5))
         .expect("kill -9 node-2's data path");
-    let from = lab.agent_log_len(2);
+    let from = lab.node(2).agent().log_len();
     let restarted = Instant::now();
-    lab.start_agent(2)
+    lab.node(2)
+        .agent()
+        .start()
         .expect("start node-2's agent while etcd is down");
     let status = lab
+        .node(2)
+        .agent()
         .wait_status(
-            2,
             "the agent to answer status with etcd down",
             common::READY,
             |s| wiremesh_lab::peers(s).len() >= 2,
@@ -158,23 +168,22 @@ fn restart_node2_during_outage(lab: &Lab) {
         status["storeHealth"]
     );
     let warn = lab
-        .wait_log(2, from, "a WARN about etcd", Duration::from_secs(10), |l| {
+        .node(2)
+        .agent()
+        .wait_log(from, "a WARN about etcd", Duration::from_secs(10), |l| {
             l.contains("WARN") && l.contains("etcd")
         })
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("node-2: {warn}");
     for (a, b) in [(2, 1), (1, 2), (2, 3)] {
         let took = lab
-            .wait_reachable(
-                Host::Pod(a, 1),
-                Host::Pod(b, 1).ip(),
-                Duration::from_secs(20),
-            )
+            .host(Host::Pod(a, 1))
+            .wait_reachable(Host::Pod(b, 1).ip(), Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("after node-2's restart during the outage: {e}"));
         eprintln!("pod({a}) -> pod({b}) answers {took:?} into the attempt");
     }
     assert!(
-        lab.check_running(2).is_ok(),
+        lab.node(2).agent().check_running().is_ok(),
         "node-2's agent died during the outage"
     );
 }

@@ -52,7 +52,7 @@ fn node_selector_policy_guards_the_host_through_the_tunnel() {
         d.manifest(),
     ]
     .join("---\n");
-    lab.apply(1, &objects).expect("apply objects");
+    lab.node(1).agent().apply(&objects).expect("apply objects");
     let _servers = lab
         .serve(
             &[Host::Node(2), Host::Pod(2, 1), Host::Pod(1, 1)],
@@ -73,7 +73,10 @@ fn node_selector_policy_guards_the_host_through_the_tunnel() {
     let got = settle(&lab, &probes, &open);
     assert_eq!(got, open, "everything is open before the host policy");
 
-    lab.apply(2, HOST_POLICY).expect("apply the host policy");
+    lab.node(2)
+        .agent()
+        .apply(HOST_POLICY)
+        .expect("apply the host policy");
     let want = [true, false, false, true];
     let got = settle(&lab, &probes, &want);
     if got != want {
@@ -84,7 +87,10 @@ fn node_selector_policy_guards_the_host_through_the_tunnel() {
         "a→host:80, a→host:81, c→host:80, c→d:81 (forwarded)"
     );
 
-    lab.delete(1, HOST_POLICY).expect("delete the host policy");
+    lab.node(1)
+        .agent()
+        .delete(HOST_POLICY)
+        .expect("delete the host policy");
     let got = settle(&lab, &probes, &open);
     assert_eq!(
         got, open,
@@ -114,8 +120,8 @@ fn policy_travels_through_etcd() {
                   metadata: {name: b-from-a, namespace: demo}\n\
                   spec:\n  podSelector: {matchLabels: {app: b}}\n  \
                   ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]\n";
-    lab.apply(1, &objects).expect("apply objects");
-    lab.apply(1, policy).expect("apply the policy");
+    lab.node(1).agent().apply(&objects).expect("apply objects");
+    lab.node(1).agent().apply(policy).expect("apply the policy");
     let _servers = lab.serve(&[b.host], &[80], &[]).expect("echo server");
     let probes = [
         (a.host, b.ip(), 80, Proto::Tcp),
@@ -127,16 +133,21 @@ fn policy_travels_through_etcd() {
         want,
         "a→b allowed, c→b denied"
     );
-    lab.kill_agent(2).expect("kill -9 node-2's agent");
-    lab.start_agent(2).expect("restart it");
-    lab.wait_status(2, "the restarted agent", common::READY, |_| true)
+    lab.node(2).agent().kill().expect("kill -9 node-2's agent");
+    lab.node(2).agent().start().expect("restart it");
+    lab.node(2)
+        .agent()
+        .wait_status("the restarted agent", common::READY, |_| true)
         .expect("restarted agent answers");
     assert_eq!(
         lab.probe_all(&probes, PROBE),
         want,
         "enforcement holds across the restart"
     );
-    let out = lab.trace(2, &["--from", "demo/c", "--to", "demo/b", "--port", "80"]);
+    let out = lab
+        .node(2)
+        .agent()
+        .trace(&["--from", "demo/c", "--to", "demo/b", "--port", "80"]);
     assert!(out.expect("online trace").contains("denied"));
 }
 
@@ -153,7 +164,7 @@ fn host_policy_follows_a_restarted_data_path() {
     let a = PodSpec::new("demo", "a", Host::Pod(1, 1)).label("app", "a");
     let c = PodSpec::new("demo", "c", Host::Pod(1, 2)).label("app", "c");
     let objects = [namespace_manifest("demo", &[]), a.manifest(), c.manifest()].join("---\n");
-    lab.apply(1, &objects).expect("apply objects");
+    lab.node(1).agent().apply(&objects).expect("apply objects");
     let _servers = lab
         .serve(&[Host::Node(2)], &[80, 81], &[])
         .expect("echo servers");
@@ -169,22 +180,29 @@ fn host_policy_follows_a_restarted_data_path() {
         [true; 3],
         "open before the policy"
     );
-    lab.apply(2, HOST_POLICY).expect("apply the host policy");
+    lab.node(2)
+        .agent()
+        .apply(HOST_POLICY)
+        .expect("apply the host policy");
     let want = [true, false, false];
     assert_eq!(
         settle(&lab, &probes, &want),
         want,
         "enforced before the restart"
     );
-    let before = lab.ifindex(2, WG_IFACE).expect("WireGuard ifindex");
-    assert!(lab.policy_hooks(2, WG_IFACE).expect("tc filters").both());
+    let before = lab.node(2).ifindex(WG_IFACE).expect("WireGuard ifindex");
+    assert!(lab
+        .node(2)
+        .policy_hooks(WG_IFACE)
+        .expect("tc filters")
+        .both());
 
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicU64::new(0));
     let to = SocketAddr::from((host2, 81));
     let prober = {
         let (stop, opened) = (stop.clone(), opened.clone());
-        lab.spawn_in(a.host, move || {
+        lab.host(a.host).spawn_in(move || {
             while !stop.load(Ordering::Relaxed) {
                 if std::net::TcpStream::connect_timeout(&to, PROBE).is_ok() {
                     opened.fetch_add(1, Ordering::Relaxed);
@@ -194,11 +212,17 @@ fn host_policy_follows_a_restarted_data_path() {
             Ok(())
         })
     };
-    let old_pid = lab.datapath_pid(2).expect("node-2's data path runs");
-    lab.stop_datapath(2, Signal::SIGKILL, Duration::from_secs(5))
+    let old_pid = lab
+        .node(2)
+        .datapath()
+        .pid()
+        .expect("node-2's data path runs");
+    lab.node(2)
+        .datapath()
+        .stop(Signal::SIGKILL, Duration::from_secs(5))
         .expect("kill -9 the data path");
     let deadline = Instant::now() + SETTLE;
-    while lab.datapath_pid(2).is_none_or(|p| p == old_pid) {
+    while lab.node(2).datapath().pid().is_none_or(|p| p == old_pid) {
         assert!(
             Instant::now() < deadline,
             "the agent did not restart the data path within {SETTLE:?}"
@@ -213,13 +237,16 @@ fn host_policy_follows_a_restarted_data_path() {
         lab.dump_logs();
     }
     assert_eq!(got, want, "enforced again after the data path restart");
-    let after = lab.ifindex(2, WG_IFACE).expect("WireGuard ifindex");
+    let after = lab.node(2).ifindex(WG_IFACE).expect("WireGuard ifindex");
     assert_ne!(
         before, after,
         "the restarted data path has a new WireGuard device"
     );
     assert!(
-        lab.policy_hooks(2, WG_IFACE).expect("tc filters").both(),
+        lab.node(2)
+            .policy_hooks(WG_IFACE)
+            .expect("tc filters")
+            .both(),
         "the host programs are on the new device"
     );
     assert_eq!(

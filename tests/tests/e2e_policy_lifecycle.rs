@@ -73,8 +73,8 @@ fn setup(lab: &Lab) -> Pods {
         pods.c.manifest(),
     ]
     .join("---\n");
-    lab.apply(1, &objects).expect("apply objects");
-    lab.apply(2, POLICY).expect("apply policy");
+    lab.node(1).agent().apply(&objects).expect("apply objects");
+    lab.node(2).agent().apply(POLICY).expect("apply policy");
     pods
 }
 
@@ -114,7 +114,7 @@ fn hold_connection(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<std::io::Result<(u64, Duration)>> {
     let to = SocketAddr::from((p.b.ip(), 80));
-    lab.spawn_in(p.a.host, move || {
+    lab.host(p.a.host).spawn_in(move || {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         let (mut trips, mut longest, mut last) = (0u64, Duration::ZERO, Instant::now());
@@ -143,11 +143,16 @@ fn replies_pass_and_updates_under_load_break_nothing() {
     let held = hold_connection(&lab, &p, stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..20 {
-        lab.apply(1 + (i % 2) as u8, &churn(i))
+        lab.node(1 + (i % 2) as u8)
+            .agent()
+            .apply(&churn(i))
             .unwrap_or_else(|e| panic!("policy update {i}: {e}"));
         std::thread::sleep(Duration::from_millis(250));
     }
-    lab.delete(1, &churn(19)).expect("delete churn");
+    lab.node(1)
+        .agent()
+        .delete(&churn(19))
+        .expect("delete churn");
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let (trips, longest) = held
@@ -189,7 +194,7 @@ fn agent_restarts_never_lapse_enforcement() {
             },
             tries.clone(),
         );
-        probers.push(lab.spawn_in(from, move || {
+        probers.push(lab.host(from).spawn_in(move || {
             while !stop.load(Ordering::Relaxed) {
                 let opened = TcpStream::connect_timeout(&to, PROBE).is_ok_and(|mut s| {
                     let _ = s.set_read_timeout(Some(PROBE));
@@ -207,13 +212,13 @@ fn agent_restarts_never_lapse_enforcement() {
     }
     for round in 0..3 {
         for node in [2, 1] {
-            lab.kill_agent(node).expect("kill -9 the agent");
+            lab.node(node).agent().kill().expect("kill -9 the agent");
             std::thread::sleep(Duration::from_millis(500));
-            lab.start_agent(node).expect("restart the agent");
-            lab.wait_status(node, "the restarted agent to answer", common::READY, |_| {
-                true
-            })
-            .unwrap_or_else(|e| panic!("round {round}, node-{node}: {e}"));
+            lab.node(node).agent().start().expect("restart the agent");
+            lab.node(node)
+                .agent()
+                .wait_status("the restarted agent to answer", common::READY, |_| true)
+                .unwrap_or_else(|e| panic!("round {round}, node-{node}: {e}"));
             std::thread::sleep(Duration::from_secs(2));
         }
     }
@@ -252,7 +257,12 @@ const REATTACH_WITHIN: Duration = Duration::from_secs(2);
 fn wait_hooks(lab: &Lab, within: Duration) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() <= within {
-        if lab.policy_hooks(2, "pod1").expect("tc filter show").both() {
+        if lab
+            .node(2)
+            .policy_hooks("pod1")
+            .expect("tc filter show")
+            .both()
+        {
             return Some(started.elapsed());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -285,7 +295,7 @@ fn a_recreated_pod_veth_gets_its_programs_again() {
         p.c.manifest(),
     ]
     .join("---\n");
-    lab.apply(1, &objects).expect("apply objects");
+    lab.node(1).agent().apply(&objects).expect("apply objects");
     let probes = [
         (p.a.host, p.b.ip(), 80, Proto::Tcp),
         (p.c.host, p.b.ip(), 80, Proto::Tcp),
@@ -295,21 +305,26 @@ fn a_recreated_pod_veth_gets_its_programs_again() {
         [true, true],
         "both open before the policy"
     );
-    lab.apply(2, B_FROM_A).expect("apply the policy");
+    lab.node(2)
+        .agent()
+        .apply(B_FROM_A)
+        .expect("apply the policy");
     assert_eq!(
         lab.probe_until(&probes, &[true, false], PROBE, SETTLE),
         [true, false],
         "a→b:80 allowed, c→b:80 denied"
     );
-    let before = lab.ifindex(2, "pod1").expect("ifindex");
+    let before = lab.node(2).ifindex("pod1").expect("ifindex");
 
     for round in 0..3 {
-        lab.recreate_pod_link(2, 1).expect("re-create b's veth");
+        lab.node(2)
+            .recreate_pod_link(1)
+            .expect("re-create b's veth");
         // The probe goes out at once while the filters are looked for.
         let to = SocketAddr::from((p.b.ip(), 80));
-        let probe = lab.spawn_in(p.c.host, move || {
-            Ok(TcpStream::connect_timeout(&to, PROBE).is_ok())
-        });
+        let probe = lab
+            .host(p.c.host)
+            .spawn_in(move || Ok(TcpStream::connect_timeout(&to, PROBE).is_ok()));
         let took = wait_hooks(&lab, REATTACH_WITHIN);
         let opened = probe.join().expect("probe thread").expect("probe");
         assert!(
@@ -331,20 +346,26 @@ fn a_recreated_pod_veth_gets_its_programs_again() {
     }
     assert_ne!(
         before,
-        lab.ifindex(2, "pod1").expect("ifindex"),
+        lab.node(2).ifindex("pod1").expect("ifindex"),
         "a new device"
     );
 
     // Control: with node-2's agent down nothing re-attaches, and the probe sees the lapse.
-    lab.kill_agent(2).expect("kill -9 node-2's agent");
-    lab.recreate_pod_link(2, 1).expect("re-create b's veth");
-    assert!(lab.policy_hooks(2, "pod1").expect("tc filter show").none());
+    lab.node(2).agent().kill().expect("kill -9 node-2's agent");
+    lab.node(2)
+        .recreate_pod_link(1)
+        .expect("re-create b's veth");
+    assert!(lab
+        .node(2)
+        .policy_hooks("pod1")
+        .expect("tc filter show")
+        .none());
     assert_eq!(
         lab.probe_until(&probes[1..], &[true], PROBE, SETTLE),
         [true],
         "control: c→b:80 opens on a re-created veth that nothing guards"
     );
-    lab.start_agent(2).expect("restart node-2's agent");
+    lab.node(2).agent().start().expect("restart node-2's agent");
     assert_eq!(
         lab.probe_until(&probes, &[true, false], PROBE, SETTLE),
         [true, false],

@@ -42,7 +42,7 @@ impl Pods {
 /// Knocks c → b:80 until stopped; counts the connections that opened.
 fn knock(lab: &Lab, p: &Pods, stop: Arc<AtomicBool>, opened: Arc<AtomicU64>) -> impl FnOnce() {
     let to = SocketAddr::from((p.b.ip(), 80));
-    let handle = lab.spawn_in(p.c.host, move || {
+    let handle = lab.host(p.c.host).spawn_in(move || {
         while !stop.load(Ordering::Relaxed) {
             if std::net::TcpStream::connect_timeout(&to, PROBE).is_ok() {
                 opened.fetch_add(1, Ordering::Relaxed);
@@ -69,11 +69,17 @@ fn wait_saved(saved: &std::path::Path) {
 
 /// Reboots node-2 and starts its agent again while etcd is down.
 fn reboot_with_etcd_down(lab: &Lab) {
-    lab.simulate_reboot(2).expect("simulate node-2's reboot");
-    assert!(!lab.etcd_running(), "etcd must be down across the reboot");
-    lab.start_agent(2)
+    lab.node(2)
+        .simulate_reboot()
+        .expect("simulate node-2's reboot");
+    assert!(!lab.etcd().running(), "etcd must be down across the reboot");
+    lab.node(2)
+        .agent()
+        .start()
         .expect("start node-2's agent after the reboot");
-    lab.wait_status(2, "the rebooted agent to answer", common::READY, |_| true)
+    lab.node(2)
+        .agent()
+        .wait_status("the rebooted agent to answer", common::READY, |_| true)
         .expect("rebooted agent answers");
 }
 
@@ -94,7 +100,7 @@ fn the_last_accepted_policy_is_enforced_after_a_reboot_while_etcd_is_down() {
         p.c.manifest(),
     ]
     .join("---\n");
-    lab.apply(1, &objects).expect("apply objects");
+    lab.node(1).agent().apply(&objects).expect("apply objects");
     let _servers = lab.serve(&[p.b.host], &[80], &[]).expect("echo server");
     let probes = p.probes();
     // Control: without the policy the probe to be denied opens.
@@ -104,14 +110,14 @@ fn the_last_accepted_policy_is_enforced_after_a_reboot_while_etcd_is_down() {
         [true, true],
         "a→b:80 and c→b:80 open before the policy"
     );
-    lab.apply(1, POLICY).expect("apply the policy");
+    lab.node(1).agent().apply(POLICY).expect("apply the policy");
     let got = lab.probe_until(&probes, &[true, false], PROBE, SETTLE);
     assert_eq!(got, [true, false], "a→b:80 allowed, c→b:80 denied");
-    let saved = lab.state_dir(2).join("policy.json");
+    let saved = lab.node(2).state_dir().join("policy.json");
     wait_saved(&saved);
 
-    lab.stop_etcd().expect("stop etcd");
-    let log_from = lab.agent_log_len(2);
+    lab.etcd().stop().expect("stop etcd");
+    let log_from = lab.node(2).agent().log_len();
     let (stop, opened) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -135,15 +141,16 @@ fn the_last_accepted_policy_is_enforced_after_a_reboot_while_etcd_is_down() {
         0,
         "c→b:80 opened while the rebooted node started"
     );
-    assert!(!lab.etcd_running(), "etcd stayed down throughout");
-    lab.wait_log(
-        2,
-        log_from,
-        "the saved policy in force",
-        Duration::from_secs(1),
-        |l| l.contains("enforcing the policy this node last accepted"),
-    )
-    .expect("the agent says it enforces the saved policy");
+    assert!(!lab.etcd().running(), "etcd stayed down throughout");
+    lab.node(2)
+        .agent()
+        .wait_log(
+            log_from,
+            "the saved policy in force",
+            Duration::from_secs(1),
+            |l| l.contains("enforcing the policy this node last accepted"),
+        )
+        .expect("the agent says it enforces the saved policy");
 
     // Control: the same reboot without the saved set enforces nothing, and the probe sees it.
     std::fs::remove_file(&saved).expect("remove the saved policy");
@@ -156,7 +163,7 @@ fn the_last_accepted_policy_is_enforced_after_a_reboot_while_etcd_is_down() {
     );
 
     // The store answers again: its set (the same policy) is enforced and saved again.
-    lab.start_etcd().expect("start etcd again");
+    lab.etcd().start().expect("start etcd again");
     let got = lab.probe_until(&probes, &[true, false], PROBE, SETTLE);
     assert_eq!(got, [true, false], "the store's policy once etcd is back");
     wait_saved(&saved);

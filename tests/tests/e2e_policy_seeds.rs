@@ -174,7 +174,9 @@ fn the_seeds_policies_work_as_written() {
     let _servers = lab
         .serve(&all_hosts, &[53, 80, 443, 6379, 8080, 9090], &[53])
         .expect("echo servers");
-    lab.apply(1, &shop.manifests())
+    lab.node(1)
+        .agent()
+        .apply(&shop.manifests())
         .expect("apply the cluster's objects");
 
     // No policy yet: nothing is isolated.
@@ -206,7 +208,9 @@ fn the_seeds_policies_work_as_written() {
         "monitoring.yaml",
     ] {
         let out = lab
-            .apply(2, &example(file))
+            .node(2)
+            .agent()
+            .apply(&example(file))
             .unwrap_or_else(|e| panic!("apply {file}: {e}"));
         assert!(out.contains("configured"), "{file}: {out}");
     }
@@ -339,33 +343,31 @@ fn the_seeds_policies_work_as_written() {
 
     // The online trace answers from the policy the agent enforces.
     let traced = lab
-        .trace(
-            2,
-            &[
-                "--from",
-                "shop/frontend",
-                "--to",
-                "shop/backend",
-                "--port",
-                "8080",
-                "-o",
-                "json",
-            ],
-        )
+        .node(2)
+        .agent()
+        .trace(&[
+            "--from",
+            "shop/frontend",
+            "--to",
+            "shop/backend",
+            "--port",
+            "8080",
+            "-o",
+            "json",
+        ])
         .expect("online trace");
     assert!(traced.contains("\"verdict\": \"allowed\""), "{traced}");
     let traced = lab
-        .trace(
-            1,
-            &[
-                "--from",
-                "shop/impostor",
-                "--to",
-                "shop/backend",
-                "--port",
-                "9090",
-            ],
-        )
+        .node(1)
+        .agent()
+        .trace(&[
+            "--from",
+            "shop/impostor",
+            "--to",
+            "shop/backend",
+            "--port",
+            "9090",
+        ])
         .expect("online trace");
     assert!(traced.to_lowercase().contains("denied"), "{traced}");
 
@@ -373,7 +375,11 @@ fn the_seeds_policies_work_as_written() {
     let invalid = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
                    metadata: {name: broken, namespace: shop}\n\
                    spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}\n";
-    let out = lab.objects_cmd(1, "apply", invalid).expect("run apply");
+    let out = lab
+        .node(1)
+        .agent()
+        .objects_cmd("apply", invalid)
+        .expect("run apply");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an invalid policy must be refused");
     assert!(
@@ -395,7 +401,9 @@ fn the_seeds_policies_work_as_written() {
         "frontend-backend.yaml",
         "default-deny.yaml",
     ] {
-        lab.delete(1, &example(file))
+        lab.node(1)
+            .agent()
+            .delete(&example(file))
             .unwrap_or_else(|e| panic!("delete {file}: {e}"));
     }
     let reopened = [
@@ -423,7 +431,9 @@ fn the_seeds_policies_work_as_written() {
     // filter), so apply refuses it by name instead of enforcing the port alone, and nothing of
     // it is in force (its ingress isolation would deny redis → backend).
     let out = lab
-        .objects_cmd(2, "apply", &example("cnp-l3l4.yaml"))
+        .node(2)
+        .agent()
+        .objects_cmd("apply", &example("cnp-l3l4.yaml"))
         .expect("run apply");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "HTTP rules must be refused");
@@ -436,7 +446,9 @@ fn the_seeds_policies_work_as_written() {
     assert!(bad.is_empty(), "after the refused CNP:\n{}", bad.join("\n"));
     // Its L3/L4 part (the example without its `rules:`), which is enforceable as written.
     let l3l4 = strip_http_rules(&example("cnp-l3l4.yaml"));
-    lab.apply(2, &l3l4)
+    lab.node(2)
+        .agent()
+        .apply(&l3l4)
         .expect("apply cnp-l3l4.yaml without rules.http");
     #[rustfmt::skip]
     let cnp = [

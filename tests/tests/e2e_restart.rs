@@ -16,9 +16,9 @@ fn killed_agent_restarts_with_the_same_key_and_traffic_recovers() {
     let lab = common::lab(2, 1);
     common::start_mesh(&lab);
     common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1));
-    let before = lab.status(2).expect("status of node-2")["publicKey"].clone();
+    let before = lab.node(2).agent().status().expect("status of node-2")["publicKey"].clone();
     assert!(before.is_string(), "node-2 status has no publicKey");
-    let key_file = lab.key_path(2);
+    let key_file = lab.node(2).key_path();
     let mode = std::fs::metadata(&key_file)
         .unwrap_or_else(|e| panic!("{}: {e}", key_file.display()))
         .permissions()
@@ -31,11 +31,13 @@ fn killed_agent_restarts_with_the_same_key_and_traffic_recovers() {
         mode & 0o777
     );
 
-    lab.kill_agent(2).expect("kill -9 node-2's agent");
-    lab.start_agent(2).expect("restart node-2's agent");
+    lab.node(2).agent().kill().expect("kill -9 node-2's agent");
+    lab.node(2).agent().start().expect("restart node-2's agent");
     let restarted = Instant::now();
     let after = lab
-        .wait_status(2, "the restarted agent to answer", common::READY, |_| true)
+        .node(2)
+        .agent()
+        .wait_status("the restarted agent to answer", common::READY, |_| true)
         .unwrap_or_else(|e| panic!("{e}"))["publicKey"]
         .clone();
     assert_eq!(
@@ -47,22 +49,22 @@ fn killed_agent_restarts_with_the_same_key_and_traffic_recovers() {
     // is the case a restart has to handle (the restarted side's own traffic would start a fresh
     // handshake anyway).
     let (a, b) = (Host::Pod(1, 1), Host::Pod(2, 1));
-    let forward = lab.wait_reachable(
-        a,
-        b.ip(),
-        RECOVERY_LIMIT.saturating_sub(restarted.elapsed()),
-    );
+    let forward = lab
+        .host(a)
+        .wait_reachable(b.ip(), RECOVERY_LIMIT.saturating_sub(restarted.elapsed()));
     if let Err(e) = forward {
-        let reverse = lab.wait_reachable(b, a.ip(), Duration::from_secs(5));
-        let after_reverse = lab.wait_reachable(a, b.ip(), Duration::from_secs(5));
+        let reverse = lab.host(b).wait_reachable(a.ip(), Duration::from_secs(5));
+        let after_reverse = lab.host(a).wait_reachable(b.ip(), Duration::from_secs(5));
         panic!(
             "{a} -> {b} not restored within {RECOVERY_LIMIT:?} of the restart: {e}\n\
              diagnosis: then {b} -> {a}: {reverse:?}; then {a} -> {b} again: {after_reverse:?}"
         );
     }
     let left = RECOVERY_LIMIT.saturating_sub(restarted.elapsed());
-    lab.wait_reachable(b, a.ip(), left).unwrap_or_else(|e| {
-        panic!("{b} -> {a} not restored within {RECOVERY_LIMIT:?} of the restart: {e}")
-    });
+    lab.host(b)
+        .wait_reachable(a.ip(), left)
+        .unwrap_or_else(|e| {
+            panic!("{b} -> {a} not restored within {RECOVERY_LIMIT:?} of the restart: {e}")
+        });
     common::assert_ping(&lab, a, b);
 }

@@ -51,7 +51,9 @@ struct Before {
 fn before(lab: &Lab, node: u8) -> Before {
     let (key, epoch) = common::key_and_epoch(lab, node);
     let datapath = lab
-        .datapath_pid(node)
+        .node(node)
+        .datapath()
+        .pid()
         .unwrap_or_else(|| panic!("node-{node} runs a data path process"));
     Before {
         key,
@@ -76,12 +78,16 @@ fn kills_under_ping(options: LabOptions) {
     for (i, &node) in KILLED.iter().enumerate() {
         let round = i + 1;
         let role = if node == 2 { "receiving" } else { "sending" };
-        let from = lab.agent_log_len(node);
-        lab.kill_agent(node)
+        let from = lab.node(node).agent().log_len();
+        lab.node(node)
+            .agent()
+            .kill()
             .unwrap_or_else(|e| panic!("kill -9 node-{node}'s agent: {e}"));
         events.push((unix_now(), format!("kill {round} (node-{node}, {role})")));
         std::thread::sleep(DOWN);
-        lab.start_agent(node)
+        lab.node(node)
+            .agent()
+            .start()
             .unwrap_or_else(|e| panic!("restart node-{node}'s agent: {e}"));
         events.push((unix_now(), format!("restart {round} (node-{node})")));
         restarted(&lab, node, from, &nodes, round);
@@ -131,13 +137,16 @@ fn restarted(lab: &Lab, node: u8, from: usize, nodes: &[Before; 2], round: usize
     let me = &nodes[usize::from(node) - 1];
     let other = &nodes[2 - usize::from(node)];
     let other_name = wiremesh_lab::node_name(3 - node);
-    lab.wait_log(node, from, "\"agent ready\"", common::READY, |l| {
-        l.contains("agent ready")
-    })
-    .unwrap_or_else(|e| panic!("restart {round}: {e}"));
+    lab.node(node)
+        .agent()
+        .wait_log(from, "\"agent ready\"", common::READY, |l| {
+            l.contains("agent ready")
+        })
+        .unwrap_or_else(|e| panic!("restart {round}: {e}"));
     let status = lab
+        .node(node)
+        .agent()
         .wait_status(
-            node,
             "the restarted agent to name its peer with its key epoch",
             common::READY,
             |s| {
@@ -153,7 +162,7 @@ fn restarted(lab: &Lab, node: u8, from: usize, nodes: &[Before; 2], round: usize
         "node-{node}'s key changed across restart {round}"
     );
     assert_eq!(
-        lab.datapath_pid(node),
+        lab.node(node).datapath().pid(),
         Some(me.datapath),
         "restart {round}: node-{node}'s agent did not re-attach to the running data path"
     );

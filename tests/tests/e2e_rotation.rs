@@ -36,7 +36,9 @@ fn parse_rotated(out: &str) -> (u64, String) {
 fn rotate(lab: &Lab, node: u8) -> (u64, String, Duration) {
     let start = Instant::now();
     let out = lab
-        .rotate_keys(node, ROTATE_TIMEOUT)
+        .node(node)
+        .agent()
+        .rotate_keys(ROTATE_TIMEOUT)
         .unwrap_or_else(|e| panic!("`wiremesh keys rotate` on node-{node}: {e}"));
     let (epoch, key) = parse_rotated(&out);
     (epoch, key, start.elapsed())
@@ -71,11 +73,12 @@ fn rotations_under_load(options: LabOptions) {
     ];
 
     let (server, port) = lab
-        .spawn_iperf_server(Host::Pod(2, 1))
+        .host(Host::Pod(2, 1))
+        .iperf_server()
         .expect("iperf3 server starts");
     let stream = lab
-        .spawn_iperf_client(
-            Host::Pod(1, 1),
+        .host(Host::Pod(1, 1))
+        .iperf_client(
             pod_ip(2, 1),
             port,
             Duration::from_secs(u64::from(TRAFFIC_SECS)),
@@ -171,7 +174,9 @@ fn wait_other_matches(lab: &Lab, node: u8, other: u8) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let nodes = lab
-            .all_nodes_status(node)
+            .node(node)
+            .agent()
+            .all_nodes_status()
             .unwrap_or_else(|e| panic!("--all-nodes on node-{node}: {e}"));
         let state = |name: String| {
             nodes

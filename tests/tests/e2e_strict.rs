@@ -44,22 +44,23 @@ fn mesh(strict: bool, v6: bool) -> Lab {
     common::start_mesh(&lab);
     common::assert_ping(&lab, FROM, TO);
     if v6 {
-        lab.wait_reachable(FROM, TO.ip6(), Duration::from_secs(10))
+        lab.host(FROM)
+            .wait_reachable(TO.ip6(), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("IPv6 through the tunnel: {e}"));
     }
     if strict {
         assert!(
-            lab.guard_counters(1).expect("nft").is_some(),
+            lab.node(1).guard().counters().expect("nft").is_some(),
             "strict mode on, but node-1 has no table inet wiremesh"
         );
     } else {
         assert_eq!(
-            lab.guard_counters(1).expect("nft"),
+            lab.node(1).guard().counters().expect("nft"),
             None,
             "strictMode: false must remove the guard table"
         );
         assert!(
-            lab.agent_log(1).contains("strictMode is false"),
+            lab.node(1).agent().log().contains("strictMode is false"),
             "no WARN about strictMode: false at start"
         );
     }
@@ -76,13 +77,13 @@ fn send_marker(
     count: u32,
     every: Duration,
 ) -> LeakReport {
-    let capture = lab.start_capture(name).expect("tcpdump starts");
+    let capture = lab.switch().capture(name).expect("tcpdump starts");
     let ping = Ping::new(TO.ip_of(v6))
         .count(count)
         .interval(every)
         .pattern(mark);
     // Lost packets are the expected outcome here; an error (unreachable) is too.
-    let _ = lab.ping_from(FROM, &ping);
+    let _ = lab.host(FROM).ping(&ping);
     capture
         .stop()
         .expect("tcpdump stops")
@@ -96,33 +97,37 @@ fn run_case(strict: bool, v6: bool, breakage: Breakage) -> (Lab, LeakReport) {
     let name = format!("{breakage:?}-{}", if strict { "strict" } else { "control" });
     let report = match breakage {
         Breakage::PeerRecordDeleted => {
-            lab.remove_record("node-2").expect("remove node-2's record");
-            lab.wait_peer_count(1, 0, common::CONVERGE)
+            lab.store()
+                .remove_record("node-2")
+                .expect("remove node-2's record");
+            lab.node(1)
+                .agent()
+                .wait_peer_count(0, common::CONVERGE)
                 .expect("node-1 drops the peer");
             send_marker(&lab, &mark, &name, v6, 5, Duration::from_millis(100))
         }
         Breakage::DatapathKilled => {
             // A fast stream across the kill, so that the moments without a tunnel (the TUN and
             // its routes are gone until the agent has a new data path up) carry some of it.
-            let capture = lab.start_capture(&name).expect("tcpdump starts");
+            let capture = lab.switch().capture(&name).expect("tcpdump starts");
             let ping = Ping::new(TO.ip_of(v6))
                 .count(600)
                 .interval(Duration::from_millis(5))
                 .pattern(&mark);
-            let log_from = lab.agent_log_len(1);
-            let mut pinger = lab.spawn_ping(FROM, &ping).expect("ping starts");
+            let log_from = lab.node(1).agent().log_len();
+            let mut pinger = lab.host(FROM).spawn_ping(&ping).expect("ping starts");
             std::thread::sleep(Duration::from_millis(500));
-            lab.stop_datapath(1, Signal::SIGKILL, Duration::from_secs(5))
+            lab.node(1)
+                .datapath()
+                .stop(Signal::SIGKILL, Duration::from_secs(5))
                 .expect("kill -9 of node-1's data path");
             let _ = pinger.wait_timeout(ping.deadline() + Duration::from_secs(5));
-            lab.wait_log(
-                1,
-                log_from,
-                "a new data path",
-                Duration::from_secs(10),
-                |l| l.contains("started the data path process"),
-            )
-            .expect("the agent starts a new data path");
+            lab.node(1)
+                .agent()
+                .wait_log(log_from, "a new data path", Duration::from_secs(10), |l| {
+                    l.contains("started the data path process")
+                })
+                .expect("the agent starts a new data path");
             capture
                 .stop()
                 .expect("tcpdump stops")
@@ -130,8 +135,10 @@ fn run_case(strict: bool, v6: bool, breakage: Breakage) -> (Lab, LeakReport) {
                 .expect("decodes")
         }
         Breakage::AgentStopped => {
-            lab.stop_agent(1).expect("stop node-1's agent");
-            lab.stop_datapath(1, Signal::SIGKILL, Duration::from_secs(5))
+            lab.node(1).agent().stop().expect("stop node-1's agent");
+            lab.node(1)
+                .datapath()
+                .stop(Signal::SIGKILL, Duration::from_secs(5))
                 .expect("kill -9 of node-1's data path");
             send_marker(&lab, &mark, &name, v6, 5, Duration::from_millis(100))
         }
@@ -164,7 +171,11 @@ fn leak_case(v6: bool, breakage: Breakage) {
         report.summary()
     );
     let counter = if v6 { "egress_ipv6" } else { "egress_ipv4" };
-    let dropped = lab.guard_counter(1, counter).expect("node-1's guard table");
+    let dropped = lab
+        .node(1)
+        .guard()
+        .counter(counter)
+        .expect("node-1's guard table");
     assert!(
         dropped > 0,
         "strict mode dropped nothing on node-1 ({counter} = 0)"
@@ -177,12 +188,14 @@ fn leak_case(v6: bool, breakage: Breakage) {
 /// `encrypt status --json` shows a non-zero strict-mode drop counter `field` within
 /// [`COUNTERS_SEEN`] (the agent caches the kernel's counters).
 fn wait_status_drops(lab: &Lab, node: u8, field: &str) {
-    lab.wait_status(node, "strict-mode drops in status", COUNTERS_SEEN, |s| {
-        s["strictMode"]["enabled"] == true
-            && s["strictMode"]["installed"] == true
-            && s["strictMode"]["drops"][field].as_u64().unwrap_or(0) > 0
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    lab.node(node)
+        .agent()
+        .wait_status("strict-mode drops in status", COUNTERS_SEEN, |s| {
+            s["strictMode"]["enabled"] == true
+                && s["strictMode"]["installed"] == true
+                && s["strictMode"]["drops"][field].as_u64().unwrap_or(0) > 0
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -231,14 +244,15 @@ fn guard_holds_before_the_agent_ever_started() {
         "control (no agent, no guard): the marker did not leave by the default route:\n{}",
         control.summary()
     );
-    assert_eq!(lab.guard_counters(1).expect("nft"), None);
+    assert_eq!(lab.node(1).guard().counters().expect("nft"), None);
 
     for _ in 0..2 {
-        let out = lab.run_guard(1).expect("wiremesh guard");
+        let out = lab.node(1).guard().run().expect("wiremesh guard");
         assert!(out.contains("table inet wiremesh installed"), "{out}");
     }
     assert!(
-        !lab.node_dir(1)
+        !lab.node(1)
+            .dir()
             .join("state")
             .join("wiremesh_wg0.key")
             .exists(),
@@ -250,11 +264,17 @@ fn guard_holds_before_the_agent_ever_started() {
         "wiremesh guard: the marker still left in clear:\n{}",
         guarded.summary()
     );
-    assert!(lab.guard_counter(1, "egress_ipv4").expect("guard table") >= 5);
+    assert!(
+        lab.node(1)
+            .guard()
+            .counter("egress_ipv4")
+            .expect("guard table")
+            >= 5
+    );
 
     common::start_mesh(&lab);
     common::assert_ping(&lab, FROM, TO);
-    assert!(lab.guard_counters(1).expect("nft").is_some());
+    assert!(lab.node(1).guard().counters().expect("nft").is_some());
 }
 
 /// Counts tcpdump lines of ICMP echo requests from `from` seen in a pod's capture.
@@ -271,10 +291,12 @@ fn echo_requests_from(lines: &[String], from: &str) -> usize {
 fn spoof(lab: &Lab, name: &str) -> (usize, usize) {
     let mark = marker();
     let capture = lab
-        .start_capture_on(name, &lab.ns(FROM), "eth0")
+        .host(FROM)
+        .capture(name, "eth0")
         .expect("tcpdump in the victim pod");
     for v6 in [false, true] {
-        lab.ping_from_switch(TO.ip_of(v6), FROM.ip_of(v6), 5, &mark)
+        lab.switch()
+            .ping(TO.ip_of(v6), FROM.ip_of(v6), 5, &mark)
             .expect("ping from the switch");
     }
     let file = capture.stop().expect("tcpdump stops");
@@ -290,11 +312,12 @@ fn spoof(lab: &Lab, name: &str) -> (usize, usize) {
 fn spoofed_remote_pod_sources_never_reach_a_pod() {
     for strict in [false, true] {
         let lab = mesh(strict, true);
-        lab.impersonate_on_switch(TO, 1)
+        lab.switch()
+            .impersonate(TO, 1)
             .expect("switch impersonates pod(2,1)");
         let before = (
-            lab.guard_counter(1, "ingress_ipv4").unwrap_or(0),
-            lab.guard_counter(1, "ingress_ipv6").unwrap_or(0),
+            lab.node(1).guard().counter("ingress_ipv4").unwrap_or(0),
+            lab.node(1).guard().counter("ingress_ipv6").unwrap_or(0),
         );
         let (v4, v6) = spoof(
             &lab,
@@ -318,8 +341,8 @@ fn spoofed_remote_pod_sources_never_reach_a_pod() {
             "strict mode: packets from {TO}'s addresses arrived from the underlay"
         );
         let after = (
-            lab.guard_counter(1, "ingress_ipv4").expect("guard"),
-            lab.guard_counter(1, "ingress_ipv6").expect("guard"),
+            lab.node(1).guard().counter("ingress_ipv4").expect("guard"),
+            lab.node(1).guard().counter("ingress_ipv6").expect("guard"),
         );
         assert!(
             after.0 >= before.0 + 5 && after.1 >= before.1 + 5,
@@ -329,7 +352,8 @@ fn spoofed_remote_pod_sources_never_reach_a_pod() {
         wait_status_drops(&lab, 1, "ingressIpv6");
         // The real pod(2,1) still reaches pod(1,1) through the tunnel, both families.
         common::assert_ping(&lab, TO, FROM);
-        lab.wait_reachable(TO, FROM.ip6(), Duration::from_secs(10))
+        lab.host(TO)
+            .wait_reachable(FROM.ip6(), Duration::from_secs(10))
             .expect("IPv6 through the tunnel still works");
     }
 }
@@ -340,18 +364,27 @@ fn spoofed_remote_pod_sources_never_reach_a_pod() {
 fn a_removed_guard_table_is_reinstalled() {
     let lab = mesh(true, false);
     let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", &lab.node_ns(1), "nft", "flush", "ruleset"]);
+    cmd.args([
+        "netns",
+        "exec",
+        &lab.node(1).ns(),
+        "nft",
+        "flush",
+        "ruleset",
+    ]);
     wiremesh_lab::run(&mut cmd, Duration::from_secs(10)).expect("nft flush ruleset");
     let start = Instant::now();
-    while lab.guard_counters(1).expect("nft").is_none() {
+    while lab.node(1).guard().counters().expect("nft").is_none() {
         assert!(
             start.elapsed() < COUNTERS_SEEN,
             "the agent did not re-install table inet wiremesh"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    lab.wait_status(1, "a re-install counted", COUNTERS_SEEN, |s| {
-        s["strictMode"]["reinstalls"].as_u64().unwrap_or(0) >= 1
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    lab.node(1)
+        .agent()
+        .wait_status("a re-install counted", COUNTERS_SEEN, |s| {
+            s["strictMode"]["reinstalls"].as_u64().unwrap_or(0) >= 1
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -13,41 +13,43 @@ fn etcd_runs_on_the_switch_survives_restart_and_is_not_a_leak() {
     common::require_prerequisites();
     let mut lab = common::lab_with(2, 0, LabOptions::etcd(common::LEASE_TTL));
     assert!(
-        lab.etcd_running(),
+        lab.etcd().running(),
         "etcd is not running after the lab was built"
     );
     let addrs = lab
-        .ip(Host::Node(1), &["-4", "-o", "addr", "show", "eth0"])
+        .host(Host::Node(1))
+        .ip(&["-4", "-o", "addr", "show", "eth0"])
         .expect("node-1's address");
     assert!(addrs.contains("198.18.0.1/24"), "{addrs}");
     common::assert_ping(&lab, Host::Node(1), Host::Node(2));
-    lab.wait_reachable(Host::Node(1), SWITCH_IP, Duration::from_secs(5))
+    lab.host(Host::Node(1))
+        .wait_reachable(SWITCH_IP, Duration::from_secs(5))
         .expect("node-1 reaches the switch's address");
 
     let key = etcd_node_key("node-7");
-    lab.etcd_put(&key, b"{\"x\": 1}").expect("etcdctl put");
+    lab.etcd().put(&key, b"{\"x\": 1}").expect("etcdctl put");
     assert_eq!(
-        lab.etcd_get(&key).expect("etcdctl get").as_deref(),
+        lab.etcd().get(&key).expect("etcdctl get").as_deref(),
         Some(&b"{\"x\": 1}"[..])
     );
-    lab.stop_etcd().expect("etcd stops");
-    assert!(!lab.etcd_running());
+    lab.etcd().stop().expect("etcd stops");
+    assert!(!lab.etcd().running());
     assert!(
-        lab.etcdctl(&["endpoint", "health"]).is_err(),
+        lab.etcd().ctl(&["endpoint", "health"]).is_err(),
         "etcd still answers after stop_etcd"
     );
-    lab.start_etcd().expect("etcd starts again");
+    lab.etcd().start().expect("etcd starts again");
     assert_eq!(
-        lab.etcd_get(&key).expect("get after restart").as_deref(),
+        lab.etcd().get(&key).expect("get after restart").as_deref(),
         Some(&b"{\"x\": 1}"[..]),
         "etcd lost its data across a restart"
     );
-    assert!(lab.etcd_del(&key).expect("etcdctl del"));
-    assert_eq!(lab.etcd_get(&key).expect("get after del"), None);
+    assert!(lab.etcd().del(&key).expect("etcdctl del"));
+    assert_eq!(lab.etcd().get(&key).expect("get after del"), None);
 
     // A node talking to etcd is store traffic, not a leak between nodes.
-    let capture = lab.start_capture("etcd").expect("tcpdump starts");
-    let mut nc = lab.node_cmd(1, "nc");
+    let capture = lab.switch().capture("etcd").expect("tcpdump starts");
+    let mut nc = lab.node(1).cmd("nc");
     nc.args(["-z", "-n", "-w", "2", &SWITCH_IP.to_string(), "2379"]);
     wiremesh_lab::run(&mut nc, Duration::from_secs(10)).expect("node-1 connects to etcd");
     let report = capture
@@ -72,7 +74,7 @@ fn etcd_runs_on_the_switch_survives_restart_and_is_not_a_leak() {
 }
 
 fn assert_no_etcd_left(lab: &Lab, prefix: &str) {
-    assert!(!lab.etcd_running(), "etcd still running after teardown");
+    assert!(!lab.etcd().running(), "etcd still running after teardown");
     let out = wiremesh_lab::output(
         std::process::Command::new("pgrep").args(["-f", &format!("{prefix}/etcd")]),
         None,

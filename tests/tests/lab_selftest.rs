@@ -16,17 +16,19 @@ fn lab_topology_traffic_capture_and_cleanup() {
 
     // Pods reach their node's gateway, each other, and the node's underlay address.
     common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(1, 2));
-    lab.wait_reachable(
-        Host::Pod(1, 1),
-        wiremesh_lab::node_gateway(1),
-        Duration::from_secs(5),
-    )
-    .expect("pod reaches its gateway");
+    lab.host(Host::Pod(1, 1))
+        .wait_reachable(wiremesh_lab::node_gateway(1), Duration::from_secs(5))
+        .expect("pod reaches its gateway");
     common::assert_ping(&lab, Host::Node(1), Host::Node(2));
 
     // Without a tunnel or a bypass there is no route between nodes' pods.
     let blocked = lab
-        .ping(1, 1, pod_ip(2, 1), 1, Duration::from_millis(200))
+        .pod(1, 1)
+        .ping(
+            &Ping::new(pod_ip(2, 1))
+                .count(1)
+                .interval(Duration::from_millis(200)),
+        )
         .expect("ping runs");
     assert_eq!(
         blocked.received, 0,
@@ -34,21 +36,18 @@ fn lab_topology_traffic_capture_and_cleanup() {
     );
 
     // With the bypass, traffic crosses the underlay in the clear, and the detector sees it.
-    lab.bypass_tunnel(1, 2).expect("bypass 1->2");
-    lab.bypass_tunnel(2, 1).expect("bypass 2->1");
+    lab.node(1).bypass_tunnel(2).expect("bypass 1->2");
+    lab.node(2).bypass_tunnel(1).expect("bypass 2->1");
     common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 2));
-    lab.tcp_transfer(
-        Host::Pod(2, 1),
-        Host::Pod(1, 2),
-        256 * 1024,
-        common::TRAFFIC,
-    )
-    .expect("TCP over the bypass");
+    lab.host(Host::Pod(2, 1))
+        .tcp_transfer(Host::Pod(1, 2), 256 * 1024, common::TRAFFIC)
+        .expect("TCP over the bypass");
 
     let mark = marker();
-    let capture = lab.start_capture("selftest").expect("tcpdump starts");
+    let capture = lab.switch().capture("selftest").expect("tcpdump starts");
     let got = lab
-        .tcp_send(Host::Pod(1, 1), Host::Pod(2, 1), &mark, common::TRAFFIC)
+        .host(Host::Pod(1, 1))
+        .tcp_send(Host::Pod(2, 1), &mark, common::TRAFFIC)
         .expect("marker over TCP");
     assert_eq!(got, mark);
     let report = capture
@@ -67,10 +66,14 @@ fn lab_topology_traffic_capture_and_cleanup() {
         report.summary()
     );
 
-    let capture = lab.start_capture("selftest-ping").expect("tcpdump starts");
+    let capture = lab
+        .switch()
+        .capture("selftest-ping")
+        .expect("tcpdump starts");
     let ping = Ping::new(pod_ip(2, 2)).count(2).pattern(&mark);
     assert!(lab
-        .ping_from(Host::Pod(1, 2), &ping)
+        .host(Host::Pod(1, 2))
+        .ping(&ping)
         .expect("ping runs")
         .all_received());
     let file = capture.stop().expect("capture stops");
@@ -79,14 +82,19 @@ fn lab_topology_traffic_capture_and_cleanup() {
         "marker in ping payload not seen"
     );
 
-    lab.remove_bypass(1, 2).expect("remove bypass");
+    lab.node(1).remove_bypass(2).expect("remove bypass");
     let blocked = lab
-        .ping(1, 1, pod_ip(2, 1), 1, Duration::from_millis(200))
+        .pod(1, 1)
+        .ping(
+            &Ping::new(pod_ip(2, 1))
+                .count(1)
+                .interval(Duration::from_millis(200)),
+        )
         .expect("ping runs");
     assert_eq!(blocked.received, 0, "bypass removal did not take effect");
 
-    // node_cmd sees the node's own /run/wireguard, not the host's, and its PID is the program's.
-    let mut touch = lab.node_cmd(1, "sh");
+    // node(1).cmd sees the node's own /run/wireguard (not the host's); its PID is the program's.
+    let mut touch = lab.node(1).cmd("sh");
     touch.args([
         "-c",
         "touch /run/wireguard/probe /run/wiremesh/probe && ip -4 -o addr show dev eth0",
@@ -96,13 +104,13 @@ fn lab_topology_traffic_capture_and_cleanup() {
         out.contains(&node_ip(1).to_string()),
         "node_cmd is not in node 1's netns: {out}"
     );
-    assert!(lab.node_dir(1).join("wireguard/probe").exists());
-    assert!(lab.node_dir(1).join("run/probe").exists());
+    assert!(lab.node(1).dir().join("wireguard/probe").exists());
+    assert!(lab.node(1).dir().join("run/probe").exists());
     assert!(
         !std::path::Path::new("/run/wireguard/probe").exists(),
         "bind mount leaked to the host"
     );
-    let mut sleep_cmd = lab.node_cmd(2, "sleep");
+    let mut sleep_cmd = lab.node(2).cmd("sleep");
     sleep_cmd.arg("30");
     let mut sleeper =
         BgProcess::spawn("sleep", &mut sleep_cmd, &lab.dir().join("sleep.log")).expect("spawn");

@@ -114,8 +114,8 @@ fn report(result: anyhow::Result<Measured>) -> anyhow::Result<Measured> {
 
 fn plain(duration: Duration) -> anyhow::Result<Measured> {
     let lab = Lab::new(2, 1).context("building the lab")?;
-    lab.bypass_tunnel(1, 2)?;
-    lab.bypass_tunnel(2, 1)?;
+    lab.node(1).bypass_tunnel(2)?;
+    lab.node(2).bypass_tunnel(1)?;
     measure(&lab, &[], duration)
 }
 
@@ -124,13 +124,16 @@ fn wiremesh(duration: Duration) -> anyhow::Result<Measured> {
     let result = (|| {
         lab.start_agents(READY).context("starting agents")?;
         for node in lab.node_ids() {
-            lab.wait_peer_count(node, 1, READY)?;
+            lab.node(node).agent().wait_peer_count(1, READY)?;
         }
-        lab.wait_reachable(Host::Pod(1, 1), pod_ip(2, 1), REACH)?;
+        lab.host(Host::Pod(1, 1))
+            .wait_reachable(pod_ip(2, 1), REACH)?;
         let pids = lab
             .node_ids()
             .map(|n| {
-                lab.datapath_pid(n)
+                lab.node(n)
+                    .datapath()
+                    .pid()
                     .map(|pid| (n, pid))
                     .with_context(|| format!("node-{n} has no data-path process"))
             })
@@ -160,10 +163,10 @@ fn stock_mode(stock: &Stock, duration: Duration) -> anyhow::Result<Measured> {
 /// data-path processes around it.
 fn measure(lab: &Lab, pids: &[(u8, u32)], duration: Duration) -> anyhow::Result<Measured> {
     let (from, to) = (Host::Pod(1, 1), Host::Pod(2, 1));
-    lab.wait_reachable(from, to.ip(), REACH)?;
+    lab.host(from).wait_reachable(to.ip(), REACH)?;
     let before: Vec<Option<ProcSample>> = pids.iter().map(|&(_, pid)| sample(pid)).collect();
-    let (mut server, port) = lab.spawn_iperf_server(to)?;
-    let client = lab.spawn_iperf_client(from, to.ip(), port, duration, "0")?;
+    let (mut server, port) = lab.host(to).iperf_server()?;
+    let client = lab.host(from).iperf_client(to.ip(), port, duration, "0")?;
     let iperf = client.finish(IPERF_GRACE)?;
     let _ = server.wait_timeout(IPERF_GRACE);
     let mut data_path = Vec::new();

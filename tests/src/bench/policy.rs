@@ -127,9 +127,9 @@ fn in_lab(
     let (client, server) = (rules::client().host, rules::server().host);
     lab.start_agents(READY).context("starting agents")?;
     for node in lab.node_ids() {
-        lab.wait_peer_count(node, 1, READY)?;
+        lab.node(node).agent().wait_peer_count(1, READY)?;
     }
-    lab.wait_reachable(client, server.ip(), REACH)?;
+    lab.host(client).wait_reachable(server.ip(), REACH)?;
     let markers: Vec<u16> = (0..counts.len())
         .map(|s| MARKER_BASE + u16::try_from(s).unwrap_or(u16::MAX))
         .collect();
@@ -137,10 +137,12 @@ fn in_lab(
     ports.push(RANGE_CHECK_PORT);
     let _echo = lab.serve(&[server], &ports, &[])?;
 
-    let log = lab.log_path(SERVER_NODE, NodeKind::Agent);
+    let log = lab.node(SERVER_NODE).log_path(NodeKind::Agent);
     let from = maplog::offset(&log);
     let base: Vec<String> = rules::base_objects().into_iter().map(|o| o.1).collect();
-    lab.apply(SERVER_NODE, &base.join("---\n"))
+    lab.node(SERVER_NODE)
+        .agent()
+        .apply(&base.join("---\n"))
         .context("applying the Namespace and Pods")?;
     maplog::wait_update(&log, from, ENFORCE).context("node-2 enforcing on the server pod")?;
     wait_open(lab, client, server, RANGE_CHECK_PORT, REACH)?;
@@ -153,7 +155,9 @@ fn in_lab(
         let enforce = if n == 0 {
             if isolated {
                 let from = maplog::offset(&log);
-                lab.delete(SERVER_NODE, &rules::network_policy(1, 0))?;
+                lab.node(SERVER_NODE)
+                    .agent()
+                    .delete(&rules::network_policy(1, 0))?;
                 maplog::wait_update(&log, from, ENFORCE)?;
                 isolated = false;
             }
@@ -163,7 +167,9 @@ fn in_lab(
                 // From no policy, every port is open: first isolate the server with the iperf3
                 // rule alone, so this step's marker port is closed before the measured change.
                 let from = maplog::offset(&log);
-                lab.apply(SERVER_NODE, &rules::network_policy(1, 0))?;
+                lab.node(SERVER_NODE)
+                    .agent()
+                    .apply(&rules::network_policy(1, 0))?;
                 maplog::wait_update(&log, from, ENFORCE)?;
                 isolated = true;
             }
@@ -195,17 +201,20 @@ fn in_lab(
 fn change(lab: &Lab, n: usize, marker: u16) -> anyhow::Result<Enforced> {
     let (client, server) = (rules::client().host, rules::server().host);
     ensure!(
-        !lab.probe(client, server.ip(), marker, Proto::Tcp, CLOSED_PROBE),
+        !lab.host(client)
+            .probe(server.ip(), marker, Proto::Tcp, CLOSED_PROBE),
         "marker port {marker} is open before the policy that opens it: the timing would be wrong"
     );
-    let log = lab.log_path(SERVER_NODE, NodeKind::Agent);
+    let log = lab.node(SERVER_NODE).log_path(NodeKind::Agent);
     let from = maplog::offset(&log);
     let manifest = rules::network_policy(n, marker);
     let cpu = || -> anyhow::Result<[Duration; 2]> {
         let mut out = [Duration::ZERO; 2];
         for (slot, node) in out.iter_mut().zip([SERVER_NODE, 1]) {
             let pid = lab
-                .agent_pid(node)
+                .node(node)
+                .agent()
+                .pid()
                 .with_context(|| format!("node-{node}'s agent is not running"))?;
             *slot = procstat::sample(pid)
                 .with_context(|| format!("reading node-{node}'s agent in /proc"))?
@@ -215,11 +224,16 @@ fn change(lab: &Lab, n: usize, marker: u16) -> anyhow::Result<Enforced> {
     };
     let cpu_before = cpu()?;
     let started = Instant::now();
-    lab.apply(SERVER_NODE, &manifest)
+    lab.node(SERVER_NODE)
+        .agent()
+        .apply(&manifest)
         .with_context(|| format!("applying {n} rules"))?;
     let (returned, returned_unix) = (Instant::now(), unix_now());
     let deadline = returned + ENFORCE;
-    while !lab.probe(client, server.ip(), marker, Proto::Tcp, MARKER_PROBE) {
+    while !lab
+        .host(client)
+        .probe(server.ip(), marker, Proto::Tcp, MARKER_PROBE)
+    {
         if Instant::now() >= deadline {
             bail!("marker port {marker} still closed {ENFORCE:?} after applying {n} rules");
         }
@@ -249,7 +263,9 @@ fn throughput(
 ) -> anyhow::Result<Step> {
     let (client, server) = (rules::client().host, rules::server().host);
     let pid = lab
-        .agent_pid(SERVER_NODE)
+        .node(SERVER_NODE)
+        .agent()
+        .pid()
         .context("node-2's agent is not running")?;
     let before = procstat::sample(pid).context("reading node-2's agent in /proc")?;
     let (mut runs, mut retransmits) = (Vec::new(), Vec::new());
@@ -276,12 +292,12 @@ fn throughput(
 }
 
 fn iperf_once(lab: &Lab, from: Host, to: Host, duration: Duration) -> anyhow::Result<(f64, u64)> {
-    let (mut server, port) = lab.spawn_iperf_server(to)?;
+    let (mut server, port) = lab.host(to).iperf_server()?;
     ensure!(
         (rules::IPERF_PORTS.0..RANGE_CHECK_PORT).contains(&port),
         "iperf3 got port {port}, outside the range the policy opens"
     );
-    let client = lab.spawn_iperf_client(from, to.ip(), port, duration, "0")?;
+    let client = lab.host(from).iperf_client(to.ip(), port, duration, "0")?;
     let report = client.finish(IPERF_GRACE)?;
     let _ = server.wait_timeout(IPERF_GRACE);
     if let Some(e) = report.error {
@@ -302,7 +318,10 @@ fn iperf_once(lab: &Lab, from: Host, to: Host, duration: Duration) -> anyhow::Re
 
 fn wait_open(lab: &Lab, from: Host, to: Host, port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    while !lab.probe(from, to.ip(), port, Proto::Tcp, Duration::from_millis(300)) {
+    while !lab
+        .host(from)
+        .probe(to.ip(), port, Proto::Tcp, Duration::from_millis(300))
+    {
         if Instant::now() >= deadline {
             bail!("{from} cannot reach {to}:{port}/TCP within {timeout:?}");
         }

@@ -26,13 +26,13 @@ impl Stock {
     fn command(&self, lab: &Lab, node: u8) -> std::process::Command {
         match self {
             Self::WireguardGo => {
-                let mut cmd = lab.node_cmd(node, "wireguard-go");
+                let mut cmd = lab.node(node).cmd("wireguard-go");
                 cmd.args(["-f", WG_IFACE])
                     .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
                 cmd
             }
             Self::BoringtunCli(bin) => {
-                let mut cmd = lab.node_cmd(node, bin);
+                let mut cmd = lab.node(node).cmd(bin);
                 cmd.args(["--foreground", "--disable-drop-privileges", WG_IFACE]);
                 cmd
             }
@@ -60,8 +60,8 @@ impl StockNodes {
         let mut procs = Vec::new();
         let mut keys = Vec::new();
         for node in lab.node_ids() {
-            keys.push(lab.generate_key(node)?);
-            let log = lab.node_dir(node).join(format!("{}.log", stock.name()));
+            keys.push(lab.node(node).generate_key()?);
+            let log = lab.node(node).dir().join(format!("{}.log", stock.name()));
             let proc = BgProcess::spawn(
                 format!("{} on node-{node}", stock.name()),
                 &mut stock.command(lab, node),
@@ -94,7 +94,8 @@ impl StockNodes {
 
     fn wait_socket(&mut self, lab: &Lab, node: u8) -> anyhow::Result<()> {
         let socket = lab
-            .node_dir(node)
+            .node(node)
+            .dir()
             .join("wireguard")
             .join(format!("{WG_IFACE}.sock"));
         let deadline = Instant::now() + START;
@@ -121,7 +122,7 @@ fn keys_of_others(lab: &Lab, node: u8, keys: &[KeyPair]) -> Vec<(u8, String)> {
 }
 
 fn configure(lab: &Lab, node: u8, keys: &KeyPair, peers: &[(u8, String)]) -> anyhow::Result<()> {
-    let mut wg = lab.node_cmd(node, "wg");
+    let mut wg = lab.node(node).cmd("wg");
     wg.args(["set", WG_IFACE, "private-key"])
         .arg(&keys.private_key_file)
         .args(["listen-port", &WG_PORT.to_string()]);
@@ -131,12 +132,11 @@ fn configure(lab: &Lab, node: u8, keys: &KeyPair, peers: &[(u8, String)]) -> any
     }
     run(&mut wg, WG_TIMEOUT)?;
     let host = Host::Node(node);
-    lab.ip(
-        host,
-        &["link", "set", WG_IFACE, "mtu", &WG_MTU.to_string(), "up"],
-    )?;
+    lab.host(host)
+        .ip(&["link", "set", WG_IFACE, "mtu", &WG_MTU.to_string(), "up"])?;
     for (other, _) in peers {
-        lab.ip(host, &["route", "add", &pod_cidr(*other), "dev", WG_IFACE])?;
+        lab.host(host)
+            .ip(&["route", "add", &pod_cidr(*other), "dev", WG_IFACE])?;
     }
     Ok(())
 }

@@ -42,7 +42,10 @@ fn steps(lab: &Lab) -> anyhow::Result<()> {
     for node in lab.node_ids() {
         println!(
             "node-{node}: agent pid {}",
-            lab.agent_pid(node).map_or("?".into(), |p| p.to_string())
+            lab.node(node)
+                .agent()
+                .pid()
+                .map_or("?".into(), |p| p.to_string())
         );
     }
     check_interrupted()?;
@@ -50,7 +53,9 @@ fn steps(lab: &Lab) -> anyhow::Result<()> {
     section("Waiting for every node to learn every other node from the store");
     let start = Instant::now();
     for node in lab.node_ids() {
-        lab.wait_peer_count(node, usize::from(lab.nodes()) - 1, CONVERGE)?;
+        lab.node(node)
+            .agent()
+            .wait_peer_count(usize::from(lab.nodes()) - 1, CONVERGE)?;
     }
     println!("converged in {:.1?}", start.elapsed());
     check_interrupted()?;
@@ -59,9 +64,8 @@ fn steps(lab: &Lab) -> anyhow::Result<()> {
     for a in lab.node_ids() {
         for b in lab.node_ids().filter(|&b| b != a) {
             let (from, to) = (Host::Pod(a, 1), Host::Pod(b, lab.pods()));
-            let first = lab.wait_reachable(from, to.ip(), REACH)?;
-            let result = lab.ping_from(
-                from,
+            let first = lab.host(from).wait_reachable(to.ip(), REACH)?;
+            let result = lab.host(from).ping(
                 &Ping::new(to.ip())
                     .count(5)
                     .interval(Duration::from_millis(100)),
@@ -82,7 +86,7 @@ fn steps(lab: &Lab) -> anyhow::Result<()> {
     section("TCP transfer across the tunnel");
     let (from, to) = (Host::Pod(1, 1), Host::Pod(2, 1));
     let start = Instant::now();
-    lab.tcp_transfer(from, to, TRANSFER_BYTES, TRAFFIC)?;
+    lab.host(from).tcp_transfer(to, TRANSFER_BYTES, TRAFFIC)?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{from} -> {to}: {} MiB intact in {secs:.2} s ({:.0} Mbit/s including setup)",
@@ -92,9 +96,9 @@ fn steps(lab: &Lab) -> anyhow::Result<()> {
     check_interrupted()?;
 
     section("wiremesh encrypt status (node-1)");
-    print!("{}", lab.status_text(1)?);
+    print!("{}", lab.node(1).agent().status_text()?);
     section(&format!("wg show {WG_IFACE} (node-1)"));
-    print!("{}", lab.wg_show(1)?);
+    print!("{}", lab.node(1).wg_show()?);
     check_interrupted()?;
 
     prove_encryption(lab)?;
@@ -129,11 +133,11 @@ fn network_policy(lab: &Lab) -> anyhow::Result<()> {
     let _servers = lab.serve(&[backend.host], &[8080], &[])?;
     print!(
         "$ wiremesh apply -f cluster.yaml\n{}",
-        lab.apply(1, &objects)?
+        lab.node(1).agent().apply(&objects)?
     );
     print!(
         "$ wiremesh apply -f policy.yaml\n{BACKEND_POLICY}{}",
-        lab.apply(1, BACKEND_POLICY)?
+        lab.node(1).agent().apply(BACKEND_POLICY)?
     );
     let probes = [
         (frontend.host, backend.ip(), 8080, Proto::Tcp),
@@ -157,14 +161,18 @@ fn network_policy(lab: &Lab) -> anyhow::Result<()> {
         println!("\n$ wiremesh policy trace --from {from} --to demo/backend --port 8080");
         print!(
             "{}",
-            lab.trace(
-                2,
-                &["--from", from, "--to", "demo/backend", "--port", "8080"]
-            )?
+            lab.node(2).agent().trace(&[
+                "--from",
+                from,
+                "--to",
+                "demo/backend",
+                "--port",
+                "8080"
+            ])?
         );
     }
     let broken = BACKEND_POLICY.replace("port: 8080", "port: 80800");
-    let out = lab.objects_cmd(1, "apply", &broken)?;
+    let out = lab.node(1).agent().objects_cmd("apply", &broken)?;
     println!("\n$ wiremesh apply -f broken.yaml   (refused; the policy in force is unchanged)");
     print!("{}", String::from_utf8_lossy(&out.stderr));
     ensure!(!out.status.success(), "an invalid policy was accepted");
@@ -197,15 +205,17 @@ fn prove_encryption(lab: &Lab) -> anyhow::Result<()> {
     section(
         "Strict mode: the same marker routed around the tunnel (plain routes over the underlay)",
     );
-    lab.bypass_tunnel(1, 2)?;
-    lab.bypass_tunnel(2, 1)?;
+    lab.node(1).bypass_tunnel(2)?;
+    lab.node(2).bypass_tunnel(1)?;
     let guarded = bypassed_marker(lab, &mark);
     let control = guarded.and_then(|g| {
         print!("{}", g.summary());
         ensure!(!g.marker_found, "strict mode let the marker out in clear");
         println!(
             "marker absent: the strict-mode guard dropped it (node-1: {})",
-            lab.status_text(1)?
+            lab.node(1)
+                .agent()
+                .status_text()?
                 .lines()
                 .find(|l| l.contains("Strict mode"))
                 .unwrap_or("?")
@@ -213,13 +223,13 @@ fn prove_encryption(lab: &Lab) -> anyhow::Result<()> {
         );
         section("Control: the same with the guard removed (agents stopped, table deleted)");
         for node in [1, 2] {
-            lab.stop_agent(node)?;
-            lab.delete_guard(node)?;
+            lab.node(node).agent().stop()?;
+            lab.node(node).guard().delete()?;
         }
         send_marker_captured(lab, &mark, "demo-control")
     });
-    lab.remove_bypass(1, 2)?;
-    lab.remove_bypass(2, 1)?;
+    lab.node(1).remove_bypass(2)?;
+    lab.node(2).remove_bypass(1)?;
     let control = control?;
     print!("{}", control.summary());
     if !control.marker_found {
@@ -230,20 +240,22 @@ fn prove_encryption(lab: &Lab) -> anyhow::Result<()> {
         "Restarting the two agents (they re-attach to their data paths and re-install the guard)",
     );
     for node in [1, 2] {
-        lab.start_agent(node)?;
-        lab.wait_status(node, "the agent to answer status", READY, |s| {
-            s["strictMode"]["installed"] == true
-        })?;
+        lab.node(node).agent().start()?;
+        lab.node(node)
+            .agent()
+            .wait_status("the agent to answer status", READY, |s| {
+                s["strictMode"]["installed"] == true
+            })?;
     }
-    lab.wait_reachable(Host::Pod(1, 1), Host::Pod(2, 1).ip(), REACH)?;
+    lab.host(Host::Pod(1, 1))
+        .wait_reachable(Host::Pod(2, 1).ip(), REACH)?;
     Ok(())
 }
 
 /// Pings with the marker over the bypass while capturing: strict mode must drop them all.
 fn bypassed_marker(lab: &Lab, mark: &[u8; 16]) -> anyhow::Result<wiremesh_lab::LeakReport> {
-    let capture = lab.start_capture("demo-guarded")?;
-    let ping = lab.ping_from(
-        Host::Pod(1, 1),
+    let capture = lab.switch().capture("demo-guarded")?;
+    let ping = lab.host(Host::Pod(1, 1)).ping(
         &Ping::new(Host::Pod(2, 1).ip())
             .count(3)
             .interval(Duration::from_millis(100))
@@ -259,11 +271,10 @@ fn send_marker_captured(
     name: &str,
 ) -> anyhow::Result<wiremesh_lab::LeakReport> {
     let (from, to) = (Host::Pod(1, 1), Host::Pod(2, 1));
-    let capture = lab.start_capture(name)?;
-    let got = lab.tcp_send(from, to, mark, TRAFFIC)?;
+    let capture = lab.switch().capture(name)?;
+    let got = lab.host(from).tcp_send(to, mark, TRAFFIC)?;
     ensure!(got == mark, "marker did not arrive intact over TCP");
-    let ping = lab.ping_from(
-        from,
+    let ping = lab.host(from).ping(
         &Ping::new(to.ip())
             .count(3)
             .interval(Duration::from_millis(100))

@@ -38,7 +38,7 @@ pub fn run(nodes: u8, pods: u8, agents: bool, etcd_ttl: Option<u64>) -> anyhow::
         }
         last_check = Instant::now();
         for (node, seen) in lab.node_ids().zip(reported.iter_mut()) {
-            if let (false, Err(e)) = (*seen, lab.check_running(node)) {
+            if let (false, Err(e)) = (*seen, lab.node(node).agent().check_running()) {
                 eprintln!("\nwiremesh-lab: WARNING: {e}");
                 *seen = true;
             }
@@ -59,16 +59,16 @@ fn print_access(lab: &Lab) {
         println!(
             "store (etcd):       {} (data {}); etcdctl: ip netns exec {} env ETCDCTL_API=3 etcdctl --endpoints={} get --prefix /wiremesh",
             etcd_endpoint(),
-            lab.etcd_data_dir().display(),
-            lab.switch_ns(),
+            lab.etcd().data_dir().display(),
+            lab.switch().ns(),
             etcd_endpoint()
         );
     } else {
-        println!("store (shared dir): {}", lab.store_dir().display());
+        println!("store (shared dir): {}", lab.store().dir().display());
     }
     println!(
         "underlay capture:   ip netns exec {} tcpdump -nni br0",
-        lab.switch_ns()
+        lab.switch().ns()
     );
     for node in lab.node_ids() {
         println!(
@@ -76,11 +76,11 @@ fn print_access(lab: &Lab) {
             node_ip(node),
             pod_cidr(node)
         );
-        match lab.agent_pid(node) {
+        match lab.node(node).agent().pid() {
             Some(pid) => {
                 println!(
                     "  agent pid {pid}, log {}",
-                    lab.node_dir(node).join("agent.log").display()
+                    lab.node(node).dir().join("agent.log").display()
                 );
                 println!("  shell as the agent sees it:  nsenter -t {pid} -n -m bash");
             }
@@ -88,14 +88,14 @@ fn print_access(lab: &Lab) {
         }
         println!(
             "  shell with the node's mounts: {}",
-            lab.node_shell_line(node, "bash")
+            lab.node(node).shell_line("bash")
         );
         println!("    (inside: wg show {WG_IFACE}; {bin} encrypt status)");
         for pod in lab.pod_ids() {
             println!(
                 "  pod-{pod} {:<12} ip netns exec {} bash",
                 pod_ip(node, pod),
-                lab.pod_ns(node, pod)
+                lab.pod(node, pod).ns()
             );
         }
     }

@@ -40,7 +40,9 @@ pub fn start_mesh(lab: &Lab) {
         .unwrap_or_else(|e| panic!("starting agents: {e}"));
     let others = usize::from(lab.nodes()) - 1;
     for node in lab.node_ids() {
-        lab.wait_peer_count(node, others, CONVERGE)
+        lab.node(node)
+            .agent()
+            .wait_peer_count(others, CONVERGE)
             .unwrap_or_else(|e| panic!("mesh did not converge: {e}"));
     }
 }
@@ -55,12 +57,13 @@ pub fn assert_ping(lab: &Lab, from: Host, to: Host) {
 
 /// [`assert_ping`] as a result, for tests that collect every failure before panicking.
 pub fn check_ping(lab: &Lab, from: Host, to: Host) -> Result<(), String> {
-    lab.wait_reachable(from, to.ip(), Duration::from_secs(10))
+    lab.host(from)
+        .wait_reachable(to.ip(), Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
     let ping = wiremesh_lab::Ping::new(to.ip())
         .count(5)
         .interval(Duration::from_millis(50));
-    let result = lab.ping_from(from, &ping).map_err(|e| e.to_string())?;
+    let result = lab.host(from).ping(&ping).map_err(|e| e.to_string())?;
     if result.all_received() {
         Ok(())
     } else {
@@ -82,15 +85,21 @@ pub fn lab_with(nodes: u8, pods: u8, options: wiremesh_lab::LabOptions) -> Lab {
 /// Starts the agents of `nodes` and waits until each lists the others of them as peers.
 pub fn start_some(lab: &Lab, nodes: &[u8]) {
     for &n in nodes {
-        lab.start_agent(n)
+        lab.node(n)
+            .agent()
+            .start()
             .unwrap_or_else(|e| panic!("starting node-{n}'s agent: {e}"));
     }
     for &n in nodes {
-        lab.wait_status(n, "the agent to answer status", READY, |_| true)
+        lab.node(n)
+            .agent()
+            .wait_status("the agent to answer status", READY, |_| true)
             .unwrap_or_else(|e| panic!("{e}"));
     }
     for &n in nodes {
-        lab.wait_peer_count(n, nodes.len() - 1, CONVERGE)
+        lab.node(n)
+            .agent()
+            .wait_peer_count(nodes.len() - 1, CONVERGE)
             .unwrap_or_else(|e| panic!("mesh of {nodes:?} did not converge: {e}"));
     }
 }
@@ -111,7 +120,9 @@ pub fn fresh_public_key() -> String {
 /// The `publicKey` and `keyEpoch` of node `node`'s status.
 pub fn key_and_epoch(lab: &Lab, node: u8) -> (String, u64) {
     let s = lab
-        .status(node)
+        .node(node)
+        .agent()
+        .status()
         .unwrap_or_else(|e| panic!("status of node-{node}: {e}"));
     let key = s["publicKey"].as_str().unwrap_or_default().to_owned();
     let epoch = s["keyEpoch"]
@@ -132,7 +143,8 @@ pub fn fast_ping(
         .interval(Duration::from_millis(10))
         .per_reply();
     let proc = lab
-        .spawn_ping(from, &ping)
+        .host(from)
+        .spawn_ping(&ping)
         .unwrap_or_else(|e| panic!("starting ping {from} -> {to}: {e}"));
     (proc, ping)
 }

@@ -193,3 +193,44 @@ fn ipv6_endpoint() {
     let c = parse("nodeName: n1\nendpoint: \"[fd00::1]:51871\"\n").unwrap();
     assert!(c.endpoint.is_ipv6());
 }
+
+/// What a tool writes with [`ConfigFile`] is read back as the same file: keys not set are not
+/// written, a bare-number duration stays a number, and every section survives.
+#[test]
+fn config_file_round_trips_through_yaml() {
+    let file = ConfigFile {
+        node_name: Some("node-1".into()),
+        endpoint: Some("198.18.0.1:51871".into()),
+        cluster_pod_cidrs: Some(vec!["10.244.0.0/16".into()]),
+        store: Some(StoreSection {
+            kind: StoreKind::Etcd,
+            dir: None,
+            etcd: Some(EtcdStoreSection {
+                endpoints: Some(vec!["http://127.0.0.1:2379".into()]),
+                lease_ttl: Some("5s".into()),
+                ..EtcdStoreSection::default()
+            }),
+            kubernetes: None,
+        }),
+        key_rotation: Some(KeyRotationSection {
+            interval: Some("0".into()),
+            commit_timeout: Some("30s".into()),
+        }),
+        policy: Some(PolicySection {
+            enforcement: Some(Enforcement::Never),
+            bpf_pin_dir: None,
+        }),
+        ..ConfigFile::default()
+    };
+    let yaml = yaml_serde::to_string(&file).unwrap();
+    assert!(yaml.contains("interval: 0\n"), "{yaml}");
+    assert!(
+        !yaml.contains("mtu"),
+        "unset keys must not be written: {yaml}"
+    );
+    let back: ConfigFile = yaml_serde::from_str(&yaml).unwrap();
+    assert_eq!(back, file);
+    let config = Config::parse(&yaml, Path::new("/t.yaml")).unwrap();
+    assert_eq!(config.key_rotation.interval, Duration::ZERO);
+    assert_eq!(config.policy.enforcement, Enforcement::Never);
+}

@@ -1,0 +1,163 @@
+//! The agent's configuration: one YAML file, every key documented in docs/config.md, validated
+//! at start-up with every problem reported at once. [`ConfigFile`] (`file.rs`) is the file as
+//! written, serde both ways so tools can write configs as typed values; `validate.rs` turns it
+//! into [`Config`] and `store.rs` checks the store sections. Nothing here opens a socket or
+//! touches the network: loading a config must never change the host.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+mod file;
+mod store;
+mod validate;
+
+pub use file::{
+    ConfigFile, DirStoreSection, EtcdStoreSection, EtcdTlsSection, KeyRotationSection,
+    KubeStoreSection, PolicySection, StoreSection,
+};
+
+pub const DEFAULT_INTERFACE: &str = "wiremesh_wg0";
+pub const DEFAULT_PORT: u16 = 51871;
+/// Outer IPv6 header (40) + UDP (8) + WireGuard data header (16) + Poly1305 tag (16): the
+/// largest overhead, so the same MTU works over IPv4 and IPv6 underlays.
+pub const WIREGUARD_OVERHEAD: u32 = 80;
+
+/// Whether local endpoints get the eBPF policy programs (Cilium's `policy-enforcement-mode`
+/// without `always`: an endpoint no policy selects is not isolated, as Kubernetes specifies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    Default,
+    Never,
+}
+
+/// Policy enforcement settings.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub enforcement: Enforcement,
+    /// Where the eBPF maps are pinned (on a BPF filesystem, mounted if missing).
+    pub bpf_pin_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    Auto,
+    Userspace,
+    Kernel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Dir,
+    Etcd,
+    Kubernetes,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub cluster_name: String,
+    pub interface: String,
+    pub listen_port: u16,
+    /// 0 = derive from the underlay.
+    pub mtu: u32,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub endpoint: SocketAddr,
+    pub node_ips: Vec<IpAddr>,
+    pub pod_cidrs: Vec<IpNet>,
+    /// The cluster's whole pod address pool(s): every node's `podCIDRs` lie inside them.
+    pub cluster_pod_cidrs: Vec<IpNet>,
+    /// Pod traffic to or from another node is encrypted or dropped, never sent or accepted in
+    /// clear (requires `cluster_pod_cidrs`).
+    pub strict_mode: bool,
+    pub persistent_keepalive: u16,
+    pub datapath: DatapathKind,
+    pub store: StoreConfig,
+    pub key_rotation: KeyRotation,
+    /// Where Prometheus scrapes `/metrics`; `None` serves them on the admin socket only.
+    pub metrics_address: Option<SocketAddr>,
+    /// The group (gid) whose members may read status and metrics on the admin and UAPI
+    /// sockets; `None`: root only.
+    pub admin_group: Option<u32>,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    /// Zero disables automatic rotation (`wiremesh keys rotate` still works).
+    pub interval: Duration,
+    /// How long a rotation waits for every active peer to handshake with the new key.
+    pub commit_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Dir { path: PathBuf },
+    Etcd(keymgr::store::EtcdConfig),
+    Kubernetes(keymgr::store::KubeConfig),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {} error(s):\n{}", .errors.len(), .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: ConfigFile = if text.trim().is_empty() {
+            ConfigFile::default()
+        } else {
+            yaml_serde::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.into(),
+                message: describe_yaml_error(&e),
+            })?
+        };
+        raw.validate().map_err(|errors| ConfigError::Invalid {
+            path: path.into(),
+            errors,
+        })
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.key", self.interface))
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        crate::api::socket_path(&self.run_dir)
+    }
+}
+
+fn describe_yaml_error(e: &yaml_serde::Error) -> String {
+    match e.location() {
+        Some(loc) => format!("line {}, column {}: {e}", loc.line(), loc.column()),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+//! From the file as written to the validated [`Config`]: defaults applied, every value checked,
+//! every problem collected (with its key) so that one run of the agent reports them all. It
+//! reads nothing but the file's values (and the host's group database for `adminGroup`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::store::{etcd_config, kube_config};
+use super::{
+    Config, ConfigFile, DatapathKind, Enforcement, KeyRotation, KeyRotationSection, PolicyConfig,
+    PolicySection, StoreConfig, StoreKind, StoreSection, DEFAULT_INTERFACE, DEFAULT_PORT,
+};
+
+impl ConfigFile {
+    /// The validated config, or every problem found (in the order of the keys).
+    pub(super) fn validate(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let node_name = node_name(self.node_name, &mut errors);
+        let cluster_name = self.cluster_name.unwrap_or_else(|| "default".into());
+        if !policy::names::is_dns_subdomain(&cluster_name) {
+            errors.push(format!(
+                "clusterName: {cluster_name:?} is not a lowercase RFC 1123 name"
+            ));
+        }
+        let interface = self.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
+        if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\0']) {
+            errors.push(format!("interface: {interface:?} is not a valid Linux interface name (1-15 characters, no '/' or spaces)"));
+        }
+        let listen_port = self.listen_port.unwrap_or(DEFAULT_PORT);
+        let mtu = self.mtu.unwrap_or(0);
+        if mtu != 0 && !(1280..=65_535).contains(&mtu) {
+            errors.push(format!(
+                "mtu: {mtu} is out of range (0 for auto, or 1280-65535)"
+            ));
+        }
+        let node_ips = node_ips(self.node_ips, &mut errors);
+        let pod_cidrs = cidrs(
+            "podCIDRs",
+            self.pod_cidrs,
+            "10.244.1.0/24 or fd00:10:244:1::/64",
+            &mut errors,
+        );
+        let cluster_pod_cidrs = cidrs(
+            "clusterPodCIDRs",
+            self.cluster_pod_cidrs,
+            "10.244.0.0/16 or fd00:10:244::/56",
+            &mut errors,
+        );
+        let strict_mode = self.strict_mode.unwrap_or(true);
+        pool_checks(strict_mode, &pod_cidrs, &cluster_pod_cidrs, &mut errors);
+        let endpoint = endpoint(self.endpoint, &node_ips, listen_port, &mut errors);
+        if strict_mode {
+            underlay_outside_pool(&node_ips, endpoint, &cluster_pod_cidrs, &mut errors);
+        }
+        let store = store_config(self.store, &mut errors);
+        let key_rotation = key_rotation(self.key_rotation, &mut errors);
+        let metrics_address = metrics_address(self.metrics_address, &mut errors);
+        let admin_group = self
+            .admin_group
+            .as_deref()
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .and_then(|g| resolve_group(g, &mut errors));
+        let policy = policy_config(self.policy, &mut errors);
+        let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
+            return Err(errors);
+        };
+        Ok(Config {
+            node_name,
+            cluster_name,
+            interface,
+            listen_port,
+            mtu,
+            state_dir: self.state_dir.unwrap_or_else(|| "/var/lib/wiremesh".into()),
+            run_dir: self
+                .run_dir
+                .unwrap_or_else(|| crate::api::DEFAULT_RUN_DIR.into()),
+            endpoint,
+            node_ips,
+            pod_cidrs,
+            cluster_pod_cidrs,
+            strict_mode,
+            persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
+            datapath: self.datapath.unwrap_or(DatapathKind::Auto),
+            store,
+            key_rotation,
+            metrics_address,
+            admin_group,
+            policy,
+        })
+    }
+}
+
+fn node_name(raw: Option<String>, errors: &mut Vec<String>) -> String {
+    match raw {
+        Some(n) if policy::names::is_dns_subdomain(&n) => n,
+        Some(n) => {
+            errors.push(format!("nodeName: {n:?} is not a lowercase RFC 1123 name"));
+            String::new()
+        }
+        None => {
+            errors.push("nodeName: required (this node's name, unique in the cluster)".into());
+            String::new()
+        }
+    }
+}
+
+fn node_ips(raw: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<IpAddr> {
+    raw.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                errors.push(format!("nodeIPs[{i}]: {s:?} is not an IP address"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// Strict mode needs the cluster's pool, and every local pod CIDR must lie inside it.
+fn pool_checks(
+    strict_mode: bool,
+    pod_cidrs: &[IpNet],
+    cluster_pod_cidrs: &[IpNet],
+    errors: &mut Vec<String>,
+) {
+    if strict_mode && cluster_pod_cidrs.is_empty() {
+        errors.push(
+            "clusterPodCIDRs: required while strictMode is true (the default): the cluster's pod \
+             address pool(s), e.g. [10.244.0.0/16, fd00:10:244::/56], so that pod traffic to \
+             other nodes is encrypted or dropped, never sent in clear; set strictMode: false \
+             to run without this guarantee"
+                .into(),
+        );
+    }
+    for (i, net) in pod_cidrs.iter().enumerate() {
+        if !cluster_pod_cidrs.is_empty() && !cluster_pod_cidrs.iter().any(|c| c.contains(net)) {
+            errors.push(format!(
+                "podCIDRs[{i}]: {net} is not inside clusterPodCIDRs ({})",
+                cluster_pod_cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+}
+
+/// `endpoint`, else the first node IP at `listen_port`.
+fn endpoint(
+    raw: Option<String>,
+    node_ips: &[IpAddr],
+    listen_port: u16,
+    errors: &mut Vec<String>,
+) -> Option<SocketAddr> {
+    match (raw, node_ips.first()) {
+        (Some(s), _) => match parse_endpoint(&s, listen_port) {
+            Some(ep) => Some(ep),
+            None => {
+                errors.push(format!(
+                    "endpoint: {s:?} is not ip:port (IPv6 as [addr]:port)"
+                ));
+                None
+            }
+        },
+        (None, Some(ip)) => Some(SocketAddr::new(*ip, listen_port)),
+        (None, None) => {
+            errors.push("endpoint: required when nodeIPs is empty (how other nodes reach this one, ip:port)".into());
+            None
+        }
+    }
+}
+
+fn store_config(raw: Option<StoreSection>, errors: &mut Vec<String>) -> Option<StoreConfig> {
+    match raw {
+        None => Some(StoreConfig::Dir {
+            path: PathBuf::from("/var/lib/wiremesh/store"),
+        }),
+        Some(StoreSection {
+            kind: StoreKind::Dir,
+            dir,
+            ..
+        }) => Some(StoreConfig::Dir {
+            path: dir.map_or_else(|| PathBuf::from("/var/lib/wiremesh/store"), |d| d.path),
+        }),
+        Some(StoreSection {
+            kind: StoreKind::Etcd,
+            etcd,
+            ..
+        }) => Some(StoreConfig::Etcd(etcd_config(etcd, errors))),
+        Some(StoreSection {
+            kind: StoreKind::Kubernetes,
+            kubernetes,
+            ..
+        }) => Some(StoreConfig::Kubernetes(kube_config(kubernetes, errors))),
+    }
+}
+
+fn key_rotation(raw: Option<KeyRotationSection>, errors: &mut Vec<String>) -> KeyRotation {
+    let rotation = raw.unwrap_or_default();
+    let mut duration = |key: &str, value: Option<String>, default: Duration| match value {
+        None => default,
+        Some(v) if v.trim() == "0" => Duration::ZERO,
+        Some(v) => humantime::parse_duration(&v).unwrap_or_else(|e| {
+            errors.push(format!(
+                "{key}: {v:?} is not a duration (e.g. 24h, 90m, 0 to disable): {e}"
+            ));
+            default
+        }),
+    };
+    KeyRotation {
+        interval: duration(
+            "keyRotation.interval",
+            rotation.interval,
+            Duration::from_secs(24 * 3600),
+        ),
+        commit_timeout: duration(
+            "keyRotation.commitTimeout",
+            rotation.commit_timeout,
+            Duration::from_secs(60),
+        ),
+    }
+}
+
+fn metrics_address(raw: Option<String>, errors: &mut Vec<String>) -> Option<SocketAddr> {
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!(
+                    "metricsAddress: {s:?} is not ip:port (e.g. 0.0.0.0:9871)"
+                ));
+                None
+            }
+        },
+    }
+}
+
+fn policy_config(raw: Option<PolicySection>, errors: &mut Vec<String>) -> PolicyConfig {
+    let raw = raw.unwrap_or_default();
+    let policy = PolicyConfig {
+        enforcement: raw.enforcement.unwrap_or(Enforcement::Default),
+        bpf_pin_dir: raw
+            .bpf_pin_dir
+            .unwrap_or_else(|| wiremesh_enforce::DEFAULT_PIN_DIR.into()),
+    };
+    if !policy.bpf_pin_dir.is_absolute() {
+        errors.push(format!(
+            "policy.bpfPinDir: {:?} must be an absolute path",
+            policy.bpf_pin_dir
+        ));
+    }
+    policy
+}
+
+/// A list of CIDRs under `key`, each without host bits; every bad entry is reported by index.
+fn cidrs(
+    key: &str,
+    raw: Option<Vec<String>>,
+    example: &str,
+    errors: &mut Vec<String>,
+) -> Vec<IpNet> {
+    raw.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s.parse::<IpNet>() {
+            Ok(net) if net.trunc() == net => Some(net),
+            Ok(net) => {
+                errors.push(format!(
+                    "{key}[{i}]: {s:?} has host bits set (did you mean {}?)",
+                    net.trunc()
+                ));
+                None
+            }
+            Err(_) => {
+                errors.push(format!("{key}[{i}]: {s:?} is not a CIDR (e.g. {example})"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// A group name or numeric gid, which must exist on this host (a misspelt group would leave
+/// the sockets root-only without saying so).
+fn resolve_group(name: &str, errors: &mut Vec<String>) -> Option<u32> {
+    let found = match name.parse::<u32>() {
+        Ok(gid) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
+        Err(_) => nix::unistd::Group::from_name(name),
+    };
+    match found {
+        Ok(Some(g)) if g.gid.as_raw() != 0 => Some(g.gid.as_raw()),
+        Ok(Some(_)) => {
+            errors.push(format!(
+                "adminGroup: {name:?} is gid 0 (root's group); name a group of its own for read-only access"
+            ));
+            None
+        }
+        Ok(None) => {
+            errors.push(format!(
+                "adminGroup: no group {name:?} on this host (create it with `groupadd {name}`, or remove the key for root-only sockets)"
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("adminGroup: cannot look up {name:?}: {e}"));
+            None
+        }
+    }
+}
+
+fn parse_endpoint(s: &str, default_port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+/// Strict mode drops pool traffic that leaves by any interface but the tunnel, so an underlay
+/// address inside the pool would have the guard drop the tunnel's own packets.
+fn underlay_outside_pool(
+    node_ips: &[IpAddr],
+    endpoint: Option<SocketAddr>,
+    pool: &[IpNet],
+    errors: &mut Vec<String>,
+) {
+    let named = node_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (format!("nodeIPs[{i}]"), *ip))
+        .chain(endpoint.map(|e| ("endpoint".to_string(), e.ip())));
+    for (field, ip) in named {
+        if let Some(net) = pool.iter().find(|net| net.contains(&ip)) {
+            errors.push(format!(
+                "{field}: {ip} lies inside clusterPodCIDRs ({net}); with strictMode the guard \
+                 would drop the tunnel's own packets: the underlay must be outside the pod pool"
+            ));
+        }
+    }
+}
