@@ -545,6 +545,82 @@ async fn a_failed_task_shows_in_healthz_and_encrypt_status() {
     );
 }
 
+/// The real supervisor with a control loop that panics every time it runs: the agent's admin
+/// API reports it at once (`/healthz` 503 naming the task and the panic, `encrypt status` a
+/// RESTARTING line), and after five failures in a row the supervisor ends the agent with an
+/// error naming the task instead of running on half-alive. The control: before the supervisor
+/// has seen the panic, and for the loop that keeps running, nothing is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_loop_that_panics_is_reported_and_then_ends_the_agent() {
+    use wiremesh::agent::supervisor::{Supervisor, TaskState, Timing};
+    let dir = open_dir();
+    let fake = FakeDatapath::start(dir.path());
+    let mut supervisor = Supervisor::new(Timing {
+        first_backoff: Duration::from_millis(200),
+        healthy_after: Duration::from_secs(60),
+    });
+    supervisor.spawn("policy", || async {
+        panic!("injected fault in the policy loop");
+    });
+    supervisor.spawn("rotation", || async {
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    let health = supervisor.health();
+    let (unused_tx, _) = tokio::sync::watch::channel(Default::default());
+    let state = common::admin_state_with(dir.path(), fake.datapath(), unused_tx, health.clone());
+    let sock = wiremesh::api::socket_path(dir.path());
+    let _server = AdminServer::bind(
+        &sock,
+        state.views.routes(),
+        Access::default(),
+        Limits::ADMIN,
+    )
+    .unwrap();
+    let agent = AgentClient::new(&sock);
+    assert_eq!(
+        agent.healthz().await.unwrap(),
+        "ok\n",
+        "nothing reported yet"
+    );
+
+    let event_loop = tokio::spawn(async move { supervisor.run().await });
+    let mut watching = health.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        watching.wait_for(|h| h["policy"].state == TaskState::Restarting),
+    )
+    .await
+    .expect("the panic is noticed within 5 s")
+    .unwrap();
+    let err = agent.healthz().await.unwrap_err().to_string();
+    assert!(
+        err.contains("503")
+            && err.contains("task policy is restarting")
+            && err.contains("injected fault in the policy loop")
+            && !err.contains("task rotation"),
+        "{err}"
+    );
+    let rd = dir.path().to_str().unwrap().to_string();
+    let (ok, out) = blocking(move || cli_as(0, 0, &["encrypt", "status", "--run-dir", &rd])).await;
+    assert!(ok && out.contains("\tTask policy: RESTARTING ("), "{out}");
+    assert!(!out.contains("Task rotation"), "{out}");
+
+    let gave_up = tokio::time::timeout(Duration::from_secs(30), event_loop)
+        .await
+        .expect("the supervisor gives up within 30 s")
+        .unwrap();
+    assert_eq!(gave_up.task, "policy");
+    assert_eq!(gave_up.failures, wiremesh::agent::supervisor::MAX_FAILURES);
+    assert!(
+        gave_up
+            .to_string()
+            .contains("injected fault in the policy loop"),
+        "{gave_up}"
+    );
+    assert_eq!(health.borrow()["policy"].restarts, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_dir_flag_goes_before_or_after_the_command() {
     let dir = open_dir();

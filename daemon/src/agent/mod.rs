@@ -2,6 +2,7 @@
 //! this node's record, keeps the data path and the routing table in step with the store, and
 //! rotates the key on schedule. It holds no packet state: killing it drops nothing.
 
+mod event_loop;
 pub mod peers;
 pub mod persist;
 pub mod policy;
@@ -14,21 +15,24 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use keymgr::ring::KeyRing;
+use keymgr::ring::Loaded;
 use keymgr::store::objects::ObjectStore;
 use keymgr::store::{ClaimOutcome, DirStore, EtcdStore, KubeStore};
 use keymgr::{Admission, NodeRecord, Store};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::admin::AdminServer;
 use crate::config::{Config, StoreConfig};
+use event_loop::EventLoop;
 use peers::Reconciler;
 use persist::PeerFile;
-use rotation::{OwnKey, Rotator, Startup};
+use rotation::{OwnKey, RotateRequest, Rotator, Startup};
 use start::Origin;
+use supervisor::Supervisor;
+use wiremesh_datapath::backend::Datapath;
 use wiremesh_datapath::listen::{Access, Limits};
-use wiremesh_datapath::model::DeviceError;
 use wiremesh_datapath::netlink::Netlink;
 
 /// What this node admits from the store beyond the records' own rules: pod ranges inside the
@@ -114,10 +118,6 @@ async fn wait_policy(
 /// How long start-up waits for the store before carrying on with the last known peers.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Routes and peers are re-checked on this period even without store changes, so that a route
-/// deleted by hand, a failed netlink call or a data path that died heals by itself.
-const RESYNC_EVERY: Duration = Duration::from_secs(5);
-
 pub async fn run(config: Config) -> Result<()> {
     tracing::debug!(?config, "configuration");
     // Before the data path, the store or the key: pod traffic must never find a moment with
@@ -125,10 +125,9 @@ pub async fn run(config: Config) -> Result<()> {
     let strict = crate::strict::start(&config).await?;
     let ring = KeyRing::new(&config.state_dir, &config.interface);
     let keys = ring.load_or_create()?;
-    let public_key = keys.current.public_key();
     tracing::info!(
         key_file = %ring.key_file().path().display(),
-        public_key = %public_key,
+        public_key = %keys.current.public_key(),
         epoch = keys.state.epoch,
         created = keys.created_now,
         "node key loaded"
@@ -141,12 +140,81 @@ pub async fn run(config: Config) -> Result<()> {
         0 => start::auto_mtu(&netlink, &config).await,
         m => m,
     };
-    let datapath_exited = Arc::new(tokio::sync::Notify::new());
+    let datapath_exited = Arc::new(Notify::new());
     let started = start::start(&config, &netlink, &keys.current, mtu, &datapath_exited).await?;
     let datapath = started.datapath.clone();
     tracing::info!(interface = %config.interface, datapath = datapath.kind(), mtu, port = config.listen_port, "interface up");
 
-    let record = NodeRecord {
+    let mut supervisor = Supervisor::default();
+    let (rotate_tx, rotate_rx) = mpsc::channel(4);
+    let own = start_rotation(&mut supervisor, &config, &store, &datapath, keys, rotate_rx).await?;
+    let objects = Arc::new(open_objects(&config)?);
+    let policy = start_policy(&mut supervisor, &config, &store, &objects, &netlink)?;
+
+    let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
+    let (view_tx, view_rx) = watch::channel(None);
+    let published = views::Published {
+        store: store.clone(),
+        datapath: datapath.clone(),
+        names: names_rx,
+        own: own.clone(),
+        rotate: rotate_tx,
+        objects: objects.clone(),
+        policy: policy.state,
+        policy_counters: policy.counters,
+        device_view: view_rx,
+        strict,
+        health: supervisor.health(),
+    };
+    let _admin = serve_admin(&config, mtu, published).await?;
+
+    let reconciler = Reconciler {
+        datapath: datapath.clone(),
+        netlink: netlink.clone(),
+        ifindex: started.ifindex,
+        self_name: config.node_name.clone(),
+        own,
+        keepalive: config.persistent_keepalive,
+        // A data path that outlived the previous agent holds the peers that agent applied.
+        peers: match started.origin {
+            Origin::Attached => peer_file.load(),
+            Origin::Fresh => Default::default(),
+        },
+        routes: BTreeSet::new(),
+        names: names_tx,
+        peer_file,
+        own_record_seen: false,
+        view: view_tx,
+    };
+    let mut agent = EventLoop {
+        config: &config,
+        netlink,
+        mtu,
+        store,
+        reconciler,
+        passes: policy.passes,
+        datapath_exited,
+        supervisor,
+    };
+    // No peer is configured before the policy (the store's, or the saved one after a reboot)
+    // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
+    wait_policy(&mut agent.passes, "the first policy pass", |r| r.passes > 0).await;
+    agent.run().await
+}
+
+/// Publishes this node's record and starts the key rotator under the supervisor; returns the
+/// view of this node's own key. A restarted rotator is built afresh from the key ring on disk
+/// (`Startup::Recovered`): a crash-resume, as after an agent restart.
+async fn start_rotation(
+    supervisor: &mut Supervisor,
+    config: &Config,
+    store: &Arc<Store>,
+    datapath: &Arc<Datapath>,
+    keys: Loaded,
+    requests: mpsc::Receiver<RotateRequest>,
+) -> Result<watch::Receiver<OwnKey>> {
+    let public_key = keys.current.public_key();
+    let template = NodeRecord {
         cluster_name: config.cluster_name.clone(),
         pod_cidrs: config.pod_cidrs.clone(),
         node_ips: config.node_ips.clone(),
@@ -159,20 +227,47 @@ pub async fn run(config: Config) -> Result<()> {
         next: None,
         next_rotation: None,
     });
-    let (rotate_tx, rotate_rx) = mpsc::channel(4);
-    let rotator = Rotator {
-        ring,
+    let requests = Arc::new(tokio::sync::Mutex::new(requests));
+    let (state_dir, interface) = (config.state_dir.clone(), config.interface.clone());
+    let (store, datapath) = (store.clone(), datapath.clone());
+    let (interval, commit_timeout) = (
+        config.key_rotation.interval,
+        config.key_rotation.commit_timeout,
+    );
+    let rotator = move |keys: Loaded, startup: Startup| Rotator {
+        ring: KeyRing::new(&state_dir, &interface),
         state: keys.state,
         next: keys.next,
-        record,
+        record: NodeRecord {
+            public_key: keys.current.public_key(),
+            ..template.clone()
+        },
         store: store.clone(),
         datapath: datapath.clone(),
-        interval: config.key_rotation.interval,
-        commit_timeout: config.key_rotation.commit_timeout,
-        own: own_tx,
-        requests: rotate_rx,
-        startup: Startup::Synced,
+        interval,
+        commit_timeout,
+        own: own_tx.clone(),
+        requests: requests.clone(),
+        startup,
     };
+    let first = rotator(keys, Startup::Synced);
+    publish_record(config, &first).await?;
+    let mut first = Some(first);
+    let ring = KeyRing::new(&config.state_dir, &config.interface);
+    supervisor.spawn("rotation", move || {
+        let next = match first.take() {
+            Some(r) => Ok(r),
+            None => ring
+                .load_or_create()
+                .map(|keys| rotator(keys, Startup::Recovered)),
+        };
+        async move { Ok(next?.run().await?) }
+    });
+    Ok(own_rx)
+}
+
+async fn publish_record(config: &Config, rotator: &Rotator) -> Result<()> {
+    let store = &rotator.store;
     match store.publish(&rotator.current_record()).await {
         Ok(()) => {
             tracing::info!(store = %store.describe(), node = %config.node_name, "node record published")
@@ -186,34 +281,68 @@ pub async fn run(config: Config) -> Result<()> {
         }
         Err(e) => return Err(e).context("publishing this node's record"),
     }
+    Ok(())
+}
 
-    let objects = Arc::new(open_objects(&config)?);
+/// What the policy loop publishes.
+struct PolicyOutputs {
+    state: watch::Receiver<Arc<policy::PolicyState>>,
+    counters: Arc<policy::PolicyCounters>,
+    passes: watch::Receiver<policy::PassReport>,
+}
+
+/// Loads the eBPF programs and starts the policy loop under the supervisor. A restarted loop
+/// loads them again (re-opening the pinned maps) and goes on from the policy in force.
+fn start_policy(
+    supervisor: &mut Supervisor,
+    config: &Config,
+    store: &Store,
+    objects: &Arc<ObjectStore>,
+    netlink: &Netlink,
+) -> Result<PolicyOutputs> {
     let enforcer = policy::open_enforcer(&config.policy)?;
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy::PolicyState::default()));
-    let policy_counters = Arc::new(policy::PolicyCounters::default());
-
-    let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
-    let (view_tx, view_rx) = watch::channel(None);
-    // The task supervisor publishes its tasks' health here.
-    let (_health_tx, health_rx) = watch::channel(crate::api::Health::default());
-    let published = views::Published {
-        store: store.clone(),
-        datapath: datapath.clone(),
-        names: names_rx,
-        own: own_rx.clone(),
-        rotate: rotate_tx,
-        objects: objects.clone(),
-        policy: policy_rx,
-        policy_counters: policy_counters.clone(),
-        device_view: view_rx,
-        strict,
-        health: health_rx,
+    let (state_tx, state) = watch::channel(Arc::new(policy::PolicyState::default()));
+    let counters = Arc::new(policy::PolicyCounters::default());
+    let (passes_tx, passes) = watch::channel(policy::PassReport::default());
+    let policy_loop = policy::PolicyLoop {
+        store: objects.clone(),
+        wg_ifname: config.interface.clone(),
+        node_name: config.node_name.clone(),
+        netlink: netlink.clone(),
+        objects: objects.subscribe(),
+        nodes: store.subscribe(),
+        state: state_tx,
+        counters: counters.clone(),
+        saved: policy::saved::SavedFile::new(&config.state_dir),
+        passes: passes_tx,
     };
-    let admin_views = views::admin_views(&config, mtu, published);
+    let mut first = Some(enforcer);
+    let policy_config = config.policy.clone();
+    supervisor.spawn("policy", move || {
+        let enforcer = first
+            .take()
+            .map_or_else(|| policy::open_enforcer(&policy_config), Ok);
+        let policy_loop = policy_loop.clone();
+        async move { Ok(policy_loop.run(enforcer?).await?) }
+    });
+    Ok(PolicyOutputs {
+        state,
+        counters,
+        passes,
+    })
+}
+
+/// Serves the admin API on its socket and, when configured, the metrics listener.
+async fn serve_admin(
+    config: &Config,
+    mtu: u32,
+    published: views::Published,
+) -> Result<AdminServer> {
+    let admin_views = views::admin_views(config, mtu, published);
     let access = Access {
         reader_gid: config.admin_group,
     };
-    let _admin = AdminServer::bind(
+    let admin = AdminServer::bind(
         &config.admin_socket(),
         admin_views.routes(),
         access,
@@ -223,98 +352,5 @@ pub async fn run(config: Config) -> Result<()> {
         let listener = crate::admin::metrics::bind(addr).await?;
         crate::admin::metrics::serve(listener, admin_views.metrics, Limits::METRICS);
     }
-
-    let mut reconciler = Reconciler {
-        datapath: datapath.clone(),
-        netlink: netlink.clone(),
-        ifindex: started.ifindex,
-        self_name: config.node_name.clone(),
-        own: own_rx,
-        keepalive: config.persistent_keepalive,
-        // A data path that outlived the previous agent holds the peers that agent applied.
-        peers: match started.origin {
-            Origin::Attached => peer_file.load(),
-            Origin::Fresh => Default::default(),
-        },
-        routes: BTreeSet::new(),
-        names: names_tx,
-        peer_file,
-        own_record_seen: false,
-        view: view_tx,
-    };
-    tokio::spawn(rotator.run());
-    let (passes_tx, mut passes) = watch::channel(policy::PassReport::default());
-    let policy_loop = policy::PolicyLoop {
-        store: objects.clone(),
-        wg_ifname: config.interface.clone(),
-        node_name: config.node_name.clone(),
-        netlink: netlink.clone(),
-        objects: objects.subscribe(),
-        nodes: store.subscribe(),
-        state: policy_tx,
-        counters: policy_counters,
-        saved: policy::saved::SavedFile::new(&config.state_dir),
-        passes: passes_tx,
-    };
-    tokio::spawn(policy_loop.run(enforcer));
-    // No peer is configured before the policy (the store's, or the saved one after a reboot)
-    // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
-    wait_policy(&mut passes, "the first policy pass", |r| r.passes > 0).await;
-
-    let mut snapshots = store.subscribe();
-    let mut health = store.health();
-    let mut resync = tokio::time::interval(RESYNC_EVERY);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tracing::info!("agent ready");
-    loop {
-        tokio::select! {
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    bail!("the store watcher stopped");
-                }
-            }
-            _ = resync.tick() => {}
-            _ = datapath_exited.notified() => {}
-            Ok(()) = health.changed() => {
-                if let keymgr::store::StoreHealth::Conflict { owner } = &*health.borrow_and_update() {
-                    bail!(
-                        "another agent (owner {owner}) took this node's name {} in the store; stopping so that two agents never publish one node",
-                        config.node_name
-                    );
-                }
-                continue;
-            }
-            _ = sigterm.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-        let snap = snapshots.borrow_and_update().clone();
-        if let Err(DeviceError::Stopped) = reconciler.reconcile(&snap).await {
-            tracing::error!("the data path is gone; starting a new one (sessions restart)");
-            let restarted = async {
-                let key = keymgr::KeyFile::new(config.key_path()).load()?;
-                start::start(&config, &netlink, &key, mtu, &datapath_exited).await
-            };
-            match restarted.await {
-                Ok(s) => {
-                    // The new WireGuard device has no tc filters: the host endpoint's
-                    // programs go on it before any peer does.
-                    wait_policy(
-                        &mut passes,
-                        "the host endpoint's programs on the new WireGuard device",
-                        |r| r.host_settled_on(s.ifindex),
-                    )
-                    .await;
-                    reconciler.reset(s.ifindex);
-                    if let Err(e) = reconciler.reconcile(&snap).await {
-                        tracing::error!(error = %e, "the new data path failed at once; retrying");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot restart the data path; retrying")
-                }
-            }
-        }
-    }
-    tracing::info!("agent stopping; the data path keeps forwarding with the peers it has");
-    Ok(())
+    Ok(admin)
 }

@@ -18,7 +18,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -50,41 +49,7 @@ impl Default for Timing {
     }
 }
 
-/// What the health view says of one task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskStatus {
-    pub state: TaskState,
-    /// Restarts since the agent started.
-    pub restarts: u32,
-    /// How the task last ended (panic message or error), if it ever did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum TaskState {
-    Running,
-    /// Ended; starts again after its backoff.
-    Restarting,
-}
-
-/// Every supervised task by name.
-pub type Health = BTreeMap<String, TaskStatus>;
-
-/// Names the tasks that are not running, for `/healthz`; `None` when all are.
-pub fn unhealthy(health: &Health) -> Option<String> {
-    let down: Vec<String> = health
-        .iter()
-        .filter(|(_, s)| s.state != TaskState::Running)
-        .map(|(name, s)| {
-            let why = s.last_failure.as_deref().unwrap_or("ended");
-            format!("task {name} is restarting ({why})")
-        })
-        .collect();
-    (!down.is_empty()).then(|| down.join("; "))
-}
+pub use crate::api::health::{unhealthy, Health, TaskState, TaskStatus};
 
 /// The agent gives up: a task failed [`MAX_FAILURES`] times in a row.
 #[derive(Debug, thiserror::Error)]

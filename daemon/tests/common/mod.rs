@@ -133,6 +133,17 @@ impl TestAdmin {
 }
 
 pub fn admin_state(dir: &Path, datapath: Arc<Datapath>) -> TestAdmin {
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    admin_state_with(dir, datapath, health_tx, health_rx)
+}
+
+/// The same, reading task health from `health_rx` (e.g. a real supervisor's view).
+pub fn admin_state_with(
+    dir: &Path,
+    datapath: Arc<Datapath>,
+    health_tx: watch::Sender<Health>,
+    health_rx: watch::Receiver<Health>,
+) -> TestAdmin {
     let own = OwnKeyView {
         public: PrivateKey::from_hex(SECRET_HEX).unwrap().public_key(),
         epoch: 1,
@@ -142,7 +153,6 @@ pub fn admin_state(dir: &Path, datapath: Arc<Datapath>) -> TestAdmin {
     };
     let view = DeviceView::of(device_state(), SystemTime::now());
     let (view_tx, view_rx) = watch::channel(Some(Arc::new(view)));
-    let (health_tx, health_rx) = watch::channel(Health::default());
     let store_dir = dir.join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
     let encrypt = Arc::new(EncryptView {

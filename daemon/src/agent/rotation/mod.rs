@@ -44,7 +44,8 @@ pub struct Rotator {
     pub interval: Duration,
     pub commit_timeout: Duration,
     pub own: watch::Sender<OwnKey>,
-    pub requests: mpsc::Receiver<RotateRequest>,
+    /// Shared with the rotators that may follow this one (a supervisor's restart).
+    pub requests: Arc<tokio::sync::Mutex<mpsc::Receiver<RotateRequest>>>,
     /// `Synced` at the agent's start-up; `Recovered` for a rotator built from the ring after
     /// another one stopped.
     pub startup: Startup,
@@ -70,9 +71,11 @@ impl Rotator {
             interval,
             commit_timeout,
             own,
-            mut requests,
+            requests,
             startup,
         } = self;
+        // Held while this rotator runs; released when it ends, however it ends.
+        let mut requests = requests.lock_owned().await;
         let health = store.health();
         let timing = Timing {
             interval,

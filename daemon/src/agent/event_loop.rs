@@ -1,0 +1,110 @@
+//! The agent's event loop, once everything is started: store changes and a periodic resync
+//! reconcile the peers and routes; a data path that died is started again; the supervisor's
+//! tasks are watched (one that keeps failing ends the agent); SIGTERM and Ctrl-C stop it.
+//!
+//! It must never configure a peer on a new WireGuard device before the host endpoint's policy
+//! programs are on it, and never stop the data path: the data path outlives the agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use keymgr::store::StoreHealth;
+use keymgr::{Snapshot, Store};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Notify};
+use wiremesh_datapath::model::DeviceError;
+use wiremesh_datapath::netlink::Netlink;
+
+use super::peers::Reconciler;
+use super::supervisor::Supervisor;
+use super::{policy, start, wait_policy};
+use crate::config::Config;
+
+/// Routes and peers are re-checked on this period even without store changes, so that a route
+/// deleted by hand, a failed netlink call or a data path that died heals by itself.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
+
+pub(super) struct EventLoop<'a> {
+    pub config: &'a Config,
+    pub netlink: Netlink,
+    pub mtu: u32,
+    pub store: Arc<Store>,
+    pub reconciler: Reconciler,
+    pub passes: watch::Receiver<policy::PassReport>,
+    pub datapath_exited: Arc<Notify>,
+    pub supervisor: Supervisor,
+}
+
+impl EventLoop<'_> {
+    pub async fn run(&mut self) -> Result<()> {
+        let mut snapshots = self.store.subscribe();
+        let mut health = self.store.health();
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        let mut sigterm = signal(SignalKind::terminate())?;
+        tracing::info!("agent ready");
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        bail!("the store watcher stopped");
+                    }
+                }
+                _ = resync.tick() => {}
+                _ = self.datapath_exited.notified() => {}
+                Ok(()) = health.changed() => {
+                    if let StoreHealth::Conflict { owner } = &*health.borrow_and_update() {
+                        bail!(
+                            "another agent (owner {owner}) took this node's name {} in the store; stopping so that two agents never publish one node",
+                            self.config.node_name
+                        );
+                    }
+                    continue;
+                }
+                gave_up = self.supervisor.run() => {
+                    return Err(anyhow::Error::new(gave_up).context(
+                        "a control loop keeps failing; the agent stops (the data path, the pinned policy maps and the strict guard stay in force)",
+                    ));
+                }
+                _ = sigterm.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+            let snap = snapshots.borrow_and_update().clone();
+            self.reconcile(&snap).await;
+        }
+        tracing::info!("agent stopping; the data path keeps forwarding with the peers it has");
+        Ok(())
+    }
+
+    /// Applies `snap`; a data path that is gone is started again and gets everything anew.
+    async fn reconcile(&mut self, snap: &Snapshot) {
+        let Err(DeviceError::Stopped) = self.reconciler.reconcile(snap).await else {
+            return;
+        };
+        tracing::error!("the data path is gone; starting a new one (sessions restart)");
+        let config = self.config;
+        let restarted = async {
+            let key = keymgr::KeyFile::new(config.key_path()).load()?;
+            start::start(config, &self.netlink, &key, self.mtu, &self.datapath_exited).await
+        };
+        match restarted.await {
+            Ok(s) => {
+                // The new WireGuard device has no tc filters: the host endpoint's programs go
+                // on it before any peer does.
+                wait_policy(
+                    &mut self.passes,
+                    "the host endpoint's programs on the new WireGuard device",
+                    |r| r.host_settled_on(s.ifindex),
+                )
+                .await;
+                self.reconciler.reset(s.ifindex);
+                if let Err(e) = self.reconciler.reconcile(snap).await {
+                    tracing::error!(error = %e, "the new data path failed at once; retrying");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot restart the data path; retrying")
+            }
+        }
+    }
+}
