@@ -11,10 +11,9 @@ use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
 use crate::handles::{AgentHandle, NodeHandle};
 use crate::lab::{Lab, NodeKind, NodeProc, AGENT_RUN_DIR};
+pub use crate::options::CLUSTER_NAME;
 use crate::options::{agent_config_with, LabOptions};
 
-/// The cluster name every lab node is configured with.
-pub const CLUSTER_NAME: &str = "lab";
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
 const STOP_GRACE: Duration = Duration::from_secs(5);

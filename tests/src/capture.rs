@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use crate::addr::{MAX_NODES, WG_PORT};
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
-use crate::handles::SwitchHandle;
+use crate::handles::{HostHandle, SwitchHandle};
 use crate::lab::Lab;
 use crate::options::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, SWITCH_IP};
 
@@ -324,6 +324,13 @@ impl SwitchHandle<'_> {
     pub fn capture(&self, name: &str) -> Result<Capture> {
         self.lab
             .start_capture_on(name, &self.lab.switch_ns(), "br0")
+    }
+}
+
+impl HostHandle<'_> {
+    /// Starts tcpdump on `iface` here (e.g. a pod's `eth0`, to see what reaches it).
+    pub fn capture(&self, name: &str, iface: &str) -> Result<Capture> {
+        self.lab.start_capture_on(name, &self.ns(), iface)
     }
 }
 

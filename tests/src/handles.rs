@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::addr::{node_name, Host};
-use crate::capture::Capture;
 use crate::error::Result;
 use crate::lab::Lab;
 
@@ -174,11 +173,6 @@ impl HostHandle<'_> {
     /// Runs `ip -n <ns> <args>` and returns its stdout.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         self.lab.ip(self.host, args)
-    }
-
-    /// Starts tcpdump on `iface` here (e.g. a pod's `eth0`, to see what reaches it).
-    pub fn capture(&self, name: &str, iface: &str) -> Result<Capture> {
-        self.lab.start_capture_on(name, &self.ns(), iface)
     }
 }
 

@@ -14,10 +14,8 @@ use crate::error::{LabError, Result};
 use crate::exec::{require_root, require_tools, run, BgProcess};
 use crate::options::LabOptions;
 
-/// Where the agent expects WireGuard UAPI sockets and its own runtime files. Each node sees its
-/// own directories there through a private mount namespace, as separate hosts would.
-pub const WG_RUN_DIR: &str = "/run/wireguard";
-pub const AGENT_RUN_DIR: &str = "/run/wiremesh";
+pub(crate) use crate::options::bpffs_dir_next_to;
+pub use crate::options::{AGENT_RUN_DIR, WG_RUN_DIR};
 
 /// Binds the node's directories over the two run directories, then execs the real program, so
 /// the PID the lab holds is the program's own.
@@ -58,11 +56,6 @@ pub struct Lab {
     /// whose data paths teardown must stop too.
     pub(crate) extra_run_dirs: Mutex<Vec<PathBuf>>,
     torn_down: bool,
-}
-
-/// `<labdir>/bpffs` for the store directory `<labdir>/store`.
-pub(crate) fn bpffs_dir_next_to(store_dir: &Path) -> PathBuf {
-    store_dir.parent().unwrap_or(store_dir).join("bpffs")
 }
 
 impl Lab {

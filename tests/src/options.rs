@@ -3,7 +3,7 @@
 //! follow from these options.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wiremesh::config::{
@@ -14,8 +14,19 @@ use crate::addr::{
     endpoint, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6, CLUSTER_POD_CIDR,
     CLUSTER_POD_CIDR6, WG_IFACE, WG_PORT,
 };
-use crate::agent::CLUSTER_NAME;
-use crate::lab::AGENT_RUN_DIR;
+
+/// The cluster name every lab node is configured with.
+pub const CLUSTER_NAME: &str = "lab";
+
+/// Where the agent expects WireGuard UAPI sockets and its own runtime files. Each node sees its
+/// own directories there through a private mount namespace, as separate hosts would.
+pub const WG_RUN_DIR: &str = "/run/wireguard";
+pub const AGENT_RUN_DIR: &str = wiremesh::api::DEFAULT_RUN_DIR;
+
+/// `<labdir>/bpffs` for the store directory `<labdir>/store`.
+pub(crate) fn bpffs_dir_next_to(store_dir: &Path) -> PathBuf {
+    store_dir.parent().unwrap_or(store_dir).join("bpffs")
+}
 
 /// The switch's address on the underlay (on `br0`), where the lab's etcd listens. It is no node's
 /// address, so traffic to it is never mistaken for traffic between nodes.
@@ -215,7 +226,7 @@ pub fn agent_config_file(
         store: Some(store),
         policy: Some(PolicySection {
             enforcement: None,
-            bpf_pin_dir: Some(crate::lab::bpffs_dir_next_to(store_dir).join(node_name(node))),
+            bpf_pin_dir: Some(bpffs_dir_next_to(store_dir).join(node_name(node))),
         }),
         metrics_address: options
             .metrics_port

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::task::{Backend, Handle, Server};
+use super::backend::{Backend, Server};
+use super::task::Handle;
 use super::{Snapshot, StoreError, StoreHealth};
 use crate::{Admission, NodeRecord};
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::task::Backend;
+use super::backend::Backend;
 use super::StoreHealth;
 
 pub(super) struct HealthReporter {

@@ -27,7 +27,8 @@ use kube::config::Kubeconfig;
 use kube::Client;
 use tokio::sync::watch;
 
-use super::task::{Backend, Handle, Server};
+use super::backend::{Backend, Server};
+use super::task::Handle;
 use super::{ClaimOutcome, Snapshot, StoreError, StoreHealth};
 use crate::{Admission, NodeRecord};
 

@@ -2,6 +2,7 @@
 //! backend, chosen from config; every backend hands the agent the same thing, a [`Snapshot`] of
 //! valid records on a `watch` channel, so the agent never sees a backend's details.
 
+mod backend;
 pub mod decode;
 mod dir;
 mod etcd;

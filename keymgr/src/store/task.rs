@@ -3,7 +3,6 @@
 //! its [`Link`]). The handle numbers each desired record so that `publish` can wait for the task to
 //! acknowledge that very write. Nothing here knows a server's protocol.
 
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::backend::Backend;
 use super::health::HealthReporter;
 use super::{send_if_changed, ClaimOutcome, Snapshot, StoreError, StoreHealth};
 use crate::{NodeRecord, RecordError};
@@ -20,66 +20,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A session that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(5);
-
-/// Where a backend is, as its errors and logs name it.
-#[derive(Debug, Clone)]
-pub(super) enum Server {
-    Etcd { endpoints: String },
-    Kubernetes { server: String },
-}
-
-impl Server {
-    pub(super) fn unavailable(&self, reason: impl Into<String>) -> StoreError {
-        let reason = reason.into();
-        match self {
-            Server::Etcd { endpoints } => StoreError::Unavailable {
-                endpoints: endpoints.clone(),
-                reason,
-            },
-            Server::Kubernetes { server } => StoreError::KubeUnavailable {
-                server: server.clone(),
-                reason,
-            },
-        }
-    }
-
-    fn stopped(&self) -> StoreError {
-        let kind = match self {
-            Server::Etcd { .. } => "etcd",
-            Server::Kubernetes { .. } => "Kubernetes",
-        };
-        self.unavailable(format!("the {kind} store task has stopped"))
-    }
-}
-
-impl fmt::Display for Server {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Server::Etcd { endpoints } => write!(f, "etcd at {endpoints}"),
-            Server::Kubernetes { server } => write!(f, "Kubernetes API server {server}"),
-        }
-    }
-}
-
-/// How one store names itself and its node's claim in errors and logs, and how long it waits.
-#[derive(Debug)]
-pub(super) struct Backend {
-    pub(super) server: Server,
-    /// What [`Handle::describe`] returns, e.g. `etcd:<endpoints><nodes prefix>`.
-    pub(super) describe: String,
-    pub(super) node: String,
-    /// The write `publish` waits for, completing "… not acknowledged within", e.g.
-    /// `write of <node key>`.
-    pub(super) write: String,
-    /// What the task lists and watches, completing "following …".
-    pub(super) following: String,
-    /// Where the claim on the node name is kept, e.g. the owner key.
-    pub(super) claim_at: String,
-    /// When a dead agent's claim ends, completing "its claim …".
-    pub(super) claim_ends: String,
-    /// How long `publish` waits for its write and `close` for the task.
-    pub(super) patience: Duration,
-}
 
 /// The record this node wants in the store, numbered so that `publish` can wait for its own
 /// write. `record` is what the task writes: the record itself or its encoding.

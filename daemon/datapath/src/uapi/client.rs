@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use zeroize::Zeroizing;
 
-use super::server::{ReadError, RequestReader};
+use super::reader::{ReadError, RequestReader};
 use crate::listen::Limits;
 
 use super::format_set;

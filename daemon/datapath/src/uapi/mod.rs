@@ -4,6 +4,7 @@
 //! Reference: <https://www.wireguard.com/xplatform/>.
 
 pub mod client;
+pub mod reader;
 pub mod server;
 pub mod state;
 
