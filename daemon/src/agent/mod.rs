@@ -123,16 +123,7 @@ pub async fn run(config: Config) -> Result<()> {
     // Before the data path, the store or the key: pod traffic must never find a moment with
     // neither the tunnel nor the guard.
     let strict = crate::strict::start(&config).await?;
-    let ring = KeyRing::new(&config.state_dir, &config.interface);
-    let keys = ring.load_or_create()?;
-    tracing::info!(
-        key_file = %ring.key_file().path().display(),
-        public_key = %keys.current.public_key(),
-        epoch = keys.state.epoch,
-        created = keys.created_now,
-        "node key loaded"
-    );
-
+    let keys = load_keys(&config)?;
     let peer_file = PeerFile::new(&config.state_dir);
     let store = Arc::new(open_store(&config, &peer_file).await?);
     let netlink = Netlink::connect()?;
@@ -200,6 +191,20 @@ pub async fn run(config: Config) -> Result<()> {
     // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
     wait_policy(&mut agent.passes, "the first policy pass", |r| r.passes > 0).await;
     agent.run().await
+}
+
+/// Loads the node key from the key ring, creating it on the first start.
+fn load_keys(config: &Config) -> Result<Loaded> {
+    let ring = KeyRing::new(&config.state_dir, &config.interface);
+    let keys = ring.load_or_create()?;
+    tracing::info!(
+        key_file = %ring.key_file().path().display(),
+        public_key = %keys.current.public_key(),
+        epoch = keys.state.epoch,
+        created = keys.created_now,
+        "node key loaded"
+    );
+    Ok(keys)
 }
 
 /// Publishes this node's record and starts the key rotator under the supervisor; returns the
