@@ -30,6 +30,19 @@ fn open_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The admin server on `<dir>/wiremesh.sock` with default access and limits.
+fn serve_admin(dir: &Path, state: &common::TestAdmin) -> (std::path::PathBuf, AdminServer) {
+    let sock = wiremesh::api::socket_path(dir);
+    let server = AdminServer::bind(
+        &sock,
+        state.views.routes(),
+        Access::default(),
+        Limits::ADMIN,
+    )
+    .unwrap();
+    (sock, server)
+}
+
 fn widen(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
 }
@@ -502,14 +515,7 @@ async fn a_failed_task_shows_in_healthz_and_encrypt_status() {
     let dir = open_dir();
     let fake = FakeDatapath::start(dir.path());
     let state = common::admin_state(dir.path(), fake.datapath());
-    let sock = wiremesh::api::socket_path(dir.path());
-    let _server = AdminServer::bind(
-        &sock,
-        state.views.routes(),
-        Access::default(),
-        Limits::ADMIN,
-    )
-    .unwrap();
+    let (sock, _server) = serve_admin(dir.path(), &state);
     let agent = AgentClient::new(&sock);
     let rd = dir.path().to_str().unwrap().to_string();
     // The control: every task running, nothing about tasks anywhere.
@@ -569,14 +575,7 @@ async fn a_control_loop_that_panics_is_reported_and_then_ends_the_agent() {
     let health = supervisor.health();
     let (unused_tx, _) = tokio::sync::watch::channel(Default::default());
     let state = common::admin_state_with(dir.path(), fake.datapath(), unused_tx, health.clone());
-    let sock = wiremesh::api::socket_path(dir.path());
-    let _server = AdminServer::bind(
-        &sock,
-        state.views.routes(),
-        Access::default(),
-        Limits::ADMIN,
-    )
-    .unwrap();
+    let (sock, _server) = serve_admin(dir.path(), &state);
     let agent = AgentClient::new(&sock);
     assert_eq!(
         agent.healthz().await.unwrap(),
@@ -626,14 +625,7 @@ async fn the_run_dir_flag_goes_before_or_after_the_command() {
     let dir = open_dir();
     let fake = FakeDatapath::start(dir.path());
     let state = common::admin_state(dir.path(), fake.datapath());
-    let sock = wiremesh::api::socket_path(dir.path());
-    let _server = AdminServer::bind(
-        &sock,
-        state.views.routes(),
-        Access::default(),
-        Limits::ADMIN,
-    )
-    .unwrap();
+    let (_sock, _server) = serve_admin(dir.path(), &state);
     let peer = keymgr::PublicKey::from_hex(PEER_HEX).unwrap().to_base64();
     let rd = dir.path().to_str().unwrap().to_string();
     for args in [
