@@ -444,14 +444,7 @@ async fn scrapes_never_reach_the_data_path() {
     let other = scrape(addr, "GET /v1/encrypt/status HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
     // The control: the detector counts a request that does reach the data path.
-    let sock = wiremesh::api::socket_path(dir.path());
-    let _admin = AdminServer::bind(
-        &sock,
-        state.views.routes(),
-        Access::default(),
-        Limits::ADMIN,
-    )
-    .unwrap();
+    let (sock, _admin) = serve_admin(dir.path(), &state);
     AgentClient::new(&sock).status_json().await.unwrap();
     assert_eq!(fake.gets(), 1);
 }
@@ -469,14 +462,7 @@ async fn a_hostile_scraper_delays_nothing_else() {
         ..Limits::METRICS
     };
     metrics::serve(listener, state.views.metrics.clone(), limits);
-    let sock = wiremesh::api::socket_path(dir.path());
-    let _admin = AdminServer::bind(
-        &sock,
-        state.views.routes(),
-        Access::default(),
-        Limits::ADMIN,
-    )
-    .unwrap();
+    let (sock, _admin) = serve_admin(dir.path(), &state);
     // Every slot taken by a scraper that starts a request and never finishes it.
     let mut hostile = Vec::new();
     for _ in 0..4 {
