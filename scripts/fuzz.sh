@@ -5,7 +5,8 @@
 #   FUZZ_TARGETS="device uapi_get"   run only these targets
 #   FUZZ_NICE=10                     niceness of the fuzzers (the machine is shared)
 # Needs the nightly toolchain (cargo fuzz does; the project itself builds on stable) and
-# installs it, and cargo-fuzz into ~/.cargo/bin, when they are missing. Every target is in one crate,
+# installs it, and cargo-fuzz into target/tools (~/.cargo may be a read-only, shared toolchain),
+# when they are missing. Every target is in one crate,
 # tests/fuzz. The fuzzers' own corpus (what they find beyond the committed seeds in
 # tests/fuzz/corpus/) and any crash artifacts are kept under target/fuzz/. A crash fails the
 # script, printing the artifact and how to reproduce it.
@@ -30,9 +31,10 @@ if ! rustup toolchain list | grep -q '^nightly'; then
   echo "== installing the nightly toolchain (cargo fuzz needs it; the project builds on stable)"
   rustup toolchain install nightly --profile minimal
 fi
+export PATH="$root/target/tools/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "== installing cargo-fuzz (cargo install cargo-fuzz --locked, about 1.5 minutes)"
-  cargo install cargo-fuzz --locked
+  echo "== installing cargo-fuzz into target/tools (cargo install cargo-fuzz --locked, about 1.5 minutes)"
+  cargo install cargo-fuzz --locked --root "$root/target/tools"
 fi
 
 selected=()

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod l7;
 pub mod strict;
 
 /// `encrypt status`'s types under their earlier path (`agent/rotation.rs` formats times with

@@ -1,9 +1,14 @@
+#![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
+
 //! The agent's peer reconciler in process, against the real userspace data path (in this test
 //! process, on a TUN device) and an in-memory store snapshot, inside a network namespace of its
 //! own: store changes become WireGuard peers and routes, this node's own record never becomes a
-//! peer, and what is in force is saved for the next start.
+//! peer, and what is in force is saved for the next start. Also how the agent re-attaches to a
+//! running data path whose key is not the key file's.
 //!
 //! Needs root (a network namespace and a TUN device); fails, never skips, without it.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -42,22 +47,6 @@ fn snapshot(records: &[&NodeRecord]) -> Snapshot {
     }
 }
 
-/// Runs `body` on a thread of its own inside a new network namespace (threads it creates, such
-/// as the data path's, are born in it too).
-fn in_netns<F: FnOnce() + Send + 'static>(body: F) {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "agent_peers needs root (a network namespace and a TUN device): run as root, e.g. via scripts/test.sh"
-    );
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET): a network namespace for the test");
-        body();
-    })
-    .join()
-    .expect("the test thread");
-}
-
 async fn routed_into(netlink: &Netlink, ip: &str, ifindex: u32) -> bool {
     let ip: IpAddr = ip.parse().expect("ip");
     matches!(netlink.route_to(ip).await, Ok(Some(r)) if r.ifindex == ifindex)
@@ -65,7 +54,7 @@ async fn routed_into(netlink: &Netlink, ip: &str, ifindex: u32) -> bool {
 
 #[test]
 fn store_changes_become_peers_and_routes() {
-    in_netns(|| {
+    common::in_netns("agent_peers", || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -169,4 +158,86 @@ async fn reconcile_in_netns() {
         "a removed peer's route is removed"
     );
     assert_eq!(PeerFile::new(state_dir.path()).load().len(), 1);
+}
+
+/// An agent that starts next to a running data path holding the key file's key only as its
+/// staged successor (the previous agent committed a rotation on disk, then died before the
+/// switch) makes that key the data path's own, keeping the sessions made with it; left alone,
+/// the node would publish a key its data path does not answer to. The control: a data path
+/// already using the file's key keeps its staged successor untouched.
+#[test]
+fn an_agent_attaching_to_a_data_path_promotes_the_key_it_only_staged() {
+    common::in_netns("agent_peers", || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(attach_after_a_commit());
+    });
+}
+
+async fn attach_after_a_commit() {
+    use wiremesh::agent::start::{self, Origin};
+    use wiremesh_datapath::listen::{Access, Limits};
+    use wiremesh_datapath::model::SetRequest;
+    use wiremesh_datapath::uapi::server::UapiServer;
+
+    const ATTACH: &str = "wmattach0";
+    let (old, new, later) = (
+        PrivateKey::generate(),
+        PrivateKey::generate(),
+        PrivateKey::generate(),
+    );
+    let handle = userspace::start(ATTACH, old.clone(), 51871).expect("userspace data path");
+    let datapath = Arc::new(Datapath::Userspace(handle));
+    let _uapi = UapiServer::bind(ATTACH, datapath.clone(), Access::default(), Limits::UAPI)
+        .expect("the data path's UAPI socket");
+    let stage = |key: &PrivateKey| SetRequest {
+        next_private_key: Some(Some(key.clone())),
+        ..SetRequest::default()
+    };
+    datapath
+        .set(stage(&new))
+        .await
+        .expect("stage the successor");
+
+    let config = wiremesh::config::Config::parse(
+        &format!(
+            "nodeName: node-1\nnodeIPs: [198.18.0.1]\npodCIDRs: [10.244.1.0/24]\n\
+             clusterPodCIDRs: [10.244.0.0/16]\ninterface: {ATTACH}\ndatapath: userspace\n"
+        ),
+        std::path::Path::new("agent_peers.yaml"),
+    )
+    .expect("config");
+    let netlink = Netlink::connect().expect("netlink");
+    let exited = Arc::new(tokio::sync::Notify::new());
+    let keys = |state: &wiremesh_datapath::model::DeviceState| {
+        (
+            state.private_key.as_ref().map(PrivateKey::public_key),
+            state.next_public_key,
+        )
+    };
+
+    // The key file holds `new` (committed); the data path still runs on `old`.
+    let started = start::start(&config, &netlink, &new, 1420, &exited)
+        .await
+        .expect("attach to the running data path");
+    assert_eq!(started.origin, Origin::Attached);
+    let state = datapath.get().await.expect("get");
+    assert_eq!(
+        keys(&state),
+        (Some(new.public_key()), None),
+        "the staged key was promoted"
+    );
+
+    // The control: a data path on the file's key keeps the successor it staged.
+    datapath.set(stage(&later)).await.expect("stage again");
+    start::start(&config, &netlink, &new, 1420, &exited)
+        .await
+        .expect("attach again");
+    let state = datapath.get().await.expect("get");
+    assert_eq!(
+        keys(&state),
+        (Some(new.public_key()), Some(later.public_key()))
+    );
 }

@@ -33,7 +33,7 @@ const CNP_HTTP: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
 metadata: {name: get-only, namespace: x}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  \
 ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: GET}]}}]}]\n";
 
-const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\n";
+const CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s, namespace: x}\n";
 
 fn trace(dir: &Path, files: &[&str]) -> (i32, String, String) {
     let mut args = vec!["policy", "trace"];
@@ -49,13 +49,13 @@ fn an_unenforced_policy_kind_is_refused_by_apply_and_trace() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).unwrap();
     std::fs::write(dir.path().join("istio.yaml"), ISTIO_DENY).unwrap();
-    std::fs::write(dir.path().join("service.yaml"), SERVICE).unwrap();
-    // Control: without the policy the trace answers, and a Service is skipped with a note.
-    let (code, out, err) = trace(dir.path(), &["cluster.yaml", "service.yaml"]);
+    std::fs::write(dir.path().join("configmap.yaml"), CONFIG_MAP).unwrap();
+    // Control: without the policy the trace answers, and a ConfigMap is skipped with a note.
+    let (code, out, err) = trace(dir.path(), &["cluster.yaml", "configmap.yaml"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("verdict: allowed"), "{out}");
     assert!(
-        err.contains("note: service.yaml: skipped v1 Service x/s"),
+        err.contains("note: configmap.yaml: skipped v1 ConfigMap x/s"),
         "{err}"
     );
     // The DENY policy is not enforced: the trace must not answer as if it did not exist.
@@ -63,7 +63,7 @@ fn an_unenforced_policy_kind_is_refused_by_apply_and_trace() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.is_empty(), "no verdict: {out}");
     assert!(
-        err.contains("istio.yaml: AuthorizationPolicy x/deny-b: kind: security.istio.io/v1 AuthorizationPolicy is a policy kind wiremesh does not enforce"),
+        err.contains("istio.yaml: AuthorizationPolicy x/deny-b: spec.rules: an AuthorizationPolicy with only L4 attributes"),
         "{err}"
     );
     // apply refuses it before it talks to any agent (the run directory does not exist).
@@ -75,12 +75,12 @@ fn an_unenforced_policy_kind_is_refused_by_apply_and_trace() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("AuthorizationPolicy x/deny-b: kind:") && !err.contains("wiremesh.sock"),
+        err.contains("AuthorizationPolicy x/deny-b: spec.rules:") && !err.contains("wiremesh.sock"),
         "{err}"
     );
     // Control: a file of non-policies gets past the check and fails only at the agent.
     let (code, _, err) = wiremesh(
-        &["apply", "-f", "service.yaml", "--run-dir", run_dir],
+        &["apply", "-f", "configmap.yaml", "--run-dir", run_dir],
         dir.path(),
     );
     assert_eq!(code, 1, "{err}");
@@ -88,31 +88,40 @@ fn an_unenforced_policy_kind_is_refused_by_apply_and_trace() {
 }
 
 #[test]
-fn http_rules_are_refused_by_apply_and_trace() {
+fn http_rules_are_traced_request_by_request() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).unwrap();
     std::fs::write(dir.path().join("cnp.yaml"), CNP_HTTP).unwrap();
-    let want = "cnp.yaml: CiliumNetworkPolicy x/get-only: spec.ingress[0].toPorts[0].rules.http: ";
-    let (code, out, err) = trace(dir.path(), &["cluster.yaml", "cnp.yaml"]);
-    assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains(want), "{err}");
-    let run_dir = dir.path().join("no-agent");
-    let (code, _, err) = wiremesh(
-        &[
-            "apply",
-            "-f",
-            "cnp.yaml",
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains(want), "{err}");
-    // Control: the same policy without its HTTP rules is its L4 rule, and the trace says so.
-    let l4 = CNP_HTTP.replace(", rules: {http: [{method: GET}]}", "");
-    std::fs::write(dir.path().join("cnp.yaml"), l4).unwrap();
-    let (code, out, err) = trace(dir.path(), &["cluster.yaml", "cnp.yaml"]);
+    let http_trace = |method: &str| {
+        wiremesh(
+            &[
+                "policy",
+                "trace",
+                "-f",
+                "cluster.yaml",
+                "-f",
+                "cnp.yaml",
+                "--from",
+                "x/b",
+                "--to",
+                "x/a",
+                "--port",
+                "80",
+                "--http-method",
+                method,
+                "--http-path",
+                "/",
+            ],
+            dir.path(),
+        )
+    };
+    let (code, out, err) = http_trace("GET");
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("verdict: allowed"), "{out}");
+    let (code, out, err) = http_trace("DELETE");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("verdict: denied"),
+        "the HTTP rule admits GET only: {out}"
+    );
 }

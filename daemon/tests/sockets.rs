@@ -33,14 +33,25 @@ fn open_dir() -> tempfile::TempDir {
 /// The admin server on `<dir>/wiremesh.sock` with default access and limits.
 fn serve_admin(dir: &Path, state: &common::TestAdmin) -> (std::path::PathBuf, AdminServer) {
     let sock = wiremesh::api::socket_path(dir);
-    let server = AdminServer::bind(
+    let server = bind_admin(
         &sock,
         state.views.routes(),
         Access::default(),
         Limits::ADMIN,
-    )
-    .unwrap();
+    );
     (sock, server)
+}
+
+/// Binds the admin socket at `sock` and runs its accept loop in a task of its own.
+fn bind_admin(
+    sock: &Path,
+    routes: std::sync::Arc<wiremesh::admin::Routes>,
+    access: Access,
+    limits: Limits,
+) -> AdminServer {
+    let server = AdminServer::bind(sock, routes, access, limits).unwrap();
+    tokio::spawn(server.acceptor().serve());
+    server
 }
 
 fn widen(path: &Path) {
@@ -260,7 +271,7 @@ async fn admin_refuses_other_users_and_lets_the_group_only_read() {
     let access = Access {
         reader_gid: Some(GROUP),
     };
-    let _server = AdminServer::bind(&sock, state.views.routes(), access, Limits::ADMIN).unwrap();
+    let _server = bind_admin(&sock, state.views.routes(), access, Limits::ADMIN);
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, GROUP));
     let run_dir = dir.path().to_str().unwrap().to_string();
@@ -312,8 +323,7 @@ async fn admin_body_over_the_limit_gets_413() {
         max_body: 1024,
         ..Limits::ADMIN
     };
-    let _server =
-        AdminServer::bind(&sock, state.views.routes(), Access::default(), limits).unwrap();
+    let _server = bind_admin(&sock, state.views.routes(), Access::default(), limits);
     let big = format!("{{\"objects\": \"{}\"}}", "x".repeat(4096));
     let agent = AgentClient::new(&sock);
     let err = agent
@@ -342,8 +352,7 @@ async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
         header_timeout: Duration::from_millis(700),
         ..Limits::ADMIN
     };
-    let _server =
-        AdminServer::bind(&sock, state.views.routes(), Access::default(), limits).unwrap();
+    let _server = bind_admin(&sock, state.views.routes(), Access::default(), limits);
     let mut slow = tokio::net::UnixStream::connect(&sock).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -378,8 +387,7 @@ async fn admin_slowloris_and_idle_clients_are_cut_off_and_the_cap_holds() {
         ..Limits::ADMIN
     };
     let sock2 = dir.path().join("wiremesh2.sock");
-    let _server2 =
-        AdminServer::bind(&sock2, state.views.routes(), Access::default(), limits).unwrap();
+    let _server2 = bind_admin(&sock2, state.views.routes(), Access::default(), limits);
     let held1 = tokio::net::UnixStream::connect(&sock2).await.unwrap();
     let _held2 = tokio::net::UnixStream::connect(&sock2).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -419,7 +427,11 @@ async fn scrapes_never_reach_the_data_path() {
     let state = common::admin_state(dir.path(), fake.datapath());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    metrics::serve(listener, state.views.metrics.clone(), Limits::METRICS);
+    tokio::spawn(metrics::serve(
+        std::sync::Arc::new(listener),
+        state.views.metrics.clone(),
+        Limits::METRICS,
+    ));
     for _round in 0..4 {
         let scrapes: Vec<_> = (0..12)
             .map(|_| tokio::spawn(scrape(addr, GET_METRICS)))
@@ -461,7 +473,11 @@ async fn a_hostile_scraper_delays_nothing_else() {
         header_timeout: Duration::from_secs(2),
         ..Limits::METRICS
     };
-    metrics::serve(listener, state.views.metrics.clone(), limits);
+    tokio::spawn(metrics::serve(
+        std::sync::Arc::new(listener),
+        state.views.metrics.clone(),
+        limits,
+    ));
     let (sock, _admin) = serve_admin(dir.path(), &state);
     // Every slot taken by a scraper that starts a request and never finishes it.
     let mut hostile = Vec::new();
@@ -638,4 +654,98 @@ async fn the_run_dir_flag_goes_before_or_after_the_command() {
         )),
         "{out}"
     );
+}
+
+/// The admin socket's accept loop is a supervised task: when it dies, nothing answers on the
+/// socket (the control: a request in the gap gets no reply), and once the supervisor has
+/// restarted it from its factory the same socket is served again, the restart counted in
+/// `/healthz?verbose`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_socket_is_served_again_after_its_accept_loop_dies() {
+    use wiremesh::agent::supervisor::TaskState;
+    let dir = open_dir();
+    let fake = FakeDatapath::start(dir.path());
+    let mut supervisor = common::slow_supervisor(Duration::from_secs(2));
+    let health = supervisor.health();
+    let (unused_tx, _) = tokio::sync::watch::channel(Default::default());
+    let state = common::admin_state_with(dir.path(), fake.datapath(), unused_tx, health.clone());
+    let sock = wiremesh::api::socket_path(dir.path());
+    let server = AdminServer::bind(
+        &sock,
+        state.views.routes(),
+        Access::default(),
+        Limits::ADMIN,
+    )
+    .unwrap();
+    let kill = std::sync::Arc::new(tokio::sync::Notify::new());
+    let acceptor = server.acceptor();
+    supervisor.spawn(
+        "admin",
+        common::dies_once(kill.clone(), move || acceptor.serve()),
+    );
+    let supervising = tokio::spawn(async move { supervisor.run().await });
+    let agent = AgentClient::new(&sock);
+    let before = agent.healthz_verbose().await.unwrap();
+    assert_eq!(before, "[+]task admin ok\nhealthz check passed\n");
+
+    kill.notify_one();
+    common::wait_task(&health, "admin", TaskState::Restarting).await;
+    let in_gap = tokio::time::timeout(Duration::from_millis(500), agent.healthz()).await;
+    assert!(
+        in_gap.is_err(),
+        "the socket answered with its accept loop dead: {in_gap:?}"
+    );
+    common::wait_task(&health, "admin", TaskState::Running).await;
+    let after = tokio::time::timeout(Duration::from_secs(5), agent.healthz_verbose())
+        .await
+        .expect("the restarted loop answers within 5 s")
+        .unwrap();
+    assert_eq!(
+        after,
+        "[+]task admin ok (restarted 1 times)\nhealthz check passed\n"
+    );
+    supervising.abort();
+    drop(server);
+}
+
+/// The metrics listener's accept loop is a supervised task too: the same port is served again
+/// after it died and was restarted (the control: no scrape is answered in the gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_port_is_served_again_after_its_accept_loop_dies() {
+    use wiremesh::agent::supervisor::TaskState;
+    let dir = open_dir();
+    let fake = FakeDatapath::start(dir.path());
+    let state = common::admin_state(dir.path(), fake.datapath());
+    let listener = std::sync::Arc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let addr = listener.local_addr().unwrap();
+    let mut supervisor = common::slow_supervisor(Duration::from_secs(2));
+    let health = supervisor.health();
+    let kill = std::sync::Arc::new(tokio::sync::Notify::new());
+    let view = state.views.metrics.clone();
+    supervisor.spawn(
+        "metrics",
+        common::dies_once(kill.clone(), move || {
+            metrics::serve(listener.clone(), view.clone(), Limits::METRICS)
+        }),
+    );
+    let supervising = tokio::spawn(async move { supervisor.run().await });
+    let body = scrape(addr, GET_METRICS).await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+
+    kill.notify_one();
+    common::wait_task(&health, "metrics", TaskState::Restarting).await;
+    let in_gap = tokio::time::timeout(Duration::from_millis(500), scrape(addr, GET_METRICS)).await;
+    assert!(
+        in_gap.is_err(),
+        "the port answered with its accept loop dead: {in_gap:?}"
+    );
+    common::wait_task(&health, "metrics", TaskState::Running).await;
+    let body = tokio::time::timeout(Duration::from_secs(5), scrape(addr, GET_METRICS))
+        .await
+        .expect("the restarted loop answers within 5 s");
+    assert!(
+        body.starts_with("HTTP/1.1 200") && body.contains("wiremesh_peers 1"),
+        "{body}"
+    );
+    supervising.abort();
 }

@@ -26,6 +26,8 @@ pub(super) struct Ctx<'a> {
     ingress: bool,
     /// Accept `rules.http` into the model instead of refusing it (see `LoadOptions`).
     l7_model: bool,
+    /// The subject is nodes (`nodeSelector`): the L7 proxy serves pods only.
+    host: bool,
 }
 
 /// Converts one rule spec (`spec`, or `specs[i]` with `base` = `specs[i]`). `namespace` is
@@ -38,11 +40,13 @@ pub fn convert(
     l7_model: bool,
 ) -> Result<Policy, FieldError> {
     let subject = subject(spec, namespace, base)?;
+    let host = matches!(subject, Subject::Nodes(_));
     let ctx = |ingress, deny| Ctx {
         ns: namespace,
         deny,
         ingress,
         l7_model,
+        host,
     };
     let ingress = rules(
         spec.ingress.as_ref(),

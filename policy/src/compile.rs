@@ -76,10 +76,9 @@ impl Compiled {
                     own_ports: &ep.named_ports,
                     host_ips: host_ips(ep.node.as_deref()),
                 };
-                (
-                    ep.qualified_name(),
-                    compile_subject(&ctx, selecting, &subject),
-                )
+                let mut map = compile_subject(&ctx, selecting, &subject);
+                add_strict_mtls(&mut map, bundle, ep, &identities);
+                (ep.qualified_name(), map)
             })
             .collect();
         let no_ports = NamedPorts::new();
@@ -290,6 +289,74 @@ fn compile_subject<'a>(ctx: &Ctx<'a>, selecting: Vec<&Policy>, subject: &Subject
         }
     }
     map
+}
+
+/// Istio `PeerAuthentication` STRICT on `ep`, where "mTLS" means "came through the tunnel from
+/// a mesh node or from a mesh pod of this node": a TCP connection from a source outside the
+/// mesh (`world`, or an outside CIDR identity) to a port in STRICT mode is denied — deny
+/// entries, so no allow rule can admit it, whatever Cilium's or Kubernetes' policy says. Pods,
+/// nodes and this host are the mesh. Ports in PERMISSIVE or DISABLE mode get nothing. UDP is
+/// not Istio's: untouched.
+fn add_strict_mtls(map: &mut PolicyMap, bundle: &Bundle, ep: &Endpoint, ids: &Identities) {
+    use crate::istio::{effective_mode, MtlsMode};
+    if bundle.peer_authn.is_empty() {
+        return;
+    }
+    let mode = |port: u16| effective_mode(&bundle.peer_authn, &bundle.istio, ep, port);
+    // Every port a `portLevelMtls` names; every other port has the workload's own mode.
+    let named: BTreeSet<u16> = bundle
+        .peer_authn
+        .iter()
+        .flat_map(|p| p.port_level.keys().copied())
+        .collect();
+    let Some(other) = (1..=u16::MAX).find(|p| !named.contains(p)) else {
+        return;
+    };
+    let strict = |port: u16| mode(port) == MtlsMode::Strict;
+    let ranges: Vec<(u16, u16)> = if strict(other) {
+        // All ports but the named ones that are not STRICT.
+        let mut ranges = Vec::new();
+        let mut lo: u32 = 0;
+        for &p in named.iter().filter(|&&p| !strict(p)) {
+            if u32::from(p) > lo {
+                ranges.push((lo as u16, p - 1));
+            }
+            lo = u32::from(p) + 1;
+        }
+        if lo <= u32::from(u16::MAX) {
+            ranges.push((lo as u16, u16::MAX));
+        }
+        ranges
+    } else {
+        named
+            .iter()
+            .filter(|&&p| strict(p))
+            .map(|&p| (p, p))
+            .collect()
+    };
+    let outside = ids.iter().filter_map(|(id, labels)| match labels {
+        IdentityLabels::Reserved(crate::identity::WORLD) | IdentityLabels::Cidr { .. } => Some(id),
+        _ => None,
+    });
+    let outside: Vec<IdentityId> = outside
+        .chain([crate::identity::WORLD])
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for &(lo, hi) in &ranges {
+        for (port, prefix) in range_prefixes(lo, hi) {
+            for &identity in &outside {
+                let key = Key {
+                    direction: Direction::Ingress,
+                    identity,
+                    protocol: Protocol::Tcp.number(),
+                    port,
+                    prefix,
+                };
+                map.add(key, true, None);
+            }
+        }
+    }
 }
 
 fn add_ports(

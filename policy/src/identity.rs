@@ -55,6 +55,20 @@ pub enum IdentityLabels {
 }
 
 impl IdentityLabels {
+    /// The Istio principal of an endpoint identity (from its namespace and its
+    /// `io.cilium.k8s.policy.serviceaccount` label), `None` for any other: what the proxy
+    /// reads for a source address the tunnel authenticated.
+    pub fn principal(&self, istio: &crate::istio::IstioSettings) -> Option<(String, String)> {
+        let IdentityLabels::Endpoint {
+            namespace, labels, ..
+        } = self
+        else {
+            return None;
+        };
+        let sa = labels.get(crate::model::SERVICE_ACCOUNT_LABEL)?;
+        Some((istio.principal(namespace, sa), namespace.clone()))
+    }
+
     /// The numbers an identity of these labels is allocated from (`first..end`); `None` for
     /// reserved identities.
     pub fn allocation_range(&self) -> Option<(IdentityId, IdentityId)> {

@@ -4,8 +4,8 @@
 //! paths derived from their group, version and plural).
 //!
 //! A policy kind wiremesh does not enforce is refused by name, never skipped: a user who applies
-//! an Istio DENY policy and sees it accepted believes it is in force. Objects that are not
-//! policies (Services, Deployments, ConfigMaps) are skipped with a note, so that a
+//! an Istio RequestAuthentication and sees it accepted believes it is in force. Objects that are
+//! not policies (Deployments, ConfigMaps) are skipped with a note, so that a
 //! `kubectl get -A -o yaml` dump loads. This module must never widen the set of kinds that is
 //! skipped: a kind that may restrict traffic belongs among the refused.
 
@@ -18,6 +18,10 @@ pub enum ObjectKind {
     NetworkPolicy,
     CiliumNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
+    /// Core `v1 Service`: only its `spec.selector`, which Istio `targetRefs` resolve through.
+    Service,
+    AuthorizationPolicy,
+    PeerAuthentication,
 }
 
 /// One kind wiremesh loads: the apiVersion it is read under (and its group and version apart),
@@ -36,10 +40,13 @@ pub struct Kind {
     pub namespaced: bool,
     /// Served by a CustomResourceDefinition, which a cluster may not have installed.
     pub crd: bool,
+    /// Other apiVersions manifests may use for the same objects (the API server serves them
+    /// all; the Kubernetes store follows `api_version`).
+    pub also_accepted: &'static [&'static str],
 }
 
 /// Every kind wiremesh loads and stores.
-pub const KINDS: [Kind; 6] = [
+pub const KINDS: [Kind; 9] = [
     Kind {
         object: ObjectKind::Namespace,
         api_version: "v1",
@@ -49,6 +56,7 @@ pub const KINDS: [Kind; 6] = [
         plural: "namespaces",
         namespaced: false,
         crd: false,
+        also_accepted: &[],
     },
     Kind {
         object: ObjectKind::Node,
@@ -59,6 +67,7 @@ pub const KINDS: [Kind; 6] = [
         plural: "nodes",
         namespaced: false,
         crd: false,
+        also_accepted: &[],
     },
     Kind {
         object: ObjectKind::Pod,
@@ -69,6 +78,7 @@ pub const KINDS: [Kind; 6] = [
         plural: "pods",
         namespaced: true,
         crd: false,
+        also_accepted: &[],
     },
     Kind {
         object: ObjectKind::NetworkPolicy,
@@ -79,6 +89,7 @@ pub const KINDS: [Kind; 6] = [
         plural: "networkpolicies",
         namespaced: true,
         crd: false,
+        also_accepted: &[],
     },
     Kind {
         object: ObjectKind::CiliumNetworkPolicy,
@@ -89,6 +100,7 @@ pub const KINDS: [Kind; 6] = [
         plural: "ciliumnetworkpolicies",
         namespaced: true,
         crd: true,
+        also_accepted: &[],
     },
     Kind {
         object: ObjectKind::CiliumClusterwideNetworkPolicy,
@@ -99,6 +111,40 @@ pub const KINDS: [Kind; 6] = [
         plural: "ciliumclusterwidenetworkpolicies",
         namespaced: false,
         crd: true,
+        also_accepted: &[],
+    },
+    Kind {
+        object: ObjectKind::Service,
+        api_version: "v1",
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        namespaced: true,
+        crd: false,
+        also_accepted: &[],
+    },
+    Kind {
+        object: ObjectKind::AuthorizationPolicy,
+        api_version: "security.istio.io/v1",
+        group: "security.istio.io",
+        version: "v1",
+        kind: "AuthorizationPolicy",
+        plural: "authorizationpolicies",
+        namespaced: true,
+        crd: true,
+        also_accepted: &["security.istio.io/v1beta1"],
+    },
+    Kind {
+        object: ObjectKind::PeerAuthentication,
+        api_version: "security.istio.io/v1",
+        group: "security.istio.io",
+        version: "v1",
+        kind: "PeerAuthentication",
+        plural: "peerauthentications",
+        namespaced: true,
+        crd: true,
+        also_accepted: &["security.istio.io/v1beta1"],
     },
 ];
 
@@ -107,9 +153,15 @@ pub fn by_name(kind: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.kind == kind)
 }
 
+/// The loaded kind of `api_version`/`kind`: its own apiVersion or one it also accepts.
+pub fn loaded(api_version: &str, kind: &str) -> Option<&'static Kind> {
+    by_name(kind).filter(|k| k.api_version == api_version || k.also_accepted.contains(&api_version))
+}
+
 /// API groups all of whose kinds are access policy.
 const POLICY_GROUPS: [&str; 2] = [
-    // Istio AuthorizationPolicy, PeerAuthentication, RequestAuthentication.
+    // Istio RequestAuthentication (JWT: not enforced); AuthorizationPolicy and
+    // PeerAuthentication are loaded, under the versions the table names.
     "security.istio.io",
     // AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy.
     "policy.networking.k8s.io",
@@ -122,6 +174,9 @@ const POLICY_GROUPS: [&str; 2] = [
 /// CiliumEgressGatewayPolicy and CiliumLocalRedirectPolicy, which decide where traffic may go
 /// or which address it leaves with).
 pub fn refusal(api_version: &str, kind: &str) -> Option<(&'static str, String)> {
+    if loaded(api_version, kind).is_some() {
+        return None;
+    }
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let policy = kind.ends_with("NetworkPolicy")
         || POLICY_GROUPS.contains(&group)
@@ -155,9 +210,10 @@ mod tests {
     #[test]
     fn policies_are_refused_and_other_objects_are_not() {
         for (v, k) in [
-            ("security.istio.io/v1", "AuthorizationPolicy"),
-            ("security.istio.io/v1beta1", "PeerAuthentication"),
+            ("security.istio.io/v1alpha1", "AuthorizationPolicy"),
+            ("security.istio.io/v1alpha1", "PeerAuthentication"),
             ("security.istio.io/v1", "RequestAuthentication"),
+            ("security.istio.io/v1beta1", "RequestAuthentication"),
             ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
             (
                 "policy.networking.k8s.io/v1alpha1",
@@ -175,6 +231,8 @@ mod tests {
         }
         for (v, k) in [
             ("v1", "Service"),
+            ("security.istio.io/v1", "AuthorizationPolicy"),
+            ("security.istio.io/v1beta1", "PeerAuthentication"),
             ("v1", "ConfigMap"),
             ("apps/v1", "Deployment"),
             ("networking.k8s.io/v1", "Ingress"),
@@ -189,7 +247,7 @@ mod tests {
     /// the same rules (apiVersion is group/version, plural is the lowercase kind + "ies"/"s").
     #[test]
     fn the_table_agrees_with_the_api_definitions() {
-        use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+        use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
         use k8s_openapi::api::networking::v1::NetworkPolicy;
         use k8s_openapi::Resource;
         fn of<R: Resource>() -> (
@@ -213,6 +271,7 @@ mod tests {
         assert_eq!(row(by(ObjectKind::Node)), of::<Node>());
         assert_eq!(row(by(ObjectKind::Pod)), of::<Pod>());
         assert_eq!(row(by(ObjectKind::NetworkPolicy)), of::<NetworkPolicy>());
+        assert_eq!(row(by(ObjectKind::Service)), of::<Service>());
         for k in KINDS {
             let joined = if k.group.is_empty() {
                 k.version.to_string()
@@ -223,8 +282,32 @@ mod tests {
             assert!(k
                 .plural
                 .starts_with(&k.kind.to_lowercase()[..k.kind.len() - 1]));
-            assert_eq!(k.crd, k.group == "cilium.io", "{}", k.kind);
+            assert_eq!(
+                k.crd,
+                k.group == "cilium.io" || k.group == "security.istio.io",
+                "{}",
+                k.kind
+            );
         }
+    }
+
+    /// Istio serves both versions of its security kinds; a manifest may use either.
+    #[test]
+    fn istio_kinds_load_under_v1_and_v1beta1_only() {
+        for k in ["AuthorizationPolicy", "PeerAuthentication"] {
+            for v in ["security.istio.io/v1", "security.istio.io/v1beta1"] {
+                assert_eq!(loaded(v, k).map(|k| k.kind), Some(k), "{v} {k}");
+            }
+            assert_eq!(loaded("security.istio.io/v1alpha1", k), None);
+            let (field, _) = refusal("security.istio.io/v1alpha1", k).expect("refused");
+            assert_eq!(field, "apiVersion");
+        }
+        assert_eq!(
+            loaded("security.istio.io/v1", "RequestAuthentication"),
+            None
+        );
+        let (field, _) = refusal("security.istio.io/v1", "RequestAuthentication").expect("refused");
+        assert_eq!(field, "kind");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The policy core: it owns the policy model (Kubernetes NetworkPolicy, CiliumNetworkPolicy and
-//! CiliumClusterwideNetworkPolicy parsed from manifests into one normalised form), security
+//! CiliumClusterwideNetworkPolicy parsed from manifests into one normalised form; Istio
+//! AuthorizationPolicy and PeerAuthentication in their own, [`istio`]), security
 //! identities and the IP → identity cache, the per-endpoint policy maps compiled from them,
 //! and the trace evaluator that explains a verdict.
 //!
@@ -18,6 +19,7 @@ mod error;
 pub mod eval;
 pub mod http;
 pub mod identity;
+pub mod istio;
 pub mod kinds;
 pub mod labels;
 mod manifest;
@@ -33,7 +35,7 @@ pub use compile::{Compiled, MapVerdict, PolicyMap};
 pub use error::{FieldError, LoadError, QueryError};
 pub use http::HttpRequest;
 pub use identity::{Identities, IdentityId};
-pub use manifest::{load, load_with, LoadOptions};
-pub use model::{Bundle, Direction, Endpoint, Policy, PolicyId, Protocol};
+pub use manifest::{load, load_with, IstioModel, LoadOptions};
+pub use model::{Bundle, Direction, Endpoint, Policy, PolicyId, Protocol, Service};
 pub use render::render_text;
-pub use trace::{parse_port, trace, DeniedBy, Query, TraceResult, Verdict};
+pub use trace::{parse_port, trace, DeniedBy, IstioReport, Query, TraceResult, Verdict};

@@ -1,24 +1,34 @@
 //! Loading Kubernetes manifests (multi-document YAML, `kind: List`) into a [`Bundle`].
 //!
 //! The kinds loaded are [`crate::kinds::KINDS`]. A policy kind wiremesh does not enforce
-//! (Istio, AdminNetworkPolicy, a policy kind under an API version we do not understand) is an
-//! error naming it ([`crate::kinds::refusal`]): skipping a policy would make apply and the trace
-//! answer for a cluster that is not the one described. Other kinds are skipped with a note in
-//! [`Bundle::notes`], so that a `kubectl get ... -A -o yaml` dump with Services or ConfigMaps in
-//! it loads.
+//! (Istio RequestAuthentication, AdminNetworkPolicy, a policy kind under an API version we do
+//! not understand) is an error naming it ([`crate::kinds::refusal`]): skipping a policy would
+//! make apply and the trace answer for a cluster that is not the one described. Other kinds are
+//! skipped with a note in [`Bundle::notes`], so that a `kubectl get ... -A -o yaml` dump with
+//! ConfigMaps in it loads. Services and Istio kinds are read in [`istio`].
+
+mod istio;
+mod pod;
+
+use pod::{named_ports, status_ips};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use yaml_serde::Value;
 
 use crate::cilium::CiliumPolicyBody;
 use crate::error::{FieldError, LoadError};
+use crate::istio::IstioSettings;
 use crate::kinds::{self, ObjectKind};
-use crate::model::{Bundle, Endpoint, Node, PolicyId, PolicyKind, Protocol, METADATA_NAME};
+use crate::labels::Labels;
+use crate::model::{
+    Bundle, Endpoint, Node, PolicyId, PolicyKind, CLUSTER_LABEL, METADATA_NAME,
+    SERVICE_ACCOUNT_LABEL,
+};
 use crate::{cnp, np, strict};
 
 /// Loads manifests given as (file name, contents) pairs, refusing whatever wiremesh cannot
@@ -27,14 +37,46 @@ pub fn load<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<B
     load_with(files, LoadOptions::default())
 }
 
-/// What [`load_with`] accepts beyond what wiremesh enforces.
-#[derive(Debug, Clone, Copy, Default)]
+/// How [`load_with`] reads manifests.
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Accept CiliumNetworkPolicy `rules.http` into the model (which `trace` evaluates) instead
-    /// of refusing it. Nothing enforces L7 rules yet, so anything that enforces, stores or
-    /// answers for what is enforced (the agent, `apply`, the trace) must leave this off; it
-    /// exists for the L7 model's own tests and the L7 filter that will enforce it.
+    /// Accept CiliumNetworkPolicy `rules.http` (default: yes; the L7 filter enforces them).
+    /// Off, they are refused by name, for a node that runs no L7 filter.
     pub l7_model: bool,
+    /// Which of Istio's AuthorizationPolicy and PeerAuthentication are accepted into the
+    /// model (default: all). What an agent does not enforce it refuses by name: a policy
+    /// accepted and not enforced is worse than one refused.
+    pub istio_model: IstioModel,
+    /// Istio's root namespace and trust domain (default `istio-system`, `cluster.local`).
+    pub istio: IstioSettings,
+    /// With cluster mesh, this cluster's name: every endpoint then carries Cilium's
+    /// `io.cilium.k8s.policy.cluster=<name>` label (default: none).
+    pub cluster_name: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            l7_model: true,
+            istio_model: IstioModel::Full,
+            istio: IstioSettings::default(),
+            cluster_name: None,
+        }
+    }
+}
+
+/// How much of Istio's security API [`load_with`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IstioModel {
+    /// Neither kind (field `kind` refused).
+    Refused,
+    /// What the agent enforces: PeerAuthentication (STRICT as deny entries in the eBPF
+    /// policy maps) and AuthorizationPolicies that read the HTTP request (the L7 filter
+    /// enforces them, as a waypoint does); those with only L4 attributes are refused by name
+    /// until the eBPF programs enforce them as ztunnel does.
+    Enforced,
+    /// Everything the model knows (offline traces, the model's own tests).
+    Full,
 }
 
 /// [`load`] with `options`.
@@ -43,8 +85,12 @@ pub fn load_with<'a>(
     options: LoadOptions,
 ) -> Result<Bundle, LoadError> {
     let mut loader = Loader {
+        bundle: Bundle {
+            istio: options.istio.clone(),
+            ..Bundle::default()
+        },
         options,
-        ..Loader::default()
+        seen: BTreeMap::new(),
     };
     for (file, text) in files {
         loader.file(file, text)?;
@@ -52,7 +98,6 @@ pub fn load_with<'a>(
     Ok(loader.bundle)
 }
 
-#[derive(Default)]
 struct Loader {
     options: LoadOptions,
     bundle: Bundle,
@@ -144,9 +189,7 @@ impl Loader {
         };
         // A namespaced object without a namespace goes where kubectl would put it by default.
         let namespace = meta_str("namespace").unwrap_or("default").to_string();
-        let loaded = kinds::KINDS
-            .iter()
-            .find(|k| k.kind == kind && k.api_version == api_version);
+        let loaded = kinds::loaded(&api_version, &kind);
         let qualified = match loaded.or_else(|| kinds::by_name(&kind)) {
             Some(k) if !k.namespaced => format!("{kind} {name}"),
             _ => format!("{kind} {namespace}/{name}"),
@@ -185,6 +228,18 @@ impl Loader {
                 let clusterwide = loaded.object == ObjectKind::CiliumClusterwideNetworkPolicy;
                 self.cilium(object, clusterwide, value)
             }
+            ObjectKind::Service => self.service(object, value),
+            ObjectKind::AuthorizationPolicy | ObjectKind::PeerAuthentication
+                if self.options.istio_model == IstioModel::Refused =>
+            {
+                Err(object.invalid(FieldError::new(
+                    "kind",
+                    "valid Istio, but this wiremesh agent does not enforce Istio policies yet; \
+                     refused rather than accepted and left unenforced",
+                )))
+            }
+            ObjectKind::AuthorizationPolicy => self.authorization_policy(object, value),
+            ObjectKind::PeerAuthentication => self.peer_authentication(object, value),
         }
     }
 
@@ -352,85 +407,35 @@ impl Loader {
             return Ok(());
         }
         let named_ports = named_ports(&spec)?;
+        // Kubernetes admission sets `default` when no account is named.
+        let service_account = spec
+            .service_account_name
+            .clone()
+            .or_else(|| spec.service_account.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let mut labels: Labels = pod
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        // As Cilium does; set after the pod's own labels so a pod cannot claim another account.
+        labels.insert(SERVICE_ACCOUNT_LABEL.to_string(), service_account.clone());
+        if let Some(cluster) = &self.options.cluster_name {
+            labels.insert(CLUSTER_LABEL.to_string(), cluster.clone());
+        }
         self.bundle.endpoints.push(Endpoint {
             namespace,
             name,
-            labels: pod
-                .metadata
-                .labels
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            labels,
             node,
             ips,
             named_ports,
+            service_account,
         });
         Ok(())
     }
-}
-
-/// The addresses a pod's status lists (`list_field[i].ip`), then the single one (`one_field`)
-/// if not listed already.
-fn status_ips<'a>(
-    list: impl Iterator<Item = &'a str>,
-    one: Option<&str>,
-    (list_field, one_field): (&str, &str),
-) -> Result<Vec<IpAddr>, FieldError> {
-    let mut ips = Vec::new();
-    for (i, ip) in list.enumerate() {
-        ips.push(
-            parse_ip(ip)
-                .map_err(|e| FieldError::new(format!("{list_field}[{i}].ip"), e.message))?,
-        );
-    }
-    if let Some(ip) = one {
-        push_unique(
-            &mut ips,
-            parse_ip(ip).map_err(|e| FieldError::new(one_field, e.message))?,
-        );
-    }
-    Ok(ips)
-}
-
-/// The pod's named container ports: name → (protocol, number).
-fn named_ports(spec: &PodSpec) -> Result<BTreeMap<String, (Protocol, u16)>, FieldError> {
-    let mut named_ports = BTreeMap::new();
-    for (ci, c) in spec.containers.iter().enumerate() {
-        for (pi, p) in c.ports.iter().flatten().enumerate() {
-            let field = format!("spec.containers[{ci}].ports[{pi}]");
-            let Some(port_name) = &p.name else { continue };
-            let proto = match p.protocol.as_deref() {
-                None | Some("TCP") => Protocol::Tcp,
-                Some("UDP") => Protocol::Udp,
-                Some("SCTP") => Protocol::Sctp,
-                Some(other) => {
-                    return Err(FieldError::new(
-                        format!("{field}.protocol"),
-                        format!("unknown protocol {other:?}"),
-                    ))
-                }
-            };
-            let number = u16::try_from(p.container_port)
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    FieldError::new(
-                        format!("{field}.containerPort"),
-                        format!("port {} is out of range (1-65535)", p.container_port),
-                    )
-                })?;
-            if named_ports
-                .insert(port_name.clone(), (proto, number))
-                .is_some()
-            {
-                return Err(FieldError::new(
-                    format!("{field}.name"),
-                    format!("port name {port_name:?} is used twice in this pod"),
-                ));
-            }
-        }
-    }
-    Ok(named_ports)
 }
 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {

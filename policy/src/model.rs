@@ -1,5 +1,6 @@
 //! The normalised policy model that NetworkPolicy, CiliumNetworkPolicy and
-//! CiliumClusterwideNetworkPolicy are all translated into.
+//! CiliumClusterwideNetworkPolicy are all translated into, and the [`Bundle`] of everything
+//! loaded (Istio policies in their own model, `crate::istio`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::http::HttpRule;
+use crate::istio::{AuthzPolicy, IstioSettings, PeerAuthn};
 use crate::labels::{Labels, Selector};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -289,6 +291,10 @@ pub struct Endpoint {
     pub node: Option<String>,
     pub ips: Vec<IpAddr>,
     pub named_ports: NamedPorts,
+    /// The Pod's `spec.serviceAccountName` (`default` when unset): its Istio principal is
+    /// `<trustDomain>/ns/<namespace>/sa/<service_account>`. Also in `labels` under
+    /// [`SERVICE_ACCOUNT_LABEL`], as Cilium puts it, so that identities differ by account.
+    pub service_account: String,
 }
 
 impl Endpoint {
@@ -306,6 +312,16 @@ pub struct Node {
     pub ips: Vec<IpAddr>,
 }
 
+/// A core `v1 Service`: only what Istio `targetRefs` need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.selector`; `None` for a Service without one (its endpoints are managed by hand:
+    /// it selects no pod here).
+    pub selector: Option<Labels>,
+}
+
 /// Everything loaded from manifests: the input of `trace` and of the compiler.
 #[derive(Debug, Clone, Default)]
 pub struct Bundle {
@@ -319,6 +335,14 @@ pub struct Bundle {
     pub host_network_pods: std::collections::BTreeSet<String>,
     /// What the loader skipped, for the user to see.
     pub notes: Vec<String>,
+    /// Istio AuthorizationPolicies (enforced at the destination workload).
+    pub authz: Vec<AuthzPolicy>,
+    /// Istio PeerAuthentications.
+    pub peer_authn: Vec<PeerAuthn>,
+    /// Services by `namespace/name` (for `targetRefs`).
+    pub services: BTreeMap<String, Service>,
+    /// The root namespace and trust domain the Istio policies were loaded with.
+    pub istio: IstioSettings,
 }
 
 impl Bundle {
@@ -344,9 +368,27 @@ impl Bundle {
     pub fn node_by_ip(&self, ip: IpAddr) -> Option<&Node> {
         self.nodes.values().find(|n| n.ips.contains(&ip))
     }
+
+    /// The AuthorizationPolicies that apply to `workload`.
+    pub fn authz_for(&self, workload: &Endpoint) -> Vec<&AuthzPolicy> {
+        self.authz
+            .iter()
+            .filter(|p| p.applies_to(workload, self))
+            .collect()
+    }
+
+    /// The Istio principal of `workload`.
+    pub fn principal(&self, workload: &Endpoint) -> String {
+        self.istio
+            .principal(&workload.namespace, &workload.service_account)
+    }
 }
 
 pub const METADATA_NAME: &str = "kubernetes.io/metadata.name";
+/// The label Cilium gives every endpoint for its service account.
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+/// The label Cilium gives every endpoint for its cluster (with cluster mesh).
+pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
 /// The label Cilium gives every endpoint for its namespace.
 pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// The prefix under which Cilium folds namespace labels into endpoint labels.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::trace::{DeniedBy, SideReport, TraceResult, Verdict};
+use crate::trace::{DeniedBy, IstioReport, SideReport, TraceResult, Verdict};
 
 fn verdict(v: Verdict) -> &'static str {
     match v {
@@ -44,6 +44,7 @@ pub fn render_text(r: &TraceResult) -> String {
         None => String::new(),
         Some(DeniedBy::Egress) => " (by the source's egress policy)".into(),
         Some(DeniedBy::Ingress) => " (by the destination's ingress policy)".into(),
+        Some(DeniedBy::Istio) => " (by Istio policy at the destination)".into(),
         Some(DeniedBy::L7) => " (by L7 rules: no HTTP rule admits the request)".into(),
     };
     let _ = writeln!(out, "verdict: {}{by}", verdict(r.verdict));
@@ -54,5 +55,38 @@ pub fn render_text(r: &TraceResult) -> String {
         Some(false) => out.push_str("L7: no rule admits the HTTP request\n"),
         None => {}
     }
+    if let Some(i) = &r.istio {
+        istio(&mut out, i);
+    }
     out
+}
+
+fn istio(out: &mut String, i: &IstioReport) {
+    let verdict = if i.allowed { "allowed" } else { "denied" };
+    let _ = writeln!(out, "istio at the destination: {verdict}");
+    let from = if i.from_mesh {
+        "from the mesh"
+    } else {
+        "not from the mesh"
+    };
+    let _ = writeln!(out, "  mTLS mode {} (source {from})", i.mtls_mode);
+    for p in &i.policies {
+        let _ = writeln!(out, "  applies: {p}");
+    }
+    if i.needs_http {
+        out.push_str("  HTTP rules apply: the L7 filter decides each request\n");
+    }
+    if let Some(d) = &i.decision {
+        if let Some(by) = &d.deciding {
+            let _ = writeln!(
+                out,
+                "  decided by {} {} ({})",
+                by.policy, by.rule, by.action
+            );
+        }
+        if let Some(a) = &d.audited_by {
+            let _ = writeln!(out, "  audited by {} {}", a.policy, a.rule);
+        }
+    }
+    let _ = writeln!(out, "  {}", i.reason);
 }

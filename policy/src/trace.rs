@@ -1,4 +1,7 @@
-//! `wiremesh policy trace`: would a connection be allowed, and why.
+//! `wiremesh policy trace`: would a connection be allowed, and why (NetworkPolicy and Cilium
+//! on both sides, Istio at the destination, [`istio`]).
+
+mod istio;
 
 use std::net::IpAddr;
 
@@ -8,6 +11,8 @@ use crate::error::QueryError;
 use crate::eval::{evaluate, DirectionEval, Remote};
 use crate::http::{HttpRequest, HttpRule};
 use crate::model::{Bundle, Direction, Endpoint, Protocol};
+pub use istio::IstioReport;
+use istio::IstioSource;
 
 /// One question: may `from` open a connection to `to`?
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +128,8 @@ pub enum Verdict {
 pub enum DeniedBy {
     Egress,
     Ingress,
+    /// Istio at the destination: an AuthorizationPolicy or PeerAuthentication STRICT.
+    Istio,
     L7,
 }
 
@@ -162,6 +169,10 @@ pub struct TraceResult {
     /// `Some(true)` if some L7 rule admits the query's HTTP request, `Some(false)` if none
     /// does, `None` when no L7 rule applies or the query carries no HTTP request.
     pub l7_matched: Option<bool>,
+    /// Istio at the destination workload (TCP only, as Istio); `None` when no Istio policy
+    /// concerns it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioReport>,
 }
 
 enum Party<'a> {
@@ -372,10 +383,19 @@ pub fn trace(bundle: &Bundle, q: &Query) -> Result<TraceResult, QueryError> {
         ),
         _ => None,
     };
+    let istio = match (&dst, &src) {
+        (Party::Pod(ep), _) if q.protocol == Protocol::Tcp => {
+            istio_source(bundle, &src, src_ip, ep)
+                .and_then(|s| istio::report(bundle, (ep, dst_ip?, port), &s, q.http.as_ref()))
+        }
+        _ => None,
+    };
     let denied_by = if !egress.0 {
         Some(DeniedBy::Egress)
     } else if !ingress.0 {
         Some(DeniedBy::Ingress)
+    } else if istio.as_ref().is_some_and(|i| !i.allowed) {
+        Some(DeniedBy::Istio)
     } else if l7_matched == Some(false) {
         Some(DeniedBy::L7)
     } else {
@@ -391,5 +411,37 @@ pub fn trace(bundle: &Bundle, q: &Query) -> Result<TraceResult, QueryError> {
         egress: egress.1,
         ingress: ingress.1,
         l7_matched,
+        istio,
+    })
+}
+
+/// The source as Istio sees it at `dst`: a pod has its principal and namespace; a remote node
+/// came through the tunnel without a workload identity; the world is outside the mesh.
+fn istio_source(
+    bundle: &Bundle,
+    src: &Party<'_>,
+    src_ip: Option<IpAddr>,
+    dst: &Endpoint,
+) -> Option<IstioSource> {
+    let ip = src_ip?;
+    Some(match src {
+        Party::Pod(ep) => IstioSource {
+            ip,
+            principal: Some(bundle.principal(ep)),
+            namespace: Some(ep.namespace.clone()),
+            mesh: true,
+            own_node: false,
+        },
+        Party::Ip(ip) => {
+            let node = bundle.node_by_ip(*ip);
+            let own_node = node.is_some_and(|n| dst.node.as_deref() == Some(n.name.as_str()));
+            IstioSource {
+                ip: *ip,
+                principal: None,
+                namespace: None,
+                mesh: node.is_some() && !own_node,
+                own_node,
+            }
+        }
     })
 }

@@ -322,7 +322,7 @@ fn l7_fields(rules: Option<Vec<policy::http::HttpRule>>) -> Option<BTreeSet<Stri
 fn check(seed: u64) -> Result<(), TestCaseError> {
     let mut g = Gen(seed | 1);
     let text = cluster(&mut g);
-    let l7_model = LoadOptions { l7_model: true };
+    let l7_model = LoadOptions::default();
     let bundle = load_with([("gen.yaml", text.as_str())], l7_model).map_err(|e| {
         TestCaseError::fail(format!("generated manifests do not load: {e}\n{text}"))
     })?;

@@ -93,7 +93,7 @@ fn cilium_semantic_errors() {
     );
     // HTTP rules are refused before they are read; the L7 model still checks them.
     let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: x}\nspec:\n  endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{path: \"/a(\"}]}}]}]\n";
-    let e = load_with([("policies.yaml", text)], LoadOptions { l7_model: true })
+    let e = load_with([("policies.yaml", text)], LoadOptions::default())
         .map(|_| ())
         .expect_err("invalid regex")
         .to_string();

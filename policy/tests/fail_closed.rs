@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{tcp, udp, yaml};
-use policy::{load, Compiled, Direction, Protocol};
+use common::{tcp, udp, without_l7, yaml};
+use policy::{load, load_with, Compiled, Direction, Protocol};
 
 /// Two nodes (n1 with a second, external address), pod x/a on n1, pod x/b on n2.
 const CLUSTER: &str = r#"
@@ -53,8 +53,17 @@ fn with(policy: &str) -> policy::Bundle {
     yaml(&format!("{CLUSTER}\n---\n{policy}"))
 }
 
+/// HTTP rules load by default (the L7 filter enforces them); loaded for a node without the
+/// filter (`l7_model` off) they are refused by name.
 #[test]
-fn http_rules_are_refused_naming_the_field() {
+fn http_rules_are_refused_naming_the_field_without_the_l7_filter() {
+    let accepted =
+        cnp("  ingress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{method: GET}]}}]}]");
+    load([("p.yaml", accepted.as_str())]).expect("HTTP rules load by default");
+    let err = |doc: &str| match load_with([("p.yaml", doc)], without_l7()) {
+        Ok(_) => panic!("expected a refusal for:\n{doc}"),
+        Err(e) => e.to_string(),
+    };
     let e = err(&cnp(
         "  ingress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{method: GET}]}}]}]",
     ));
@@ -175,9 +184,8 @@ fn dns_rules_allowing_every_query_are_their_l4_rule() {
 #[test]
 fn policy_kinds_wiremesh_does_not_enforce_are_refused_by_name() {
     for (api, kind) in [
-        ("security.istio.io/v1", "AuthorizationPolicy"),
-        ("security.istio.io/v1beta1", "PeerAuthentication"),
         ("security.istio.io/v1", "RequestAuthentication"),
+        ("security.istio.io/v1beta1", "RequestAuthentication"),
         ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"),
         (
             "policy.networking.k8s.io/v1alpha1",
@@ -197,14 +205,16 @@ fn policy_kinds_wiremesh_does_not_enforce_are_refused_by_name() {
             "{e}"
         );
     }
-    // Objects that are not policies are still skipped with a note.
+    // Objects that are not policies are still skipped with a note; Services are loaded (Istio
+    // targetRefs resolve through them).
     let b = yaml("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: x}\n");
-    assert_eq!(b.notes.len(), 2, "{:?}", b.notes);
+    assert_eq!(b.notes.len(), 1, "{:?}", b.notes);
     assert!(
-        b.notes[0].contains("skipped v1 Service x/s"),
+        b.notes[0].contains("skipped apps/v1 Deployment x/d"),
         "{:?}",
         b.notes
     );
+    assert!(b.services.contains_key("x/s"));
 }
 
 // API server defaulting (SetDefaults_NetworkPolicySpec): with no policyTypes, Ingress always,
@@ -329,4 +339,47 @@ fn np_ip_block_selects_node_addresses_and_cilium_cidr_does_not() {
         from_node.allowed,
         "a remote node with CIDR labels is still remote-node"
     );
+}
+
+/// Cilium `headerMatches` are match-only here: `{name, value}` must be present and equal;
+/// `mismatch` actions (LOG, ADD, DELETE, REPLACE) and `secret` are refused by name.
+#[test]
+fn header_matches_are_match_only() {
+    let policy = cnp("  ingress: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{method: GET, headerMatches: [{name: X-Token, value: abc}]}]}}]}]");
+    let b = with(&policy);
+    let get = |headers: &[(&str, &str)]| {
+        common::short(&common::http(&b, "x/b", "x/a", 80, "GET", "/", headers))
+    };
+    assert_eq!(get(&[("x-token", "abc")]), "allowed");
+    assert_eq!(get(&[("x-token", "abd")]), "l7");
+    assert_eq!(get(&[]), "l7");
+    for (extra, name) in [
+        ("mismatch: LOG", "mismatch"),
+        ("secret: {name: s}", "secret"),
+    ] {
+        let e = err(&cnp(&format!("  ingress: [{{toPorts: [{{ports: [{{port: \"80\"}}], rules: {{http: [{{headerMatches: [{{name: X-Token, value: abc, {extra}}}]}}]}}}}]}}]")));
+        assert!(
+            e.contains(&format!("spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].{name}: valid Cilium, but not supported")),
+            "{e}"
+        );
+    }
+}
+
+/// HTTP rules in a host policy are refused naming the field: the L7 proxy serves pods, and the
+/// programs would drop every connection to the port. The control: the same rule in a pod
+/// policy loads.
+#[test]
+fn http_rules_in_a_host_policy_are_refused() {
+    let rule = "  ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: GET}]}}]}]";
+    let host = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: h}}\n\
+         spec:\n  nodeSelector: {{matchLabels: {{role: edge}}}}\n{rule}\n"
+    );
+    let e = err(&host);
+    assert!(
+        e.contains("spec.ingress[0].toPorts[0].rules.http: HTTP rules in a host policy"),
+        "{e}"
+    );
+    let pods = host.replace("nodeSelector", "endpointSelector");
+    load([("p.yaml", pods.as_str())]).expect("the same rule for pods loads");
 }

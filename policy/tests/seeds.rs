@@ -14,15 +14,11 @@ const NP: &[&str] = &[
 ];
 
 #[test]
-fn loader_skips_other_kinds_with_a_note() {
+fn loader_keeps_services_for_istio_target_refs() {
     let b = examples(NP);
-    assert!(
-        b.notes
-            .iter()
-            .any(|n| n.contains("skipped v1 Service shop/backend")),
-        "{:?}",
-        b.notes
-    );
+    assert!(b.notes.is_empty(), "{:?}", b.notes);
+    let svc = &b.services["shop/backend"];
+    assert!(svc.selector.is_some(), "{svc:?}");
     assert_eq!(b.endpoints.len(), 6);
     assert_eq!(b.nodes.len(), 2);
 }
@@ -126,10 +122,10 @@ fn from_own_node_is_allowed() {
 }
 
 #[test]
-fn cnp_example_with_http_rules_is_refused() {
-    // Nothing enforces HTTP rules yet: enforcing the port alone would allow every method and
-    // path, so the loader (apply, the agent, the trace) refuses the policy by name.
-    let e = examples_with(&["cluster.yaml", "cnp-l3l4.yaml"], Default::default())
+fn cnp_example_with_http_rules_is_refused_without_the_l7_filter() {
+    // Without the L7 filter enforcing the port alone would allow every method and path, so
+    // the loader refuses the policy by name.
+    let e = examples_with(&["cluster.yaml", "cnp-l3l4.yaml"], common::without_l7())
         .expect_err("HTTP rules must be refused")
         .to_string();
     assert!(

@@ -258,6 +258,46 @@ impl AgentHandle<'_> {
         })
     }
 
+    /// `wiremesh observe ARGS` in the node (e.g. `["-o", "json", "--last", "100"]`): its stdout.
+    pub fn observe(&self, args: &[&str]) -> Result<String> {
+        let node = self.node;
+        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        cmd.arg("observe")
+            .args(args)
+            .args(["--run-dir", AGENT_RUN_DIR]);
+        run(&mut cmd, STATUS_TIMEOUT)
+    }
+
+    /// `wiremesh observe -o json --last 1000 ARGS`, read again until `done` holds for the flows
+    /// or `within` has passed; the flows last read either way. The agent relays the proxy's
+    /// records by long poll, so a request's record reaches `observe` a moment after its answer.
+    pub fn observe_json_until(
+        &self,
+        args: &[&str],
+        within: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut all = vec!["-o", "json", "--last", "1000"];
+            all.extend_from_slice(args);
+            let out = self.observe(&all)?;
+            let flows = out
+                .lines()
+                .map(|line| {
+                    serde_json::from_str(line).map_err(|_| LabError::Parse {
+                        what: "a flow of `wiremesh observe -o json`".into(),
+                        input: line.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<Value>>>()?;
+            if done(&flows) || Instant::now() >= deadline {
+                return Ok(flows);
+            }
+            std::thread::sleep(POLL * 5);
+        }
+    }
+
     /// `wiremesh encrypt status` (human form) in the node.
     pub fn status_text(&self) -> Result<String> {
         let node = self.node;

@@ -337,15 +337,20 @@ impl Lab {
         }
     }
 
-    /// The agents' data-path processes: started by the agents (detached, so that they outlive
-    /// agent restarts), named by the PID file each writes in its node's run directory.
+    /// The agents' data-path and L7 proxy processes: started by the agents (detached, so that
+    /// they outlive agent restarts), named by the PID file each writes in its node's run
+    /// directory.
     fn stop_datapaths(&self) {
         let mut run_dirs: Vec<PathBuf> = self
             .node_ids()
             .map(|node| self.node_dir(node).join("run"))
             .collect();
         run_dirs.extend(self.extra_run_dirs_guard().iter().cloned());
-        let pids: Vec<_> = run_dirs.iter().filter_map(|d| datapath_pid_in(d)).collect();
+        let pids: Vec<_> = run_dirs
+            .iter()
+            .flat_map(|d| [datapath_pid_in(d), proxy_pid_in(d)])
+            .flatten()
+            .collect();
         for pid in &pids {
             let _ = nix::sys::signal::kill(*pid, Signal::SIGTERM);
         }
@@ -369,14 +374,23 @@ impl Lab {
 /// The PID in `<run_dir>/datapath.pid`, if it still names a `wiremesh datapath` started for that
 /// directory (PIDs are reused, and a stale file must never make the lab signal a stranger).
 pub(crate) fn datapath_pid_in(run_dir: &Path) -> Option<nix::unistd::Pid> {
-    let text = std::fs::read_to_string(run_dir.join("datapath.pid")).ok()?;
+    child_pid_in(run_dir, "datapath")
+}
+
+/// The PID in `<run_dir>/proxy.pid`, if it still names a `wiremesh proxy` of that directory.
+pub(crate) fn proxy_pid_in(run_dir: &Path) -> Option<nix::unistd::Pid> {
+    child_pid_in(run_dir, "proxy")
+}
+
+/// The PID in `<run_dir>/<what>.pid` if it names a `wiremesh <what>` started for that directory.
+fn child_pid_in(run_dir: &Path, what: &str) -> Option<nix::unistd::Pid> {
+    let text = std::fs::read_to_string(run_dir.join(format!("{what}.pid"))).ok()?;
     let pid = text.trim().parse::<i32>().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
     let base = run_dir.parent().unwrap_or(run_dir).to_string_lossy();
     // A zombie has an empty cmdline: it is gone for our purposes.
-    (cmdline.contains("datapath") && cmdline.contains(&*base))
-        .then(|| nix::unistd::Pid::from_raw(pid))
+    (cmdline.contains(what) && cmdline.contains(&*base)).then(|| nix::unistd::Pid::from_raw(pid))
 }
 
 impl Drop for Lab {

@@ -26,13 +26,16 @@ mod error;
 mod etcd;
 mod exec;
 mod flood;
+mod grpc;
 pub mod handles;
+mod http;
 mod lab;
 mod lifecycle;
 mod metrics;
 mod netpol;
 mod options;
 mod policy;
+mod raw;
 mod store;
 mod stream;
 mod strict;
@@ -56,10 +59,12 @@ pub use error::{LabError, Result};
 pub use etcd::{etcd_node_key, etcd_owner_key};
 pub use exec::{output, preflight, require_root, require_tools, run, which, BgProcess};
 pub use flood::{flood, initiation, mac1_key, FloodReport, FloodSpec, INITIATION_LEN};
+pub use grpc::{GrpcOutcome, GrpcServer};
 pub use handles::{
     AgentHandle, DatapathHandle, EtcdHandle, GuardHandle, HostHandle, NodeHandle, StoreHandle,
     SwitchHandle,
 };
+pub use http::{lab_binary, HttpReply, HttpRequest, HttpServer};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
 pub use lifecycle::PolicyHooks;
 pub use metrics::{
@@ -75,6 +80,7 @@ pub use options::{
     StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
 };
 pub use policy::{namespace_manifest, render_matrix, PodSpec, Proto, Servers};
+pub use raw::{RawEnd, RawReply, RawSend};
 pub use store::node_record;
 pub use stream::{IperfClient, IperfReport, PingLog};
 pub use strict::GUARD_TABLE;

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -68,6 +69,98 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "0,10,1000,10000")]
         rules: Vec<usize>,
     },
+    /// HTTP/1.1 keep-alive requests/s and p50/p99 latency pod-to-pod across the tunnel with no
+    /// policy, an L4 CiliumNetworkPolicy, the same with N HTTP rules (the L7 filter), and
+    /// through nginx as a reverse proxy in the server pod, as ratios to the L4 policy and to
+    /// nginx. Fails if any allowed request fails. Use release builds: `cargo build --release -p
+    /// wiremesh -p wiremesh-lab && WIREMESH_BIN=target/release/wiremesh
+    /// target/release/wiremesh-lab bench-l7`.
+    BenchL7 {
+        /// Length of each measured run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Keep-alive connections of the load generator (one request in flight each).
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Requests answered in this first stretch of each run are not measured.
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+        /// Cap on measured requests per run.
+        #[arg(long, default_value_t = cli::http_load::MAX_REQUESTS)]
+        requests: u64,
+        /// Runs per mode (the median by requests/s is reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// HTTP rule counts of the L7 modes; the requests match the last rule.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000")]
+        rules: Vec<usize>,
+    },
+    /// (For the L7 tests.) An HTTP server answering every request with `METHOD PATH from
+    /// PEER_IP`, and logging that line to `--log` if given.
+    #[command(hide = true)]
+    HttpServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        log: Option<std::path::PathBuf>,
+    },
+    /// (For bench-l7.) HTTP/1.1 keep-alive GET load against one address, bounded in time and
+    /// count; prints one JSON object: count, errors, rps, p50_ms, p99_ms.
+    #[command(hide = true)]
+    HttpLoad {
+        /// IP:PORT of the server.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = cli::http_load::MAX_REQUESTS)]
+        requests: u64,
+        #[arg(long, default_value_t = 1000)]
+        warmup_ms: u64,
+    },
+    /// (For the L7 gRPC test.) A gRPC server (`demo.Greeter`: `SayHello`, `SayGoodbye`) over
+    /// cleartext HTTP/2, logging `PATH from PEER_IP` of every call to `--log`.
+    #[command(hide = true)]
+    GrpcServer {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        log: std::path::PathBuf,
+    },
+    /// (For the L7 gRPC test.) One unary call of `demo.Greeter/<METHOD>`; prints the gRPC
+    /// status code, message and reply as JSON.
+    #[command(hide = true)]
+    GrpcCall {
+        /// `IP:PORT` of the server.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        method: String,
+        #[arg(long, default_value = "lab")]
+        name: String,
+        #[arg(long, default_value_t = 8)]
+        timeout_secs: u64,
+    },
+    /// (For the hostile-HTTP test.) Sends stdin's bytes to `--connect` as they are, and prints
+    /// the reply and how the connection ended (`eof`, `reset`, `timeout`) as JSON.
+    #[command(hide = true)]
+    RawTcp {
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// Bytes per write (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        step: usize,
+        /// Pause between writes, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Give the connection up after this many milliseconds.
+        #[arg(long, default_value_t = 8000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +183,55 @@ fn main() -> ExitCode {
             repeats,
             rules,
         } => bench::policy::run(seconds, repeats, &rules),
+        Cmd::BenchL7 {
+            seconds,
+            connections,
+            warmup_ms,
+            requests,
+            repeats,
+            rules,
+        } => bench::l7::run(&bench::l7::Options {
+            seconds,
+            connections,
+            warmup: Duration::from_millis(warmup_ms),
+            requests,
+            repeats,
+            rules,
+        }),
+        Cmd::HttpServer { port, log } => cli::http_server::run(port, log),
+        Cmd::GrpcServer { port, log } => cli::grpc::serve(port, log),
+        Cmd::GrpcCall {
+            target,
+            method,
+            name,
+            timeout_secs,
+        } => cli::grpc::call(&target, &method, &name, Duration::from_secs(timeout_secs)),
+        Cmd::RawTcp {
+            connect,
+            step,
+            interval_ms,
+            timeout_ms,
+        } => cli::raw_tcp::run(&cli::raw_tcp::RawArgs {
+            connect,
+            step,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+        }),
+        Cmd::HttpLoad {
+            addr,
+            path,
+            connections,
+            seconds,
+            requests,
+            warmup_ms,
+        } => cli::http_load::run(&cli::http_load::LoadSpec {
+            addr,
+            path,
+            connections,
+            duration: Duration::from_secs(seconds),
+            max_requests: requests,
+            warmup: Duration::from_millis(warmup_ms),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

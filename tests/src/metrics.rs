@@ -52,9 +52,9 @@ pub fn parse_exposition(text: &str) -> Result<Exposition> {
             .iter_mut()
             .filter(|(f, _)| {
                 name == f.as_str()
-                    || name
-                        .strip_prefix(f.as_str())
-                        .is_some_and(|s| s == "_total" || s == "_created")
+                    || name.strip_prefix(f.as_str()).is_some_and(|s| {
+                        ["_total", "_created", "_bucket", "_sum", "_count"].contains(&s)
+                    })
             })
             .map(|(_, fam)| fam)
             .next()
@@ -74,10 +74,12 @@ pub struct DocumentedMetric {
 
 impl DocumentedMetric {
     /// The family name and type the name promises: Prometheus' convention, which the docs
-    /// follow, is that a counter's samples end in `_total` and anything else here is a gauge.
+    /// follow, is that a counter's samples end in `_total`, a latency histogram's name in
+    /// `_duration_seconds`, and anything else here is a gauge.
     pub fn family(&self) -> (&str, &'static str) {
         match self.name.strip_suffix("_total") {
             Some(base) => (base, "counter"),
+            None if self.name.ends_with("_duration_seconds") => (&self.name, "histogram"),
             None => (&self.name, "gauge"),
         }
     }
@@ -158,13 +160,23 @@ pub fn parse_udp_snmp(text: &str) -> BTreeMap<String, u64> {
 impl AgentHandle<'_> {
     /// `/metrics` from the node's admin socket.
     pub fn metrics(&self) -> Result<String> {
+        self.admin_get("/metrics")
+    }
+
+    /// `/healthz?verbose` from the node's admin socket: one line per supervised task.
+    pub fn healthz_verbose(&self) -> Result<String> {
+        self.admin_get("/healthz?verbose")
+    }
+
+    /// `GET path` on the node's admin socket; an error for anything but 2xx.
+    fn admin_get(&self, path: &str) -> Result<String> {
         let node = self.node;
         let socket = self.lab.node_dir(node).join("run").join("wiremesh.sock");
         run(
             Command::new("curl")
                 .args(["-sSf", "--max-time", "8", "--unix-socket"])
                 .arg(&socket)
-                .arg("http://localhost/metrics"),
+                .arg(format!("http://localhost{path}")),
             SCRAPE_TIMEOUT,
         )
     }

@@ -55,6 +55,8 @@ pub struct PodSpec {
     pub host: Host,
     /// Named container ports: name → (protocol, port).
     pub ports: Vec<(String, Proto, u16)>,
+    /// `spec.serviceAccountName` (Kubernetes' default `default` when `None`).
+    pub service_account: Option<String>,
 }
 
 impl PodSpec {
@@ -65,7 +67,13 @@ impl PodSpec {
             labels: BTreeMap::from([("pod".to_string(), name.to_string())]),
             host,
             ports: Vec::new(),
+            service_account: None,
         }
+    }
+
+    pub fn service_account(mut self, name: &str) -> Self {
+        self.service_account = Some(name.into());
+        self
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
@@ -102,9 +110,14 @@ impl PodSpec {
             .iter()
             .map(|(n, p, port)| format!("{{name: {n}, protocol: {p}, containerPort: {port}}}"))
             .collect();
+        let account = self
+            .service_account
+            .as_ref()
+            .map(|sa| format!("serviceAccountName: {sa}, "))
+            .unwrap_or_default();
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, labels: {{{}}}}}\n\
-             spec: {{nodeName: {}, containers: [{{name: c, image: i, ports: [{}]}}]}}\n\
+             spec: {{{account}nodeName: {}, containers: [{{name: c, image: i, ports: [{}]}}]}}\n\
              status: {{podIPs: [{{ip: {}}}]}}\n",
             self.name,
             self.namespace,

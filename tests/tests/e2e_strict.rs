@@ -388,3 +388,49 @@ fn a_removed_guard_table_is_reinstalled() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The tasks `/healthz?verbose` of node-1 lists, by name.
+fn supervised_tasks(lab: &Lab) -> Vec<String> {
+    let text = lab
+        .node(1)
+        .agent()
+        .healthz_verbose()
+        .unwrap_or_else(|e| panic!("/healthz?verbose: {e}"));
+    assert!(text.ends_with("healthz check passed\n"), "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("[+]task "))
+        .map(|l| l.trim_end_matches(" ok").to_string())
+        .collect()
+}
+
+/// Every long-running loop of the agent runs under its supervisor, so none can die unnoticed:
+/// with strict mode and a metrics listener, `/healthz?verbose` lists the key rotator, the
+/// policy loop, the L7 proxy's keeper, the flow collector, the strict guard's watcher and both
+/// accept loops. The control: an agent without strict mode or metrics runs (and lists) neither
+/// of those two tasks.
+#[test]
+fn every_long_running_loop_of_the_agent_is_supervised() {
+    common::require_agent();
+    let lab = common::lab_with(2, 1, options(true, false).metrics_port(9963));
+    common::start_mesh(&lab);
+    assert_eq!(
+        supervised_tasks(&lab),
+        [
+            "admin",
+            "flows",
+            "metrics",
+            "policy",
+            "proxy",
+            "rotation",
+            "strict-guard"
+        ]
+    );
+    drop(lab);
+
+    let lab = common::lab_with(2, 1, options(false, false));
+    common::start_mesh(&lab);
+    assert_eq!(
+        supervised_tasks(&lab),
+        ["admin", "flows", "policy", "proxy", "rotation"]
+    );
+}

@@ -219,3 +219,85 @@ fn route_message(net: IpNet, index: u32) -> Result<netlink_packet_route::route::
         .protocol(PROTO)
         .build())
 }
+
+/// Policy routing that delivers packets carrying a mark to local sockets (what TPROXY needs):
+/// `ip rule add fwmark MARK/MASK lookup TABLE pref PRIORITY` and `local default dev lo table
+/// TABLE`, for IPv4 and IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalDelivery {
+    pub mark: u32,
+    pub mask: u32,
+    pub table: u32,
+    pub priority: u32,
+}
+
+impl Netlink {
+    /// Installs `delivery`; idempotent (what is there already is kept).
+    pub async fn ensure_local_delivery(&self, delivery: LocalDelivery) -> Result<()> {
+        use netlink_packet_route::rule::{RuleAction, RuleAttribute};
+        let lo = self.link_index("lo").await?;
+        for v6 in [false, true] {
+            let rule = self
+                .handle
+                .rule()
+                .add()
+                .table_id(delivery.table)
+                .priority(delivery.priority)
+                .fw_mark(delivery.mark)
+                .action(RuleAction::ToTable);
+            let mask = RuleAttribute::FwMask(delivery.mask);
+            let added = if v6 {
+                let mut rule = rule.v6();
+                rule.message_mut().attributes.push(mask);
+                rule.execute().await
+            } else {
+                let mut rule = rule.v4();
+                rule.message_mut().attributes.push(mask);
+                rule.execute().await
+            };
+            match added {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                Err(e) => {
+                    return Err(anyhow!(
+                        "adding rule fwmark {:#x}/{:#x} lookup {} ({}): {e}",
+                        delivery.mark,
+                        delivery.mask,
+                        delivery.table,
+                        if v6 { "IPv6" } else { "IPv4" }
+                    ))
+                }
+            }
+            let any: IpNet = if v6 {
+                "::/0".parse()?
+            } else {
+                "0.0.0.0/0".parse()?
+            };
+            let route = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(any.network(), 0)
+                .map_err(|e| anyhow!("local route: {e:?}"))?
+                .output_interface(lo)
+                .table_id(delivery.table)
+                .kind(netlink_packet_route::route::RouteType::Local)
+                .scope(netlink_packet_route::route::RouteScope::Host)
+                .protocol(PROTO)
+                .build();
+            match self.handle.route().add(route).replace().execute().await {
+                Ok(()) => {}
+                // IPv6 disabled on this host (or in this namespace): no IPv6 to deliver.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if v6 && matches!(-e.raw_code(), libc::EACCES | libc::EAFNOSUPPORT) =>
+                {
+                    tracing::debug!("IPv6 is disabled: no IPv6 local delivery for marked packets");
+                }
+                Err(e) => {
+                    return Err(anyhow!(
+                        "adding local {any} dev lo table {}: {e}",
+                        delivery.table
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}

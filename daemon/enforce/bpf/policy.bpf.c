@@ -10,6 +10,15 @@
  * and the policy map, probed exactly like policy::PolicyMap::lookup: {identity, any} x
  * {protocol, any} x 17 port prefix lengths, deny wins. Allowed new connections are tracked.
  * The number of probes is fixed: rules only grow the map.
+ *
+ * HTTP rules: a new TCP connection that a policy allows only under HTTP rules (POLICY_L7) is
+ * not judged here but marked for the L7 proxy (nftables `tproxy` delivers the marked SYN to
+ * it, `socket transparent` its later packets): egress rules at the client's interface, ingress
+ * rules where the SYN enters this node (a local client's interface, or the WireGuard device
+ * for a remote one). The proxy's own upstream connections carry MARK_FROM_PROXY: at the
+ * server's interface an L7 entry admits them, and only them. An endpoint Istio
+ * AuthorizationPolicies apply to (EP_PROXY_INGRESS_TCP) has every TCP connection its map admits
+ * judged so, as if each allow entry carried HTTP rules: the proxy is its waypoint.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -24,6 +33,8 @@
 
 #include "policy.h"
 
+#define AF_INET 2
+#define AF_INET6 10
 #define HOST_IDENTITY 1
 #define WORLD_IDENTITY 2
 #define NS_PER_SEC 1000000000ull
@@ -84,6 +95,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } wm_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} wm_events SEC(".maps");
+
 struct flow {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -125,7 +142,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct flo
 		f->sport = bpf_ntohs(th.source);
 		f->dport = bpf_ntohs(th.dest);
 		f->policy_port = f->dport;
-		f->tcp_flags = (th.fin ? 1 : 0) | (th.syn ? 2 : 0) | (th.rst ? 4 : 0);
+		f->tcp_flags = (th.fin ? 1 : 0) | (th.syn ? 2 : 0) | (th.rst ? 4 : 0) | (th.ack ? 8 : 0);
 		return 0;
 	}
 	case IPPROTO_UDP:
@@ -201,6 +218,41 @@ static __always_inline int parse(struct __sk_buff *skb, struct flow *f, __u32 l3
 	return REASON_UNSUPPORTED;
 }
 
+/* Records a flow event for `wiremesh observe`; `f` may be unparsed (family 0). Returns `ret`. */
+static __always_inline int emit(const struct flow *f, __u32 ifindex, __u8 dir, __u8 verdict,
+				__u8 reason, __u32 identity, int ret)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&wm_events, sizeof(*e), 0);
+
+	if (!e)
+		return ret;
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->ifindex = ifindex;
+	e->remote_identity = identity;
+	__builtin_memcpy(e->saddr, f->saddr, 16);
+	__builtin_memcpy(e->daddr, f->daddr, 16);
+	e->sport = f->sport;
+	e->dport = f->policy_port;
+	e->protocol = f->protocol;
+	e->family = f->family;
+	e->direction = dir;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->tcp_flags = f->tcp_flags;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
+	bpf_ringbuf_submit(e, 0);
+	return ret;
+}
+
+/* Counts a drop and records it for `wiremesh observe`. */
+static __always_inline int drop(struct __sk_buff *skb, const struct flow *f, __u32 ifindex,
+				__u8 dir, __u8 reason, __u32 identity)
+{
+	return emit(f, ifindex, dir, VERDICT_DROP, reason, identity,
+		    count(skb, ifindex, dir, VERDICT_DROP, reason));
+}
+
 static __always_inline __u32 address_identity(const struct flow *f, const __u8 *addr)
 {
 	struct ipcache_key key = {
@@ -217,7 +269,7 @@ static __always_inline __u32 remote_identity(const struct flow *f, __u8 dir)
 	return address_identity(f, dir == DIR_EGRESS ? f->daddr : f->saddr);
 }
 
-/* Returns POLICY_ALLOW, or the drop reason. */
+/* Returns POLICY_ALLOW, POLICY_L7 (allowed through the proxy only), or the drop reason. */
 static __always_inline int policy_verdict(__u32 ifindex, __u8 dir, __u32 identity,
 					  __u8 protocol, __u16 port)
 {
@@ -237,7 +289,77 @@ static __always_inline int policy_verdict(__u32 ifindex, __u8 dir, __u32 identit
 		if (found & POLICY_DENY)
 			return REASON_POLICY_DENY;
 	}
-	return (found & POLICY_ALLOW) ? POLICY_ALLOW : REASON_NO_POLICY;
+	if (found & POLICY_ALLOW)
+		return POLICY_ALLOW;
+	return (found & POLICY_L7) ? POLICY_L7 : REASON_NO_POLICY;
+}
+
+/* The first packet of a TCP connection: SYN without ACK, FIN or RST. */
+static __always_inline int is_syn(const struct flow *f)
+{
+	return f->protocol == IPPROTO_TCP && f->tcp_flags == 2;
+}
+
+/*
+ * The verdict for a new connection into the endpoint `ifindex` (flags `ep_flags`): the policy
+ * map's, except that a TCP connection the map allows outright goes through the proxy too when
+ * Istio policies apply to the endpoint (EP_PROXY_INGRESS_TCP), unless it comes from the
+ * endpoint's own node (kubelet probes, as Istio's ambient mode exempts them).
+ */
+static __always_inline int ingress_verdict(__u32 ifindex, __u32 ep_flags, __u32 identity,
+					   const struct flow *f)
+{
+	int verdict = policy_verdict(ifindex, DIR_INGRESS, identity, f->protocol, f->policy_port);
+	if (verdict == POLICY_ALLOW && (ep_flags & EP_PROXY_INGRESS_TCP) &&
+	    f->protocol == IPPROTO_TCP && identity != HOST_IDENTITY)
+		return POLICY_L7;
+	return verdict;
+}
+
+/*
+ * The local endpoint a packet is routed to (its host-side interface, by the routing table the
+ * pods' /32 routes are in), if that endpoint enforces ingress; 0 otherwise.
+ */
+static __always_inline __u32 local_endpoint(struct __sk_buff *skb, const struct flow *f,
+					    __u32 *ep_flags)
+{
+	struct bpf_fib_lookup fib = {};
+
+	fib.family = f->family == 4 ? AF_INET : AF_INET6;
+	fib.ifindex = skb->ifindex;
+	if (f->family == 4) {
+		__builtin_memcpy(&fib.ipv4_src, f->saddr, 4);
+		__builtin_memcpy(&fib.ipv4_dst, f->daddr, 4);
+	} else {
+		__builtin_memcpy(fib.ipv6_src, f->saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, f->daddr, 16);
+	}
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 0;
+	__u32 out = fib.ifindex;
+	struct endpoint_config *ep = bpf_map_lookup_elem(&wm_endpoints, &out);
+	if (!ep || !(ep->flags & EP_ENFORCE_INGRESS) || (ep->flags & EP_FAIL_CLOSED))
+		return 0;
+	*ep_flags = ep->flags;
+	return out;
+}
+
+/*
+ * A SYN to a local pod whose ingress rules for this client are HTTP rules goes to the proxy.
+ * Judging the connection itself is left to that pod's interface (or to the proxy).
+ */
+static __always_inline void mark_ingress_redirect(struct __sk_buff *skb, const struct flow *f)
+{
+	if (!is_syn(f))
+		return;
+	__u32 ep_flags = 0;
+	__u32 ep = local_endpoint(skb, f, &ep_flags);
+	if (!ep)
+		return;
+	__u32 identity = address_identity(f, f->saddr);
+	if (ingress_verdict(ep, ep_flags, identity, f) == POLICY_L7)
+		skb->mark = (skb->mark & ~MARK_MASK) | MARK_TO_PROXY_INGRESS;
 }
 
 static __always_inline void ct_refresh(struct ct_value *ct, const struct flow *f, __u64 now)
@@ -260,21 +382,25 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 l3, int
 {
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_config *ep = bpf_map_lookup_elem(&wm_endpoints, &ifindex);
+	struct flow f = {};
 
-	if (!ep)
-		return count(skb, ifindex, dir, VERDICT_DROP, REASON_NO_ENDPOINT);
-	if (ep->flags & EP_FAIL_CLOSED)
-		return count(skb, ifindex, dir, VERDICT_DROP, REASON_FAIL_CLOSED);
+	if (!ep || (ep->flags & EP_FAIL_CLOSED)) {
+		/* Parsed for the flow event only: the verdict does not depend on it. */
+		if (parse(skb, &f, l3))
+			f.family = 0;
+		return drop(skb, &f, ifindex, dir, ep ? REASON_FAIL_CLOSED : REASON_NO_ENDPOINT, 0);
+	}
 	if (bpf_ntohs(skb->protocol) == ETH_P_ARP)
 		return count(skb, ifindex, dir, VERDICT_ALLOW, REASON_NON_IP);
 	__u32 enforce = dir == DIR_INGRESS ? EP_ENFORCE_INGRESS : EP_ENFORCE_EGRESS;
 	if (!(ep->flags & enforce))
 		return count(skb, ifindex, dir, VERDICT_ALLOW, REASON_NOT_ENFORCED);
 
-	struct flow f = {};
 	int reason = parse(skb, &f, l3);
-	if (reason)
-		return count(skb, ifindex, dir, VERDICT_DROP, reason);
+	if (reason) {
+		f.family = 0;
+		return drop(skb, &f, ifindex, dir, reason, 0);
+	}
 	if (host) {
 		const __u8 *local = dir == DIR_INGRESS ? f.daddr : f.saddr;
 		if (address_identity(&f, local) != HOST_IDENTITY)
@@ -313,9 +439,21 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 l3, int
 	}
 
 	__u32 identity = remote_identity(&f, dir);
-	int verdict = policy_verdict(ifindex, dir, identity, f.protocol, f.policy_port);
-	if (verdict != POLICY_ALLOW)
-		return count(skb, ifindex, dir, VERDICT_DROP, verdict);
+	int verdict = dir == DIR_INGRESS ? ingress_verdict(ifindex, ep->flags, identity, &f)
+					 : policy_verdict(ifindex, dir, identity, f.protocol, f.policy_port);
+	int allowed_by = REASON_POLICY_ALLOW;
+	if (verdict == POLICY_L7) {
+		if (dir == DIR_INGRESS && (skb->mark & MARK_MASK) == MARK_FROM_PROXY) {
+			allowed_by = REASON_FROM_PROXY;
+		} else if (dir == DIR_EGRESS && !host && is_syn(&f)) {
+			skb->mark = (skb->mark & ~MARK_MASK) | MARK_TO_PROXY_EGRESS;
+			allowed_by = REASON_PROXY_REDIRECT;
+		} else {
+			return drop(skb, &f, ifindex, dir, REASON_L7_UNREDIRECTED, identity);
+		}
+	} else if (verdict != POLICY_ALLOW) {
+		return drop(skb, &f, ifindex, dir, verdict, identity);
+	}
 
 	struct ct_value fresh = {};
 	ct_refresh(&fresh, &f, now);
@@ -323,13 +461,29 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 l3, int
 		fresh.expires_ns = now + CT_TCP_LIFETIME;
 	/* LRU: an insert evicts the least recently used entry rather than fail. */
 	bpf_map_update_elem(&wm_ct, &key, &fresh, BPF_ANY);
-	return count(skb, ifindex, dir, VERDICT_ALLOW, REASON_POLICY_ALLOW);
+	return emit(&f, ifindex, dir, VERDICT_ALLOW, allowed_by, identity,
+		    count(skb, ifindex, dir, VERDICT_ALLOW, allowed_by));
+}
+
+/* A SYN the pod's own egress rules did not send to the proxy may be bound for a local pod
+ * whose ingress rules do. */
+static __always_inline void local_ingress_redirect(struct __sk_buff *skb, __u32 l3)
+{
+	if ((skb->mark & MARK_MASK) == MARK_TO_PROXY_EGRESS)
+		return;
+	struct flow f = {};
+	if (parse(skb, &f, l3))
+		return;
+	mark_ingress_redirect(skb, &f);
 }
 
 SEC("classifier")
 int wm_from_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_EGRESS, ETH_HLEN, 0);
+	int verdict = handle(skb, DIR_EGRESS, ETH_HLEN, 0);
+	if (verdict == TC_ACT_OK)
+		local_ingress_redirect(skb, ETH_HLEN);
+	return verdict;
 }
 
 SEC("classifier")
@@ -338,11 +492,24 @@ int wm_to_pod(struct __sk_buff *skb)
 	return handle(skb, DIR_INGRESS, ETH_HLEN, 0);
 }
 
-/* tc ingress of the WireGuard device: packets out of the tunnel, into the host. */
+/* tc ingress of the WireGuard device: packets out of the tunnel, into the host (judged by the
+ * host endpoint's policy) or on to local pods (sent to the proxy where their HTTP rules say). */
 SEC("classifier")
 int wm_to_host(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_INGRESS, 0, 1);
+	int verdict = handle(skb, DIR_INGRESS, 0, 1);
+	if (verdict == TC_ACT_OK)
+		local_ingress_redirect(skb, 0);
+	return verdict;
+}
+
+/* tc ingress of the WireGuard device when no host policy selects this node: only the redirect
+ * of SYNs to local pods' HTTP rules; nothing is dropped here. */
+SEC("classifier")
+int wm_from_tunnel(struct __sk_buff *skb)
+{
+	local_ingress_redirect(skb, 0);
+	return TC_ACT_OK;
 }
 
 /* tc egress of the WireGuard device: packets from the host into the tunnel. */

@@ -12,7 +12,7 @@ use policy::{Bundle, Direction, Identities};
 
 use super::maps::{
     EndpointConfigValue, PolicyKey, DIR_EGRESS, DIR_INGRESS, EP_ENFORCE_EGRESS, EP_ENFORCE_INGRESS,
-    EP_FAIL_CLOSED, POLICY_ALLOW, POLICY_DENY,
+    EP_FAIL_CLOSED, EP_PROXY_INGRESS_TCP, POLICY_ALLOW, POLICY_DENY, POLICY_L7,
 };
 
 /// Every entry of one endpoint's compiled policy map; the seam also lets tests feed maps
@@ -36,6 +36,10 @@ pub struct EndpointConfig {
     pub enforce_ingress: bool,
     /// Judge packets leaving the pod (tc ingress of the interface).
     pub enforce_egress: bool,
+    /// Every TCP connection its policy map admits into the pod goes through the L7 proxy
+    /// (Istio AuthorizationPolicies apply to it: the proxy is its waypoint). Connections
+    /// from the pod's own node (kubelet probes) are exempt, as in Istio's ambient mode.
+    pub proxy_ingress_tcp: bool,
 }
 
 impl EndpointConfig {
@@ -45,6 +49,7 @@ impl EndpointConfig {
             identity,
             enforce_ingress: true,
             enforce_egress: true,
+            proxy_ingress_tcp: false,
         }
     }
 
@@ -55,6 +60,9 @@ impl EndpointConfig {
         }
         if self.enforce_egress {
             flags |= EP_ENFORCE_EGRESS;
+        }
+        if self.proxy_ingress_tcp {
+            flags |= EP_PROXY_INGRESS_TCP;
         }
         if fail_closed {
             flags |= EP_FAIL_CLOSED;
@@ -71,7 +79,7 @@ impl EndpointConfig {
 pub struct Desired {
     /// ifindex → config.
     pub endpoints: BTreeMap<u32, EndpointConfig>,
-    /// Policy map entries → `POLICY_ALLOW` / `POLICY_DENY` flags.
+    /// Policy map entries → `POLICY_ALLOW` / `POLICY_L7` / `POLICY_DENY` flags.
     pub policy: HashMap<PolicyKey, u32>,
     /// Prefix → identity (longest prefix wins; unmatched addresses are `world`).
     pub ipcache: HashMap<IpNet, u32>,
@@ -111,6 +119,11 @@ impl Desired {
                 .map(|ip| identities.lookup(*ip, local_node))
                 .unwrap_or(policy::identity::WORLD);
             desired.add_endpoint(ifindex, identity, map);
+            if !bundle.authz_for(endpoint).is_empty() {
+                if let Some(config) = desired.endpoints.get_mut(&ifindex) {
+                    config.proxy_ingress_tcp = true;
+                }
+            }
         }
         desired
     }
@@ -122,9 +135,12 @@ impl Desired {
         for (key, entry) in map.entries() {
             let mut flags = 0;
             if entry.allow {
-                // L7 rules restrict an allowed connection further in the proxy; at L3/L4 the
-                // connection is allowed.
-                flags |= POLICY_ALLOW;
+                // A connection HTTP rules restrict is allowed only through the L7 proxy, which
+                // applies them; without rules it is allowed here.
+                flags |= match entry.http {
+                    Some(_) => POLICY_L7,
+                    None => POLICY_ALLOW,
+                };
             }
             if entry.deny {
                 flags |= POLICY_DENY;
@@ -270,6 +286,49 @@ mod tests {
             on_n2[&"198.18.0.2/32".parse().unwrap()],
             policy::identity::HOST
         );
+    }
+
+    #[test]
+    fn an_endpoint_an_authorization_policy_applies_to_sends_its_tcp_ingress_to_the_proxy() {
+        let pods = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: prod, labels: {app: api}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.1.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.1.3}]}
+"#;
+        let authz = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api, namespace: prod}
+spec:
+  selector: {matchLabels: {app: api}}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"#;
+        let ifindexes: BTreeMap<String, u32> =
+            [("prod/api".to_string(), 7), ("prod/web".to_string(), 8)].into();
+        let flags = |docs: &[&str]| {
+            let bundle = policy::load(docs.iter().map(|d| ("t.yaml", *d))).unwrap();
+            let compiled = policy::Compiled::build(&bundle);
+            let d = Desired::from_compiled(
+                &compiled.identities,
+                &compiled.maps,
+                &bundle,
+                Some("n1"),
+                &ifindexes,
+            );
+            let flag = |i: u32| d.endpoints[&i].value(false).flags & EP_PROXY_INGRESS_TCP != 0;
+            (flag(7), flag(8))
+        };
+        assert_eq!(flags(&[pods, authz]), (true, false));
+        // Control: without the policy no endpoint is proxied.
+        assert_eq!(flags(&[pods]), (false, false));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod apply;
 mod desired;
+pub mod events;
 mod maps;
 
 use std::collections::HashMap;
@@ -25,12 +26,12 @@ use tracing::info;
 
 pub use desired::{ipcache_entries, policy_key, MapEntries, Plan};
 pub use desired::{plan, Desired, EndpointConfig};
-pub use maps::Reason;
 use maps::{
     CounterKey, CounterValue, EndpointConfigValue, IpcacheData, IpcacheValue, PolicyKey,
     PolicyValue, DIR_INGRESS, IPCACHE_FAMILY_BITS, MAP_COUNTERS, MAP_ENDPOINTS, MAP_IPCACHE,
     MAP_POLICY, VERDICT_ALLOW,
 };
+pub use maps::{Reason, MARK_FROM_PROXY, MARK_MASK, MARK_TO_PROXY_EGRESS, MARK_TO_PROXY_INGRESS};
 
 /// The eBPF object, compiled by build.rs; the ELF parser needs it 8-byte aligned.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/policy.bpf.o"));
@@ -42,6 +43,7 @@ const PROG_FROM_POD: &str = "wm_from_pod";
 const PROG_TO_POD: &str = "wm_to_pod";
 const PROG_TO_HOST: &str = "wm_to_host";
 const PROG_FROM_HOST: &str = "wm_from_host";
+const PROG_FROM_TUNNEL: &str = "wm_from_tunnel";
 /// A pod's host-side veth: tc ingress carries what the pod sends.
 const POD_HOOKS: [(&str, TcAttachType); 2] = [
     (PROG_FROM_POD, TcAttachType::Ingress),
@@ -138,7 +140,13 @@ impl Enforcer {
                 pin_dir: pin_dir.to_path_buf(),
                 source: Box::new(source),
             })?;
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_TO_HOST, PROG_FROM_HOST] {
+        for name in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            PROG_TO_HOST,
+            PROG_FROM_HOST,
+            PROG_FROM_TUNNEL,
+        ] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| program_error(name, source))?;
@@ -197,20 +205,31 @@ impl Enforcer {
     /// and tc egress (packets entering it). Idempotent: an attached program, ours or a
     /// previous agent's, is replaced in place, atomically.
     pub fn attach(&mut self, ifname: &str) -> Result<u32, EnforceError> {
-        self.attach_hooks(ifname, POD_HOOKS)
+        self.attach_hooks(ifname, &POD_HOOKS)
     }
 
     /// Attaches the host endpoint's programs to the WireGuard device `ifname` (an L3 device
     /// that also forwards pod traffic: only packets to or from the host's own addresses are
     /// judged there).
     pub fn attach_host(&mut self, ifname: &str) -> Result<u32, EnforceError> {
-        self.attach_hooks(ifname, HOST_HOOKS)
+        self.attach_hooks(ifname, &HOST_HOOKS)
+    }
+
+    /// Attaches the tunnel program alone to the WireGuard device `ifname` (no host policy): on
+    /// tc ingress it hands SYNs for local pods' HTTP rules to the L7 proxy and drops nothing.
+    /// The host endpoint's egress program, if there, is removed.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<u32, EnforceError> {
+        let ifindex = self.attach_hooks(ifname, &[(PROG_FROM_TUNNEL, TcAttachType::Ingress)])?;
+        let egress = our_slot(ifname, TcAttachType::Egress)?;
+        // Nothing in the slot is the usual case: no host policy ever.
+        let _ = aya::programs::links::Link::detach(egress);
+        Ok(ifindex)
     }
 
     fn attach_hooks(
         &mut self,
         ifname: &str,
-        hooks: [(&'static str, TcAttachType); 2],
+        hooks: &[(&'static str, TcAttachType)],
     ) -> Result<u32, EnforceError> {
         let ifindex = ifindex(ifname)?;
         match tc::qdisc_add_clsact(ifname) {
@@ -223,7 +242,7 @@ impl Enforcer {
                 })
             }
         }
-        for (name, hook) in hooks {
+        for &(name, hook) in hooks {
             let prog = program(&mut self.ebpf, name)?;
             let attach_err = |source| EnforceError::Attach {
                 ifname: ifname.to_string(),

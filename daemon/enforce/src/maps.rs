@@ -12,9 +12,17 @@ pub const DIR_EGRESS: u8 = 2;
 pub const EP_ENFORCE_INGRESS: u32 = 1 << 0;
 pub const EP_ENFORCE_EGRESS: u32 = 1 << 1;
 pub const EP_FAIL_CLOSED: u32 = 1 << 2;
+pub const EP_PROXY_INGRESS_TCP: u32 = 1 << 3;
 
 pub const POLICY_ALLOW: u32 = 1 << 0;
 pub const POLICY_DENY: u32 = 1 << 1;
+pub const POLICY_L7: u32 = 1 << 2;
+
+/// skb mark bits the programs, the nftables table and the proxy agree on (policy.h).
+pub const MARK_MASK: u32 = 0x0f00;
+pub const MARK_TO_PROXY_INGRESS: u32 = 0x0a00;
+pub const MARK_TO_PROXY_EGRESS: u32 = 0x0b00;
+pub const MARK_FROM_PROXY: u32 = 0x0c00;
 
 pub const VERDICT_ALLOW: u8 = 0;
 
@@ -33,12 +41,15 @@ pub enum Reason {
     NotEnforced,
     NonIp,
     Icmp6NeighbourDiscovery,
+    ProxyRedirect,
+    FromProxy,
     PolicyDeny,
     NoPolicy,
     NoEndpoint,
     FailClosed,
     Malformed,
     Unsupported,
+    L7Unredirected,
     Unknown(u8),
 }
 
@@ -51,12 +62,15 @@ impl Reason {
             4 => Self::NotEnforced,
             5 => Self::NonIp,
             6 => Self::Icmp6NeighbourDiscovery,
+            7 => Self::ProxyRedirect,
+            8 => Self::FromProxy,
             16 => Self::PolicyDeny,
             17 => Self::NoPolicy,
             18 => Self::NoEndpoint,
             19 => Self::FailClosed,
             20 => Self::Malformed,
             21 => Self::Unsupported,
+            22 => Self::L7Unredirected,
             other => Self::Unknown(other),
         }
     }
@@ -70,12 +84,15 @@ impl Reason {
             Self::NotEnforced => "not-enforced",
             Self::NonIp => "non-ip",
             Self::Icmp6NeighbourDiscovery => "icmp6-nd",
+            Self::ProxyRedirect => "proxy-redirect",
+            Self::FromProxy => "from-proxy",
             Self::PolicyDeny => "policy-deny",
             Self::NoPolicy => "no-policy",
             Self::NoEndpoint => "no-endpoint",
             Self::FailClosed => "fail-closed",
             Self::Malformed => "malformed",
             Self::Unsupported => "unsupported",
+            Self::L7Unredirected => "l7-unredirected",
             Self::Unknown(_) => "unknown",
         }
     }

@@ -45,9 +45,13 @@ pub struct EncryptView {
 /// `GET /healthz`, `GET /v1/encrypt/status`, `GET /v1/encrypt/nodes`.
 pub fn register(routes: &mut Routes, view: Arc<EncryptView>) {
     let v = view.clone();
-    routes.get(paths::HEALTHZ, move |_| {
+    routes.get(paths::HEALTHZ, move |call| {
         let health = v.health.borrow().clone();
-        async move { healthz(&health) }
+        let verbose = call
+            .query
+            .as_deref()
+            .is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+        async move { healthz(&health, verbose) }
     });
     let v = view.clone();
     routes.get(paths::STATUS, move |_| {
@@ -60,12 +64,18 @@ pub fn register(routes: &mut Routes, view: Arc<EncryptView>) {
     });
 }
 
-/// "ok" while every task runs; 503 naming the others.
-fn healthz(health: &Health) -> Reply {
-    match crate::api::health::unhealthy(health) {
-        None => Reply::ok("ok\n".into()),
-        Some(down) => Reply::with(StatusCode::SERVICE_UNAVAILABLE, format!("{down}\n")),
-    }
+/// "ok" while every task runs; 503 naming the others. With `?verbose`, one line per supervised
+/// task as Kubernetes' `/healthz?verbose` prints its checks.
+fn healthz(health: &Health, verbose: bool) -> Reply {
+    let code = match crate::api::health::unhealthy(health) {
+        None if !verbose => return Reply::ok("ok\n".into()),
+        Some(down) if !verbose => {
+            return Reply::with(StatusCode::SERVICE_UNAVAILABLE, format!("{down}\n"))
+        }
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Reply::with(code, crate::api::health::render_verbose(health))
 }
 
 impl EncryptView {
@@ -174,7 +184,7 @@ mod tests {
             last_failure: None,
         };
         health.insert("rotation".into(), running);
-        let ok = healthz(&health);
+        let ok = healthz(&health, false);
         assert_eq!((ok.code, ok.body.as_str()), (StatusCode::OK, "ok\n"));
         let restarting = TaskStatus {
             state: TaskState::Restarting,
@@ -182,11 +192,20 @@ mod tests {
             last_failure: Some("panicked at run.rs:1".into()),
         };
         health.insert("policy".into(), restarting);
-        let failed = healthz(&health);
+        let failed = healthz(&health, false);
         assert_eq!(failed.code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             failed.body,
             "task policy is restarting (panicked at run.rs:1)\n"
+        );
+        let verbose = healthz(&health, true);
+        assert_eq!(verbose.code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            verbose.body.contains("[-]task policy restarting")
+                && verbose.body.contains("[+]task rotation ok")
+                && verbose.body.ends_with("healthz check failed\n"),
+            "{}",
+            verbose.body
         );
     }
 }

@@ -39,6 +39,49 @@ pub struct MetricsView {
     pub device: watch::Receiver<Option<Arc<DeviceView>>>,
     pub policy: View<PolicyView>,
     pub totals: View<PolicyTotals>,
+    /// Recent flows: their per-verdict counts.
+    pub flows: Arc<wiremesh_l7::flows::FlowLog>,
+    /// Latency of the HTTP requests the L7 proxy judged (observed as their records arrive).
+    pub http_latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// The HTTP latency histogram's buckets, seconds.
+pub fn http_latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(
+        wiremesh_l7::flows::LATENCY_BOUNDS_MS
+            .iter()
+            .map(|ms| ms / 1000.0),
+    )
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+}
+
+/// Flows seen (kernel connection and drop events, HTTP requests) by verdict, and HTTP latency.
+fn register_flows(registry: &mut Registry, view: &MetricsView) {
+    use wiremesh_l7::flows::Verdict;
+    let flows = Family::<VerdictLabels, Counter<u64, AtomicU64>>::default();
+    for (verdict, n) in view.flows.verdict_counts() {
+        let verdict = match verdict {
+            Verdict::Forwarded => "FORWARDED",
+            Verdict::Dropped => "DROPPED",
+            Verdict::Audit => "AUDIT",
+            Verdict::Error => "ERROR",
+        };
+        flows.get_or_create(&VerdictLabels { verdict }).inc_by(n);
+    }
+    registry.register(
+        "flows",
+        "Flows seen on this node (new connections, drops, HTTP requests), by verdict",
+        flows,
+    );
+    registry.register(
+        "http_request_duration_seconds",
+        "Latency of HTTP requests through the L7 proxy, from the request to the response head",
+        view.http_latency.clone(),
+    );
 }
 
 /// `GET /metrics` on the admin socket.
@@ -72,13 +115,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
-/// Serves `GET /metrics` only (never the admin endpoints) on `listener`, for Prometheus.
-pub fn serve(listener: TcpListener, view: Arc<MetricsView>, limits: Limits) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    }
-    let listener = Arc::new(listener);
-    tokio::spawn(listen::accept_loop(
+/// Serves `GET /metrics` only (never the admin endpoints) on `listener`, for Prometheus: the
+/// accept loop, which the agent runs as a supervised task (a restarted loop serves the same
+/// listening socket). It only ends by panicking.
+pub fn serve(
+    listener: Arc<TcpListener>,
+    view: Arc<MetricsView>,
+    limits: Limits,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    listen::accept_loop(
         "metrics",
         limits.max_conns,
         move || {
@@ -96,7 +141,7 @@ pub fn serve(listener: TcpListener, view: Arc<MetricsView>, limits: Limits) {
                 drop(permit);
             });
         },
-    ));
+    )
 }
 
 fn scrape(req: &Request<Incoming>, view: &MetricsView) -> Response<Full<Bytes>> {
@@ -291,6 +336,7 @@ pub fn render(view: &MetricsView) -> Result<String, std::fmt::Error> {
     }
     register_policy(&mut registry, view);
     register_strict(&mut registry, view);
+    register_flows(&mut registry, view);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
@@ -375,7 +421,45 @@ mod tests {
             device: watch::channel(None).1,
             policy: View::fixed(policy),
             totals: View::fixed(totals),
+            flows: Arc::new(wiremesh_l7::flows::FlowLog::default()),
+            http_latency: http_latency_histogram(),
         }
+    }
+
+    /// Flows are counted by verdict and HTTP requests' latency goes into the histogram.
+    #[test]
+    fn flows_are_counted_by_verdict_and_http_latency_is_a_histogram() {
+        use wiremesh_l7::flows::{Flow, FlowEndpoint, Verdict};
+        let view = view(PolicyView::default(), PolicyTotals::default());
+        for verdict in [Verdict::Dropped, Verdict::Dropped, Verdict::Forwarded] {
+            view.flows.record(Flow::now(
+                FlowEndpoint::default(),
+                FlowEndpoint::default(),
+                verdict,
+            ));
+        }
+        view.http_latency.observe(0.003);
+        let text = render(&view).unwrap();
+        assert!(
+            text.contains("wiremesh_flows_total{verdict=\"DROPPED\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wiremesh_flows_total{verdict=\"FORWARDED\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE wiremesh_http_request_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wiremesh_http_request_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wiremesh_http_request_duration_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! `server.rs` serves the socket (who may ask, limits, routing) and knows no endpoint; each
 //! subsystem's file registers its endpoints and reads only the views it is given
 //! (`view.rs`): `encrypt.rs` status, nodes and `/healthz`; `keys.rs` rotation; `objects.rs`
-//! apply/delete; `trace.rs` the online policy trace; `metrics.rs` `/metrics`. Nothing here
+//! apply/delete; `trace.rs` the online policy trace; `metrics.rs` `/metrics`; `flows.rs` recent flows. Nothing here
 //! imports the agent: the agent builds [`AdminViews`] from its own state.
 
 pub mod encrypt;
+pub mod flows;
 pub mod keys;
 pub mod metrics;
 pub mod objects;
@@ -17,7 +18,7 @@ pub mod view;
 
 use std::sync::Arc;
 
-pub use server::{AdminServer, BindError, Call, Reply, Routes};
+pub use server::{Acceptor, AdminServer, BindError, Call, Reply, Routes};
 
 /// Everything the admin API reads, by subsystem.
 pub struct AdminViews {
@@ -26,6 +27,8 @@ pub struct AdminViews {
     pub objects: Arc<objects::ObjectsView>,
     pub policy: view::View<view::PolicyView>,
     pub metrics: Arc<metrics::MetricsView>,
+    /// Recent flows (`wiremesh observe`).
+    pub flows: Arc<wiremesh_l7::flows::FlowLog>,
 }
 
 impl AdminViews {
@@ -37,6 +40,7 @@ impl AdminViews {
         objects::register(&mut routes, self.objects.clone());
         trace::register(&mut routes, self.policy.clone());
         metrics::register(&mut routes, self.metrics.clone());
+        flows::register(&mut routes, self.flows.clone());
         Arc::new(routes)
     }
 }

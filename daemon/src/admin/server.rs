@@ -160,14 +160,27 @@ impl Routes {
     }
 }
 
-/// The admin socket while it is served; dropping it removes the socket file.
+/// The admin socket, bound; dropping it removes the socket file. Its [`Acceptor`] serves it.
 pub struct AdminServer {
     path: PathBuf,
+    acceptor: Acceptor,
+}
+
+/// What serves the admin socket: [`Acceptor::serve`] is the accept loop, which the agent runs
+/// as a supervised task. A restarted loop serves the same listening socket, so clients never
+/// see the file vanish.
+#[derive(Clone)]
+pub struct Acceptor {
+    listener: Arc<UnixListener>,
+    routes: Arc<Routes>,
+    access: Access,
+    limits: Limits,
 }
 
 impl AdminServer {
-    /// Serves `routes` on `path`: root may do everything, `access`'s reader group may only
-    /// read (GET), anyone else gets 403 whatever the socket file's mode.
+    /// Binds `path` for `routes`: root may do everything, `access`'s reader group may only
+    /// read (GET), anyone else gets 403 whatever the socket file's mode. Nothing is served
+    /// before its [`Acceptor::serve`] runs.
     pub fn bind(
         path: &Path,
         routes: Arc<Routes>,
@@ -191,8 +204,29 @@ impl AdminServer {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let listener = Arc::new(listener);
-        tokio::spawn(listen::accept_loop(
+        Ok(Self {
+            path: path.to_path_buf(),
+            acceptor: Acceptor {
+                listener: Arc::new(listener),
+                routes,
+                access,
+                limits,
+            },
+        })
+    }
+
+    pub fn acceptor(&self) -> Acceptor {
+        self.acceptor.clone()
+    }
+}
+
+impl Acceptor {
+    /// The accept loop: one task per connection, at most `limits.max_conns` at once. It only
+    /// ends by panicking; dropping it stops accepting (connections already accepted go on).
+    pub fn serve(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (listener, routes) = (self.listener.clone(), self.routes.clone());
+        let (access, limits) = (self.access, self.limits);
+        listen::accept_loop(
             "admin",
             limits.max_conns,
             move || {
@@ -210,10 +244,7 @@ impl AdminServer {
                     drop(permit);
                 });
             },
-        ));
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
+        )
     }
 }
 

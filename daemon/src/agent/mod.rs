@@ -3,11 +3,13 @@
 //! rotates the key on schedule. It holds no packet state: killing it drops nothing.
 
 mod event_loop;
+pub mod flows;
 pub mod peers;
 pub mod persist;
 pub mod policy;
+pub mod proxy;
 pub mod rotation;
-mod start;
+pub mod start;
 pub mod supervisor;
 mod views;
 
@@ -123,6 +125,16 @@ pub async fn run(config: Config) -> Result<()> {
     // Before the data path, the store or the key: pod traffic must never find a moment with
     // neither the tunnel nor the guard.
     let strict = crate::strict::start(&config).await?;
+    let mut supervisor = Supervisor::default();
+    if let Some(watcher) = strict.watcher {
+        supervisor.spawn("strict-guard", move || {
+            let watching = watcher.run();
+            async move {
+                watching.await;
+                Ok(())
+            }
+        });
+    }
     let keys = load_keys(&config)?;
     let peer_file = PeerFile::new(&config.state_dir);
     let store = Arc::new(open_store(&config, &peer_file).await?);
@@ -136,11 +148,13 @@ pub async fn run(config: Config) -> Result<()> {
     let datapath = started.datapath.clone();
     tracing::info!(interface = %config.interface, datapath = datapath.kind(), mtu, port = config.listen_port, "interface up");
 
-    let mut supervisor = Supervisor::default();
     let (rotate_tx, rotate_rx) = mpsc::channel(4);
     let own = start_rotation(&mut supervisor, &config, &store, &datapath, keys, rotate_rx).await?;
     let objects = Arc::new(open_objects(&config)?);
     let policy = start_policy(&mut supervisor, &config, &store, &objects, &netlink)?;
+    start_proxy(&mut supervisor, &config, &netlink, &policy.state).await?;
+    let http_latency = crate::admin::metrics::http_latency_histogram();
+    let flows = start_flows(&mut supervisor, &config, &policy.state, &http_latency);
 
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let (view_tx, view_rx) = watch::channel(None);
@@ -154,10 +168,12 @@ pub async fn run(config: Config) -> Result<()> {
         policy: policy.state,
         policy_counters: policy.counters,
         device_view: view_rx,
-        strict,
+        strict: strict.status,
         health: supervisor.health(),
+        flows,
+        http_latency,
     };
-    let _admin = serve_admin(&config, mtu, published).await?;
+    let _admin = serve_admin(&mut supervisor, &config, mtu, published).await?;
 
     let reconciler = Reconciler {
         datapath: datapath.clone(),
@@ -337,8 +353,60 @@ fn start_policy(
     })
 }
 
-/// Serves the admin API on its socket and, when configured, the metrics listener.
+/// With policy enforcement on, installs the kernel's redirect to the L7 proxy and keeps the
+/// proxy process running and configured (the supervised task `proxy`).
+async fn start_proxy(
+    supervisor: &mut Supervisor,
+    config: &Config,
+    netlink: &Netlink,
+    policy: &watch::Receiver<Arc<policy::PolicyState>>,
+) -> Result<()> {
+    if config.policy.enforcement == crate::config::Enforcement::Never {
+        return Ok(());
+    }
+    let listeners = crate::l7::DEFAULT_LISTENERS;
+    crate::l7::install(netlink, listeners).await?;
+    let (config, policy) = (config.clone(), policy.clone());
+    supervisor.spawn("proxy", move || {
+        proxy::ProxyKeeper::new(&config, listeners, policy.clone()).run()
+    });
+    Ok(())
+}
+
+/// Gathers the programs' flow events and the proxy's request records for `wiremesh observe`
+/// (the supervised task `flows`); the log is empty when nothing is enforced.
+fn start_flows(
+    supervisor: &mut Supervisor,
+    config: &Config,
+    policy: &watch::Receiver<Arc<policy::PolicyState>>,
+    http_latency: &prometheus_client::metrics::histogram::Histogram,
+) -> Arc<wiremesh_l7::flows::FlowLog> {
+    let log = Arc::new(wiremesh_l7::flows::FlowLog::default());
+    if config.policy.enforcement == crate::config::Enforcement::Never {
+        return log;
+    }
+    let (node, pin_dir) = (config.node_name.clone(), config.policy.bpf_pin_dir.clone());
+    let proxy_socket = config.run_dir.join("proxy.sock");
+    let (policy, flows, latency) = (policy.clone(), log.clone(), http_latency.clone());
+    supervisor.spawn("flows", move || {
+        flows::FlowCollector {
+            node: node.clone(),
+            pin_dir: pin_dir.clone(),
+            proxy_socket: proxy_socket.clone(),
+            policy: policy.clone(),
+            log: flows.clone(),
+            http_latency: latency.clone(),
+        }
+        .run()
+    });
+    log
+}
+
+/// Binds the admin socket and, when configured, the metrics listener (so that a taken socket
+/// fails start-up) and serves each under the supervisor. The returned server removes the
+/// socket file when dropped.
 async fn serve_admin(
+    supervisor: &mut Supervisor,
     config: &Config,
     mtu: u32,
     published: views::Published,
@@ -353,9 +421,26 @@ async fn serve_admin(
         access,
         Limits::ADMIN,
     )?;
+    let acceptor = admin.acceptor();
+    supervisor.spawn("admin", move || {
+        let accepting = acceptor.serve();
+        async move {
+            accepting.await;
+            Ok(())
+        }
+    });
     if let Some(addr) = config.metrics_address {
-        let listener = crate::admin::metrics::bind(addr).await?;
-        crate::admin::metrics::serve(listener, admin_views.metrics, Limits::METRICS);
+        let listener = Arc::new(crate::admin::metrics::bind(addr).await?);
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        let view = admin_views.metrics;
+        supervisor.spawn("metrics", move || {
+            let accepting =
+                crate::admin::metrics::serve(listener.clone(), view.clone(), Limits::METRICS);
+            async move {
+                accepting.await;
+                Ok(())
+            }
+        });
     }
     Ok(admin)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use keymgr::PrivateKey;
+use keymgr::{PrivateKey, PublicKey};
 use tokio::sync::Notify;
 
 use crate::config::{Config, DatapathKind, WIREGUARD_OVERHEAD};
@@ -119,11 +119,21 @@ async fn attach_or_spawn(
     let client = uapi_client(config);
     if let Ok(state) = client.get().await {
         let running = state.private_key.as_ref().map(|k| k.public_key());
-        let staged = state.next_public_key;
-        if running != Some(key.public_key()) && staged != Some(key.public_key()) {
-            // The key file changed under a running data path (restored by hand, say): the file
-            // is the source of truth.
-            tracing::warn!(socket = %client.path().display(), "running data path holds another key; giving it this node's key");
+        let adoption = adopt(running, state.next_public_key, key.public_key());
+        match adoption {
+            Adopt::AsIs => {}
+            Adopt::Promote => tracing::warn!(
+                socket = %client.path().display(),
+                "the running data path holds this node's key only as its staged successor (the \
+                 previous agent committed a rotation on disk and stopped before switching); \
+                 switching to it now, keeping the sessions made with it"
+            ),
+            Adopt::Replace => tracing::warn!(
+                socket = %client.path().display(),
+                "running data path holds another key; giving it this node's key"
+            ),
+        }
+        if adoption != Adopt::AsIs {
             client
                 .set(&SetRequest {
                     private_key: Some(key.clone()),
@@ -154,27 +164,64 @@ async fn attach_or_spawn(
     }
 }
 
+/// What a running data path needs so that its key is the key file's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adopt {
+    /// It already uses the file's key.
+    AsIs,
+    /// The file's key is its staged successor: a rotation was committed on disk and the agent
+    /// stopped before the switch. Setting the key promotes it, keeping its sessions; left
+    /// alone, the node would publish a key its data path does not answer to.
+    Promote,
+    /// It holds an unrelated key (the key file was restored by hand, say): the file is the
+    /// source of truth.
+    Replace,
+}
+
+fn adopt(running: Option<PublicKey>, staged: Option<PublicKey>, file: PublicKey) -> Adopt {
+    if running == Some(file) {
+        Adopt::AsIs
+    } else if staged == Some(file) {
+        Adopt::Promote
+    } else {
+        Adopt::Replace
+    }
+}
+
 pub fn pid_file(config: &Config) -> std::path::PathBuf {
     config.run_dir.join("datapath.pid")
 }
 
 fn spawn(config: &Config, exited: Arc<Notify>) -> Result<()> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--interface".into(),
+        config.interface.clone().into(),
+        "--listen-port".into(),
+        config.listen_port.to_string().into(),
+        "--key-file".into(),
+        config.key_path().into(),
+        "--pid-file".into(),
+        pid_file(config).into(),
+    ];
+    if let Some(gid) = config.admin_group {
+        args.extend(["--admin-group".into(), gid.to_string().into()]);
+    }
+    spawn_detached("datapath", "data path", &args, Some(exited))
+}
+
+/// Starts `wiremesh <command> <args>` (the `what` process, in logs) detached from the agent's session (so that signals meant
+/// for the agent do not reach it and it outlives the agent); `exited`, if given, is notified if
+/// it exits while this agent runs.
+pub(super) fn spawn_detached(
+    command: &'static str,
+    what: &'static str,
+    args: &[std::ffi::OsString],
+    exited: Option<Arc<Notify>>,
+) -> Result<()> {
     let exe = std::env::current_exe().context("locating the wiremesh binary")?;
     let mut cmd = Command::new(&exe);
-    cmd.arg("datapath")
-        .arg("--interface")
-        .arg(&config.interface)
-        .arg("--listen-port")
-        .arg(config.listen_port.to_string())
-        .arg("--key-file")
-        .arg(config.key_path())
-        .arg("--pid-file")
-        .arg(pid_file(config))
-        .stdin(Stdio::null());
-    if let Some(gid) = config.admin_group {
-        cmd.arg("--admin-group").arg(gid.to_string());
-    }
-    // SAFETY: setsid(2) is async-signal-safe; it detaches the data path from the agent's
+    cmd.arg(command).args(args).stdin(Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe; it detaches the child from the agent's
     // session and process group, so that signals meant for the agent do not reach it.
     unsafe {
         cmd.pre_exec(|| {
@@ -184,19 +231,38 @@ fn spawn(config: &Config, exited: Arc<Notify>) -> Result<()> {
     }
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("starting {} datapath", exe.display()))?;
+        .with_context(|| format!("starting {} {command}", exe.display()))?;
     let pid = child.id();
-    tracing::info!(pid, "started the data path process");
+    tracing::info!(pid, "started the {what} process");
     // Reap it if it exits while this agent runs; if the agent goes first, init adopts it.
     std::thread::Builder::new()
-        .name("datapath-reaper".into())
+        .name(format!("{command}-reaper"))
         .spawn(move || match child.wait() {
             Ok(status) => {
-                tracing::warn!(pid, %status, "the data path process exited");
-                exited.notify_one();
+                tracing::warn!(pid, %status, "the {what} process exited");
+                if let Some(exited) = exited {
+                    exited.notify_one();
+                }
             }
-            Err(e) => tracing::warn!(pid, error = %e, "waiting for the data path process"),
+            Err(e) => tracing::warn!(pid, error = %e, "waiting for the {what} process"),
         })
         .map_err(|e| anyhow!("spawning the reaper thread: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_files_key_is_adopted_by_a_running_data_path() {
+        let [old, new, other] = [0; 3].map(|_| PrivateKey::generate().public_key());
+        assert_eq!(adopt(Some(new), None, new), Adopt::AsIs);
+        assert_eq!(adopt(Some(new), Some(other), new), Adopt::AsIs);
+        // Committed on disk, still staged in the data path: promoted, not left behind.
+        assert_eq!(adopt(Some(old), Some(new), new), Adopt::Promote);
+        assert_eq!(adopt(Some(old), None, new), Adopt::Replace);
+        assert_eq!(adopt(Some(old), Some(other), new), Adopt::Replace);
+        assert_eq!(adopt(None, None, new), Adopt::Replace);
+    }
 }

@@ -38,6 +38,8 @@ pub struct Published {
     pub device_view: watch::Receiver<Option<Arc<DeviceView>>>,
     pub strict: watch::Receiver<StrictStatus>,
     pub health: watch::Receiver<Health>,
+    pub flows: Arc<wiremesh_l7::flows::FlowLog>,
+    pub http_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
@@ -64,6 +66,8 @@ pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
         device: p.device_view,
         policy: policy.clone(),
         totals: View::new(move || policy_totals(&counters)),
+        flows: p.flows.clone(),
+        http_latency: p.http_latency,
     });
     let objects = Arc::new(ObjectsView {
         store: p.objects,
@@ -80,6 +84,7 @@ pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
         objects,
         policy,
         metrics,
+        flows: p.flows,
     }
 }
 

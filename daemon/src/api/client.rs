@@ -81,6 +81,12 @@ impl AgentClient {
         self.send(Method::GET, paths::HEALTHZ, String::new()).await
     }
 
+    /// `GET /healthz?verbose`: one line per supervised task, then the verdict.
+    pub async fn healthz_verbose(&self) -> Result<String, ApiError> {
+        let path = format!("{}?verbose", paths::HEALTHZ);
+        self.send(Method::GET, &path, String::new()).await
+    }
+
     pub async fn status(&self) -> Result<EncryptStatus, ApiError> {
         decode(&self.status_json().await?)
     }
@@ -125,6 +131,20 @@ impl AgentClient {
     /// `GET /metrics` (Prometheus text format).
     pub async fn metrics(&self) -> Result<String, ApiError> {
         self.send(Method::GET, paths::METRICS, String::new()).await
+    }
+
+    /// The flow records after `after`, waiting up to `wait` for the first one (`observe`).
+    pub async fn flows(
+        &self,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> Result<Vec<wiremesh_l7::flows::Flow>, ApiError> {
+        let path = format!("{}?after={after}&wait={}", paths::FLOWS, wait.as_millis());
+        let body = self.send(Method::GET, &path, String::new()).await?;
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(decode)
+            .collect()
     }
 
     /// One request; the body of a success.

@@ -74,6 +74,32 @@ pub fn render(health: &Health) -> String {
     out
 }
 
+/// Every task, `[+]task NAME ok` or `[-]task NAME restarting (WHY)`, then `healthz check
+/// passed` or `failed` (the shape of Kubernetes' `/healthz?verbose`).
+pub fn render_verbose(health: &Health) -> String {
+    let mut out = String::new();
+    for (name, s) in health {
+        let restarts = match s.restarts {
+            0 => String::new(),
+            n => format!(" (restarted {n} times)"),
+        };
+        match s.state {
+            TaskState::Running => out.push_str(&format!("[+]task {name} ok{restarts}\n")),
+            TaskState::Restarting => {
+                let why = s.last_failure.as_deref().unwrap_or("ended");
+                out.push_str(&format!("[-]task {name} restarting ({why}){restarts}\n"))
+            }
+        }
+    }
+    let verdict = if unhealthy(health).is_none() {
+        "passed"
+    } else {
+        "failed"
+    };
+    out.push_str(&format!("healthz check {verdict}\n"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +139,26 @@ mod tests {
         );
         assert_eq!(unhealthy(&h), None);
         assert!(!is_quiet(&h));
+    }
+
+    #[test]
+    fn verbose_lists_every_task_and_the_verdict() {
+        let mut h = Health::new();
+        h.insert("admin".into(), task(TaskState::Running, 0, None));
+        h.insert("policy".into(), task(TaskState::Running, 1, Some("x")));
+        assert_eq!(
+            render_verbose(&h),
+            "[+]task admin ok\n[+]task policy ok (restarted 1 times)\nhealthz check passed\n"
+        );
+        h.insert(
+            "strict-guard".into(),
+            task(TaskState::Restarting, 0, Some("panicked: nft")),
+        );
+        assert_eq!(
+            render_verbose(&h),
+            "[+]task admin ok\n[+]task policy ok (restarted 1 times)\n\
+             [-]task strict-guard restarting (panicked: nft)\nhealthz check failed\n"
+        );
     }
 
     #[test]

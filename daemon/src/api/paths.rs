@@ -30,3 +30,6 @@ pub const OBJECTS: &str = "/v1/objects";
 pub const TRACE: &str = "/v1/policy/trace";
 /// `GET`: Prometheus text format.
 pub const METRICS: &str = "/metrics";
+/// `GET ?after=SEQ&wait=MS`: the flow records after `SEQ` (waiting up to `MS` for one), one JSON
+/// object per line (`wiremesh observe`).
+pub const FLOWS: &str = "/v1/flows";

@@ -1,6 +1,6 @@
-//! The long-running programs: `wiremesh agent`, `wiremesh guard` (strict mode at boot) and
-//! `wiremesh datapath`. Each loads what it needs, runs, and turns the outcome into an exit
-//! code: 2 for a config that does not load, 1 for a failure while running.
+//! The long-running programs: `wiremesh agent`, `wiremesh guard` (strict mode at boot),
+//! `wiremesh datapath` and `wiremesh proxy`. Each loads what it needs, runs, and turns the
+//! outcome into an exit code: 2 for a config that does not load, 1 for a failure while running.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +68,17 @@ pub fn run_guard(path: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wiremesh proxy`.
+pub fn run_proxy(opts: wiremesh_l7::process::Options) -> ExitCode {
+    init_logging();
+    report(
+        "wiremesh proxy",
+        runtime()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(wiremesh_l7::process::run(opts))),
+    )
 }
 
 /// `wiremesh datapath`.

@@ -7,6 +7,7 @@ mod agent;
 mod ask;
 mod encrypt;
 mod objects;
+mod observe;
 mod trace;
 
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub enum Command {
         #[command(subcommand)]
         command: EncryptCommand,
     },
+    /// This node's recent flows (connections allowed, packets dropped, HTTP requests), as
+    /// Hubble shows them.
+    Observe(observe::ObserveArgs),
     /// Policy commands.
     Policy {
         #[command(subcommand)]
@@ -93,6 +97,25 @@ pub enum Command {
         /// (config key `adminGroup`).
         #[arg(long)]
         admin_group: Option<u32>,
+    },
+    /// Run the L7 filter: the transparent HTTP proxy that enforces HTTP rules (started by the
+    /// agent; it outlives agent restarts).
+    Proxy {
+        /// Transparent listener for connections into local pods.
+        #[arg(long, default_value_t = wiremesh_l7::process::DEFAULT_INGRESS_PORT)]
+        ingress_port: u16,
+        /// Transparent listener for connections out of local pods.
+        #[arg(long, default_value_t = wiremesh_l7::process::DEFAULT_EGRESS_PORT)]
+        egress_port: u16,
+        /// The control socket the agent configures it through.
+        #[arg(long)]
+        control_socket: PathBuf,
+        /// Where the last configuration is kept across restarts.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// Where to write this process's PID.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
 }
 
@@ -142,6 +165,20 @@ pub fn run(cli: Cli) -> ExitCode {
             pid_file,
             admin_group,
         }),
+        Command::Proxy {
+            ingress_port,
+            egress_port,
+            control_socket,
+            state_file,
+            pid_file,
+        } => agent::run_proxy(wiremesh_l7::process::Options {
+            ingress_port,
+            egress_port,
+            control_socket,
+            state_file,
+            mark: wiremesh_enforce::MARK_FROM_PROXY,
+            pid_file,
+        }),
         Command::Apply { files } => objects::run(&files, false, &run_dir),
         Command::Delete { files } => objects::run(&files, true, &run_dir),
         Command::Policy {
@@ -153,5 +190,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Encrypt {
             command: EncryptCommand::Status { json, all_nodes },
         } => encrypt::status(json, all_nodes, &run_dir),
+        Command::Observe(args) => observe::run(&args, &run_dir),
     }
 }

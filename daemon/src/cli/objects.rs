@@ -48,7 +48,10 @@ pub fn read_manifests(files: &[PathBuf]) -> Result<Vec<Sourced>, ManifestError> 
         })?;
         texts.push((path.display().to_string(), text));
     }
-    policy::load(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())))?;
+    policy::load_with(
+        texts.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+        crate::agent::policy::load_options(),
+    )?;
     let mut out = Vec::new();
     for (file, text) in &texts {
         for (i, de) in yaml_serde::Deserializer::from_str(text).enumerate() {

@@ -84,7 +84,11 @@ fn load(files: &[PathBuf]) -> Result<Bundle, String> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         texts.push((path.display().to_string(), text));
     }
-    policy::load(texts.iter().map(|(n, t)| (n.as_str(), t.as_str()))).map_err(|e| e.to_string())
+    policy::load_with(
+        texts.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+        crate::agent::policy::load_options(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Asks the local agent: the queries go as JSON lines, the answers come back as printed.

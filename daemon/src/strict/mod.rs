@@ -133,9 +133,33 @@ impl StrictStatus {
     }
 }
 
+/// The strict guard as the agent holds it: its status for the admin API and, with
+/// `strictMode: true`, the watcher that keeps the table in place (a supervised task).
+pub struct Strict {
+    pub status: watch::Receiver<StrictStatus>,
+    pub watcher: Option<Watcher>,
+}
+
+/// Re-reads the guard table every [`CHECK_EVERY`] and installs it again when it is gone. Cheap
+/// to clone; every [`Watcher::run`] goes on from the status the previous run published (its
+/// re-install count included), so a restarted watcher is a crash-resume.
+#[derive(Clone)]
+pub struct Watcher {
+    spec: GuardSpec,
+    status: watch::Sender<StrictStatus>,
+}
+
+impl Watcher {
+    /// The watcher's loop; it only ends by panicking.
+    pub fn run(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        watch_table(self.spec.clone(), self.status.clone())
+    }
+}
+
 /// Applies `strictMode` at agent start, before anything else touches the network: installs the
-/// guard (refusing to start if it cannot) and watches it, or removes it with a WARN.
-pub async fn start(config: &Config) -> anyhow::Result<watch::Receiver<StrictStatus>> {
+/// guard (refusing to start if it cannot), or removes it with a WARN. The caller runs the
+/// returned watcher.
+pub async fn start(config: &Config) -> anyhow::Result<Strict> {
     if !config.strict_mode {
         tokio::task::spawn_blocking(remove).await??;
         tracing::warn!(
@@ -143,8 +167,11 @@ pub async fn start(config: &Config) -> anyhow::Result<watch::Receiver<StrictStat
              missing or the data path is down, and packets spoofing remote pod addresses are \
              accepted from the underlay; set strictMode: true with clusterPodCIDRs to guard them"
         );
-        let (_, rx) = watch::channel(StrictStatus::default());
-        return Ok(rx);
+        let (_, status) = watch::channel(StrictStatus::default());
+        return Ok(Strict {
+            status,
+            watcher: None,
+        });
     }
     let spec = GuardSpec::from_config(config);
     let applied = spec.clone();
@@ -156,13 +183,15 @@ pub async fn start(config: &Config) -> anyhow::Result<watch::Receiver<StrictStat
         local = ?spec.local,
         "strict mode: pod traffic to and from other nodes passes only through the tunnel"
     );
-    let (tx, rx) = watch::channel(StrictStatus {
+    let (tx, status) = watch::channel(StrictStatus {
         enabled: true,
         installed: true,
         ..StrictStatus::default()
     });
-    tokio::spawn(watch_table(spec, tx));
-    Ok(rx)
+    Ok(Strict {
+        status,
+        watcher: Some(Watcher { spec, status: tx }),
+    })
 }
 
 /// Re-reads the table every [`CHECK_EVERY`]; a missing or damaged table is installed again.

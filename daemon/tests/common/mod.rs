@@ -1,5 +1,6 @@
-//! Test support for the socket tests: a fake data path behind a UAPI socket that counts what it
-//! is asked, the admin server's views wired to it, and a way to act as another user.
+//! Test support for the in-process agent tests: a fake data path behind a UAPI socket that
+//! counts what it is asked, the admin server's views wired to it, a way to act as another user,
+//! a network namespace per test, and supervised tasks that die once on cue.
 
 #![allow(dead_code)] // Each test binary uses part of this.
 
@@ -7,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use keymgr::store::objects::ObjectStore;
 use keymgr::store::StoreHealth;
@@ -172,6 +173,7 @@ pub fn admin_state_with(
         health: health_rx,
     });
     let policy = View::fixed(Default::default());
+    let flows = Arc::new(wiremesh_l7::flows::FlowLog::default());
     let views = AdminViews {
         encrypt: encrypt.clone(),
         // A rotator that always fails: enough to tell that a rotation was reached.
@@ -189,7 +191,10 @@ pub fn admin_state_with(
             device: view_rx,
             policy,
             totals: View::fixed(Default::default()),
+            flows: flows.clone(),
+            http_latency: wiremesh::admin::metrics::http_latency_histogram(),
         }),
+        flows,
     };
     TestAdmin {
         views: Arc::new(views),
@@ -251,4 +256,74 @@ pub fn exchange(path: &Path, request: &[u8]) -> std::io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Runs `body` on a thread of its own inside a new network namespace (threads it creates, such
+/// as the data path's, are born in it too).
+pub fn in_netns<F: FnOnce() + Send + 'static>(test: &str, body: F) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{test} needs root (a network namespace): run as root, e.g. via scripts/test.sh"
+    );
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET): a network namespace for the test");
+        body();
+    })
+    .join()
+    .expect("the test thread");
+}
+
+/// A supervisor whose first restart comes after `backoff`, long enough to see the gap.
+pub fn slow_supervisor(backoff: Duration) -> wiremesh::agent::supervisor::Supervisor {
+    use wiremesh::agent::supervisor::{Supervisor, Timing};
+    Supervisor::new(Timing {
+        first_backoff: backoff,
+        healthy_after: Duration::from_secs(60),
+    })
+}
+
+/// A supervised task's factory whose first run serves with `serve()` until `kill` fires and
+/// then panics; later runs serve for ever.
+pub fn dies_once<F, Fut>(
+    kill: std::sync::Arc<tokio::sync::Notify>,
+    serve: F,
+) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+       + Send
+       + 'static
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut first = true;
+    move || {
+        let serving = serve();
+        let kill = std::mem::take(&mut first).then(|| kill.clone());
+        Box::pin(async move {
+            match kill {
+                Some(kill) => tokio::select! {
+                    () = serving => {}
+                    () = kill.notified() => panic!("injected fault"),
+                },
+                None => serving.await,
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Waits (5 s at most) until the supervisor reports `task` in `state`.
+pub async fn wait_task(
+    health: &tokio::sync::watch::Receiver<wiremesh::api::Health>,
+    task: &str,
+    state: wiremesh::agent::supervisor::TaskState,
+) {
+    let mut watching = health.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        watching.wait_for(|h| h.get(task).is_some_and(|s| s.state == state)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("task {task} is not {state:?} within 5 s"))
+    .unwrap();
 }

@@ -368,11 +368,11 @@ mod tests {
         let ns =
             serde_json::json!({"kind": "Namespace", "metadata": {"name": "x", "namespace": "y"}});
         assert_eq!(ObjectRef::of(&ns).unwrap().to_string(), "Namespace x");
-        let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "s"}});
-        assert!(ObjectRef::of(&svc)
+        let cm = serde_json::json!({"kind": "ConfigMap", "metadata": {"name": "s"}});
+        assert!(ObjectRef::of(&cm)
             .unwrap_err()
             .to_string()
-            .contains("\"Service\""));
+            .contains("\"ConfigMap\""));
         let bad = serde_json::json!({"kind": "Pod", "metadata": {"name": "A_b"}});
         assert!(ObjectRef::of(&bad)
             .unwrap_err()
@@ -415,16 +415,17 @@ mod tests {
             "field kind: missing or not a string"
         );
         assert_eq!(
-            of(serde_json::json!({"kind": "Service", "metadata": {"name": "a"}})),
-            "field kind: \"Service\" is not stored by wiremesh (one of Namespace, Node, Pod, \
-             NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy)"
+            of(serde_json::json!({"kind": "ConfigMap", "metadata": {"name": "a"}})),
+            "field kind: \"ConfigMap\" is not stored by wiremesh (one of Namespace, Node, Pod, \
+             NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, Service, \
+             AuthorizationPolicy, PeerAuthentication)"
         );
         assert_eq!(
             of(serde_json::json!({"kind": "Pod", "metadata": {"name": "a", "namespace": "X"}})),
             "field metadata.namespace: \"X\" is not a valid name (lowercase RFC 1123 subdomain)"
         );
-        let svc = serde_json::json!({"kind": "Service", "metadata": {"name": "a"}});
-        assert!(ObjectRef::of(&svc).unwrap_err().is_about_kind());
+        let cm = serde_json::json!({"kind": "ConfigMap", "metadata": {"name": "a"}});
+        assert!(ObjectRef::of(&cm).unwrap_err().is_about_kind());
         let bad = serde_json::json!({"kind": "Pod", "metadata": {"name": "A"}});
         assert!(!ObjectRef::of(&bad).unwrap_err().is_about_kind());
     }

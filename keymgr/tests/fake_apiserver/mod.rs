@@ -16,6 +16,7 @@
 //! Besides Nodes, for the object store (`keymgr/src/store/objects/kubernetes.rs`):
 //!
 //! * list and watch (as above: resourceVersion, bookmarks, 410 Gone) of `namespaces`, `pods`,
+//!   `services`,
 //!   `networkpolicies` (`networking.k8s.io/v1`), `ciliumnetworkpolicies` and
 //!   `ciliumclusterwidenetworkpolicies` (`cilium.io/v2`), in all namespaces or in one;
 //! * `GET /apis` (the `APIGroupList` discovery document) and, while the Cilium CRDs are
@@ -92,9 +93,10 @@ const fn res(
     }
 }
 
-pub const RESOURCES: [Resource; 6] = [
+pub const RESOURCES: [Resource; 7] = [
     res("v1", "namespaces", "Namespace", false),
     res("v1", "pods", "Pod", true),
+    res("v1", "services", "Service", true),
     res(
         "networking.k8s.io/v1",
         "networkpolicies",

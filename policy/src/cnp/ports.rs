@@ -122,10 +122,10 @@ fn port_range(n: i64, end_port: Option<i64>, f: &str) -> Result<PortValue, Field
 }
 
 /// A port rule's `rules` (`field` = `...toPorts[i].rules`): the HTTP rules that restrict it
-/// (`None`: unrestricted). Only what restricts nothing beyond L4 is accepted — no list, empty
-/// lists, and DNS rules that allow every query (`matchPattern: "*"`, Cilium's "visibility"
-/// rule); everything else is refused by name, since no L7 filter enforces it yet and an L4
-/// allow would let every request through.
+/// (`None`: unrestricted). HTTP rules are accepted when `ctx.l7_model` (the default: the L7
+/// filter enforces them); DNS rules only when they allow every query (`matchPattern: "*"`,
+/// Cilium's "visibility" rule); Kafka and generic L7 never, since nothing enforces them and an
+/// L4 allow would let every request through.
 fn l7_rules(
     rules: &L7Rules,
     field: &str,
@@ -162,8 +162,16 @@ fn l7_rules(
     if !ctx.l7_model {
         return Err(FieldError::new(
             format!("{field}.http"),
-            "valid Cilium, but HTTP rules are not enforced by wiremesh yet (no L7 filter); \
-             refused, since enforcing only the port would allow every method and path",
+            "valid Cilium, but HTTP rules are not enforced when loading without the L7 filter \
+             (l7_model off); refused, since enforcing only the port would allow every method \
+             and path",
+        ));
+    }
+    if ctx.host {
+        return Err(FieldError::new(
+            format!("{field}.http"),
+            "HTTP rules in a host policy (nodeSelector) are not enforced: the L7 proxy serves \
+             pods only; refused, since the data path would drop every connection to the port",
         ));
     }
     let mut out = Vec::new();

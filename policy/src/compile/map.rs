@@ -48,6 +48,14 @@ pub struct PolicyMap {
 }
 
 impl PolicyMap {
+    /// A map holding exactly `entries` (a later duplicate key replaces an earlier one), e.g.
+    /// one decoded from the L7 proxy's configuration.
+    pub fn from_entries(entries: impl IntoIterator<Item = (Key, Entry)>) -> Self {
+        Self {
+            entries: entries.into_iter().collect(),
+        }
+    }
+
     /// Every entry, for loading the map into the data path.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
         self.entries.iter()
@@ -86,9 +94,26 @@ impl PolicyMap {
         protocol: Protocol,
         port: u16,
     ) -> MapVerdict {
+        let (allowed, http) = self.lookup_rules(dir, identity, protocol, port);
+        MapVerdict {
+            allowed,
+            http: http.map(|rules| rules.into_iter().cloned().collect()),
+        }
+    }
+
+    /// [`PolicyMap::lookup`] lending the HTTP rules rather than copying them (a copied regex
+    /// starts with an empty match cache): whether the connection is allowed, and the rules that
+    /// constrain it (`None`: unrestricted, or not allowed). The L7 filter calls this per request.
+    pub fn lookup_rules(
+        &self,
+        dir: Direction,
+        identity: IdentityId,
+        protocol: Protocol,
+        port: u16,
+    ) -> (bool, Option<Vec<&HttpRule>>) {
         let mut allowed = false;
         let mut denied = false;
-        let mut http: Option<Vec<HttpRule>> = Some(Vec::new());
+        let mut http: Option<Vec<&HttpRule>> = Some(Vec::new());
         for id in [identity, ANY] {
             for proto in [protocol.number(), ANY_PROTO] {
                 for prefix in 0..=16u8 {
@@ -106,7 +131,7 @@ impl PolicyMap {
                     if e.allow {
                         allowed = true;
                         match (&mut http, &e.http) {
-                            (Some(have), Some(more)) => have.extend(more.iter().cloned()),
+                            (Some(have), Some(more)) => have.extend(more.iter()),
                             (slot, _) => *slot = None,
                         }
                     }
@@ -114,10 +139,7 @@ impl PolicyMap {
             }
         }
         let allowed = allowed && !denied;
-        MapVerdict {
-            allowed,
-            http: if allowed { http } else { None },
-        }
+        (allowed, if allowed { http } else { None })
     }
 }
 

@@ -11,9 +11,18 @@ pub fn examples(names: &[&str]) -> Bundle {
     examples_with(names, LoadOptions::default()).expect("examples load")
 }
 
-/// Loads files from `examples/` into the L7 model (HTTP rules accepted, as the L7 filter will).
+/// Loads files from `examples/` with HTTP rules accepted (the default: the L7 filter enforces
+/// them).
 pub fn examples_l7_model(names: &[&str]) -> Bundle {
-    examples_with(names, LoadOptions { l7_model: true }).expect("examples load")
+    examples_with(names, LoadOptions::default()).expect("examples load")
+}
+
+/// Options for a node without the L7 filter: HTTP rules refused.
+pub fn without_l7() -> LoadOptions {
+    LoadOptions {
+        l7_model: false,
+        ..LoadOptions::default()
+    }
 }
 
 pub fn examples_with(names: &[&str], options: LoadOptions) -> Result<Bundle, policy::LoadError> {
@@ -71,13 +80,14 @@ pub fn http(
     trace(b, &q).unwrap_or_else(|e| panic!("trace {from} -> {to}: {e}"))
 }
 
-/// Short form of a verdict: "allowed", "egress", "ingress" or "l7".
+/// Short form of a verdict: "allowed", "egress", "ingress", "istio" or "l7".
 pub fn short(r: &TraceResult) -> &'static str {
     match (r.verdict, r.denied_by) {
         (Verdict::Allowed, _) => "allowed",
         (Verdict::Denied, Some(DeniedBy::Egress)) => "egress",
         (Verdict::Denied, Some(DeniedBy::Ingress)) => "ingress",
         (Verdict::Denied, Some(DeniedBy::L7)) => "l7",
+        (Verdict::Denied, Some(DeniedBy::Istio)) => "istio",
         (Verdict::Denied, None) => "denied-without-reason",
     }
 }

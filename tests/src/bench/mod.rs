@@ -10,6 +10,7 @@
 //! that fails the run says so plainly and measures the rest. A mode that fails to run makes the
 //! command exit non-zero.
 
+pub mod l7;
 pub mod policy;
 mod procstat;
 mod stock;

@@ -1,6 +1,10 @@
 //! The `wiremesh-lab` subcommands and what they share: signal handling and section headers.
 
 pub mod demo;
+pub mod grpc;
+pub mod http_load;
+pub mod http_server;
+pub mod raw_tcp;
 pub mod up;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -52,7 +52,7 @@ pub struct AttachOps {
     pub attach: Vec<String>,
     /// Interfaces to take them off.
     pub detach: Vec<String>,
-    /// The host endpoint's programs on the WireGuard device.
+    /// The programs on the WireGuard device.
     pub host: Option<HostOp>,
     /// The WireGuard interface's name.
     pub wg: String,
@@ -66,8 +66,10 @@ impl AttachOps {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostOp {
+    /// The host endpoint's pair (which includes the tunnel's redirect).
     Attach,
-    Detach,
+    /// The tunnel program alone, replacing the host pair.
+    Tunnel,
 }
 
 /// What the enforcer did with [`AttachOps`], each in the order asked.
@@ -82,7 +84,7 @@ pub struct AttachResults {
 #[derive(Debug)]
 pub enum HostResult {
     Attached(Result<u32, EnforceError>),
-    Detached(Result<(), EnforceError>),
+    Tunnel(Result<u32, EnforceError>),
 }
 
 /// What the kernel lists for one pass.

@@ -7,6 +7,10 @@
 //! cannot be resolved for a moment (its veth is back but its route not yet) keeps its last
 //! interface name closed: the programs are attached there with no endpoint config, which drops
 //! every packet, rather than left off, which would pass every packet.
+//!
+//! The WireGuard device always carries a program on tc ingress once it exists: the host
+//! endpoint's pair when a host policy selects this node, else the tunnel program alone, which
+//! hands SYNs for local pods' HTTP rules to the L7 proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +21,8 @@ pub struct Attached {
     pub pods: BTreeMap<String, u32>,
     /// The ifindex of the WireGuard device the host programs were attached to.
     pub host: Option<u32>,
+    /// The ifindex of the WireGuard device the tunnel program alone was attached to.
+    pub tunnel: Option<u32>,
     /// Endpoint → the interface it was last enforced on.
     pub last: BTreeMap<String, String>,
 }
@@ -38,14 +44,16 @@ pub struct Observed<'a> {
     pub host_wanted: bool,
 }
 
-/// What to do with the host endpoint's programs on the WireGuard device.
+/// What to do with the programs on the WireGuard device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostAction {
     Keep,
-    /// Attach to the device with this ifindex (new, or never attached).
+    /// Attach the host endpoint's programs to the device with this ifindex (new, or never
+    /// attached, or carrying the tunnel program alone).
     Attach(u32),
-    /// Remove from the device (no host policy any more).
-    Detach,
+    /// Attach the tunnel program alone (no host policy), replacing the host programs if the
+    /// device carries them.
+    Tunnel(u32),
     /// Forget without touching anything: the device they were on is gone.
     Forget,
 }
@@ -100,16 +108,13 @@ pub fn plan(attached: &Attached, seen: &Observed) -> Plan {
         }
     }
     let now = seen.links.get(seen.wg).copied();
-    let host = match (seen.host_wanted, attached.host) {
-        (true, was) => match now {
-            Some(now) if was != Some(now) => HostAction::Attach(now),
-            Some(_) => HostAction::Keep,
-            None if was.is_some() => HostAction::Forget,
-            None => HostAction::Keep,
-        },
-        (false, None) => HostAction::Keep,
-        (false, Some(was)) if now == Some(was) => HostAction::Detach,
-        (false, Some(_)) => HostAction::Forget,
+    let was = attached.host.or(attached.tunnel);
+    let host = match (now, seen.host_wanted) {
+        (Some(now), true) if attached.host != Some(now) => HostAction::Attach(now),
+        (Some(now), false) if attached.tunnel != Some(now) => HostAction::Tunnel(now),
+        (Some(_), _) => HostAction::Keep,
+        (None, _) if was.is_some() => HostAction::Forget,
+        (None, _) => HostAction::Keep,
     };
     Plan {
         attach,
@@ -177,10 +182,18 @@ mod tests {
         }
     }
 
+    fn tunnel_on(index: u32) -> Attached {
+        Attached {
+            tunnel: Some(index),
+            ..Attached::default()
+        }
+    }
+
     fn attached(pods: &[(&str, u32)], host: Option<u32>) -> Attached {
         Attached {
             pods: links(pods),
             host,
+            tunnel: None,
             last: BTreeMap::new(),
         }
     }
@@ -273,13 +286,29 @@ mod tests {
         c.links = links(&[("wiremesh_wg0", 9)]);
         assert_eq!(
             plan(&attached(&[], Some(9)), &c.seen()).host,
-            HostAction::Detach
+            HostAction::Tunnel(9),
+            "the host policy is gone: the tunnel program replaces the host pair"
         );
+        assert_eq!(plan(&tunnel_on(9), &c.seen()).host, HostAction::Keep);
+        c.host_wanted = true;
+        assert_eq!(plan(&tunnel_on(9), &c.seen()).host, HostAction::Attach(9));
+    }
+
+    /// Without a host policy the device still carries the tunnel program (the L7 redirect of
+    /// connections from other nodes), across data path restarts too.
+    #[test]
+    fn the_tunnel_program_follows_the_wireguard_device() {
+        let mut c = Case::new(&[("wiremesh_wg0", 5)], &[]);
         assert_eq!(
-            plan(&attached(&[], Some(5)), &c.seen()).host,
-            HostAction::Forget,
-            "a device that never had them is left alone"
+            plan(&Attached::default(), &c.seen()).host,
+            HostAction::Tunnel(5)
         );
+        assert_eq!(plan(&tunnel_on(5), &c.seen()).host, HostAction::Keep);
+        c.links = links(&[("wiremesh_wg0", 9)]);
+        assert_eq!(plan(&tunnel_on(5), &c.seen()).host, HostAction::Tunnel(9));
+        c.links = links(&[]);
+        assert_eq!(plan(&tunnel_on(5), &c.seen()).host, HostAction::Forget);
+        assert_eq!(plan(&Attached::default(), &c.seen()).host, HostAction::Keep);
     }
 
     #[test]

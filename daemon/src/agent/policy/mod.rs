@@ -103,6 +103,19 @@ pub struct PolicyCounters {
     pub packets: std::sync::Mutex<Vec<(String, Counter)>>,
 }
 
+/// What this agent enforces, as loader options: everything it loads is enforced, and what it
+/// cannot enforce is refused by name (`wiremesh apply`, offline `policy trace` and the policy
+/// loop all load with these). HTTP rules, and Istio AuthorizationPolicies that read the HTTP
+/// request, are enforced by the L7 proxy, PeerAuthentication by the eBPF programs; L4-only
+/// AuthorizationPolicies wait for their enforcement in the eBPF programs.
+pub fn load_options() -> policy::LoadOptions {
+    policy::LoadOptions {
+        l7_model: true,
+        istio_model: policy::IstioModel::Enforced,
+        ..policy::LoadOptions::default()
+    }
+}
+
 /// Loads an object set into a bundle and adds what the node records know about nodes (their
 /// addresses are the `host` and `remote-node` identities).
 pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, policy::LoadError> {
@@ -110,7 +123,7 @@ pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, policy::LoadErr
         .objects
         .values()
         .map(|o| (o.origin.as_str(), o.manifest.as_str()));
-    let mut bundle = policy::load(texts)?;
+    let mut bundle = policy::load_with(texts, load_options())?;
     for rec in nodes.nodes.values() {
         let node = node_entry(&mut bundle, &rec.node_name);
         for ip in rec.node_ips.iter().copied().chain([rec.endpoint.ip()]) {

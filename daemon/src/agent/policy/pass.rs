@@ -118,9 +118,10 @@ impl Planner {
         let host = match plan.host {
             HostAction::Keep => None,
             HostAction::Attach(_) => Some(HostOp::Attach),
-            HostAction::Detach => Some(HostOp::Detach),
+            HostAction::Tunnel(_) => Some(HostOp::Tunnel),
             HostAction::Forget => {
                 self.m.attached.host = None;
+                self.m.attached.tunnel = None;
                 None
             }
         };
@@ -162,16 +163,23 @@ impl Planner {
         let wg = &self.cfg.wg_ifname;
         match done.host {
             None => {}
-            Some(HostResult::Attached(Ok(index))) => attached.host = Some(index),
+            Some(HostResult::Attached(Ok(index))) => {
+                attached.host = Some(index);
+                attached.tunnel = None;
+            }
             Some(HostResult::Attached(Err(err))) => {
                 tracing::error!(interface = %wg, "host endpoint: {err}");
                 attached.host = None;
             }
-            Some(HostResult::Detached(result)) => {
-                if let Err(err) = result {
-                    tracing::warn!(interface = %wg, "host endpoint detach: {err}");
-                }
+            Some(HostResult::Tunnel(Ok(index))) => {
+                attached.tunnel = Some(index);
                 attached.host = None;
+            }
+            Some(HostResult::Tunnel(Err(err))) => {
+                // Not fail-open: a SYN for a pod's HTTP rules that is not redirected is dropped
+                // at the pod's interface. Retried next pass.
+                tracing::error!(interface = %wg, "the tunnel's L7 redirect program: {err}");
+                attached.tunnel = None;
             }
         }
         self.apply(e);

@@ -248,7 +248,7 @@ fn carry_out(enf: &mut Enforcer, ops: AttachOps) -> AttachResults {
         .collect();
     let host = ops.host.map(|op| match op {
         HostOp::Attach => HostResult::Attached(enf.attach_host(&ops.wg)),
-        HostOp::Detach => HostResult::Detached(enf.detach(&ops.wg)),
+        HostOp::Tunnel => HostResult::Tunnel(enf.attach_tunnel(&ops.wg)),
     });
     AttachResults {
         attached,

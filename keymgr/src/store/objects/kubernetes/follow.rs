@@ -56,7 +56,10 @@ pub(super) fn followed() -> Vec<Followed> {
                 ObjectKind::Pod => Body::Pod,
                 ObjectKind::NetworkPolicy
                 | ObjectKind::CiliumNetworkPolicy
-                | ObjectKind::CiliumClusterwideNetworkPolicy => Body::Spec,
+                | ObjectKind::CiliumClusterwideNetworkPolicy
+                | ObjectKind::Service
+                | ObjectKind::AuthorizationPolicy
+                | ObjectKind::PeerAuthentication => Body::Spec,
                 ObjectKind::Node => return None,
             };
             let resource = ApiResource {
@@ -322,7 +325,10 @@ fn manifest(kind: &Followed, object: &DynamicObject) -> Value {
         Body::None => {}
         Body::Spec => out.extend(pick(data, &["spec", "specs"])),
         Body::Pod => {
-            let mut spec = pick(&data["spec"], &["nodeName", "hostNetwork"]);
+            let mut spec = pick(
+                &data["spec"],
+                &["nodeName", "hostNetwork", "serviceAccountName"],
+            );
             let containers: Vec<Value> = data["spec"]["containers"]
                 .as_array()
                 .into_iter()
@@ -436,9 +442,18 @@ mod tests {
                 "Pod",
                 "NetworkPolicy",
                 "CiliumNetworkPolicy",
-                "CiliumClusterwideNetworkPolicy"
+                "CiliumClusterwideNetworkPolicy",
+                "Service",
+                "AuthorizationPolicy",
+                "PeerAuthentication"
             ]
         );
+        assert_eq!(
+            kinds[5].resource,
+            ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&())
+        );
+        assert_eq!(kinds[6].resource.api_version, "security.istio.io/v1");
+        assert!(kinds[6].crd && kinds[7].crd && !kinds[5].crd);
         assert_eq!(kinds[0].resource, ApiResource::erase::<Namespace>(&()));
         assert_eq!(kinds[1].resource, ApiResource::erase::<Pod>(&()));
         assert_eq!(kinds[2].resource, ApiResource::erase::<NetworkPolicy>(&()));
@@ -460,15 +475,15 @@ mod tests {
         let l7 = object(json!({
             "metadata": {"name": "l7", "namespace": "x"},
             "spec": {"endpointSelector": {}, "ingress": [{"toPorts": [{
-                "ports": [{"port": "80"}], "rules": {"http": [{"method": "GET"}]}}]}]},
+                "ports": [{"port": "9092"}], "rules": {"kafka": [{"topic": "t"}]}}]}]},
         }));
         let (origin, entry) = follower(3).entry(l7);
         let Entry::Unreadable(why) = entry else {
-            panic!("an HTTP rule must be refused: {entry:?}")
+            panic!("a Kafka rule must be refused: {entry:?}")
         };
         assert!(
             why.contains(&format!(
-                "{origin}: CiliumNetworkPolicy x/l7: spec.ingress[0].toPorts[0].rules.http: "
+                "{origin}: CiliumNetworkPolicy x/l7: spec.ingress[0].toPorts[0].rules.kafka: "
             )) && why.contains("left out"),
             "{why}"
         );

@@ -1,0 +1,300 @@
+//! One request on a downstream connection: judged with the configuration in force at that
+//! moment (so a policy change applies to the next request of a keep-alive connection),
+//! answered here when denied (403 `Access denied`, or a gRPC `PERMISSION_DENIED`), forwarded
+//! unchanged when allowed, and recorded as one flow. It must never forward a denied request
+//! nor one it could not judge (Upgrade and CONNECT are refused outright: a tunnel could not be
+//! judged request by request).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use policy::Direction;
+
+use crate::decide::{decide_request, Decision, RequestParts, DENIED_BODY, DENIED_STATUS};
+use crate::flows::{Flow, FlowEndpoint, Verdict, L7};
+use crate::forward::{Proto, Upstream};
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+
+/// What a downstream answer's body is: the server's, streamed, or one of ours.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// One downstream connection.
+pub struct Conn {
+    pub dir: Direction,
+    pub client: SocketAddr,
+    /// The original destination.
+    pub dst: SocketAddr,
+    shared: Arc<Shared>,
+    upstream: Upstream,
+    /// HTTP/1.1: index of the first request with both `Content-Length` and
+    /// `Transfer-Encoding` (see [`crate::framing`]), and of the next request to be handled.
+    pub conflicting: Arc<AtomicU64>,
+    requests: AtomicU64,
+}
+
+impl Conn {
+    pub fn new(
+        dir: Direction,
+        client: SocketAddr,
+        dst: SocketAddr,
+        shared: Arc<Shared>,
+        proto: Proto,
+    ) -> Self {
+        let s = &shared.settings;
+        let upstream = Upstream::new(proto, s.mode.clone(), s.mark, client.ip(), dst);
+        Self {
+            dir,
+            client,
+            dst,
+            shared,
+            upstream,
+            conflicting: Arc::new(AtomicU64::new(crate::framing::NONE)),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    fn flow(&self, snap: &Snapshot, verdict: Verdict) -> Flow {
+        Flow::now(
+            endpoint(snap, self.client),
+            endpoint(snap, self.dst),
+            verdict,
+        )
+    }
+
+    /// A record for a connection refused before any request could be judged.
+    pub fn record_connection(&self, verdict: Verdict, reason: &str, status: Option<u16>) {
+        let snap = self.shared.snapshot();
+        let mut flow = self.flow(&snap, verdict);
+        flow.drop_reason = Some(reason.to_string());
+        flow.l7 = status.map(|status| L7 {
+            method: String::new(),
+            path: String::new(),
+            status,
+            latency_ms: 0.0,
+        });
+        self.shared.flows.record(flow);
+    }
+}
+
+impl Conn {
+    /// A record for a connection Istio denied before any request (an L4 decision).
+    pub fn record_denied_connection(&self, decision: &Decision) {
+        let snap = self.shared.snapshot();
+        let mut flow = self.flow(&snap, Verdict::Dropped);
+        flow.drop_reason = Some("Policy denied".into());
+        flow.policy = decision.policy_label();
+        self.shared.flows.record(flow);
+    }
+}
+
+/// Relays a connection that is not HTTP, which Istio allowed at L4 (`decision`), to the
+/// original destination from the client's address, as ztunnel relays TCP: `prefix` (the bytes
+/// read to tell what it is) first, then both directions until either side closes.
+pub async fn relay_opaque(
+    conn: Conn,
+    mut stream: tokio::net::TcpStream,
+    prefix: Vec<u8>,
+    decision: &Decision,
+) {
+    use tokio::io::AsyncWriteExt;
+    let s = &conn.shared.settings;
+    let snap = conn.shared.snapshot();
+    let mut flow = conn.flow(&snap, Verdict::Forwarded);
+    flow.policy = decision.policy_label();
+    let timeout = std::time::Duration::from_secs(5);
+    let upstream =
+        crate::forward::connect(&s.mode, s.mark, conn.client.ip(), conn.dst, timeout).await;
+    let mut upstream = match upstream {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "upstream failed");
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            flow.verdict = Verdict::Error;
+            flow.drop_reason = Some("upstream unreachable".into());
+            conn.shared.flows.record(flow);
+            return;
+        }
+    };
+    conn.shared.flows.record(flow);
+    if upstream.write_all(&prefix).await.is_err() {
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+        tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "relay ended");
+    }
+}
+
+fn endpoint(snap: &Snapshot, addr: SocketAddr) -> FlowEndpoint {
+    let pod = snap.pod(addr.ip());
+    FlowEndpoint {
+        namespace: pod.map(|p| p.namespace.clone()),
+        pod: pod.map(|p| p.name.clone()),
+        identity: snap.identity(addr.ip()),
+        labels: pod.map_or_else(Vec::new, |p| {
+            p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        }),
+        ip: Some(addr.ip()),
+        port: addr.port(),
+    }
+}
+
+/// The hyper service of a downstream connection.
+pub async fn handle(
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let snap = conn.shared.snapshot();
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
+    let grpc = is_grpc(&req);
+    let mut flow = conn.flow(&snap, Verdict::Dropped);
+    let l7 = |status: u16, start: Instant| L7 {
+        method: method.clone(),
+        path: path.clone(),
+        status,
+        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+    };
+    if req.method() == Method::CONNECT || req.headers().contains_key(UPGRADE) {
+        flow.drop_reason = Some("Upgrade and CONNECT are not proxied".into());
+        flow.l7 = Some(l7(DENIED_STATUS, start));
+        conn.shared.flows.record(flow);
+        return Ok(denied(grpc));
+    }
+    // hyper hands requests over one at a time, in order: this is the request's index.
+    let index = conn.requests.fetch_add(1, Ordering::SeqCst);
+    if index >= conn.conflicting.load(Ordering::SeqCst) {
+        flow.verdict = Verdict::Error;
+        flow.drop_reason =
+            Some("malformed request: both Content-Length and Transfer-Encoding".into());
+        flow.l7 = Some(l7(400, start));
+        conn.shared.flows.record(flow);
+        return Ok(bad_request());
+    }
+    if let Some(why) = crate::uri::abnormal_path(&path) {
+        flow.verdict = Verdict::Error;
+        flow.drop_reason = Some(format!("path not in normal form: {why}"));
+        flow.l7 = Some(l7(400, start));
+        conn.shared.flows.record(flow);
+        return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request\r\n"));
+    }
+    let decision = judge(&conn, &snap, &req);
+    flow.policy = decision.policy_label();
+    if !decision.allowed {
+        flow.drop_reason = Some("Policy denied".into());
+        flow.l7 = Some(l7(DENIED_STATUS, start));
+        conn.shared.flows.record(flow);
+        return Ok(denied_with(grpc, decision.denied_body()));
+    }
+    match conn.upstream.send(req).await {
+        Ok(resp) => {
+            // An Istio AUDIT policy matched: the request went through, flagged for audit.
+            flow.verdict = if decision.audited() {
+                Verdict::Audit
+            } else {
+                Verdict::Forwarded
+            };
+            flow.l7 = Some(l7(resp.status().as_u16(), start));
+            conn.shared.flows.record(flow);
+            Ok(resp.map(Either::Left))
+        }
+        Err(e) if e.is_request_body() => {
+            tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "malformed request body");
+            flow.verdict = Verdict::Error;
+            flow.drop_reason = Some("malformed request body".into());
+            flow.l7 = Some(l7(400, start));
+            conn.shared.flows.record(flow);
+            Ok(bad_request())
+        }
+        Err(e) => {
+            tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "upstream failed");
+            flow.verdict = Verdict::Error;
+            flow.drop_reason = Some("upstream unreachable".into());
+            flow.l7 = Some(l7(503, start));
+            conn.shared.flows.record(flow);
+            Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error\r\n",
+            ))
+        }
+    }
+}
+
+fn judge(conn: &Conn, snap: &Snapshot, req: &Request<Incoming>) -> Decision {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()));
+    let parts = RequestParts {
+        method: req.method().as_str(),
+        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        host,
+        headers: req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+            .collect(),
+    };
+    decide_request(snap, conn.dir, conn.client.ip(), conn.dst, &parts)
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The answer to a request refused before any policy was consulted: Cilium's 403.
+fn denied(grpc: bool) -> Response<ProxyBody> {
+    denied_with(grpc, DENIED_BODY)
+}
+
+/// The answer to a denied request: 403 with `body` (Cilium's or Istio's wording), or for gRPC
+/// a trailers-only `PERMISSION_DENIED` with the same words (a gRPC client reads the status,
+/// not the HTTP code).
+fn denied_with(grpc: bool, body: &'static str) -> Response<ProxyBody> {
+    if !grpc {
+        return plain(StatusCode::FORBIDDEN, body);
+    }
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static("7"));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static(body.trim_end_matches("\r\n")),
+    );
+    resp
+}
+
+/// 400, and the connection closes after it: what follows a request that could not be framed
+/// cannot be trusted to start a new one.
+fn bad_request() -> Response<ProxyBody> {
+    let mut resp = plain(StatusCode::BAD_REQUEST, "Bad Request\r\n");
+    resp.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}

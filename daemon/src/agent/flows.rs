@@ -1,0 +1,322 @@
+//! Flow visibility (the supervised task `flows`): the eBPF programs' flow events (new
+//! connections allowed or handed to the proxy, every drop) and the L7 proxy's request records
+//! are gathered into one bounded ring, [`FlowLog`], that `wiremesh observe` reads through the
+//! admin API. Kernel events are named here (pods, labels, identities, the policy that decided)
+//! from the policy in force.
+//!
+//! It must never slow the data path: the programs write to a ring buffer that loses events when
+//! full, and this task only reads; memory is the ring's capacity, whether anyone observes or not.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use policy::{Bundle, Compiled, Direction, Protocol};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+use wiremesh_enforce::events::{self, FlowEvent};
+use wiremesh_enforce::Reason;
+use wiremesh_l7::client::ProxyClient;
+use wiremesh_l7::flows::{Flow, FlowEndpoint, FlowLog, Verdict, L4};
+
+use super::policy::PolicyState;
+
+/// How long one long-poll of the proxy's flows waits for news.
+const PROXY_WAIT: Duration = Duration::from_secs(5);
+/// How long to wait before reading a proxy or ring buffer that is not there yet.
+const RETRY: Duration = Duration::from_secs(1);
+
+pub struct FlowCollector {
+    pub node: String,
+    pub pin_dir: PathBuf,
+    pub proxy_socket: PathBuf,
+    pub policy: watch::Receiver<Arc<PolicyState>>,
+    pub log: Arc<FlowLog>,
+    /// `wiremesh_http_request_duration_seconds`.
+    pub http_latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl FlowCollector {
+    /// Runs both readers; returns only if one fails for good.
+    pub async fn run(self) -> Result<()> {
+        tokio::try_join!(self.kernel(), self.proxy()).map(|_| ())
+    }
+
+    /// The programs' ring buffer, read whenever it is readable.
+    async fn kernel(&self) -> Result<()> {
+        let ring = loop {
+            match events::open_events(&self.pin_dir) {
+                Ok(ring) => break ring,
+                // The policy loop pins it when it loads the programs.
+                Err(_) => tokio::time::sleep(RETRY).await,
+            }
+        };
+        // SAFETY: the ring buffer owns its map fd, which stays open and the same for as long
+        // as the `RingBuf` lives, and the `AsyncFd` owns the `RingBuf`.
+        let mut ring =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)
+                .context("polling the flow event ring buffer")?;
+        tracing::debug!(fd = ring.get_ref().as_raw_fd(), "reading flow events");
+        loop {
+            let mut ready = ring.readable_mut().await?;
+            let events = events::drain(ready.get_inner_mut());
+            ready.clear_ready();
+            let state = self.policy.borrow().clone();
+            for event in events {
+                self.log.record(describe(&event, &state, &self.node));
+            }
+        }
+    }
+
+    /// The proxy's records, long-polled after the last one seen.
+    async fn proxy(&self) -> Result<()> {
+        let client = ProxyClient::new(&self.proxy_socket);
+        let mut after = 0;
+        loop {
+            match client.flows(after, PROXY_WAIT).await {
+                Ok(flows) => {
+                    for flow in flows {
+                        // A restarted proxy numbers from 1 again.
+                        if flow.seq <= after && after != 0 {
+                            after = 0;
+                        }
+                        after = after.max(flow.seq);
+                        if let Some(l7) = &flow.l7 {
+                            self.http_latency.observe(l7.latency_ms / 1000.0);
+                        }
+                        self.log.record(flow);
+                    }
+                }
+                Err(_) => {
+                    after = 0;
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+/// A kernel flow event as a flow record, named from the policy in force.
+pub fn describe(event: &FlowEvent, state: &PolicyState, node: &str) -> Flow {
+    let Some(t) = event.tuple else {
+        let mut flow = Flow::now(
+            FlowEndpoint::default(),
+            FlowEndpoint::default(),
+            Verdict::Dropped,
+        );
+        flow.l4 = L4 {
+            protocol: "unknown".into(),
+            port: 0,
+        };
+        flow.drop_reason = Some(reason_text(event.reason));
+        return flow;
+    };
+    let side = |ip: IpAddr, port: u16| endpoint(&state.bundle, &state.compiled, node, ip, port);
+    let verdict = if event.allowed {
+        Verdict::Forwarded
+    } else {
+        Verdict::Dropped
+    };
+    let mut flow = Flow::now(
+        side(t.source, t.source_port),
+        side(t.destination, t.destination_port),
+        verdict,
+    );
+    flow.time = wall_clock(event.ktime_ns);
+    flow.l4 = L4 {
+        protocol: protocol_name(t.protocol),
+        port: t.destination_port,
+    };
+    if !event.allowed {
+        flow.drop_reason = Some(reason_text(event.reason));
+    }
+    let direction = if event.ingress {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    flow.policy = deciding_policy(
+        &state.bundle,
+        t.source,
+        t.destination,
+        t.protocol,
+        t.destination_port,
+        direction,
+        event,
+    );
+    flow
+}
+
+fn endpoint(
+    bundle: &Bundle,
+    compiled: &Compiled,
+    node: &str,
+    ip: IpAddr,
+    port: u16,
+) -> FlowEndpoint {
+    let pod = bundle.endpoint_by_ip(ip);
+    FlowEndpoint {
+        namespace: pod.map(|p| p.namespace.clone()),
+        pod: pod.map(|p| p.name.clone()),
+        identity: compiled.identities.lookup(ip, Some(node)),
+        labels: pod.map_or_else(Vec::new, |p| {
+            p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        }),
+        ip: Some(ip),
+        port,
+    }
+}
+
+/// Which policy decided, as the trace explains it: the rule that denied or allowed on the side
+/// that judged, or the policies that isolate the endpoint when no rule allowed it.
+fn deciding_policy(
+    bundle: &Bundle,
+    from: IpAddr,
+    to: IpAddr,
+    protocol: u8,
+    port: u16,
+    direction: Direction,
+    event: &FlowEvent,
+) -> Option<String> {
+    if event.reason == Reason::ProxyRedirect || event.reason == Reason::FromProxy {
+        return Some("HTTP rules (L7 proxy)".into());
+    }
+    let protocol = Protocol::ALL.into_iter().find(|p| p.number() == protocol)?;
+    let query = policy::Query {
+        from: from.to_string(),
+        to: to.to_string(),
+        port: Some(port),
+        protocol,
+        http: None,
+    };
+    let result = policy::trace(bundle, &query).ok()?;
+    let side = match direction {
+        Direction::Ingress => &result.ingress,
+        Direction::Egress => &result.egress,
+    };
+    let rules = if event.allowed {
+        &side.allowed_by
+    } else {
+        &side.denied_by
+    };
+    if let Some(rule) = rules.first() {
+        return Some(format!("{} {}", rule.policy, rule.rule));
+    }
+    (!event.allowed && !side.selected_by.is_empty())
+        .then(|| format!("default deny: {}", side.selected_by.join(", ")))
+}
+
+fn reason_text(reason: Reason) -> String {
+    match reason {
+        Reason::PolicyDeny => "Policy denied (deny rule)".into(),
+        Reason::NoPolicy => "Policy denied".into(),
+        other => other.as_str().into(),
+    }
+}
+
+fn protocol_name(number: u8) -> String {
+    Protocol::ALL
+        .into_iter()
+        .find(|p| p.number() == number)
+        .map_or_else(|| format!("proto-{number}"), |p| p.to_string())
+}
+
+/// A `bpf_ktime_get_ns` stamp (CLOCK_MONOTONIC) as wall-clock RFC 3339.
+fn wall_clock(ktime_ns: u64) -> String {
+    let now = SystemTime::now();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let monotonic = match unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } {
+        0 => Duration::new(
+            u64::try_from(ts.tv_sec).unwrap_or(0),
+            u32::try_from(ts.tv_nsec).unwrap_or(0),
+        ),
+        _ => return humantime::format_rfc3339_millis(now).to_string(),
+    };
+    let ago = monotonic.saturating_sub(Duration::from_nanos(ktime_ns));
+    humantime::format_rfc3339_millis(now - ago).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wiremesh_enforce::events::Tuple;
+
+    const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: demo, labels: {app: a}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.1.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: demo, labels: {app: b}}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.2.3}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-isolated, namespace: demo}
+spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
+"#;
+
+    fn state() -> PolicyState {
+        let bundle = policy::load([("t.yaml", MANIFESTS)]).expect("loads");
+        let compiled = Compiled::build(&bundle);
+        PolicyState {
+            bundle: Arc::new(bundle),
+            compiled: Arc::new(compiled),
+            ..PolicyState::default()
+        }
+    }
+
+    fn event(allowed: bool, reason: Reason) -> FlowEvent {
+        FlowEvent {
+            ktime_ns: 0,
+            ifindex: 7,
+            ingress: true,
+            allowed,
+            reason,
+            remote_identity: 0,
+            tuple: Some(Tuple {
+                source: "10.244.1.2".parse().expect("ip"),
+                destination: "10.244.2.3".parse().expect("ip"),
+                source_port: 40000,
+                destination_port: 8080,
+                protocol: 6,
+                syn: true,
+            }),
+        }
+    }
+
+    /// A drop is named with both pods, their labels, the reason and the policy that isolates
+    /// the destination.
+    #[test]
+    fn a_drop_names_the_pods_the_reason_and_the_policy() {
+        let flow = describe(&event(false, Reason::NoPolicy), &state(), "n2");
+        assert_eq!(flow.verdict, Verdict::Dropped);
+        assert_eq!(flow.source.pod.as_deref(), Some("a"));
+        assert_eq!(flow.destination.namespace.as_deref(), Some("demo"));
+        assert!(flow.destination.labels.contains(&"app=b".to_string()));
+        assert_eq!((flow.l4.protocol.as_str(), flow.l4.port), ("TCP", 8080));
+        assert_eq!(flow.drop_reason.as_deref(), Some("Policy denied"));
+        let policy = flow.policy.expect("a policy is named");
+        assert!(policy.contains("b-isolated"), "{policy}");
+    }
+
+    #[test]
+    fn an_allowed_connection_is_forwarded_without_a_drop_reason() {
+        let flow = describe(&event(true, Reason::ProxyRedirect), &state(), "n2");
+        assert_eq!(flow.verdict, Verdict::Forwarded);
+        assert_eq!(flow.drop_reason, None);
+        assert_eq!(flow.policy.as_deref(), Some("HTTP rules (L7 proxy)"));
+    }
+}
