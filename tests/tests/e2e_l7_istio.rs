@@ -256,11 +256,14 @@ spec:
     // The audited request is an AUDIT flow naming the policy, the DENY a DROPPED one.
     let agent = lab.node(2).agent();
     // The agent relays the proxy's records as they come (a long poll): wait for the last one.
-    let audited_seen = |flows: &[serde_json::Value]| {
-        flows.iter().any(|f| f["l7"]["path"] == "/api/orders/7")
-    };
+    let audited_seen =
+        |flows: &[serde_json::Value]| flows.iter().any(|f| f["l7"]["path"] == "/api/orders/7");
     let flows = agent
-        .observe_json_until(&["--protocol", "http"], Duration::from_secs(10), audited_seen)
+        .observe_json_until(
+            &["--protocol", "http"],
+            Duration::from_secs(10),
+            audited_seen,
+        )
         .expect("wiremesh observe");
     let audited = flows
         .iter()
