@@ -68,14 +68,11 @@ impl Default for LoadOptions {
 /// How much of Istio's security API [`load_with`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IstioModel {
-    /// Neither kind (field `kind` refused).
+    /// Neither kind (field `kind` refused), for a node that enforces no Istio policy.
     Refused,
-    /// What the agent enforces: PeerAuthentication (STRICT as deny entries in the eBPF
-    /// policy maps) and AuthorizationPolicies that read the HTTP request (the L7 filter
-    /// enforces them, as a waypoint does); those with only L4 attributes are refused by name
-    /// until the eBPF programs enforce them as ztunnel does.
-    Enforced,
-    /// Everything the model knows (offline traces, the model's own tests).
+    /// Both kinds, as the agent enforces them: PeerAuthentication as deny entries in the eBPF
+    /// policy maps, AuthorizationPolicies that read only the connection in the eBPF programs
+    /// (as ztunnel does), the others in the L7 filter (as a waypoint does).
     Full,
 }
 

@@ -774,6 +774,53 @@ mod properties {
             }
         }
 
+        /// Where the eBPF programs enforce a workload's policies (nothing reads HTTP or an
+        /// address, no AUDIT), its authorization map admits exactly the connections Istio's
+        /// decision allows, for every source identity and port; elsewhere the proxy does.
+        #[test]
+        fn the_authorization_map_decides_as_istio_does(text in policies(false)) {
+            use policy::istio::l4::{enforcement, needs_proxy, AuthzEnforcement};
+            use policy::{Direction, Protocol};
+            let b = bundle(&text);
+            let server = b.endpoint("x", "server").expect("server");
+            let applying = b.authz_for(server);
+            let ids = Identities::build(&b);
+            let map = match enforcement(&applying, &ids, &b.istio) {
+                AuthzEnforcement::None => {
+                    prop_assert!(applying.is_empty());
+                    return Ok(());
+                }
+                AuthzEnforcement::Proxy(_) => {
+                    prop_assert!(applying.iter().any(|p| needs_proxy(p).is_some()));
+                    return Ok(());
+                }
+                AuthzEnforcement::Programs(map) => map,
+            };
+            for from in SOURCES {
+                let (source_ip, principal, namespace) = match from.split_once('/') {
+                    Some((ns, name)) => {
+                        let src = b.endpoint(ns, name).expect("source pod");
+                        (src.ips[0], Some(b.principal(src)), Some(ns.to_string()))
+                    }
+                    None => (from.parse().expect("an IP"), None, None),
+                };
+                let identity = ids.lookup(source_ip, Some("n1"));
+                for port in [8080, 9, 1, 443, 65535] {
+                    let req = IstioRequest {
+                        source_ip,
+                        source_principal: principal.clone(),
+                        source_namespace: namespace.clone(),
+                        destination_ip: server.ips[0],
+                        destination_port: port,
+                        http: None,
+                    };
+                    let want = evaluate(&applying, &req).allowed;
+                    let got = map.lookup(Direction::Ingress, identity, Protocol::Tcp, port).allowed;
+                    prop_assert_eq!(got, want, "{} from {} port {}", text, from, port);
+                }
+            }
+        }
+
         #[test]
         fn an_l4_decision_is_never_wider_than_a_request_decision(text in policies(true)) {
             let b = bundle(&text);
@@ -788,10 +835,10 @@ mod properties {
     }
 }
 
-/// What the agent loads: HTTP AuthorizationPolicies and PeerAuthentication, and nothing it
-/// would leave unenforced (the refusal names its field); `Refused` refuses both kinds.
+/// The agent loads every AuthorizationPolicy and PeerAuthentication, L4-only ones included (the
+/// eBPF programs enforce those); `Refused` refuses both kinds by their field `kind`.
 #[test]
-fn the_enforced_model_refuses_l4_only_authorization_policies_by_name() {
+fn the_full_model_accepts_both_kinds_and_refused_refuses_them_by_name() {
     let options = |istio_model| LoadOptions {
         istio_model,
         ..LoadOptions::default()
@@ -810,19 +857,11 @@ fn the_enforced_model_refuses_l4_only_authorization_policies_by_name() {
     let l4 = ap("x", "p", "  rules: [{from: [{source: {namespaces: [y]}}]}]");
     let deny_all = ap("x", "d", "  {}");
     let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: x}\nspec: {mtls: {mode: STRICT}}\n";
-    use policy::IstioModel::{Enforced, Full, Refused};
-    assert_eq!(load_as(Enforced, &http), Ok((1, 0)));
-    assert_eq!(load_as(Enforced, &header), Ok((1, 0)));
-    assert_eq!(load_as(Enforced, pa), Ok((0, 1)));
-    for text in [&l4, &deny_all] {
-        let e = load_as(Enforced, text).expect_err("an L4-only policy");
-        assert!(
-            e.contains(": spec.rules: an AuthorizationPolicy with only L4"),
-            "{e}"
-        );
-        // Control: the full model accepts it.
-        assert_eq!(load_as(Full, text), Ok((1, 0)));
+    use policy::IstioModel::{Full, Refused};
+    for text in [&http, &header, &l4, &deny_all] {
+        assert_eq!(load_as(Full, text), Ok((1, 0)), "{text}");
     }
+    assert_eq!(load_as(Full, pa), Ok((0, 1)));
     for text in [http.as_str(), pa] {
         let e = load_as(Refused, text).expect_err("refused");
         assert!(e.contains(": kind: valid Istio"), "{e}");

@@ -18,7 +18,9 @@
  * for a remote one). The proxy's own upstream connections carry MARK_FROM_PROXY: at the
  * server's interface an L7 entry admits them, and only them. An endpoint Istio
  * AuthorizationPolicies apply to (EP_PROXY_INGRESS_TCP) has every TCP connection its map admits
- * judged so, as if each allow entry carried HTTP rules: the proxy is its waypoint.
+ * judged so, as if each allow entry carried HTTP rules: the proxy is its waypoint. An endpoint
+ * whose AuthorizationPolicies read only the connection (EP_AUTHZ_INGRESS_TCP) has them judged
+ * here instead, as ztunnel does: its DIR_AUTHZ entries must admit the connection as well.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -303,15 +305,22 @@ static __always_inline int is_syn(const struct flow *f)
 /*
  * The verdict for a new connection into the endpoint `ifindex` (flags `ep_flags`): the policy
  * map's, except that a TCP connection the map allows outright goes through the proxy too when
- * Istio policies apply to the endpoint (EP_PROXY_INGRESS_TCP), unless it comes from the
- * endpoint's own node (kubelet probes, as Istio's ambient mode exempts them).
+ * Istio policies apply to the endpoint (EP_PROXY_INGRESS_TCP), and that a TCP connection its
+ * authorization entries do not admit (EP_AUTHZ_INGRESS_TCP) is refused; neither applies to a
+ * connection from the endpoint's own node (kubelet probes, as Istio's ambient mode exempts them).
  */
 static __always_inline int ingress_verdict(__u32 ifindex, __u32 ep_flags, __u32 identity,
 					   const struct flow *f)
 {
 	int verdict = policy_verdict(ifindex, DIR_INGRESS, identity, f->protocol, f->policy_port);
-	if (verdict == POLICY_ALLOW && (ep_flags & EP_PROXY_INGRESS_TCP) &&
-	    f->protocol == IPPROTO_TCP && identity != HOST_IDENTITY)
+	if (verdict != POLICY_ALLOW && verdict != POLICY_L7)
+		return verdict;
+	if (f->protocol != IPPROTO_TCP || identity == HOST_IDENTITY)
+		return verdict;
+	if ((ep_flags & EP_AUTHZ_INGRESS_TCP) &&
+	    policy_verdict(ifindex, DIR_AUTHZ, identity, f->protocol, f->policy_port) != POLICY_ALLOW)
+		return REASON_AUTHZ_DENY;
+	if (verdict == POLICY_ALLOW && (ep_flags & EP_PROXY_INGRESS_TCP))
 		return POLICY_L7;
 	return verdict;
 }

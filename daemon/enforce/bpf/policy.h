@@ -13,6 +13,9 @@
 /* Policy directions, seen from the pod. */
 #define DIR_INGRESS 1 /* entering the pod: tc egress of its host-side interface */
 #define DIR_EGRESS 2  /* leaving the pod: tc ingress of its host-side interface */
+/* Not a direction of the NetworkPolicy map but the endpoint's Istio authorization map, kept in
+ * the same map under its own key space: TCP entering the pod (see EP_AUTHZ_INGRESS_TCP). */
+#define DIR_AUTHZ 3
 
 /* endpoint_config.flags */
 #define EP_ENFORCE_INGRESS (1u << 0)
@@ -22,6 +25,10 @@
 /* Istio AuthorizationPolicies apply: every TCP connection the policy map admits into the pod,
  * except from its own node, goes through the L7 proxy (its waypoint). */
 #define EP_PROXY_INGRESS_TCP (1u << 3)
+/* Istio AuthorizationPolicies that read only the connection apply: a TCP connection into the
+ * pod, except from its own node, is admitted only if the DIR_AUTHZ entries allow it too (no
+ * entry: refused). */
+#define EP_AUTHZ_INGRESS_TCP (1u << 4)
 
 /* policy_value.flags */
 #define POLICY_ALLOW (1u << 0) /* allowed, no L7 rule restricts it */
@@ -57,6 +64,7 @@
 #define REASON_MALFORMED 20     /* truncated or unparseable header */
 #define REASON_UNSUPPORTED 21   /* non-IP protocol, IPv6 extension header, fragment */
 #define REASON_L7_UNREDIRECTED 22 /* HTTP rules apply but the connection bypassed the proxy */
+#define REASON_AUTHZ_DENY 23    /* an Istio AuthorizationPolicy refused the connection */
 
 struct endpoint_config {
 	__u32 identity;

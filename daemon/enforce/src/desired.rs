@@ -8,11 +8,13 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use policy::compile::{Entry, Key};
 use policy::identity::IdentityLabels;
+use policy::istio::AuthzEnforcement;
 use policy::{Bundle, Direction, Identities};
 
 use super::maps::{
-    EndpointConfigValue, PolicyKey, DIR_EGRESS, DIR_INGRESS, EP_ENFORCE_EGRESS, EP_ENFORCE_INGRESS,
-    EP_FAIL_CLOSED, EP_PROXY_INGRESS_TCP, POLICY_ALLOW, POLICY_DENY, POLICY_L7,
+    EndpointConfigValue, PolicyKey, DIR_AUTHZ, DIR_EGRESS, DIR_INGRESS, EP_AUTHZ_INGRESS_TCP,
+    EP_ENFORCE_EGRESS, EP_ENFORCE_INGRESS, EP_FAIL_CLOSED, EP_PROXY_INGRESS_TCP, POLICY_ALLOW,
+    POLICY_DENY, POLICY_L7,
 };
 
 /// Every entry of one endpoint's compiled policy map; the seam also lets tests feed maps
@@ -40,6 +42,10 @@ pub struct EndpointConfig {
     /// (Istio AuthorizationPolicies apply to it: the proxy is its waypoint). Connections
     /// from the pod's own node (kubelet probes) are exempt, as in Istio's ambient mode.
     pub proxy_ingress_tcp: bool,
+    /// Istio AuthorizationPolicies that read only the connection apply: a TCP connection into
+    /// the pod (except from its own node) needs an allow in the endpoint's authorization
+    /// entries too; the programs enforce them, the proxy never sees the connection.
+    pub authz_ingress_tcp: bool,
 }
 
 impl EndpointConfig {
@@ -50,6 +56,7 @@ impl EndpointConfig {
             enforce_ingress: true,
             enforce_egress: true,
             proxy_ingress_tcp: false,
+            authz_ingress_tcp: false,
         }
     }
 
@@ -63,6 +70,9 @@ impl EndpointConfig {
         }
         if self.proxy_ingress_tcp {
             flags |= EP_PROXY_INGRESS_TCP;
+        }
+        if self.authz_ingress_tcp {
+            flags |= EP_AUTHZ_INGRESS_TCP;
         }
         if fail_closed {
             flags |= EP_FAIL_CLOSED;
@@ -119,13 +129,43 @@ impl Desired {
                 .map(|ip| identities.lookup(*ip, local_node))
                 .unwrap_or(policy::identity::WORLD);
             desired.add_endpoint(ifindex, identity, map);
-            if !bundle.authz_for(endpoint).is_empty() {
-                if let Some(config) = desired.endpoints.get_mut(&ifindex) {
-                    config.proxy_ingress_tcp = true;
-                }
+            let authz = bundle.authz_for(endpoint);
+            match policy::istio::enforcement(&authz, identities, &bundle.istio) {
+                AuthzEnforcement::None => {}
+                AuthzEnforcement::Proxy(_) => desired.set_flags(ifindex, |c| {
+                    c.proxy_ingress_tcp = true;
+                }),
+                AuthzEnforcement::Programs(map) => desired.add_authz(ifindex, &map),
             }
         }
         desired
+    }
+
+    fn set_flags(&mut self, ifindex: u32, set: impl FnOnce(&mut EndpointConfig)) {
+        if let Some(config) = self.endpoints.get_mut(&ifindex) {
+            set(config);
+        }
+    }
+
+    /// Enforces the Istio authorization entries `map` (ingress keys) on the endpoint behind
+    /// `ifindex`, added before with [`Desired::add_endpoint`]: they go to the `DIR_AUTHZ` key
+    /// space, and the endpoint consults it for every new TCP connection into the pod.
+    pub fn add_authz<M: MapEntries>(&mut self, ifindex: u32, map: &M) {
+        self.set_flags(ifindex, |c| c.authz_ingress_tcp = true);
+        for (key, entry) in map.entries() {
+            let mut flags = 0;
+            if entry.allow {
+                flags |= POLICY_ALLOW;
+            }
+            if entry.deny {
+                flags |= POLICY_DENY;
+            }
+            if flags != 0 {
+                let mut k = policy_key(ifindex, &key);
+                k.direction = DIR_AUTHZ;
+                self.policy.insert(k, flags);
+            }
+        }
     }
 
     /// Enforces `map` on the endpoint behind `ifindex`, whose own identity is `identity`.
@@ -329,6 +369,89 @@ spec:
         assert_eq!(flags(&[pods, authz]), (true, false));
         // Control: without the policy no endpoint is proxied.
         assert_eq!(flags(&[pods]), (false, false));
+    }
+
+    #[test]
+    fn an_l4_only_authorization_policy_is_enforced_by_the_programs_not_the_proxy() {
+        let pods = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: prod, labels: {app: api}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.1.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {nodeName: n1, serviceAccountName: web, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.244.1.3}]}
+"#;
+        let policy = |rules: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                 metadata: {{name: api, namespace: prod}}\nspec:\n  \
+                 selector: {{matchLabels: {{app: api}}}}\n  rules: [{rules}]\n"
+            )
+        };
+        let ifindexes: BTreeMap<String, u32> = [("prod/api".to_string(), 7)].into();
+        let desired = |docs: &[&str]| {
+            let bundle = policy::load(docs.iter().map(|d| ("t.yaml", *d))).unwrap();
+            let compiled = policy::Compiled::build(&bundle);
+            let d = Desired::from_compiled(
+                &compiled.identities,
+                &compiled.maps,
+                &bundle,
+                Some("n1"),
+                &ifindexes,
+            );
+            let web = compiled
+                .identities
+                .lookup("10.244.1.3".parse().unwrap(), Some("n1"));
+            (d, web)
+        };
+        let l4 = policy(
+            "{from: [{source: {principals: [cluster.local/ns/prod/sa/web]}}], \
+             to: [{operation: {ports: [\"8080\"]}}]}",
+        );
+        let (d, web) = desired(&[pods, &l4]);
+        let flags = d.endpoints[&7].value(false).flags;
+        assert_eq!(
+            flags & (EP_AUTHZ_INGRESS_TCP | EP_PROXY_INGRESS_TCP),
+            EP_AUTHZ_INGRESS_TCP,
+            "judged by the programs, never redirected"
+        );
+        let authz: Vec<_> = d
+            .policy
+            .iter()
+            .filter(|(k, _)| k.direction == DIR_AUTHZ)
+            .collect();
+        assert_eq!(
+            authz.len(),
+            1,
+            "one allow: web's account to 8080: {authz:?}"
+        );
+        let (key, flags) = authz[0];
+        assert_eq!(
+            (
+                key.ifindex,
+                key.identity,
+                key.protocol,
+                key.port,
+                key.prefix,
+                *flags
+            ),
+            (7, web, 6, 8080, 16, POLICY_ALLOW)
+        );
+        // Control: a policy that reads an address goes to the proxy, with no authorization
+        // entries.
+        let by_ip = policy("{from: [{source: {ipBlocks: [10.244.1.0/24]}}]}");
+        let (d, _) = desired(&[pods, &by_ip]);
+        let flags = d.endpoints[&7].value(false).flags;
+        assert_eq!(
+            flags & (EP_AUTHZ_INGRESS_TCP | EP_PROXY_INGRESS_TCP),
+            EP_PROXY_INGRESS_TCP
+        );
+        assert!(d.policy.keys().all(|k| k.direction != DIR_AUTHZ));
     }
 
     #[test]

@@ -8,11 +8,14 @@ use ipnet::IpNet;
 
 pub const DIR_INGRESS: u8 = 1;
 pub const DIR_EGRESS: u8 = 2;
+/// The Istio authorization entries' key space in the policy map (policy.h `DIR_AUTHZ`).
+pub const DIR_AUTHZ: u8 = 3;
 
 pub const EP_ENFORCE_INGRESS: u32 = 1 << 0;
 pub const EP_ENFORCE_EGRESS: u32 = 1 << 1;
 pub const EP_FAIL_CLOSED: u32 = 1 << 2;
 pub const EP_PROXY_INGRESS_TCP: u32 = 1 << 3;
+pub const EP_AUTHZ_INGRESS_TCP: u32 = 1 << 4;
 
 pub const POLICY_ALLOW: u32 = 1 << 0;
 pub const POLICY_DENY: u32 = 1 << 1;
@@ -50,6 +53,7 @@ pub enum Reason {
     Malformed,
     Unsupported,
     L7Unredirected,
+    AuthzDeny,
     Unknown(u8),
 }
 
@@ -71,6 +75,7 @@ impl Reason {
             20 => Self::Malformed,
             21 => Self::Unsupported,
             22 => Self::L7Unredirected,
+            23 => Self::AuthzDeny,
             other => Self::Unknown(other),
         }
     }
@@ -93,6 +98,7 @@ impl Reason {
             Self::Malformed => "malformed",
             Self::Unsupported => "unsupported",
             Self::L7Unredirected => "l7-unredirected",
+            Self::AuthzDeny => "authz-deny",
             Self::Unknown(_) => "unknown",
         }
     }

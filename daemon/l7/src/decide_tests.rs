@@ -271,7 +271,7 @@ items:
 
 fn istio_snap(manifest: &str) -> (L7Config, Snapshot) {
     let options = policy::LoadOptions {
-        istio_model: policy::IstioModel::Enforced,
+        istio_model: policy::IstioModel::Full,
         ..policy::LoadOptions::default()
     };
     let bundle = policy::load_with([("istio.yaml", manifest)], options).expect("loads");

@@ -214,6 +214,7 @@ fn reason_text(reason: Reason) -> String {
     match reason {
         Reason::PolicyDeny => "Policy denied (deny rule)".into(),
         Reason::NoPolicy => "Policy denied".into(),
+        Reason::AuthzDeny => "Authorization denied".into(),
         other => other.as_str().into(),
     }
 }

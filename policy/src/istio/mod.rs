@@ -7,12 +7,14 @@
 
 pub mod convert;
 pub mod eval;
+pub mod l4;
 pub mod matching;
 pub mod model;
 pub mod peer;
 pub mod spec;
 
 pub use eval::{evaluate, Deciding, IstioDecision, IstioRequest};
+pub use l4::{enforcement, AuthzEnforcement};
 pub use model::{
     Action, AuthzPolicy, AuthzRule, IstioId, IstioKind, IstioSettings, MtlsMode, PeerAuthn,
     StrMatch, Workloads,

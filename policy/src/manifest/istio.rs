@@ -5,8 +5,8 @@
 use k8s_openapi::api::core::v1::Service as K8sService;
 use yaml_serde::Value;
 
-use super::{typed, IstioModel, Loader, Object};
-use crate::error::{FieldError, LoadError};
+use super::{typed, Loader, Object};
+use crate::error::LoadError;
 use crate::istio::convert::authorization_policy;
 use crate::istio::peer::peer_authentication;
 use crate::istio::spec::{AuthorizationPolicySpec, Object as Body, PeerAuthenticationSpec};
@@ -42,16 +42,6 @@ impl Loader {
         let root = &self.options.istio.root_namespace;
         let policy =
             authorization_policy(&spec, &object.namespace, &object.name, root).map_err(invalid)?;
-        if self.options.istio_model == IstioModel::Enforced && !policy.needs_http() {
-            return Err(invalid(FieldError::new(
-                "spec.rules",
-                "an AuthorizationPolicy with only L4 attributes (principals, namespaces, \
-                 ipBlocks, ports) is enforced without the proxy in ztunnel's manner, which this \
-                 wiremesh agent does not do yet; refused rather than accepted and left \
-                 unenforced (policies that read hosts, methods, paths or request headers are \
-                 enforced by the L7 filter)",
-            )));
-        }
         self.claim(object.doc, &object.qualified)?;
         self.bundle.authz.push(policy);
         Ok(())

@@ -111,7 +111,7 @@ pub struct PolicyCounters {
 pub fn load_options() -> policy::LoadOptions {
     policy::LoadOptions {
         l7_model: true,
-        istio_model: policy::IstioModel::Enforced,
+        istio_model: policy::IstioModel::Full,
         ..policy::LoadOptions::default()
     }
 }
