@@ -168,10 +168,25 @@ impl AgentHandle<'_> {
         self.admin_get("/healthz?verbose")
     }
 
+    /// The L7 proxy's counters (`GET /v1/stats` on its control socket): `forwarded`,
+    /// `dropped`, `audit` and `error` count what it judged since it started.
+    pub fn proxy_stats(&self) -> Result<serde_json::Value> {
+        let text = self.socket_get("proxy.sock", "/v1/stats")?;
+        serde_json::from_str(&text).map_err(|_| LabError::Parse {
+            what: "the proxy's /v1/stats".into(),
+            input: text,
+        })
+    }
+
     /// `GET path` on the node's admin socket; an error for anything but 2xx.
     fn admin_get(&self, path: &str) -> Result<String> {
+        self.socket_get("wiremesh.sock", path)
+    }
+
+    /// `GET path` on the socket `name` in the node's run directory.
+    fn socket_get(&self, name: &str, path: &str) -> Result<String> {
         let node = self.node;
-        let socket = self.lab.node_dir(node).join("run").join("wiremesh.sock");
+        let socket = self.lab.node_dir(node).join("run").join(name);
         run(
             Command::new("curl")
                 .args(["-sSf", "--max-time", "8", "--unix-socket"])

@@ -383,3 +383,124 @@ fn peer_authentication_strict_refuses_a_client_outside_the_mesh() {
         .expect("apply PERMISSIVE again");
     until(outside, 200, "PERMISSIVE again");
 }
+
+/// Only the frontend's account, only port 8080: attributes a connection carries, no HTTP.
+const L4_ONLY: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-l4, namespace: production}
+spec:
+  selector: {matchLabels: {app: backend-api}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/production/sa/frontend"]}}]
+    to: [{operation: {ports: ["8080"]}}]
+"#;
+
+/// An AUDIT policy on the same workload: audited connections must be recorded one by one, so
+/// the proxy becomes the workload's waypoint.
+const AUDIT_ALL: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-audit, namespace: production}
+spec:
+  selector: {matchLabels: {app: backend-api}}
+  action: AUDIT
+  rules: [{}]
+"#;
+
+/// What the node's proxy has judged since it started.
+fn proxy_judged(lab: &Lab, node: u8) -> u64 {
+    let stats = lab
+        .node(node)
+        .agent()
+        .proxy_stats()
+        .unwrap_or_else(|e| panic!("the proxy's stats on node-{node}: {e}"));
+    ["forwarded", "dropped", "audit", "error"]
+        .iter()
+        .map(|k| {
+            stats[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k} in {stats}"))
+        })
+        .sum()
+}
+
+/// An AuthorizationPolicy with only L4 attributes (principals, ports) is enforced by the eBPF
+/// programs, as ztunnel enforces it: the frontend (across the tunnel and on the backend's node)
+/// gets the server's answer, Prometheus and the attacker never connect (the programs count
+/// `authz-deny`), and neither node's proxy judges a single connection. Control: an AUDIT
+/// policy on the same workload makes the proxy its waypoint — the attacker now gets Istio's 403
+/// from the proxy and the proxy's counters move, so the counters read above were live.
+#[test]
+fn l4_only_policies_are_enforced_by_the_programs_without_the_proxy() {
+    let (lab, server) = scenario(L4_ONLY);
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let reply = get(&lab, ATTACKER, &server, "/");
+        if reply.status == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the L4 AuthorizationPolicy was not enforced within {SETTLE:?}: last reply {reply:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let before = server.requests().len();
+    let mut expected = Vec::new();
+    for client in [FRONTEND, FRONTEND_LOCAL] {
+        let reply = get(&lab, client, &server, "/api/v1/products");
+        let ip = client.ip();
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, format!("GET /api/v1/products from {ip}\n").as_str()),
+            "{client}: the frontend's account is allowed on 8080"
+        );
+        expected.push(format!("GET /api/v1/products from {ip}"));
+    }
+    for client in [PROMETHEUS, ATTACKER] {
+        let reply = get(&lab, client, &server, "/metrics");
+        assert_eq!(
+            reply.status, 0,
+            "{client}: no ALLOW rule matches, the connection is refused: {reply:?}"
+        );
+    }
+    assert_eq!(
+        server.requests().split_off(before),
+        expected,
+        "only the frontend's requests reached the server"
+    );
+    for node in [1, 2] {
+        assert_eq!(
+            proxy_judged(&lab, node),
+            0,
+            "node-{node}'s proxy saw a connection"
+        );
+    }
+    let metrics = lab.node(2).agent().metrics().expect("node-2 metrics");
+    let authz_drops: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("wiremesh_policy_packets_total{endpoint=\"production/backend-api\"")
+                && l.contains("reason=\"authz-deny\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        authz_drops > 0,
+        "the programs count the refused connections as authz-deny:\n{metrics}"
+    );
+
+    // Control: the proxy becomes the waypoint and judges the same traffic.
+    lab.node(1)
+        .agent()
+        .apply(AUDIT_ALL)
+        .expect("apply the AUDIT policy");
+    wait_enforced(&lab, &server, ATTACKER, "/metrics");
+    let reply = get(&lab, FRONTEND, &server, "/api/v1/products");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        proxy_judged(&lab, 2) > 0,
+        "control: as the waypoint, node-2's proxy judged the requests"
+    );
+}
