@@ -73,6 +73,9 @@ fn istio(out: &mut String, i: &IstioReport) {
     for p in &i.policies {
         let _ = writeln!(out, "  applies: {p}");
     }
+    if let Some(by) = &i.enforced_by {
+        let _ = writeln!(out, "  enforced by the {by}");
+    }
     if i.needs_http {
         out.push_str("  HTTP rules apply: the L7 filter decides each request\n");
     }

@@ -571,6 +571,36 @@ fn seed_authorization_policy_through_its_service() {
         render_text(&r)
     );
     assert!(render_text(&r).contains("the L7 filter decides each request"));
+    assert_eq!(
+        istio.enforced_by.as_deref(),
+        Some("L7 proxy (a policy reads HTTP attributes)")
+    );
+}
+
+/// The trace says who enforces a workload's AuthorizationPolicies: the programs when they read
+/// only what an identity and a port fix, the proxy (and why) otherwise.
+#[test]
+fn the_trace_names_who_enforces_the_authorization_policies() {
+    let by = |spec: &str| {
+        let b = bundle(&ap("x", "p", spec));
+        let r = common::run(&b, "x/client", "x/server", 8080, policy::Protocol::Tcp);
+        let istio = r.istio.as_ref().expect("istio report");
+        let by = istio.enforced_by.clone().expect("a policy applies");
+        assert!(render_text(&r).contains(&format!("enforced by the {by}")));
+        by
+    };
+    assert_eq!(
+        by("  rules: [{from: [{source: {namespaces: [x]}}], to: [{operation: {ports: [\"8080\"]}}]}]"),
+        "eBPF programs"
+    );
+    assert_eq!(
+        by("  rules: [{from: [{source: {ipBlocks: [10.0.1.0/24]}}]}]"),
+        "L7 proxy (a policy matches source or destination addresses)"
+    );
+    assert_eq!(
+        by("  action: AUDIT\n  rules: [{}]"),
+        "L7 proxy (an AUDIT policy applies: the proxy records each audited connection)"
+    );
 }
 
 #[test]

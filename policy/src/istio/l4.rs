@@ -56,7 +56,7 @@ pub fn enforcement(
 /// Why `policy` cannot be decided from the source identity and the port alone, if it cannot.
 pub fn needs_proxy(policy: &AuthzPolicy) -> Option<&'static str> {
     if policy.action == Action::Audit {
-        return Some("an AUDIT policy applies (the proxy records each audited connection)");
+        return Some("an AUDIT policy applies: the proxy records each audited connection");
     }
     if policy.needs_http() {
         return Some("a policy reads HTTP attributes");

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::http::HttpRequest;
 use crate::istio::eval::{policy_match, IstioDecision, IstioRequest};
+use crate::istio::l4::needs_proxy;
 use crate::istio::{admits, effective_mode, evaluate, Action, AuthzPolicy, MtlsMode};
 use crate::model::{Bundle, Endpoint};
 
@@ -25,6 +26,10 @@ pub struct IstioReport {
     /// Some applying policy reads HTTP: the connection goes through the L7 filter, which
     /// decides each request.
     pub needs_http: bool,
+    /// Who enforces the AuthorizationPolicies on a node: `eBPF programs` when they read only
+    /// what the source identity and the port fix, else `L7 proxy (<why>)`; `None` when none
+    /// applies.
+    pub enforced_by: Option<String>,
     /// The AuthorizationPolicy decision; `None` when it depends on the HTTP request and the
     /// query carries none.
     pub decision: Option<IstioDecision>,
@@ -90,9 +95,20 @@ pub(super) fn report(
         mtls_mode,
         from_mesh: src.mesh,
         needs_http,
+        enforced_by: enforced_by(&policies),
         decision,
         allowed,
         reason,
+    })
+}
+
+fn enforced_by(policies: &[&AuthzPolicy]) -> Option<String> {
+    if policies.is_empty() {
+        return None;
+    }
+    Some(match policies.iter().find_map(|p| needs_proxy(p)) {
+        Some(why) => format!("L7 proxy ({why})"),
+        None => "eBPF programs".into(),
     })
 }
 

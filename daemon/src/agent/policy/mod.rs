@@ -106,8 +106,8 @@ pub struct PolicyCounters {
 /// What this agent enforces, as loader options: everything it loads is enforced, and what it
 /// cannot enforce is refused by name (`wiremesh apply`, offline `policy trace` and the policy
 /// loop all load with these). HTTP rules, and Istio AuthorizationPolicies that read the HTTP
-/// request, are enforced by the L7 proxy, PeerAuthentication by the eBPF programs; L4-only
-/// AuthorizationPolicies wait for their enforcement in the eBPF programs.
+/// request, a source or destination address, or AUDIT, are enforced by the L7 proxy; the other
+/// AuthorizationPolicies and PeerAuthentication by the eBPF programs.
 pub fn load_options() -> policy::LoadOptions {
     policy::LoadOptions {
         l7_model: true,
