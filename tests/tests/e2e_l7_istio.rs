@@ -491,6 +491,31 @@ fn l4_only_policies_are_enforced_by_the_programs_without_the_proxy() {
         "the programs count the refused connections as authz-deny:\n{metrics}"
     );
 
+    let refused = |flows: &[serde_json::Value]| {
+        flows
+            .iter()
+            .any(|f| f["dropReason"] == "Authorization denied" && f["l7"].is_null())
+    };
+    let flows = lab
+        .node(2)
+        .agent()
+        .observe_json_until(
+            &["--verdict", "DROPPED", "--to-pod", "production/backend-api"],
+            Duration::from_secs(10),
+            refused,
+        )
+        .expect("wiremesh observe");
+    let drop = flows
+        .iter()
+        .find(|f| f["dropReason"] == "Authorization denied")
+        .unwrap_or_else(|| panic!("no authorization drop in {flows:#?}"));
+    assert!(
+        drop["policy"]
+            .as_str()
+            .is_some_and(|p| p.contains("production/backend-l4")),
+        "the drop names the AuthorizationPolicy: {drop}"
+    );
+
     // Control: the proxy becomes the waypoint and judges the same traffic.
     lab.node(1)
         .agent()

@@ -194,6 +194,14 @@ fn deciding_policy(
         http: None,
     };
     let result = policy::trace(bundle, &query).ok()?;
+    if event.reason == Reason::AuthzDeny {
+        // The programs refused it by the destination's AuthorizationPolicies.
+        let istio = result.istio?;
+        return Some(match istio.decision.and_then(|d| d.deciding) {
+            Some(by) => format!("{} {}", by.policy, by.rule),
+            None => format!("no ALLOW rule matches: {}", istio.policies.join(", ")),
+        });
+    }
     let side = match direction {
         Direction::Ingress => &result.ingress,
         Direction::Egress => &result.egress,
@@ -270,7 +278,11 @@ spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
 "#;
 
     fn state() -> PolicyState {
-        let bundle = policy::load([("t.yaml", MANIFESTS)]).expect("loads");
+        state_with("")
+    }
+
+    fn state_with(extra: &str) -> PolicyState {
+        let bundle = policy::load([("t.yaml", MANIFESTS), ("e.yaml", extra)]).expect("loads");
         let compiled = Compiled::build(&bundle);
         PolicyState {
             bundle: Arc::new(bundle),
@@ -311,6 +323,24 @@ spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
         assert_eq!(flow.drop_reason.as_deref(), Some("Policy denied"));
         let policy = flow.policy.expect("a policy is named");
         assert!(policy.contains("b-isolated"), "{policy}");
+    }
+
+    /// A connection the programs refused by an AuthorizationPolicy names that policy.
+    #[test]
+    fn an_authorization_drop_names_the_authorization_policy() {
+        let authz = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+            metadata: {name: b-only-web, namespace: demo}\n\
+            spec: {selector: {matchLabels: {app: b}}, \
+            rules: [{from: [{source: {namespaces: [web]}}]}]}\n";
+        let flow = describe(&event(false, Reason::AuthzDeny), &state_with(authz), "n2");
+        assert_eq!(flow.drop_reason.as_deref(), Some("Authorization denied"));
+        assert_eq!(
+            flow.policy.as_deref(),
+            Some("no ALLOW rule matches: AuthorizationPolicy demo/b-only-web ALLOW")
+        );
+        // Control: the same event read as a NetworkPolicy drop names the NetworkPolicy.
+        let flow = describe(&event(false, Reason::NoPolicy), &state_with(authz), "n2");
+        assert!(flow.policy.is_some_and(|p| p.contains("b-isolated")));
     }
 
     #[test]
