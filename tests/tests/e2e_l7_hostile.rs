@@ -4,7 +4,8 @@
 //! `Content-Length` and `Transfer-Encoding`, conflicting `Content-Length`s) 400 or a close and the
 //! request hidden in their body, to a path the policy denies, never reaches the server (its
 //! access log proves it); a dribbled head is cut off at the proxy's header timeout; bytes that
-//! are not HTTP are refused. After every attack another client's ordinary request is still
+//! are not HTTP are refused; a WebSocket upgrade is judged by its path and, allowed, relayed
+//! byte for byte, an upgrade to h2c is refused. After every attack another client's ordinary request is still
 //! served. The controls: the same bytes sent before the policy, straight to the server, do
 //! reach it (the hidden path shows in its log, the big head is served, garbage gets the server's
 //! own 400, the dribbled head is not cut off), so each detector is proven to work.
@@ -191,6 +192,26 @@ fn slowloris(timeout: Duration) -> RawSend {
         .timeout(timeout)
 }
 
+/// An upgrade of `path` to `protocol`, with `payload` sent right behind the head.
+fn upgrade(path: &str, protocol: &str, payload: &str) -> RawSend {
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n{payload}"
+    );
+    RawSend::new(server_addr(), head).timeout(Duration::from_secs(5))
+}
+
+/// Bytes sent over an upgraded connection, echoed by the lab's server.
+const WS_PAYLOAD: &str = "bytes-after-the-upgrade";
+
+/// A WebSocket upgrade to an allowed path is switched and relayed: 101, then the echo.
+fn assert_websocket_relayed(reply: &RawReply, what: &str) {
+    assert!(
+        reply.status() == Some(101) && reply.reply.ends_with(WS_PAYLOAD),
+        "{what}: wanted 101 and the echo of {WS_PAYLOAD:?}: {reply:?}"
+    );
+}
+
 /// A TLS ClientHello's first bytes: not HTTP.
 const NOT_HTTP: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03lab-not-http\r\n\r\n";
 
@@ -230,6 +251,20 @@ fn controls(lab: &Lab, server: &HttpServer) {
         reply.status(),
         Some(400),
         "control: the server itself answers garbage with 400: {reply:?}"
+    );
+    assert_websocket_relayed(
+        &raw(lab, &upgrade("/api/ws", "websocket", WS_PAYLOAD)),
+        "control: the server accepts a WebSocket upgrade",
+    );
+    let reply = raw(lab, &upgrade("/api/h2c", "h2c", ""));
+    assert_eq!(reply.status(), Some(200), "control: {reply:?}");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|l| l.starts_with("GET /api/h2c ")),
+        "control: an h2c upgrade request reaches the server: {:?}",
+        server.requests()
     );
     let bound = HEADER_TIMEOUT + Duration::from_secs(2);
     let reply = raw(lab, &slowloris(bound));
@@ -312,6 +347,18 @@ fn hostile_http_is_refused_and_the_filter_keeps_serving() {
     );
     assert_serving(&lab, &server, "bytes that are not HTTP");
 
+    // A WebSocket upgrade is judged like any request, then relayed byte for byte; an upgrade
+    // to h2c (requests nobody would judge) is refused whatever the path.
+    assert_websocket_relayed(
+        &raw(&lab, &upgrade("/api/ws", "websocket", WS_PAYLOAD)),
+        "an allowed WebSocket upgrade",
+    );
+    let reply = raw(&lab, &upgrade("/admin/ws", "websocket", WS_PAYLOAD));
+    assert_eq!(reply.status(), Some(403), "a denied path: {reply:?}");
+    let reply = raw(&lab, &upgrade("/api/h2c", "h2c", ""));
+    assert_eq!(reply.status(), Some(403), "an upgrade to h2c: {reply:?}");
+    assert_serving(&lab, &server, "upgrades");
+
     assert_eq!(
         hidden_requests(&server),
         1,
@@ -321,7 +368,10 @@ fn hostile_http_is_refused_and_the_filter_keeps_serving() {
     let reached: Vec<String> = server.requests().split_off(served_before);
     let unexpected: Vec<&String> = reached
         .iter()
-        .filter(|l| !l.starts_with("GET /api/ok from "))
+        .filter(|l| {
+            let ws = format!("GET /api/ws from {} upgrade", ATTACKER.ip());
+            !l.starts_with("GET /api/ok from ") && **l != ws
+        })
         .collect();
     assert!(
         unexpected.is_empty(),

@@ -198,7 +198,7 @@ impl Upstream {
                     .await
                     .map_err(handshake)?;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(%dst, error = %e, "upstream connection ended");
                     }
                 });

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub struct Framing {
     requests: u64,
     /// Index (0-based, in order of arrival) of the first request with both headers.
     pub conflicting: Arc<AtomicU64>,
+    /// Set once the connection switched protocols (a WebSocket upgrade the server accepted):
+    /// what follows is no HTTP, and is neither followed nor timed as a head.
+    pub switched: Arc<AtomicBool>,
 }
 
 impl Default for Framing {
@@ -57,11 +60,21 @@ impl Framing {
             state: State::Head(Vec::new()),
             requests: 0,
             conflicting,
+            switched: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Stops following once `switched` is set.
+    pub fn until_switched(mut self, switched: Arc<AtomicBool>) -> Self {
+        self.switched = switched;
+        self
     }
 
     /// Follows `bytes`, the next bytes the client sent.
     pub fn feed(&mut self, mut bytes: &[u8]) {
+        if self.switched.load(Ordering::SeqCst) {
+            self.state = State::Stopped;
+        }
         while !bytes.is_empty() {
             let used = match &mut self.state {
                 State::Stopped => return,
@@ -137,6 +150,7 @@ impl Framing {
     /// Whether part of a request head has arrived but not all of it.
     pub fn in_partial_head(&self) -> bool {
         matches!(&self.state, State::Head(h) if !h.is_empty())
+            && !self.switched.load(Ordering::SeqCst)
     }
 
     fn after_head(&mut self, head: &[u8]) -> State {
@@ -264,6 +278,21 @@ mod tests {
         f.feed(&input[..split]);
         f.feed(&input[split..]);
         f.conflicting.load(Ordering::SeqCst)
+    }
+
+    /// After a switch of protocols the bytes are no HTTP: no head is timed, nothing is flagged.
+    /// Control: the same bytes before the switch are a partial head.
+    #[test]
+    fn a_switched_connection_is_no_longer_followed() {
+        let switched = Arc::new(AtomicBool::new(false));
+        let mut f = Framing::default().until_switched(switched.clone());
+        f.feed(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x05hello");
+        assert!(f.in_partial_head(), "control: frame bytes read as a head");
+        switched.store(true, Ordering::SeqCst);
+        assert!(!f.in_partial_head());
+        f.feed(b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(!f.in_partial_head());
+        assert_eq!(f.conflicting.load(Ordering::SeqCst), NONE);
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! moment (so a policy change applies to the next request of a keep-alive connection),
 //! answered here when denied (403 `Access denied`, or a gRPC `PERMISSION_DENIED`), forwarded
 //! unchanged when allowed, and recorded as one flow. It must never forward a denied request
-//! nor one it could not judge (Upgrade and CONNECT are refused outright: a tunnel could not be
-//! judged request by request).
+//! nor one it could not judge: CONNECT and any Upgrade but HTTP/1.1's to `websocket` are
+//! refused outright (`h2c` would turn the connection into requests nobody judges). A WebSocket
+//! upgrade is a request like any other; once allowed and accepted by the server (101), the
+//! connection is relayed byte for byte, as Envoy relays an upgraded connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +39,8 @@ pub struct Conn {
     /// HTTP/1.1: index of the first request with both `Content-Length` and
     /// `Transfer-Encoding` (see [`crate::framing`]), and of the next request to be handled.
     pub conflicting: Arc<AtomicU64>,
+    /// Set when the server accepted a WebSocket upgrade (see [`crate::framing`]).
+    pub switched: Arc<AtomicBool>,
     requests: AtomicU64,
 }
 
@@ -57,6 +61,7 @@ impl Conn {
             shared,
             upstream,
             conflicting: Arc::new(AtomicU64::new(crate::framing::NONE)),
+            switched: Arc::new(AtomicBool::new(false)),
             requests: AtomicU64::new(0),
         }
     }
@@ -149,7 +154,7 @@ fn endpoint(snap: &Snapshot, addr: SocketAddr) -> FlowEndpoint {
 /// The hyper service of a downstream connection.
 pub async fn handle(
     conn: Arc<Conn>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let snap = conn.shared.snapshot();
@@ -166,12 +171,15 @@ pub async fn handle(
         status,
         latency_ms: start.elapsed().as_secs_f64() * 1000.0,
     };
-    if req.method() == Method::CONNECT || req.headers().contains_key(UPGRADE) {
-        flow.drop_reason = Some("Upgrade and CONNECT are not proxied".into());
-        flow.l7 = Some(l7(DENIED_STATUS, start));
-        conn.shared.flows.record(flow);
-        return Ok(denied(grpc));
-    }
+    let websocket = match unproxied(&req) {
+        Err(why) => {
+            flow.drop_reason = Some(why);
+            flow.l7 = Some(l7(DENIED_STATUS, start));
+            conn.shared.flows.record(flow);
+            return Ok(denied(grpc));
+        }
+        Ok(websocket) => websocket,
+    };
     // hyper hands requests over one at a time, in order: this is the request's index.
     let index = conn.requests.fetch_add(1, Ordering::SeqCst);
     if index >= conn.conflicting.load(Ordering::SeqCst) {
@@ -197,8 +205,16 @@ pub async fn handle(
         conn.shared.flows.record(flow);
         return Ok(denied_with(grpc, decision.denied_body()));
     }
+    let downstream = websocket.then(|| hyper::upgrade::on(&mut req));
     match conn.upstream.send(req).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            if let Some(downstream) = downstream {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    conn.switched.store(true, Ordering::SeqCst);
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(relay_upgraded(conn.clone(), downstream, upstream));
+                }
+            }
             // An Istio AUDIT policy matched: the request went through, flagged for audit.
             flow.verdict = if decision.audited() {
                 Verdict::Audit
@@ -228,6 +244,49 @@ pub async fn handle(
                 "upstream connect error\r\n",
             ))
         }
+    }
+}
+
+/// Whether `req` is a WebSocket upgrade (`Ok(true)`), an ordinary request (`Ok(false)`), or one
+/// the filter does not proxy (why).
+fn unproxied(req: &Request<Incoming>) -> Result<bool, String> {
+    if req.method() == Method::CONNECT {
+        return Err("CONNECT is not proxied".into());
+    }
+    let Some(upgrade) = req.headers().get(UPGRADE) else {
+        return Ok(false);
+    };
+    let websocket = upgrade
+        .to_str()
+        .is_ok_and(|p| p.trim().eq_ignore_ascii_case("websocket"));
+    if websocket && req.version() == hyper::Version::HTTP_11 {
+        Ok(true)
+    } else {
+        Err(format!(
+            "Upgrade to {} is not proxied (only HTTP/1.1 to websocket)",
+            String::from_utf8_lossy(upgrade.as_bytes())
+        ))
+    }
+}
+
+/// Relays an upgraded connection both ways until either side closes: the server accepted the
+/// WebSocket upgrade the policy allowed.
+async fn relay_upgraded(
+    conn: Arc<Conn>,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "upgraded relay ended");
     }
 }
 

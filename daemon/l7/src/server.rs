@@ -192,7 +192,8 @@ async fn serve_conn(mut stream: TcpStream, dir: Direction, shared: Arc<Shared>) 
     let svc = hyper::service::service_fn(move |req| handler::handle(svc_conn.clone(), req));
     let result = match proto {
         Proto::Http1 => {
-            let framing = Framing::new(conn.conflicting.clone());
+            let framing =
+                Framing::new(conn.conflicting.clone()).until_switched(conn.switched.clone());
             let watched = Watched::new(stream, framing, limits.header_timeout);
             let io = TokioIo::new(Idle::new(watched, limits.idle_timeout));
             // The header timeout is `Watched`'s: hyper's would start as soon as a keep-alive
@@ -205,6 +206,7 @@ async fn serve_conn(mut stream: TcpStream, dir: Direction, shared: Arc<Shared>) 
                 .preserve_header_case(true)
                 .keep_alive(true)
                 .serve_connection(io, svc)
+                .with_upgrades()
                 .await
         }
         Proto::Http2 => {
