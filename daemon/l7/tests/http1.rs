@@ -316,21 +316,29 @@ async fn non_http_bytes_reset_the_connection() {
     assert_eq!(flows[0].source.pod.as_deref(), Some("client"));
 }
 
+/// A WebSocket upgrade is a request like any other: allowed, it reaches the server (which here
+/// declines to switch, so the connection stays HTTP); to a denied path it gets 403. An upgrade
+/// to h2c and CONNECT are refused whatever the path.
 #[tokio::test]
-async fn upgrade_and_connect_are_refused() {
+async fn upgrades_are_judged_and_h2c_and_connect_refused() {
     let (up, px) = setup().await;
-    let raw = b"GET /public/ws HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-    let a = exchange(CLIENT, px.addr, raw, 1).await;
-    assert_eq!(a[0].status, 403);
-    let a = exchange(
-        CLIENT,
-        px.addr,
-        b"CONNECT api:443 HTTP/1.1\r\nHost: api:443\r\n\r\n",
-        1,
-    )
-    .await;
-    assert_eq!(a[0].status, 403);
-    assert!(up.seen().is_empty());
+    let ws = |path: &str, proto: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: {proto}\r\n\r\n"
+        )
+    };
+    let a = exchange(CLIENT, px.addr, ws("/public/ws", "websocket").as_bytes(), 1).await;
+    assert_eq!(a[0].status, 200, "forwarded: {a:?}");
+    assert_eq!(up.paths(), vec!["/public/ws".to_string()]);
+    for raw in [
+        ws("/private/ws", "websocket"),
+        ws("/public/h2c", "h2c"),
+        "CONNECT api:443 HTTP/1.1\r\nHost: api:443\r\n\r\n".to_string(),
+    ] {
+        let a = exchange(CLIENT, px.addr, raw.as_bytes(), 1).await;
+        assert_eq!(a[0].status, 403, "{raw}");
+    }
+    assert_eq!(up.paths(), vec!["/public/ws".to_string()], "nothing else");
 }
 
 /// No configuration (a proxy just restarted with none saved): everything is denied.
