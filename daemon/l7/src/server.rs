@@ -1,6 +1,7 @@
 //! The proxy's listeners and downstream connections: transparent listening sockets, the
 //! connection cap (the data path's `accept_loop`), protocol sniffing (HTTP/2 prior-knowledge
-//! preface → h2c; a request line → HTTP/1.1; anything else → reset with a flow record), and
+//! preface → h2c; a request line → HTTP/1.1; anything else, or silence where only Istio sent
+//! the connection here → an L4 decision, else a reset with a flow record), and
 //! hyper's servers with the size and time limits. Requests themselves are judged and forwarded
 //! by [`crate::handler`]. It must never let a connection through without hyper parsing it.
 
@@ -33,6 +34,10 @@ pub struct ProxyLimits {
     pub max_conns: usize,
     /// A request head must arrive within this (connection closed otherwise).
     pub header_timeout: Duration,
+    /// A connection only Istio's AuthorizationPolicies brought here (the proxy as a waypoint)
+    /// on which the client sent nothing for this long is taken for a protocol where the server
+    /// speaks first (SMTP, MySQL, ...) and decided at L4, as one that is not HTTP is.
+    pub server_first_after: Duration,
     /// A connection on which no byte moved for this long is closed.
     pub idle_timeout: Duration,
     /// Most header lines in one request (HTTP/1.1: 431 above).
@@ -48,6 +53,7 @@ impl Default for ProxyLimits {
         Self {
             max_conns: 4096,
             header_timeout: Duration::from_secs(10),
+            server_first_after: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(300),
             max_headers: 100,
             max_header_bytes: 64 << 10,
@@ -106,12 +112,27 @@ enum Sniffed {
     Http1,
     Http2,
     NotHttp,
+    /// Not a byte within the silence allowed: the server may be the one to speak first.
+    Silent,
     /// Closed or timed out before a decision.
     Nothing,
 }
 
-/// Reads just enough to tell HTTP/2 prior knowledge, HTTP/1.x and anything else apart.
-async fn sniff(stream: &mut TcpStream, timeout: Duration) -> (Sniffed, Vec<u8>) {
+/// Reads just enough to tell HTTP/2 prior knowledge, HTTP/1.x and anything else apart; with
+/// `silence`, a client that sent nothing within it is `Silent`.
+async fn sniff(
+    stream: &mut TcpStream,
+    timeout: Duration,
+    silence: Option<Duration>,
+) -> (Sniffed, Vec<u8>) {
+    if let Some(silence) = silence {
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(silence, stream.peek(&mut probe)).await {
+            Err(_) => return (Sniffed::Silent, Vec::new()),
+            Ok(Ok(0) | Err(_)) => return (Sniffed::Nothing, Vec::new()),
+            Ok(Ok(_)) => {}
+        }
+    }
     let mut buf = Vec::with_capacity(H2_PREFACE.len());
     let read = async {
         loop {
@@ -158,10 +179,15 @@ async fn serve_conn(mut stream: TcpStream, dir: Direction, shared: Arc<Shared>) 
     let dst = settings.mode.original_dst(local);
     let client = SocketAddr::new(crate::snapshot::canonical(peer.ip()), peer.port());
     let _ = stream.set_nodelay(true);
-    let (kind, prefix) = sniff(&mut stream, limits.header_timeout).await;
+    // Only where the proxy is a waypoint for Istio alone may a silent client be a server-first
+    // protocol: where Cilium's HTTP rules apply, the client must speak HTTP.
+    let waypoint_only = dir == Direction::Ingress
+        && decide_opaque(&shared.snapshot(), dst.ip(), client.ip(), dst.port()).is_some();
+    let silence = waypoint_only.then_some(limits.server_first_after);
+    let (kind, prefix) = sniff(&mut stream, limits.header_timeout, silence).await;
     let proto = match kind {
         Sniffed::Nothing => return,
-        Sniffed::NotHttp => {
+        Sniffed::NotHttp | Sniffed::Silent => {
             let conn = Conn::new(dir, client, dst, shared.clone(), Proto::Http1);
             let snap = shared.snapshot();
             let opaque = match dir {

@@ -420,3 +420,84 @@ async fn egress_requests_are_judged_by_the_clients_policy() {
     assert_eq!(flows[0].source.pod.as_deref(), Some("client"));
     assert_eq!(flows[0].destination.pod.as_deref(), Some("api"));
 }
+
+/// A server that greets first (as SMTP or MySQL do) and then echoes one read.
+async fn greeting_server() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 ready\r\n").await;
+                let mut buf = [0u8; 64];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads what arrives within `within` (until the peer closes or the time is up).
+async fn read_for(s: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.ends_with(b"\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Where the proxy is a waypoint for Istio alone, a client that says nothing is taken for a
+/// server-first protocol: after the silence allowed it is decided at L4 (allowed here by a
+/// rule that reads no HTTP) and relayed, so it sees the server's greeting long before the
+/// header timeout. Control: where Cilium's HTTP rules apply, the same silent client gets no
+/// greeting (it must speak HTTP) and is cut off.
+#[tokio::test]
+async fn a_server_first_protocol_is_relayed_where_only_istio_brought_it() {
+    let server = greeting_server().await;
+    let px = proxy(server, None).await;
+    px.shared
+        .apply(&istio_config(
+            "[{from: [{source: {namespaces: [shop]}}]}, {to: [{operation: {methods: [GET]}}]}]",
+            1,
+        ))
+        .expect("config");
+    let started = Instant::now();
+    let mut s = connect_from(CLIENT, px.addr).await;
+    let greeting = read_for(&mut s, Duration::from_secs(3)).await;
+    assert_eq!(
+        greeting, b"220 ready\r\n",
+        "the server's greeting through the proxy"
+    );
+    assert!(
+        started.elapsed() < test_limits().header_timeout,
+        "after the silence allowed, not the header timeout: {:?}",
+        started.elapsed()
+    );
+    s.write_all(b"HELO lab\r\n").await.expect("write");
+    assert_eq!(
+        read_for(&mut s, Duration::from_secs(3)).await,
+        b"HELO lab\r\n"
+    );
+
+    // Control: under Cilium HTTP rules a silent client gets nothing from the server.
+    px.shared
+        .apply(&config(server.port(), RULES, 2))
+        .expect("config");
+    let mut s = connect_from(CLIENT, px.addr).await;
+    let got = read_for(&mut s, Duration::from_secs(3)).await;
+    assert!(got.is_empty(), "no greeting under HTTP rules: {got:?}");
+}

@@ -123,6 +123,7 @@ async fn record(
 pub fn test_limits() -> ProxyLimits {
     ProxyLimits {
         header_timeout: Duration::from_secs(1),
+        server_first_after: Duration::from_millis(300),
         idle_timeout: Duration::from_secs(10),
         ..ProxyLimits::default()
     }
@@ -196,6 +197,17 @@ pub fn egress_config(port: u16, rules: &str, version: u64) -> L7Config {
          \x20   - ports: [{{port: \"{port}\", protocol: TCP}}]\n      rules:\n        http: {rules}\n"
     );
     compile(&cnp, version, "client")
+}
+
+/// A configuration in which only an Istio AuthorizationPolicy (`rules`, a YAML flow list)
+/// applies to api: the proxy is its waypoint.
+pub fn istio_config(rules: &str, version: u64) -> L7Config {
+    let authz = format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: api-authz, namespace: shop}}\n\
+         spec:\n  selector: {{matchLabels: {{app: api}}}}\n  rules: {rules}\n"
+    );
+    compile(&authz, version, "api")
 }
 
 fn compile(cnp: &str, version: u64, judged: &str) -> L7Config {
