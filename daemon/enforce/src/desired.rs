@@ -328,52 +328,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_endpoint_an_authorization_policy_applies_to_sends_its_tcp_ingress_to_the_proxy() {
-        let pods = r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: api, namespace: prod, labels: {app: api}}
-spec: {nodeName: n1, containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.244.1.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web, namespace: prod, labels: {app: web}}
-spec: {nodeName: n1, containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 10.244.1.3}]}
-"#;
-        let authz = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: api, namespace: prod}
-spec:
-  selector: {matchLabels: {app: api}}
-  rules: [{to: [{operation: {methods: [GET]}}]}]
-"#;
-        let ifindexes: BTreeMap<String, u32> =
-            [("prod/api".to_string(), 7), ("prod/web".to_string(), 8)].into();
-        let flags = |docs: &[&str]| {
-            let bundle = policy::load(docs.iter().map(|d| ("t.yaml", *d))).unwrap();
-            let compiled = policy::Compiled::build(&bundle);
-            let d = Desired::from_compiled(
-                &compiled.identities,
-                &compiled.maps,
-                &bundle,
-                Some("n1"),
-                &ifindexes,
-            );
-            let flag = |i: u32| d.endpoints[&i].value(false).flags & EP_PROXY_INGRESS_TCP != 0;
-            (flag(7), flag(8))
-        };
-        assert_eq!(flags(&[pods, authz]), (true, false));
-        // Control: without the policy no endpoint is proxied.
-        assert_eq!(flags(&[pods]), (false, false));
-    }
-
-    #[test]
-    fn an_l4_only_authorization_policy_is_enforced_by_the_programs_not_the_proxy() {
-        let pods = r#"
+    /// Pods api (10.244.1.2, ifindex 7) and web (10.244.1.3, service account web, ifindex 8)
+    /// of namespace prod on n1.
+    const PODS: &str = r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: api, namespace: prod, labels: {app: api}}
@@ -386,38 +343,65 @@ metadata: {name: web, namespace: prod, labels: {app: web}}
 spec: {nodeName: n1, serviceAccountName: web, containers: [{name: c, image: i}]}
 status: {podIPs: [{ip: 10.244.1.3}]}
 "#;
-        let policy = |rules: &str| {
-            format!(
-                "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-                 metadata: {{name: api, namespace: prod}}\nspec:\n  \
-                 selector: {{matchLabels: {{app: api}}}}\n  rules: [{rules}]\n"
-            )
-        };
-        let ifindexes: BTreeMap<String, u32> = [("prod/api".to_string(), 7)].into();
-        let desired = |docs: &[&str]| {
-            let bundle = policy::load(docs.iter().map(|d| ("t.yaml", *d))).unwrap();
-            let compiled = policy::Compiled::build(&bundle);
-            let d = Desired::from_compiled(
-                &compiled.identities,
-                &compiled.maps,
-                &bundle,
-                Some("n1"),
-                &ifindexes,
-            );
-            let web = compiled
-                .identities
-                .lookup("10.244.1.3".parse().unwrap(), Some("n1"));
-            (d, web)
-        };
-        let l4 = policy(
+
+    /// The maps for PODS and `docs` on n1, and web's identity.
+    fn desired_on_n1(docs: &[&str]) -> (Desired, u32) {
+        let docs = std::iter::once(PODS).chain(docs.iter().copied());
+        let bundle = policy::load(docs.map(|d| ("t.yaml", d))).unwrap();
+        let compiled = policy::Compiled::build(&bundle);
+        let ifindexes: BTreeMap<String, u32> =
+            [("prod/api".to_string(), 7), ("prod/web".to_string(), 8)].into();
+        let d = Desired::from_compiled(
+            &compiled.identities,
+            &compiled.maps,
+            &bundle,
+            Some("n1"),
+            &ifindexes,
+        );
+        let web = compiled
+            .identities
+            .lookup("10.244.1.3".parse().unwrap(), Some("n1"));
+        (d, web)
+    }
+
+    /// The authorization policy `api` on api, with `rules`.
+    fn authz_on_api(rules: &str) -> String {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: api, namespace: prod}}\nspec:\n  \
+             selector: {{matchLabels: {{app: api}}}}\n  rules: [{rules}]\n"
+        )
+    }
+
+    fn waypoint_and_authz_flags(d: &Desired, ifindex: u32) -> (bool, bool) {
+        let flags = d.endpoints[&ifindex].value(false).flags;
+        (
+            flags & EP_PROXY_INGRESS_TCP != 0,
+            flags & EP_AUTHZ_INGRESS_TCP != 0,
+        )
+    }
+
+    #[test]
+    fn an_endpoint_an_http_authorization_policy_applies_to_sends_its_tcp_ingress_to_the_proxy() {
+        let (d, _) = desired_on_n1(&[&authz_on_api("{to: [{operation: {methods: [GET]}}]}")]);
+        assert_eq!(waypoint_and_authz_flags(&d, 7), (true, false));
+        assert_eq!(waypoint_and_authz_flags(&d, 8), (false, false));
+        assert!(d.policy.keys().all(|k| k.direction != DIR_AUTHZ));
+        // Control: without the policy no endpoint is proxied.
+        let (d, _) = desired_on_n1(&[]);
+        assert_eq!(waypoint_and_authz_flags(&d, 7), (false, false));
+    }
+
+    #[test]
+    fn an_l4_only_authorization_policy_is_enforced_by_the_programs_not_the_proxy() {
+        let l4 = authz_on_api(
             "{from: [{source: {principals: [cluster.local/ns/prod/sa/web]}}], \
              to: [{operation: {ports: [\"8080\"]}}]}",
         );
-        let (d, web) = desired(&[pods, &l4]);
-        let flags = d.endpoints[&7].value(false).flags;
+        let (d, web) = desired_on_n1(&[&l4]);
         assert_eq!(
-            flags & (EP_AUTHZ_INGRESS_TCP | EP_PROXY_INGRESS_TCP),
-            EP_AUTHZ_INGRESS_TCP,
+            waypoint_and_authz_flags(&d, 7),
+            (false, true),
             "judged by the programs, never redirected"
         );
         let authz: Vec<_> = d
@@ -444,13 +428,10 @@ status: {podIPs: [{ip: 10.244.1.3}]}
         );
         // Control: a policy that reads an address goes to the proxy, with no authorization
         // entries.
-        let by_ip = policy("{from: [{source: {ipBlocks: [10.244.1.0/24]}}]}");
-        let (d, _) = desired(&[pods, &by_ip]);
-        let flags = d.endpoints[&7].value(false).flags;
-        assert_eq!(
-            flags & (EP_AUTHZ_INGRESS_TCP | EP_PROXY_INGRESS_TCP),
-            EP_PROXY_INGRESS_TCP
-        );
+        let (d, _) = desired_on_n1(&[&authz_on_api(
+            "{from: [{source: {ipBlocks: [10.244.1.0/24]}}]}",
+        )]);
+        assert_eq!(waypoint_and_authz_flags(&d, 7), (true, false));
         assert!(d.policy.keys().all(|k| k.direction != DIR_AUTHZ));
     }
 
