@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use wiremesh_lab::{
-    marker, namespace_manifest, Host, Lab, Ping, PodSpec, Proto, WG_IFACE, WG_PORT,
+    marker, namespace_manifest, Host, HttpRequest, Lab, Ping, PodSpec, Proto, WG_IFACE, WG_PORT,
 };
 
 use super::{check_interrupted, section};
@@ -103,7 +103,75 @@ fn steps(lab: &Lab) -> anyhow::Result<()> {
 
     prove_encryption(lab)?;
     check_interrupted()?;
-    network_policy(lab)
+    network_policy(lab)?;
+    check_interrupted()?;
+    http_policy(lab)
+}
+
+const HTTP_POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: backend-http, namespace: demo}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: \"8000\", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: \"/api/.*\"}]
+";
+
+/// A CiliumNetworkPolicy with HTTP rules: the backend's node sends the frontend's connections to
+/// port 8000 through its L7 filter, which forwards `GET /api/...` and answers everything else
+/// with 403 itself; `wiremesh observe` on that node shows both requests.
+fn http_policy(lab: &Lab) -> anyhow::Result<()> {
+    section("HTTP policy: the frontend may only GET /api/... on TCP 8000 (the L7 filter)");
+    let frontend = Host::Pod(1, 1);
+    let backend = Host::Pod(2, 1);
+    let server = lab.http_server(backend, 8000)?;
+    print!(
+        "$ wiremesh apply -f http-policy.yaml\n{HTTP_POLICY}{}",
+        lab.node(1).agent().apply(HTTP_POLICY)?
+    );
+    let get = |path: &str| {
+        let req = HttpRequest::new("GET", format!("{}{path}", server.url()));
+        lab.host(frontend).http(&req)
+    };
+    let deadline = Instant::now() + REACH;
+    while get("/admin/settle")?.status != 403 {
+        ensure!(
+            Instant::now() < deadline,
+            "the HTTP rules were not in force within {REACH:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut answers = Vec::new();
+    for path in ["/api/products", "/admin/users"] {
+        let reply = get(path)?;
+        println!(
+            "demo/frontend ({frontend}) GET {path} -> {} {}",
+            reply.status,
+            reply.body.trim_end()
+        );
+        answers.push(reply.status);
+    }
+    ensure!(
+        answers == [200, 403],
+        "HTTP rules not enforced as written: GET /api/products, /admin/users = {answers:?}"
+    );
+    let reached = server.requests();
+    ensure!(
+        !reached.iter().any(|r| r.contains("/admin/users")),
+        "a denied request reached the server: {reached:?}"
+    );
+    println!("the backend's access log: {reached:?}");
+    let agent = lab.node(2).agent();
+    let seen =
+        |flows: &[serde_json::Value]| flows.iter().any(|f| f["l7"]["path"] == "/admin/users");
+    agent.observe_json_until(&["--protocol", "http"], REACH, seen)?;
+    println!("\n$ wiremesh observe --protocol http --last 4   (node-2)");
+    print!("{}", agent.observe(&["--protocol", "http", "--last", "4"])?);
+    Ok(())
 }
 
 const BACKEND_POLICY: &str = "apiVersion: networking.k8s.io/v1
