@@ -29,6 +29,10 @@ const ISTIO_DENY: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationP
 metadata: {name: deny-b, namespace: x}\nspec: {selector: {matchLabels: {app: a}}, action: DENY, \
 rules: [{from: [{source: {namespaces: [x]}}]}]}\n";
 
+const ISTIO_CUSTOM: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+metadata: {name: ext-authz, namespace: x}\nspec: {selector: {matchLabels: {app: a}}, action: CUSTOM, \
+provider: {name: opa}, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n";
+
 const CNP_HTTP: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
 metadata: {name: get-only, namespace: x}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  \
 ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: GET}]}}]}]\n";
@@ -48,7 +52,7 @@ fn trace(dir: &Path, files: &[&str]) -> (i32, String, String) {
 fn an_unenforced_policy_kind_is_refused_by_apply_and_trace() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).unwrap();
-    std::fs::write(dir.path().join("istio.yaml"), ISTIO_DENY).unwrap();
+    std::fs::write(dir.path().join("custom.yaml"), ISTIO_CUSTOM).unwrap();
     std::fs::write(dir.path().join("configmap.yaml"), CONFIG_MAP).unwrap();
     // Control: without the policy the trace answers, and a ConfigMap is skipped with a note.
     let (code, out, err) = trace(dir.path(), &["cluster.yaml", "configmap.yaml"]);
@@ -58,24 +62,26 @@ fn an_unenforced_policy_kind_is_refused_by_apply_and_trace() {
         err.contains("note: configmap.yaml: skipped v1 ConfigMap x/s"),
         "{err}"
     );
-    // The DENY policy is not enforced: the trace must not answer as if it did not exist.
-    let (code, out, err) = trace(dir.path(), &["cluster.yaml", "istio.yaml"]);
+    // A CUSTOM policy (an external authorizer) is not enforced: the trace must not answer as
+    // if it did not exist.
+    let (code, out, err) = trace(dir.path(), &["cluster.yaml", "custom.yaml"]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.is_empty(), "no verdict: {out}");
     assert!(
-        err.contains("istio.yaml: AuthorizationPolicy x/deny-b: spec.rules: an AuthorizationPolicy with only L4 attributes"),
+        err.contains("custom.yaml: AuthorizationPolicy x/ext-authz: spec.action: valid Istio, but not supported"),
         "{err}"
     );
     // apply refuses it before it talks to any agent (the run directory does not exist).
     let run_dir = dir.path().join("no-agent");
     let run_dir = run_dir.to_str().unwrap();
     let (code, _, err) = wiremesh(
-        &["apply", "-f", "istio.yaml", "--run-dir", run_dir],
+        &["apply", "-f", "custom.yaml", "--run-dir", run_dir],
         dir.path(),
     );
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("AuthorizationPolicy x/deny-b: spec.rules:") && !err.contains("wiremesh.sock"),
+        err.contains("AuthorizationPolicy x/ext-authz: spec.action:")
+            && !err.contains("wiremesh.sock"),
         "{err}"
     );
     // Control: a file of non-policies gets past the check and fails only at the agent.
@@ -85,6 +91,22 @@ fn an_unenforced_policy_kind_is_refused_by_apply_and_trace() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("skipped"), "{err}");
+}
+
+#[test]
+fn an_l4_only_authorization_policy_is_traced_as_enforced_by_the_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).unwrap();
+    std::fs::write(dir.path().join("istio.yaml"), ISTIO_DENY).unwrap();
+    // The DENY rule matches x/b's namespace: the connection is refused, by the eBPF programs.
+    let (code, out, err) = trace(dir.path(), &["cluster.yaml", "istio.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("verdict: denied"), "{out}");
+    assert!(out.contains("enforced by the eBPF programs"), "{out}");
+    assert!(
+        out.contains("denied by DENY policy AuthorizationPolicy x/deny-b spec.rules[0]"),
+        "{out}"
+    );
 }
 
 #[test]
