@@ -45,7 +45,8 @@ scripts/systemd/boot-test.sh /var/tmp/wiremesh-vm "$PWD/target/debug/wiremesh"
 echo "== tests"
 # The end-to-end tests find the agent binary here.
 export WIREMESH_BIN="$PWD/target/debug/wiremesh"
-cargo test --workspace --locked -- --test-threads=2
+# --no-fail-fast: one failing test binary does not hide the others' results.
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2
 
 echo "== fuzz smoke"
 # Every fuzz target (docs/FUZZING.md) for 20 s from its committed seeds: a crash fails the run.
