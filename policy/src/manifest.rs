@@ -207,22 +207,32 @@ impl Loader {
             ));
             return Ok(());
         };
-        match loaded.object {
+        self.typed_object(object, loaded.object, value)
+    }
+
+    /// Loads an object of a kind wiremesh reads, as its typed form.
+    fn typed_object(
+        &mut self,
+        object: Object<'_>,
+        kind: ObjectKind,
+        value: Value,
+    ) -> Result<(), LoadError> {
+        match kind {
             ObjectKind::Namespace => self.namespace(object, value),
             ObjectKind::Node => self.node(object, value),
             ObjectKind::Pod => {
                 let pod: Pod = typed(value).map_err(|e| object.invalid(e))?;
-                self.claim(doc, &object.qualified)?;
+                self.claim(object.doc, &object.qualified)?;
                 let invalid = |e| object.invalid(e);
                 self.pod(pod, object.namespace.clone(), object.name.clone())
                     .map_err(invalid)
             }
             ObjectKind::NetworkPolicy => {
-                let spec_in = map.get("spec").cloned();
+                let spec_in = value.get("spec").cloned();
                 self.network_policy(object, spec_in, value)
             }
             ObjectKind::CiliumNetworkPolicy | ObjectKind::CiliumClusterwideNetworkPolicy => {
-                let clusterwide = loaded.object == ObjectKind::CiliumClusterwideNetworkPolicy;
+                let clusterwide = kind == ObjectKind::CiliumClusterwideNetworkPolicy;
                 self.cilium(object, clusterwide, value)
             }
             ObjectKind::Service => self.service(object, value),

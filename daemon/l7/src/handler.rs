@@ -151,31 +151,53 @@ fn endpoint(snap: &Snapshot, addr: SocketAddr) -> FlowEndpoint {
     }
 }
 
+/// What the handler saw of one request, for its flow record.
+struct Seen {
+    method: String,
+    path: String,
+    start: Instant,
+}
+
+impl Seen {
+    fn l7(&self, status: u16) -> L7 {
+        L7 {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status,
+            latency_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+impl Conn {
+    /// Records `flow` as ended with `verdict` (why, if not forwarded) and answered `status`.
+    fn record(&self, mut flow: Flow, verdict: Verdict, why: Option<String>, l7: L7) {
+        flow.verdict = verdict;
+        flow.drop_reason = why;
+        flow.l7 = Some(l7);
+        self.shared.flows.record(flow);
+    }
+}
+
 /// The hyper service of a downstream connection.
 pub async fn handle(
     conn: Arc<Conn>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
+    let seen = Seen {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.to_string()),
+        start: Instant::now(),
+    };
     let snap = conn.shared.snapshot();
-    let method = req.method().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.to_string());
     let grpc = is_grpc(&req);
     let mut flow = conn.flow(&snap, Verdict::Dropped);
-    let l7 = |status: u16, start: Instant| L7 {
-        method: method.clone(),
-        path: path.clone(),
-        status,
-        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
-    };
     let websocket = match unproxied(&req) {
         Err(why) => {
-            flow.drop_reason = Some(why);
-            flow.l7 = Some(l7(DENIED_STATUS, start));
-            conn.shared.flows.record(flow);
+            conn.record(flow, Verdict::Dropped, Some(why), seen.l7(DENIED_STATUS));
             return Ok(denied(grpc));
         }
         Ok(websocket) => websocket,
@@ -183,28 +205,35 @@ pub async fn handle(
     // hyper hands requests over one at a time, in order: this is the request's index.
     let index = conn.requests.fetch_add(1, Ordering::SeqCst);
     if index >= conn.conflicting.load(Ordering::SeqCst) {
-        flow.verdict = Verdict::Error;
-        flow.drop_reason =
-            Some("malformed request: both Content-Length and Transfer-Encoding".into());
-        flow.l7 = Some(l7(400, start));
-        conn.shared.flows.record(flow);
+        let why = "malformed request: both Content-Length and Transfer-Encoding";
+        conn.record(flow, Verdict::Error, Some(why.into()), seen.l7(400));
         return Ok(bad_request());
     }
-    if let Some(why) = crate::uri::abnormal_path(&path) {
-        flow.verdict = Verdict::Error;
-        flow.drop_reason = Some(format!("path not in normal form: {why}"));
-        flow.l7 = Some(l7(400, start));
-        conn.shared.flows.record(flow);
+    if let Some(why) = crate::uri::abnormal_path(&seen.path) {
+        let why = format!("path not in normal form: {why}");
+        conn.record(flow, Verdict::Error, Some(why), seen.l7(400));
         return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request\r\n"));
     }
     let decision = judge(&conn, &snap, &req);
     flow.policy = decision.policy_label();
     if !decision.allowed {
-        flow.drop_reason = Some("Policy denied".into());
-        flow.l7 = Some(l7(DENIED_STATUS, start));
-        conn.shared.flows.record(flow);
+        let why = Some("Policy denied".into());
+        conn.record(flow, Verdict::Dropped, why, seen.l7(DENIED_STATUS));
         return Ok(denied_with(grpc, decision.denied_body()));
     }
+    Ok(forward(&conn, req, websocket, flow, &decision, &seen).await)
+}
+
+/// Sends an allowed request to the original destination and hands back its answer; a
+/// WebSocket upgrade the server accepts is relayed from then on.
+async fn forward(
+    conn: &Arc<Conn>,
+    mut req: Request<Incoming>,
+    websocket: bool,
+    flow: Flow,
+    decision: &Decision,
+    seen: &Seen,
+) -> Response<ProxyBody> {
     let downstream = websocket.then(|| hyper::upgrade::on(&mut req));
     match conn.upstream.send(req).await {
         Ok(mut resp) => {
@@ -216,33 +245,28 @@ pub async fn handle(
                 }
             }
             // An Istio AUDIT policy matched: the request went through, flagged for audit.
-            flow.verdict = if decision.audited() {
+            let verdict = if decision.audited() {
                 Verdict::Audit
             } else {
                 Verdict::Forwarded
             };
-            flow.l7 = Some(l7(resp.status().as_u16(), start));
-            conn.shared.flows.record(flow);
-            Ok(resp.map(Either::Left))
+            conn.record(flow, verdict, None, seen.l7(resp.status().as_u16()));
+            resp.map(Either::Left)
         }
         Err(e) if e.is_request_body() => {
             tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "malformed request body");
-            flow.verdict = Verdict::Error;
-            flow.drop_reason = Some("malformed request body".into());
-            flow.l7 = Some(l7(400, start));
-            conn.shared.flows.record(flow);
-            Ok(bad_request())
+            let why = Some("malformed request body".into());
+            conn.record(flow, Verdict::Error, why, seen.l7(400));
+            bad_request()
         }
         Err(e) => {
             tracing::debug!(client = %conn.client, dst = %conn.dst, error = %e, "upstream failed");
-            flow.verdict = Verdict::Error;
-            flow.drop_reason = Some("upstream unreachable".into());
-            flow.l7 = Some(l7(503, start));
-            conn.shared.flows.record(flow);
-            Ok(plain(
+            let why = Some("upstream unreachable".into());
+            conn.record(flow, Verdict::Error, why, seen.l7(503));
+            plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error\r\n",
-            ))
+            )
         }
     }
 }

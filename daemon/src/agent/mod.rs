@@ -124,17 +124,8 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::debug!(?config, "configuration");
     // Before the data path, the store or the key: pod traffic must never find a moment with
     // neither the tunnel nor the guard.
-    let strict = crate::strict::start(&config).await?;
     let mut supervisor = Supervisor::default();
-    if let Some(watcher) = strict.watcher {
-        supervisor.spawn("strict-guard", move || {
-            let watching = watcher.run();
-            async move {
-                watching.await;
-                Ok(())
-            }
-        });
-    }
+    let strict = start_strict(&mut supervisor, &config).await?;
     let keys = load_keys(&config)?;
     let peer_file = PeerFile::new(&config.state_dir);
     let store = Arc::new(open_store(&config, &peer_file).await?);
@@ -168,7 +159,7 @@ pub async fn run(config: Config) -> Result<()> {
         policy: policy.state,
         policy_counters: policy.counters,
         device_view: view_rx,
-        strict: strict.status,
+        strict,
         health: supervisor.health(),
         flows,
         http_latency,
@@ -207,6 +198,24 @@ pub async fn run(config: Config) -> Result<()> {
     // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
     wait_policy(&mut agent.passes, "the first policy pass", |r| r.passes > 0).await;
     agent.run().await
+}
+
+/// Puts the strict-mode guard in place and has the supervisor watch over it.
+async fn start_strict(
+    supervisor: &mut Supervisor,
+    config: &Config,
+) -> Result<watch::Receiver<crate::strict::StrictStatus>> {
+    let strict = crate::strict::start(config).await?;
+    if let Some(watcher) = strict.watcher {
+        supervisor.spawn("strict-guard", move || {
+            let watching = watcher.run();
+            async move {
+                watching.await;
+                Ok(())
+            }
+        });
+    }
+    Ok(strict.status)
 }
 
 /// Loads the node key from the key ring, creating it on the first start.
