@@ -287,19 +287,20 @@ spec:
         "{denied}"
     );
 
-    // What this agent cannot enforce is refused by name, and nothing in force changes.
-    let l4_only = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-        metadata: {name: l4-only, namespace: production}\n\
-        spec: {action: DENY, rules: [{from: [{source: {namespaces: [production]}}]}]}\n";
+    // What this agent cannot enforce (CUSTOM: an external authorizer) is refused by name, and
+    // nothing in force changes.
+    let custom = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+        metadata: {name: ext-authz, namespace: production}\n\
+        spec: {action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {paths: [/api/*]}}]}]}\n";
     let err = lab
         .node(1)
         .agent()
-        .apply(l4_only)
+        .apply(custom)
         .expect_err("refused")
         .to_string();
     assert!(
-        err.contains("spec.rules"),
-        "the refusal names spec.rules: {err}"
+        err.contains("spec.action"),
+        "the refusal names spec.action: {err}"
     );
     let still = get(&lab, ATTACKER, &server, "/api/products");
     assert_eq!(
