@@ -79,7 +79,7 @@ pub use options::{
     agent_config_file, agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions,
     StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
 };
-pub use policy::{namespace_manifest, render_matrix, PodSpec, Proto, Servers};
+pub use policy::{namespace_manifest, namespace_with_pods, render_matrix, PodSpec, Proto, Servers};
 pub use raw::{RawEnd, RawReply, RawSend};
 pub use store::node_record;
 pub use stream::{IperfClient, IperfReport, PingLog};

@@ -142,6 +142,13 @@ pub fn namespace_manifest(name: &str, labels: &[(&str, &str)]) -> String {
     )
 }
 
+/// A Namespace and its pods, as one multi-document manifest.
+pub fn namespace_with_pods(namespace: &str, pods: &[PodSpec]) -> String {
+    let mut docs = vec![namespace_manifest(namespace, &[])];
+    docs.extend(pods.iter().map(PodSpec::manifest));
+    docs.join("---\n")
+}
+
 impl Lab {
     fn manifest_file(&self, text: &str) -> Result<PathBuf> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);

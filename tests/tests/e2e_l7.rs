@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use wiremesh_lab::{namespace_manifest, Host, HttpReply, HttpRequest, HttpServer, Lab, PodSpec};
+use wiremesh_lab::{namespace_with_pods, Host, HttpReply, HttpRequest, HttpServer, Lab, PodSpec};
 
 const PORT: u16 = 8080;
 /// How long a policy may take to be in force on the proxy's path.
@@ -44,9 +44,7 @@ fn workloads() -> String {
         PodSpec::new("production", "attacker", ATTACKER).label("app", "attacker"),
         PodSpec::new("production", "frontend-2", FRONTEND_LOCAL).label("app", "frontend"),
     ];
-    let mut docs = vec![namespace_manifest("production", &[])];
-    docs.extend(pods.iter().map(PodSpec::manifest));
-    docs.join("---\n")
+    namespace_with_pods("production", &pods)
 }
 
 fn get(lab: &Lab, from: Host, server: &HttpServer, path: &str) -> HttpReply {

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use wiremesh_lab::{namespace_manifest, GrpcOutcome, GrpcServer, Host, Lab, PodSpec};
+use wiremesh_lab::{namespace_with_pods, GrpcOutcome, GrpcServer, Host, Lab, PodSpec};
 
 const PORT: u16 = 50051;
 /// How long a policy may take to be in force on the proxy's path.
@@ -45,9 +45,7 @@ fn workloads() -> String {
         PodSpec::new("production", "client", CLIENT).label("app", "greeter-client"),
         PodSpec::new("production", "client-2", CLIENT_LOCAL).label("app", "greeter-client"),
     ];
-    let mut docs = vec![namespace_manifest("production", &[])];
-    docs.extend(pods.iter().map(PodSpec::manifest));
-    docs.join("---\n")
+    namespace_with_pods("production", &pods)
 }
 
 fn call(lab: &Lab, from: Host, server: &GrpcServer, method: &str) -> GrpcOutcome {

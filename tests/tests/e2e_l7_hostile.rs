@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use wiremesh_lab::{
-    namespace_manifest, Host, HttpRequest, HttpServer, Lab, PodSpec, RawReply, RawSend,
+    namespace_with_pods, Host, HttpRequest, HttpServer, Lab, PodSpec, RawReply, RawSend,
 };
 
 const PORT: u16 = 8080;
@@ -54,9 +54,7 @@ fn workloads() -> String {
         PodSpec::new("production", "attacker", ATTACKER).label("app", "frontend"),
         PodSpec::new("production", "bystander", BYSTANDER).label("app", "frontend"),
     ];
-    let mut docs = vec![namespace_manifest("production", &[])];
-    docs.extend(pods.iter().map(PodSpec::manifest));
-    docs.join("---\n")
+    namespace_with_pods("production", &pods)
 }
 
 fn server_addr() -> SocketAddr {

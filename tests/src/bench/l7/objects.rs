@@ -3,7 +3,7 @@
 //! HTTP rules, of which the requests match the last (the worst case for a proxy that tries the
 //! rules in order). Pure: manifests as strings, and the paths the load uses.
 
-use wiremesh_lab::{namespace_manifest, Host, PodSpec};
+use wiremesh_lab::{namespace_with_pods, Host, PodSpec};
 
 pub const NAMESPACE: &str = "bench";
 pub const CLIENT: Host = Host::Pod(1, 1);
@@ -26,9 +26,7 @@ pub fn workloads() -> String {
         PodSpec::new(NAMESPACE, "server", SERVER).label("app", "bench-server"),
         PodSpec::new(NAMESPACE, "other", OTHER).label("app", "bench-other"),
     ];
-    let mut docs = vec![namespace_manifest(NAMESPACE, &[])];
-    docs.extend(pods.iter().map(PodSpec::manifest));
-    docs.join("---\n")
+    namespace_with_pods(NAMESPACE, &pods)
 }
 
 /// The path every request of a run asks for: with `rules` HTTP rules, the one only the last
