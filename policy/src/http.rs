@@ -25,6 +25,34 @@ pub struct HttpRule {
 pub struct Pattern {
     pub source: String,
     regex: Regex,
+    shortcut: Shortcut,
+}
+
+/// Most patterns in policies are a literal (`/healthz`) or a literal then `.*`
+/// (`/api/v1/.*`): those are decided by comparing strings, exactly as the regex would decide
+/// them, without running it (a proxy with many rules spends its time in the regexes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shortcut {
+    /// Run the regex.
+    None,
+    /// The whole value equals this.
+    Exact(String),
+    /// The value starts with this, and the rest holds no `\n` (`.` matches any character
+    /// but a newline).
+    Prefix(String),
+}
+
+impl Shortcut {
+    fn of(source: &str) -> Self {
+        let literal = |s: &str| regex::escape(s) == s;
+        if literal(source) {
+            return Self::Exact(source.to_string());
+        }
+        match source.strip_suffix(".*") {
+            Some(prefix) if literal(prefix) => Self::Prefix(prefix.to_string()),
+            _ => Self::None,
+        }
+    }
 }
 
 impl Pattern {
@@ -33,11 +61,18 @@ impl Pattern {
         Ok(Self {
             source: source.to_string(),
             regex,
+            shortcut: Shortcut::of(source),
         })
     }
 
     pub fn is_match(&self, s: &str) -> bool {
-        self.regex.is_match(s)
+        match &self.shortcut {
+            Shortcut::None => self.regex.is_match(s),
+            Shortcut::Exact(literal) => s == literal,
+            Shortcut::Prefix(prefix) => s
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| !rest.contains('\n')),
+        }
     }
 }
 
@@ -173,6 +208,45 @@ mod tests {
             &[("X-My-Header", "false"), ("X-Other", "1")]
         )));
         assert!(!r.matches(&req("GET", "/", &[("X-My-Header", "true")])));
+    }
+
+    /// Patterns that take a shortcut decide every value as their regex does. Control: each
+    /// generated pattern does take one, so two different matchers are compared.
+    mod shortcut {
+        use super::super::{Pattern, Shortcut};
+        use proptest::prelude::*;
+
+        fn pattern() -> impl Strategy<Value = String> {
+            ("[/ab]{0,4}", any::<bool>()).prop_map(
+                |(l, dots)| {
+                    if dots {
+                        format!("{l}.*")
+                    } else {
+                        l
+                    }
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn decides_as_the_regex(source in pattern(), value in "[/ab\n.*]{0,6}") {
+                let p = Pattern::new(&source).expect("valid");
+                prop_assert_ne!(&p.shortcut, &Shortcut::None, "{} took no shortcut", source);
+                prop_assert_eq!(p.is_match(&value), p.regex.is_match(&value), "{:?} on {:?}", source, value);
+            }
+        }
+
+        #[test]
+        fn patterns_with_metacharacters_run_the_regex() {
+            for source in ["/a/[0-9]+", "/a.b", "(/a|/b).*", "/a.*/b", "/a-b.*"] {
+                let p = Pattern::new(source).expect("valid");
+                assert_eq!(p.shortcut, Shortcut::None, "{source}");
+            }
+            assert!(!Pattern::new("/a.*").expect("valid").is_match("/a/\n"));
+            assert!(Pattern::new("/a.*").expect("valid").is_match("/a/x"));
+            assert!(!Pattern::new("/a").expect("valid").is_match("/a/"));
+        }
     }
 
     #[test]
