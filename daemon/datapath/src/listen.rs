@@ -209,9 +209,20 @@ impl Backoff {
 
 /// Accepts connections for ever: at most `max_conns` are served at once (one more is closed at
 /// once), errors back off. `serve` gets each connection with the permit it must hold until done.
-pub async fn accept_loop<S, A, Fut, F>(
+pub async fn accept_loop<S, A, Fut, F>(what: &'static str, max_conns: usize, accept: A, serve: F)
+where
+    A: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<S>>,
+    F: Fn(S, OwnedSemaphorePermit),
+{
+    accept_loop_sharing(what, Arc::new(Semaphore::new(max_conns)), accept, serve).await
+}
+
+/// [`accept_loop`] for one of several listeners that share one cap: `slots`, one permit per
+/// connection served.
+pub async fn accept_loop_sharing<S, A, Fut, F>(
     what: &'static str,
-    max_conns: usize,
+    slots: Arc<Semaphore>,
     mut accept: A,
     serve: F,
 ) where
@@ -219,7 +230,6 @@ pub async fn accept_loop<S, A, Fut, F>(
     Fut: Future<Output = io::Result<S>>,
     F: Fn(S, OwnedSemaphorePermit),
 {
-    let slots = Arc::new(Semaphore::new(max_conns));
     let mut backoff = Backoff::default();
     let mut excess = 0u64;
     loop {
@@ -234,7 +244,6 @@ pub async fn accept_loop<S, A, Fut, F>(
                         if excess % 100 == 1 {
                             tracing::warn!(
                                 server = what,
-                                max_conns,
                                 refused = excess,
                                 "too many connections; closing the excess at once"
                             );

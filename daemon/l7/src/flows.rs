@@ -200,12 +200,12 @@ impl FlowLog {
     /// Records with `seq > after`, oldest first, at most `limit`.
     pub fn after(&self, after: u64, limit: usize) -> Vec<Flow> {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        ring.flows
-            .iter()
-            .filter(|f| f.seq > after)
-            .take(limit)
-            .cloned()
-            .collect()
+        // Sequence numbers are consecutive in the ring: the first newer record is found by
+        // arithmetic, so a reader that keeps up costs what it reads, not the ring's size.
+        let oldest = ring.flows.front().map_or(ring.next, |f| f.seq);
+        let skip =
+            usize::try_from(after.saturating_add(1).saturating_sub(oldest)).unwrap_or(usize::MAX);
+        ring.flows.iter().skip(skip).take(limit).cloned().collect()
     }
 
     /// [`FlowLog::after`], waiting up to `wait` for a first record when there is none yet.
@@ -271,8 +271,20 @@ mod tests {
         }
         let all = log.after(0, 100);
         assert_eq!(all.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert_eq!(log.after(4, 100).len(), 1);
-        assert_eq!(log.after(0, 2).len(), 2);
+        let seqs = |after, limit| {
+            log.after(after, limit)
+                .iter()
+                .map(|f| f.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(4, 100), vec![5]);
+        assert_eq!(seqs(3, 100), vec![4, 5]);
+        // Older than the oldest kept: everything kept.
+        assert_eq!(seqs(1, 100), vec![3, 4, 5]);
+        assert_eq!(seqs(0, 2), vec![3, 4]);
+        assert_eq!(seqs(5, 100), Vec::<u64>::new());
+        assert_eq!(seqs(u64::MAX, 100), Vec::<u64>::new());
+        assert_eq!(FlowLog::new(3).after(0, 10).len(), 0);
         assert_eq!(log.snapshot(0).forwarded, 5);
         assert_eq!(log.snapshot(0).last_seq, 5);
     }

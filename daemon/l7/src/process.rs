@@ -3,6 +3,13 @@
 //! configuration from its state file at start (none: every redirected request is denied),
 //! listens on the ingress and egress ports (IPv4 and IPv6) and on the control socket, and ends
 //! on SIGTERM. It must never start serving before the saved configuration is in force.
+//!
+//! Connections are served by worker threads, one per CPU by default, each running its own
+//! single-threaded runtime over its own listening sockets (`SO_REUSEPORT`: the kernel spreads
+//! new connections among them). A connection lives on one thread from accept to close, with the
+//! upstream connection it opens, so a request and its answer cross no thread: no wake-ups of
+//! other threads, no work stealing (nginx's workers and Envoy's do the same). The main runtime
+//! serves only the control socket.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -12,7 +19,7 @@ use anyhow::{Context, Result};
 use policy::Direction;
 
 use crate::forward::Mode;
-use crate::server::{bind_transparent, serve_listener, ProxyLimits};
+use crate::server::{bind_transparent_std, serve_listener, ProxyLimits};
 use crate::state::{load_state, Settings, Shared};
 
 /// The default mark of the proxy's upstream connections (the eBPF programs skip it).
@@ -33,6 +40,18 @@ pub struct Options {
     /// `SO_MARK` of upstream connections.
     pub mark: u32,
     pub pid_file: Option<PathBuf>,
+    /// Worker threads serving connections (0: one per CPU).
+    pub workers: usize,
+}
+
+impl Options {
+    /// The number of worker threads to run.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// Runs the proxy until SIGTERM (or Ctrl-C).
@@ -56,20 +75,8 @@ pub async fn run_until(opts: Options, stop: impl std::future::Future<Output = ()
         state_file: opts.state_file.clone(),
     }));
     restore(&shared, &opts);
+    let workers = Workers::start(&opts, &shared)?;
     let mut tasks = tokio::task::JoinSet::new();
-    for (port, dir) in [
-        (opts.ingress_port, Direction::Ingress),
-        (opts.egress_port, Direction::Egress),
-    ] {
-        for addr in [
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
-        ] {
-            let listener = bind_transparent(addr)
-                .with_context(|| format!("binding the L7 proxy's {dir} listener on {addr} (IP_TRANSPARENT needs CAP_NET_ADMIN)"))?;
-            tasks.spawn(serve_listener(listener, dir, shared.clone()));
-        }
-    }
     let control = crate::control::bind(&opts.control_socket)
         .with_context(|| format!("binding {}", opts.control_socket.display()))?;
     tasks.spawn(crate::control::serve(control, shared.clone()));
@@ -81,6 +88,7 @@ pub async fn run_until(opts: Options, stop: impl std::future::Future<Output = ()
             .with_context(|| format!("writing {}", pid_file.display()))?;
     }
     tracing::info!(
+        workers = workers.count(),
         ingress = opts.ingress_port,
         egress = opts.egress_port,
         control = %opts.control_socket.display(),
@@ -88,11 +96,14 @@ pub async fn run_until(opts: Options, stop: impl std::future::Future<Output = ()
         pid = std::process::id(),
         "L7 proxy ready"
     );
+    let mut workers = workers;
     tokio::select! {
         _ = stop => {}
         // The loops run for ever: one ending is a bug that must not leave a deaf proxy.
-        ended = tasks.join_next() => anyhow::bail!("an L7 proxy listener ended: {ended:?}"),
+        ended = tasks.join_next() => anyhow::bail!("the L7 proxy's control socket server ended: {ended:?}"),
+        worker = workers.ended() => anyhow::bail!("L7 proxy worker {worker} ended"),
     }
+    workers.stop().await;
     if let Some(pid_file) = &opts.pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
@@ -126,4 +137,127 @@ fn restore(shared: &Shared, opts: &Options) {
             tracing::error!(path = %path.display(), error = %format!("{e:#}"), "cannot restore the saved L7 configuration: denying every redirected request until the agent pushes one; the agent's next push replaces the file")
         }
     }
+}
+
+/// The worker threads and their listeners.
+struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The index of a worker whose thread ended (each sends it as it ends, however it ends).
+    ended: tokio::sync::mpsc::UnboundedReceiver<usize>,
+}
+
+/// Sends the worker's index when dropped: at the end of its thread, even by a panic.
+struct EndReport(tokio::sync::mpsc::UnboundedSender<usize>, usize);
+
+impl Drop for EndReport {
+    fn drop(&mut self) {
+        let _ = self.0.send(self.1);
+    }
+}
+
+impl Workers {
+    /// Binds every worker's listeners (failing before any serves), then starts the threads.
+    fn start(opts: &Options, shared: &Arc<Shared>) -> Result<Self> {
+        let count = opts.worker_count();
+        let mut sets = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut set = Vec::new();
+            for (port, dir) in [
+                (opts.ingress_port, Direction::Ingress),
+                (opts.egress_port, Direction::Egress),
+            ] {
+                for addr in [
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+                ] {
+                    let listener = bind_transparent_std(addr, true)
+                        .with_context(|| format!("binding the L7 proxy's {dir} listener on {addr} (IP_TRANSPARENT needs CAP_NET_ADMIN)"))?;
+                    set.push((listener, dir));
+                }
+            }
+            sets.push(set);
+        }
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let (report, ended) = tokio::sync::mpsc::unbounded_channel();
+        let mut threads = Vec::with_capacity(count);
+        for (i, set) in sets.into_iter().enumerate() {
+            let shared = shared.clone();
+            let stop = stop.subscribe();
+            let report = EndReport(report.clone(), i);
+            let thread = std::thread::Builder::new()
+                .name(format!("l7-worker-{i}"))
+                .spawn(move || {
+                    let _report = report;
+                    serve_worker(i, set, shared, stop);
+                })
+                .with_context(|| format!("starting L7 proxy worker {i}"))?;
+            threads.push(thread);
+        }
+        Ok(Self {
+            threads,
+            stop,
+            ended,
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The index of the first worker to end.
+    async fn ended(&mut self) -> usize {
+        self.ended.recv().await.unwrap_or(usize::MAX)
+    }
+
+    /// Stops every worker and waits until their sockets are closed.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// One worker thread: its listeners on a single-threaded runtime until `stop`.
+fn serve_worker(
+    index: usize,
+    set: Vec<(std::net::TcpListener, Direction)>,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot start an L7 proxy worker's runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut loops = tokio::task::JoinSet::new();
+        for (listener, dir) in set {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    loops.spawn(serve_listener(listener, dir, shared.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot serve an L7 proxy listener");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => {}
+            ended = loops.join_next() => {
+                tracing::error!(worker = index, ?ended, "an L7 proxy listener ended");
+            }
+        }
+    });
 }

@@ -30,7 +30,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bounds on downstream clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyLimits {
-    /// Connections served at once per listener; more are closed at once.
+    /// Connections served at once, all listeners together; more are closed at once.
     pub max_conns: usize,
     /// A request head must arrive within this (connection closed otherwise).
     pub header_timeout: Duration,
@@ -65,8 +65,21 @@ impl Default for ProxyLimits {
 /// A listening socket on `addr` that accepts connections `tproxy` delivers for any address
 /// (`IP_TRANSPARENT`); an IPv6 one is IPv6-only so that `0.0.0.0` and `[::]` can share a port.
 pub fn bind_transparent(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_transparent_std(addr, false)?)
+}
+
+/// [`bind_transparent`] before any runtime owns it; with `reuse_port`, one of a group of
+/// sockets on the same address among which the kernel spreads new connections (by their
+/// addresses and ports), one per worker thread.
+pub fn bind_transparent_std(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     match addr {
         SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
         SocketAddr::V6(_) => {
@@ -77,7 +90,7 @@ pub fn bind_transparent(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Serves `listener` for ever: connections redirected in direction `dir`.
@@ -86,11 +99,11 @@ pub async fn serve_listener(listener: TcpListener, dir: Direction, shared: Arc<S
         Direction::Ingress => "L7 proxy (ingress)",
         Direction::Egress => "L7 proxy (egress)",
     };
-    let max = shared.settings.limits.max_conns;
+    let slots = shared.conns.clone();
     let listener = Arc::new(listener);
-    wiremesh_datapath::listen::accept_loop(
+    wiremesh_datapath::listen::accept_loop_sharing(
         what,
-        max,
+        slots,
         move || {
             let listener = listener.clone();
             async move { listener.accept().await.map(|(s, _)| s) }

@@ -28,6 +28,9 @@ pub struct Shared {
     current: RwLock<Arc<Snapshot>>,
     pub flows: FlowLog,
     pub settings: Settings,
+    /// One permit per downstream connection served, across every listener and worker
+    /// (`settings.limits.max_conns` in all).
+    pub conns: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the state file could not be written.
@@ -44,6 +47,7 @@ impl Shared {
         Self {
             current: RwLock::new(Arc::new(Snapshot::empty())),
             flows: FlowLog::default(),
+            conns: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_conns)),
             settings,
         }
     }

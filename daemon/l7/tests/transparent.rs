@@ -130,6 +130,8 @@ async fn process_check() {
         state_file: Some(state),
         mark: 0xC00,
         pid_file: Some(dir.path().join("proxy.pid")),
+        // More than one, so that the connections below may land on different workers.
+        workers: 2,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sock = opts.control_socket.clone();
@@ -161,4 +163,10 @@ async fn process_check() {
     stop_tx.send(()).expect("stop");
     proc.await.expect("task").expect("the proxy stops cleanly");
     assert!(!sock.exists(), "the control socket is removed");
+    // Every worker closed its listeners: a socket without SO_REUSEPORT can take the ports.
+    for addr in ["0.0.0.0:15006", "[::]:15001"] {
+        let addr: std::net::SocketAddr = addr.parse().expect("address");
+        wiremesh_l7::bind_transparent(addr)
+            .unwrap_or_else(|e| panic!("{addr} still held after the proxy stopped: {e}"));
+    }
 }

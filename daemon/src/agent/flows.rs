@@ -26,6 +26,10 @@ use super::policy::PolicyState;
 
 /// How long one long-poll of the proxy's flows waits for news.
 const PROXY_WAIT: Duration = Duration::from_secs(5);
+/// Shortest time between two reads of the proxy's flows: under load the records come in
+/// batches (about one read per interval) rather than one read per request, which would cost
+/// the proxy a control connection and a scan per request on the cores that serve them.
+const PROXY_BATCH: Duration = Duration::from_millis(100);
 /// How long to wait before reading a proxy or ring buffer that is not there yet.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -77,8 +81,10 @@ impl FlowCollector {
         let client = ProxyClient::new(&self.proxy_socket);
         let mut after = 0;
         loop {
+            let started = tokio::time::Instant::now();
             match client.flows(after, PROXY_WAIT).await {
                 Ok(flows) => {
+                    let any = !flows.is_empty();
                     for flow in flows {
                         // A restarted proxy numbers from 1 again.
                         if flow.seq <= after && after != 0 {
@@ -89,6 +95,9 @@ impl FlowCollector {
                             self.http_latency.observe(l7.latency_ms / 1000.0);
                         }
                         self.log.record(flow);
+                    }
+                    if any {
+                        tokio::time::sleep_until(started + PROXY_BATCH).await;
                     }
                 }
                 Err(_) => {

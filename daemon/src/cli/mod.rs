@@ -116,6 +116,9 @@ pub enum Command {
         /// Where to write this process's PID.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Worker threads serving connections, each with its own listeners (0: one per CPU).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
 }
 
@@ -171,6 +174,7 @@ pub fn run(cli: Cli) -> ExitCode {
             control_socket,
             state_file,
             pid_file,
+            workers,
         } => agent::run_proxy(wiremesh_l7::process::Options {
             ingress_port,
             egress_port,
@@ -178,6 +182,7 @@ pub fn run(cli: Cli) -> ExitCode {
             state_file,
             mark: wiremesh_enforce::MARK_FROM_PROXY,
             pid_file,
+            workers,
         }),
         Command::Apply { files } => objects::run(&files, false, &run_dir),
         Command::Delete { files } => objects::run(&files, true, &run_dir),
