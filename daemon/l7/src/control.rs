@@ -108,7 +108,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
             let flows = shared.flows.wait_after(after, limit, wait).await;
             let mut body = Vec::new();
             for f in &flows {
-                if serde_json::to_writer(&mut body, f).is_ok() {
+                if serde_json::to_writer(&mut body, &**f).is_ok() {
                     body.push(b'\n');
                 }
             }

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -131,8 +131,10 @@ pub struct Stats {
     pub config_version: u64,
 }
 
+/// Records are shared (`Arc`), so that a reader copies pointers under the lock and serialises
+/// outside it: a batch of a thousand records never holds up the requests being recorded.
 struct Ring {
-    flows: VecDeque<Flow>,
+    flows: VecDeque<Arc<Flow>>,
     next: u64,
 }
 
@@ -168,11 +170,18 @@ impl FlowLog {
     }
 
     /// Records `flow` (its `seq` is assigned here) and counts it.
-    pub fn record(&self, mut flow: Flow) {
+    pub fn record(&self, flow: Flow) {
         self.verdicts[flow.verdict.index()].fetch_add(1, Ordering::Relaxed);
         if let Some(l7) = &flow.l7 {
             self.observe_latency(l7.latency_ms);
         }
+        self.keep(flow);
+    }
+
+    /// Keeps `flow` in the ring (its `seq` is assigned here) without counting it: a record
+    /// another log has counted already (the agent keeps the proxy's records for `observe`;
+    /// the proxy counts them).
+    pub fn keep(&self, mut flow: Flow) {
         let seq = {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             flow.seq = ring.next;
@@ -180,7 +189,7 @@ impl FlowLog {
             if ring.flows.len() == self.capacity {
                 ring.flows.pop_front();
             }
-            ring.flows.push_back(flow);
+            ring.flows.push_back(Arc::new(flow));
             ring.next - 1
         };
         self.latest.send_replace(seq);
@@ -198,7 +207,7 @@ impl FlowLog {
     }
 
     /// Records with `seq > after`, oldest first, at most `limit`.
-    pub fn after(&self, after: u64, limit: usize) -> Vec<Flow> {
+    pub fn after(&self, after: u64, limit: usize) -> Vec<Arc<Flow>> {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         // Sequence numbers are consecutive in the ring: the first newer record is found by
         // arithmetic, so a reader that keeps up costs what it reads, not the ring's size.
@@ -209,7 +218,7 @@ impl FlowLog {
     }
 
     /// [`FlowLog::after`], waiting up to `wait` for a first record when there is none yet.
-    pub async fn wait_after(&self, after: u64, limit: usize, wait: Duration) -> Vec<Flow> {
+    pub async fn wait_after(&self, after: u64, limit: usize, wait: Duration) -> Vec<Arc<Flow>> {
         let mut rx = self.latest.subscribe();
         let newer = rx.wait_for(|seq| *seq > after);
         // Timing out just means "nothing new": the answer is then empty.

@@ -39,19 +39,41 @@ pub struct MetricsView {
     pub device: watch::Receiver<Option<Arc<DeviceView>>>,
     pub policy: View<PolicyView>,
     pub totals: View<PolicyTotals>,
-    /// Recent flows: their per-verdict counts.
+    /// The kernel's flow events, counted per verdict as they arrive.
     pub flows: Arc<wiremesh_l7::flows::FlowLog>,
-    /// Latency of the HTTP requests the L7 proxy judged (observed as their records arrive).
-    pub http_latency: prometheus_client::metrics::histogram::Histogram,
+    /// The L7 proxy's counters (per verdict, request latency) as last read, every 5 s.
+    pub proxy_stats: watch::Receiver<Option<Arc<wiremesh_l7::flows::Stats>>>,
 }
 
-/// The HTTP latency histogram's buckets, seconds.
-pub fn http_latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
-    prometheus_client::metrics::histogram::Histogram::new(
-        wiremesh_l7::flows::LATENCY_BOUNDS_MS
+/// The latency histogram the proxy keeps, as Prometheus's histogram in seconds (empty while
+/// no proxy answers).
+#[derive(Debug)]
+struct ProxyLatency(Option<Arc<wiremesh_l7::flows::Stats>>);
+
+impl prometheus_client::encoding::EncodeMetric for ProxyLatency {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let bounds = wiremesh_l7::flows::LATENCY_BOUNDS_MS
             .iter()
-            .map(|ms| ms / 1000.0),
-    )
+            .map(|ms| ms / 1000.0)
+            .chain(std::iter::once(f64::INFINITY));
+        let (sum, count, buckets) = match &self.0 {
+            Some(s) => (
+                s.latency_sum_ms / 1000.0,
+                s.latency_count,
+                bounds.zip(s.latency_buckets.iter().copied()).collect(),
+            ),
+            None => (0.0, 0, bounds.map(|b| (b, 0)).collect::<Vec<_>>()),
+        };
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,7 +85,15 @@ struct VerdictLabels {
 fn register_flows(registry: &mut Registry, view: &MetricsView) {
     use wiremesh_l7::flows::Verdict;
     let flows = Family::<VerdictLabels, Counter<u64, AtomicU64>>::default();
-    for (verdict, n) in view.flows.verdict_counts() {
+    let proxy = view.proxy_stats.borrow().clone();
+    for (verdict, kernel) in view.flows.verdict_counts() {
+        let proxied = proxy.as_ref().map_or(0, |s| match verdict {
+            Verdict::Forwarded => s.forwarded,
+            Verdict::Dropped => s.dropped,
+            Verdict::Audit => s.audit,
+            Verdict::Error => s.error,
+        });
+        let n = kernel + proxied;
         let verdict = match verdict {
             Verdict::Forwarded => "FORWARDED",
             Verdict::Dropped => "DROPPED",
@@ -80,7 +110,7 @@ fn register_flows(registry: &mut Registry, view: &MetricsView) {
     registry.register(
         "http_request_duration_seconds",
         "Latency of HTTP requests through the L7 proxy, from the request to the response head",
-        view.http_latency.clone(),
+        ProxyLatency(proxy),
     );
 }
 
@@ -422,15 +452,18 @@ mod tests {
             policy: View::fixed(policy),
             totals: View::fixed(totals),
             flows: Arc::new(wiremesh_l7::flows::FlowLog::default()),
-            http_latency: http_latency_histogram(),
+            proxy_stats: watch::channel(None).1,
         }
     }
 
-    /// Flows are counted by verdict and HTTP requests' latency goes into the histogram.
+    /// Flows are counted by verdict, the kernel's and the proxy's together, and the proxy's
+    /// latency buckets become the histogram (cumulative, in seconds).
     #[test]
     fn flows_are_counted_by_verdict_and_http_latency_is_a_histogram() {
-        use wiremesh_l7::flows::{Flow, FlowEndpoint, Verdict};
-        let view = view(PolicyView::default(), PolicyTotals::default());
+        use wiremesh_l7::flows::{Flow, FlowEndpoint, FlowLog, Verdict};
+        let (tx, rx) = watch::channel(None);
+        let mut view = view(PolicyView::default(), PolicyTotals::default());
+        view.proxy_stats = rx;
         for verdict in [Verdict::Dropped, Verdict::Dropped, Verdict::Forwarded] {
             view.flows.record(Flow::now(
                 FlowEndpoint::default(),
@@ -438,28 +471,50 @@ mod tests {
                 verdict,
             ));
         }
-        view.http_latency.observe(0.003);
         let text = render(&view).unwrap();
         assert!(
-            text.contains("wiremesh_flows_total{verdict=\"DROPPED\"} 2"),
-            "{text}"
+            text.contains("wiremesh_http_request_duration_seconds_count 0"),
+            "no proxy: an empty histogram\n{text}"
         );
-        assert!(
-            text.contains("wiremesh_flows_total{verdict=\"FORWARDED\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE wiremesh_http_request_duration_seconds histogram"),
-            "{text}"
-        );
-        assert!(
-            text.contains("wiremesh_http_request_duration_seconds_count 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("wiremesh_http_request_duration_seconds_bucket{le=\"0.005\"} 1"),
-            "{text}"
-        );
+        // The proxy's own log: one forwarded request of 3 ms, one of 0.2 ms, one denied.
+        let proxy = FlowLog::default();
+        for (verdict, ms) in [
+            (Verdict::Forwarded, 3.0),
+            (Verdict::Forwarded, 0.2),
+            (Verdict::Dropped, 0.1),
+        ] {
+            let mut flow = Flow::now(FlowEndpoint::default(), FlowEndpoint::default(), verdict);
+            flow.l7 = Some(wiremesh_l7::flows::L7 {
+                method: "GET".into(),
+                path: "/".into(),
+                status: 200,
+                latency_ms: ms,
+            });
+            proxy.record(flow);
+        }
+        tx.send_replace(Some(Arc::new(proxy.snapshot(1))));
+        let text = render(&view).unwrap();
+        for line in [
+            "wiremesh_flows_total{verdict=\"DROPPED\"} 3",
+            "wiremesh_flows_total{verdict=\"FORWARDED\"} 3",
+            "# TYPE wiremesh_http_request_duration_seconds histogram",
+            "wiremesh_http_request_duration_seconds_count 3",
+            "wiremesh_http_request_duration_seconds_bucket{le=\"0.0005\"} 2",
+            "wiremesh_http_request_duration_seconds_bucket{le=\"0.0025\"} 2",
+            "wiremesh_http_request_duration_seconds_bucket{le=\"0.005\"} 3",
+            "wiremesh_http_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let sum = text
+            .lines()
+            .find_map(|l| l.strip_prefix("wiremesh_http_request_duration_seconds_sum "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("a sum");
+        assert!((sum - 0.0033).abs() < 1e-6, "{sum}");
     }
 
     #[test]

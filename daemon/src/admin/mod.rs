@@ -28,7 +28,7 @@ pub struct AdminViews {
     pub policy: view::View<view::PolicyView>,
     pub metrics: Arc<metrics::MetricsView>,
     /// Recent flows (`wiremesh observe`).
-    pub flows: Arc<wiremesh_l7::flows::FlowLog>,
+    pub flows: flows::Flows,
 }
 
 impl AdminViews {

@@ -2,10 +2,12 @@
 //! connections allowed or handed to the proxy, every drop) and the L7 proxy's request records
 //! are gathered into one bounded ring, [`FlowLog`], that `wiremesh observe` reads through the
 //! admin API. Kernel events are named here (pods, labels, identities, the policy that decided)
-//! from the policy in force.
+//! from the policy in force. The proxy's records are brought in only while someone observes
+//! ([`Observers`]); its counters (per verdict, request latency) are read every 5 s for metrics.
 //!
 //! It must never slow the data path: the programs write to a ring buffer that loses events when
-//! full, and this task only reads; memory is the ring's capacity, whether anyone observes or not.
+//! full, and this task only reads; memory is the ring's capacity, whether anyone observes or not;
+//! the proxy does no work per request for the agent unless someone observes.
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -20,16 +22,18 @@ use tokio::sync::watch;
 use wiremesh_enforce::events::{self, FlowEvent};
 use wiremesh_enforce::Reason;
 use wiremesh_l7::client::ProxyClient;
-use wiremesh_l7::flows::{Flow, FlowEndpoint, FlowLog, Verdict, L4};
+use wiremesh_l7::flows::{Flow, FlowEndpoint, FlowLog, Stats, Verdict, L4};
 
 use super::policy::PolicyState;
+use crate::admin::flows::Observers;
 
-/// How long one long-poll of the proxy's flows waits for news.
-const PROXY_WAIT: Duration = Duration::from_secs(5);
-/// Shortest time between two reads of the proxy's flows: under load the records come in
-/// batches (about one read per interval) rather than one read per request, which would cost
-/// the proxy a control connection and a scan per request on the cores that serve them.
+/// Shortest time between two reads of the proxy's records while someone observes: under load
+/// they come in batches (about one read per interval), not one read per request.
 const PROXY_BATCH: Duration = Duration::from_millis(100);
+/// How long the proxy's records keep being read after the last `observe` request.
+const OBSERVED_FOR: Duration = Duration::from_secs(30);
+/// How often the proxy's counters are read for metrics.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 /// How long to wait before reading a proxy or ring buffer that is not there yet.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -39,14 +43,15 @@ pub struct FlowCollector {
     pub proxy_socket: PathBuf,
     pub policy: watch::Receiver<Arc<PolicyState>>,
     pub log: Arc<FlowLog>,
-    /// `wiremesh_http_request_duration_seconds`.
-    pub http_latency: prometheus_client::metrics::histogram::Histogram,
+    pub observers: Arc<Observers>,
+    /// The proxy's counters as last read (`None`: no proxy answering), for metrics.
+    pub proxy_stats: Arc<watch::Sender<Option<Arc<Stats>>>>,
 }
 
 impl FlowCollector {
-    /// Runs both readers; returns only if one fails for good.
+    /// Runs the readers; returns only if one fails for good.
     pub async fn run(self) -> Result<()> {
-        tokio::try_join!(self.kernel(), self.proxy()).map(|_| ())
+        tokio::try_join!(self.kernel(), self.proxy(), self.stats()).map(|_| ())
     }
 
     /// The programs' ring buffer, read whenever it is readable.
@@ -76,35 +81,71 @@ impl FlowCollector {
         }
     }
 
-    /// The proxy's records, long-polled after the last one seen.
+    /// The proxy's records: nothing while nobody observes; from the first request on, what
+    /// the proxy's ring holds after the last record brought in, then a read every
+    /// [`PROXY_BATCH`] until nobody has asked for [`OBSERVED_FOR`].
     async fn proxy(&self) -> Result<()> {
         let client = ProxyClient::new(&self.proxy_socket);
+        let mut asked = self.observers.asked.subscribe();
         let mut after = 0;
         loop {
-            let started = tokio::time::Instant::now();
-            match client.flows(after, PROXY_WAIT).await {
-                Ok(flows) => {
-                    let any = !flows.is_empty();
-                    for flow in flows {
-                        // A restarted proxy numbers from 1 again.
-                        if flow.seq <= after && after != 0 {
-                            after = 0;
-                        }
-                        after = after.max(flow.seq);
-                        if let Some(l7) = &flow.l7 {
-                            self.http_latency.observe(l7.latency_ms / 1000.0);
-                        }
-                        self.log.record(flow);
-                    }
-                    if any {
-                        tokio::time::sleep_until(started + PROXY_BATCH).await;
-                    }
-                }
-                Err(_) => {
+            if asked.changed().await.is_err() {
+                return Ok(());
+            }
+            // A proxy restarted while nobody observed numbers from 1 again.
+            if let Ok(stats) = client.stats().await {
+                if stats.last_seq < after {
                     after = 0;
-                    tokio::time::sleep(RETRY).await;
                 }
             }
+            let mut last_ask = tokio::time::Instant::now();
+            while last_ask.elapsed() < OBSERVED_FOR {
+                let started = tokio::time::Instant::now();
+                let ask = *asked.borrow_and_update();
+                after = self.bring_in(&client, after).await;
+                self.observers.synced.send_replace(ask);
+                let next = started + PROXY_BATCH;
+                tokio::select! {
+                    changed = asked.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        last_ask = tokio::time::Instant::now();
+                        tokio::time::sleep_until(next).await;
+                    }
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+            }
+        }
+    }
+
+    /// Keeps the proxy's records after `after` in the log (uncounted: the proxy counts them);
+    /// returns the new `after`.
+    async fn bring_in(&self, client: &ProxyClient, mut after: u64) -> u64 {
+        match client.flows(after, Duration::ZERO).await {
+            Ok(flows) => {
+                for flow in flows {
+                    // A restarted proxy numbers from 1 again.
+                    if flow.seq <= after && after != 0 {
+                        after = 0;
+                    }
+                    after = after.max(flow.seq);
+                    self.log.keep(flow);
+                }
+                after
+            }
+            // Not running (yet): its records start again from 1.
+            Err(_) => 0,
+        }
+    }
+
+    /// The proxy's counters, every [`STATS_EVERY`] (O(1) for the proxy).
+    async fn stats(&self) -> Result<()> {
+        let client = ProxyClient::new(&self.proxy_socket);
+        loop {
+            let stats = client.stats().await.ok().map(Arc::new);
+            self.proxy_stats.send_replace(stats);
+            tokio::time::sleep(STATS_EVERY).await;
         }
     }
 }
@@ -358,5 +399,77 @@ spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
         assert_eq!(flow.verdict, Verdict::Forwarded);
         assert_eq!(flow.drop_reason, None);
         assert_eq!(flow.policy.as_deref(), Some("HTTP rules (L7 proxy)"));
+    }
+
+    /// A proxy with `n` request records and its control socket in `dir`.
+    fn proxy_with_records(dir: &std::path::Path, n: usize) -> (Arc<wiremesh_l7::Shared>, PathBuf) {
+        let shared = Arc::new(wiremesh_l7::Shared::new(wiremesh_l7::Settings {
+            mode: wiremesh_l7::Mode::Test {
+                upstream: "127.0.0.1:9".parse().unwrap(),
+            },
+            mark: 0,
+            limits: Default::default(),
+            state_file: None,
+        }));
+        record(&shared, n);
+        let path = dir.join("proxy.sock");
+        let listener = wiremesh_l7::control::bind(&path).expect("control socket");
+        tokio::spawn(wiremesh_l7::control::serve(listener, shared.clone()));
+        (shared, path)
+    }
+
+    fn record(shared: &wiremesh_l7::Shared, n: usize) {
+        for _ in 0..n {
+            shared.flows.record(Flow::now(
+                FlowEndpoint::default(),
+                FlowEndpoint::default(),
+                Verdict::Forwarded,
+            ));
+        }
+    }
+
+    /// The proxy's records reach the agent's log only when someone reads the flows; its
+    /// counters reach metrics whether or not anyone observes.
+    #[tokio::test]
+    async fn the_proxys_records_are_brought_in_only_while_someone_observes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (proxy, socket) = proxy_with_records(dir.path(), 3);
+        let flows = crate::admin::flows::Flows::default();
+        let mut stats = flows.proxy_stats.subscribe();
+        let collector = FlowCollector {
+            node: "n1".into(),
+            pin_dir: dir.path().join("no-pins"),
+            proxy_socket: socket,
+            policy: watch::channel(Arc::new(state())).1,
+            log: flows.log.clone(),
+            observers: flows.observers.clone(),
+            proxy_stats: flows.proxy_stats.clone(),
+        };
+        let task = tokio::spawn(collector.run());
+
+        let counted = stats.wait_for(|s| s.as_ref().is_some_and(|s| s.forwarded == 3));
+        tokio::time::timeout(Duration::from_secs(5), counted)
+            .await
+            .expect("the proxy's counters within 5 s")
+            .expect("the collector runs");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            flows.log.after(0, 100).is_empty(),
+            "nobody observes: no record is read from the proxy"
+        );
+
+        // Control: a reader brings them in before it reads.
+        flows.observers.catch_up(Duration::from_secs(2)).await;
+        assert_eq!(flows.log.after(0, 100).len(), 3, "caught up on a read");
+        record(&proxy, 2);
+        flows.observers.catch_up(Duration::from_secs(2)).await;
+        let seqs: Vec<u64> = flows.log.after(0, 100).iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5], "each record once, in order");
+        assert_eq!(
+            flows.log.verdict_counts()[0],
+            (Verdict::Forwarded, 0),
+            "the proxy counts its records; the agent does not count them again"
+        );
+        task.abort();
     }
 }

@@ -144,8 +144,7 @@ pub async fn run(config: Config) -> Result<()> {
     let objects = Arc::new(open_objects(&config)?);
     let policy = start_policy(&mut supervisor, &config, &store, &objects, &netlink)?;
     start_proxy(&mut supervisor, &config, &netlink, &policy.state).await?;
-    let http_latency = crate::admin::metrics::http_latency_histogram();
-    let flows = start_flows(&mut supervisor, &config, &policy.state, &http_latency);
+    let flows = start_flows(&mut supervisor, &config, &policy.state);
 
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let (view_tx, view_rx) = watch::channel(None);
@@ -162,7 +161,6 @@ pub async fn run(config: Config) -> Result<()> {
         strict,
         health: supervisor.health(),
         flows,
-        http_latency,
     };
     let _admin = serve_admin(&mut supervisor, &config, mtu, published).await?;
 
@@ -382,33 +380,34 @@ async fn start_proxy(
     Ok(())
 }
 
-/// Gathers the programs' flow events and the proxy's request records for `wiremesh observe`
-/// (the supervised task `flows`); the log is empty when nothing is enforced.
+/// Gathers the programs' flow events and, while someone observes, the proxy's request records
+/// for `wiremesh observe`, and the proxy's counters for metrics (the supervised task `flows`);
+/// the log is empty when nothing is enforced.
 fn start_flows(
     supervisor: &mut Supervisor,
     config: &Config,
     policy: &watch::Receiver<Arc<policy::PolicyState>>,
-    http_latency: &prometheus_client::metrics::histogram::Histogram,
-) -> Arc<wiremesh_l7::flows::FlowLog> {
-    let log = Arc::new(wiremesh_l7::flows::FlowLog::default());
+) -> views::Flows {
+    let flows = views::Flows::default();
     if config.policy.enforcement == crate::config::Enforcement::Never {
-        return log;
+        return flows;
     }
     let (node, pin_dir) = (config.node_name.clone(), config.policy.bpf_pin_dir.clone());
     let proxy_socket = config.run_dir.join("proxy.sock");
-    let (policy, flows, latency) = (policy.clone(), log.clone(), http_latency.clone());
+    let (policy, shared) = (policy.clone(), flows.clone());
     supervisor.spawn("flows", move || {
         flows::FlowCollector {
             node: node.clone(),
             pin_dir: pin_dir.clone(),
             proxy_socket: proxy_socket.clone(),
             policy: policy.clone(),
-            log: flows.clone(),
-            http_latency: latency.clone(),
+            log: shared.log.clone(),
+            observers: shared.observers.clone(),
+            proxy_stats: shared.proxy_stats.clone(),
         }
         .run()
     });
-    log
+    flows
 }
 
 /// Binds the admin socket and, when configured, the metrics listener (so that a taken socket

@@ -16,6 +16,7 @@ use super::peers::PeerKey;
 use super::policy::{PolicyCounters, PolicyState};
 use super::rotation::{OwnKey, RotateRequest};
 use crate::admin::encrypt::{EncryptView, NodeFacts};
+pub use crate::admin::flows::Flows;
 use crate::admin::keys::{Rotate, RotationFailed};
 use crate::admin::metrics::MetricsView;
 use crate::admin::objects::ObjectsView;
@@ -38,8 +39,7 @@ pub struct Published {
     pub device_view: watch::Receiver<Option<Arc<DeviceView>>>,
     pub strict: watch::Receiver<StrictStatus>,
     pub health: watch::Receiver<Health>,
-    pub flows: Arc<wiremesh_l7::flows::FlowLog>,
-    pub http_latency: prometheus_client::metrics::histogram::Histogram,
+    pub flows: Flows,
 }
 
 pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
@@ -66,8 +66,8 @@ pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
         device: p.device_view,
         policy: policy.clone(),
         totals: View::new(move || policy_totals(&counters)),
-        flows: p.flows.clone(),
-        http_latency: p.http_latency,
+        flows: p.flows.log.clone(),
+        proxy_stats: p.flows.proxy_stats.subscribe(),
     });
     let objects = Arc::new(ObjectsView {
         store: p.objects,

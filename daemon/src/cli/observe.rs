@@ -271,16 +271,19 @@ pub fn run(args: &ObserveArgs, run_dir: &Path) -> ExitCode {
     if !json {
         println!("{HEADER}");
     }
-    let matching: Vec<Flow> = recent
+    let mut matching: Vec<Flow> = recent
         .iter()
         .filter(|f| filter.matches(f))
         .cloned()
         .collect();
+    // The proxy's records are brought into the agent's log when someone asks, after kernel
+    // events that may be younger: list them by time (RFC 3339 UTC sorts as text).
+    matching.sort_by(|a, b| a.time.cmp(&b.time));
     print(&matching[matching.len().saturating_sub(args.last)..]);
     if !args.follow {
         return ExitCode::SUCCESS;
     }
-    let mut after = recent.last().map_or(0, |f| f.seq);
+    let mut after = recent.iter().map(|f| f.seq).max().unwrap_or(0);
     loop {
         match ask(
             run_dir,

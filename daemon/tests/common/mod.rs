@@ -173,7 +173,7 @@ pub fn admin_state_with(
         health: health_rx,
     });
     let policy = View::fixed(Default::default());
-    let flows = Arc::new(wiremesh_l7::flows::FlowLog::default());
+    let flows = wiremesh::admin::flows::Flows::default();
     let views = AdminViews {
         encrypt: encrypt.clone(),
         // A rotator that always fails: enough to tell that a rotation was reached.
@@ -191,8 +191,8 @@ pub fn admin_state_with(
             device: view_rx,
             policy,
             totals: View::fixed(Default::default()),
-            flows: flows.clone(),
-            http_latency: wiremesh::admin::metrics::http_latency_histogram(),
+            flows: flows.log.clone(),
+            proxy_stats: flows.proxy_stats.subscribe(),
         }),
         flows,
     };
