@@ -92,17 +92,15 @@ impl FlowCollector {
             if asked.changed().await.is_err() {
                 return Ok(());
             }
-            // A proxy restarted while nobody observed numbers from 1 again.
-            if let Ok(stats) = client.stats().await {
-                if stats.last_seq < after {
-                    after = 0;
-                }
-            }
             let mut last_ask = tokio::time::Instant::now();
             while last_ask.elapsed() < OBSERVED_FOR {
                 let started = tokio::time::Instant::now();
                 let ask = *asked.borrow_and_update();
-                after = self.bring_in(&client, after).await;
+                // The proxy may have restarted since the last read (two O(1) calls a read).
+                after = restarted_from(&client, after).await;
+                if let Some(newest) = self.bring_in(&client, after).await {
+                    after = newest;
+                }
                 self.observers.synced.send_replace(ask);
                 let next = started + PROXY_BATCH;
                 tokio::select! {
@@ -120,8 +118,8 @@ impl FlowCollector {
     }
 
     /// Keeps the proxy's records after `after` in the log (uncounted: the proxy counts them);
-    /// returns the new `after`.
-    async fn bring_in(&self, client: &ProxyClient, mut after: u64) -> u64 {
+    /// returns the new `after` (`None`: the proxy did not answer).
+    async fn bring_in(&self, client: &ProxyClient, mut after: u64) -> Option<u64> {
         match client.flows(after, Duration::ZERO).await {
             Ok(flows) => {
                 for flow in flows {
@@ -132,10 +130,9 @@ impl FlowCollector {
                     after = after.max(flow.seq);
                     self.log.keep(flow);
                 }
-                after
+                Some(after)
             }
-            // Not running (yet): its records start again from 1.
-            Err(_) => 0,
+            Err(_) => None,
         }
     }
 
@@ -147,6 +144,15 @@ impl FlowCollector {
             self.proxy_stats.send_replace(stats);
             tokio::time::sleep(STATS_EVERY).await;
         }
+    }
+}
+
+/// `after`, or 0 when the proxy's newest record is older than it: the proxy restarted, and
+/// numbers its records from 1 again.
+async fn restarted_from(client: &ProxyClient, after: u64) -> u64 {
+    match client.stats().await {
+        Ok(stats) if stats.last_seq < after => 0,
+        _ => after,
     }
 }
 
@@ -469,6 +475,15 @@ spec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}
             flows.log.verdict_counts()[0],
             (Verdict::Forwarded, 0),
             "the proxy counts its records; the agent does not count them again"
+        );
+
+        // A restarted proxy numbers from 1 again: its records are brought in all the same.
+        let (_restarted, _) = proxy_with_records(dir.path(), 2);
+        flows.observers.catch_up(Duration::from_secs(2)).await;
+        assert_eq!(
+            flows.log.after(0, 100).len(),
+            7,
+            "the restarted proxy's 2 records too"
         );
         task.abort();
     }
