@@ -75,7 +75,7 @@ pub async fn run_until(opts: Options, stop: impl std::future::Future<Output = ()
         state_file: opts.state_file.clone(),
     }));
     restore(&shared, &opts);
-    let workers = Workers::start(&opts, &shared)?;
+    let mut workers = Workers::start(&opts, &shared)?;
     let mut tasks = tokio::task::JoinSet::new();
     let control = crate::control::bind(&opts.control_socket)
         .with_context(|| format!("binding {}", opts.control_socket.display()))?;
@@ -96,7 +96,6 @@ pub async fn run_until(opts: Options, stop: impl std::future::Future<Output = ()
         pid = std::process::id(),
         "L7 proxy ready"
     );
-    let mut workers = workers;
     tokio::select! {
         _ = stop => {}
         // The loops run for ever: one ending is a bug that must not leave a deaf proxy.
