@@ -66,7 +66,8 @@ fn store_changes_become_peers_and_routes() {
 async fn reconcile_in_netns() {
     let state_dir = tempfile::tempdir().expect("tempdir");
     let own = PrivateKey::generate();
-    let handle = userspace::start(INTERFACE, own.clone(), 51871).expect("userspace data path");
+    let handle =
+        userspace::start(INTERFACE, own.clone(), 51871, true).expect("userspace data path");
     let datapath = Arc::new(Datapath::Userspace(handle));
     let netlink = Netlink::connect().expect("netlink");
     let ifindex = netlink.link_index(INTERFACE).await.expect("the TUN device");
@@ -188,7 +189,7 @@ async fn attach_after_a_commit() {
         PrivateKey::generate(),
         PrivateKey::generate(),
     );
-    let handle = userspace::start(ATTACH, old.clone(), 51871).expect("userspace data path");
+    let handle = userspace::start(ATTACH, old.clone(), 51871, true).expect("userspace data path");
     let datapath = Arc::new(Datapath::Userspace(handle));
     let _uapi = UapiServer::bind(ATTACH, datapath.clone(), Access::default(), Limits::UAPI)
         .expect("the data path's UAPI socket");

@@ -21,11 +21,13 @@ pub struct Options {
     pub pid_file: Option<PathBuf>,
     /// Members of this group may `get` (without keys) on the UAPI socket; root only otherwise.
     pub admin_group: Option<u32>,
+    /// The kernel's segmentation and coalescing offloads on the TUN and the UDP sockets.
+    pub offload: bool,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
     let key = KeyFile::new(&opts.key_file).load()?;
-    let handle = userspace::start(&opts.interface, key, opts.listen_port)?;
+    let handle = userspace::start(&opts.interface, key, opts.listen_port, opts.offload)?;
     let datapath = Arc::new(Datapath::Userspace(handle));
     let access = Access {
         reader_gid: opts.admin_group,

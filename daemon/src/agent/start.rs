@@ -206,6 +206,9 @@ fn spawn(config: &Config, exited: Arc<Notify>) -> Result<()> {
     if let Some(gid) = config.admin_group {
         args.extend(["--admin-group".into(), gid.to_string().into()]);
     }
+    if !config.offload {
+        args.push("--no-offload".into());
+    }
     spawn_detached("datapath", "data path", &args, Some(exited))
 }
 

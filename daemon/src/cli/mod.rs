@@ -97,6 +97,10 @@ pub enum Command {
         /// (config key `adminGroup`).
         #[arg(long)]
         admin_group: Option<u32>,
+        /// Move one packet per system call: no TUN segmentation/coalescing, no UDP GSO/GRO
+        /// (config key `offload: false`). For kernels or drivers where they misbehave.
+        #[arg(long)]
+        no_offload: bool,
     },
     /// Run the L7 filter: the transparent HTTP proxy that enforces HTTP rules (started by the
     /// agent; it outlives agent restarts).
@@ -161,12 +165,14 @@ pub fn run(cli: Cli) -> ExitCode {
             key_file,
             pid_file,
             admin_group,
+            no_offload,
         } => agent::run_datapath(wiremesh_datapath::process::Options {
             interface,
             listen_port,
             key_file,
             pid_file,
             admin_group,
+            offload: !no_offload,
         }),
         Command::Proxy {
             ingress_port,

@@ -50,6 +50,10 @@ pub struct ConfigFile {
     pub persistent_keepalive: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub datapath: Option<DatapathKind>,
+    /// Userspace data path: the kernel's TUN and UDP segmentation/coalescing offloads.
+    /// Default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload: Option<bool>,
     /// Absent: the dir store at `/var/lib/wiremesh/store`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSection>,

@@ -80,6 +80,8 @@ pub struct Config {
     pub strict_mode: bool,
     pub persistent_keepalive: u16,
     pub datapath: DatapathKind,
+    /// The userspace data path uses the kernel's TUN and UDP offloads.
+    pub offload: bool,
     pub store: StoreConfig,
     pub key_rotation: KeyRotation,
     /// Where Prometheus scrapes `/metrics`; `None` serves them on the admin socket only.

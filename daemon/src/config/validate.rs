@@ -85,6 +85,7 @@ impl ConfigFile {
             strict_mode,
             persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
             datapath: self.datapath.unwrap_or(DatapathKind::Auto),
+            offload: self.offload.unwrap_or(true),
             store,
             key_rotation,
             metrics_address,

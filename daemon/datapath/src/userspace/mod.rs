@@ -5,6 +5,7 @@
 //! `DeviceState` the UAPI uses.
 
 mod allowed_ips;
+mod batch;
 pub mod device;
 mod gate;
 mod peer;
@@ -15,7 +16,7 @@ mod tun;
 #[cfg(test)]
 mod device_tests;
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,13 +25,21 @@ use tokio::sync::{mpsc, oneshot};
 use wiremesh_key::PrivateKey;
 
 use crate::model::{DeviceError, DeviceState, SetRequest};
+use batch::{Inbox, Outbox};
 use device::{Device, Io, BUF_SIZE};
 use sockets::Sockets;
 
 /// WireGuard's timers need a tick well under their smallest period (the 5 s rekey timeout).
 const TICK: Duration = Duration::from_millis(250);
-/// Packets handled per readiness event before the loop looks at its other inputs.
-const BATCH: usize = 64;
+/// TUN reads (each a packet or a super-packet of up to 64 KiB) per readiness event before the
+/// loop looks at its other inputs.
+const BATCH: usize = 16;
+/// `recvmmsg` calls per readiness event, and buffers per call.
+const UDP_ROUNDS: usize = 4;
+const UDP_BUFFERS: usize = 16;
+/// Segmented sends, and decrypted packets, gathered before a flush is forced.
+const OUTBOX_RUNS: usize = 64;
+const INBOX_PACKETS: usize = tun::SPLIT_MAX;
 
 enum Command {
     Set(SetRequest, oneshot::Sender<Result<(), DeviceError>>),
@@ -65,10 +74,16 @@ impl Handle {
 }
 
 /// Creates the TUN interface and the UDP sockets (so that errors surface here, to the caller),
-/// then starts the data-path thread.
-pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Result<Handle> {
+/// then starts the data-path thread. `offload` turns the kernel's segmentation and coalescing
+/// offloads on for both (where the kernel has them); off, every system call moves one packet.
+pub fn start(
+    interface: &str,
+    key: PrivateKey,
+    listen_port: u16,
+    offload: bool,
+) -> anyhow::Result<Handle> {
     use anyhow::Context;
-    let tun = tun::Tun::create(interface).with_context(|| {
+    let tun = tun::Tun::create(interface, offload).with_context(|| {
         format!("creating TUN interface {interface} (is /dev/net/tun available?)")
     })?;
     let (tx, rx) = mpsc::channel(64);
@@ -88,7 +103,7 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
                 }
             };
             rt.block_on(async move {
-                let sockets = match Sockets::bind(listen_port, 0) {
+                let sockets = match Sockets::bind(listen_port, 0, offload) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::anyhow!("{e}")));
@@ -96,10 +111,15 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let shell = Shell {
-                    tun: Arc::new(tun),
-                    sockets,
-                };
+                tracing::info!(
+                    interface = %name,
+                    tun_tcp_offload = tun.tcp_offload(),
+                    tun_udp_offload = tun.udp_offload(),
+                    udp_segments = sockets.max_segments(),
+                    udp_gro = sockets.v4.gro_segments() > 1 && offload,
+                    "data path offloads"
+                );
+                let shell = Shell::new(tun, sockets);
                 if let Err(e) = run(Device::new(key, Instant::now()), shell, rx).await {
                     tracing::error!(interface = %name, error = %e, "data path stopped");
                 }
@@ -112,35 +132,112 @@ pub fn start(interface: &str, key: PrivateKey, listen_port: u16) -> anyhow::Resu
     Ok(Handle { tx })
 }
 
-/// The I/O half: where the device's outputs go.
+/// The I/O half: where the device's outputs go. They wait in the outbox and inbox until the
+/// end of the event that produced them (or until a box is full), then leave in batches.
 struct Shell {
     tun: Arc<tun::Tun>,
     sockets: Sockets,
+    outbox: Outbox,
+    inbox: Inbox,
+    gro: tun_rs::GROTable,
 }
 
 impl Io for Shell {
     fn send(&mut self, to: std::net::SocketAddr, packet: &[u8]) {
-        self.sockets.send(packet, to);
+        if self.outbox.push(to, packet) {
+            self.flush_outbox();
+        }
     }
 
     fn deliver(&mut self, packet: &[u8]) {
-        if let Err(e) = self.tun.write(packet) {
-            tracing::trace!(error = %e, "TUN write dropped");
+        if self.inbox.push(packet) {
+            self.flush_inbox();
         }
     }
 }
 
 impl Shell {
+    fn new(tun: tun::Tun, sockets: Sockets) -> Self {
+        Self {
+            tun: Arc::new(tun),
+            outbox: Outbox::new(sockets.max_segments(), OUTBOX_RUNS),
+            sockets,
+            inbox: Inbox::new(tun::HEADROOM, INBOX_PACKETS),
+            gro: tun_rs::GROTable::new(),
+        }
+    }
+
     /// The shell's share of a `set`: the port and mark of its sockets. A failed rebind
     /// changes nothing.
     fn apply(&mut self, req: &SetRequest) -> Result<(), DeviceError> {
         if let Some(port) = req.listen_port.filter(|p| *p != self.sockets.port) {
-            self.sockets = Sockets::bind(port, self.sockets.fwmark)?;
+            self.flush();
+            self.sockets = Sockets::bind(port, self.sockets.fwmark, self.sockets.offload)?;
         }
         if let Some(mark) = req.fwmark.filter(|m| *m != self.sockets.fwmark) {
             self.sockets.set_mark(mark)?;
         }
         Ok(())
+    }
+
+    fn flush(&mut self) {
+        self.flush_inbox();
+        self.flush_outbox();
+    }
+
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        for send in self.outbox.drain() {
+            let sock = self.sockets.for_destination(send.to);
+            if let Err(e) = sock.send(send.to, send.bytes, send.segment) {
+                tracing::trace!(to = %send.to, error = %e, "underlay send dropped");
+            }
+        }
+        // Segmentation may have been refused by the kernel meanwhile.
+        self.outbox.set_max_segments(self.sockets.max_segments());
+    }
+
+    fn flush_inbox(&mut self) {
+        if self.inbox.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tun.write_batch(&mut self.gro, self.inbox.take()) {
+            tracing::trace!(error = %e, "TUN write dropped");
+        }
+    }
+}
+
+/// Buffers for reading the TUN: one for the raw (super-)packet, and the packets it splits into.
+struct TunReads {
+    scratch: Vec<u8>,
+    packets: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+impl TunReads {
+    fn new() -> Self {
+        Self {
+            scratch: vec![0; tun::READ_SIZE],
+            packets: vec![vec![0; BUF_SIZE]; tun::SPLIT_MAX],
+            sizes: vec![0; tun::SPLIT_MAX],
+        }
+    }
+}
+
+/// Buffers for `recvmmsg`: each holds one datagram, or with `UDP_GRO` up to 64 of one sender.
+struct UdpReads {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+}
+
+impl UdpReads {
+    fn new() -> Self {
+        Self {
+            bufs: vec![vec![0; u16::MAX as usize]; UDP_BUFFERS],
+            meta: vec![quinn_udp::RecvMeta::default(); UDP_BUFFERS],
+        }
     }
 }
 
@@ -152,31 +249,25 @@ async fn run(
     // SAFETY: the descriptor is owned by the `Tun`, which this `AsyncFd` keeps alive through its
     // `Arc` for as long as it is registered.
     let tun_fd = unsafe { AsyncFd::register(shell.tun.clone()) }.map_err(io::Error::from)?;
-    let mut buf = vec![0u8; BUF_SIZE];
+    let mut tun_reads = TunReads::new();
+    let mut udp_reads = UdpReads::new();
     let mut tick = tokio::time::interval(TICK);
     let mut ticks = 0u32;
     loop {
         tokio::select! {
             ready = tun_fd.readable() => {
                 let mut guard = ready?;
-                for _ in 0..BATCH {
-                    match tun_fd.get_ref().read(&mut buf) {
-                        Ok(n) => device.handle_tun_packet(&buf[..n], &mut shell),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            guard.clear_ready();
-                            break;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                if read_tun(&mut device, &mut shell, &mut tun_reads)? {
+                    guard.clear_ready();
                 }
             }
-            ready = shell.sockets.v4.readable() => {
+            ready = shell.sockets.v4.io.readable() => {
                 ready?;
-                recv_batch(&mut device, &mut shell, false, &mut buf);
+                recv_batch(&mut device, &mut shell, false, &mut udp_reads);
             }
             ready = readable_v6(&shell.sockets) => {
                 ready?;
-                recv_batch(&mut device, &mut shell, true, &mut buf);
+                recv_batch(&mut device, &mut shell, true, &mut udp_reads);
             }
             _ = tick.tick() => {
                 device.tick(Instant::now(), &mut shell);
@@ -197,22 +288,58 @@ async fn run(
                 None => return Ok(()),
             },
         }
+        shell.flush();
     }
 }
 
-fn recv_batch(device: &mut Device, shell: &mut Shell, v6: bool, buf: &mut [u8]) {
+/// Reads up to [`BATCH`] (super-)packets from the TUN and encrypts them. Returns true once the
+/// TUN is drained. A packet the kernel handed over malformed (a bad virtio-net header) is
+/// dropped; only the device failing ends the data path.
+fn read_tun(device: &mut Device, shell: &mut Shell, reads: &mut TunReads) -> io::Result<bool> {
     for _ in 0..BATCH {
+        match shell
+            .tun
+            .read_batch(&mut reads.scratch, &mut reads.packets, &mut reads.sizes)
+        {
+            Ok(n) => {
+                for (packet, &len) in reads.packets.iter().zip(&reads.sizes).take(n) {
+                    device.handle_tun_packet(&packet[..len], shell);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error().is_some() => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "TUN packet dropped"),
+        }
+    }
+    Ok(false)
+}
+
+fn recv_batch(device: &mut Device, shell: &mut Shell, v6: bool, reads: &mut UdpReads) {
+    for _ in 0..UDP_ROUNDS {
         let sock = match (v6, &shell.sockets.v6) {
             (true, Some(s)) => s,
             _ => &shell.sockets.v4,
         };
-        match sock.try_recv_from(buf) {
-            Ok((n, from)) => device.handle_datagram(&buf[..n], from, Instant::now(), shell),
+        let received = {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                reads.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            sock.recv(&mut slices, &mut reads.meta)
+        };
+        let n = match received {
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) => {
                 // ICMP errors surface here as ECONNREFUSED etc.; they concern one peer only.
                 tracing::trace!(error = %e, "underlay receive error");
                 return;
+            }
+        };
+        let now = Instant::now();
+        for (buf, meta) in reads.bufs.iter().zip(&reads.meta).take(n) {
+            let stride = meta.stride.max(1);
+            for datagram in buf[..meta.len].chunks(stride) {
+                device.handle_datagram(datagram, meta.addr, now, shell);
             }
         }
     }
@@ -220,7 +347,7 @@ fn recv_batch(device: &mut Device, shell: &mut Shell, v6: bool, buf: &mut [u8]) 
 
 async fn readable_v6(sockets: &Sockets) -> io::Result<()> {
     match &sockets.v6 {
-        Some(s) => s.readable().await,
+        Some(s) => s.io.readable().await,
         None => std::future::pending().await,
     }
 }

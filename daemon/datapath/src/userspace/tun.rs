@@ -1,88 +1,78 @@
-//! A Linux TUN device opened directly through `/dev/net/tun`: layer-3 frames without the packet
-//! information header, non-blocking, so the event loop can drain it in batches. Owning the ioctl
-//! keeps `IFF_MULTI_QUEUE` and `TUNSETPERSIST` (re-attachable devices) within reach of the data
-//! path without another abstraction in between.
+//! The TUN device of the userspace data path, through `tun-rs`: layer-3 frames, non-blocking,
+//! and (unless switched off) with the kernel's offloads — `IFF_VNET_HDR` with
+//! `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6` (and `TUN_F_USO4 | TUN_F_USO6` where the kernel has
+//! them). The kernel then hands us TCP/UDP super-packets of up to 64 KiB, which `tun-rs` splits
+//! into MTU-sized packets on read (wireguard-go's `gso_split`), and takes coalesced
+//! super-packets on write (its GRO table), so that one system call moves dozens of packets in
+//! each direction.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_NO_PI: libc::c_short = 0x1000;
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
+/// Room left in front of every packet handed to [`Tun::write_batch`], where the virtio-net
+/// header goes (whether or not offloads are on, so callers need not know).
+pub const HEADROOM: usize = VIRTIO_NET_HDR_LEN;
+/// The most packets one read splits into: a 64 KiB super-packet at the smallest MSS the
+/// kernel's TCP uses (wireguard-go's figure).
+pub const SPLIT_MAX: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// Room for the largest packet a TUN read can hold (64 KiB plus the virtio-net header).
+pub const READ_SIZE: usize = 65_535 + VIRTIO_NET_HDR_LEN;
 
 pub struct Tun {
-    fd: OwnedFd,
+    dev: SyncDevice,
 }
 
 impl Tun {
-    pub fn create(name: &str) -> io::Result<Self> {
-        let cname =
-            CString::new(name).map_err(|_| io::Error::other("interface name has a NUL byte"))?;
-        if cname.as_bytes().len() >= libc::IFNAMSIZ {
+    pub fn create(name: &str, offload: bool) -> io::Result<Self> {
+        if name.len() >= libc::IFNAMSIZ {
             return Err(io::Error::other(format!(
                 "interface name {name:?} is longer than {} bytes",
                 libc::IFNAMSIZ - 1
             )));
         }
-        // SAFETY: plain open(2) of a constant path; the result is checked below.
-        let raw = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("/dev/net/tun: {e}")));
-        }
-        // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
-            _pad: [0; 22],
-        };
-        for (dst, src) in req.name.iter_mut().zip(cname.as_bytes()) {
-            *dst = *src as libc::c_char;
-        }
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `IfReq` lays out exactly
-        // (16-byte name, then the flags union padded to 24 bytes).
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) } < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
-        }
-        Ok(Self { fd })
+        let dev = DeviceBuilder::new()
+            .name(name)
+            .offload(offload)
+            .inherit_enable_state()
+            .build_sync()
+            .map_err(|e| io::Error::new(e.kind(), format!("TUN device {name}: {e}")))?;
+        dev.set_nonblocking(true)?;
+        Ok(Self { dev })
     }
 
-    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+    /// Whether the kernel hands this device TCP super-packets (and takes coalesced ones).
+    pub fn tcp_offload(&self) -> bool {
+        self.dev.tcp_gso()
     }
 
-    pub fn write(&self, packet: &[u8]) -> io::Result<usize> {
-        // SAFETY: `packet` is valid for `packet.len()` bytes of reads.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+    /// Whether UDP super-packets (USO) are on as well (Linux ≥ 6.2).
+    pub fn udp_offload(&self) -> bool {
+        self.dev.udp_gso()
+    }
+
+    /// One read: a packet, or a super-packet split into `packets` (each MTU-sized, with
+    /// correct headers and checksums). Returns how many of `packets` were filled; their
+    /// lengths are in `sizes`.
+    pub fn read_batch(
+        &self,
+        scratch: &mut [u8],
+        packets: &mut [Vec<u8>],
+        sizes: &mut [usize],
+    ) -> io::Result<usize> {
+        self.dev.recv_multiple(scratch, packets, sizes, 0)
+    }
+
+    /// Writes `packets` (each with [`HEADROOM`] bytes in front), coalescing consecutive
+    /// segments of one flow into super-packets first when offloads are on.
+    pub fn write_batch(&self, gro: &mut GROTable, packets: &mut [Vec<u8>]) -> io::Result<usize> {
+        self.dev.send_multiple(gro, packets, HEADROOM)
     }
 }
 
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.dev.as_raw_fd()
     }
 }
