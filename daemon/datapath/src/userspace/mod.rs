@@ -15,6 +15,8 @@ mod tun;
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod offload_tests;
 
 use std::io::{self, IoSliceMut};
 use std::sync::Arc;

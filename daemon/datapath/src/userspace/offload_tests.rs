@@ -1,0 +1,2 @@
+//! Segmentation and coalescing of the TUN offloads against a reference (written by the
+//! offload property tests).
