@@ -76,8 +76,8 @@ pub use netpol::{
     NETPOL_UDP_PORTS,
 };
 pub use options::{
-    agent_config_file, agent_config_with, config_duration, etcd_endpoint, KeyRotation, LabOptions,
-    StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
+    agent_config_file, agent_config_with, config_duration, etcd_endpoint, offload_from_env,
+    KeyRotation, LabOptions, StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
 };
 pub use policy::{namespace_manifest, namespace_with_pods, render_matrix, PodSpec, Proto, Servers};
 pub use raw::{RawEnd, RawReply, RawSend};
@@ -85,6 +85,6 @@ pub use store::node_record;
 pub use stream::{IperfClient, IperfReport, PingLog};
 pub use strict::GUARD_TABLE;
 pub use topology::{BYPASS_PREF, BYPASS_TABLE};
-pub use traffic::{test_data, Ping, PingResult};
+pub use traffic::{test_data, Bulk, Ping, PingResult};
 pub use wggo::KeyPair;
 pub use wgshow::{parse_wg_show, WgPeer};

@@ -90,6 +90,15 @@ pub struct LabOptions {
     pub default_route: bool,
     /// The agents' `strictMode`.
     pub strict_mode: bool,
+    /// The agents' `offload` (the userspace data path's TUN and UDP offloads). Defaults to on,
+    /// or to off when `WIREMESH_LAB_OFFLOAD=off`, so that whole test runs can prove the
+    /// fallback a kernel without offloads gets.
+    pub offload: bool,
+}
+
+/// Whether `WIREMESH_LAB_OFFLOAD` leaves offloads on (anything but `off`).
+pub fn offload_from_env() -> bool {
+    std::env::var("WIREMESH_LAB_OFFLOAD").map_or(true, |v| v != "off")
 }
 
 impl Default for LabOptions {
@@ -101,6 +110,7 @@ impl Default for LabOptions {
             default_route: false,
             strict_mode: true,
             metrics_port: None,
+            offload: offload_from_env(),
         }
     }
 }
@@ -140,6 +150,11 @@ impl LabOptions {
 
     pub fn strict_mode(mut self, on: bool) -> Self {
         self.strict_mode = on;
+        self
+    }
+
+    pub fn offload(mut self, on: bool) -> Self {
+        self.offload = on;
         self
     }
 
@@ -223,6 +238,7 @@ pub fn agent_config_file(
         pod_cidrs: Some(cidrs),
         cluster_pod_cidrs: Some(pool),
         strict_mode: Some(options.strict_mode),
+        offload: (!options.offload).then_some(false),
         store: Some(store),
         policy: Some(PolicySection {
             enforcement: None,

@@ -275,6 +275,100 @@ impl HostHandle<'_> {
     }
 }
 
+/// A bulk transfer's outcome: the SHA-256 of what was sent and of what arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bulk {
+    pub bytes: u64,
+    pub sent_sha256: String,
+    pub received_sha256: String,
+    pub took: Duration,
+}
+
+impl Bulk {
+    pub fn intact(&self) -> bool {
+        self.sent_sha256 == self.received_sha256
+    }
+
+    pub fn gbit_per_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.took.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+/// The first word of `sha256sum`'s output.
+fn sha256_of(out: &str) -> String {
+    out.split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+impl HostHandle<'_> {
+    /// Sends `bytes` of random data from here to `to` over one TCP connection, the receiver
+    /// hashing it as it arrives (nothing is kept in memory): for transfers too large for
+    /// [`HostHandle::tcp_transfer`]. The data is written to a file in the lab directory first
+    /// (removed afterwards), so the sent hash is of exactly what was sent.
+    pub fn bulk_transfer(&self, to: Host, bytes: u64, timeout: Duration) -> Result<Bulk> {
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed).to_string();
+        let data = self.lab.dir().join(format!("bulk-{port}.bin"));
+        let sum = self.lab.dir().join(format!("bulk-{port}.sha256"));
+        let log = self.lab.dir().join(format!("bulk-{port}.log"));
+        let made = run(
+            Command::new("sh")
+                .args([
+                    "-c",
+                    "head -c \"$1\" /dev/urandom > \"$2\" && sha256sum \"$2\"",
+                ])
+                .arg("sh")
+                .arg(bytes.to_string())
+                .arg(&data),
+            timeout,
+        );
+        let sent = made.map(|out| sha256_of(&out));
+        let result = sent.and_then(|sent| {
+            self.send_file(to, &port, &data, &sum, &log, timeout)
+                .map(|took| (sent, took))
+        });
+        let _ = std::fs::remove_file(&data);
+        let (sent_sha256, took) = result?;
+        let received = std::fs::read_to_string(&sum).map_err(|e| LabError::io(&sum, e))?;
+        Ok(Bulk {
+            bytes,
+            sent_sha256,
+            received_sha256: sha256_of(&received),
+            took,
+        })
+    }
+
+    fn send_file(
+        &self,
+        to: Host,
+        port: &str,
+        data: &std::path::Path,
+        sum: &std::path::Path,
+        log: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let mut server_cmd = self.lab.host_cmd(to, "sh");
+        server_cmd
+            .args(["-c", "nc -l -n \"$1\" | sha256sum > \"$2\""])
+            .arg("sh")
+            .arg(port)
+            .arg(sum);
+        let mut server =
+            BgProcess::spawn(format!("nc -l | sha256sum on {to}"), &mut server_cmd, log)?;
+        self.lab.wait_listening(to, port, &mut server)?;
+        let start = Instant::now();
+        let mut client = self.lab.host_cmd(self.host, "sh");
+        client
+            .args(["-c", "nc -N -n -w 10 \"$1\" \"$2\" < \"$3\""])
+            .arg("sh")
+            .arg(to.ip().to_string())
+            .arg(port)
+            .arg(data);
+        let out = output(&mut client, None, timeout)?;
+        check(&client, &out)?;
+        server.wait_timeout(Duration::from_secs(10))?;
+        Ok(start.elapsed())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
