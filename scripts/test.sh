@@ -48,6 +48,13 @@ export WIREMESH_BIN="$PWD/target/debug/wiremesh"
 # --no-fail-fast: one failing test binary does not hide the others' results.
 cargo test --workspace --locked --no-fail-fast -- --test-threads=2
 
+echo "== the data path without offloads"
+# What a kernel without TUN/UDP offloads gets (config `offload: false`): the tests that move
+# pod traffic through the data path, again, one packet per system call.
+WIREMESH_LAB_OFFLOAD=off cargo test -p wiremesh-lab --locked --no-fail-fast \
+  --test e2e_mesh --test e2e_interop --test e2e_leak --test e2e_strict \
+  --test e2e_restart_lossless --test e2e_policy_host -- --test-threads=2
+
 echo "== fuzz smoke"
 # Every fuzz target (docs/FUZZING.md) for 20 s from its committed seeds: a crash fails the run.
 FUZZ_NICE=0 ./scripts/fuzz.sh 20
