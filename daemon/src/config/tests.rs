@@ -49,6 +49,15 @@ fn defaults_apply() {
     assert_eq!(c.listen_port, 51871);
     assert_eq!(c.endpoint, "198.18.0.7:51871".parse().unwrap());
     assert_eq!(c.cluster_name, "default");
+    assert!(c.offload, "offloads are on unless switched off");
+}
+
+#[test]
+fn offloads_can_be_switched_off() {
+    let c = parse("nodeName: n1\nnodeIPs: [198.18.0.7]\noffload: false\n").unwrap();
+    assert!(!c.offload);
+    let e = parse("nodeName: n1\nnodeIPs: [198.18.0.7]\noffload: sometimes\n").unwrap_err();
+    assert!(e.contains("offload"), "{e}");
 }
 
 #[test]
