@@ -222,10 +222,18 @@ impl TunReads {
     fn new() -> Self {
         Self {
             scratch: vec![0; tun::READ_SIZE],
-            packets: vec![vec![0; BUF_SIZE]; tun::SPLIT_MAX],
+            packets: zeroed_buffers(tun::SPLIT_MAX, BUF_SIZE),
             sizes: vec![0; tun::SPLIT_MAX],
         }
     }
+}
+
+/// `count` buffers of `size` zero bytes, each allocated on its own (`vec![vec![0; size]; count]`
+/// would clone the first, writing every page): memory the kernel hands out zeroed and that only
+/// becomes resident where a packet is written, so a buffer sized for a 64 KiB super-packet costs
+/// a page while it only ever holds MTU-sized packets.
+fn zeroed_buffers(count: usize, size: usize) -> Vec<Vec<u8>> {
+    (0..count).map(|_| vec![0; size]).collect()
 }
 
 /// Buffers for `recvmmsg`: each holds one datagram, or with `UDP_GRO` up to 64 of one sender.
@@ -237,7 +245,7 @@ struct UdpReads {
 impl UdpReads {
     fn new() -> Self {
         Self {
-            bufs: vec![vec![0; u16::MAX as usize]; UDP_BUFFERS],
+            bufs: zeroed_buffers(UDP_BUFFERS, u16::MAX as usize),
             meta: vec![quinn_udp::RecvMeta::default(); UDP_BUFFERS],
         }
     }
