@@ -14,7 +14,7 @@ packages=(
   wireguard-tools wireguard-go
   protobuf-compiler libprotobuf-dev etcd-server etcd-client openssl systemd
   clang llvm libbpf-dev linux-libc-dev bpftool
-  systemd-container debootstrap nftables nginx
+  systemd-container debootstrap nftables nginx sockperf
 )
 
 missing=()
@@ -47,7 +47,7 @@ declare -A provider=(
   [openssl]=openssl [systemd-analyze]=systemd [clang]=clang [llc]=llvm [bpftool]=bpftool
   [pkg-config]=pkg-config [cc]=build-essential [nsenter]=util-linux
   [systemd-nspawn]=systemd-container [debootstrap]=debootstrap [cargo]="rustup (https://rustup.rs)"
-  [nft]=nftables [nginx]=nginx
+  [nft]=nftables [nginx]=nginx [sockperf]=sockperf
 )
 for tool in "${!provider[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing after installation; install ${provider[$tool]}"

@@ -43,15 +43,24 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         pods: u8,
     },
-    /// Single-stream TCP throughput pod-to-pod across two nodes (iperf3) for the plain underlay,
-    /// wiremesh, wireguard-go and boringtun-cli, as ratios within this one run, plus each data
-    /// path's RSS and CPU time. For meaningful numbers use release builds:
+    /// Pod-to-pod across two nodes for the plain underlay, wiremesh, wireguard-go, boringtun-cli
+    /// (2 threads and its default) and gotatun, each in a fresh lab: sockperf ping-pong latency
+    /// (p50, p99), iperf3 with 1 and 4 TCP streams and UDP at a fixed rate, and each data path's
+    /// CPU per GB and peak RSS; medians of `--runs`, as ratios to wireguard-go and to plain
+    /// within this one run, also as markdown. For meaningful numbers use release builds:
     /// `cargo build --release --bins && WIREMESH_BIN=target/release/wiremesh
     /// target/release/wiremesh-lab bench`.
     Bench {
-        /// Length of each iperf3 run (`-t`).
-        #[arg(long, default_value_t = 10)]
+        /// Length of each run (iperf3 `-t`, sockperf `-t`).
+        #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Runs per workload and mode (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only these modes (comma-separated): plain, wiremesh, wireguard-go,
+        /// boringtun-cli-2t, boringtun-cli, gotatun. Default: all.
+        #[arg(long, value_delimiter = ',')]
+        modes: Vec<String>,
     },
     /// Single-stream TCP throughput pod-to-pod across the tunnel with 0, 10, 1,000 and 10,000
     /// NetworkPolicy rules selecting the destination pod, in one lab, as ratios to 0 rules; how
@@ -177,7 +186,15 @@ fn main() -> ExitCode {
             etcd,
         } => cli::up::run(nodes, pods, !no_agents, etcd),
         Cmd::Demo { nodes, pods } => cli::demo::run(nodes, pods),
-        Cmd::Bench { seconds } => bench::run(seconds),
+        Cmd::Bench {
+            seconds,
+            runs,
+            modes,
+        } => bench::run(&bench::Options {
+            seconds,
+            runs,
+            modes,
+        }),
         Cmd::BenchPolicy {
             seconds,
             repeats,

@@ -1,210 +1,248 @@
-//! `wiremesh-lab bench`: single-stream TCP throughput pod-to-pod across two nodes, for the
-//! unencrypted underlay, wiremesh, wireguard-go and boringtun-cli, all in one invocation, printed
-//! as ratios to the baselines measured in that same run (absolute numbers vary with the machine
-//! and its load; ratios within one run are what compare). Each mode gets a fresh lab, so no mode
-//! inherits another's routes, conntrack entries or processes.
+//! `wiremesh-lab bench`: pod-to-pod traffic across two nodes for the unencrypted underlay,
+//! wiremesh, wireguard-go, boringtun-cli (2 threads and its default) and gotatun, all in one
+//! invocation: request/response latency, one and four TCP streams, UDP at a fixed offered rate,
+//! and each data path's CPU per GB and peak RSS, as medians of several runs and as ratios to the
+//! baselines measured in that same run (absolute numbers vary with the machine and its load;
+//! ratios within one run are what compare). Each mode gets a fresh lab on the same addressing,
+//! so no mode inherits another's routes, conntrack entries or processes.
 //!
 //! Numbers mean something only for release builds:
 //! `cargo build --release --bins && WIREMESH_BIN=target/release/wiremesh target/release/wiremesh-lab bench`.
-//! boringtun-cli comes from PATH, or `target/bench-tools/bin`, or is `cargo install`ed there; if
-//! that fails the run says so plainly and measures the rest. A mode that fails to run makes the
-//! command exit non-zero.
+//! boringtun-cli and gotatun come from PATH, or `target/bench-tools/bin`, or are `cargo
+//! install`ed there; if that fails the run says so plainly and measures the rest. Anything not
+//! measured makes the command exit non-zero at the end.
 
 pub mod l7;
+mod mode;
+mod parse;
 pub mod policy;
 mod procstat;
+mod report;
 mod stock;
+mod workload;
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
-use wiremesh_lab::{agent_binary, pod_ip, require_root, require_tools, Host, Lab};
+use anyhow::{bail, ensure};
+use wiremesh_lab::{agent_binary, require_root, require_tools};
 
-use crate::cli::{check_interrupted, section};
-use procstat::{sample, ProcSample};
-use stock::{Stock, StockNodes};
+use crate::cli::{check_interrupted, section, stop_requested};
+use mode::{Mode, Running};
+use report::ModeResult;
+use stock::Stock;
+use workload::{Metric, Workload};
 
-const READY: Duration = Duration::from_secs(20);
-const REACH: Duration = Duration::from_secs(15);
-/// Beyond `-t`: connection setup, the final report, and the server's exit.
-const IPERF_GRACE: Duration = Duration::from_secs(15);
+/// The thread count of the boringtun-cli mode that is not its default.
+const BORINGTUN_THREADS: u8 = 2;
+/// Every mode, in the order they run.
+pub const MODES: [&str; 6] = [
+    "plain",
+    "wiremesh",
+    "wireguard-go",
+    "boringtun-cli-2t",
+    "boringtun-cli",
+    "gotatun",
+];
 
-/// One mode's result.
-#[derive(Debug)]
-struct Measured {
-    gbps: f64,
-    retransmits: u64,
-    /// The data-path process of each node (none for the plain underlay).
-    data_path: Vec<DataPath>,
+/// What `wiremesh-lab bench` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Length of each run.
+    pub seconds: u64,
+    /// Runs per workload (the median is reported).
+    pub runs: usize,
+    /// Mode keys to measure (a subset of [`MODES`]); empty: all.
+    pub modes: Vec<String>,
 }
 
-#[derive(Debug)]
-struct DataPath {
-    node: u8,
-    pid: u32,
-    comm: String,
-    /// After the run.
-    after: ProcSample,
-    /// CPU time spent during the iperf3 run.
-    cpu_during: Duration,
-}
-
-pub fn run(seconds: u64) -> anyhow::Result<()> {
+pub fn run(options: &Options) -> anyhow::Result<()> {
     require_root()?;
-    require_tools(&["iperf3", "wg", "wireguard-go"])?;
-    ensure!((1..=600).contains(&seconds), "--seconds must be 1..=600");
-    let duration = Duration::from_secs(seconds);
+    require_tools(&["iperf3", "sockperf", "ss", "wg", "wireguard-go"])?;
+    ensure!(
+        (1..=600).contains(&options.seconds),
+        "--seconds must be 1..=600"
+    );
+    ensure!((1..=20).contains(&options.runs), "--runs must be 1..=20");
+    let selected = selected_modes(&options.modes)?;
     let agent = agent_binary()?;
-    print_header(&agent);
+    let command = command_line();
+    let started = Instant::now();
+    print_header(&command, &agent, options, selected.len());
 
-    let mut rows: Vec<(&str, anyhow::Result<Measured>)> = Vec::new();
-    section("plain: pods routed over the underlay veths, no tunnel");
-    rows.push(("plain", report(plain(duration))));
-    check_interrupted()?;
-    section(&format!(
-        "wiremesh: agents and `wiremesh datapath` ({})",
-        agent.display()
-    ));
-    rows.push(("wiremesh", report(wiremesh(duration))));
-    check_interrupted()?;
-    section("wireguard-go (Debian), configured with wg set");
-    rows.push((
-        "wireguard-go",
-        report(stock_mode(&Stock::WireguardGo, duration)),
-    ));
-    check_interrupted()?;
-    section("boringtun-cli, configured with wg set");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tools = manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target/bench-tools");
-    // A tool that cannot be had is reported, not failed: the bench is not a test.
-    let mut unavailable = None;
-    let boringtun = match stock::boringtun_cli(&tools) {
-        Ok(bin) => report(stock_mode(&Stock::BoringtunCli(bin), duration)),
-        Err(e) => {
-            println!("boringtun-cli NOT MEASURED: it could not be installed: {e:#}");
-            unavailable = Some("boringtun-cli");
-            Err(e.context("boringtun-cli could not be installed"))
+    let modes = build_modes(&selected, &tools_dir());
+    let mut results = Vec::new();
+    for mode in &modes {
+        check_interrupted()?;
+        section(&format!("{}: {}", mode.key(), mode.describe()));
+        if let Mode::Stock(stock) = mode {
+            println!("version: {}", mode::version(&stock.binary()));
         }
-    };
-    rows.push(("boringtun-cli", boringtun));
+        results.push(measure_mode(mode, options));
+    }
+    check_interrupted()?;
 
     section("Results");
-    print_table(&rows);
-    let failed: Vec<&str> = rows
+    report::print(&results, &command, options.runs);
+    println!(
+        "\nwhole run: {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    let failed: Vec<&str> = results
         .iter()
-        .filter(|r| r.1.is_err() && Some(r.0) != unavailable)
-        .map(|r| r.0)
+        .filter(|r| !r.failures.is_empty())
+        .map(|r| r.key)
         .collect();
     if !failed.is_empty() {
-        bail!("not measured: {}", failed.join(", "));
+        bail!("not fully measured: {}", failed.join(", "));
     }
     Ok(())
 }
 
-fn report(result: anyhow::Result<Measured>) -> anyhow::Result<Measured> {
-    match &result {
-        Ok(m) => println!("{:.3} Gbit/s, {} retransmits", m.gbps, m.retransmits),
-        Err(e) => println!("FAILED: {e:#}"),
+fn selected_modes(asked: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    if let Some(unknown) = asked.iter().find(|m| !MODES.contains(&m.as_str())) {
+        bail!(
+            "unknown mode {unknown:?}; the modes are {}",
+            MODES.join(", ")
+        );
     }
-    result
+    Ok(MODES
+        .into_iter()
+        .filter(|m| asked.is_empty() || asked.iter().any(|a| a == m))
+        .collect())
 }
 
-fn plain(duration: Duration) -> anyhow::Result<Measured> {
-    let lab = Lab::new(2, 1).context("building the lab")?;
-    lab.node(1).bypass_tunnel(2)?;
-    lab.node(2).bypass_tunnel(1)?;
-    measure(&lab, &[], duration)
-}
-
-fn wiremesh(duration: Duration) -> anyhow::Result<Measured> {
-    let lab = Lab::new(2, 1).context("building the lab")?;
-    let result = (|| {
-        lab.start_agents(READY).context("starting agents")?;
-        for node in lab.node_ids() {
-            lab.node(node).agent().wait_peer_count(1, READY)?;
+/// The modes to run; the crates.io programs are installed first (only those needed), and one
+/// that cannot be had becomes [`Mode::Unavailable`].
+fn build_modes(selected: &[&'static str], tools: &Path) -> Vec<Mode> {
+    let mut installed: Vec<(&str, Result<PathBuf, String>)> = Vec::new();
+    let mut tool = |package: &'static str, bin: &'static str| {
+        if let Some(found) = installed.iter().find(|t| t.0 == package) {
+            return found.1.clone();
         }
-        lab.host(Host::Pod(1, 1))
-            .wait_reachable(pod_ip(2, 1), REACH)?;
-        let pids = lab
-            .node_ids()
-            .map(|n| {
-                lab.node(n)
-                    .datapath()
-                    .pid()
-                    .map(|pid| (n, pid))
-                    .with_context(|| format!("node-{n} has no data-path process"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        measure(&lab, &pids, duration)
-    })();
-    if result.is_err() {
-        lab.dump_logs();
-    }
-    result
-}
-
-fn stock_mode(stock: &Stock, duration: Duration) -> anyhow::Result<Measured> {
-    let lab = Lab::new(2, 1).context("building the lab")?;
-    // Declared after the lab, so it is dropped (its processes stopped) before the namespaces go.
-    let nodes = StockNodes::start(&lab, stock)?;
-    let pids: Vec<(u8, u32)> = lab
-        .node_ids()
-        .filter_map(|n| Some((n, nodes.pid(n)?)))
-        .collect();
-    let result = measure(&lab, &pids, duration);
-    nodes.stop();
-    result
-}
-
-/// One bounded iperf3 run from pod 1 of node 1 to pod 1 of node 2, sampling the given
-/// data-path processes around it.
-fn measure(lab: &Lab, pids: &[(u8, u32)], duration: Duration) -> anyhow::Result<Measured> {
-    let (from, to) = (Host::Pod(1, 1), Host::Pod(2, 1));
-    lab.host(from).wait_reachable(to.ip(), REACH)?;
-    let before: Vec<Option<ProcSample>> = pids.iter().map(|&(_, pid)| sample(pid)).collect();
-    let (mut server, port) = lab.host(to).iperf_server()?;
-    let client = lab.host(from).iperf_client(to.ip(), port, duration, "0")?;
-    let iperf = client.finish(IPERF_GRACE)?;
-    let _ = server.wait_timeout(IPERF_GRACE);
-    let mut data_path = Vec::new();
-    for (&(node, pid), before) in pids.iter().zip(before) {
-        let (Some(before), Some(after)) = (before, sample(pid)) else {
-            bail!("node-{node}'s data path (pid {pid}) vanished during the run");
-        };
-        data_path.push(DataPath {
-            node,
-            pid,
-            comm: procstat::comm(pid),
-            after,
-            cpu_during: after.cpu.saturating_sub(before.cpu),
-        });
-    }
-    if let Some(e) = iperf.error {
-        bail!("iperf3: {e}");
-    }
-    let secs: f64 = iperf.intervals.iter().map(|i| i.1).sum();
-    let secs = if secs > 0.0 {
-        secs
-    } else {
-        duration.as_secs_f64()
+        let got = stock::cargo_tool(tools, package, bin).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &got {
+            println!("{bin} NOT AVAILABLE: {e}");
+        }
+        installed.push((package, got.clone()));
+        got
     };
-    ensure!(iperf.bytes_received > 0, "iperf3 moved no data");
-    Ok(Measured {
-        gbps: iperf.bytes_received as f64 * 8.0 / secs / 1e9,
-        retransmits: iperf.retransmits,
-        data_path,
-    })
+    selected
+        .iter()
+        .map(|&key| {
+            let stock = match key {
+                "plain" => return Mode::Plain,
+                "wiremesh" => return Mode::Wiremesh,
+                "wireguard-go" => return Mode::Stock(Stock::WireguardGo),
+                "boringtun-cli-2t" => {
+                    tool("boringtun-cli", "boringtun-cli").map(|bin| Stock::BoringtunCli {
+                        bin,
+                        threads: Some(BORINGTUN_THREADS),
+                    })
+                }
+                "boringtun-cli" => tool("boringtun-cli", "boringtun-cli")
+                    .map(|bin| Stock::BoringtunCli { bin, threads: None }),
+                _ => tool("gotatun-cli", "gotatun").map(Stock::Gotatun),
+            };
+            stock.map_or_else(|why| Mode::Unavailable { key, why }, Mode::Stock)
+        })
+        .collect()
 }
 
-fn print_header(agent: &Path) {
+/// Every workload `runs` times in a fresh lab running `mode`. Failures are recorded, not
+/// returned: the other workloads and modes are still measured.
+fn measure_mode(mode: &Mode, options: &Options) -> ModeResult {
+    let mut result = ModeResult {
+        key: mode.key(),
+        values: Vec::new(),
+        failures: Vec::new(),
+        data_path: !matches!(mode, Mode::Plain),
+    };
+    let running = match Running::start(mode) {
+        Ok(running) => running,
+        Err(e) => {
+            println!("NOT MEASURED: {e:#}");
+            result.failures.push(format!("{e:#}"));
+            return result;
+        }
+    };
+    println!("data paths: {}", running.data_paths());
+    let duration = Duration::from_secs(options.seconds);
+    for workload in Workload::ALL {
+        match repeat(&running, workload, options.runs, duration) {
+            Ok(medians) => result.values.extend(medians),
+            Err(e) => {
+                println!("{}: FAILED: {e:#}", workload.name());
+                result.failures.push(format!("{}: {e:#}", workload.name()));
+            }
+        }
+    }
+    match running.peak_rss_mib() {
+        Ok(Some(mib)) => result.values.push((Metric::PeakRssMib, mib)),
+        Ok(None) => {}
+        Err(e) => result.failures.push(format!("{e:#}")),
+    }
+    if !result.failures.is_empty() {
+        running.lab.dump_logs();
+    }
+    running.stop();
+    result
+}
+
+/// `runs` runs of `workload`; the median of each of its metrics.
+fn repeat(
+    running: &Running,
+    workload: Workload,
+    runs: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<(Metric, f64)>> {
+    let mut samples: Vec<Vec<(Metric, f64)>> = Vec::new();
+    for i in 1..=runs {
+        if stop_requested() {
+            bail!("interrupted");
+        }
+        let values = workload.run_once(running, duration)?;
+        println!(
+            "{} run {i}/{runs}: {}",
+            workload.name(),
+            Workload::describe(&values)
+        );
+        samples.push(values);
+    }
+    let metrics: Vec<Metric> = samples
+        .first()
+        .map(|s| s.iter().map(|v| v.0).collect())
+        .unwrap_or_default();
+    Ok(metrics
+        .into_iter()
+        .filter_map(|m| {
+            let values: Vec<f64> = samples
+                .iter()
+                .flat_map(|s| s.iter().filter(|v| v.0 == m).map(|v| v.1))
+                .collect();
+            Some((m, parse::median(&values)?))
+        })
+        .collect())
+}
+
+/// Where the crates.io programs are installed: `<workspace>/target/bench-tools`.
+fn tools_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join("target/bench-tools")
+}
+
+fn command_line() -> String {
     let bin = std::env::var("WIREMESH_BIN")
         .map_or_else(|_| String::new(), |b| format!("WIREMESH_BIN={b} "));
     let args: Vec<String> = std::env::args().collect();
-    println!("command: {bin}{}", args.join(" "));
+    format!("{bin}{}", args.join(" "))
+}
+
+fn print_header(command: &str, agent: &Path, options: &Options, modes: usize) {
+    println!("command: {command}");
     println!("wiremesh binary: {}", agent.display());
     if agent.components().any(|c| c.as_os_str() == "debug") {
         println!(
@@ -212,66 +250,14 @@ fn print_header(agent: &Path) {
              cargo build --release --bins && WIREMESH_BIN=target/release/wiremesh target/release/wiremesh-lab bench"
         );
     }
-    println!("single TCP stream, iperf3 -t <seconds> -b 0, pod-1 of node-1 -> pod-1 of node-2");
-}
-
-fn print_table(rows: &[(&str, anyhow::Result<Measured>)]) {
-    let gbps = |name: &str| {
-        rows.iter()
-            .find(|r| r.0 == name)
-            .and_then(|r| r.1.as_ref().ok())
-            .map(|m| m.gbps)
-    };
-    let ratio = |x: f64, base: Option<f64>| {
-        base.filter(|b| *b > 0.0)
-            .map_or_else(|| "—".to_owned(), |b| format!("{:.3}", x / b))
-    };
-    let (plain, wggo) = (gbps("plain"), gbps("wireguard-go"));
-    println!("| mode | Gbit/s | ratio to plain | ratio to wireguard-go | data-path RSS (node-1 / node-2) | data-path CPU during run (node-1 / node-2) | retransmits |");
-    println!("|---|---:|---:|---:|---|---|---:|");
-    for (name, result) in rows {
-        let Ok(m) = result else {
-            println!("| {name} | not measured | — | — | — | — | — |");
-            continue;
-        };
-        let rss = per_node(&m.data_path, |d| {
-            format!("{:.1} MiB", d.after.rss_kib as f64 / 1024.0)
-        });
-        let cpu = per_node(&m.data_path, |d| {
-            format!("{:.1} s", d.cpu_during.as_secs_f64())
-        });
-        println!(
-            "| {name} | {:.3} | {} | {} | {rss} | {cpu} | {} |",
-            m.gbps,
-            ratio(m.gbps, plain),
-            ratio(m.gbps, wggo),
-            m.retransmits
-        );
-    }
-    println!();
-    for (name, result) in rows {
-        match result {
-            Ok(m) => {
-                for d in &m.data_path {
-                    println!(
-                        "{name}: node-{} data path pid {} ({}): VmRSS {} KiB, VmHWM {} KiB, CPU total {:.2} s",
-                        d.node,
-                        d.pid,
-                        d.comm,
-                        d.after.rss_kib,
-                        d.after.hwm_kib,
-                        d.after.cpu.as_secs_f64()
-                    );
-                }
-            }
-            Err(e) => println!("{name}: NOT MEASURED: {e:#}"),
-        }
-    }
-}
-
-fn per_node(data_path: &[DataPath], f: impl Fn(&DataPath) -> String) -> String {
-    if data_path.is_empty() {
-        return "— (kernel)".into();
-    }
-    data_path.iter().map(f).collect::<Vec<_>>().join(" / ")
+    // Per run: the duration plus about a second of setup; per mode: about five for the lab.
+    let per_mode = Workload::ALL.len() as u64 * options.runs as u64 * (options.seconds + 1) + 5;
+    println!(
+        "pod-1 of node-1 -> pod-1 of node-2; {} workloads x {} runs x {} s per mode, {modes} modes: \
+         about {:.0} min",
+        Workload::ALL.len(),
+        options.runs,
+        options.seconds,
+        (per_mode * modes as u64) as f64 / 60.0
+    );
 }

@@ -1,6 +1,7 @@
-//! The reference implementations on every node of a lab instead of the agent: wireguard-go or
-//! boringtun-cli, each configured with `wg set` on the agent's addressing (`wiremesh_wg0`, UDP
-//! 51871, a route per remote pod CIDR), so only the data path differs from a wiremesh run.
+//! The reference implementations on every node of a lab instead of the agent: wireguard-go,
+//! boringtun-cli or gotatun, each configured with `wg set` on the agent's addressing
+//! (`wiremesh_wg0`, UDP 51871, a route per remote pod CIDR), so only the data path differs from
+//! a wiremesh run. The crates.io ones are found on PATH or installed with `cargo install`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,7 +20,13 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub enum Stock {
     WireguardGo,
-    BoringtunCli(PathBuf),
+    /// boringtun-cli with `--threads` if given, else its own default.
+    BoringtunCli {
+        bin: PathBuf,
+        threads: Option<u8>,
+    },
+    /// Mullvad's boringtun fork (crates.io `gotatun-cli`).
+    Gotatun(PathBuf),
 }
 
 impl Stock {
@@ -31,18 +38,25 @@ impl Stock {
                     .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1");
                 cmd
             }
-            Self::BoringtunCli(bin) => {
-                let mut cmd = lab.node(node).cmd(bin);
-                cmd.args(["--foreground", "--disable-drop-privileges", WG_IFACE]);
-                cmd
-            }
+            Self::BoringtunCli { bin, threads } => boringtun_like(lab, node, bin, *threads),
+            Self::Gotatun(bin) => boringtun_like(lab, node, bin, None),
         }
     }
 
-    fn name(&self) -> &'static str {
+    /// The program, for log file names and messages.
+    pub fn name(&self) -> &'static str {
         match self {
             Self::WireguardGo => "wireguard-go",
-            Self::BoringtunCli(_) => "boringtun-cli",
+            Self::BoringtunCli { .. } => "boringtun-cli",
+            Self::Gotatun(_) => "gotatun",
+        }
+    }
+
+    /// The program's binary, to ask its version.
+    pub fn binary(&self) -> PathBuf {
+        match self {
+            Self::WireguardGo => PathBuf::from("wireguard-go"),
+            Self::BoringtunCli { bin, .. } | Self::Gotatun(bin) => bin.clone(),
         }
     }
 }
@@ -113,6 +127,22 @@ impl StockNodes {
     }
 }
 
+/// boringtun-cli and its fork gotatun share their command line.
+fn boringtun_like(lab: &Lab, node: u8, bin: &Path, threads: Option<u8>) -> std::process::Command {
+    let mut cmd = lab.node(node).cmd(bin);
+    // The default thread count is the program's own, not one inherited from our environment.
+    cmd.env_remove("WG_THREADS");
+    if let Some(threads) = threads {
+        cmd.args(["--threads", &threads.to_string()]);
+    }
+    // Its log file would otherwise be one shared by every node, in the host's /tmp.
+    let name = bin.file_name().unwrap_or(bin.as_os_str()).to_string_lossy();
+    cmd.arg("--log")
+        .arg(lab.node(node).dir().join(format!("{name}.out")));
+    cmd.args(["--foreground", "--disable-drop-privileges", WG_IFACE]);
+    cmd
+}
+
 fn keys_of_others(lab: &Lab, node: u8, keys: &[KeyPair]) -> Vec<(u8, String)> {
     lab.node_ids()
         .zip(keys)
@@ -141,35 +171,36 @@ fn configure(lab: &Lab, node: u8, keys: &KeyPair, peers: &[(u8, String)]) -> any
     Ok(())
 }
 
-/// `boringtun-cli`: on PATH, in `<workspace>/target/bench-tools/bin`, or installed there with
-/// `cargo install boringtun-cli --locked`. The error says why it could not be had.
-pub fn boringtun_cli(tools_dir: &Path) -> anyhow::Result<PathBuf> {
-    let installed = tools_dir.join("bin/boringtun-cli");
-    if let Some(found) = wiremesh_lab::which("boringtun-cli") {
+/// A binary from a crates.io package (`boringtun-cli`, `gotatun-cli`): on PATH, in
+/// `<tools_dir>/bin`, or installed there with `cargo install <package> --locked`. The error says
+/// why it could not be had.
+pub fn cargo_tool(tools_dir: &Path, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    let installed = tools_dir.join("bin").join(bin);
+    if let Some(found) = wiremesh_lab::which(bin) {
         return Ok(found);
     }
     if installed.is_file() {
         return Ok(installed);
     }
     println!(
-        "installing boringtun-cli into {} (once; a few minutes)",
+        "installing {package} into {} (once; a few minutes)",
         tools_dir.display()
     );
     let mut cargo = std::process::Command::new("cargo");
     cargo
-        .args(["install", "boringtun-cli", "--locked", "--root"])
+        .args(["install", package, "--locked", "--root"])
         .arg(tools_dir);
     // Only the end of cargo's output: the reason, not the whole build log.
     run(&mut cargo, Duration::from_secs(20 * 60)).map_err(|e| {
         anyhow::anyhow!(
-            "`cargo install boringtun-cli --locked --root {}` failed: {}",
+            "`cargo install {package} --locked --root {}` failed: {}",
             tools_dir.display(),
             wiremesh_lab::tail(&e.to_string(), 6)
         )
     })?;
     if !installed.is_file() {
         bail!(
-            "cargo install succeeded but {} is missing",
+            "cargo install {package} succeeded but {} is missing",
             installed.display()
         );
     }
