@@ -178,7 +178,18 @@ fn main() -> ExitCode {
         eprintln!("wiremesh-lab: {e:#}");
         return ExitCode::FAILURE;
     }
-    let result = match args.command {
+    match dispatch(args.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nwiremesh-lab: FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the subcommand.
+fn dispatch(command: Cmd) -> anyhow::Result<()> {
+    match command {
         Cmd::Up {
             nodes,
             pods,
@@ -249,12 +260,5 @@ fn main() -> ExitCode {
             max_requests: requests,
             warmup: Duration::from_millis(warmup_ms),
         }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("\nwiremesh-lab: FAILED: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }
