@@ -490,3 +490,92 @@ async fn invalid_records_put_directly_are_refused_and_others_kept() {
     })
     .await;
 }
+
+/// Another cluster's store, as the cluster mesh reads it: records show up, an outage keeps the
+/// last ones and heals by itself, and the follower never writes a key (no lease, no claim).
+#[tokio::test]
+async fn a_remote_follower_reads_another_clusters_records_and_never_writes() {
+    bounded(async {
+        let mut server = EtcdServer::start().await;
+        let r1 = rec("node-1", 1);
+        let s1 = joined(&server, &r1, 30).await;
+        let admission = Admission {
+            cluster_pod_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            local_addresses: vec![],
+        };
+        let follower = keymgr::store::RemoteStore::etcd(
+            config(server.url(), Duration::from_secs(30)),
+            "lab",
+            Snapshot::default(),
+            admission,
+        )
+        .unwrap();
+        let mut rx = follower.subscribe();
+        wait_for(&mut rx, Duration::from_secs(5), "node-1", |s| {
+            s.nodes.get("node-1") == Some(&r1)
+        })
+        .await;
+        assert_eq!(
+            follower.describe(),
+            format!("etcd:{}/wiremesh/v1/lab/nodes", server.url())
+        );
+        // A record outside the admitted pool is refused, as for a local store.
+        let mut outside = rec("node-7", 7);
+        outside.pod_cidrs = vec!["10.99.0.0/24".parse().unwrap()];
+        let mut etcd = server.client().await;
+        let put = |r: &NodeRecord| {
+            (
+                format!("{NODES}{}", r.node_name),
+                serde_json::to_vec(r).unwrap(),
+            )
+        };
+        let (k, v) = put(&outside);
+        etcd.put(k, v, None).await.unwrap();
+        let r2 = rec("node-2", 2);
+        let (k, v) = put(&r2);
+        etcd.put(k, v, None).await.unwrap();
+        let snap = wait_for(&mut rx, Duration::from_secs(5), "node-2", |s| {
+            s.nodes.contains_key("node-2")
+        })
+        .await;
+        assert!(!snap.nodes.contains_key("node-7"), "{snap:?}");
+
+        server.kill();
+        let down = |h: &StoreHealth| matches!(h, StoreHealth::Unreachable { .. });
+        wait_health(follower.health(), Duration::from_secs(15), down).await;
+        assert_eq!(rx.borrow().nodes.len(), 2, "the last snapshot must be kept");
+        server.run().await;
+        wait_health(follower.health(), Duration::from_secs(10), |h| {
+            *h == StoreHealth::Connected
+        })
+        .await;
+
+        // Every key in etcd was written by the test or by node-1's own store: the follower
+        // holds no lease and wrote nothing.
+        wait_health(s1.health(), Duration::from_secs(10), |h| {
+            *h == StoreHealth::Connected
+        })
+        .await;
+        let mut etcd = server.client().await;
+        let all = etcd
+            .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+            .await
+            .unwrap();
+        let keys: Vec<String> = all
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        let expected = [
+            "/wiremesh/v1/lab/nodes/node-1",
+            "/wiremesh/v1/lab/nodes/node-2",
+            "/wiremesh/v1/lab/nodes/node-7",
+            "/wiremesh/v1/lab/owners/node-1",
+        ];
+        assert_eq!(keys, expected);
+        let leases = etcd.leases().await.unwrap();
+        assert_eq!(leases.leases().len(), 1, "only node-1's own lease");
+        drop(s1);
+    })
+    .await;
+}

@@ -79,6 +79,8 @@ struct Target {
     nodes_prefix: String,
     node_key: String,
     owner_key: String,
+    /// A follower of another cluster's store: no lease, no claim, no writes.
+    read_only: bool,
 }
 
 /// This node's handle on the etcd store. Use: [`EtcdStore::start`], then [`EtcdStore::claim`]
@@ -121,6 +123,45 @@ impl EtcdStore {
             patience: 2 * RPC_TIMEOUT,
         };
         let span = tracing::info_span!("etcd_store", node = %target.node);
+        let handle = Handle::spawn(backend, initial, span, |link| {
+            session::Shell {
+                target,
+                view: view::View::new(admission),
+                link,
+            }
+            .run()
+        });
+        Ok(Self { handle })
+    }
+
+    /// Follows the node records of `cluster` in an etcd that is not this node's own store
+    /// (another cluster's, for the cluster mesh): read-only, it never takes a lease, claims a
+    /// name or writes a key. Records are admitted as `admission` says; until the first listing
+    /// [`EtcdStore::subscribe`] yields `initial`. Use it through [`super::RemoteStore`].
+    pub(super) fn follow(
+        config: EtcdConfig,
+        cluster: &str,
+        initial: Snapshot,
+        admission: Admission,
+    ) -> Result<Self, StoreError> {
+        let target = Arc::new(Target::follower(config, cluster)?);
+        let backend = Backend {
+            server: Server::Etcd {
+                endpoints: target.endpoints_text.clone(),
+            },
+            describe: format!(
+                "etcd:{}{}",
+                target.endpoints_text,
+                target.nodes_prefix.trim_end_matches('/')
+            ),
+            node: String::new(),
+            write: "no write (read-only)".into(),
+            following: target.nodes_prefix.clone(),
+            claim_at: String::new(),
+            claim_ends: String::new(),
+            patience: 2 * RPC_TIMEOUT,
+        };
+        let span = tracing::info_span!("etcd_follower", cluster = %cluster);
         let handle = Handle::spawn(backend, initial, span, |link| {
             session::Shell {
                 target,
@@ -219,6 +260,33 @@ impl Target {
             node_key: format!("{nodes_prefix}{node}"),
             nodes_prefix,
             owner_key: format!("{root}/owners/{node}"),
+            read_only: false,
+        })
+    }
+
+    /// The target of a read-only follower of `cluster`'s node records.
+    fn follower(config: EtcdConfig, cluster: &str) -> Result<Self, StoreError> {
+        if cluster.is_empty() || cluster.contains('/') {
+            return Err(StoreError::Config {
+                field: "cluster",
+                value: cluster.into(),
+                reason: "must be non-empty and contain no '/'",
+            });
+        }
+        let options = connect_options(&config)?;
+        let prefix = config.prefix.trim_end_matches('/');
+        let nodes_prefix = format!("{prefix}/v1/{cluster}/nodes/");
+        Ok(Self {
+            endpoints_text: config.endpoints.join(","),
+            endpoints: config.endpoints,
+            options,
+            lease_ttl: config.lease_ttl,
+            node: String::new(),
+            owner_id: String::new(),
+            node_key: String::new(),
+            nodes_prefix,
+            owner_key: String::new(),
+            read_only: true,
         })
     }
 }

@@ -37,12 +37,27 @@ impl HealthReporter {
         match since {
             Some(since) => {
                 let down = since.elapsed().unwrap_or_default();
+                let down = humantime::format_duration(Duration::from_secs(down.as_secs()));
+                if b.node.is_empty() {
+                    tracing::info!(
+                        "{} reachable again after {down}; relisted {}",
+                        b.server,
+                        b.following
+                    );
+                } else {
+                    tracing::info!(
+                        "{} reachable again after {down}; peers relisted, node name {} claimed",
+                        b.server,
+                        b.node
+                    );
+                }
+            }
+            None if b.node.is_empty() => {
                 tracing::info!(
-                    "{} reachable again after {}; peers relisted, node name {} claimed",
+                    "connected to {}; following {} (read-only)",
                     b.server,
-                    humantime::format_duration(Duration::from_secs(down.as_secs())),
-                    b.node
-                );
+                    b.following
+                )
             }
             None => tracing::info!(
                 "connected to {}; node name {} claimed, following {}",

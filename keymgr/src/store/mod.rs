@@ -23,7 +23,7 @@ pub use dir::DirStore;
 pub use etcd::{ClaimOutcome, EtcdConfig, EtcdStore, EtcdTls};
 pub use kubernetes::{KubeConfig, KubeStore};
 
-use crate::{NodeRecord, RecordError};
+use crate::{Admission, NodeRecord, RecordError};
 
 /// Every valid record in the store at one moment, keyed by node name (this node's own included).
 /// A persistent map: snapshots of one store share their structure, so each is an O(1) clone and
@@ -138,6 +138,63 @@ impl Store {
             Store::Dir(s) => format!("dir:{}", s.path().display()),
             Store::Etcd(s) => s.describe().to_owned(),
             Store::Kubernetes(s) => s.describe().to_owned(),
+        }
+    }
+}
+
+/// Another cluster's store, followed read-only for the cluster mesh: the type has no way to
+/// write, so an agent never writes into a store that is not its own cluster's.
+pub enum RemoteStore {
+    Dir(DirStore),
+    Etcd(EtcdStore),
+}
+
+impl RemoteStore {
+    /// Follows the node records of `cluster` in the etcd at `config`; until the first listing,
+    /// subscribers see `initial` (the peers known before). Must be called inside a tokio runtime.
+    pub fn etcd(
+        config: EtcdConfig,
+        cluster: &str,
+        initial: Snapshot,
+        admission: Admission,
+    ) -> Result<Self, StoreError> {
+        EtcdStore::follow(config, cluster, initial, admission).map(Self::Etcd)
+    }
+
+    /// Follows the records in the directory `path` (another cluster's dir store). It is not
+    /// created if it is missing.
+    pub fn dir(path: impl Into<PathBuf>, admission: Admission) -> Result<Self, StoreError> {
+        let path = path.into();
+        if !path.is_dir() {
+            return Err(StoreError::Io {
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such directory (another cluster's store is never created here)",
+                ),
+                path,
+            });
+        }
+        DirStore::open(path, admission).map(Self::Dir)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        match self {
+            Self::Dir(s) => s.subscribe(),
+            Self::Etcd(s) => s.subscribe(),
+        }
+    }
+
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        match self {
+            Self::Dir(_) => always_connected(),
+            Self::Etcd(s) => s.health(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Dir(s) => format!("dir:{}", s.path().display()),
+            Self::Etcd(s) => s.describe().to_owned(),
         }
     }
 }

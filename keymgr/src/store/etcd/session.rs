@@ -138,6 +138,9 @@ impl Shell {
             Ok(c) => c,
             Err(e) => return End::Down(e.into()),
         };
+        if t.read_only {
+            return self.read_only(&mut client).await.unwrap_or_else(End::Down);
+        }
         let ttl = i64::try_from(t.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let lease = match rpc("grant lease", client.lease_grant(ttl, None)).await {
             Ok(r) => r.id(),
@@ -250,6 +253,55 @@ impl Shell {
         }
     }
 
+    /// A follower of another cluster's store: lists and watches its nodes prefix, and never
+    /// writes (no lease, no claim, no record).
+    async fn read_only(&mut self, client: &mut Client) -> Result<End, SessionError> {
+        let what = format!("watch {}", self.target.nodes_prefix);
+        loop {
+            let (rev, mut watch) = self.relist(client).await?;
+            loop {
+                let msg = tokio::select! {
+                    msg = watch.message() => msg,
+                    _ = self.link.stop.wait_for(|s| *s) => return Ok(End::Stop),
+                };
+                if !self.on_watch(msg, rev, &what)? {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One message of the watch: `Ok(false)` when it was cancelled or compacted and the prefix
+    /// must be listed again.
+    fn on_watch(
+        &mut self,
+        msg: Result<Option<WatchResponse>, etcd_client::Error>,
+        rev: i64,
+        what: &str,
+    ) -> Result<bool, SessionError> {
+        let prefix = &self.target.nodes_prefix;
+        match msg {
+            Ok(Some(resp)) if resp.canceled() || resp.compact_revision() != 0 => {
+                tracing::info!(
+                    revision = rev,
+                    compacted = resp.compact_revision(),
+                    "watch of {prefix} cancelled ({}); relisting",
+                    resp.cancel_reason()
+                );
+                Ok(false)
+            }
+            Ok(Some(resp)) => {
+                self.apply(&resp);
+                Ok(true)
+            }
+            Ok(None) => Err(SessionError::WatchClosed { what: what.into() }),
+            Err(source) => Err(SessionError::Watch {
+                what: what.into(),
+                source,
+            }),
+        }
+    }
+
     /// Lists the nodes prefix into the view and watches it from the listing's revision on.
     async fn relist(&mut self, client: &mut Client) -> Result<(i64, WatchStream), SessionError> {
         let t = self.target.clone();
@@ -304,19 +356,11 @@ impl Shell {
                 Step::Ack(Err(source)) => {
                     return Err(SessionError::KeepAlive { lease: id, source })
                 }
-                Step::Watch(Ok(Some(resp))) if resp.canceled() || resp.compact_revision() != 0 => {
-                    tracing::info!(
-                        revision = rev,
-                        compacted = resp.compact_revision(),
-                        "watch of {} cancelled ({}); relisting",
-                        t.nodes_prefix,
-                        resp.cancel_reason()
-                    );
-                    return Ok(None);
+                Step::Watch(msg) => {
+                    if !self.on_watch(msg, rev, &what)? {
+                        return Ok(None);
+                    }
                 }
-                Step::Watch(Ok(Some(resp))) => self.apply(&resp),
-                Step::Watch(Ok(None)) => return Err(SessionError::WatchClosed { what }),
-                Step::Watch(Err(source)) => return Err(SessionError::Watch { what, source }),
                 Step::Desired(true) => {
                     if !self.write_own(client, id).await? {
                         let lost = format!("{} no longer holds our claim", t.owner_key);
