@@ -21,6 +21,12 @@ pub struct ConfigFile {
     /// Default `default`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_name: Option<String>,
+    /// This cluster's ID in a cluster mesh, 1-255 (required with `clusterMesh`).
+    #[serde(rename = "clusterID", skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<u32>,
+    /// The other clusters this one is linked with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_mesh: Option<ClusterMeshSection>,
     /// The WireGuard interface; default `wiremesh_wg0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
@@ -67,6 +73,31 @@ pub struct ConfigFile {
     pub admin_group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicySection>,
+}
+
+/// `clusterMesh:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterMeshSection {
+    #[serde(default)]
+    pub clusters: Vec<RemoteClusterSection>,
+}
+
+/// `clusterMesh.clusters[]`: one remote cluster and where its store is read (exactly one of
+/// `etcd` and `dir`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteClusterSection {
+    pub name: String,
+    /// Its `clusterID`.
+    pub id: u32,
+    /// Its `clusterPodCIDRs`.
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdStoreSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<DirStoreSection>,
 }
 
 /// `policy:`.

@@ -12,12 +12,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod file;
+mod mesh;
 mod store;
 mod validate;
 
 pub use file::{
-    ConfigFile, DirStoreSection, EtcdStoreSection, EtcdTlsSection, KeyRotationSection,
-    KubeStoreSection, PolicySection, StoreSection,
+    ClusterMeshSection, ConfigFile, DirStoreSection, EtcdStoreSection, EtcdTlsSection,
+    KeyRotationSection, KubeStoreSection, PolicySection, RemoteClusterSection, StoreSection,
 };
 
 pub const DEFAULT_INTERFACE: &str = "wiremesh_wg0";
@@ -64,6 +65,11 @@ pub enum StoreKind {
 pub struct Config {
     pub node_name: String,
     pub cluster_name: String,
+    /// This cluster's ID in a cluster mesh (`clusterID`).
+    pub cluster_id: Option<cluster_mesh::ClusterId>,
+    /// The remote clusters (`clusterMesh.clusters`), in the file's order; whether each is
+    /// admitted is decided at run time (a conflict refuses one, not the config).
+    pub cluster_mesh: Vec<RemoteCluster>,
     pub interface: String,
     pub listen_port: u16,
     /// 0 = derive from the underlay.
@@ -98,6 +104,20 @@ pub struct KeyRotation {
     pub interval: Duration,
     /// How long a rotation waits for every active peer to handshake with the new key.
     pub commit_timeout: Duration,
+}
+
+/// One remote cluster of `clusterMesh.clusters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCluster {
+    pub cluster: cluster_mesh::Cluster,
+    pub store: RemoteStoreConfig,
+}
+
+/// Where a remote cluster's store is read (read-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteStoreConfig {
+    Dir { path: PathBuf },
+    Etcd(keymgr::store::EtcdConfig),
 }
 
 #[derive(Debug, Clone)]

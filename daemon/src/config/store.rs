@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::{EtcdStoreSection, KubeStoreSection};
 
+/// The etcd section at `key` (`store.etcd`, or `clusterMesh.clusters[i].etcd`).
 pub(super) fn etcd_config(
+    key: &str,
     raw: Option<EtcdStoreSection>,
     errors: &mut Vec<String>,
 ) -> keymgr::store::EtcdConfig {
@@ -13,12 +15,14 @@ pub(super) fn etcd_config(
     let Some(raw) = raw else { return config };
     if let Some(endpoints) = raw.endpoints {
         if endpoints.is_empty() {
-            errors.push("store.etcd.endpoints: empty; list at least one client URL, e.g. http://127.0.0.1:2379".into());
+            errors.push(format!(
+                "{key}.endpoints: empty; list at least one client URL, e.g. http://127.0.0.1:2379"
+            ));
         }
         for (i, e) in endpoints.iter().enumerate() {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 errors.push(format!(
-                    "store.etcd.endpoints[{i}]: {e:?} is not an http:// or https:// URL"
+                    "{key}.endpoints[{i}]: {e:?} is not an http:// or https:// URL"
                 ));
             }
         }
@@ -26,7 +30,7 @@ pub(super) fn etcd_config(
     }
     if let Some(prefix) = raw.prefix {
         if !prefix.starts_with('/') {
-            errors.push(format!("store.etcd.prefix: {prefix:?} must start with '/'"));
+            errors.push(format!("{key}.prefix: {prefix:?} must start with '/'"));
         }
         config.prefix = prefix.trim_end_matches('/').to_string();
     }
@@ -34,10 +38,10 @@ pub(super) fn etcd_config(
         match humantime::parse_duration(&ttl) {
             Ok(d) if d >= Duration::from_secs(2) => config.lease_ttl = d,
             Ok(_) => errors.push(format!(
-                "store.etcd.leaseTTL: {ttl:?} is too short (at least 2s)"
+                "{key}.leaseTTL: {ttl:?} is too short (at least 2s)"
             )),
             Err(e) => errors.push(format!(
-                "store.etcd.leaseTTL: {ttl:?} is not a duration (e.g. 30s): {e}"
+                "{key}.leaseTTL: {ttl:?} is not a duration (e.g. 30s): {e}"
             )),
         }
     }

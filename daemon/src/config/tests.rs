@@ -243,3 +243,95 @@ fn config_file_round_trips_through_yaml() {
     assert_eq!(config.key_rotation.interval, Duration::ZERO);
     assert_eq!(config.policy.enforcement, Enforcement::Never);
 }
+
+const MESH: &str = "
+nodeName: node-1
+nodeIPs: [198.18.0.1]
+clusterName: c1
+clusterID: 1
+clusterPodCIDRs: [10.244.0.0/17]
+clusterMesh:
+  clusters:
+    - name: c2
+      id: 2
+      podCIDRs: [10.244.128.0/17]
+      etcd: { endpoints: [http://198.18.0.254:2380], prefix: /wm }
+    - name: c3
+      id: 3
+      podCIDRs: [10.245.0.0/16]
+      dir: { path: /var/lib/wiremesh/c3 }
+";
+
+#[test]
+fn cluster_mesh_lists_remote_clusters_with_their_stores() {
+    let c = parse(MESH).unwrap();
+    assert_eq!(c.cluster_id.map(|i| i.get()), Some(1));
+    assert_eq!(c.cluster_mesh.len(), 2);
+    let c2 = &c.cluster_mesh[0];
+    assert_eq!(c2.cluster.name, "c2");
+    assert_eq!(c2.cluster.id.get(), 2);
+    assert_eq!(
+        c2.cluster.pod_cidrs,
+        vec!["10.244.128.0/17".parse().unwrap()]
+    );
+    let RemoteStoreConfig::Etcd(etcd) = &c2.store else {
+        panic!("{:?}", c2.store)
+    };
+    assert_eq!(etcd.endpoints, vec!["http://198.18.0.254:2380"]);
+    assert_eq!(etcd.prefix, "/wm");
+    assert_eq!(
+        c.cluster_mesh[1].store,
+        RemoteStoreConfig::Dir {
+            path: "/var/lib/wiremesh/c3".into()
+        }
+    );
+    // Without clusterMesh, nothing is linked and no ID is needed.
+    let alone = parse("nodeName: n1\nnodeIPs: [198.18.0.7]\n").unwrap();
+    assert!(alone.cluster_mesh.is_empty() && alone.cluster_id.is_none());
+}
+
+#[test]
+fn cluster_mesh_errors_name_the_entry_and_field() {
+    let bad = MESH
+        .replace("clusterID: 1\n", "")
+        .replace("id: 2", "id: 256")
+        .replace("10.245.0.0/16", "10.245.0.1/16")
+        .replace("prefix: /wm", "prefix: wm");
+    let e = parse(&bad).unwrap_err();
+    for needle in [
+        "clusterID: required with clusterMesh",
+        "clusterMesh.clusters[0].id: 256 is out of range",
+        "clusterMesh.clusters[0].etcd.prefix: \"wm\" must start with '/'",
+        "clusterMesh.clusters[1].podCIDRs[0]: \"10.245.0.1/16\" has host bits set",
+    ] {
+        assert!(e.contains(needle), "{needle:?} missing from {e}");
+    }
+    let neither = MESH.replace("      dir: { path: /var/lib/wiremesh/c3 }\n", "");
+    let e = parse(&neither).unwrap_err();
+    assert!(e.contains("clusterMesh.clusters[1]: no store"), "{e}");
+    let both = MESH.replace(
+        "      dir: { path: /var/lib/wiremesh/c3 }\n",
+        "      dir: { path: /var/lib/wiremesh/c3 }\n      etcd: { endpoints: [http://a:1] }\n",
+    );
+    let e = parse(&both).unwrap_err();
+    assert!(
+        e.contains("clusterMesh.clusters[1]: both etcd and dir"),
+        "{e}"
+    );
+    let e = parse(&MESH.replace("name: c3", "name: C_3")).unwrap_err();
+    assert!(e.contains("clusterMesh.clusters[1].name: \"C_3\""), "{e}");
+    let e = parse(&MESH.replace("clusterID: 1", "clusterID: 0")).unwrap_err();
+    assert!(e.contains("clusterID: 0 is out of range"), "{e}");
+    // Strict mode's guard covers the remote pools: the underlay may not lie inside one.
+    let e = parse(&MESH.replace("198.18.0.1", "10.245.0.1")).unwrap_err();
+    assert!(e.contains("nodeIPs[0]: 10.245.0.1 lies inside"), "{e}");
+}
+
+#[test]
+fn clusters_that_collide_are_not_a_config_error() {
+    // Refused at run time, one cluster at a time, so that the others stay in force.
+    let dup = MESH
+        .replace("id: 3", "id: 2")
+        .replace("10.245.0.0/16", "10.244.128.0/18");
+    assert_eq!(parse(&dup).unwrap().cluster_mesh.len(), 2);
+}

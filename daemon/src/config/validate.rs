@@ -25,6 +25,12 @@ impl ConfigFile {
                 "clusterName: {cluster_name:?} is not a lowercase RFC 1123 name"
             ));
         }
+        let mesh_set = self
+            .cluster_mesh
+            .as_ref()
+            .is_some_and(|m| !m.clusters.is_empty());
+        let cluster_id = super::mesh::cluster_id(self.cluster_id, &mut errors);
+        let cluster_mesh = super::mesh::cluster_mesh(self.cluster_mesh, &mut errors);
         let interface = self.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
         if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\0']) {
             errors.push(format!("interface: {interface:?} is not a valid Linux interface name (1-15 characters, no '/' or spaces)"));
@@ -52,8 +58,12 @@ impl ConfigFile {
         let strict_mode = self.strict_mode.unwrap_or(true);
         pool_checks(strict_mode, &pod_cidrs, &cluster_pod_cidrs, &mut errors);
         let endpoint = endpoint(self.endpoint, &node_ips, listen_port, &mut errors);
+        mesh_needs(mesh_set, cluster_id, &cluster_pod_cidrs, &mut errors);
         if strict_mode {
-            underlay_outside_pool(&node_ips, endpoint, &cluster_pod_cidrs, &mut errors);
+            // The guard covers every remote cluster's pools too.
+            let remote = cluster_mesh.iter().flat_map(|r| r.cluster.pod_cidrs.iter());
+            let pools: Vec<IpNet> = cluster_pod_cidrs.iter().chain(remote).copied().collect();
+            underlay_outside_pool(&node_ips, endpoint, &pools, &mut errors);
         }
         let store = store_config(self.store, &mut errors);
         let key_rotation = key_rotation(self.key_rotation, &mut errors);
@@ -71,6 +81,8 @@ impl ConfigFile {
         Ok(Config {
             node_name,
             cluster_name,
+            cluster_id,
+            cluster_mesh,
             interface,
             listen_port,
             mtu,
@@ -153,6 +165,31 @@ fn pool_checks(
     }
 }
 
+/// A cluster mesh needs this cluster's ID (identities carry it) and its pool (the others' must
+/// not overlap it).
+fn mesh_needs(
+    mesh_set: bool,
+    cluster_id: Option<cluster_mesh::ClusterId>,
+    cluster_pod_cidrs: &[IpNet],
+    errors: &mut Vec<String>,
+) {
+    if !mesh_set {
+        return;
+    }
+    if cluster_id.is_none() {
+        errors.push(
+            "clusterID: required with clusterMesh (this cluster's ID, 1-255, unique in the mesh)"
+                .into(),
+        );
+    }
+    if cluster_pod_cidrs.is_empty() {
+        errors.push(
+            "clusterPodCIDRs: required with clusterMesh (the clusters' pools must be disjoint)"
+                .into(),
+        );
+    }
+}
+
 /// `endpoint`, else the first node IP at `listen_port`.
 fn endpoint(
     raw: Option<String>,
@@ -194,7 +231,7 @@ fn store_config(raw: Option<StoreSection>, errors: &mut Vec<String>) -> Option<S
             kind: StoreKind::Etcd,
             etcd,
             ..
-        }) => Some(StoreConfig::Etcd(etcd_config(etcd, errors))),
+        }) => Some(StoreConfig::Etcd(etcd_config("store.etcd", etcd, errors))),
         Some(StoreSection {
             kind: StoreKind::Kubernetes,
             kubernetes,
@@ -262,7 +299,7 @@ fn policy_config(raw: Option<PolicySection>, errors: &mut Vec<String>) -> Policy
 }
 
 /// A list of CIDRs under `key`, each without host bits; every bad entry is reported by index.
-fn cidrs(
+pub(super) fn cidrs(
     key: &str,
     raw: Option<Vec<String>>,
     example: &str,
