@@ -206,6 +206,34 @@ impl<K: Ord + Clone> KeyOwners<K> {
         }
     }
 
+    /// Claims every key of `keys` for `node` of `cluster`, or none of them: the first key
+    /// another node holds refuses the lot.
+    pub fn claim_all(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        keys: impl IntoIterator<Item = K> + Clone,
+    ) -> Result<(), Conflict> {
+        for key in keys.clone() {
+            match self.owners.get(&key) {
+                Some((c, n)) if !(c == cluster && n == node) => {
+                    return Err(Conflict::SharedKey {
+                        existing: c.clone(),
+                        existing_node: n.clone(),
+                        newcomer: cluster.to_owned(),
+                        newcomer_node: node.to_owned(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        for key in keys {
+            self.owners
+                .insert(key, (cluster.to_owned(), node.to_owned()));
+        }
+        Ok(())
+    }
+
     /// Forgets `key` if `node` of `cluster` holds it (a node gone, or rotated to a new key).
     pub fn release(&mut self, cluster: &str, node: &str, key: &K) {
         if self

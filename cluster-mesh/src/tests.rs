@@ -137,3 +137,18 @@ fn a_key_is_one_nodes_across_the_mesh() {
     keys.claim("c1", "n2", [1u8; 32])
         .expect("a departed cluster's keys are free");
 }
+
+#[test]
+fn claim_all_takes_every_key_or_none() {
+    let mut owners = KeyOwners::new();
+    owners.claim("c1", "node-1", 1u32).unwrap();
+    // node-2 of c2 publishes a fresh key and, as its successor, node-1's: refused whole.
+    let e = owners.claim_all("c2", "node-2", [7u32, 1]).unwrap_err();
+    assert!(matches!(e, Conflict::SharedKey { .. }), "{e}");
+    // Key 7 was not taken by the refused record: another node may claim it.
+    owners.claim("c3", "node-9", 7).unwrap();
+    owners.claim_all("c2", "node-2", [8u32, 9]).unwrap();
+    assert!(owners.claim("c1", "node-1", 9).is_err());
+    // Claiming one's own keys again is fine.
+    owners.claim_all("c2", "node-2", [8u32, 9]).unwrap();
+}

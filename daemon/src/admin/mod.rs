@@ -4,9 +4,10 @@
 //! `server.rs` serves the socket (who may ask, limits, routing) and knows no endpoint; each
 //! subsystem's file registers its endpoints and reads only the views it is given
 //! (`view.rs`): `encrypt.rs` status, nodes and `/healthz`; `keys.rs` rotation; `objects.rs`
-//! apply/delete; `trace.rs` the online policy trace; `metrics.rs` `/metrics`; `flows.rs` recent flows. Nothing here
+//! apply/delete; `trace.rs` the online policy trace; `metrics.rs` `/metrics`; `flows.rs` recent flows; `clustermesh.rs` the cluster mesh. Nothing here
 //! imports the agent: the agent builds [`AdminViews`] from its own state.
 
+pub mod clustermesh;
 pub mod encrypt;
 pub mod flows;
 pub mod keys;
@@ -29,6 +30,8 @@ pub struct AdminViews {
     pub metrics: Arc<metrics::MetricsView>,
     /// Recent flows (`wiremesh observe`).
     pub flows: flows::Flows,
+    /// The cluster mesh (`wiremesh clustermesh status`).
+    pub clustermesh: tokio::sync::watch::Receiver<crate::api::ClusterMeshStatus>,
 }
 
 impl AdminViews {
@@ -41,6 +44,7 @@ impl AdminViews {
         trace::register(&mut routes, self.policy.clone());
         metrics::register(&mut routes, self.metrics.clone());
         flows::register(&mut routes, self.flows.clone());
+        clustermesh::register(&mut routes, self.clustermesh.clone());
         Arc::new(routes)
     }
 }

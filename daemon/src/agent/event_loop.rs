@@ -1,6 +1,7 @@
-//! The agent's event loop, once everything is started: store changes and a periodic resync
-//! reconcile the peers and routes; a data path that died is started again; the supervisor's
-//! tasks are watched (one that keeps failing ends the agent); SIGTERM and Ctrl-C stop it.
+//! The agent's event loop, once everything is started: changes of the store and of the remote
+//! clusters' stores, and a periodic resync, reconcile the peers and routes; a data path that
+//! died is started again; the supervisor's tasks are watched (one that keeps failing ends the
+//! agent); SIGHUP reloads the config's `clusterMesh`; SIGTERM and Ctrl-C stop it.
 //!
 //! It must never configure a peer on a new WireGuard device before the host endpoint's policy
 //! programs are on it, and never stop the data path: the data path outlives the agent.
@@ -16,6 +17,7 @@ use tokio::sync::{watch, Notify};
 use wiremesh_datapath::model::DeviceError;
 use wiremesh_datapath::netlink::Netlink;
 
+use super::clustermesh::ClusterMesh;
 use super::peers::Reconciler;
 use super::supervisor::Supervisor;
 use super::{policy, start, wait_policy};
@@ -34,6 +36,9 @@ pub(super) struct EventLoop<'a> {
     pub passes: watch::Receiver<policy::PassReport>,
     pub datapath_exited: Arc<Notify>,
     pub supervisor: Supervisor,
+    pub mesh: ClusterMesh,
+    /// Strict mode's guard, widened when a reload adds clusters.
+    pub strict: Option<crate::strict::Watcher>,
 }
 
 impl EventLoop<'_> {
@@ -42,6 +47,8 @@ impl EventLoop<'_> {
         let mut health = self.store.health();
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        let changes = self.mesh.changes.clone();
         tracing::info!("agent ready");
         loop {
             tokio::select! {
@@ -50,7 +57,9 @@ impl EventLoop<'_> {
                         bail!("the store watcher stopped");
                     }
                 }
-                _ = resync.tick() => {}
+                _ = resync.tick() => self.mesh.retry(),
+                () = changes.notified() => {}
+                _ = sighup.recv() => self.reload().await,
                 _ = self.datapath_exited.notified() => {}
                 Ok(()) = health.changed() => {
                     if let StoreHealth::Conflict { owner } = &*health.borrow_and_update() {
@@ -69,11 +78,50 @@ impl EventLoop<'_> {
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             }
-            let snap = snapshots.borrow_and_update().clone();
+            let local = snapshots.borrow_and_update().clone();
+            let snap = self.mesh.merge(&local);
             self.reconcile(&snap).await;
         }
         tracing::info!("agent stopping; the data path keeps forwarding with the peers it has");
         Ok(())
+    }
+
+    /// `SIGHUP`: reads the config file again and applies its `clusterMesh` (the other settings
+    /// take effect at the next start). An invalid file changes nothing.
+    async fn reload(&mut self) {
+        let path = &self.config.path;
+        let config = match crate::config::Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload on SIGHUP refused, the config in force stays: {e}");
+                self.mesh.reloaded(Some(e.to_string()));
+                return;
+            }
+        };
+        if config.cluster_name != self.config.cluster_name
+            || config.cluster_pod_cidrs != self.config.cluster_pod_cidrs
+        {
+            tracing::warn!("reload on SIGHUP: clusterName and clusterPodCIDRs take effect at the next start only");
+        }
+        if let Some(guard) = &self.strict {
+            if let Err(e) = guard.widen(&config).await {
+                // Without the guard over the new pools, the new clusters are not linked.
+                tracing::error!("reload on SIGHUP refused: {e}");
+                self.mesh.reloaded(Some(e.to_string()));
+                return;
+            }
+        }
+        let mesh = crate::config::Config {
+            cluster_id: config.cluster_id,
+            cluster_mesh: config.cluster_mesh,
+            ..self.config.clone()
+        };
+        self.mesh.apply(&mesh);
+        self.mesh.reloaded(None);
+        tracing::info!(
+            clusters = mesh.cluster_mesh.len(),
+            "config reloaded on SIGHUP: clusterMesh applied"
+        );
     }
 
     /// Applies `snap`; a data path that is gone is started again and gets everything anew.

@@ -2,6 +2,7 @@
 //! this node's record, keeps the data path and the routing table in step with the store, and
 //! rotates the key on schedule. It holds no packet state: killing it drops nothing.
 
+pub mod clustermesh;
 mod event_loop;
 pub mod flows;
 pub mod peers;
@@ -59,8 +60,10 @@ async fn open_store(config: &Config, peer_file: &PeerFile) -> Result<Store> {
             config.state_dir.display()
         )
     })?;
-    // Until the store answers, the peers of the last run are the best knowledge there is.
-    let last = peer_file.load();
+    // Until the store answers, the peers of the last run are the best knowledge there is (the
+    // remote clusters' ones, `<cluster>/<node>`, go to their own followers).
+    let mut last = peer_file.load();
+    last.retain(|name, _| !name.contains('/'));
     let initial = keymgr::Snapshot {
         nodes: last.clone().into(),
     };
@@ -125,7 +128,7 @@ pub async fn run(config: Config) -> Result<()> {
     // Before the data path, the store or the key: pod traffic must never find a moment with
     // neither the tunnel nor the guard.
     let mut supervisor = Supervisor::default();
-    let strict = start_strict(&mut supervisor, &config).await?;
+    let (strict, strict_watcher) = start_strict(&mut supervisor, &config).await?;
     let keys = load_keys(&config)?;
     let peer_file = PeerFile::new(&config.state_dir);
     let store = Arc::new(open_store(&config, &peer_file).await?);
@@ -146,6 +149,8 @@ pub async fn run(config: Config) -> Result<()> {
     start_proxy(&mut supervisor, &config, &netlink, &policy.state).await?;
     let flows = start_flows(&mut supervisor, &config, &policy.state);
 
+    let mut mesh = clustermesh::ClusterMesh::new(&config, peer_file.load());
+    mesh.apply(&config);
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let (view_tx, view_rx) = watch::channel(None);
     let published = views::Published {
@@ -161,6 +166,7 @@ pub async fn run(config: Config) -> Result<()> {
         strict,
         health: supervisor.health(),
         flows,
+        clustermesh: mesh.subscribe(),
     };
     let _admin = serve_admin(&mut supervisor, &config, mtu, published).await?;
 
@@ -191,6 +197,8 @@ pub async fn run(config: Config) -> Result<()> {
         passes: policy.passes,
         datapath_exited,
         supervisor,
+        mesh,
+        strict: strict_watcher,
     };
     // No peer is configured before the policy (the store's, or the saved one after a reboot)
     // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
@@ -202,8 +210,12 @@ pub async fn run(config: Config) -> Result<()> {
 async fn start_strict(
     supervisor: &mut Supervisor,
     config: &Config,
-) -> Result<watch::Receiver<crate::strict::StrictStatus>> {
+) -> Result<(
+    watch::Receiver<crate::strict::StrictStatus>,
+    Option<crate::strict::Watcher>,
+)> {
     let strict = crate::strict::start(config).await?;
+    let kept = strict.watcher.clone();
     if let Some(watcher) = strict.watcher {
         supervisor.spawn("strict-guard", move || {
             let watching = watcher.run();
@@ -213,7 +225,7 @@ async fn start_strict(
             }
         });
     }
-    Ok(strict.status)
+    Ok((strict.status, kept))
 }
 
 /// Loads the node key from the key ring, creating it on the first start.

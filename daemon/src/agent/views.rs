@@ -40,6 +40,7 @@ pub struct Published {
     pub strict: watch::Receiver<StrictStatus>,
     pub health: watch::Receiver<Health>,
     pub flows: Flows,
+    pub clustermesh: watch::Receiver<crate::api::ClusterMeshStatus>,
 }
 
 pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
@@ -85,6 +86,7 @@ pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
         policy,
         metrics,
         flows: p.flows,
+        clustermesh: p.clustermesh,
     }
 }
 

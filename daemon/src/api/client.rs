@@ -105,6 +105,16 @@ impl AgentClient {
         self.send(Method::GET, paths::NODES, String::new()).await
     }
 
+    /// The cluster mesh JSON exactly as the agent sent it (`clustermesh status --json`).
+    pub async fn clustermesh_json(&self) -> Result<String, ApiError> {
+        self.send(Method::GET, paths::CLUSTERMESH, String::new())
+            .await
+    }
+
+    pub async fn clustermesh(&self) -> Result<super::ClusterMeshStatus, ApiError> {
+        decode(&self.clustermesh_json().await?)
+    }
+
     /// Rotates this node's key and waits until the rotation is committed.
     pub async fn rotate(&self) -> Result<EncryptStatus, ApiError> {
         decode(

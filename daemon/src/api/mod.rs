@@ -4,12 +4,14 @@
 //! depends on neither.
 
 mod client;
+pub mod clustermesh;
 pub mod health;
 pub mod objects;
 pub mod paths;
 pub mod status;
 
 pub use client::{error_chain, AgentClient, ApiError};
+pub use clustermesh::ClusterMeshStatus;
 pub use health::{Health, TaskState, TaskStatus};
 pub use objects::{ObjectsRequest, ObjectsResponse, Sourced};
 pub use paths::{socket_path, DEFAULT_RUN_DIR, SOCKET_NAME};

@@ -33,3 +33,5 @@ pub const METRICS: &str = "/metrics";
 /// `GET ?after=SEQ&wait=MS`: the flow records after `SEQ` (waiting up to `MS` for one), one JSON
 /// object per line (`wiremesh observe`).
 pub const FLOWS: &str = "/v1/flows";
+/// `GET`: [`super::clustermesh::ClusterMeshStatus`] (`wiremesh clustermesh status`).
+pub const CLUSTERMESH: &str = "/v1/clustermesh";

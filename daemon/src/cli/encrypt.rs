@@ -1,4 +1,4 @@
-//! `wiremesh encrypt status` and `wiremesh keys rotate`: ask the local agent, print what it
+//! `wiremesh encrypt status`, `wiremesh keys rotate` and `wiremesh clustermesh status`: ask the local agent, print what it
 //! answers (JSON as the agent sent it, or the text rendering).
 
 use std::path::Path;
@@ -44,6 +44,27 @@ pub fn rotate(run_dir: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("wiremesh keys rotate: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wiremesh clustermesh status [--json]`.
+pub fn clustermesh_status(json: bool, run_dir: &Path) -> ExitCode {
+    let result = ask(run_dir, |agent| async move {
+        Ok(if json {
+            agent.clustermesh_json().await? + "\n"
+        } else {
+            agent.clustermesh().await?.render()
+        })
+    });
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wiremesh clustermesh status: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -52,6 +52,11 @@ pub enum Command {
         #[command(subcommand)]
         command: EncryptCommand,
     },
+    /// Cluster mesh commands.
+    Clustermesh {
+        #[command(subcommand)]
+        command: ClustermeshCommand,
+    },
     /// This node's recent flows (connections allowed, packets dropped, HTTP requests), as
     /// Hubble shows them.
     Observe(observe::ObserveArgs),
@@ -140,6 +145,17 @@ pub enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ClustermeshCommand {
+    /// Show each remote cluster: admitted or refused (and why), its store connected or not
+    /// (since when, the last error), its nodes, refused records and last sync.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum EncryptCommand {
     /// Show the WireGuard interface, this node's public key and every peer.
     Status {
@@ -201,6 +217,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Encrypt {
             command: EncryptCommand::Status { json, all_nodes },
         } => encrypt::status(json, all_nodes, &run_dir),
+        Command::Clustermesh {
+            command: ClustermeshCommand::Status { json },
+        } => encrypt::clustermesh_status(json, &run_dir),
         Command::Observe(args) => observe::run(&args, &run_dir),
     }
 }

@@ -63,6 +63,9 @@ pub enum StoreKind {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from (empty for a config parsed from text alone); the agent
+    /// reads it again on `SIGHUP`.
+    pub path: PathBuf,
     pub node_name: String,
     pub cluster_name: String,
     /// This cluster's ID in a cluster mesh (`clusterID`).
@@ -159,10 +162,12 @@ impl Config {
                 message: describe_yaml_error(&e),
             })?
         };
-        raw.validate().map_err(|errors| ConfigError::Invalid {
+        let mut config = raw.validate().map_err(|errors| ConfigError::Invalid {
             path: path.into(),
             errors,
-        })
+        })?;
+        config.path = path.into();
+        Ok(config)
     }
 
     pub fn key_path(&self) -> PathBuf {

@@ -79,6 +79,7 @@ impl ConfigFile {
             return Err(errors);
         };
         Ok(Config {
+            path: PathBuf::new(),
             node_name,
             cluster_name,
             cluster_id,

@@ -14,6 +14,7 @@ pub mod ruleset;
 
 use std::time::Duration;
 
+use ipnet::IpNet;
 use nftables::helper::{self, NftablesError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -145,14 +146,39 @@ pub struct Strict {
 /// re-install count included), so a restarted watcher is a crash-resume.
 #[derive(Clone)]
 pub struct Watcher {
-    spec: GuardSpec,
+    spec: std::sync::Arc<watch::Sender<GuardSpec>>,
     status: watch::Sender<StrictStatus>,
 }
 
 impl Watcher {
     /// The watcher's loop; it only ends by panicking.
     pub fn run(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        watch_table(self.spec.clone(), self.status.clone())
+        watch_table(self.spec.subscribe(), self.status.clone())
+    }
+
+    /// After a reload: the guard covers `config`'s pools as well as every pool it covered
+    /// before. It never narrows while the agent runs (a cluster removed from the mesh keeps its
+    /// pool dropped, not sent in clear, until the agent restarts with the new config); `true`
+    /// when the table was installed anew.
+    pub async fn widen(&self, config: &Config) -> Result<bool, GuardError> {
+        let mut wanted = self.spec.borrow().clone();
+        let more = GuardSpec::from_config(config);
+        let pools: Vec<IpNet> = wanted.pool.iter().chain(&more.pool).copied().collect();
+        let pool = IpNet::aggregate(&pools);
+        if pool == wanted.pool {
+            return Ok(false);
+        }
+        wanted.pool = pool;
+        let applied = wanted.clone();
+        tokio::task::spawn_blocking(move || install(&applied))
+            .await
+            .map_err(|e| GuardError::Failed {
+                action: "widening",
+                stderr: e.to_string(),
+            })??;
+        tracing::info!(pool = ?wanted.pool, "strict mode: guard widened to the new clusters' pools");
+        self.spec.send_replace(wanted);
+        Ok(true)
     }
 }
 
@@ -190,15 +216,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Strict> {
     });
     Ok(Strict {
         status,
-        watcher: Some(Watcher { spec, status: tx }),
+        watcher: Some(Watcher {
+            spec: std::sync::Arc::new(watch::channel(spec).0),
+            status: tx,
+        }),
     })
 }
 
 /// Re-reads the table every [`CHECK_EVERY`]; a missing or damaged table is installed again.
-async fn watch_table(spec: GuardSpec, tx: watch::Sender<StrictStatus>) {
+async fn watch_table(spec: watch::Receiver<GuardSpec>, tx: watch::Sender<StrictStatus>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tick.tick().await;
+        let spec = spec.borrow().clone();
         let wanted = spec.clone();
         let listed = tokio::task::spawn_blocking(move || list(&wanted)).await;
         let mut status = tx.borrow().clone();

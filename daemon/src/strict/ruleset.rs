@@ -34,7 +34,8 @@ const INGRESS_PRIORITY: i32 = -300;
 pub struct GuardSpec {
     /// The WireGuard interface (`interface`): the only way pool traffic may leave or enter.
     pub interface: String,
-    /// The cluster's pod pool(s) (`clusterPodCIDRs`), merged.
+    /// The cluster's pod pool(s) (`clusterPodCIDRs`) and every remote cluster's
+    /// (`clusterMesh.clusters[].podCIDRs`), merged.
     pub pool: Vec<IpNet>,
     /// This node's own pod CIDRs (`podCIDRs`), merged: traffic to and from them stays local.
     pub local: Vec<IpNet>,
@@ -54,10 +55,22 @@ impl GuardSpec {
     }
 
     pub fn from_config(config: &Config) -> Self {
+        // Every remote cluster's pools too, refused ones included: traffic to a cluster the
+        // mesh does not (or no longer) reach is dropped, never sent in clear.
+        let remote = config
+            .cluster_mesh
+            .iter()
+            .flat_map(|r| &r.cluster.pod_cidrs);
+        let pools: Vec<IpNet> = config
+            .cluster_pod_cidrs
+            .iter()
+            .chain(remote)
+            .copied()
+            .collect();
         Self {
             interface: config.interface.clone(),
             // Aggregated: an interval set refuses overlapping elements.
-            pool: IpNet::aggregate(&config.cluster_pod_cidrs),
+            pool: IpNet::aggregate(&pools),
             local: IpNet::aggregate(&config.pod_cidrs),
         }
     }
