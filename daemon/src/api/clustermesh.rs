@@ -55,7 +55,7 @@ pub struct RemoteClusterStatus {
     pub nodes: usize,
     /// Its records refused, each with the reason.
     pub refused_records: Vec<String>,
-    /// The last time its store's view changed or was confirmed by a fresh listing.
+    /// The last time its view changed, or its store was (re)connected and listed afresh.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<String>,
 }

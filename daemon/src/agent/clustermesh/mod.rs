@@ -30,7 +30,7 @@ struct Remote {
     config: RemoteCluster,
     /// The follower, or why it could not be started (retried on every resync).
     store: Result<Follower, String>,
-    /// When its view last changed or was confirmed by a fresh listing.
+    /// When its view last changed, or its store was (re)connected and listed.
     last_sync: Option<SystemTime>,
     connected_since: Option<SystemTime>,
 }
@@ -240,9 +240,12 @@ impl ClusterMesh {
                 }
                 let snap = f.snapshot.borrow_and_update().clone();
                 match &*f.health.borrow() {
-                    StoreHealth::Connected => {
-                        r.connected_since.get_or_insert(now);
+                    // A (re)connection is a fresh listing: the view is in sync as of now.
+                    StoreHealth::Connected if r.connected_since.is_none() => {
+                        r.connected_since = Some(now);
+                        r.last_sync = Some(now);
                     }
+                    StoreHealth::Connected => {}
                     _ => r.connected_since = None,
                 }
                 Some((name.clone(), snap))
