@@ -6,13 +6,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use crate::addr::MAX_NODES;
 use crate::addr::WG_IFACE;
+use crate::clusters::{ClusterPlan, LabLayout};
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
 use crate::handles::{AgentHandle, NodeHandle};
 use crate::lab::{Lab, NodeKind, NodeProc, AGENT_RUN_DIR};
 pub use crate::options::CLUSTER_NAME;
-use crate::options::{agent_config_with, LabOptions};
+use crate::options::{agent_config_with, config_yaml, LabOptions};
 
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
@@ -68,10 +70,12 @@ pub fn peer<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|p| p.get("nodeName").and_then(Value::as_str) == Some(name))
 }
 
-/// The agent config of lab node `node` on the dir store `store_dir` (the keys the agent's
-/// `Config` reads); [`crate::agent_config_with`] for other stores and key rotation.
-pub fn agent_config(node: u8, state_dir: &Path, store_dir: &Path) -> String {
-    agent_config_with(node, state_dir, store_dir, &LabOptions::default())
+/// The agent config of node `node` of a one-cluster lab in `lab_dir` on the dir store (the keys
+/// the agent's `Config` reads); [`crate::agent_config_with`] for other stores, key rotation
+/// and clusters.
+pub fn agent_config(node: u8, lab_dir: &Path) -> String {
+    let layout = LabLayout::new(lab_dir, ClusterPlan::new(1, MAX_NODES));
+    agent_config_with(node, &layout, &LabOptions::default())
 }
 
 impl Lab {
@@ -164,15 +168,9 @@ impl AgentHandle<'_> {
         self.lab.node_dir(node).join("config.yaml")
     }
 
-    /// The config the lab gives the node's agent.
+    /// The config the lab gives the node's agent (with the `clusterMesh` a test set).
     pub fn config_yaml(&self) -> String {
-        let node = self.node;
-        agent_config_with(
-            node,
-            &self.lab.node_dir(node).join("state"),
-            &self.lab.store_dir(),
-            self.lab.options(),
-        )
+        config_yaml(&self.lab.config_file(self.node))
     }
 
     /// Writes the config and starts `wiremesh agent` in the node (without waiting for it).
@@ -337,6 +335,18 @@ impl AgentHandle<'_> {
         }
     }
 
+    /// Prints the tail of this node's agent log to stderr (where the test harness shows it on
+    /// failure); [`Lab::dump_logs`] prints every node's.
+    pub fn dump_logs(&self) {
+        let node = self.lab.node(self.node);
+        eprintln!(
+            "----- node-{} {} (last {LOG_TAIL_LINES} lines) -----",
+            self.node,
+            node.log_path(NodeKind::Agent).display()
+        );
+        eprintln!("{}", node.log_tail(NodeKind::Agent, LOG_TAIL_LINES));
+    }
+
     /// Waits until the node's status lists exactly `count` peers.
     pub fn wait_peer_count(&self, count: usize, timeout: Duration) -> Result<Value> {
         self.wait_status(&format!("{count} peers in status"), timeout, |s| {
@@ -415,7 +425,7 @@ mod tests {
 
     #[test]
     fn config_has_the_documented_keys_and_values() {
-        let yaml = agent_config(2, Path::new("/tmp/l/n2/state"), Path::new("/tmp/l/store"));
+        let yaml = agent_config(2, Path::new("/tmp/l"));
         let v: yaml_serde::Value = yaml_serde::from_str(&yaml).expect("config is valid YAML");
         let expected: yaml_serde::Value = yaml_serde::from_str(
             "nodeName: node-2\nclusterName: lab\ninterface: wiremesh_wg0\nlistenPort: 51871\n\

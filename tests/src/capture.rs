@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::addr::{MAX_NODES, WG_PORT};
+use crate::clusters::is_etcd_port;
 use crate::error::{LabError, Result};
 use crate::exec::{run, BgProcess};
 use crate::handles::{HostHandle, SwitchHandle};
 use crate::lab::Lab;
-use crate::options::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, SWITCH_IP};
+use crate::options::SWITCH_IP;
 
 static NEXT_CAPTURE: AtomicU32 = AtomicU32::new(0);
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -156,8 +157,8 @@ pub struct LeakReport {
     pub arp: usize,
     /// UDP between two underlay node addresses with the WireGuard port on one side.
     pub wireguard: usize,
-    /// TCP between a node and the lab's etcd on the switch (`198.18.0.254:2379`): control-plane
-    /// traffic to the store, not between nodes.
+    /// TCP between a node and the lab's etcd on the switch (`198.18.0.254:2379`, or another
+    /// cluster's port): control-plane traffic to the store, not between nodes.
     pub store: usize,
     /// Packet count per flow (`src > dst proto`).
     pub flows: BTreeMap<String, usize>,
@@ -300,7 +301,7 @@ fn is_node(addr: IpAddr) -> bool {
 }
 
 fn is_store_end((addr, port): (IpAddr, u16)) -> bool {
-    addr == SWITCH_IP && (port == ETCD_CLIENT_PORT || port == ETCD_PEER_PORT)
+    addr == SWITCH_IP && is_etcd_port(port)
 }
 
 /// Whether `needle` occurs in `haystack`.

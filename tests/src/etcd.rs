@@ -1,6 +1,7 @@
-//! The lab's etcd: one server in the switch namespace on [`SWITCH_IP`], its data in
-//! `<labdir>/etcd` (so a stop and start keeps every key, as an outage would), and `etcdctl` run
-//! next to it. Node records live at `<prefix>/v1/<cluster>/nodes/<name>`.
+//! The lab's etcd: one server per cluster in the switch namespace on [`SWITCH_IP`], its data in
+//! `<labdir>/etcd` (`<labdir>/etcd-c<c>` in a multi-cluster lab, on client port
+//! [`crate::etcd_client_port`]), so a stop and start keeps every key, as an outage would; and
+//! `etcdctl` run next to it. Node records live at `<prefix>/v1/<cluster>/nodes/<name>`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -9,30 +10,52 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::agent::CLUSTER_NAME;
+use crate::clusters::{cluster_etcd_endpoint, etcd_key_of, etcd_peer_port};
 use crate::error::{LabError, Result};
 use crate::exec::{output, run, BgProcess};
 use crate::handles::EtcdHandle;
-use crate::options::{etcd_endpoint, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP};
+use crate::options::SWITCH_IP;
 
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(20);
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
 
-/// `<prefix>/v1/<cluster>/nodes/<name>`: where node `name`'s record lives in etcd.
+/// `<prefix>/v1/<cluster>/nodes/<name>`: where node `name`'s record lives in etcd (a
+/// one-cluster lab; [`EtcdHandle::node_key`] for any cluster).
 pub fn etcd_node_key(name: &str) -> String {
-    format!("{ETCD_PREFIX}/v1/{CLUSTER_NAME}/nodes/{name}")
+    etcd_key_of(CLUSTER_NAME, "nodes", name)
 }
 
 /// `<prefix>/v1/<cluster>/owners/<name>`: which agent holds the name `name`.
 pub fn etcd_owner_key(name: &str) -> String {
-    format!("{ETCD_PREFIX}/v1/{CLUSTER_NAME}/owners/{name}")
+    etcd_key_of(CLUSTER_NAME, "owners", name)
 }
 
 impl EtcdHandle<'_> {
-    /// `<labdir>/etcd`, etcd's data directory.
+    /// The cluster this etcd serves.
+    pub fn cluster(&self) -> u8 {
+        self.cluster
+    }
+
+    /// etcd's data directory: `<labdir>/etcd` (`<labdir>/etcd-c<c>`).
     pub fn data_dir(&self) -> std::path::PathBuf {
-        self.lab.dir().join("etcd")
+        self.lab.layout().etcd_data_dir(self.cluster)
+    }
+
+    /// `http://198.18.0.254:<port>`, this cluster's client URL.
+    pub fn endpoint(&self) -> String {
+        cluster_etcd_endpoint(self.cluster)
+    }
+
+    /// Where node `name`'s record of this cluster lives.
+    pub fn node_key(&self, name: &str) -> String {
+        etcd_key_of(&self.lab.cluster_name(self.cluster), "nodes", name)
+    }
+
+    /// Which agent of this cluster holds the name `name`.
+    pub fn owner_key(&self, name: &str) -> String {
+        etcd_key_of(&self.lab.cluster_name(self.cluster), "owners", name)
     }
 
     /// Starts etcd (on the data directory of any previous run) and waits until it is healthy.
@@ -42,42 +65,25 @@ impl EtcdHandle<'_> {
                 "this lab was built for the dir store; build it with LabOptions::etcd".into(),
             ));
         }
-        let mut slot = self.etcd_guard();
+        let mut etcds = self.etcd_guard();
+        let slot = self.slot(&mut etcds)?;
         if let Some(p) = slot.as_mut() {
             if p.exited().is_none() {
                 return Err(LabError::Check(format!(
-                    "etcd (pid {}) is already running",
+                    "cluster {}'s etcd (pid {}) is already running",
+                    self.cluster,
                     p.pid()
                 )));
             }
         }
-        let client = etcd_endpoint();
-        let peer = format!("http://{SWITCH_IP}:{ETCD_PEER_PORT}");
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.lab.switch_ns(),
-            "etcd",
-            "--name",
-            "lab",
-        ])
-        .arg("--data-dir")
-        .arg(self.data_dir())
-        .args(["--listen-client-urls", &client])
-        .args(["--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("lab={peer}")])
-        .args(["--logger", "zap", "--log-outputs", "stderr"])
-        .args(["--log-level", "warn"]);
-        let log = self.lab.dir().join("etcd.log");
-        let mut proc = BgProcess::spawn("etcd", &mut cmd, &log)?;
+        let mut proc = self.spawn()?;
+        let client = self.endpoint();
         let deadline = Instant::now() + HEALTHY_TIMEOUT;
         loop {
             if let Some(status) = proc.exited() {
                 return Err(LabError::Check(format!(
-                    "etcd exited ({status}); log:\n{}",
+                    "cluster {}'s etcd exited ({status}); log:\n{}",
+                    self.cluster,
                     proc.log()
                 )));
             }
@@ -98,30 +104,65 @@ impl EtcdHandle<'_> {
         Ok(())
     }
 
+    /// `etcd` in the switch namespace on this cluster's ports and data directory.
+    fn spawn(&self) -> Result<BgProcess> {
+        let client = self.endpoint();
+        let peer = format!("http://{SWITCH_IP}:{}", etcd_peer_port(self.cluster));
+        let name = self.lab.cluster_name(self.cluster);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.switch_ns(), "etcd", "--name"])
+            .arg(&name)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("{name}={peer}")])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(["--log-level", "warn"]);
+        let log = self.lab.layout().etcd_log(self.cluster);
+        BgProcess::spawn(format!("etcd of cluster {name}"), &mut cmd, &log)
+    }
+
     /// Stops etcd (SIGTERM, then SIGKILL after 5 s), keeping its data. A no-op if it is not
     /// running.
     pub fn stop(&self) -> Result<()> {
-        let Some(mut proc) = self.etcd_guard().take() else {
+        let taken = {
+            let mut etcds = self.etcd_guard();
+            self.slot(&mut etcds)?.take()
+        };
+        let Some(mut proc) = taken else {
             return Ok(());
         };
         match proc.stop(Signal::SIGTERM, STOP_GRACE) {
             Some(_) => Ok(()),
             None => Err(LabError::Check(format!(
-                "etcd (pid {}) did not report its exit",
+                "cluster {}'s etcd (pid {}) did not report its exit",
+                self.cluster,
                 proc.pid()
             ))),
         }
     }
 
-    /// Whether the lab's etcd process is running.
+    /// Whether this cluster's etcd process is running.
     pub fn running(&self) -> bool {
-        self.etcd_guard()
-            .as_mut()
+        let mut etcds = self.etcd_guard();
+        self.slot(&mut etcds)
+            .ok()
+            .and_then(Option::as_mut)
             .is_some_and(|p| p.exited().is_none())
     }
 
-    /// `etcdctl --endpoints http://198.18.0.254:2379 <args>` (API v3) in the switch namespace;
-    /// its stdout.
+    /// The PID of this cluster's etcd, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let mut etcds = self.etcd_guard();
+        let p = self.slot(&mut etcds).ok()?.as_mut()?;
+        p.exited().is_none().then(|| p.pid())
+    }
+
+    /// `etcdctl --endpoints http://198.18.0.254:<port> <args>` (API v3) in the switch
+    /// namespace; its stdout.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
         run(&mut self.etcdctl_cmd(args), ETCDCTL_TIMEOUT)
     }
@@ -129,7 +170,7 @@ impl EtcdHandle<'_> {
     fn etcdctl_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.lab.switch_ns(), "etcdctl"])
-            .arg(format!("--endpoints={}", etcd_endpoint()))
+            .arg(format!("--endpoints={}", self.endpoint()))
             .args(["--dial-timeout=2s", "--command-timeout=5s"])
             .args(args)
             .env("ETCDCTL_API", "3");
@@ -170,12 +211,25 @@ impl EtcdHandle<'_> {
         Ok(self.ctl(&["del", key])?.trim() != "0")
     }
 
-    fn etcd_guard(&self) -> std::sync::MutexGuard<'_, Option<BgProcess>> {
+    fn etcd_guard(&self) -> std::sync::MutexGuard<'_, Vec<Option<BgProcess>>> {
         // Plain data: a poisoned lock is still consistent, and teardown must work while panicking.
         self.lab
             .etcd
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This cluster's entry in the lab's etcd table.
+    fn slot<'g>(&self, etcds: &'g mut [Option<BgProcess>]) -> Result<&'g mut Option<BgProcess>> {
+        let clusters = etcds.len();
+        etcds
+            .get_mut(usize::from(self.cluster).wrapping_sub(1))
+            .ok_or_else(|| {
+                LabError::Check(format!(
+                    "no cluster {} in this lab (clusters 1..={clusters})",
+                    self.cluster
+                ))
+            })
     }
 }
 

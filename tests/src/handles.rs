@@ -3,7 +3,8 @@
 //! start, stop, status, logs, policy objects), [`DatapathHandle`] (the data-path process) and
 //! [`GuardHandle`] (strict mode's nftables guard). [`Lab::host`] and [`Lab::pod`] give a
 //! [`HostHandle`] (traffic from a node or pod), [`Lab::store`] the node records,
-//! [`Lab::etcd`] the etcd server and [`Lab::switch`] the underlay switch.
+//! [`Lab::etcd`] the etcd server (per cluster: [`Lab::cluster_store`], [`Lab::cluster_etcd`])
+//! and [`Lab::switch`] the underlay switch.
 //!
 //! This file holds the handles and how to get one; each role's methods live with the code of
 //! that topic (`agent.rs`, `traffic.rs`, `store.rs`, ...). Handles are small borrowed views that
@@ -35,14 +36,24 @@ impl Lab {
         HostHandle { lab: self, host }
     }
 
-    /// The dir store every node shares.
+    /// The store every node shares (cluster 1's in a multi-cluster lab).
     pub fn store(&self) -> StoreHandle<'_> {
-        StoreHandle { lab: self }
+        self.cluster_store(1)
     }
 
-    /// The etcd server on the switch (etcd labs only).
+    /// Cluster `cluster`'s store (1-based).
+    pub fn cluster_store(&self, cluster: u8) -> StoreHandle<'_> {
+        StoreHandle { lab: self, cluster }
+    }
+
+    /// The etcd server on the switch (etcd labs only; cluster 1's in a multi-cluster lab).
     pub fn etcd(&self) -> EtcdHandle<'_> {
-        EtcdHandle { lab: self }
+        self.cluster_etcd(1)
+    }
+
+    /// Cluster `cluster`'s etcd server (etcd labs only).
+    pub fn cluster_etcd(&self, cluster: u8) -> EtcdHandle<'_> {
+        EtcdHandle { lab: self, cluster }
     }
 
     /// The underlay switch namespace (bridge `br0`).
@@ -176,16 +187,18 @@ impl HostHandle<'_> {
     }
 }
 
-/// The dir store the nodes share: one JSON record per node.
+/// The store one cluster's nodes share: one JSON record per node.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreHandle<'a> {
     pub(crate) lab: &'a Lab,
+    pub(crate) cluster: u8,
 }
 
-/// The etcd server an etcd lab runs on the switch.
+/// The etcd server an etcd lab runs on the switch for one cluster.
 #[derive(Debug, Clone, Copy)]
 pub struct EtcdHandle<'a> {
     pub(crate) lab: &'a Lab,
+    pub(crate) cluster: u8,
 }
 
 /// The underlay switch namespace.

@@ -10,11 +10,11 @@ use nix::sys::signal::Signal;
 
 use crate::addr::{Host, MAX_NODES, MAX_PODS};
 use crate::claim::{claim, namespaces_of};
+use crate::clusters::{ClusterPlan, LabLayout};
 use crate::error::{LabError, Result};
 use crate::exec::{require_root, require_tools, run, BgProcess};
 use crate::options::LabOptions;
 
-pub(crate) use crate::options::bpffs_dir_next_to;
 pub use crate::options::{AGENT_RUN_DIR, WG_RUN_DIR};
 
 /// Binds the node's directories over the two run directories, then execs the real program, so
@@ -39,19 +39,25 @@ pub(crate) struct NodeProc {
 }
 
 /// N nodes joined by a bridge, each with P pods, all in network namespaces named with a unique
-/// prefix. Dropping it (also while panicking) stops every process it started and deletes every
-/// namespace it created.
+/// prefix; in a multi-cluster lab, C clusters of N nodes each on the same bridge. Dropping it
+/// (also while panicking) stops every process it started and deletes every namespace it
+/// created.
 #[derive(Debug)]
 pub struct Lab {
     prefix: String,
-    dir: PathBuf,
+    layout: LabLayout,
+    /// Every node, of every cluster.
     nodes: u8,
     pods: u8,
     keep: bool,
     options: LabOptions,
     procs: Mutex<Vec<Option<NodeProc>>>,
-    /// The etcd server, while it runs (etcd labs only).
-    pub(crate) etcd: Mutex<Option<BgProcess>>,
+    /// Each cluster's etcd server, while it runs (etcd labs only), by cluster (index 0 is
+    /// cluster 1).
+    pub(crate) etcd: Mutex<Vec<Option<BgProcess>>>,
+    /// Per node, the `clusterMesh.clusters` a test set ([`crate::AgentHandle::set_cluster_mesh`])
+    /// in place of the clusters the lab links it with at start.
+    pub(crate) meshes: Mutex<Vec<Option<Vec<wiremesh::config::RemoteClusterSection>>>>,
     /// Run directories of agents started outside the node table ([`Lab::spawn_agent_with`]),
     /// whose data paths teardown must stop too.
     pub(crate) extra_run_dirs: Mutex<Vec<PathBuf>>,
@@ -65,14 +71,11 @@ impl Lab {
         Self::with_options(nodes, pods, LabOptions::default())
     }
 
-    /// [`Lab::new`] with a choice of store and key rotation. An etcd lab also gives `br0` the
-    /// address [`crate::SWITCH_IP`] and starts etcd there, waiting until it is healthy.
+    /// [`Lab::new`] with a choice of store, key rotation and clusters (`nodes` is per
+    /// cluster). An etcd lab also gives `br0` the address [`crate::SWITCH_IP`] and starts one
+    /// etcd per cluster there, waiting until each is healthy.
     pub fn with_options(nodes: u8, pods: u8, options: LabOptions) -> Result<Self> {
-        if !(1..=MAX_NODES).contains(&nodes) || pods > MAX_PODS {
-            return Err(LabError::Check(format!(
-                "a lab holds 1..={MAX_NODES} nodes and 0..={MAX_PODS} pods per node, not {nodes} × {pods}"
-            )));
-        }
+        let total = check_shape(nodes, pods, &options)?;
         require_root()?;
         require_tools(&["ip", "ss", "sysctl", "unshare", "mount"])?;
         if options.uses_etcd() {
@@ -80,32 +83,33 @@ impl Lab {
         }
         let claim = claim()?;
         let keep = std::env::var_os("WIREMESH_LAB_KEEP").is_some_and(|v| v == "1");
+        let clusters = options.clusters;
         let lab = Self {
             prefix: claim.prefix,
-            dir: claim.dir,
-            nodes,
+            layout: LabLayout::new(claim.dir, ClusterPlan::new(clusters, nodes)),
+            nodes: total,
             pods,
             keep,
             options,
-            procs: Mutex::new((0..nodes).map(|_| None).collect()),
-            etcd: Mutex::new(None),
+            procs: Mutex::new((0..total).map(|_| None).collect()),
+            etcd: Mutex::new((0..clusters).map(|_| None).collect()),
+            meshes: Mutex::new((0..total).map(|_| None).collect()),
             extra_run_dirs: Mutex::new(Vec::new()),
             torn_down: false,
         };
         lab.make_dirs()?;
         lab.build_topology()?;
         if lab.options.uses_etcd() {
-            lab.etcd().start()?;
+            for cluster in lab.cluster_ids() {
+                lab.cluster_etcd(cluster).start()?;
+            }
         }
         Ok(lab)
     }
 
     fn make_dirs(&self) -> Result<()> {
-        let mut dirs = vec![
-            self.store_dir(),
-            PathBuf::from(WG_RUN_DIR),
-            PathBuf::from(AGENT_RUN_DIR),
-        ];
+        let mut dirs = vec![PathBuf::from(WG_RUN_DIR), PathBuf::from(AGENT_RUN_DIR)];
+        dirs.extend(self.cluster_ids().map(|c| self.layout.store_dir(c)));
         for node in self.node_ids() {
             let base = self.node_dir(node);
             dirs.extend(["wireguard", "run", "state"].map(|d| base.join(d)));
@@ -139,6 +143,7 @@ impl Lab {
         &self.prefix
     }
 
+    /// Every node of every cluster (clusters × nodes per cluster).
     pub fn nodes(&self) -> u8 {
         self.nodes
     }
@@ -164,24 +169,24 @@ impl Lab {
 
     /// `/tmp/wiremesh-lab/<prefix>`.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.layout.dir
+    }
+
+    /// Where the lab's files are and how its nodes form clusters.
+    pub fn layout(&self) -> &LabLayout {
+        &self.layout
     }
 
     /// `<labdir>/n<i>`: the node's config, log, state and run directories.
     pub(crate) fn node_dir(&self, node: u8) -> PathBuf {
-        self.dir.join(format!("n{node}"))
+        self.layout.node_dir(node)
     }
 
-    /// The dir store every node of the lab shares.
-    pub(crate) fn store_dir(&self) -> PathBuf {
-        self.dir.join("store")
-    }
-
-    /// The lab's own BPF filesystem (`<labdir>/bpffs`, next to the store), where each node's
-    /// agent pins its policy maps: node namespaces share the host's mounts, so a private
-    /// mount keeps labs apart and unmounting it at teardown frees every pin.
+    /// The lab's own BPF filesystem (`<labdir>/bpffs`), where each node's agent pins its
+    /// policy maps: node namespaces share the host's mounts, so a private mount keeps labs
+    /// apart and unmounting it at teardown frees every pin.
     pub fn bpffs_dir(&self) -> PathBuf {
-        bpffs_dir_next_to(&self.store_dir())
+        self.layout.bpffs_dir()
     }
 
     pub(crate) fn switch_ns(&self) -> String {
@@ -308,10 +313,10 @@ impl Lab {
         if self.keep {
             eprintln!(
                 "wiremesh-lab: WIREMESH_LAB_KEEP=1, keeping {}",
-                self.dir.display()
+                self.dir().display()
             );
-        } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            first_error.get_or_insert(LabError::io(&self.dir, e));
+        } else if let Err(e) = std::fs::remove_dir_all(self.dir()) {
+            first_error.get_or_insert(LabError::io(self.dir(), e));
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -332,8 +337,10 @@ impl Lab {
         procs.iter_mut().for_each(|p| *p = None);
         drop(procs);
         self.stop_datapaths();
-        if let Err(e) = self.etcd().stop() {
-            eprintln!("wiremesh-lab: stopping etcd: {e}");
+        for cluster in self.cluster_ids() {
+            if let Err(e) = self.cluster_etcd(cluster).stop() {
+                eprintln!("wiremesh-lab: stopping cluster {cluster}'s etcd: {e}");
+            }
         }
     }
 
@@ -393,6 +400,29 @@ fn child_pid_in(run_dir: &Path, what: &str) -> Option<nix::unistd::Pid> {
     (cmdline.contains(what) && cmdline.contains(&*base)).then(|| nix::unistd::Pid::from_raw(pid))
 }
 
+/// The lab's node count (`nodes` per cluster × clusters), or why the shape cannot be built.
+fn check_shape(nodes: u8, pods: u8, options: &LabOptions) -> Result<u8> {
+    let clusters = options.clusters;
+    let total = u16::from(nodes) * u16::from(clusters);
+    if nodes == 0 || clusters == 0 || total > u16::from(MAX_NODES) || pods > MAX_PODS {
+        return Err(LabError::Check(format!(
+            "a lab holds 1..={MAX_NODES} nodes in all (nodes per cluster × clusters) and \
+             0..={MAX_PODS} pods per node, not {clusters} × {nodes} nodes × {pods} pods"
+        )));
+    }
+    if let Some(c) = options
+        .unlinked
+        .iter()
+        .find(|c| !(1..=clusters).contains(*c))
+    {
+        return Err(LabError::Check(format!(
+            "LabOptions::unlinked names cluster {c}, but the lab has clusters 1..={clusters}"
+        )));
+    }
+    // Checked above: total <= MAX_NODES, a u8.
+    Ok(u8::try_from(total).expect("total nodes fit a u8 (checked against MAX_NODES)"))
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -400,7 +430,7 @@ impl Drop for Lab {
             if !self.keep {
                 eprintln!(
                     "wiremesh-lab: set WIREMESH_LAB_KEEP=1 to keep {} for inspection",
-                    self.dir.display()
+                    self.dir().display()
                 );
             }
         }

@@ -5,7 +5,8 @@
 //! `10.244.<node>.0/24`). It starts the wiremesh agent (or stock wireguard-go) inside nodes, each
 //! with a private mount namespace so `/run/wireguard` and `/run/wiremesh` are per node, as on
 //! separate hosts. The agents share a dir store, or an etcd server the lab runs on the switch
-//! ([`LabOptions`]). It drives traffic (ping, TCP via nc) and captures the underlay.
+//! ([`LabOptions`]); a multi-cluster lab has one store (or etcd) per cluster and links the
+//! clusters through their agents' `clusterMesh` ([`ClusterPlan`]). It drives traffic (ping, TCP via nc) and captures the underlay.
 //!
 //! Users act on one role at a time through borrowed handles: `lab.node(2).agent().status()`,
 //! `lab.node(1).datapath().pid()`, `lab.pod(1, 1).ping(..)`, `lab.store().read_record(..)`,
@@ -21,6 +22,7 @@ mod addr;
 mod agent;
 mod capture;
 mod claim;
+mod clusters;
 mod control;
 mod error;
 mod etcd;
@@ -31,6 +33,7 @@ pub mod handles;
 mod http;
 mod lab;
 mod lifecycle;
+mod mesh;
 mod metrics;
 mod netpol;
 mod options;
@@ -54,6 +57,9 @@ pub use agent::{
 };
 pub use capture::{classify, contains, marker, Capture, CaptureFile, LeakReport, Packet};
 pub use claim::LAB_ROOT;
+pub use clusters::{
+    cluster_etcd_endpoint, etcd_client_port, etcd_key_of, etcd_peer_port, ClusterPlan, LabLayout,
+};
 pub use control::{tail, unix_now};
 pub use error::{LabError, Result};
 pub use etcd::{etcd_node_key, etcd_owner_key};
@@ -76,8 +82,9 @@ pub use netpol::{
     NETPOL_UDP_PORTS,
 };
 pub use options::{
-    agent_config_file, agent_config_with, config_duration, etcd_endpoint, offload_from_env,
-    KeyRotation, LabOptions, StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT, ETCD_PREFIX, SWITCH_IP,
+    agent_config_file, agent_config_with, config_duration, config_yaml, etcd_endpoint,
+    offload_from_env, KeyRotation, LabOptions, StoreKind, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+    ETCD_PREFIX, SWITCH_IP,
 };
 pub use policy::{namespace_manifest, namespace_with_pods, render_matrix, PodSpec, Proto, Servers};
 pub use raw::{RawEnd, RawReply, RawSend};

@@ -1,21 +1,17 @@
 //! What kind of lab to build: which store the agents share (the dir store, or an etcd server the
-//! lab runs on the underlay switch) and how their keys rotate. The agent configs the lab writes
-//! follow from these options.
+//! lab runs on the underlay switch), how their keys rotate, and how many clusters the nodes
+//! form. The agent configs the lab writes follow from these options and the lab's layout
+//! ([`crate::clusters`]).
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wiremesh::config::{
-    ConfigFile, DirStoreSection, EtcdStoreSection, KeyRotationSection, PolicySection, StoreSection,
-};
+use wiremesh::config::{ConfigFile, KeyRotationSection, PolicySection};
 
-use crate::addr::{
-    endpoint, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6, CLUSTER_POD_CIDR,
-    CLUSTER_POD_CIDR6, WG_IFACE, WG_PORT,
-};
+use crate::addr::{endpoint, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6, WG_IFACE, WG_PORT};
+use crate::clusters::LabLayout;
 
-/// The cluster name every lab node is configured with.
+/// The cluster name every node of a one-cluster lab is configured with.
 pub const CLUSTER_NAME: &str = "lab";
 
 /// Where the agent expects WireGuard UAPI sockets and its own runtime files. Each node sees its
@@ -23,33 +19,29 @@ pub const CLUSTER_NAME: &str = "lab";
 pub const WG_RUN_DIR: &str = "/run/wireguard";
 pub const AGENT_RUN_DIR: &str = wiremesh::api::DEFAULT_RUN_DIR;
 
-/// `<labdir>/bpffs` for the store directory `<labdir>/store`.
-pub(crate) fn bpffs_dir_next_to(store_dir: &Path) -> PathBuf {
-    store_dir.parent().unwrap_or(store_dir).join("bpffs")
-}
-
 /// The switch's address on the underlay (on `br0`), where the lab's etcd listens. It is no node's
 /// address, so traffic to it is never mistaken for traffic between nodes.
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
-/// etcd's client and peer ports.
+/// etcd's client and peer ports (cluster 1's; see [`crate::etcd_client_port`]).
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// The key prefix the lab's agents use in etcd (`store.etcd.prefix`).
 pub const ETCD_PREFIX: &str = "/wiremesh";
 
-/// `http://198.18.0.254:2379`.
+/// `http://198.18.0.254:2379` (cluster 1's etcd).
 pub fn etcd_endpoint() -> String {
     format!("http://{SWITCH_IP}:{ETCD_CLIENT_PORT}")
 }
 
-/// The store every agent of a lab shares.
+/// The store the agents of a cluster share (one store per cluster).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StoreKind {
-    /// One directory on the host (`<labdir>/store`).
+    /// One directory on the host (`<labdir>/store`, per cluster `<labdir>/store-c<c>`).
     #[default]
     Dir,
     /// An etcd 3 server the lab runs in the switch namespace at [`SWITCH_IP`], its data in
-    /// `<labdir>/etcd`; node records are bound to leases of `lease_ttl`.
+    /// `<labdir>/etcd` (one per cluster: `<labdir>/etcd-c<c>` on client port
+    /// [`crate::etcd_client_port`]); node records are bound to leases of `lease_ttl`.
     Etcd { lease_ttl: Duration },
 }
 
@@ -94,6 +86,14 @@ pub struct LabOptions {
     /// or to off when `WIREMESH_LAB_OFFLOAD=off`, so that whole test runs can prove the
     /// fallback a kernel without offloads gets.
     pub offload: bool,
+    /// How many clusters the lab's nodes form (default 1). With C > 1 and N nodes per cluster
+    /// ([`crate::Lab::with_options`]'s `nodes`), node `i` belongs to cluster `(i-1)/N + 1`,
+    /// named `c<c>` with `clusterID: c`, each cluster with its own store and pool, and every
+    /// cluster lists the others in `clusterMesh` ([`crate::ClusterPlan`]).
+    pub clusters: u8,
+    /// Clusters that start outside the mesh: they list no other cluster and none lists them,
+    /// so a test can link them at run time ([`crate::Lab::link_clusters`]).
+    pub unlinked: Vec<u8>,
 }
 
 /// Whether `WIREMESH_LAB_OFFLOAD` leaves offloads on (anything but `off`).
@@ -111,6 +111,8 @@ impl Default for LabOptions {
             strict_mode: true,
             metrics_port: None,
             offload: offload_from_env(),
+            clusters: 1,
+            unlinked: Vec::new(),
         }
     }
 }
@@ -158,6 +160,18 @@ impl LabOptions {
         self
     }
 
+    /// `clusters` clusters of the lab's `nodes` nodes each.
+    pub fn clusters(mut self, clusters: u8) -> Self {
+        self.clusters = clusters;
+        self
+    }
+
+    /// Cluster `cluster` starts unlinked (see [`LabOptions::unlinked`]).
+    pub fn unlinked(mut self, cluster: u8) -> Self {
+        self.unlinked.push(cluster);
+        self
+    }
+
     /// Whether the switch joins the underlay with an address of its own.
     pub fn switch_has_address(&self) -> bool {
         self.uses_etcd() || self.default_route
@@ -175,74 +189,47 @@ pub fn config_duration(d: Duration) -> String {
     }
 }
 
-/// The agent config of lab node `node` with `options`; `store_dir` is used by the dir store.
-pub fn agent_config_with(
-    node: u8,
-    state_dir: &Path,
-    store_dir: &Path,
-    options: &LabOptions,
-) -> String {
-    let file = agent_config_file(node, state_dir, store_dir, options);
-    // A ConfigFile is strings, numbers, paths and optional sections: YAML can hold each of
-    // them, so serialising it cannot fail.
-    yaml_serde::to_string(&file).expect("a ConfigFile always serialises to YAML")
+/// The agent config of lab node `node` in a lab laid out as `layout`, with `options`.
+pub fn agent_config_with(node: u8, layout: &LabLayout, options: &LabOptions) -> String {
+    config_yaml(&agent_config_file(node, layout, options))
 }
 
-/// The typed config behind [`agent_config_with`].
-pub fn agent_config_file(
-    node: u8,
-    state_dir: &Path,
-    store_dir: &Path,
-    options: &LabOptions,
-) -> ConfigFile {
-    let (mut ips, mut cidrs, mut pool) = (
-        vec![node_ip(node).to_string()],
-        vec![pod_cidr(node)],
-        vec![CLUSTER_POD_CIDR.to_string()],
-    );
+/// `file` as YAML.
+pub fn config_yaml(file: &ConfigFile) -> String {
+    // A ConfigFile is strings, numbers, paths and optional sections: YAML can hold each of
+    // them, so serialising it cannot fail.
+    yaml_serde::to_string(file).expect("a ConfigFile always serialises to YAML")
+}
+
+/// The typed config behind [`agent_config_with`]: the node's own cluster (name, ID, pool,
+/// store) and the clusters it is linked with at start.
+pub fn agent_config_file(node: u8, layout: &LabLayout, options: &LabOptions) -> ConfigFile {
+    let plan = layout.plan;
+    let cluster = plan.cluster_of(node);
+    let (mut ips, mut cidrs) = (vec![node_ip(node).to_string()], vec![pod_cidr(node)]);
     if options.dual_stack {
         ips.push(node_ip6(node).to_string());
         cidrs.push(pod_cidr6(node));
-        pool.push(CLUSTER_POD_CIDR6.to_string());
     }
-    let store = match &options.store {
-        StoreKind::Dir => StoreSection {
-            kind: wiremesh::config::StoreKind::Dir,
-            dir: Some(DirStoreSection {
-                path: store_dir.to_path_buf(),
-            }),
-            etcd: None,
-            kubernetes: None,
-        },
-        StoreKind::Etcd { lease_ttl } => StoreSection {
-            kind: wiremesh::config::StoreKind::Etcd,
-            dir: None,
-            etcd: Some(EtcdStoreSection {
-                endpoints: Some(vec![etcd_endpoint()]),
-                prefix: Some(ETCD_PREFIX.into()),
-                tls: None,
-                lease_ttl: Some(config_duration(*lease_ttl)),
-            }),
-            kubernetes: None,
-        },
-    };
     ConfigFile {
         node_name: Some(node_name(node)),
-        cluster_name: Some(CLUSTER_NAME.into()),
+        cluster_name: Some(plan.name(cluster)),
+        cluster_id: plan.cluster_id(cluster),
+        cluster_mesh: layout.mesh_section(plan.linked(cluster, options), options),
         interface: Some(WG_IFACE.into()),
         listen_port: Some(WG_PORT),
-        state_dir: Some(state_dir.to_path_buf()),
+        state_dir: Some(layout.state_dir(node)),
         run_dir: Some(AGENT_RUN_DIR.into()),
         endpoint: Some(endpoint(node)),
         node_ips: Some(ips),
         pod_cidrs: Some(cidrs),
-        cluster_pod_cidrs: Some(pool),
+        cluster_pod_cidrs: Some(plan.pool(cluster, options.dual_stack)),
         strict_mode: Some(options.strict_mode),
         offload: (!options.offload).then_some(false),
-        store: Some(store),
+        store: Some(layout.store_section(cluster, options)),
         policy: Some(PolicySection {
             enforcement: None,
-            bpf_pin_dir: Some(bpffs_dir_next_to(store_dir).join(node_name(node))),
+            bpf_pin_dir: Some(layout.bpffs_dir().join(node_name(node))),
         }),
         metrics_address: options
             .metrics_port
@@ -258,6 +245,13 @@ pub fn agent_config_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clusters::ClusterPlan;
+    use std::path::Path;
+
+    /// A one-cluster lab of three nodes in `/tmp/l`.
+    fn layout() -> LabLayout {
+        LabLayout::new("/tmp/l", ClusterPlan::new(1, 3))
+    }
 
     #[test]
     fn durations_use_the_agents_syntax() {
@@ -270,12 +264,7 @@ mod tests {
     fn etcd_config_names_the_switch_endpoint_and_rotation() {
         let options = LabOptions::etcd(Duration::from_secs(5))
             .key_rotation(KeyRotation::manual(Duration::from_secs(30)));
-        let yaml = agent_config_with(
-            3,
-            Path::new("/tmp/l/n3/state"),
-            Path::new("/unused"),
-            &options,
-        );
+        let yaml = agent_config_with(3, &layout(), &options);
         let v: yaml_serde::Value = yaml_serde::from_str(&yaml).expect("config is valid YAML");
         let expected: yaml_serde::Value = yaml_serde::from_str(
             "{kind: etcd, etcd: {endpoints: [\"http://198.18.0.254:2379\"], prefix: /wiremesh, leaseTTL: 5s}}",
@@ -292,7 +281,7 @@ mod tests {
     #[test]
     fn dual_stack_config_adds_the_v6_plan() {
         let options = LabOptions::default().dual_stack().strict_mode(false);
-        let yaml = agent_config_with(2, Path::new("/s"), Path::new("/d"), &options);
+        let yaml = agent_config_with(2, &layout(), &options);
         let v: yaml_serde::Value = yaml_serde::from_str(&yaml).expect("config is valid YAML");
         assert_eq!(
             v["nodeIPs"],
@@ -333,12 +322,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wiremesh-lab-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         for (name, options) in cases {
-            let yaml = agent_config_with(
-                2,
-                Path::new("/tmp/l/n2/state"),
-                Path::new("/tmp/l/store"),
-                &options,
-            );
+            let yaml = agent_config_with(2, &layout(), &options);
             let path = dir.join(format!("{name}.yaml"));
             std::fs::write(&path, &yaml).expect("write config");
             let config = Config::load(&path).unwrap_or_else(|e| {
@@ -346,6 +330,8 @@ mod tests {
             });
             assert_eq!(config.node_name, "node-2", "{name}");
             assert_eq!(config.cluster_name, CLUSTER_NAME, "{name}");
+            assert_eq!(config.cluster_id, None, "{name}");
+            assert!(config.cluster_mesh.is_empty(), "{name}");
             assert_eq!(config.endpoint.to_string(), endpoint(2), "{name}");
             assert_eq!(config.strict_mode, options.strict_mode, "{name}");
             assert_eq!(

@@ -1,4 +1,5 @@
-//! The lab's shared dir store: one `<nodeName>.json` per node, which agents publish and watch.
+//! The lab's stores, one per cluster: in the dir store one `<nodeName>.json` per node, which
+//! agents publish and watch (in an etcd lab, the same records in the cluster's etcd).
 //! Tests edit it as an operator or a sync tool would: atomically (a dot-file in the same
 //! directory, then a rename), so a watcher never reads half a record.
 
@@ -13,12 +14,12 @@ use serde_json::Value;
 use crate::addr::{node_ip, node_name, pod_cidr, WG_PORT};
 use crate::agent::CLUSTER_NAME;
 use crate::error::{LabError, Result};
-use crate::etcd::etcd_node_key;
 use crate::handles::StoreHandle;
 
 const POLL: Duration = Duration::from_millis(100);
 
-/// The record lab node `node` publishes with `public_key`, as the agents read it.
+/// The record lab node `node` of a one-cluster lab publishes with `public_key`, as the agents
+/// read it (in a multi-cluster lab, set `cluster_name` to [`crate::Lab::cluster_name`]).
 pub fn node_record(node: u8, public_key: PublicKey) -> NodeRecord {
     NodeRecord {
         node_name: node_name(node),
@@ -37,9 +38,15 @@ pub fn node_record(node: u8, public_key: PublicKey) -> NodeRecord {
 }
 
 impl StoreHandle<'_> {
-    /// `<labdir>/store`, the dir store's directory (unused in an etcd lab).
+    /// The cluster whose store this is.
+    pub fn cluster(&self) -> u8 {
+        self.cluster
+    }
+
+    /// `<labdir>/store` (`<labdir>/store-c<c>`), the dir store's directory (unused in an etcd
+    /// lab).
     pub fn dir(&self) -> PathBuf {
-        self.lab.store_dir()
+        self.lab.layout().store_dir(self.cluster)
     }
 
     /// `<store>/<name>.json`.
@@ -50,7 +57,8 @@ impl StoreHandle<'_> {
     /// The raw record `name`, if present (from the dir store, or from etcd in an etcd lab).
     pub fn read_record_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
         if self.lab.options().uses_etcd() {
-            return self.lab.etcd().get(&etcd_node_key(name));
+            let etcd = self.lab.cluster_etcd(self.cluster);
+            return etcd.get(&etcd.node_key(name));
         }
         let path = self.record_path(name);
         match std::fs::read(&path) {
@@ -112,7 +120,8 @@ impl StoreHandle<'_> {
     /// lease).
     pub fn write_record_bytes(&self, name: &str, bytes: &[u8]) -> Result<()> {
         if self.lab.options().uses_etcd() {
-            return self.lab.etcd().put(&etcd_node_key(name), bytes);
+            let etcd = self.lab.cluster_etcd(self.cluster);
+            return etcd.put(&etcd.node_key(name), bytes);
         }
         let tmp = self.dir().join(format!(".{name}.json.lab-tmp"));
         std::fs::write(&tmp, bytes).map_err(|e| LabError::io(&tmp, e))?;
@@ -123,13 +132,12 @@ impl StoreHandle<'_> {
     /// Removes the record `name` and returns what it held.
     pub fn remove_record(&self, name: &str) -> Result<Vec<u8>> {
         if self.lab.options().uses_etcd() {
-            let key = etcd_node_key(name);
-            let bytes = self
-                .lab
-                .etcd()
+            let etcd = self.lab.cluster_etcd(self.cluster);
+            let key = etcd.node_key(name);
+            let bytes = etcd
                 .get(&key)?
                 .ok_or_else(|| LabError::Check(format!("no record at {key} in etcd")))?;
-            self.lab.etcd().del(&key)?;
+            etcd.del(&key)?;
             return Ok(bytes);
         }
         let path = self.record_path(name);
