@@ -23,8 +23,13 @@ enum Cmd {
     /// Build a lab, start the agents, print how to get into each namespace, and keep it until
     /// Ctrl-C (SIGINT) or SIGTERM, then tear it down.
     Up {
+        /// Nodes per cluster.
         #[arg(long, default_value_t = 3)]
         nodes: u8,
+        /// Clusters of `--nodes` nodes each, every one with its own store (or etcd), ID and
+        /// pool, all linked through their agents' `clusterMesh`.
+        #[arg(long, default_value_t = 1)]
+        clusters: u8,
         #[arg(long, default_value_t = 2)]
         pods: u8,
         /// Build only the namespaces; start no agent.
@@ -192,10 +197,17 @@ fn dispatch(command: Cmd) -> anyhow::Result<()> {
     match command {
         Cmd::Up {
             nodes,
+            clusters,
             pods,
             no_agents,
             etcd,
-        } => cli::up::run(nodes, pods, !no_agents, etcd),
+        } => cli::up::run(&cli::up::UpArgs {
+            nodes,
+            clusters,
+            pods,
+            agents: !no_agents,
+            etcd_ttl: etcd,
+        }),
         Cmd::Demo { nodes, pods } => cli::demo::run(nodes, pods),
         Cmd::Bench {
             seconds,

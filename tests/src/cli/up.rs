@@ -3,21 +3,42 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use wiremesh_lab::{
-    agent_binary, etcd_endpoint, node_ip, pod_cidr, pod_ip, Lab, LabOptions, WG_IFACE,
-};
+use wiremesh_lab::{agent_binary, node_ip, pod_cidr, pod_ip, Lab, LabOptions, WG_IFACE};
 
 use super::{check_interrupted, section, stop_requested};
 
 const READY: Duration = Duration::from_secs(20);
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
-pub fn run(nodes: u8, pods: u8, agents: bool, etcd_ttl: Option<u64>) -> anyhow::Result<()> {
-    section(&format!("Building a lab: {nodes} nodes × {pods} pods"));
+/// What `up` was asked for.
+pub struct UpArgs {
+    /// Per cluster.
+    pub nodes: u8,
+    pub clusters: u8,
+    pub pods: u8,
+    pub agents: bool,
+    pub etcd_ttl: Option<u64>,
+}
+
+pub fn run(args: &UpArgs) -> anyhow::Result<()> {
+    let UpArgs {
+        nodes,
+        clusters,
+        pods,
+        agents,
+        etcd_ttl,
+    } = *args;
+    let shape = if clusters > 1 {
+        format!("{clusters} clusters × {nodes} nodes × {pods} pods")
+    } else {
+        format!("{nodes} nodes × {pods} pods")
+    };
+    section(&format!("Building a lab: {shape}"));
     let options = match etcd_ttl {
         Some(secs) => LabOptions::etcd(Duration::from_secs(secs)),
         None => LabOptions::default(),
-    };
+    }
+    .clusters(clusters);
     let lab = Lab::with_options(nodes, pods, options).context("building the lab")?;
     check_interrupted()?;
     if agents {
@@ -29,7 +50,7 @@ pub fn run(nodes: u8, pods: u8, agents: bool, etcd_ttl: Option<u64>) -> anyhow::
     }
     print_access(&lab);
     println!("\nPress Ctrl-C to tear the lab down.");
-    let mut reported = vec![false; usize::from(nodes)];
+    let mut reported = vec![false; usize::from(lab.nodes())];
     let mut last_check = Instant::now();
     while !stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
@@ -55,24 +76,21 @@ fn print_access(lab: &Lab) {
         lab.prefix(),
         lab.dir().display()
     ));
-    if lab.options().uses_etcd() {
-        println!(
-            "store (etcd):       {} (data {}); etcdctl: ip netns exec {} env ETCDCTL_API=3 etcdctl --endpoints={} get --prefix /wiremesh",
-            etcd_endpoint(),
-            lab.etcd().data_dir().display(),
-            lab.switch().ns(),
-            etcd_endpoint()
-        );
-    } else {
-        println!("store (shared dir): {}", lab.store().dir().display());
+    for cluster in lab.cluster_ids() {
+        print_cluster(lab, cluster);
     }
     println!(
         "underlay capture:   ip netns exec {} tcpdump -nni br0",
         lab.switch().ns()
     );
     for node in lab.node_ids() {
+        let cluster = if lab.clusters() > 1 {
+            format!("  cluster {}", lab.cluster_name(lab.cluster_of(node)))
+        } else {
+            String::new()
+        };
         println!(
-            "\nnode-{node}  underlay {}  pods {}",
+            "\nnode-{node}{cluster}  underlay {}  pods {}",
             node_ip(node),
             pod_cidr(node)
         );
@@ -98,5 +116,50 @@ fn print_access(lab: &Lab) {
                 lab.pod(node, pod).ns()
             );
         }
+    }
+}
+
+/// One cluster's name, ID, pool and store (in a one-cluster lab, only its store).
+fn print_cluster(lab: &Lab, cluster: u8) {
+    let section = lab.cluster_section(cluster);
+    if lab.clusters() > 1 {
+        let nodes = lab.cluster_nodes(cluster);
+        println!(
+            "cluster {} (clusterID {}): nodes {}..={}, pool {}",
+            section.name,
+            section.id,
+            nodes.start(),
+            nodes.end(),
+            section.pod_cidrs.join(", ")
+        );
+        let first = *lab.cluster_nodes(cluster).start();
+        let linked: Vec<String> = lab
+            .cluster_mesh_of(first)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        println!("  clusterMesh lists:  {}", or_none(&linked));
+    }
+    let indent = if lab.clusters() > 1 { "  " } else { "" };
+    let store = lab.cluster_store(cluster);
+    if lab.options().uses_etcd() {
+        let etcd = lab.cluster_etcd(cluster);
+        println!(
+            "{indent}store (etcd):       {} (data {}); etcdctl: ip netns exec {} env ETCDCTL_API=3 etcdctl --endpoints={} get --prefix /wiremesh",
+            etcd.endpoint(),
+            etcd.data_dir().display(),
+            lab.switch().ns(),
+            etcd.endpoint()
+        );
+    } else {
+        println!("{indent}store (shared dir): {}", store.dir().display());
+    }
+}
+
+fn or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "(none)".into()
+    } else {
+        names.join(", ")
     }
 }
