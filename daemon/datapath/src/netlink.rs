@@ -52,6 +52,18 @@ impl Netlink {
             .with_context(|| format!("setting interface #{index} up with MTU {mtu}"))
     }
 
+    /// Puts `ip` on the interface as a host address (/32 or /128); already there is fine.
+    pub async fn ensure_host_address(&self, index: u32, ip: IpAddr) -> Result<()> {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        self.handle
+            .address()
+            .add(index, ip, len)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding address {ip}/{len} to interface #{index}"))
+    }
+
     /// Probes for the kernel WireGuard module by creating (and keeping) an interface of kind
     /// `wireguard`. Returns its index.
     pub async fn create_wireguard(&self, name: &str) -> Result<u32> {

@@ -256,7 +256,7 @@ async fn start_rotation(
     let public_key = keys.current.public_key();
     let template = NodeRecord {
         cluster_name: config.cluster_name.clone(),
-        pod_cidrs: config.pod_cidrs.clone(),
+        pod_cidrs: config.published_pod_cidrs(),
         node_ips: config.node_ips.clone(),
         ..NodeRecord::new(&config.node_name, public_key, config.endpoint)
     };

@@ -76,6 +76,7 @@ pub async fn start(
     let (client, origin) = attach_or_spawn(config, key, exited).await?;
     let ifindex = netlink.link_index(&config.interface).await?;
     netlink.set_up(ifindex, mtu).await?;
+    host_address(config, netlink, ifindex).await?;
     Ok(Started {
         datapath: Arc::new(Datapath::Process(client)),
         ifindex,
@@ -99,11 +100,22 @@ async fn start_kernel(
     let k = Kernel::configure(&config.interface, key, config.listen_port, mtu)
         .with_context(|| format!("configuring kernel WireGuard on {}", config.interface))?;
     netlink.set_up(index, mtu).await?;
+    host_address(config, netlink, index).await?;
     Ok(Started {
         datapath: Arc::new(Datapath::Kernel(Arc::new(k))),
         ifindex: index,
         origin,
     })
+}
+
+/// A host without pods (`hostAddress`): its address goes on the WireGuard interface, so pods
+/// elsewhere reach it through the tunnel and its own traffic to pods leaves from it.
+async fn host_address(config: &Config, netlink: &Netlink, index: u32) -> Result<()> {
+    if let Some(ip) = config.host_address {
+        netlink.ensure_host_address(index, ip).await?;
+        tracing::info!(%ip, interface = %config.interface, "host address on the WireGuard interface");
+    }
+    Ok(())
 }
 
 pub fn uapi_client(config: &Config) -> UapiClient {

@@ -49,6 +49,9 @@ pub struct ConfigFile {
     pub pod_cidrs: Option<Vec<String>>,
     #[serde(rename = "clusterPodCIDRs", skip_serializing_if = "Option::is_none")]
     pub cluster_pod_cidrs: Option<Vec<String>>,
+    /// A host without pods (VM, bare metal): its address in the pod network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_address: Option<String>,
     /// Default true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strict_mode: Option<bool>,

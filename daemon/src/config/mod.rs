@@ -82,6 +82,9 @@ pub struct Config {
     pub endpoint: SocketAddr,
     pub node_ips: Vec<IpAddr>,
     pub pod_cidrs: Vec<IpNet>,
+    /// A host without pods (`hostAddress`): its address inside the cluster's pool, published
+    /// as a /32 (/128) pod CIDR of this node and put on the WireGuard interface.
+    pub host_address: Option<IpAddr>,
     /// The cluster's whole pod address pool(s): every node's `podCIDRs` lie inside them.
     pub cluster_pod_cidrs: Vec<IpNet>,
     /// Pod traffic to or from another node is encrypted or dropped, never sent or accepted in
@@ -168,6 +171,14 @@ impl Config {
         })?;
         config.path = path.into();
         Ok(config)
+    }
+
+    /// The pod CIDRs this node publishes: its `podCIDRs`, and its `hostAddress` as a host
+    /// route.
+    pub fn published_pod_cidrs(&self) -> Vec<IpNet> {
+        let mut cidrs = self.pod_cidrs.clone();
+        cidrs.extend(self.host_address.map(IpNet::from));
+        cidrs
     }
 
     pub fn key_path(&self) -> PathBuf {

@@ -335,3 +335,37 @@ fn clusters_that_collide_are_not_a_config_error() {
         .replace("10.245.0.0/16", "10.244.128.0/18");
     assert_eq!(parse(&dup).unwrap().cluster_mesh.len(), 2);
 }
+
+#[test]
+fn host_address_is_published_as_a_host_route_of_the_pod_network() {
+    let c = parse("nodeName: vm-1\nnodeIPs: [198.18.0.9]\nhostAddress: 10.244.200.1\n").unwrap();
+    assert_eq!(c.host_address, Some("10.244.200.1".parse().unwrap()));
+    assert_eq!(
+        c.published_pod_cidrs(),
+        vec!["10.244.200.1/32".parse::<IpNet>().unwrap()]
+    );
+    let v6 =
+        parse("nodeName: vm-1\nnodeIPs: [198.18.0.9]\nhostAddress: fd00:10:244:c8::1\n").unwrap();
+    assert_eq!(
+        v6.published_pod_cidrs(),
+        vec!["fd00:10:244:c8::1/128".parse::<IpNet>().unwrap()]
+    );
+    let e = parse("nodeName: vm-1\nnodeIPs: [198.18.0.9]\nhostAddress: 10.99.0.1\n").unwrap_err();
+    assert!(
+        e.contains("hostAddress: 10.99.0.1 is not inside clusterPodCIDRs"),
+        "{e}"
+    );
+    let e = parse(
+        "nodeName: n\nnodeIPs: [198.18.0.9]\npodCIDRs: [10.244.9.0/24]\nhostAddress: 10.244.9.1\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("hostAddress: 10.244.9.1 lies inside podCIDRs[0]"),
+        "{e}"
+    );
+    let e = parse("nodeName: n\nnodeIPs: [198.18.0.9]\nhostAddress: vm\n").unwrap_err();
+    assert!(
+        e.contains("hostAddress: \"vm\" is not an IP address"),
+        "{e}"
+    );
+}

@@ -55,6 +55,12 @@ impl ConfigFile {
             "10.244.0.0/16 or fd00:10:244::/56",
             &mut errors,
         );
+        let host_address = host_address(
+            self.host_address,
+            &pod_cidrs,
+            &cluster_pod_cidrs,
+            &mut errors,
+        );
         let strict_mode = self.strict_mode.unwrap_or(true);
         pool_checks(strict_mode, &pod_cidrs, &cluster_pod_cidrs, &mut errors);
         let endpoint = endpoint(self.endpoint, &node_ips, listen_port, &mut errors);
@@ -94,6 +100,7 @@ impl ConfigFile {
             endpoint,
             node_ips,
             pod_cidrs,
+            host_address,
             cluster_pod_cidrs,
             strict_mode,
             persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
@@ -189,6 +196,39 @@ fn mesh_needs(
                 .into(),
         );
     }
+}
+
+/// `hostAddress`: an address of the pod network (inside `clusterPodCIDRs`), none of this
+/// node's own pods' (outside its `podCIDRs`).
+fn host_address(
+    raw: Option<String>,
+    pod_cidrs: &[IpNet],
+    pool: &[IpNet],
+    errors: &mut Vec<String>,
+) -> Option<IpAddr> {
+    let raw = raw?;
+    let Ok(ip) = raw.parse::<IpAddr>() else {
+        errors.push(format!(
+            "hostAddress: {raw:?} is not an IP address (e.g. 10.244.200.1)"
+        ));
+        return None;
+    };
+    if !pool.is_empty() && !pool.iter().any(|p| p.contains(&ip)) {
+        errors.push(format!(
+            "hostAddress: {ip} is not inside clusterPodCIDRs ({}): pods reach the host at an \
+             address of the pod network",
+            pool.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some((i, net)) = pod_cidrs.iter().enumerate().find(|(_, n)| n.contains(&ip)) {
+        errors.push(format!(
+            "hostAddress: {ip} lies inside podCIDRs[{i}] ({net}); the host's address is no pod's"
+        ));
+    }
+    Some(ip)
 }
 
 /// `endpoint`, else the first node IP at `listen_port`.

@@ -71,7 +71,8 @@ impl GuardSpec {
             interface: config.interface.clone(),
             // Aggregated: an interval set refuses overlapping elements.
             pool: IpNet::aggregate(&pools),
-            local: IpNet::aggregate(&config.pod_cidrs),
+            // The host address too: the host's traffic to itself goes through `lo`.
+            local: IpNet::aggregate(&config.published_pod_cidrs()),
         }
     }
 }
