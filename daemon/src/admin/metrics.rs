@@ -43,6 +43,8 @@ pub struct MetricsView {
     pub flows: Arc<wiremesh_l7::flows::FlowLog>,
     /// The L7 proxy's counters (per verdict, request latency) as last read, every 5 s.
     pub proxy_stats: watch::Receiver<Option<Arc<wiremesh_l7::flows::Stats>>>,
+    /// The cluster mesh as the agent last published it.
+    pub clustermesh: watch::Receiver<crate::api::ClusterMeshStatus>,
 }
 
 /// The latency histogram the proxy keeps, as Prometheus's histogram in seconds (empty while
@@ -367,9 +369,59 @@ pub fn render(view: &MetricsView) -> Result<String, std::fmt::Error> {
     register_policy(&mut registry, view);
     register_strict(&mut registry, view);
     register_flows(&mut registry, view);
+    register_clustermesh(&mut registry, view);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+/// Per remote cluster of `clusterMesh`: admitted or refused, its store connected, its nodes
+/// that are peers, its records refused.
+fn register_clustermesh(registry: &mut Registry, view: &MetricsView) {
+    let status = view.clustermesh.borrow().clone();
+    let admitted = Family::<ClusterLabels, Gauge<i64>>::default();
+    let connected = Family::<ClusterLabels, Gauge<i64>>::default();
+    let nodes = Family::<ClusterLabels, Gauge<i64>>::default();
+    let refused = Family::<ClusterLabels, Gauge<i64>>::default();
+    for c in &status.clusters {
+        let labels = ClusterLabels {
+            cluster: c.name.clone(),
+        };
+        let is_admitted = c.state == "admitted";
+        admitted.get_or_create(&labels).set(i64::from(is_admitted));
+        if is_admitted {
+            connected.get_or_create(&labels).set(i64::from(c.connected));
+            nodes.get_or_create(&labels).set(c.nodes as i64);
+            refused
+                .get_or_create(&labels)
+                .set(c.refused_records.len() as i64);
+        }
+    }
+    registry.register(
+        "clustermesh_remote_admitted",
+        "1 if the remote cluster is in the mesh, 0 if it was refused (wiremesh clustermesh status says why)",
+        admitted,
+    );
+    registry.register(
+        "clustermesh_remote_connected",
+        "1 if the remote cluster's store answers (its last known nodes stay peers either way)",
+        connected,
+    );
+    registry.register(
+        "clustermesh_remote_nodes",
+        "The remote cluster's nodes that are peers of this one",
+        nodes,
+    );
+    registry.register(
+        "clustermesh_remote_refused_records",
+        "The remote cluster's node records refused here",
+        refused,
+    );
 }
 
 /// Per peer, named by node where the store knows the key: bytes and the latest handshake.

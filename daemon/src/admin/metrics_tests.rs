@@ -41,7 +41,45 @@ fn view(policy: PolicyView, totals: PolicyTotals) -> MetricsView {
         totals: View::fixed(totals),
         flows: Arc::new(wiremesh_l7::flows::FlowLog::default()),
         proxy_stats: watch::channel(None).1,
+        clustermesh: watch::channel(Default::default()).1,
     }
+}
+
+/// Each remote cluster gets its gauges; a refused one is only `admitted 0`.
+#[test]
+fn remote_clusters_are_reported_per_cluster() {
+    use crate::api::clustermesh::{ClusterMeshStatus, RemoteClusterStatus};
+    let mut view = view(PolicyView::default(), PolicyTotals::default());
+    let status = ClusterMeshStatus {
+        clusters: vec![
+            RemoteClusterStatus {
+                name: "c2".into(),
+                state: "admitted".into(),
+                connected: false,
+                nodes: 3,
+                refused_records: vec!["node node-9: bad".into()],
+                ..Default::default()
+            },
+            RemoteClusterStatus {
+                name: "c3".into(),
+                state: "refused".into(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    view.clustermesh = watch::channel(status).1;
+    let text = super::render(&view).unwrap();
+    for line in [
+        "wiremesh_clustermesh_remote_admitted{cluster=\"c2\"} 1",
+        "wiremesh_clustermesh_remote_admitted{cluster=\"c3\"} 0",
+        "wiremesh_clustermesh_remote_connected{cluster=\"c2\"} 0",
+        "wiremesh_clustermesh_remote_nodes{cluster=\"c2\"} 3",
+        "wiremesh_clustermesh_remote_refused_records{cluster=\"c2\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains("wiremesh_clustermesh_remote_nodes{cluster=\"c3\"}"));
 }
 
 /// Flows are counted by verdict, the kernel's and the proxy's together, and the proxy's

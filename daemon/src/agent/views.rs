@@ -69,6 +69,7 @@ pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
         totals: View::new(move || policy_totals(&counters)),
         flows: p.flows.log.clone(),
         proxy_stats: p.flows.proxy_stats.subscribe(),
+        clustermesh: p.clustermesh.clone(),
     });
     let objects = Arc::new(ObjectsView {
         store: p.objects,

@@ -194,6 +194,7 @@ pub fn admin_state_with(
             totals: View::fixed(Default::default()),
             flows: flows.log.clone(),
             proxy_stats: flows.proxy_stats.subscribe(),
+            clustermesh: watch::channel(Default::default()).1,
         }),
         flows,
     };
