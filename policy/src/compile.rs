@@ -155,6 +155,7 @@ fn view_of_identity<'a>(labels: &'a IdentityLabels, host_ips: &'a [IpAddr]) -> V
             ns_labels,
             named_ports,
             cidrs,
+            ..
         } => View {
             class: Class::Endpoint {
                 namespace,

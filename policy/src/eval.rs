@@ -79,7 +79,7 @@ pub(crate) fn subject_matches(policy: &Policy, bundle: &Bundle, ep: &Endpoint) -
             selector,
         } => &ep.namespace == namespace && selector.matches(&ep.labels, &Source::K8s),
         Subject::Endpoints(sel) => {
-            let ns_labels = bundle.namespace_labels(&ep.namespace);
+            let ns_labels = bundle.endpoint_namespace_labels(ep);
             sel.matches(
                 &cilium_labels(&ep.namespace, &ep.labels, &ns_labels),
                 &Source::K8s,
@@ -268,7 +268,7 @@ pub fn evaluate(
     port: u16,
 ) -> DirectionEval {
     let ns_labels = match remote {
-        Remote::Endpoint { endpoint, .. } => bundle.namespace_labels(&endpoint.namespace),
+        Remote::Endpoint { endpoint, .. } => bundle.endpoint_namespace_labels(endpoint),
         _ => Labels::new(),
     };
     let view = view_of(remote, &ns_labels);

@@ -40,6 +40,9 @@ pub enum IdentityLabels {
     /// `reserved:host`, `reserved:world`, `reserved:remote-node`.
     Reserved(IdentityId),
     Endpoint {
+        /// With cluster mesh, the ID of the endpoint's cluster: its identity number carries it
+        /// (`id << 16 | 256..65535`, as Cilium's), so identities are unique mesh-wide.
+        cluster_id: Option<u8>,
         namespace: String,
         labels: Labels,
         ns_labels: Labels,
@@ -74,6 +77,13 @@ impl IdentityLabels {
     pub fn allocation_range(&self) -> Option<(IdentityId, IdentityId)> {
         match self {
             IdentityLabels::Reserved(_) => None,
+            IdentityLabels::Endpoint {
+                cluster_id: Some(c),
+                ..
+            } => {
+                let base = IdentityId::from(*c) << 16;
+                Some((base + FIRST_ENDPOINT, base + (1 << 16)))
+            }
             IdentityLabels::Endpoint { .. } => Some((FIRST_ENDPOINT, FIRST_CIDR)),
             IdentityLabels::Cidr { .. } | IdentityLabels::RemoteNode { .. } => {
                 Some((FIRST_CIDR, IdentityId::MAX))
@@ -231,9 +241,11 @@ impl Identities {
         let mut endpoint_sets = BTreeSet::new();
         let mut endpoint_ips = Vec::new();
         for ep in &bundle.endpoints {
-            let ns_labels = bundle.namespace_labels(&ep.namespace);
+            let ns_labels = bundle.endpoint_namespace_labels(ep);
             for ip in &ep.ips {
+                let cluster = ep.cluster.as_ref().or(bundle.local_cluster.as_ref());
                 let labels = IdentityLabels::Endpoint {
+                    cluster_id: cluster.and_then(|c| bundle.cluster_ids.get(c).copied()),
                     namespace: ep.namespace.clone(),
                     labels: ep.labels.clone(),
                     ns_labels: ns_labels.clone(),
@@ -399,6 +411,7 @@ mod stable_id_tests {
 
     fn endpoint(app: &str) -> IdentityLabels {
         IdentityLabels::Endpoint {
+            cluster_id: None,
             namespace: "x".into(),
             labels: Labels::from([("app".to_string(), app.to_string())]),
             ns_labels: Labels::new(),

@@ -13,6 +13,7 @@
 //! by construction of a shared peer matcher and by a property test.
 
 mod cilium;
+mod cluster;
 mod cnp;
 pub mod compile;
 mod error;

@@ -84,6 +84,7 @@ pub fn load_with<'a>(
     let mut loader = Loader {
         bundle: Bundle {
             istio: options.istio.clone(),
+            local_cluster: options.cluster_name.clone(),
             ..Bundle::default()
         },
         options,
@@ -92,7 +93,11 @@ pub fn load_with<'a>(
     for (file, text) in files {
         loader.file(file, text)?;
     }
-    Ok(loader.bundle)
+    let mut bundle = loader.bundle;
+    if let Some(cluster) = bundle.local_cluster.clone() {
+        crate::cluster::default_local_cluster(&mut bundle.policies, &cluster);
+    }
+    Ok(bundle)
 }
 
 struct Loader {
@@ -433,6 +438,7 @@ impl Loader {
             labels.insert(CLUSTER_LABEL.to_string(), cluster.clone());
         }
         self.bundle.endpoints.push(Endpoint {
+            cluster: None,
             namespace,
             name,
             labels,

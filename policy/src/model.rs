@@ -295,11 +295,18 @@ pub struct Endpoint {
     /// `<trustDomain>/ns/<namespace>/sa/<service_account>`. Also in `labels` under
     /// [`SERVICE_ACCOUNT_LABEL`], as Cilium puts it, so that identities differ by account.
     pub service_account: String,
+    /// The remote cluster it is in (cluster mesh); `None`: this cluster. Its `node` is then
+    /// `<cluster>/<node>`, never one of this cluster's nodes.
+    pub cluster: Option<String>,
 }
 
 impl Endpoint {
+    /// `namespace/name`, or `cluster/namespace/name` for a remote cluster's endpoint.
     pub fn qualified_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        match &self.cluster {
+            Some(c) => format!("{c}/{}/{}", self.namespace, self.name),
+            None => format!("{}/{}", self.namespace, self.name),
+        }
     }
 }
 
@@ -343,6 +350,12 @@ pub struct Bundle {
     pub services: BTreeMap<String, Service>,
     /// The root namespace and trust domain the Istio policies were loaded with.
     pub istio: IstioSettings,
+    /// With cluster mesh, this cluster's name (every endpoint carries [`CLUSTER_LABEL`]).
+    pub local_cluster: Option<String>,
+    /// Cluster mesh: each cluster's ID (this one's included), which endpoint identities carry.
+    pub cluster_ids: BTreeMap<String, u8>,
+    /// Remote clusters' namespaces: cluster → namespace → labels.
+    pub remote_namespaces: BTreeMap<String, BTreeMap<String, Labels>>,
 }
 
 impl Bundle {
@@ -355,10 +368,45 @@ impl Bundle {
             .unwrap_or_else(|| Labels::from([(METADATA_NAME.to_string(), ns.to_string())]))
     }
 
+    /// The labels of `ep`'s namespace, in its own cluster.
+    pub fn endpoint_namespace_labels(&self, ep: &Endpoint) -> Labels {
+        let remote = ep.cluster.as_ref().map(|c| {
+            self.remote_namespaces
+                .get(c)
+                .and_then(|nss| nss.get(&ep.namespace))
+                .cloned()
+                .unwrap_or_else(|| {
+                    Labels::from([(METADATA_NAME.to_string(), ep.namespace.clone())])
+                })
+        });
+        remote.unwrap_or_else(|| self.namespace_labels(&ep.namespace))
+    }
+
+    /// This cluster's endpoint `namespace/name`.
     pub fn endpoint(&self, namespace: &str, name: &str) -> Option<&Endpoint> {
         self.endpoints
             .iter()
-            .find(|e| e.namespace == namespace && e.name == name)
+            .find(|e| e.cluster.is_none() && e.namespace == namespace && e.name == name)
+    }
+
+    /// Remote cluster `cluster`'s endpoint `namespace/name`.
+    pub fn remote_endpoint(&self, cluster: &str, namespace: &str, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| {
+            e.cluster.as_deref() == Some(cluster) && e.namespace == namespace && e.name == name
+        })
+    }
+
+    /// Adds remote cluster `cluster`'s endpoints and namespaces, loaded (with `cluster` as
+    /// the cluster name) from its store: nothing else of it (its policies apply in its own
+    /// cluster). Its endpoints' nodes become `<cluster>/<node>`.
+    pub fn add_remote_cluster(&mut self, cluster: &str, remote: Bundle) {
+        for mut ep in remote.endpoints {
+            ep.cluster = Some(cluster.to_string());
+            ep.node = ep.node.map(|n| format!("{cluster}/{n}"));
+            self.endpoints.push(ep);
+        }
+        self.remote_namespaces
+            .insert(cluster.to_string(), remote.namespaces);
     }
 
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {

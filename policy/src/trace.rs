@@ -187,17 +187,20 @@ fn resolve<'a>(bundle: &'a Bundle, s: &str) -> Result<Party<'a>, QueryError> {
             None => Party::Ip(ip),
         });
     }
-    let Some((ns, name)) = s.split_once('/') else {
+    let parts: Vec<&str> = s.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
         return Err(QueryError::BadPeer(s.to_string()));
+    }
+    let found = match parts[..] {
+        // A remote cluster's pod (cluster mesh): `cluster/namespace/name`.
+        [cluster, ns, name] => bundle.remote_endpoint(cluster, ns, name),
+        [_, _] if bundle.host_network_pods.contains(s) => {
+            return Err(QueryError::HostNetworkPod(s.to_string()))
+        }
+        [ns, name] => bundle.endpoint(ns, name),
+        _ => return Err(QueryError::BadPeer(s.to_string())),
     };
-    if ns.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(QueryError::BadPeer(s.to_string()));
-    }
-    if bundle.host_network_pods.contains(s) {
-        return Err(QueryError::HostNetworkPod(s.to_string()));
-    }
-    bundle
-        .endpoint(ns, name)
+    found
         .map(Party::Pod)
         .ok_or_else(|| QueryError::UnknownPod(s.to_string()))
 }
