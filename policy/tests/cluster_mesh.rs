@@ -134,11 +134,11 @@ fn identities_carry_the_cluster_id_and_the_maps_agree() {
     let of = |ip: &str| ids.lookup(ip.parse().unwrap(), Some("node-1"));
     let (local, remote) = (of("10.244.1.10"), of("10.244.2.10"));
     assert!(
-        (1 << 16) + 256 <= local && local < 2 << 16,
+        ((1 << 16) + 256..2 << 16).contains(&local),
         "c1's identity {local}"
     );
     assert!(
-        (2 << 16) + 256 <= remote && remote < 3 << 16,
+        ((2 << 16) + 256..3 << 16).contains(&remote),
         "c2's identity {remote}"
     );
     let labels = ids.labels(remote).expect("c2's identity").to_string();
