@@ -372,3 +372,92 @@ fn exchange(lab: &Lab, a: Host, b: Host, mark: &[u8; 16], name: &str) -> wiremes
         .analyze(mark)
         .expect("capture decodes")
 }
+
+/// Cross-cluster policy: c1's backend admits only c2's frontend, named by the cluster label;
+/// c2's other pod and c1's own frontend are refused; a NetworkPolicy without the cluster label
+/// admits c1's frontend and not c2's. Enforced by the eBPF programs on c1's node, traced by
+/// `policy trace` as `c2/app/frontend`.
+#[test]
+fn cross_cluster_policy_selects_by_cluster_label() {
+    use wiremesh_lab::{namespace_with_pods, PodSpec, Proto};
+    common::require_agent();
+    let lab = common::lab_with(1, 2, LabOptions::default().clusters(2));
+    start(&lab);
+    let pod = |ns: &str, name: &str, host: Host, app: &str| {
+        PodSpec::new(ns, name, host).label("app", app)
+    };
+    let backend = pod("app", "backend", Host::Pod(1, 1), "backend");
+    let c1_frontend = pod("app", "frontend", Host::Pod(1, 2), "frontend");
+    let c2_frontend = pod("app", "frontend", Host::Pod(2, 1), "frontend");
+    let c2_other = pod("app", "other", Host::Pod(2, 2), "other");
+    let c1 = namespace_with_pods("app", &[backend.clone(), c1_frontend.clone()]);
+    let c2 = namespace_with_pods("app", &[c2_frontend.clone(), c2_other.clone()]);
+    lab.node(1)
+        .agent()
+        .apply(&c1)
+        .expect("c1's pods applied in c1");
+    lab.node(2)
+        .agent()
+        .apply(&c2)
+        .expect("c2's pods applied in c2");
+    let _servers = lab
+        .serve(&[Host::Pod(1, 1)], &[8080], &[])
+        .expect("echo server");
+    let to = backend.ip();
+    let probes = [
+        (Host::Pod(2, 1), to, 8080, Proto::Tcp),
+        (Host::Pod(2, 2), to, 8080, Proto::Tcp),
+        (Host::Pod(1, 2), to, 8080, Proto::Tcp),
+    ];
+    let probe = |want: [bool; 3], what: &str| {
+        let got = lab.probe_until(
+            &probes,
+            &want,
+            Duration::from_millis(500),
+            Duration::from_secs(15),
+        );
+        assert_eq!(
+            got, want,
+            "{what}: c2/frontend, c2/other, c1/frontend -> c1/backend"
+        );
+    };
+    // The control: without a policy every probe gets through.
+    probe([true, true, true], "no policy");
+
+    let only_c2_frontend = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+        metadata: {name: backend, namespace: app}\nspec:\n\
+        \x20 endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n\
+        \x20 - fromEndpoints:\n    - matchLabels: {app: frontend, io.cilium.k8s.policy.cluster: c2}\n";
+    lab.node(1)
+        .agent()
+        .apply(only_c2_frontend)
+        .expect("CNP applied in c1");
+    probe([true, false, false], "CNP admitting c2's frontend only");
+    let trace = |from: &str| {
+        lab.node(1)
+            .agent()
+            .trace(&["--from", from, "--to", "app/backend", "--port", "8080"])
+            .unwrap_or_else(|e| panic!("trace from {from}: {e}"))
+    };
+    let allowed = trace("c2/app/frontend");
+    assert!(allowed.contains("allowed"), "{allowed}");
+    let denied = trace("c2/app/other");
+    assert!(denied.contains("denied"), "{denied}");
+    lab.node(1)
+        .agent()
+        .delete(only_c2_frontend)
+        .expect("CNP deleted");
+
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+        metadata: {name: backend, namespace: app}\nspec:\n\
+        \x20 podSelector: {matchLabels: {app: backend}}\n  ingress:\n\
+        \x20 - from:\n    - podSelector: {matchLabels: {app: frontend}}\n";
+    lab.node(1)
+        .agent()
+        .apply(np)
+        .expect("NetworkPolicy applied in c1");
+    probe(
+        [false, false, true],
+        "NetworkPolicy without a cluster label",
+    );
+}

@@ -145,12 +145,20 @@ pub async fn run(config: Config) -> Result<()> {
     let (rotate_tx, rotate_rx) = mpsc::channel(4);
     let own = start_rotation(&mut supervisor, &config, &store, &datapath, keys, rotate_rx).await?;
     let objects = Arc::new(open_objects(&config)?);
-    let policy = start_policy(&mut supervisor, &config, &store, &objects, &netlink)?;
+    let mut mesh = clustermesh::ClusterMesh::new(&config, peer_file.load());
+    mesh.apply(&config);
+    let policy_objects = clustermesh::policy_objects(objects.subscribe(), mesh.objects());
+    let policy = start_policy(
+        &mut supervisor,
+        &config,
+        &store,
+        &objects,
+        policy_objects,
+        &netlink,
+    )?;
     start_proxy(&mut supervisor, &config, &netlink, &policy.state).await?;
     let flows = start_flows(&mut supervisor, &config, &policy.state);
 
-    let mut mesh = clustermesh::ClusterMesh::new(&config, peer_file.load());
-    mesh.apply(&config);
     let (names_tx, names_rx) = watch::channel(Arc::new(HashMap::new()));
     let (view_tx, view_rx) = watch::channel(None);
     let published = views::Published {
@@ -331,13 +339,16 @@ struct PolicyOutputs {
     passes: watch::Receiver<policy::PassReport>,
 }
 
-/// Loads the eBPF programs and starts the policy loop under the supervisor. A restarted loop
+/// Loads the eBPF programs and starts the policy loop under the supervisor; it takes
+/// `policy_objects` (the cluster's objects, with a cluster mesh the remote clusters' endpoints
+/// too) and allocates identities in `objects`. A restarted loop
 /// loads them again (re-opening the pinned maps) and goes on from the policy in force.
 fn start_policy(
     supervisor: &mut Supervisor,
     config: &Config,
     store: &Store,
     objects: &Arc<ObjectStore>,
+    policy_objects: watch::Receiver<Arc<keymgr::store::objects::ObjectSet>>,
     netlink: &Netlink,
 ) -> Result<PolicyOutputs> {
     let enforcer = policy::open_enforcer(&config.policy)?;
@@ -349,7 +360,7 @@ fn start_policy(
         wg_ifname: config.interface.clone(),
         node_name: config.node_name.clone(),
         netlink: netlink.clone(),
-        objects: objects.subscribe(),
+        objects: policy_objects,
         nodes: store.subscribe(),
         state: state_tx,
         counters: counters.clone(),

@@ -355,6 +355,37 @@ impl ObjectStore {
     }
 }
 
+/// Another cluster's objects, followed read-only for the cluster mesh (the agent uses its Pods
+/// and Namespaces): the type has no way to write or allocate.
+pub struct RemoteObjects(ObjectStore);
+
+impl RemoteObjects {
+    /// `cluster`'s objects in the etcd at `config`. Must be called inside a tokio runtime.
+    pub fn etcd(config: &EtcdConfig, cluster: &str) -> Result<Self, StoreError> {
+        ObjectStore::etcd(config, cluster).map(Self)
+    }
+
+    /// The objects of the dir store `store_dir` (another cluster's), which must already hold
+    /// them: nothing is created there.
+    pub fn dir(store_dir: &Path) -> Result<Self, StoreError> {
+        let path = store_dir.join("objects");
+        if !path.is_dir() {
+            return Err(StoreError::Io {
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no objects directory (another cluster's store is never created here)",
+                ),
+                path,
+            });
+        }
+        Ok(Self(ObjectStore::Dir(DirObjects::open(&path)?)))
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ObjectSet>> {
+        self.0.subscribe()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

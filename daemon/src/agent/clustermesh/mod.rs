@@ -7,6 +7,7 @@
 //! a WARN naming both sides, shown in status, and changes nothing in force.
 
 pub mod merge;
+pub mod objects;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use cluster_mesh::{Cluster, Conflict};
+use keymgr::store::objects::{ObjectSet, RemoteObjects};
 use keymgr::store::{RemoteStore, StoreHealth};
 use keymgr::{Admission, NodeRecord, Snapshot};
 use tokio::sync::{watch, Notify};
@@ -24,6 +26,7 @@ use crate::api::status::rfc3339;
 use crate::api::ClusterMeshStatus;
 use crate::config::{Config, RemoteCluster, RemoteStoreConfig};
 use merge::{admit, merge, remote_node, RemoteView};
+use objects::{MeshObjects, Scope};
 
 /// One admitted remote cluster and its follower.
 struct Remote {
@@ -39,8 +42,32 @@ struct Follower {
     store: RemoteStore,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     health: watch::Receiver<StoreHealth>,
+    /// Its objects (Pods and Namespaces are used), once its store holds any.
+    objects: Option<(RemoteObjects, watch::Receiver<Arc<ObjectSet>>)>,
     /// Pokes the event loop on every change of the two above.
     forward: JoinHandle<()>,
+}
+
+impl Follower {
+    /// Starts following the objects of `config`'s store if it now holds them.
+    fn follow_objects(&mut self, config: &RemoteCluster, changes: &Arc<Notify>) {
+        let RemoteStoreConfig::Dir { path } = &config.store else {
+            return;
+        };
+        let Ok(objects) = RemoteObjects::dir(path) else {
+            return;
+        };
+        let rx = objects.subscribe();
+        self.forward.abort();
+        self.forward = tokio::spawn(forward(
+            self.snapshot.clone(),
+            self.health.clone(),
+            Some(rx.clone()),
+            changes.clone(),
+        ));
+        self.objects = Some((objects, rx));
+        changes.notify_one();
+    }
 }
 
 impl Drop for Follower {
@@ -51,6 +78,9 @@ impl Drop for Follower {
 
 pub struct ClusterMesh {
     local: LocalCluster,
+    local_id: Option<cluster_mesh::ClusterId>,
+    /// The remote clusters' objects and the scope, for the policy loop.
+    objects: watch::Sender<Arc<MeshObjects>>,
     local_addresses: Vec<IpAddr>,
     remotes: BTreeMap<String, Remote>,
     refused: Vec<(RemoteCluster, Conflict)>,
@@ -82,6 +112,8 @@ impl ClusterMesh {
                     .collect(),
                 nodes: 0,
             },
+            local_id: config.cluster_id,
+            objects: watch::channel(Arc::new(MeshObjects::default())).0,
             local_addresses,
             remotes: BTreeMap::new(),
             refused: Vec::new(),
@@ -101,10 +133,16 @@ impl ClusterMesh {
         self.status.subscribe()
     }
 
+    /// The remote clusters' objects and the scope, as the policy loop takes them.
+    pub fn objects(&self) -> watch::Receiver<Arc<MeshObjects>> {
+        self.objects.subscribe()
+    }
+
     /// Makes `config`'s `clusterMesh` the one in force: followers of clusters that left are
     /// stopped (their peers go with the next merge), newcomers admitted or refused, changed ones
     /// followed anew.
     pub fn apply(&mut self, config: &Config) {
+        self.local_id = config.cluster_id;
         let Some(id) = config.cluster_id else {
             if !config.cluster_mesh.is_empty() {
                 tracing::error!("clusterMesh without clusterID; no remote cluster is linked");
@@ -193,27 +231,51 @@ impl ClusterMesh {
             RemoteStoreConfig::Dir { path } => RemoteStore::dir(path, admission),
         }
         .map_err(|e| e.to_string())?;
+        let objects = match &config.store {
+            RemoteStoreConfig::Etcd(etcd) => RemoteObjects::etcd(etcd, name),
+            RemoteStoreConfig::Dir { path } => RemoteObjects::dir(path),
+        };
+        let objects = match objects {
+            Ok(o) => {
+                let rx = o.subscribe();
+                Some((o, rx))
+            }
+            Err(e) => {
+                tracing::debug!(cluster = %name, "cluster mesh: no objects to follow yet: {e}");
+                None
+            }
+        };
         let (snapshot, health) = (store.subscribe(), store.health());
         let forward = tokio::spawn(forward(
             snapshot.clone(),
             health.clone(),
+            objects.as_ref().map(|(_, rx)| rx.clone()),
             self.changes.clone(),
         ));
         Ok(Follower {
             store,
             snapshot,
             health,
+            objects,
             forward,
         })
     }
 
-    /// Retries the followers that could not be started.
+    /// Retries the followers that could not be started, and the objects of a directory store
+    /// that held none yet.
     pub fn retry(&mut self) {
+        let changes = self.changes.clone();
         let failed: Vec<String> = self
             .remotes
-            .iter()
-            .filter(|(_, r)| r.store.is_err())
-            .map(|(n, _)| n.clone())
+            .iter_mut()
+            .filter_map(|(name, r)| match &mut r.store {
+                Err(_) => Some(name.clone()),
+                Ok(f) if f.objects.is_none() => {
+                    f.follow_objects(&r.config, &changes);
+                    None
+                }
+                Ok(_) => None,
+            })
             .collect();
         for name in failed {
             let config = self.remotes[&name].config.clone();
@@ -265,7 +327,45 @@ impl ClusterMesh {
         self.refused_records = merged.refused;
         self.local.nodes = local.nodes.len();
         self.publish(&merged.snapshot);
+        self.publish_objects();
         merged.snapshot
+    }
+
+    /// Hands the policy loop the remote clusters' objects, when they changed.
+    fn publish_objects(&self) {
+        let scope = self.local_id.map(|id| Scope {
+            local: self.local.name.clone(),
+            ids: std::iter::once((self.local.name.clone(), id.get()))
+                .chain(
+                    self.remotes
+                        .values()
+                        .map(|r| (r.config.cluster.name.clone(), r.config.cluster.id.get())),
+                )
+                .collect(),
+        });
+        let clusters = self
+            .remotes
+            .iter()
+            .filter_map(|(name, r)| {
+                let (_, rx) = r.store.as_ref().ok()?.objects.as_ref()?;
+                let set = rx.borrow().clone();
+                set.synced.then(|| (name.clone(), set))
+            })
+            .collect();
+        let next = MeshObjects { scope, clusters };
+        self.objects.send_if_modified(|cur| {
+            let same = cur.scope == next.scope
+                && cur.clusters.len() == next.clusters.len()
+                && cur
+                    .clusters
+                    .iter()
+                    .zip(&next.clusters)
+                    .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
+            if !same {
+                *cur = Arc::new(next);
+            }
+            !same
+        });
     }
 
     /// Notes the outcome of a `SIGHUP` reload.
@@ -348,20 +448,54 @@ fn store_text(s: &RemoteStoreConfig) -> String {
     }
 }
 
-/// Pokes `changes` whenever the follower's snapshot or health changes; ends with the follower.
+/// Pokes `changes` whenever the follower's snapshot, health or objects change; ends with the
+/// follower.
 async fn forward(
     mut snapshot: watch::Receiver<Arc<Snapshot>>,
     mut health: watch::Receiver<StoreHealth>,
+    mut objects: Option<watch::Receiver<Arc<ObjectSet>>>,
     changes: Arc<Notify>,
 ) {
     loop {
+        let objects_changed = async {
+            match objects.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         let alive = tokio::select! {
             r = snapshot.changed() => r.is_ok(),
             r = health.changed() => r.is_ok(),
+            ok = objects_changed => ok,
         };
         if !alive {
             return;
         }
         changes.notify_one();
     }
+}
+
+/// The object set the policy loop takes: `local` with the remote clusters' Pods and Namespaces
+/// and the scope folded in ([`objects::combine`]), again whenever either changes.
+pub fn policy_objects(
+    mut local: watch::Receiver<Arc<ObjectSet>>,
+    mut mesh: watch::Receiver<Arc<MeshObjects>>,
+) -> watch::Receiver<Arc<ObjectSet>> {
+    let first = objects::combine(&local.borrow_and_update(), &mesh.borrow_and_update());
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            let alive = tokio::select! {
+                r = local.changed() => r.is_ok(),
+                r = mesh.changed() => r.is_ok(),
+                () = tx.closed() => false,
+            };
+            if !alive {
+                return;
+            }
+            let set = objects::combine(&local.borrow_and_update(), &mesh.borrow_and_update());
+            tx.send_replace(set);
+        }
+    });
+    rx
 }

@@ -118,12 +118,33 @@ pub fn load_options() -> policy::LoadOptions {
 
 /// Loads an object set into a bundle and adds what the node records know about nodes (their
 /// addresses are the `host` and `remote-node` identities).
+/// With a cluster mesh, the set carries the remote clusters' Pods and Namespaces and the
+/// scope (`clustermesh::objects`): this cluster's endpoints then carry its cluster label, and
+/// the remote ones are added with theirs. A remote cluster whose objects do not load adds no
+/// endpoint (its pods stay `world` here) and a note says why; this cluster's objects decide
+/// whether the set loads.
 pub fn load(set: &ObjectSet, nodes: &Snapshot) -> Result<Bundle, policy::LoadError> {
-    let texts = set
-        .objects
-        .values()
-        .map(|o| (o.origin.as_str(), o.manifest.as_str()));
-    let mut bundle = policy::load_with(texts, load_options())?;
+    let parts = crate::agent::clustermesh::objects::split(set);
+    let options = policy::LoadOptions {
+        cluster_name: parts.scope.as_ref().map(|s| s.local.clone()),
+        ..load_options()
+    };
+    let mut bundle = policy::load_with(parts.local, options)?;
+    if let Some(scope) = &parts.scope {
+        bundle.cluster_ids = scope.ids.clone();
+        for (cluster, texts) in parts.remote {
+            let options = policy::LoadOptions {
+                cluster_name: Some(cluster.to_string()),
+                ..load_options()
+            };
+            match policy::load_with(texts, options) {
+                Ok(remote) => bundle.add_remote_cluster(cluster, remote),
+                Err(e) => bundle.notes.push(format!(
+                    "cluster {cluster}: its pods are not known here ({e}); they count as world"
+                )),
+            }
+        }
+    }
     for rec in nodes.nodes.values() {
         let node = node_entry(&mut bundle, &rec.node_name);
         for ip in rec.node_ips.iter().copied().chain([rec.endpoint.ip()]) {
