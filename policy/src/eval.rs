@@ -73,6 +73,10 @@ impl CidrTest<'_> {
 }
 
 pub(crate) fn subject_matches(policy: &Policy, bundle: &Bundle, ep: &Endpoint) -> bool {
+    if ep.host {
+        // A host's policy is a host policy (`nodeSelector`): no endpoint selector selects it.
+        return false;
+    }
     match &policy.subject {
         Subject::Pods {
             namespace,

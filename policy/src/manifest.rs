@@ -379,6 +379,12 @@ impl Loader {
     }
 
     fn pod(&mut self, pod: Pod, namespace: String, name: String) -> Result<(), FieldError> {
+        let host = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::model::HOST_ENDPOINT_ANNOTATION))
+            .is_some_and(|v| v == "true");
         let spec = pod.spec.unwrap_or_default();
         let status = pod.status.unwrap_or_default();
         let node = spec.node_name.clone();
@@ -438,6 +444,7 @@ impl Loader {
             labels.insert(CLUSTER_LABEL.to_string(), cluster.clone());
         }
         self.bundle.endpoints.push(Endpoint {
+            host,
             cluster: None,
             namespace,
             name,

@@ -298,6 +298,11 @@ pub struct Endpoint {
     /// The remote cluster it is in (cluster mesh); `None`: this cluster. Its `node` is then
     /// `<cluster>/<node>`, never one of this cluster's nodes.
     pub cluster: Option<String>,
+    /// A host without pods (a VM or bare-metal machine that joined with `hostAddress` and
+    /// `labels`; its Pod object carries [`HOST_ENDPOINT_ANNOTATION`]): a peer with an identity
+    /// that selectors match, never a policy subject (its own policy is a host policy, selected
+    /// by `nodeSelector`) and no node's local endpoint.
+    pub host: bool,
 }
 
 impl Endpoint {
@@ -433,6 +438,8 @@ impl Bundle {
 }
 
 pub const METADATA_NAME: &str = "kubernetes.io/metadata.name";
+/// On the Pod object a host's agent publishes for itself (see [`Endpoint::host`]).
+pub const HOST_ENDPOINT_ANNOTATION: &str = "wiremesh.io/host-endpoint";
 /// The label Cilium gives every endpoint for its service account.
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 /// The label Cilium gives every endpoint for its cluster (with cluster mesh).

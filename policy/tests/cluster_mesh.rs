@@ -166,3 +166,46 @@ fn identities_carry_the_cluster_id_and_the_maps_agree() {
         assert_eq!(verdict.allowed, want, "{ip}: {verdict:?}");
     }
 }
+
+/// A host without pods (a VM with `hostAddress` and `labels`) publishes itself as a Pod with
+/// the host-endpoint annotation: selectors match its labels, no endpoint selector makes it a
+/// policy subject.
+#[test]
+fn a_host_endpoint_is_selected_by_its_labels_and_never_a_subject() {
+    let vm = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: vm-1
+  namespace: app
+  labels: {role: db-vm}
+  annotations: {wiremesh.io/host-endpoint: "true"}
+status: {podIPs: [{ip: 10.244.200.1}]}
+"#;
+    let egress_to_vm = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend, namespace: app}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints:
+    - matchLabels: {role: db-vm}
+"#;
+    let text = format!("{}\n---\n{vm}\n---\n{egress_to_vm}", pods(1));
+    let b = load_with([("c1.yaml", text.as_str())], cluster("c1")).expect("loads");
+    let host = b.endpoint("app", "vm-1").expect("the host endpoint");
+    assert!(host.host && host.node.is_none(), "{host:?}");
+    assert_eq!(tcp(&b, "app/frontend", "app/vm-1", 5432), "allowed");
+    assert_eq!(tcp(&b, "app/frontend", "app/backend", 80), "egress");
+    // By address, as the data path sees it.
+    let ids = Identities::build(&b);
+    let id = ids.lookup("10.244.200.1".parse().unwrap(), Some("node-1"));
+    let labels = ids.labels(id).expect("the host's identity").to_string();
+    assert!(labels.contains("k8s:role=db-vm"), "{labels}");
+    // An endpoint selector matching its labels does not make it a subject.
+    let isolate_vm = egress_to_vm.replace("app: frontend", "role: db-vm");
+    let text = format!("{}\n---\n{vm}\n---\n{isolate_vm}", pods(1));
+    let b = load_with([("c1.yaml", text.as_str())], cluster("c1")).expect("loads");
+    assert_eq!(tcp(&b, "app/vm-1", "app/backend", 80), "allowed");
+}

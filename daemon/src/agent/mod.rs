@@ -5,6 +5,7 @@
 pub mod clustermesh;
 mod event_loop;
 pub mod flows;
+pub mod host;
 pub mod peers;
 pub mod persist;
 pub mod policy;
@@ -145,6 +146,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (rotate_tx, rotate_rx) = mpsc::channel(4);
     let own = start_rotation(&mut supervisor, &config, &store, &datapath, keys, rotate_rx).await?;
     let objects = Arc::new(open_objects(&config)?);
+    tokio::spawn(host::publish(config.clone(), objects.clone()));
     let mut mesh = clustermesh::ClusterMesh::new(&config, peer_file.load());
     mesh.apply(&config);
     let policy_objects = clustermesh::policy_objects(objects.subscribe(), mesh.objects());

@@ -52,6 +52,12 @@ pub struct ConfigFile {
     /// A host without pods (VM, bare metal): its address in the pod network.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_address: Option<String>,
+    /// A host's labels: its identity's, as policy selects it (with `hostAddress`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The namespace a host's endpoint is in (with `hostAddress`); default `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_namespace: Option<String>,
     /// Default true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strict_mode: Option<bool>,

@@ -85,6 +85,10 @@ pub struct Config {
     /// A host without pods (`hostAddress`): its address inside the cluster's pool, published
     /// as a /32 (/128) pod CIDR of this node and put on the WireGuard interface.
     pub host_address: Option<IpAddr>,
+    /// A host's labels (`labels`): its endpoint's, published with `hostAddress`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The namespace of a host's endpoint (`hostNamespace`).
+    pub host_namespace: String,
     /// The cluster's whole pod address pool(s): every node's `podCIDRs` lie inside them.
     pub cluster_pod_cidrs: Vec<IpNet>,
     /// Pod traffic to or from another node is encrypted or dropped, never sent or accepted in

@@ -369,3 +369,26 @@ fn host_address_is_published_as_a_host_route_of_the_pod_network() {
         "{e}"
     );
 }
+
+#[test]
+fn host_labels_need_a_host_address_and_label_syntax() {
+    let c = parse(
+        "nodeName: vm-1\nnodeIPs: [198.18.0.9]\nhostAddress: 10.244.200.1\nlabels: {role: db-vm, example.com/tier: \"\"}\n",
+    )
+    .unwrap();
+    assert_eq!(c.labels["role"], "db-vm");
+    assert_eq!(c.host_namespace, "default");
+    let e = parse("nodeName: n\nnodeIPs: [198.18.0.9]\nlabels: {role: db}\n").unwrap_err();
+    assert!(e.contains("labels: needs hostAddress"), "{e}");
+    let e = parse(
+        "nodeName: n\nnodeIPs: [198.18.0.9]\nhostAddress: 10.244.200.1\nlabels: {\"bad key!\": x, ok: \"-no\"}\nhostNamespace: Not_OK\n",
+    )
+    .unwrap_err();
+    for needle in [
+        "labels: key \"bad key!\" is not a label key",
+        "labels.ok: value \"-no\" is not a label value",
+        "hostNamespace: \"Not_OK\"",
+    ] {
+        assert!(e.contains(needle), "{needle:?} missing from {e}");
+    }
+}

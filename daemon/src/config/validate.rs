@@ -61,6 +61,13 @@ impl ConfigFile {
             &cluster_pod_cidrs,
             &mut errors,
         );
+        let labels = host_labels(self.labels, host_address, &mut errors);
+        let host_namespace = self.host_namespace.unwrap_or_else(|| "default".into());
+        if !policy::names::is_dns_label(&host_namespace) {
+            errors.push(format!(
+                "hostNamespace: {host_namespace:?} is not a namespace name (a lowercase RFC 1123 label)"
+            ));
+        }
         let strict_mode = self.strict_mode.unwrap_or(true);
         pool_checks(strict_mode, &pod_cidrs, &cluster_pod_cidrs, &mut errors);
         let endpoint = endpoint(self.endpoint, &node_ips, listen_port, &mut errors);
@@ -101,6 +108,8 @@ impl ConfigFile {
             node_ips,
             pod_cidrs,
             host_address,
+            labels,
+            host_namespace,
             cluster_pod_cidrs,
             strict_mode,
             persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
@@ -229,6 +238,53 @@ fn host_address(
         ));
     }
     Some(ip)
+}
+
+/// `labels`: Kubernetes label syntax, and only with `hostAddress` (the address they label).
+fn host_labels(
+    raw: Option<std::collections::BTreeMap<String, String>>,
+    host_address: Option<IpAddr>,
+    errors: &mut Vec<String>,
+) -> std::collections::BTreeMap<String, String> {
+    let labels = raw.unwrap_or_default();
+    if !labels.is_empty() && host_address.is_none() {
+        errors.push(
+            "labels: needs hostAddress (a host's labels are its endpoint's, at that address)"
+                .into(),
+        );
+    }
+    for (k, v) in &labels {
+        if !is_label_key(k) {
+            errors.push(format!(
+                "labels: key {k:?} is not a label key ([prefix/]name, name 1-63 characters of \
+                 [A-Za-z0-9._-], starting and ending alphanumeric)"
+            ));
+        }
+        if !(v.is_empty() || is_label_name(v)) {
+            errors.push(format!(
+                "labels.{k}: value {v:?} is not a label value (at most 63 characters of \
+                 [A-Za-z0-9._-], starting and ending alphanumeric)"
+            ));
+        }
+    }
+    labels
+}
+
+/// Kubernetes' label name (and value) syntax.
+fn is_label_name(s: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(ok_char)
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn is_label_key(s: &str) -> bool {
+    match s.rsplit_once('/') {
+        Some((prefix, name)) => policy::names::is_dns_subdomain(prefix) && is_label_name(name),
+        None => is_label_name(s),
+    }
 }
 
 /// `endpoint`, else the first node IP at `listen_port`.
