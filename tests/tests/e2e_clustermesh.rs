@@ -423,6 +423,18 @@ fn cross_cluster_policy_selects_by_cluster_label() {
     };
     // The control: without a policy every probe gets through.
     probe([true, true, true], "no policy");
+    let c2_entry = wait_remote(
+        &lab,
+        1,
+        "c2",
+        "c2's two pods known",
+        Duration::from_secs(15),
+        |c| c["endpoints"] == 2,
+    );
+    assert_eq!(
+        c2_entry["identities"], 2,
+        "frontend and other differ: {c2_entry}"
+    );
 
     let only_c2_frontend = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
         metadata: {name: backend, namespace: app}\nspec:\n\

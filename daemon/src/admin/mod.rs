@@ -31,7 +31,7 @@ pub struct AdminViews {
     /// Recent flows (`wiremesh observe`).
     pub flows: flows::Flows,
     /// The cluster mesh (`wiremesh clustermesh status`).
-    pub clustermesh: tokio::sync::watch::Receiver<crate::api::ClusterMeshStatus>,
+    pub clustermesh: view::View<crate::api::ClusterMeshStatus>,
 }
 
 impl AdminViews {

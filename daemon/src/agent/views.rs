@@ -60,6 +60,10 @@ pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
         strict: p.strict,
         health: p.health,
     });
+    let clustermesh = {
+        let (status, policy) = (p.clustermesh.clone(), p.policy.clone());
+        View::new(move || with_endpoints(status.borrow().clone(), &policy.borrow()))
+    };
     let policy = View::of(p.policy, |s| policy_view(s));
     let counters = p.policy_counters;
     let metrics = Arc::new(MetricsView {
@@ -87,8 +91,31 @@ pub fn admin_views(config: &Config, mtu: u32, p: Published) -> AdminViews {
         policy,
         metrics,
         flows: p.flows,
-        clustermesh: p.clustermesh,
+        clustermesh,
     }
+}
+
+/// Each remote cluster's endpoints and their identities, from the policy in force.
+fn with_endpoints(
+    mut status: crate::api::ClusterMeshStatus,
+    state: &PolicyState,
+) -> crate::api::ClusterMeshStatus {
+    for c in &mut status.clusters {
+        let endpoints: Vec<_> = state
+            .bundle
+            .endpoints
+            .iter()
+            .filter(|e| e.cluster.as_deref() == Some(c.name.as_str()))
+            .collect();
+        let identities: std::collections::BTreeSet<_> = endpoints
+            .iter()
+            .flat_map(|e| &e.ips)
+            .map(|ip| state.compiled.identities.lookup(*ip, None))
+            .collect();
+        c.endpoints = endpoints.len();
+        c.identities = identities.len();
+    }
+    status
 }
 
 fn own_key(k: &OwnKey) -> OwnKeyView {

@@ -53,6 +53,10 @@ pub struct RemoteClusterStatus {
     pub last_error: Option<String>,
     /// Its nodes that are peers of this one.
     pub nodes: usize,
+    /// Its pods known to this node's policy (from its store's Pods).
+    pub endpoints: usize,
+    /// The security identities of those pods here.
+    pub identities: usize,
     /// Its records refused, each with the reason.
     pub refused_records: Vec<String>,
     /// The last time its view changed, or its store was (re)connected and listed afresh.
@@ -111,8 +115,10 @@ fn render_remote(c: &RemoteClusterStatus) -> String {
         out.push_str(&format!("\tLast error: {e}\n"));
     }
     out.push_str(&format!(
-        "\tNodes: {}, last sync {}\n",
+        "\tNodes: {}, endpoints: {}, identities: {}, last sync {}\n",
         c.nodes,
+        c.endpoints,
+        c.identities,
         c.last_sync.as_deref().unwrap_or("never")
     ));
     for r in &c.refused_records {

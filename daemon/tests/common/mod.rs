@@ -186,7 +186,7 @@ pub fn admin_state_with(
             validate: Arc::new(|_, _| Ok(())),
         }),
         policy: policy.clone(),
-        clustermesh: watch::channel(Default::default()).1,
+        clustermesh: View::fixed(Default::default()),
         metrics: Arc::new(MetricsView {
             node: encrypt,
             device: view_rx,
