@@ -129,6 +129,7 @@ impl Lab {
 
     /// Prints the tail of every node's logs to stderr (where the test harness shows it on failure).
     pub fn dump_logs(&self) {
+        self.dump_vm_logs();
         for node in self.node_ids() {
             for kind in [NodeKind::Agent, NodeKind::WireguardGo] {
                 let path = self.node(node).log_path(kind);
@@ -221,8 +222,12 @@ impl AgentHandle<'_> {
     }
 
     /// Fails with the exit status and log tail if the node's process has exited.
+    /// For a node that hosts a VM: fails with its console and journal if the VM has stopped.
     pub fn check_running(&self) -> Result<()> {
         let node = self.node;
+        if self.lab.has_vm(node) {
+            return self.lab.vm(node).check_running();
+        }
         let mut procs = self.lab.procs();
         let Some(p) = procs.get_mut(slot(node)).and_then(Option::as_mut) else {
             return Err(LabError::Node {
@@ -247,7 +252,7 @@ impl AgentHandle<'_> {
     /// `wiremesh encrypt status --json` in the node.
     pub fn status(&self) -> Result<Value> {
         let node = self.node;
-        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        let mut cmd = self.lab.agent_cli(node)?;
         cmd.args(["encrypt", "status", "--json", "--run-dir", AGENT_RUN_DIR]);
         let out = run(&mut cmd, STATUS_TIMEOUT)?;
         serde_json::from_str(&out).map_err(|_| LabError::Parse {
@@ -259,7 +264,7 @@ impl AgentHandle<'_> {
     /// `wiremesh observe ARGS` in the node (e.g. `["-o", "json", "--last", "100"]`): its stdout.
     pub fn observe(&self, args: &[&str]) -> Result<String> {
         let node = self.node;
-        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        let mut cmd = self.lab.agent_cli(node)?;
         cmd.arg("observe")
             .args(args)
             .args(["--run-dir", AGENT_RUN_DIR]);
@@ -299,7 +304,7 @@ impl AgentHandle<'_> {
     /// `wiremesh encrypt status` (human form) in the node.
     pub fn status_text(&self) -> Result<String> {
         let node = self.node;
-        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        let mut cmd = self.lab.agent_cli(node)?;
         cmd.args(["encrypt", "status", "--run-dir", AGENT_RUN_DIR]);
         run(&mut cmd, STATUS_TIMEOUT)
     }
@@ -321,10 +326,13 @@ impl AgentHandle<'_> {
                 Err(e) => e.to_string(),
             };
             if Instant::now() >= deadline {
-                let tail = self
-                    .lab
-                    .node(node)
-                    .log_tail(NodeKind::Agent, LOG_TAIL_LINES);
+                let tail = if self.lab.has_vm(node) {
+                    self.lab.vm(node).diagnostics()
+                } else {
+                    self.lab
+                        .node(node)
+                        .log_tail(NodeKind::Agent, LOG_TAIL_LINES)
+                };
                 return Err(LabError::Timeout {
                     what: format!("node-{node}: {what}"),
                     after: timeout,

@@ -97,7 +97,7 @@ impl AgentHandle<'_> {
     /// `wiremesh keys rotate` in the node: its stdout (`Rotated: key epoch N, public key K`).
     pub fn rotate_keys(&self, timeout: Duration) -> Result<String> {
         let node = self.node;
-        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        let mut cmd = self.lab.agent_cli(node)?;
         cmd.args(["keys", "rotate", "--run-dir", AGENT_RUN_DIR]);
         run(&mut cmd, timeout)
     }
@@ -105,7 +105,7 @@ impl AgentHandle<'_> {
     /// `wiremesh encrypt status --all-nodes --json` in the node: one entry per node.
     pub fn all_nodes_status(&self) -> Result<Vec<Value>> {
         let node = self.node;
-        let mut cmd = self.lab.node_cmd(node, agent_binary()?);
+        let mut cmd = self.lab.agent_cli(node)?;
         cmd.args([
             "encrypt",
             "status",

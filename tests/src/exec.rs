@@ -323,6 +323,9 @@ fn package_of(tool: &str) -> &'static str {
         "ping" => "iputils-ping",
         "unshare" | "mount" | "nsenter" => "util-linux / mount",
         "sysctl" => "procps",
+        "systemd-nspawn" => "systemd-container",
+        "debootstrap" => "debootstrap",
+        "chroot" => "coreutils",
         _ => "(unknown package)",
     }
 }

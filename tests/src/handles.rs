@@ -3,8 +3,8 @@
 //! start, stop, status, logs, policy objects), [`DatapathHandle`] (the data-path process) and
 //! [`GuardHandle`] (strict mode's nftables guard). [`Lab::host`] and [`Lab::pod`] give a
 //! [`HostHandle`] (traffic from a node or pod), [`Lab::store`] the node records,
-//! [`Lab::etcd`] the etcd server (per cluster: [`Lab::cluster_store`], [`Lab::cluster_etcd`])
-//! and [`Lab::switch`] the underlay switch.
+//! [`Lab::etcd`] the etcd server (per cluster: [`Lab::cluster_store`], [`Lab::cluster_etcd`]),
+//! [`Lab::switch`] the underlay switch and [`Lab::vm`] a systemd VM in a node ([`VmHandle`]).
 //!
 //! This file holds the handles and how to get one; each role's methods live with the code of
 //! that topic (`agent.rs`, `traffic.rs`, `store.rs`, ...). Handles are small borrowed views that
@@ -59,6 +59,12 @@ impl Lab {
     /// The underlay switch namespace (bridge `br0`).
     pub fn switch(&self) -> SwitchHandle<'_> {
         SwitchHandle { lab: self }
+    }
+
+    /// The systemd VM in node `node` (1-based), booted with [`VmHandle::boot`] in place of
+    /// the node's agent.
+    pub fn vm(&self, node: u8) -> VmHandle<'_> {
+        VmHandle { lab: self, node }
     }
 }
 
@@ -199,6 +205,13 @@ pub struct StoreHandle<'a> {
 pub struct EtcdHandle<'a> {
     pub(crate) lab: &'a Lab,
     pub(crate) cluster: u8,
+}
+
+/// The systemd VM ("hybrid host") in one node's network namespace.
+#[derive(Debug, Clone, Copy)]
+pub struct VmHandle<'a> {
+    pub(crate) lab: &'a Lab,
+    pub(crate) node: u8,
 }
 
 /// The underlay switch namespace.

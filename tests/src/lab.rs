@@ -61,6 +61,8 @@ pub struct Lab {
     /// Run directories of agents started outside the node table ([`Lab::spawn_agent_with`]),
     /// whose data paths teardown must stop too.
     pub(crate) extra_run_dirs: Mutex<Vec<PathBuf>>,
+    /// The systemd VMs booted in nodes ([`crate::VmHandle::boot`]).
+    pub(crate) vms: Mutex<Vec<crate::vm::Vm>>,
     torn_down: bool,
 }
 
@@ -95,6 +97,7 @@ impl Lab {
             etcd: Mutex::new((0..clusters).map(|_| None).collect()),
             meshes: Mutex::new((0..total).map(|_| None).collect()),
             extra_run_dirs: Mutex::new(Vec::new()),
+            vms: Mutex::new(Vec::new()),
             torn_down: false,
         };
         lab.make_dirs()?;
@@ -321,8 +324,10 @@ impl Lab {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// SIGTERM to every node process at once, a shared grace period, then SIGKILL.
+    /// Every VM powered off, then SIGTERM to every node process at once, a shared grace
+    /// period, then SIGKILL.
     fn stop_all(&self) {
+        self.stop_vms();
         let mut procs = self.procs();
         for p in procs.iter_mut().flatten() {
             p.proc.signal(Signal::SIGTERM);

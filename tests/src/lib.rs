@@ -44,6 +44,7 @@ mod stream;
 mod strict;
 mod topology;
 mod traffic;
+mod vm;
 mod wggo;
 mod wgshow;
 
@@ -68,7 +69,7 @@ pub use flood::{flood, initiation, mac1_key, FloodReport, FloodSpec, INITIATION_
 pub use grpc::{GrpcOutcome, GrpcServer};
 pub use handles::{
     AgentHandle, DatapathHandle, EtcdHandle, GuardHandle, HostHandle, NodeHandle, StoreHandle,
-    SwitchHandle,
+    SwitchHandle, VmHandle,
 };
 pub use http::{lab_binary, HttpReply, HttpRequest, HttpServer};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
@@ -93,5 +94,8 @@ pub use stream::{IperfClient, IperfReport, PingLog};
 pub use strict::GUARD_TABLE;
 pub use topology::{BYPASS_PREF, BYPASS_TABLE};
 pub use traffic::{test_data, Bulk, Ping, PingResult};
+pub use vm::{
+    prepare_rootfs, vm_config_file, vm_host_address, VM_AGENT_BIN, VM_ROOTFS, VM_STORE_DIR, VM_UNIT,
+};
 pub use wggo::KeyPair;
 pub use wgshow::{parse_wg_show, WgPeer};

@@ -68,7 +68,7 @@ impl Ping {
         self.interval * self.count + Duration::from_secs(3)
     }
 
-    fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let mut args = vec![
             "-n".into(),
             if self.per_reply { "-D" } else { "-q" }.into(),
