@@ -53,6 +53,7 @@ echo "== the data path without offloads"
 # pod traffic through the data path, again, one packet per system call.
 WIREMESH_LAB_OFFLOAD=off cargo test -p wiremesh-lab --locked --no-fail-fast \
   --test e2e_mesh --test e2e_interop --test e2e_leak --test e2e_strict \
+  --test e2e_systemd_vm \
   --test e2e_restart_lossless --test e2e_policy_host -- --test-threads=2
 
 echo "== fuzz smoke"
