@@ -52,16 +52,61 @@ impl Netlink {
             .with_context(|| format!("setting interface #{index} up with MTU {mtu}"))
     }
 
-    /// Puts `ip` on the interface as a host address (/32 or /128); already there is fine.
+    /// Puts `ip` on the interface as a host address (/32 or /128), unless it is there already.
+    /// Never a replace: the kernel implements one as delete + add, and removing an interface's
+    /// last address flushes every route through it, which would send pod traffic elsewhere
+    /// (strict mode drops it) until the routes are back.
     pub async fn ensure_host_address(&self, index: u32, ip: IpAddr) -> Result<()> {
         let len = if ip.is_ipv4() { 32 } else { 128 };
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            let here = msg.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Address(a) | AddressAttribute::Local(a) if *a == ip)
+            });
+            if here && msg.header.index == index && msg.header.prefix_len == len {
+                return Ok(());
+            }
+        }
         self.handle
             .address()
             .add(index, ip, len)
-            .replace()
             .execute()
             .await
             .with_context(|| format!("adding address {ip}/{len} to interface #{index}"))
+    }
+
+    /// The kind of interface `name` (`wireguard`, `tun`, ...), `None` if there is no such
+    /// interface.
+    pub async fn link_kind(&self, name: &str) -> Result<Option<String>> {
+        use netlink_packet_route::link::LinkInfo;
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let link = match links.try_next().await {
+            Ok(Some(link)) => link,
+            Ok(None) => return Ok(None),
+            // No such device.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e).with_context(|| format!("looking up interface {name}")),
+        };
+        let kind = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Kind(k) => Some(k.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        Ok(Some(kind.unwrap_or_default()))
     }
 
     /// Probes for the kernel WireGuard module by creating (and keeping) an interface of kind
@@ -312,4 +357,9 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// `ENODEV`, what the kernel answers for a link name that does not exist.
+fn libc_enodev() -> i32 {
+    19
 }

@@ -58,7 +58,15 @@ pub async fn start(
     mtu: u32,
     exited: &Arc<Notify>,
 ) -> Result<Started> {
-    if config.datapath != DatapathKind::Userspace {
+    // A userspace data path already running (its TUN device is there) is re-attached to, never
+    // probed for the kernel backend: configuring the kernel module on that interface would
+    // flush its addresses (a host's `hostAddress`) and with them every route through it.
+    let userspace_running = config.datapath == DatapathKind::Auto
+        && matches!(
+            netlink.link_kind(&config.interface).await,
+            Ok(Some(kind)) if kind == "tun"
+        );
+    if config.datapath != DatapathKind::Userspace && !userspace_running {
         match start_kernel(config, netlink, key, mtu).await {
             Ok(started) => return Ok(started),
             Err(e) if config.datapath == DatapathKind::Kernel => {
