@@ -95,7 +95,8 @@ pub use strict::GUARD_TABLE;
 pub use topology::{BYPASS_PREF, BYPASS_TABLE};
 pub use traffic::{test_data, Bulk, Ping, PingResult};
 pub use vm::{
-    prepare_rootfs, vm_config_file, vm_host_address, VM_AGENT_BIN, VM_ROOTFS, VM_STORE_DIR, VM_UNIT,
+    prepare_rootfs, vm_config_file, vm_host_address, VM_AGENT_BIN, VM_LABEL, VM_ROOTFS,
+    VM_STORE_DIR, VM_UNIT,
 };
 pub use wggo::KeyPair;
 pub use wgshow::{parse_wg_show, WgPeer};

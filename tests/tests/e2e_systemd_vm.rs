@@ -6,7 +6,9 @@
 //! is captured on the underlay.
 //!
 //! One test, in order: `systemctl enable --now wiremesh` joins the VM (both nodes list it, pods
-//! and the VM ping and talk TCP both ways, only WireGuard crosses the underlay); the journal
+//! and the VM ping and talk TCP both ways, only WireGuard crosses the underlay); policy selects
+//! the VM by its `labels` (a pod's egress `toEndpoints`, and a `nodeSelector` host policy on the
+//! VM itself, each with its control); the journal
 //! holds the agent's lines; the unit's hardening is what the agent runs under; `systemctl
 //! restart` under a 100/s ping loses nothing; `systemctl stop` leaves the data path forwarding
 //! (KillMode=process), and with the data path killed too, strict mode drops both directions and
@@ -59,6 +61,7 @@ fn a_systemd_vm_joins_the_mesh_under_the_shipped_unit() {
     guard_holds_before_the_agent(&lab, &vm);
     join(&lab, &vm);
     traffic_both_ways(&lab, &vm);
+    policy_selects_the_host_by_its_labels(&lab, &vm);
     journal_and_hardening(&vm);
     restart_loses_nothing(&lab, &vm);
     stop_is_strict(&lab, &vm);
@@ -187,6 +190,73 @@ fn traffic_both_ways(lab: &Lab, vm: &VmHandle<'_>) {
         "with the tunnel up, the underlay must carry WireGuard only:\n{}",
         report.summary()
     );
+}
+
+/// The VM's `labels` make it a policy peer and its node a host-policy subject: pod(1,1)'s egress
+/// limited to `toEndpoints: role=db-vm` still reaches the VM and no longer pod(2,1); a host
+/// policy (`nodeSelector: role=db-vm`) admitting only pod(1,1) keeps pod(2,1) out of the VM.
+/// Each verdict is first seen the other way (the control).
+fn policy_selects_the_host_by_its_labels(lab: &Lab, vm: &VmHandle<'_>) {
+    use wiremesh_lab::{namespace_with_pods, PodSpec};
+    let host: IpAddr = vm.host_address().into();
+    let (role, value) = wiremesh_lab::VM_LABEL;
+    let client = PodSpec::new("demo", "client", POD1).label("app", "client");
+    let other = PodSpec::new("demo", "other", POD2).label("app", "other");
+    let agent = lab.node(1).agent();
+    agent
+        .apply(&namespace_with_pods("demo", &[client, other]))
+        .expect("the pods applied");
+    let reaches = |from: Host, to: IpAddr| {
+        let ping = Ping::new(to).count(2).interval(Duration::from_millis(100));
+        lab.host(from).ping(&ping).is_ok_and(|r| r.received > 0)
+    };
+    let settle = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !check() {
+            if Instant::now() > deadline {
+                vm_fail(vm, what, "not seen within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    settle("pod(1,1) -> pod(2,1) before any policy", &|| {
+        reaches(POD1, POD2.ip().into())
+    });
+    let egress = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: client, namespace: demo}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n\
+         \x20 - toEndpoints:\n    - matchLabels: {{{role}: {value}, io.kubernetes.pod.namespace: default}}\n"
+    );
+    agent.apply(&egress).expect("the egress policy applied");
+    settle("pod(1,1) -> pod(2,1) blocked by its egress policy", &|| {
+        !reaches(POD1, POD2.ip().into())
+    });
+    assert!(
+        reaches(POD1, host),
+        "pod(1,1) -> the VM, selected by its labels"
+    );
+    agent.delete(&egress).expect("the egress policy deleted");
+
+    settle("pod(2,1) -> the VM before the host policy", &|| {
+        reaches(POD2, host)
+    });
+    let host_policy = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: db-vm}}\n\
+         spec:\n  nodeSelector: {{matchLabels: {{{role}: {value}}}}}\n  ingress:\n\
+         \x20 - fromEndpoints:\n    - matchLabels: {{app: client}}\n"
+    );
+    agent.apply(&host_policy).expect("the host policy applied");
+    settle("pod(2,1) -> the VM blocked by the host policy", &|| {
+        !reaches(POD2, host)
+    });
+    assert!(
+        reaches(POD1, host),
+        "pod(1,1) -> the VM, admitted by the host policy"
+    );
+    agent.delete(&host_policy).expect("the host policy deleted");
+    settle("pod(2,1) -> the VM after the host policy", &|| {
+        reaches(POD2, host)
+    });
 }
 
 fn analyze(capture: wiremesh_lab::Capture, mark: &[u8; 16]) -> LeakReport {

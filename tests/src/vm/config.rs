@@ -24,6 +24,9 @@ pub fn vm_host_address(node: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, HOST_NET, node)
 }
 
+/// The label every lab VM's endpoint carries (`labels`), for policies to select it by.
+pub const VM_LABEL: (&str, &str) = ("role", "db-vm");
+
 /// Node `node`'s config ([`agent_config_file`]) for a host without pods under the shipped
 /// unit: no `podCIDRs`, a `hostAddress` ([`vm_host_address`]), the agent's default state,
 /// run and pin directories (the unit's `StateDirectory`, `RuntimeDirectory` and
@@ -33,6 +36,7 @@ pub fn vm_config_file(node: u8, layout: &LabLayout, options: &LabOptions) -> Con
     let mut file = agent_config_file(node, layout, options);
     file.pod_cidrs = Some(Vec::new());
     file.host_address = Some(vm_host_address(node).to_string());
+    file.labels = Some([(VM_LABEL.0.to_string(), VM_LABEL.1.to_string())].into());
     file.state_dir = None;
     file.run_dir = None;
     file.policy = None;

@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-pub use config::{vm_config_file, vm_host_address, VM_STORE_DIR};
+pub use config::{vm_config_file, vm_host_address, VM_LABEL, VM_STORE_DIR};
 pub use rootfs::{prepare_rootfs, VM_ROOTFS};
 
 pub(crate) use boot::Vm;
