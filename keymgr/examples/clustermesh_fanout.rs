@@ -19,6 +19,10 @@
 #[allow(dead_code)]
 mod etcd_server;
 
+mod common;
+
+use common::rss_bytes;
+
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, WatchOptions};
@@ -30,16 +34,6 @@ use keymgr::{Admission, NodeRecord, PrivateKey};
 const PREFIX: &str = "/wiremesh";
 const CONVERGE_WITHIN: Duration = Duration::from_secs(10 * 60);
 const JOIN_WITHIN: Duration = Duration::from_secs(60);
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 fn cluster_name(c: usize) -> String {
     format!("c{}", c + 1)

@@ -18,6 +18,10 @@
 #[allow(dead_code)]
 mod etcd_server;
 
+mod common;
+
+use common::rss_bytes;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,16 +35,6 @@ const PREFIX: &str = "/wiremesh";
 /// Bounds on each wait, so that a run that cannot finish ends with a message.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(20 * 60);
 const ROTATE_WITHIN: Duration = Duration::from_secs(60);
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 fn record(i: usize) -> NodeRecord {
     let endpoint = format!("198.18.{}.{}:51871", i / 250, i % 250 + 1)

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
@@ -28,18 +28,27 @@ impl Netlink {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<u32> {
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| anyhow!("interface {name} not found"))?;
+        Ok(link.header.index)
+    }
+
+    /// Interface `name`, `None` if there is none.
+    async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut links = self
             .handle
             .link()
             .get()
             .match_name(name.to_string())
             .execute();
-        let link = links
-            .try_next()
-            .await
-            .with_context(|| format!("looking up interface {name}"))?
-            .ok_or_else(|| anyhow!("interface {name} not found"))?;
-        Ok(link.header.index)
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            // No such device.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ENODEV => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        }
     }
 
     pub async fn set_up(&self, index: u32, mtu: u32) -> Result<()> {
@@ -84,20 +93,8 @@ impl Netlink {
     /// interface.
     pub async fn link_kind(&self, name: &str) -> Result<Option<String>> {
         use netlink_packet_route::link::LinkInfo;
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        let link = match links.try_next().await {
-            Ok(Some(link)) => link,
-            Ok(None) => return Ok(None),
-            // No such device.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e).with_context(|| format!("looking up interface {name}")),
+        let Some(link) = self.link(name).await? else {
+            return Ok(None);
         };
         let kind = link.attributes.iter().find_map(|a| match a {
             LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
@@ -360,6 +357,4 @@ impl Netlink {
 }
 
 /// `ENODEV`, what the kernel answers for a link name that does not exist.
-fn libc_enodev() -> i32 {
-    19
-}
+const ENODEV: i32 = 19;

@@ -107,31 +107,14 @@ impl EtcdStore {
     ) -> Result<Self, StoreError> {
         let target = Arc::new(Target::new(config, cluster, node_name, owner_id)?);
         let backend = Backend {
-            server: Server::Etcd {
-                endpoints: target.endpoints_text.clone(),
-            },
-            describe: format!(
-                "etcd:{}{}",
-                target.endpoints_text,
-                target.nodes_prefix.trim_end_matches('/')
-            ),
             node: target.node.clone(),
             write: format!("write of {}", target.node_key),
-            following: target.nodes_prefix.clone(),
             claim_at: target.owner_key.clone(),
             claim_ends: "is released when its lease TTL runs out".into(),
-            patience: 2 * RPC_TIMEOUT,
+            ..target.backend()
         };
         let span = tracing::info_span!("etcd_store", node = %target.node);
-        let handle = Handle::spawn(backend, initial, span, |link| {
-            session::Shell {
-                target,
-                view: view::View::new(admission),
-                link,
-            }
-            .run()
-        });
-        Ok(Self { handle })
+        Ok(Self::spawn(target, backend, span, initial, admission))
     }
 
     /// Follows the node records of `cluster` in an etcd that is not this node's own store
@@ -146,22 +129,21 @@ impl EtcdStore {
     ) -> Result<Self, StoreError> {
         let target = Arc::new(Target::follower(config, cluster)?);
         let backend = Backend {
-            server: Server::Etcd {
-                endpoints: target.endpoints_text.clone(),
-            },
-            describe: format!(
-                "etcd:{}{}",
-                target.endpoints_text,
-                target.nodes_prefix.trim_end_matches('/')
-            ),
-            node: String::new(),
             write: "no write (read-only)".into(),
-            following: target.nodes_prefix.clone(),
-            claim_at: String::new(),
-            claim_ends: String::new(),
-            patience: 2 * RPC_TIMEOUT,
+            ..target.backend()
         };
         let span = tracing::info_span!("etcd_follower", cluster = %cluster);
+        Ok(Self::spawn(target, backend, span, initial, admission))
+    }
+
+    /// Starts the session task for `target`.
+    fn spawn(
+        target: Arc<Target>,
+        backend: Backend,
+        span: tracing::Span,
+        initial: Snapshot,
+        admission: Admission,
+    ) -> Self {
         let handle = Handle::spawn(backend, initial, span, |link| {
             session::Shell {
                 target,
@@ -170,7 +152,7 @@ impl EtcdStore {
             }
             .run()
         });
-        Ok(Self { handle })
+        Self { handle }
     }
 
     /// Waits up to `timeout` for the first contact with etcd. `Err(NodeNameTaken)` means another
@@ -262,6 +244,26 @@ impl Target {
             owner_key: format!("{root}/owners/{node}"),
             read_only: false,
         })
+    }
+
+    /// How a store of this target names itself; the node and claim fields empty (a follower's).
+    fn backend(&self) -> Backend {
+        Backend {
+            server: Server::Etcd {
+                endpoints: self.endpoints_text.clone(),
+            },
+            describe: format!(
+                "etcd:{}{}",
+                self.endpoints_text,
+                self.nodes_prefix.trim_end_matches('/')
+            ),
+            node: String::new(),
+            write: String::new(),
+            following: self.nodes_prefix.clone(),
+            claim_at: String::new(),
+            claim_ends: String::new(),
+            patience: 2 * RPC_TIMEOUT,
+        }
     }
 
     /// The target of a read-only follower of `cluster`'s node records.
