@@ -101,6 +101,22 @@ fn problems(scrape: &Exposition, documented: &[DocumentedMetric]) -> Vec<String>
     out
 }
 
+/// Node `node` links (by SIGHUP) a remote cluster read from a directory of its own, so that the
+/// per-cluster metrics have a sample; this cluster becomes `clusterID: 1`.
+fn link_a_remote_cluster(lab: &wiremesh_lab::Lab, node: u8) {
+    let remote = lab.dir().join("remote-c9");
+    std::fs::create_dir_all(&remote).expect("the remote cluster's store");
+    let yaml = format!(
+        "{}clusterID: 1\nclusterMesh:\n  clusters:\n  - {{name: c9, id: 9, podCIDRs: [10.245.0.0/16], dir: {{path: {}}}}}\n",
+        lab.node(node).agent().config_yaml(),
+        remote.display()
+    );
+    lab.node(node)
+        .agent()
+        .reload_with(&yaml)
+        .expect("reloading with a remote cluster");
+}
+
 #[test]
 fn every_documented_metric_is_exposed_and_nothing_else() {
     let documented = docs();
@@ -109,6 +125,7 @@ fn every_documented_metric_is_exposed_and_nothing_else() {
     common::start_mesh(&lab);
     common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1));
     common::assert_ping(&lab, Host::Pod(2, 1), Host::Pod(1, 1));
+    link_a_remote_cluster(&lab, 2);
     let a = PodSpec::new("demo", "a", Host::Pod(1, 1)).label("app", "a");
     let b = PodSpec::new("demo", "b", Host::Pod(2, 1)).label("app", "b");
     let objects = [namespace_manifest("demo", &[]), a.manifest(), b.manifest()].join("---\n");
