@@ -193,6 +193,22 @@ fn main() -> ExitCode {
 }
 
 /// Runs the subcommand.
+fn up(
+    nodes: u8,
+    clusters: u8,
+    pods: u8,
+    agents: bool,
+    etcd_ttl: Option<u64>,
+) -> anyhow::Result<()> {
+    cli::up::run(&cli::up::UpArgs {
+        nodes,
+        clusters,
+        pods,
+        agents,
+        etcd_ttl,
+    })
+}
+
 fn dispatch(command: Cmd) -> anyhow::Result<()> {
     match command {
         Cmd::Up {
@@ -201,13 +217,7 @@ fn dispatch(command: Cmd) -> anyhow::Result<()> {
             pods,
             no_agents,
             etcd,
-        } => cli::up::run(&cli::up::UpArgs {
-            nodes,
-            clusters,
-            pods,
-            agents: !no_agents,
-            etcd_ttl: etcd,
-        }),
+        } => up(nodes, clusters, pods, !no_agents, etcd),
         Cmd::Demo { nodes, pods } => cli::demo::run(nodes, pods),
         Cmd::Bench {
             seconds,

@@ -147,8 +147,7 @@ pub async fn run(config: Config) -> Result<()> {
     let own = start_rotation(&mut supervisor, &config, &store, &datapath, keys, rotate_rx).await?;
     let objects = Arc::new(open_objects(&config)?);
     tokio::spawn(host::publish(config.clone(), objects.clone()));
-    let mut mesh = clustermesh::ClusterMesh::new(&config, peer_file.load());
-    mesh.apply(&config);
+    let mesh = start_mesh(&config, &peer_file);
     let policy_objects = clustermesh::policy_objects(objects.subscribe(), mesh.objects());
     let policy = start_policy(
         &mut supervisor,
@@ -181,22 +180,9 @@ pub async fn run(config: Config) -> Result<()> {
     let _admin = serve_admin(&mut supervisor, &config, mtu, published).await?;
 
     let reconciler = Reconciler {
-        datapath: datapath.clone(),
-        netlink: netlink.clone(),
-        ifindex: started.ifindex,
-        self_name: config.node_name.clone(),
-        own,
-        keepalive: config.persistent_keepalive,
-        // A data path that outlived the previous agent holds the peers that agent applied.
-        peers: match started.origin {
-            Origin::Attached => peer_file.load(),
-            Origin::Fresh => Default::default(),
-        },
-        routes: BTreeSet::new(),
         names: names_tx,
-        peer_file,
-        own_record_seen: false,
         view: view_tx,
+        ..reconciler(&config, &started, &netlink, own, peer_file)
     };
     let mut agent = EventLoop {
         config: &config,
@@ -214,6 +200,43 @@ pub async fn run(config: Config) -> Result<()> {
     // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
     wait_policy(&mut agent.passes, "the first policy pass", |r| r.passes > 0).await;
     agent.run().await
+}
+
+/// The peers reconciler for the data path `started`; its name and view channels are closed until
+/// the caller gives it its own.
+fn reconciler(
+    config: &Config,
+    started: &start::Started,
+    netlink: &Netlink,
+    own: watch::Receiver<OwnKey>,
+    peer_file: PeerFile,
+) -> Reconciler {
+    Reconciler {
+        datapath: started.datapath.clone(),
+        netlink: netlink.clone(),
+        ifindex: started.ifindex,
+        self_name: config.node_name.clone(),
+        own,
+        keepalive: config.persistent_keepalive,
+        // A data path that outlived the previous agent holds the peers that agent applied.
+        peers: match started.origin {
+            Origin::Attached => peer_file.load(),
+            Origin::Fresh => Default::default(),
+        },
+        routes: BTreeSet::new(),
+        names: watch::channel(Arc::new(HashMap::new())).0,
+        peer_file,
+        own_record_seen: false,
+        view: watch::channel(None).0,
+    }
+}
+
+/// The cluster mesh of `config`, its remote clusters followed (from the last known peers
+/// until their stores answer).
+fn start_mesh(config: &Config, peer_file: &PeerFile) -> clustermesh::ClusterMesh {
+    let mut mesh = clustermesh::ClusterMesh::new(config, peer_file.load());
+    mesh.apply(config);
+    mesh
 }
 
 /// Puts the strict-mode guard in place and has the supervisor watch over it.

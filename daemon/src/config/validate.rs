@@ -19,29 +19,13 @@ impl ConfigFile {
     pub(super) fn validate(self) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
         let node_name = node_name(self.node_name, &mut errors);
-        let cluster_name = self.cluster_name.unwrap_or_else(|| "default".into());
-        if !policy::names::is_dns_subdomain(&cluster_name) {
-            errors.push(format!(
-                "clusterName: {cluster_name:?} is not a lowercase RFC 1123 name"
-            ));
-        }
-        let mesh_set = self
-            .cluster_mesh
-            .as_ref()
-            .is_some_and(|m| !m.clusters.is_empty());
+        let cluster_name = cluster_name(self.cluster_name, &mut errors);
+        let mesh_set = has_clusters(self.cluster_mesh.as_ref());
         let cluster_id = super::mesh::cluster_id(self.cluster_id, &mut errors);
         let cluster_mesh = super::mesh::cluster_mesh(self.cluster_mesh, &mut errors);
-        let interface = self.interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
-        if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\0']) {
-            errors.push(format!("interface: {interface:?} is not a valid Linux interface name (1-15 characters, no '/' or spaces)"));
-        }
+        let interface = interface(self.interface, &mut errors);
         let listen_port = self.listen_port.unwrap_or(DEFAULT_PORT);
-        let mtu = self.mtu.unwrap_or(0);
-        if mtu != 0 && !(1280..=65_535).contains(&mtu) {
-            errors.push(format!(
-                "mtu: {mtu} is out of range (0 for auto, or 1280-65535)"
-            ));
-        }
+        let mtu = mtu(self.mtu, &mut errors);
         let node_ips = node_ips(self.node_ips, &mut errors);
         let pod_cidrs = cidrs(
             "podCIDRs",
@@ -55,27 +39,15 @@ impl ConfigFile {
             "10.244.0.0/16 or fd00:10:244::/56",
             &mut errors,
         );
-        let host_address = host_address(
-            self.host_address,
-            &pod_cidrs,
-            &cluster_pod_cidrs,
-            &mut errors,
-        );
-        let labels = host_labels(self.labels, host_address, &mut errors);
-        let host_namespace = self.host_namespace.unwrap_or_else(|| "default".into());
-        if !policy::names::is_dns_label(&host_namespace) {
-            errors.push(format!(
-                "hostNamespace: {host_namespace:?} is not a namespace name (a lowercase RFC 1123 label)"
-            ));
-        }
+        let raw_host = (self.host_address, self.labels, self.host_namespace);
+        let (host_address, labels, host_namespace) =
+            host(raw_host, &pod_cidrs, &cluster_pod_cidrs, &mut errors);
         let strict_mode = self.strict_mode.unwrap_or(true);
         pool_checks(strict_mode, &pod_cidrs, &cluster_pod_cidrs, &mut errors);
         let endpoint = endpoint(self.endpoint, &node_ips, listen_port, &mut errors);
         mesh_needs(mesh_set, cluster_id, &cluster_pod_cidrs, &mut errors);
         if strict_mode {
-            // The guard covers every remote cluster's pools too.
-            let remote = cluster_mesh.iter().flat_map(|r| r.cluster.pod_cidrs.iter());
-            let pools: Vec<IpNet> = cluster_pod_cidrs.iter().chain(remote).copied().collect();
+            let pools = guarded_pools(&cluster_pod_cidrs, &cluster_mesh);
             underlay_outside_pool(&node_ips, endpoint, &pools, &mut errors);
         }
         let store = store_config(self.store, &mut errors);
@@ -238,6 +210,74 @@ fn host_address(
         ));
     }
     Some(ip)
+}
+
+/// Every pool strict mode's guard covers: this cluster's and every remote cluster's.
+fn guarded_pools(local: &[IpNet], remotes: &[super::RemoteCluster]) -> Vec<IpNet> {
+    let remote = remotes.iter().flat_map(|r| r.cluster.pod_cidrs.iter());
+    local.iter().chain(remote).copied().collect()
+}
+
+/// `hostAddress`, `labels` and `hostNamespace`.
+fn host(
+    (address, labels, namespace): (
+        Option<String>,
+        Option<std::collections::BTreeMap<String, String>>,
+        Option<String>,
+    ),
+    pod_cidrs: &[IpNet],
+    pool: &[IpNet],
+    errors: &mut Vec<String>,
+) -> (
+    Option<IpAddr>,
+    std::collections::BTreeMap<String, String>,
+    String,
+) {
+    let address = host_address(address, pod_cidrs, pool, errors);
+    let labels = host_labels(labels, address, errors);
+    (address, labels, host_namespace(namespace, errors))
+}
+
+fn has_clusters(mesh: Option<&super::ClusterMeshSection>) -> bool {
+    mesh.is_some_and(|m| !m.clusters.is_empty())
+}
+
+fn cluster_name(raw: Option<String>, errors: &mut Vec<String>) -> String {
+    let name = raw.unwrap_or_else(|| "default".into());
+    if !policy::names::is_dns_subdomain(&name) {
+        errors.push(format!(
+            "clusterName: {name:?} is not a lowercase RFC 1123 name"
+        ));
+    }
+    name
+}
+
+fn interface(raw: Option<String>, errors: &mut Vec<String>) -> String {
+    let interface = raw.unwrap_or_else(|| DEFAULT_INTERFACE.into());
+    if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ', '\0']) {
+        errors.push(format!("interface: {interface:?} is not a valid Linux interface name (1-15 characters, no '/' or spaces)"));
+    }
+    interface
+}
+
+fn mtu(raw: Option<u32>, errors: &mut Vec<String>) -> u32 {
+    let mtu = raw.unwrap_or(0);
+    if mtu != 0 && !(1280..=65_535).contains(&mtu) {
+        errors.push(format!(
+            "mtu: {mtu} is out of range (0 for auto, or 1280-65535)"
+        ));
+    }
+    mtu
+}
+
+fn host_namespace(raw: Option<String>, errors: &mut Vec<String>) -> String {
+    let ns = raw.unwrap_or_else(|| "default".into());
+    if !policy::names::is_dns_label(&ns) {
+        errors.push(format!(
+            "hostNamespace: {ns:?} is not a namespace name (a lowercase RFC 1123 label)"
+        ));
+    }
+    ns
 }
 
 /// `labels`: Kubernetes label syntax, and only with `hostAddress` (the address they label).
