@@ -15,7 +15,7 @@ pub mod start;
 pub mod supervisor;
 mod views;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,6 @@ use event_loop::EventLoop;
 use peers::Reconciler;
 use persist::PeerFile;
 use rotation::{OwnKey, RotateRequest, Rotator, Startup};
-use start::Origin;
 use supervisor::Supervisor;
 use wiremesh_datapath::backend::Datapath;
 use wiremesh_datapath::listen::{Access, Limits};
@@ -182,7 +181,7 @@ pub async fn run(config: Config) -> Result<()> {
     let reconciler = Reconciler {
         names: names_tx,
         view: view_tx,
-        ..reconciler(&config, &started, &netlink, own, peer_file)
+        ..Reconciler::for_started(&config, &started, &netlink, own, peer_file)
     };
     let mut agent = EventLoop {
         config: &config,
@@ -200,35 +199,6 @@ pub async fn run(config: Config) -> Result<()> {
     // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
     wait_policy(&mut agent.passes, "the first policy pass", |r| r.passes > 0).await;
     agent.run().await
-}
-
-/// The peers reconciler for the data path `started`; its name and view channels are closed until
-/// the caller gives it its own.
-fn reconciler(
-    config: &Config,
-    started: &start::Started,
-    netlink: &Netlink,
-    own: watch::Receiver<OwnKey>,
-    peer_file: PeerFile,
-) -> Reconciler {
-    Reconciler {
-        datapath: started.datapath.clone(),
-        netlink: netlink.clone(),
-        ifindex: started.ifindex,
-        self_name: config.node_name.clone(),
-        own,
-        keepalive: config.persistent_keepalive,
-        // A data path that outlived the previous agent holds the peers that agent applied.
-        peers: match started.origin {
-            Origin::Attached => peer_file.load(),
-            Origin::Fresh => Default::default(),
-        },
-        routes: BTreeSet::new(),
-        names: watch::channel(Arc::new(HashMap::new())).0,
-        peer_file,
-        own_record_seen: false,
-        view: watch::channel(None).0,
-    }
 }
 
 /// The cluster mesh of `config`, its remote clusters followed (from the last known peers

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod file;
+mod host;
 mod mesh;
 mod store;
 mod validate;

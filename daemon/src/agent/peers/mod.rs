@@ -12,6 +12,8 @@ use tokio::sync::watch;
 
 use super::persist::PeerFile;
 use super::rotation::OwnKey;
+use super::start::{Origin, Started};
+use crate::config::Config;
 use wiremesh_datapath::backend::Datapath;
 use wiremesh_datapath::model::{DeviceError, DeviceView, SetRequest};
 use wiremesh_datapath::netlink::Netlink;
@@ -44,6 +46,35 @@ pub struct PeerKey {
 }
 
 impl Reconciler {
+    /// The peers reconciler for the data path `started`; its name and view channels are closed until
+    /// the caller gives it its own.
+    pub fn for_started(
+        config: &Config,
+        started: &Started,
+        netlink: &Netlink,
+        own: watch::Receiver<OwnKey>,
+        peer_file: PeerFile,
+    ) -> Self {
+        Self {
+            datapath: started.datapath.clone(),
+            netlink: netlink.clone(),
+            ifindex: started.ifindex,
+            self_name: config.node_name.clone(),
+            own,
+            keepalive: config.persistent_keepalive,
+            // A data path that outlived the previous agent holds the peers that agent applied.
+            peers: match started.origin {
+                Origin::Attached => peer_file.load(),
+                Origin::Fresh => Default::default(),
+            },
+            routes: BTreeSet::new(),
+            names: watch::channel(Arc::new(HashMap::new())).0,
+            peer_file,
+            own_record_seen: false,
+            view: watch::channel(None).0,
+        }
+    }
+
     /// After a new data path replaced one that died: nothing is in force any more.
     pub fn reset(&mut self, ifindex: u32) {
         self.ifindex = ifindex;
