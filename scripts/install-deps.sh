@@ -15,7 +15,11 @@ packages=(
   protobuf-compiler libprotobuf-dev etcd-server etcd-client openssl systemd
   clang llvm libbpf-dev linux-libc-dev bpftool
   systemd-container debootstrap nftables nginx sockperf
+  umoci skopeo runc
 )
+# kubectl (with its built-in kustomize) renders deploy/kubernetes and drives the Kubernetes-store
+# lab: a machine image may ship a newer one; else Debian's kubernetes-client.
+command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -48,6 +52,7 @@ declare -A provider=(
   [pkg-config]=pkg-config [cc]=build-essential [nsenter]=util-linux
   [systemd-nspawn]=systemd-container [debootstrap]=debootstrap [cargo]="rustup (https://rustup.rs)"
   [nft]=nftables [nginx]=nginx [sockperf]=sockperf
+  [umoci]=umoci [skopeo]=skopeo [runc]=runc [kubectl]=kubernetes-client
 )
 for tool in "${!provider[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing after installation; install ${provider[$tool]}"
