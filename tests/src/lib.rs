@@ -48,6 +48,10 @@ mod vm;
 mod wggo;
 mod wgshow;
 
+/// Every lab agent's `healthAddress` (kubelet's probes), in its own node's namespace: the
+/// DaemonSet's (deploy/kubernetes).
+pub const HEALTH_ADDRESS: &str = "127.0.0.1:9879";
+
 pub use addr::{
     endpoint, node_gateway, node_gateway6, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6,
     pod_ip, pod_ip6, Host, CLUSTER_POD_CIDR, CLUSTER_POD_CIDR6, SWITCH_IP6, WG_IFACE, WG_MTU,

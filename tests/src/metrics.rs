@@ -210,6 +210,25 @@ impl NodeHandle<'_> {
         )
     }
 
+    /// `GET http://<healthAddress><path>` inside the node's network namespace, as kubelet
+    /// probes a `hostNetwork` pod: the status code and the body.
+    pub fn probe(&self, path: &str) -> Result<(u16, String)> {
+        let node = self.node;
+        let out = run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.lab.node_ns(node)])
+                .args(["curl", "-sS", "--max-time", "3", "-w", "\n%{http_code}"])
+                .arg(format!("http://{}{path}", crate::HEALTH_ADDRESS)),
+            SCRAPE_TIMEOUT,
+        )?;
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        let code = code.parse().map_err(|_| LabError::Node {
+            node,
+            what: format!("curl {path}: no status code in {out:?}"),
+        })?;
+        Ok((code, body.to_string()))
+    }
+
     /// The kernel's UDP counters in the node's namespace (`InDatagrams`, `RcvbufErrors`, ...).
     pub fn udp_counters(&self) -> Result<BTreeMap<String, u64>> {
         let node = self.node;

@@ -234,6 +234,8 @@ pub fn agent_config_file(node: u8, layout: &LabLayout, options: &LabOptions) -> 
         metrics_address: options
             .metrics_port
             .map(|port| format!("{}:{port}", node_ip(node))),
+        // kubelet's probes, as the DaemonSet has them: loopback of the node's namespace.
+        health_address: Some(crate::HEALTH_ADDRESS.into()),
         key_rotation: options.key_rotation.map(|r| KeyRotationSection {
             interval: Some(config_duration(r.interval)),
             commit_timeout: Some(config_duration(r.commit_timeout)),

@@ -4,7 +4,7 @@
 //! `server.rs` serves the socket (who may ask, limits, routing) and knows no endpoint; each
 //! subsystem's file registers its endpoints and reads only the views it is given
 //! (`view.rs`): `encrypt.rs` status, nodes and `/healthz`; `keys.rs` rotation; `objects.rs`
-//! apply/delete; `trace.rs` the online policy trace; `metrics.rs` `/metrics`; `flows.rs` recent flows; `clustermesh.rs` the cluster mesh. Nothing here
+//! apply/delete; `trace.rs` the online policy trace; `metrics.rs` `/metrics`; `flows.rs` recent flows; `clustermesh.rs` the cluster mesh; `probes.rs` kubelet's `/healthz` and `/readyz` on `healthAddress`. Nothing here
 //! imports the agent: the agent builds [`AdminViews`] from its own state.
 
 pub mod clustermesh;
@@ -13,6 +13,7 @@ pub mod flows;
 pub mod keys;
 pub mod metrics;
 pub mod objects;
+pub mod probes;
 mod server;
 pub mod trace;
 pub mod view;

@@ -42,7 +42,8 @@ pub(super) struct EventLoop<'a> {
 }
 
 impl EventLoop<'_> {
-    pub async fn run(&mut self) -> Result<()> {
+    /// Runs until SIGTERM; `started` turns true after the first reconcile (readiness).
+    pub async fn run(&mut self, started: watch::Sender<bool>) -> Result<()> {
         let mut snapshots = self.store.subscribe();
         let mut health = self.store.health();
         let mut resync = tokio::time::interval(RESYNC_EVERY);
@@ -81,6 +82,7 @@ impl EventLoop<'_> {
             let local = snapshots.borrow_and_update().clone();
             let snap = self.mesh.merge(&local);
             self.reconcile(&snap).await;
+            started.send_if_modified(|s| !std::mem::replace(s, true));
         }
         tracing::info!("agent stopping; the data path keeps forwarding with the peers it has");
         Ok(())

@@ -27,6 +27,7 @@ use keymgr::store::{ClaimOutcome, DirStore, EtcdStore, KubeStore};
 use keymgr::{Admission, NodeRecord, Store};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::admin::probes::ProbeView;
 use crate::admin::AdminServer;
 use crate::config::{Config, StoreConfig};
 use event_loop::EventLoop;
@@ -176,7 +177,13 @@ pub async fn run(config: Config) -> Result<()> {
         flows,
         clustermesh: mesh.subscribe(),
     };
-    let _admin = serve_admin(&mut supervisor, &config, mtu, published).await?;
+    let (ready_tx, ready) = watch::channel(false);
+    let probes = Arc::new(ProbeView {
+        health: supervisor.health(),
+        started: ready,
+        datapath: datapath.clone(),
+    });
+    let _admin = serve_admin(&mut supervisor, &config, mtu, published, probes).await?;
 
     let reconciler = Reconciler {
         names: names_tx,
@@ -198,7 +205,7 @@ pub async fn run(config: Config) -> Result<()> {
     // No peer is configured before the policy (the store's, or the saved one after a reboot)
     // is on this node's interfaces: a fresh data path takes no packet for a pod before then.
     wait_policy(&mut agent.passes, "the first policy pass", |r| r.passes > 0).await;
-    agent.run().await
+    agent.run(ready_tx).await
 }
 
 /// The cluster mesh of `config`, its remote clusters followed (from the last known peers
@@ -436,6 +443,7 @@ async fn serve_admin(
     config: &Config,
     mtu: u32,
     published: views::Published,
+    probes: Arc<ProbeView>,
 ) -> Result<AdminServer> {
     let admin_views = views::admin_views(config, mtu, published);
     let access = Access {
@@ -462,6 +470,18 @@ async fn serve_admin(
         supervisor.spawn("metrics", move || {
             let accepting =
                 crate::admin::metrics::serve(listener.clone(), view.clone(), Limits::METRICS);
+            async move {
+                accepting.await;
+                Ok(())
+            }
+        });
+    }
+    if let Some(addr) = config.health_address {
+        let listener = Arc::new(crate::admin::probes::bind(addr).await?);
+        tracing::info!(%addr, "serving /healthz and /readyz");
+        supervisor.spawn("health", move || {
+            let accepting =
+                crate::admin::probes::serve(listener.clone(), probes.clone(), Limits::METRICS);
             async move {
                 accepting.await;
                 Ok(())

@@ -15,7 +15,8 @@ use super::{DatapathKind, Enforcement, StoreKind};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigFile {
-    /// This node's name, unique in the cluster (required).
+    /// This node's name, unique in the cluster (required). `${VAR}` takes it from the
+    /// environment (a DaemonSet's `NODE_NAME` from the downward API).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// Default `default`.
@@ -77,6 +78,9 @@ pub struct ConfigFile {
     /// `ip:port` for Prometheus; absent or empty: the admin socket only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<String>,
+    /// `ip:port` serving `/healthz` and `/readyz` (kubelet's probes); absent or empty: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_address: Option<String>,
     /// A group name or gid allowed to read status and metrics.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_group: Option<String>,

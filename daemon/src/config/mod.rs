@@ -103,6 +103,8 @@ pub struct Config {
     pub key_rotation: KeyRotation,
     /// Where Prometheus scrapes `/metrics`; `None` serves them on the admin socket only.
     pub metrics_address: Option<SocketAddr>,
+    /// Where kubelet probes `/healthz` (liveness) and `/readyz` (readiness); `None`: off.
+    pub health_address: Option<SocketAddr>,
     /// The group (gid) whose members may read status and metrics on the admin and UAPI
     /// sockets; `None`: root only.
     pub admin_group: Option<u32>,

@@ -392,3 +392,41 @@ fn host_labels_need_a_host_address_and_label_syntax() {
         assert!(e.contains(needle), "{needle:?} missing from {e}");
     }
 }
+
+#[test]
+fn node_name_is_taken_from_the_environment_as_a_daemonset_sets_it() {
+    use super::validate::expand_env;
+    let env = |var: &str| (var == "NODE_NAME").then(|| "node-7".to_string());
+    assert_eq!(expand_env("${NODE_NAME}", env).unwrap(), "node-7");
+    assert_eq!(expand_env("a-${NODE_NAME}-b", env).unwrap(), "a-node-7-b");
+    assert_eq!(expand_env("plain", env).unwrap(), "plain");
+    let e = expand_env("${HOSTNAME_UNSET}", env).unwrap_err();
+    assert!(e.contains("HOSTNAME_UNSET, which is not set"), "{e}");
+    let e = expand_env("${NODE_NAME", env).unwrap_err();
+    assert!(e.contains("without a closing"), "{e}");
+    // Through the parser: an unset variable is an error naming the key, never an empty name.
+    let e = parse("nodeName: ${WIREMESH_TEST_SURELY_UNSET}\nnodeIPs: [198.18.0.9]\n").unwrap_err();
+    assert!(
+        e.contains("nodeName: \"${WIREMESH_TEST_SURELY_UNSET}\" names"),
+        "{e}"
+    );
+}
+
+#[test]
+fn health_address_is_an_address_and_not_the_metrics_one() {
+    let c = parse("nodeName: n\nnodeIPs: [198.18.0.9]\nhealthAddress: 127.0.0.1:9879\n").unwrap();
+    assert_eq!(c.health_address, Some("127.0.0.1:9879".parse().unwrap()));
+    let e = parse("nodeName: n\nnodeIPs: [198.18.0.9]\nhealthAddress: localhost\n").unwrap_err();
+    assert!(
+        e.contains("healthAddress: \"localhost\" is not ip:port"),
+        "{e}"
+    );
+    let e = parse(
+        "nodeName: n\nnodeIPs: [198.18.0.9]\nhealthAddress: 0.0.0.0:9962\nmetricsAddress: 0.0.0.0:9962\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("healthAddress: 0.0.0.0:9962 is also metricsAddress"),
+        "{e}"
+    );
+}

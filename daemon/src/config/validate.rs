@@ -53,7 +53,13 @@ impl ConfigFile {
         }
         let store = store_config(self.store, &mut errors);
         let key_rotation = key_rotation(self.key_rotation, &mut errors);
-        let metrics_address = metrics_address(self.metrics_address, &mut errors);
+        let metrics_address = socket_address("metricsAddress", self.metrics_address, &mut errors);
+        let health_address = socket_address("healthAddress", self.health_address, &mut errors);
+        if let Some(h) = health_address.filter(|h| Some(*h) == metrics_address) {
+            errors.push(format!(
+                "healthAddress: {h} is also metricsAddress; give the probes their own port"
+            ));
+        }
         let admin_group = self
             .admin_group
             .as_deref()
@@ -91,6 +97,7 @@ impl ConfigFile {
             store,
             key_rotation,
             metrics_address,
+            health_address,
             admin_group,
             policy,
         })
@@ -98,6 +105,14 @@ impl ConfigFile {
 }
 
 fn node_name(raw: Option<String>, errors: &mut Vec<String>) -> String {
+    let raw = match raw.map(|n| expand_env(&n, |var| std::env::var(var).ok())) {
+        Some(Err(e)) => {
+            errors.push(format!("nodeName: {e}"));
+            return String::new();
+        }
+        Some(Ok(n)) => Some(n),
+        None => None,
+    };
     match raw {
         Some(n) if policy::names::is_dns_subdomain(&n) => n,
         Some(n) => {
@@ -109,6 +124,38 @@ fn node_name(raw: Option<String>, errors: &mut Vec<String>) -> String {
             String::new()
         }
     }
+}
+
+/// Replaces each `${VAR}` in `value` with the variable's value from `lookup`: how a
+/// DaemonSet hands every agent its node's name (`nodeName: ${NODE_NAME}`, with `NODE_NAME` from
+/// the downward API's `spec.nodeName`). An unset or empty variable, or an unclosed `${`, is an
+/// error: a node must never run under a name it did not mean.
+pub(crate) fn expand_env(
+    value: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{value:?}: `${{` without a closing `}}`"))?;
+        let var = &after[..end];
+        match lookup(var).filter(|v| !v.is_empty()) {
+            Some(v) => out.push_str(&v),
+            None => {
+                return Err(format!(
+                    "{value:?} names the environment variable {var}, which is not set (in a \
+                     DaemonSet, set it from the downward API: fieldRef spec.nodeName)"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn node_ips(raw: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<IpAddr> {
@@ -294,15 +341,14 @@ fn key_rotation(raw: Option<KeyRotationSection>, errors: &mut Vec<String>) -> Ke
     }
 }
 
-fn metrics_address(raw: Option<String>, errors: &mut Vec<String>) -> Option<SocketAddr> {
+/// An optional listening address (`metricsAddress`, `healthAddress`); empty is off.
+fn socket_address(key: &str, raw: Option<String>, errors: &mut Vec<String>) -> Option<SocketAddr> {
     match raw.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                errors.push(format!(
-                    "metricsAddress: {s:?} is not ip:port (e.g. 0.0.0.0:9871)"
-                ));
+                errors.push(format!("{key}: {s:?} is not ip:port (e.g. 127.0.0.1:9879)"));
                 None
             }
         },
