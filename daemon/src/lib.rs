@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -357,6 +357,31 @@ fn program<'a>(
 
 /// The link naming our filter's slot (`TC_PRIORITY`, `TC_HANDLE`) on `ifname`'s `hook`, whether
 /// or not a program is attached there.
+/// Removes our filters (priority 1, handle 0x574d, on both clsact hooks) from `ifname` if they
+/// are there, needing no loaded program: what an uninstall (`wiremesh cleanup`) does to every
+/// interface. Other filters on the interface (a CNI's) are left alone. `Ok(true)` if any of
+/// ours was removed.
+pub fn detach_ours(ifname: &str) -> Result<bool, EnforceError> {
+    let mut removed = false;
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let link = our_slot(ifname, hook)?;
+        match aya::programs::links::Link::detach(link) {
+            Ok(()) => removed = true,
+            // No such filter, or no clsact qdisc at all.
+            Err(ProgramError::NetlinkError(e))
+                if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {}
+            Err(source) => {
+                return Err(EnforceError::Attach {
+                    ifname: ifname.to_string(),
+                    name: "detach",
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn our_slot(ifname: &str, hook: TcAttachType) -> Result<SchedClassifierLink, EnforceError> {
     SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE, None).map_err(|source| {
         EnforceError::Interface {

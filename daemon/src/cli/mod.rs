@@ -5,6 +5,7 @@
 
 mod agent;
 mod ask;
+mod cleanup;
 mod encrypt;
 mod objects;
 mod observe;
@@ -46,6 +47,19 @@ pub enum Command {
         /// Agent configuration (YAML; see docs/config.md).
         #[arg(long, short = 'c', default_value = "/etc/wiremesh/agent.yaml")]
         config: PathBuf,
+    },
+    /// Remove what the agent installed on this node, after it has stopped (uninstall): the data
+    /// path and the L7 proxy, the WireGuard interface and its routes, the policy programs on
+    /// every interface, the pinned maps, the strict-mode and L7 nftables tables and the L7
+    /// policy routing. Refuses while an agent runs.
+    Cleanup {
+        /// Agent configuration (YAML; see docs/config.md).
+        #[arg(long, short = 'c', default_value = "/etc/wiremesh/agent.yaml")]
+        config: PathBuf,
+        /// Also remove the state directory (the private keys, the saved peers and policy) and
+        /// the run directory.
+        #[arg(long)]
+        purge: bool,
     },
     /// Encryption commands.
     Encrypt {
@@ -175,6 +189,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent { config } => agent::run_agent(config),
         Command::Guard { config } => agent::run_guard(config),
+        Command::Cleanup { config, purge } => cleanup::run(config, purge),
         Command::Datapath {
             interface,
             listen_port,
