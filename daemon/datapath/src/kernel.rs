@@ -171,6 +171,7 @@ fn host_to_state(host: Host) -> DeviceState {
         fwmark: host.fwmark.unwrap_or(0),
         peers,
         handshakes: None,
+        process: None,
     }
 }
 

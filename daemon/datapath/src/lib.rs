@@ -18,6 +18,7 @@
 //! wiremesh-datapath` shows it.
 
 pub mod backend;
+pub mod handover;
 pub mod kernel;
 pub mod link_events;
 pub mod listen;
@@ -28,3 +29,13 @@ pub mod uapi;
 pub mod userspace;
 
 pub use backend::Datapath;
+
+/// This binary's version: `WIREMESH_VERSION` at build time if set (so that a test can build a
+/// distinguishable successor), the crate's version otherwise. `wiremesh --version`, the data
+/// path's UAPI answer and `encrypt status` all read it here.
+pub fn version() -> &'static str {
+    match option_env!("WIREMESH_VERSION") {
+        Some(v) if !v.is_empty() => v,
+        _ => env!("CARGO_PKG_VERSION"),
+    }
+}

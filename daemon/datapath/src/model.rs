@@ -87,6 +87,16 @@ pub struct DeviceState {
     /// What became of the handshake messages received (the userspace data path's flood
     /// defence); `None` where the data path does not count them (kernel WireGuard).
     pub handshakes: Option<HandshakeStats>,
+    /// The data-path process serving the device (the userspace data path as its own process);
+    /// `None` for the kernel module and data paths that predate the field.
+    pub process: Option<ProcessInfo>,
+}
+
+/// Which program serves the device: what an upgrade compares and `encrypt status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub version: String,
+    pub pid: u32,
 }
 
 /// Handshake initiations received from the underlay, by outcome: every initiation lands in

@@ -178,6 +178,7 @@ fn device_state() -> impl Strategy<Value = DeviceState> {
             fwmark,
             peers,
             handshakes: None,
+            process: None,
         })
 }
 

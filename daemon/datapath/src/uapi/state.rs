@@ -9,11 +9,14 @@ use wiremesh_key::{PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
 use super::UapiError;
-use crate::model::{DeviceState, HandshakeStats, PeerState, Psk};
+use crate::model::{DeviceState, HandshakeStats, PeerState, ProcessInfo, Psk};
 
 /// Device-level extension keys `wiremesh_handshakes_<outcome>=N`: the data path's handshake
 /// counters ([`HandshakeStats`]).
 const HANDSHAKES_PREFIX: &str = "wiremesh_handshakes_";
+/// Device-level extension keys naming the data-path process ([`ProcessInfo`]).
+const VERSION_KEY: &str = "wiremesh_version";
+const PID_KEY: &str = "wiremesh_pid";
 
 /// Formats a `get` answer, including the final `errno=0` and empty line. The answer holds the
 /// private key: it is zeroed on drop, and built without a reallocation after the key is in.
@@ -40,6 +43,10 @@ fn format_public(state: &DeviceState, extended: bool) -> String {
     }
     if let (true, Some(next)) = (extended, state.next_public_key) {
         let _ = writeln!(out, "wiremesh_next_public_key={}", next.to_hex());
+    }
+    if let (true, Some(p)) = (extended, &state.process) {
+        let _ = writeln!(out, "{VERSION_KEY}={}", p.version);
+        let _ = writeln!(out, "{PID_KEY}={}", p.pid);
     }
     if let (true, Some(stats)) = (extended, state.handshakes) {
         for (outcome, n) in stats.outcomes() {
@@ -102,6 +109,7 @@ pub fn parse_get(text: &str) -> Result<DeviceState, UapiError> {
         fwmark: 0,
         peers: Vec::new(),
         handshakes: None,
+        process: None,
     };
     let mut errno = None;
     let mut handshake = (0u64, 0u32);
@@ -152,6 +160,8 @@ fn device_line(
         "wiremesh_next_public_key" => {
             state.next_public_key = Some(PublicKey::from_hex(value).map_err(|_| bad())?)
         }
+        VERSION_KEY => process(state).version = value.to_string(),
+        PID_KEY => process(state).pid = value.parse().map_err(|_| bad())?,
         k if k.starts_with(HANDSHAKES_PREFIX) => {
             let n = value.parse().map_err(|_| bad())?;
             let stats = state.handshakes.get_or_insert_with(HandshakeStats::default);
@@ -211,6 +221,13 @@ fn peer_line(
     Ok(())
 }
 
+fn process(state: &mut DeviceState) -> &mut ProcessInfo {
+    state.process.get_or_insert_with(|| ProcessInfo {
+        version: String::new(),
+        pid: 0,
+    })
+}
+
 fn empty_peer(public_key: PublicKey) -> PeerState {
     PeerState {
         public_key,
@@ -264,6 +281,10 @@ mod tests {
                 cookie_suppressed: 4,
                 rate_limited: 5,
             }),
+            process: Some(ProcessInfo {
+                version: "1.2.3-v2".into(),
+                pid: 4242,
+            }),
         }
     }
 
@@ -291,6 +312,7 @@ mod tests {
         assert_eq!(back.peers, state.peers);
         assert_eq!(back.next_public_key, state.next_public_key);
         assert_eq!(back.handshakes, state.handshakes);
+        assert_eq!(back.process, state.process);
         assert_eq!(back.listen_port, 51871);
         assert_eq!(
             back.private_key.map(|k| k.public_key()),

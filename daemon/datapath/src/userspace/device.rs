@@ -31,6 +31,10 @@ pub trait Io {
     fn send(&mut self, to: SocketAddr, packet: &[u8]);
     /// Hand a decrypted, source-checked IP packet to the host.
     fn deliver(&mut self, packet: &[u8]);
+    /// A data message, handshake response or cookie reply naming a receiver index this device
+    /// never gave out. During an upgrade it belongs to the predecessor's sessions, which the
+    /// shell forwards it to; otherwise it is dropped.
+    fn unrouted(&mut self, _from: SocketAddr, _datagram: &[u8]) {}
 }
 
 pub struct Device {
@@ -191,7 +195,11 @@ impl Device {
             Packet::PacketCookieReply(p) => p.receiver_idx >> 8,
             Packet::PacketData(p) => p.receiver_idx >> 8,
         };
-        self.by_index.get(&index).map(|&id| (id, index))
+        let routed = self.by_index.get(&index).map(|&id| (id, index));
+        if routed.is_none() {
+            io.unrouted(from, datagram);
+        }
+        routed
     }
 
     /// The flood defence for an initiation: mac1 (which also names which of our keys the sender
@@ -273,6 +281,7 @@ impl Device {
             fwmark,
             peers,
             handshakes: Some(self.gate.stats()),
+            process: None,
         }
     }
 
@@ -298,6 +307,55 @@ impl Device {
                 io.send(endpoint, p);
             }
         }
+    }
+
+    /// The next receiver index this device would give out: a successor starts above it, so
+    /// that the indices of this device's sessions stay unknown to it (and are forwarded here).
+    pub fn next_index(&self) -> u32 {
+        self.next_index
+    }
+
+    /// Gives out receiver indices from `base` on (see [`Device::next_index`]).
+    pub fn set_index_base(&mut self, base: u32) {
+        self.next_index = base.max(1) & 0x00ff_ffff;
+    }
+
+    /// The whole configuration as one `set` request, private keys included: what a successor
+    /// needs to serve the same peers (see [`crate::handover`]).
+    pub fn export(&self, listen_port: u16, fwmark: u32) -> crate::model::SetRequest {
+        use crate::model::{PeerChange, SetRequest};
+        let mut ids: Vec<_> = self.peers.keys().copied().collect();
+        ids.sort_unstable();
+        let peers = ids
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .map(|p| PeerChange {
+                preshared_key: Some(p.preshared_key),
+                endpoint: p.endpoint,
+                persistent_keepalive: Some(p.keepalive),
+                replace_allowed_ips: true,
+                allowed_ips: self.allowed.networks_of(p.id),
+                next_public_key: Some(p.next_key),
+                ..PeerChange::new(p.public_key)
+            })
+            .collect();
+        SetRequest {
+            private_key: Some(self.current().key.clone()),
+            next_private_key: Some(self.staged().map(|k| k.key.clone())),
+            listen_port: Some(listen_port),
+            fwmark: Some(fwmark),
+            replace_peers: true,
+            peers,
+        }
+    }
+
+    /// Whether every peer with an endpoint has a session: a successor's cue that its
+    /// predecessor's sessions are no longer needed.
+    pub fn all_sessions_up(&self) -> bool {
+        self.peers
+            .values()
+            .filter(|p| p.endpoint.is_some())
+            .all(|p| p.tunnels.iter().any(|t| t.has_session()))
     }
 
     /// Called once a second: handshake rate limits are per second.

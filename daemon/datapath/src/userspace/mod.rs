@@ -16,6 +16,8 @@ mod tun;
 #[cfg(test)]
 mod device_tests;
 #[cfg(test)]
+mod handover_tests;
+#[cfg(test)]
 mod offload_tests;
 
 use std::io::{self, IoSliceMut};

@@ -101,6 +101,7 @@ fn device(peers: Vec<PeerState>) -> DeviceState {
         fwmark: 0,
         peers,
         handshakes: None,
+        process: None,
     }
 }
 
