@@ -1,5 +1,5 @@
 //! One hostile Node against the Kubernetes store, served by an in-process FAKE API server
-//! (`fake_apiserver`: no real API server can be installed on the project's machines; the fake
+//! (`fake-apiserver`: no real API server can be installed on the project's machines; the fake
 //! sets `creationTimestamp` on create, in whole seconds, as the real one does). The Node in force
 //! keeps working and only the newcomer is refused, ordered by `creationTimestamp`, the same for a
 //! reader that watched the Nodes arrive and one that lists them all at once.
@@ -10,19 +10,14 @@
     reason = "helpers shared by every store test; each uses a part"
 )]
 mod common;
-#[allow(
-    dead_code,
-    reason = "the fake serves every store test; each uses a part"
-)]
-mod fake_apiserver;
 
 use std::time::Duration;
 
 use common::{bounded_by, wait_for};
-use fake_apiserver::{kubelet_node, FakeApiServer};
 use k8s_openapi::api::core::v1::Node;
 use keymgr::store::{ClaimOutcome, KubeConfig, KubeStore, Snapshot};
 use keymgr::{Admission, PrivateKey};
+use wiremesh_fake_apiserver::{kubelet_node, FakeApiServer};
 
 async fn joined(server: &FakeApiServer, name: &str, n: u8) -> KubeStore {
     if server.node(name).is_none() {

@@ -1,4 +1,4 @@
-//! The Kubernetes store against an in-process FAKE API server (`fake_apiserver`): no real
+//! The Kubernetes store against an in-process FAKE API server (`fake-apiserver`): no real
 //! Kubernetes API server can be installed on the project's machines, so these tests exercise the
 //! store through the real REST + watch protocol for `v1/nodes` (list, watch with
 //! resourceVersion, bookmarks and 410 Gone, get, merge patch with resourceVersion preconditions
@@ -7,16 +7,15 @@
 #![allow(clippy::unwrap_used)] // Test code: a panic is the failure report.
 
 mod common;
-mod fake_apiserver;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::{bounded_by, count_absences, outage_keeps_the_last_snapshot, wait_for, wait_health};
-use fake_apiserver::{kubelet_node, FakeApiServer};
 use keymgr::store::{ClaimOutcome, KubeConfig, KubeStore, Snapshot, StoreError, StoreHealth};
 use keymgr::{Admission, NodeRecord, PrivateKey};
 use serde_json::json;
+use wiremesh_fake_apiserver::{kubelet_node, FakeApiServer};
 
 fn rec(name: &str, n: u8) -> NodeRecord {
     let key = PrivateKey::generate().public_key();

@@ -1,5 +1,5 @@
 //! The Kubernetes object store (`ObjectStore::kubernetes`) against an in-process FAKE API server
-//! (`fake_apiserver`), not a real one: no real Kubernetes API server can be installed on the
+//! (`fake-apiserver`), not a real one: no real Kubernetes API server can be installed on the
 //! project's machines. The fake speaks the real REST + watch protocol (list with
 //! resourceVersion, watch with bookmarks and 410 Gone, plain-text 404 for an uninstalled group,
 //! `GET /apis` discovery, ConfigMap create with 409 AlreadyExists), reached through a generated
@@ -12,8 +12,6 @@
     reason = "the helpers are shared; this file uses part of them"
 )]
 mod common;
-#[allow(dead_code, reason = "the fake is shared; this file uses part of it")]
-mod fake_apiserver;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -21,11 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::bounded_by;
-use fake_apiserver::FakeApiServer;
 use keymgr::store::objects::{ObjectRef, ObjectSet, ObjectStore};
 use keymgr::store::KubeConfig;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use wiremesh_fake_apiserver::FakeApiServer;
 
 fn store(server: &FakeApiServer) -> ObjectStore {
     let config = KubeConfig {
