@@ -410,6 +410,11 @@ fn node_name_is_taken_from_the_environment_as_a_daemonset_sets_it() {
         e.contains("nodeName: \"${WIREMESH_TEST_SURELY_UNSET}\" names"),
         "{e}"
     );
+    let e = parse("nodeName: n\nnodeIPs: [\"${WIREMESH_TEST_SURELY_UNSET}\"]\n").unwrap_err();
+    assert!(
+        e.contains("nodeIPs[0]: \"${WIREMESH_TEST_SURELY_UNSET}\" names"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -148,7 +148,7 @@ pub(crate) fn expand_env(
             None => {
                 return Err(format!(
                     "{value:?} names the environment variable {var}, which is not set (in a \
-                     DaemonSet, set it from the downward API: fieldRef spec.nodeName)"
+                     DaemonSet, set it from the downward API, e.g. fieldRef spec.nodeName)"
                 ))
             }
         }
@@ -162,11 +162,21 @@ fn node_ips(raw: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<IpAddr> {
     raw.unwrap_or_default()
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| match s.parse() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                errors.push(format!("nodeIPs[{i}]: {s:?} is not an IP address"));
-                None
+        .filter_map(|(i, raw)| {
+            // `${NODE_IP}`: a DaemonSet's status.hostIP from the downward API.
+            let s = match expand_env(raw, |var| std::env::var(var).ok()) {
+                Ok(s) => s,
+                Err(e) => {
+                    errors.push(format!("nodeIPs[{i}]: {e}"));
+                    return None;
+                }
+            };
+            match s.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    errors.push(format!("nodeIPs[{i}]: {s:?} is not an IP address"));
+                    None
+                }
             }
         })
         .collect()
