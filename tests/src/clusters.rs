@@ -12,7 +12,8 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 use wiremesh::config::{
-    ClusterMeshSection, DirStoreSection, EtcdStoreSection, RemoteClusterSection, StoreSection,
+    ClusterMeshSection, DirStoreSection, EtcdStoreSection, KubeStoreSection, RemoteClusterSection,
+    StoreSection,
 };
 
 use crate::addr::{node_name, pod_cidr, pod_cidr6, CLUSTER_POD_CIDR, CLUSTER_POD_CIDR6};
@@ -21,6 +22,8 @@ use crate::options::{
     ETCD_PREFIX, SWITCH_IP,
 };
 
+/// How often a Kubernetes lab's agents refresh `wiremesh.io/heartbeat`.
+pub const KUBE_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Ports between one cluster's etcd and the next one's on the switch.
 const ETCD_PORT_STRIDE: u16 = 100;
 
@@ -200,7 +203,27 @@ impl LabLayout {
                 }),
                 kubernetes: None,
             },
+            StoreKind::Kubernetes { .. } => StoreSection {
+                kind: wiremesh::config::StoreKind::Kubernetes,
+                dir: None,
+                etcd: None,
+                // Short, for tests; a claim outlives three missed heartbeats.
+                kubernetes: Some(KubeStoreSection {
+                    kubeconfig: None,
+                    heartbeat: Some(config_duration(KUBE_HEARTBEAT)),
+                    owner_ttl: Some(config_duration(KUBE_HEARTBEAT * 4)),
+                }),
+            },
         }
+    }
+
+    /// Node `node`'s `store:`: its cluster's, with its own kubeconfig on the Kubernetes store.
+    pub fn node_store_section(&self, node: u8, options: &LabOptions) -> StoreSection {
+        let mut section = self.store_section(self.plan.cluster_of(node), options);
+        if let Some(kube) = section.kubernetes.as_mut() {
+            kube.kubeconfig = Some(self.agent_kubeconfig(node));
+        }
+        section
     }
 
     /// Cluster `cluster` as another cluster's agents list it in `clusterMesh.clusters`: name,
@@ -214,6 +237,9 @@ impl LabLayout {
                 }),
             ),
             StoreKind::Etcd { .. } => (Some(etcd_section(cluster)), None),
+            // A Kubernetes lab has one cluster ([`crate::Lab::with_options`] refuses more),
+            // so no agent ever lists another.
+            StoreKind::Kubernetes { .. } => (None, None),
         };
         RemoteClusterSection {
             name: self.plan.name(cluster),

@@ -55,6 +55,8 @@ pub struct Lab {
     /// Each cluster's etcd server, while it runs (etcd labs only), by cluster (index 0 is
     /// cluster 1).
     pub(crate) etcd: Mutex<Vec<Option<BgProcess>>>,
+    /// The fake Kubernetes API server, while it runs (Kubernetes labs only).
+    pub(crate) kube: Mutex<Option<BgProcess>>,
     /// Per node, the `clusterMesh.clusters` a test set ([`crate::AgentHandle::set_cluster_mesh`])
     /// in place of the clusters the lab links it with at start.
     pub(crate) meshes: Mutex<Vec<Option<Vec<wiremesh::config::RemoteClusterSection>>>>,
@@ -83,6 +85,10 @@ impl Lab {
         if options.uses_etcd() {
             require_tools(&["etcd", "etcdctl"])?;
         }
+        if options.uses_kubernetes() {
+            require_tools(&["kubectl"])?;
+            crate::kube::fake_apiserver_binary()?;
+        }
         let claim = claim()?;
         let keep = std::env::var_os("WIREMESH_LAB_KEEP").is_some_and(|v| v == "1");
         let clusters = options.clusters;
@@ -95,6 +101,7 @@ impl Lab {
             options,
             procs: Mutex::new((0..total).map(|_| None).collect()),
             etcd: Mutex::new((0..clusters).map(|_| None).collect()),
+            kube: Mutex::new(None),
             meshes: Mutex::new((0..total).map(|_| None).collect()),
             extra_run_dirs: Mutex::new(Vec::new()),
             vms: Mutex::new(Vec::new()),
@@ -106,6 +113,9 @@ impl Lab {
             for cluster in lab.cluster_ids() {
                 lab.cluster_etcd(cluster).start()?;
             }
+        }
+        if lab.options.uses_kubernetes() {
+            lab.kube_api().bootstrap()?;
         }
         Ok(lab)
     }
@@ -347,6 +357,9 @@ impl Lab {
                 eprintln!("wiremesh-lab: stopping cluster {cluster}'s etcd: {e}");
             }
         }
+        if let Err(e) = self.kube_api().stop() {
+            eprintln!("wiremesh-lab: stopping the fake API server: {e}");
+        }
     }
 
     /// The agents' data-path and L7 proxy processes: started by the agents (detached, so that
@@ -413,6 +426,11 @@ fn check_shape(nodes: u8, pods: u8, options: &LabOptions) -> Result<u8> {
         return Err(LabError::Check(format!(
             "a lab holds 1..={MAX_NODES} nodes in all (nodes per cluster × clusters) and \
              0..={MAX_PODS} pods per node, not {clusters} × {nodes} nodes × {pods} pods"
+        )));
+    }
+    if clusters > 1 && options.uses_kubernetes() {
+        return Err(LabError::Check(format!(
+            "a Kubernetes lab is one cluster (one API server), not {clusters}"
         )));
     }
     if let Some(c) = options

@@ -31,6 +31,7 @@ mod flood;
 mod grpc;
 pub mod handles;
 mod http;
+mod kube;
 mod lab;
 mod lifecycle;
 mod mesh;
@@ -64,6 +65,7 @@ pub use capture::{classify, contains, marker, Capture, CaptureFile, LeakReport, 
 pub use claim::LAB_ROOT;
 pub use clusters::{
     cluster_etcd_endpoint, etcd_client_port, etcd_key_of, etcd_peer_port, ClusterPlan, LabLayout,
+    KUBE_HEARTBEAT,
 };
 pub use control::{tail, unix_now};
 pub use error::{LabError, Result};
@@ -76,6 +78,10 @@ pub use handles::{
     SwitchHandle, VmHandle,
 };
 pub use http::{lab_binary, HttpReply, HttpRequest, HttpServer};
+pub use kube::{
+    deploy_rbac, fake_apiserver_binary, kube_api_url, node_manifest, KubeApiHandle, ADMIN_USER,
+    AGENT_GROUPS, AGENT_USER, KUBE_API_PORT,
+};
 pub use lab::{Lab, NodeKind, AGENT_RUN_DIR, WG_RUN_DIR};
 pub use lifecycle::PolicyHooks;
 pub use metrics::{

@@ -39,6 +39,11 @@ enum Cmd {
         /// this lease TTL in seconds (the agents' `store.etcd.leaseTTL`).
         #[arg(long, value_name = "LEASE_TTL_SECS")]
         etcd: Option<u64>,
+        /// The agents' store: `dir` (the default), `etcd` (as `--etcd 5`), or `kubernetes`
+        /// (the fake API server on the switch at 198.18.0.254:6443, standing in for
+        /// kube-apiserver, with deploy/'s RBAC; drive it with kubectl).
+        #[arg(long, value_enum, conflicts_with = "etcd")]
+        store: Option<cli::up::StoreChoice>,
     },
     /// Build a lab, show pod-to-pod traffic across every node pair, the agent's and wg's view,
     /// and prove on a capture of the underlay that the traffic is encrypted; then tear down.
@@ -199,13 +204,14 @@ fn up(
     pods: u8,
     agents: bool,
     etcd_ttl: Option<u64>,
+    store: Option<cli::up::StoreChoice>,
 ) -> anyhow::Result<()> {
     cli::up::run(&cli::up::UpArgs {
         nodes,
         clusters,
         pods,
         agents,
-        etcd_ttl,
+        store: cli::up::StoreChoice::resolve(store, etcd_ttl),
     })
 }
 
@@ -217,7 +223,8 @@ fn dispatch(command: Cmd) -> anyhow::Result<()> {
             pods,
             no_agents,
             etcd,
-        } => up(nodes, clusters, pods, !no_agents, etcd),
+            store,
+        } => up(nodes, clusters, pods, !no_agents, etcd, store),
         Cmd::Demo { nodes, pods } => cli::demo::run(nodes, pods),
         Cmd::Bench {
             seconds,

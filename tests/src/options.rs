@@ -43,6 +43,15 @@ pub enum StoreKind {
     /// `<labdir>/etcd` (one per cluster: `<labdir>/etcd-c<c>` on client port
     /// [`crate::etcd_client_port`]); node records are bound to leases of `lease_ttl`.
     Etcd { lease_ttl: Duration },
+    /// The lab's fake Kubernetes API server (`wiremesh-fake-apiserver`, standing in for
+    /// kube-apiserver) in the switch namespace at [`SWITCH_IP`]:[`crate::KUBE_API_PORT`],
+    /// enforcing the RBAC rendered from `deploy/kubernetes` (or `rbac`, when set, in its
+    /// place); every Node is created with `kubectl` before the agents start (see
+    /// [`crate::KubeApiHandle`]). One cluster only.
+    Kubernetes {
+        /// RBAC manifests (multi-document YAML) enforced in place of deploy/'s.
+        rbac: Option<String>,
+    },
 }
 
 /// The agents' `keyRotation` section.
@@ -126,6 +135,24 @@ impl LabOptions {
         }
     }
 
+    /// Agents on the lab's fake Kubernetes API server, under deploy/'s RBAC.
+    pub fn kubernetes() -> Self {
+        Self {
+            store: StoreKind::Kubernetes { rbac: None },
+            ..Self::default()
+        }
+    }
+
+    /// Agents on the lab's fake Kubernetes API server, under the RBAC manifests `rbac`.
+    pub fn kubernetes_with_rbac(rbac: impl Into<String>) -> Self {
+        Self {
+            store: StoreKind::Kubernetes {
+                rbac: Some(rbac.into()),
+            },
+            ..Self::default()
+        }
+    }
+
     pub fn key_rotation(mut self, rotation: KeyRotation) -> Self {
         self.key_rotation = Some(rotation);
         self
@@ -138,6 +165,10 @@ impl LabOptions {
 
     pub fn uses_etcd(&self) -> bool {
         matches!(self.store, StoreKind::Etcd { .. })
+    }
+
+    pub fn uses_kubernetes(&self) -> bool {
+        matches!(self.store, StoreKind::Kubernetes { .. })
     }
 
     pub fn dual_stack(mut self) -> Self {
@@ -174,7 +205,7 @@ impl LabOptions {
 
     /// Whether the switch joins the underlay with an address of its own.
     pub fn switch_has_address(&self) -> bool {
-        self.uses_etcd() || self.default_route
+        self.uses_etcd() || self.uses_kubernetes() || self.default_route
     }
 }
 
@@ -226,7 +257,7 @@ pub fn agent_config_file(node: u8, layout: &LabLayout, options: &LabOptions) -> 
         cluster_pod_cidrs: Some(plan.pool(cluster, options.dual_stack)),
         strict_mode: Some(options.strict_mode),
         offload: (!options.offload).then_some(false),
-        store: Some(layout.store_section(cluster, options)),
+        store: Some(layout.node_store_section(node, options)),
         policy: Some(PolicySection {
             enforcement: None,
             bpf_pin_dir: Some(layout.bpffs_dir().join(node_name(node))),
@@ -320,6 +351,7 @@ mod tests {
                     .strict_mode(false)
                     .metrics_port(9871),
             ),
+            ("kubernetes", LabOptions::kubernetes()),
         ];
         let dir = std::env::temp_dir().join(format!("wiremesh-lab-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -349,6 +381,11 @@ mod tests {
                     assert_eq!(etcd.endpoints, [etcd_endpoint()]);
                     assert_eq!(etcd.prefix, ETCD_PREFIX);
                     assert_eq!(etcd.lease_ttl, *lease_ttl);
+                }
+                (StoreKind::Kubernetes { .. }, StoreConfig::Kubernetes(kube)) => {
+                    let want = layout().agent_kubeconfig(2);
+                    assert_eq!(kube.kubeconfig.as_deref(), Some(want.as_path()));
+                    assert_eq!(kube.heartbeat, crate::KUBE_HEARTBEAT);
                 }
                 (want, got) => panic!("{name}: store {want:?} loaded as {got:?}"),
             }

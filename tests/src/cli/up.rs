@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use wiremesh_lab::{agent_binary, node_ip, pod_cidr, pod_ip, Lab, LabOptions, WG_IFACE};
+use wiremesh_lab::{
+    agent_binary, kube_api_url, node_ip, pod_cidr, pod_ip, Lab, LabOptions, AGENT_USER, WG_IFACE,
+};
 
 use super::{check_interrupted, section, stop_requested};
 
@@ -17,7 +19,36 @@ pub struct UpArgs {
     pub clusters: u8,
     pub pods: u8,
     pub agents: bool,
-    pub etcd_ttl: Option<u64>,
+    pub store: UpStore,
+}
+
+/// `--store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    Dir,
+    Etcd,
+    Kubernetes,
+}
+
+/// The store `up` builds the lab on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpStore {
+    Dir,
+    Etcd { lease_ttl_secs: u64 },
+    Kubernetes,
+}
+
+impl StoreChoice {
+    /// `--store` and `--etcd TTL` together (clap refuses both at once); etcd's lease TTL is
+    /// 5 s unless `--etcd` names one.
+    pub fn resolve(store: Option<Self>, etcd_ttl: Option<u64>) -> UpStore {
+        match (store, etcd_ttl) {
+            (_, Some(lease_ttl_secs)) => UpStore::Etcd { lease_ttl_secs },
+            (Some(Self::Etcd), None) => UpStore::Etcd { lease_ttl_secs: 5 },
+            (Some(Self::Kubernetes), None) => UpStore::Kubernetes,
+            (Some(Self::Dir) | None, None) => UpStore::Dir,
+        }
+    }
 }
 
 pub fn run(args: &UpArgs) -> anyhow::Result<()> {
@@ -26,7 +57,7 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         clusters,
         pods,
         agents,
-        etcd_ttl,
+        store,
     } = *args;
     let shape = if clusters > 1 {
         format!("{clusters} clusters × {nodes} nodes × {pods} pods")
@@ -34,9 +65,10 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
         format!("{nodes} nodes × {pods} pods")
     };
     section(&format!("Building a lab: {shape}"));
-    let options = match etcd_ttl {
-        Some(secs) => LabOptions::etcd(Duration::from_secs(secs)),
-        None => LabOptions::default(),
+    let options = match store {
+        UpStore::Etcd { lease_ttl_secs } => LabOptions::etcd(Duration::from_secs(lease_ttl_secs)),
+        UpStore::Kubernetes => LabOptions::kubernetes(),
+        UpStore::Dir => LabOptions::default(),
     }
     .clusters(clusters);
     let lab = Lab::with_options(nodes, pods, options).context("building the lab")?;
@@ -151,9 +183,34 @@ fn print_cluster(lab: &Lab, cluster: u8) {
             lab.switch().ns(),
             etcd.endpoint()
         );
+    } else if lab.options().uses_kubernetes() {
+        print_kube(lab);
     } else {
         println!("{indent}store (shared dir): {}", store.dir().display());
     }
+}
+
+/// Where the fake API server is and how to drive it with kubectl.
+fn print_kube(lab: &Lab) {
+    let api = lab.kube_api();
+    println!(
+        "store (Kubernetes): {} — wiremesh-fake-apiserver (pid {}), standing in for \
+         kube-apiserver, enforcing {} for the agents ({AGENT_USER})",
+        kube_api_url(),
+        api.pid().map_or_else(|| "?".into(), |p| p.to_string()),
+        api.rbac_path().display()
+    );
+    println!(
+        "  kubectl:  ip netns exec {} kubectl --kubeconfig {} get nodes -o wide",
+        lab.switch().ns(),
+        api.admin_kubeconfig().display()
+    );
+    println!("            (create/replace/delete -f FILE --validate=false: Namespaces, Pods, NetworkPolicies, CiliumNetworkPolicies)");
+    println!(
+        "  audit log: {}   state: {}",
+        api.audit_path().display(),
+        api.dir().join("state.json").display()
+    );
 }
 
 fn or_none(names: &[String]) -> String {
