@@ -85,9 +85,10 @@ fn stop(name: &str, pid_file: &Path) -> Result<Option<String>> {
         .trim()
         .parse()
         .with_context(|| format!("{}: not a PID: {text:?}", pid_file.display()))?;
-    // A stale PID file may name someone else's process now: only ever stop our own binary.
+    // A stale PID file may name someone else's process now (or, from another PID namespace —
+    // a pod's —, this very process): only ever stop our own binary, never ourselves.
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "wiremesh" {
+    if comm.trim() != "wiremesh" || u32::try_from(pid).ok() == Some(std::process::id()) {
         return Ok(None);
     }
     let pid = Pid::from_raw(pid);
