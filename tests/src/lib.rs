@@ -24,6 +24,7 @@ mod capture;
 mod claim;
 mod clusters;
 mod control;
+pub mod deploy;
 mod error;
 mod etcd;
 mod exec;
