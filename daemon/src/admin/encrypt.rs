@@ -115,6 +115,10 @@ impl EncryptView {
             listen_port: state.listen_port,
             mtu: facts.mtu,
             datapath: self.datapath.kind().into(),
+            datapath_process: state.process.map(|p| crate::api::status::DatapathProcess {
+                version: p.version,
+                pid: p.pid,
+            }),
             node_name: facts.node_name.clone(),
             cluster_name: facts.cluster_name.clone(),
             store: facts.store.clone(),

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::config::{Config, DatapathKind, WIREGUARD_OVERHEAD};
 use wiremesh_datapath::backend::Datapath;
 use wiremesh_datapath::kernel::Kernel;
-use wiremesh_datapath::model::SetRequest;
+use wiremesh_datapath::model::{DeviceState, ProcessInfo, SetRequest};
 use wiremesh_datapath::netlink::Netlink;
 use wiremesh_datapath::uapi::client::UapiClient;
 use wiremesh_datapath::uapi::server::SOCKET_DIR;
@@ -137,7 +137,12 @@ async fn attach_or_spawn(
     exited: &Arc<Notify>,
 ) -> Result<(UapiClient, Origin)> {
     let client = uapi_client(config);
-    if let Ok(state) = client.get().await {
+    if let Ok(mut state) = client.get().await {
+        if let Some(running) = state.process.clone() {
+            if running.version != wiremesh_datapath::version() {
+                state = upgrade(config, &client, &running, exited).await?;
+            }
+        }
         let running = state.private_key.as_ref().map(|k| k.public_key());
         let adoption = adopt(running, state.next_public_key, key.public_key());
         match adoption {
@@ -168,7 +173,7 @@ async fn attach_or_spawn(
         );
         return Ok((client, Origin::Attached));
     }
-    spawn(config, exited.clone())?;
+    spawn(config, exited.clone(), false)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if client.get().await.is_ok() {
@@ -212,7 +217,46 @@ pub fn pid_file(config: &Config) -> std::path::PathBuf {
     config.run_dir.join("datapath.pid")
 }
 
-fn spawn(config: &Config, exited: Arc<Notify>) -> Result<()> {
+/// Replaces a running data path of another version by this binary's, in place: the successor
+/// takes the interface, sockets and peers over (see `wiremesh_datapath::handover`). Returns the
+/// successor's state; if it does not come up, the old data path keeps serving.
+async fn upgrade(
+    config: &Config,
+    client: &UapiClient,
+    running: &ProcessInfo,
+    exited: &Arc<Notify>,
+) -> Result<DeviceState> {
+    tracing::info!(
+        from = %running.version,
+        to = wiremesh_datapath::version(),
+        pid = running.pid,
+        "the running data path is another version; handing it over to this one"
+    );
+    spawn(config, exited.clone(), true)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.get().await {
+            Ok(state) if state.process.as_ref().is_some_and(|p| p.pid != running.pid) => {
+                return Ok(state)
+            }
+            Ok(state) if Instant::now() > deadline => {
+                tracing::warn!(
+                    "the new data path did not take over within 10 s (see its log lines);                      keeping the running one"
+                );
+                return Ok(state);
+            }
+            Err(e) if Instant::now() > deadline => {
+                bail!(
+                    "no data path answers on {} after the handover: {e}",
+                    client.path().display()
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+fn spawn(config: &Config, exited: Arc<Notify>, take_over: bool) -> Result<()> {
     let mut args: Vec<std::ffi::OsString> = vec![
         "--interface".into(),
         config.interface.clone().into(),
@@ -228,6 +272,9 @@ fn spawn(config: &Config, exited: Arc<Notify>) -> Result<()> {
     }
     if !config.offload {
         args.push("--no-offload".into());
+    }
+    if take_over {
+        args.push("--take-over".into());
     }
     spawn_detached("datapath", "data path", &args, Some(exited))
 }

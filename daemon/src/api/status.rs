@@ -16,6 +16,9 @@ pub struct EncryptStatus {
     pub listen_port: u16,
     pub mtu: u32,
     pub datapath: String,
+    /// The data-path process's version and PID (the userspace data path only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_process: Option<DatapathProcess>,
     pub node_name: String,
     pub cluster_name: String,
     pub store: String,
@@ -35,6 +38,13 @@ pub struct EncryptStatus {
     /// so a healthy agent's status reads as it always has.
     #[serde(default, skip_serializing_if = "health::is_quiet")]
     pub tasks: Health,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatapathProcess {
+    pub version: String,
+    pub pid: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,7 +166,10 @@ impl EncryptStatus {
             self.next_public_key.as_deref().map(|k| format!("; rotating to {k}")).unwrap_or_default(),
             self.listen_port,
             self.mtu,
-            self.datapath,
+            match &self.datapath_process {
+                Some(p) => format!("{} {} (pid {})", self.datapath, p.version, p.pid),
+                None => self.datapath.clone(),
+            },
             self.store,
             match (self.store_health.state.as_str(), &self.store_health.since, &self.store_health.error) {
                 ("connected", _, _) => String::new(),
@@ -215,6 +228,7 @@ mod tests {
             listen_port: 51871,
             mtu: 1420,
             datapath: "userspace".into(),
+            datapath_process: None,
             node_name: "node-1".into(),
             cluster_name: "default".into(),
             store: "dir:/x".into(),

@@ -21,7 +21,7 @@ use crate::config;
 pub use trace::{Output, TraceArgs};
 
 #[derive(Parser)]
-#[command(name = "wiremesh", version, about = "WireGuard overlay network agent")]
+#[command(name = "wiremesh", version = wiremesh_datapath::version(), about = "WireGuard overlay network agent")]
 pub struct Cli {
     /// The agent's run directory (config key `runDir`), where wiremesh.sock lives: for the
     /// commands that talk to the local agent.
@@ -120,6 +120,10 @@ pub enum Command {
         /// (config key `offload: false`). For kernels or drivers where they misbehave.
         #[arg(long)]
         no_offload: bool,
+        /// Take the interface, sockets and peers over from the data path running now (an
+        /// in-place upgrade; the agent passes it when the running data path's version differs).
+        #[arg(long)]
+        take_over: bool,
     },
     /// Run the L7 filter: the transparent HTTP proxy that enforces HTTP rules (started by the
     /// agent; it outlives agent restarts).
@@ -197,6 +201,7 @@ pub fn run(cli: Cli) -> ExitCode {
             pid_file,
             admin_group,
             no_offload,
+            take_over,
         } => agent::run_datapath(wiremesh_datapath::process::Options {
             interface,
             listen_port,
@@ -204,6 +209,7 @@ pub fn run(cli: Cli) -> ExitCode {
             pid_file,
             admin_group,
             offload: !no_offload,
+            take_over,
         }),
         Command::Proxy {
             ingress_port,

@@ -11,6 +11,7 @@ mod gate;
 mod peer;
 mod ratelimit;
 mod sockets;
+mod succession;
 mod tun;
 
 #[cfg(test)]
@@ -48,7 +49,13 @@ const INBOX_PACKETS: usize = tun::SPLIT_MAX;
 enum Command {
     Set(SetRequest, oneshot::Sender<Result<(), DeviceError>>),
     Get(oneshot::Sender<DeviceState>),
+    /// Stop reading the UDP sockets and hand them, with the configuration, to a successor.
+    HandOver(oneshot::Sender<Result<succession::HandedOver, DeviceError>>),
+    /// The successor's TUN queue is attached: drain ours and detach it.
+    Detach(oneshot::Sender<()>),
 }
+
+pub use succession::{start_successor, HandedOver, Successor};
 
 /// The control plane's end of the data path. Dropping every clone stops the data path and
 /// removes the interface.
@@ -75,6 +82,27 @@ impl Handle {
             .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)
     }
+
+    /// Hands the sockets and the configuration over (see [`crate::handover`]); from then on
+    /// this data path reads no datagram but those the successor forwards.
+    pub async fn hand_over(&self) -> Result<HandedOver, DeviceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::HandOver(tx))
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
+        rx.await.map_err(|_| DeviceError::Stopped)?
+    }
+
+    /// Drains and detaches this data path's TUN queue.
+    pub async fn detach(&self) -> Result<(), DeviceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Detach(tx))
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
+        rx.await.map_err(|_| DeviceError::Stopped)
+    }
 }
 
 /// Creates the TUN interface and the UDP sockets (so that errors surface here, to the caller),
@@ -86,10 +114,31 @@ pub fn start(
     listen_port: u16,
     offload: bool,
 ) -> anyhow::Result<Handle> {
+    let tun = create_tun(interface, offload)?;
+    let device = Device::new(key, Instant::now());
+    launch(interface, tun, device, None, move || {
+        Sockets::bind(listen_port, 0, offload)
+    })
+}
+
+fn create_tun(interface: &str, offload: bool) -> anyhow::Result<tun::Tun> {
     use anyhow::Context;
-    let tun = tun::Tun::create(interface, offload).with_context(|| {
-        format!("creating TUN interface {interface} (is /dev/net/tun available?)")
-    })?;
+    tun::Tun::create(interface, offload)
+        .with_context(|| format!("creating TUN interface {interface} (is /dev/net/tun available?)"))
+}
+
+/// Starts the data-path thread around `tun` and `device`; `sockets` runs on the thread's
+/// runtime (tokio sockets belong to one). `forward` is where a successor sends the datagrams
+/// it cannot route (its predecessor's).
+fn launch(
+    interface: &str,
+    tun: tun::Tun,
+    device: Device,
+    forward: Option<std::os::unix::net::UnixDatagram>,
+    sockets: impl FnOnce() -> Result<Sockets, DeviceError> + Send + 'static,
+) -> anyhow::Result<Handle> {
+    use anyhow::Context;
+    let offload = tun.tcp_offload();
     let (tx, rx) = mpsc::channel(64);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let name = interface.to_string();
@@ -107,7 +156,7 @@ pub fn start(
                 }
             };
             rt.block_on(async move {
-                let sockets = match Sockets::bind(listen_port, 0, offload) {
+                let sockets = match sockets() {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::anyhow!("{e}")));
@@ -123,8 +172,9 @@ pub fn start(
                     udp_gro = sockets.v4.gro_segments() > 1 && offload,
                     "data path offloads"
                 );
-                let shell = Shell::new(tun, sockets);
-                if let Err(e) = run(Device::new(key, Instant::now()), shell, rx).await {
+                let mut shell = Shell::new(tun, sockets);
+                shell.forward = forward;
+                if let Err(e) = run(device, shell, rx).await {
                     tracing::error!(interface = %name, error = %e, "data path stopped");
                 }
             });
@@ -144,6 +194,14 @@ struct Shell {
     outbox: Outbox,
     inbox: Inbox,
     gro: tun_rs::GROTable,
+    /// A successor's: where datagrams of its predecessor's sessions go.
+    forward: Option<std::os::unix::net::UnixDatagram>,
+    forward_buf: Vec<u8>,
+    /// A predecessor's: the datagrams its successor forwards, once it has handed over.
+    forwarded: Option<tokio::net::UnixDatagram>,
+    /// Off once the sockets, then the TUN queue, are handed over.
+    reading_udp: bool,
+    reading_tun: bool,
 }
 
 impl Io for Shell {
@@ -158,6 +216,16 @@ impl Io for Shell {
             self.flush_inbox();
         }
     }
+
+    fn unrouted(&mut self, from: std::net::SocketAddr, datagram: &[u8]) {
+        let Some(forward) = &self.forward else {
+            return;
+        };
+        crate::handover::encode_forwarded(from, datagram, &mut self.forward_buf);
+        if let Err(e) = forward.send(&self.forward_buf) {
+            tracing::trace!(error = %e, "forward to the predecessor dropped");
+        }
+    }
 }
 
 impl Shell {
@@ -168,6 +236,11 @@ impl Shell {
             sockets,
             inbox: Inbox::new(tun::HEADROOM, INBOX_PACKETS),
             gro: tun_rs::GROTable::new(),
+            forward: None,
+            forward_buf: Vec::with_capacity(BUF_SIZE),
+            forwarded: None,
+            reading_udp: true,
+            reading_tun: true,
         }
     }
 
@@ -265,19 +338,23 @@ async fn run(
     let mut udp_reads = UdpReads::new();
     let mut tick = tokio::time::interval(TICK);
     let mut ticks = 0u32;
+    let mut forwarded = vec![0u8; BUF_SIZE];
+    // A successor's peers: handshaken at once (see `Device::flush_new_peers`).
+    device.flush_new_peers(&mut shell);
+    shell.flush();
     loop {
         tokio::select! {
-            ready = tun_fd.readable() => {
+            ready = tun_fd.readable(), if shell.reading_tun => {
                 let mut guard = ready?;
                 if read_tun(&mut device, &mut shell, &mut tun_reads)? {
                     guard.clear_ready();
                 }
             }
-            ready = shell.sockets.v4.io.readable() => {
+            ready = shell.sockets.v4.io.readable(), if shell.reading_udp => {
                 ready?;
                 recv_batch(&mut device, &mut shell, false, &mut udp_reads);
             }
-            ready = readable_v6(&shell.sockets) => {
+            ready = readable_v6(&shell.sockets), if shell.reading_udp => {
                 ready?;
                 recv_batch(&mut device, &mut shell, true, &mut udp_reads);
             }
@@ -288,20 +365,50 @@ async fn run(
                     device.reset_rate_limiters();
                 }
             }
+            ready = succession::readable(&shell.forwarded) => {
+                ready?;
+                succession::recv_forwarded(&mut device, &mut shell, &mut forwarded);
+            }
             cmd = commands.recv() => match cmd {
-                Some(Command::Set(req, reply)) => {
-                    let res = shell.apply(&req).and_then(|()| device.apply(req, Instant::now()));
-                    device.flush_new_peers(&mut shell);
-                    let _ = reply.send(res);
-                }
-                Some(Command::Get(reply)) => {
-                    let _ = reply.send(device.state(shell.sockets.port, shell.sockets.fwmark));
-                }
+                Some(cmd) => handle_command(cmd, &mut device, &mut shell, &mut tun_reads)?,
                 None => return Ok(()),
             },
         }
         shell.flush();
     }
+}
+
+fn handle_command(
+    cmd: Command,
+    device: &mut Device,
+    shell: &mut Shell,
+    tun_reads: &mut TunReads,
+) -> io::Result<()> {
+    match cmd {
+        Command::Set(req, reply) => {
+            let res = shell
+                .apply(&req)
+                .and_then(|()| device.apply(req, Instant::now()));
+            device.flush_new_peers(shell);
+            let _ = reply.send(res);
+        }
+        Command::Get(reply) => {
+            let mut state = device.state(shell.sockets.port, shell.sockets.fwmark);
+            state.process = Some(crate::model::ProcessInfo {
+                version: crate::version().to_string(),
+                pid: std::process::id(),
+            });
+            let _ = reply.send(state);
+        }
+        Command::HandOver(reply) => {
+            let _ = reply.send(succession::hand_over(device, shell));
+        }
+        Command::Detach(reply) => {
+            succession::detach(device, shell, tun_reads)?;
+            let _ = reply.send(());
+        }
+    }
+    Ok(())
 }
 
 /// Reads up to [`BATCH`] (super-)packets from the TUN and encrypts them. Returns true once the

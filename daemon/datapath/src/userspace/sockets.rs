@@ -73,6 +73,42 @@ impl Sockets {
         })
     }
 
+    /// Sockets handed over by a predecessor (the same open sockets: nothing queued in them is
+    /// lost); `port` and `fwmark` are what its configuration says.
+    pub fn adopt(
+        v4: std::os::fd::OwnedFd,
+        v6: Option<std::os::fd::OwnedFd>,
+        fwmark: u32,
+        offload: bool,
+    ) -> Result<Self, DeviceError> {
+        let adopt_err = |e: io::Error| DeviceError::Invalid(format!("adopted UDP socket: {e}"));
+        let v4 = Socket::adopt(v4, offload).map_err(adopt_err)?;
+        let v6 = v6
+            .map(|fd| Socket::adopt(fd, offload))
+            .transpose()
+            .map_err(adopt_err)?;
+        let port = v4.io.local_addr().map_err(adopt_err)?.port();
+        Ok(Self {
+            v4,
+            v6,
+            port,
+            fwmark,
+            offload,
+        })
+    }
+
+    /// Duplicates of the sockets' descriptors, v4 then v6, for a successor.
+    pub fn duplicates(&self) -> io::Result<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)> {
+        use std::os::fd::AsFd;
+        let v4 = self.v4.io.as_fd().try_clone_to_owned()?;
+        let v6 = self
+            .v6
+            .as_ref()
+            .map(|s| s.io.as_fd().try_clone_to_owned())
+            .transpose()?;
+        Ok((v4, v6))
+    }
+
     pub fn set_mark(&mut self, mark: u32) -> Result<(), DeviceError> {
         for s in std::iter::once(&self.v4).chain(self.v6.as_ref()) {
             socket2::SockRef::from(&s.io)
@@ -137,6 +173,19 @@ impl Socket {
         set_int(&sock, level, opt, value)?;
         if !offload {
             // Without offloads every receive is one datagram, as on a kernel without GRO.
+            set_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 0)?;
+        }
+        Ok(Self {
+            io: UdpSocket::from_std(sock.into())?,
+            state,
+        })
+    }
+
+    fn adopt(fd: std::os::fd::OwnedFd, offload: bool) -> io::Result<Self> {
+        let sock = socket2::Socket::from(fd);
+        sock.set_nonblocking(true)?;
+        let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
+        if !offload {
             set_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 0)?;
         }
         Ok(Self {

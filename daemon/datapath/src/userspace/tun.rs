@@ -35,6 +35,9 @@ impl Tun {
         let dev = DeviceBuilder::new()
             .name(name)
             .offload(offload)
+            // Multi-queue, so that a successor data path can attach a queue of its own before
+            // this one detaches (an in-place upgrade, see `crate::handover`).
+            .multi_queue(true)
             .inherit_enable_state()
             .build_sync()
             .map_err(|e| io::Error::new(e.kind(), format!("TUN device {name}: {e}")))?;
@@ -68,6 +71,27 @@ impl Tun {
     /// segments of one flow into super-packets first when offloads are on.
     pub fn write_batch(&self, gro: &mut GROTable, packets: &mut [Vec<u8>]) -> io::Result<usize> {
         self.dev.send_multiple(gro, packets, HEADROOM)
+    }
+}
+
+impl Tun {
+    /// Detaches this queue from the interface (`TUNSETQUEUE` with `IFF_DETACH_QUEUE`): the
+    /// kernel then sends everything to the other queues, a successor's. Whatever still waits in
+    /// this queue is dropped, so the caller drains it first.
+    pub fn detach_queue(&self) -> io::Result<()> {
+        /// `_IOW('T', 217, int)`.
+        const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+        const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
+        // SAFETY: an all-zero ifreq is valid; only its flags are read by this ioctl.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_ifru.ifru_flags = IFF_DETACH_QUEUE;
+        // SAFETY: a TUN descriptor this device owns, and a valid ifreq for the call's duration.
+        let rc = unsafe { libc::ioctl(self.as_raw_fd(), TUNSETQUEUE, &mut req) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 

@@ -1,0 +1,194 @@
+//! An in-place upgrade of the data path loses nothing: node-1 runs v1 (the workspace binary),
+//! pods ping each other across the tunnel at 100 packets/s both ways, node-1's agent is stopped
+//! and started again from a v2 binary (the same source built with `WIREMESH_VERSION` set); the
+//! v2 agent finds the v1 data path, starts `wiremesh datapath --take-over`, and the v2 data path
+//! takes the interface, sockets and peers over. Asserted: 0 pings lost, `encrypt status` on
+//! node-1 names v2's data path with a new PID, the v1 data path is gone, node-2 has a fresh
+//! handshake. The control run proves the detector: the same restart with the data path killed
+//! instead of handed over loses pings.
+//!
+//! The v2 binary: `$WIREMESH_V2_BIN` if set (it must report a version other than v1's), else
+//! built once by this test with `cargo build -p wiremesh --bin wiremesh` into
+//! `<workspace>/target/upgrade-v2` (a target dir of its own, kept between runs so that only the
+//! first run pays for a full build).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wiremesh_lab::{agent_binary, Host};
+
+const TRAFFIC_SECS: u32 = 25;
+const V2_SUFFIX: &str = "-upgrade-v2";
+
+fn version_of(bin: &Path) -> String {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} --version: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{} --version printed {text:?}", bin.display()))
+        .to_string()
+}
+
+/// The v2 binary (see the module's doc) and its version.
+fn v2_binary(v1_version: &str) -> (PathBuf, String) {
+    if let Some(bin) = std::env::var_os("WIREMESH_V2_BIN") {
+        let bin = PathBuf::from(bin);
+        let v = version_of(&bin);
+        assert_ne!(v, v1_version, "$WIREMESH_V2_BIN reports v1's version {v}");
+        return (bin, v);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace");
+    let target = workspace.join("target/upgrade-v2");
+    let version = format!("{v1_version}{V2_SUFFIX}");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "--locked", "-p", "wiremesh", "--bin", "wiremesh"])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("WIREMESH_VERSION", &version)
+        .status()
+        .expect("running cargo build for the v2 binary");
+    assert!(status.success(), "building the v2 binary failed: {status}");
+    let bin = target.join("debug/wiremesh");
+    assert_eq!(version_of(&bin), version, "the v2 binary's version");
+    (bin, version)
+}
+
+fn use_binary(bin: &Path) {
+    std::env::set_var("WIREMESH_BIN", bin);
+}
+
+/// node-2's latest handshake with node-1, as its status shows it (RFC 3339).
+fn last_handshake(lab: &wiremesh_lab::Lab) -> String {
+    let node2 = lab.node(2).agent().status().expect("node-2 status");
+    let peer =
+        wiremesh_lab::peer(&node2, &wiremesh_lab::node_name(1)).expect("node-2 lists node-1");
+    peer["lastHandshake"]
+        .as_str()
+        .unwrap_or_else(|| panic!("node-2 has no handshake with node-1: {peer}"))
+        .to_string()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_data_path_upgrade_loses_no_packet_and_killing_it_instead_does() {
+    common::require_agent();
+    let v1 = agent_binary().expect("the v1 binary");
+    let v1 = v1.canonicalize().unwrap_or(v1);
+    let v1_version = version_of(&v1);
+    let (v2, v2_version) = v2_binary(&v1_version);
+    use_binary(&v1);
+
+    let lab = common::lab(2, 1);
+    common::start_mesh(&lab);
+    common::assert_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1));
+    common::assert_ping(&lab, Host::Pod(2, 1), Host::Pod(1, 1));
+    let old_pid = lab
+        .node(1)
+        .datapath()
+        .pid()
+        .expect("node-1 runs a data path process");
+    let status = lab.node(1).agent().status().expect("node-1 status");
+    assert_eq!(
+        status["datapathProcess"]["version"].as_str(),
+        Some(v1_version.as_str()),
+        "node-1's data path before the upgrade: {status}"
+    );
+
+    let handshake_before = last_handshake(&lab);
+
+    // The upgrade, under traffic both ways.
+    let there = common::fast_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1), TRAFFIC_SECS);
+    let back = common::fast_ping(&lab, Host::Pod(2, 1), Host::Pod(1, 1), TRAFFIC_SECS);
+    std::thread::sleep(Duration::from_secs(3));
+    let from = lab.node(1).agent().log_len();
+    lab.node(1).agent().stop().expect("stopping node-1's agent");
+    use_binary(&v2);
+    lab.node(1)
+        .agent()
+        .start()
+        .expect("starting node-1's v2 agent");
+    lab.node(1)
+        .agent()
+        .wait_log(from, "\"agent ready\"", common::READY, |l| {
+            l.contains("agent ready")
+        })
+        .unwrap_or_else(|e| panic!("the v2 agent: {e}"));
+    let status = lab
+        .node(1)
+        .agent()
+        .wait_status("node-1 to run v2's data path", common::READY, |s| {
+            s["datapathProcess"]["version"].as_str() == Some(v2_version.as_str())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let new_pid = status["datapathProcess"]["pid"].as_u64().expect("a PID");
+    assert_ne!(
+        new_pid,
+        u64::from(old_pid),
+        "the data path was not replaced"
+    );
+    let text = lab.node(1).agent().status_text().expect("status text");
+    assert!(
+        text.contains(&format!(
+            "Data path: userspace {v2_version} (pid {new_pid})"
+        )),
+        "encrypt status:\n{text}"
+    );
+    common::assert_no_loss(
+        there.0,
+        &there.1,
+        "pod(1) -> pod(2) across the data path upgrade",
+    );
+    common::assert_no_loss(
+        back.0,
+        &back.1,
+        "pod(2) -> pod(1) across the data path upgrade",
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while pid_alive(old_pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !pid_alive(old_pid),
+        "the v1 data path (pid {old_pid}) is still running"
+    );
+    // RFC 3339 in UTC to the second: later times sort later.
+    let handshake_after = last_handshake(&lab);
+    assert!(
+        handshake_after > handshake_before,
+        "node-2 has no new handshake with node-1 ({handshake_before} before, {handshake_after} after)"
+    );
+
+    // The control run: the same restart, the data path killed instead of handed over.
+    let there = common::fast_ping(&lab, Host::Pod(1, 1), Host::Pod(2, 1), 15);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.node(1).agent().stop().expect("stopping node-1's agent");
+    lab.node(1)
+        .datapath()
+        .stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5))
+        .expect("killing node-1's data path");
+    use_binary(&v1);
+    lab.node(1)
+        .agent()
+        .start()
+        .expect("starting node-1's v1 agent");
+    let log = common::finish_ping(there.0, &there.1);
+    let sent = log.summary.map_or(0, |s| s.sent);
+    let lost = log.missing(sent).len();
+    eprintln!("control run: {lost} of {sent} pings lost without the handover");
+    assert!(
+        lost > 0,
+        "the control run lost nothing: the loss counter sees nothing"
+    );
+}
