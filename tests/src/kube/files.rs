@@ -11,15 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::addr::{node_ip, node_ip6, node_name, pod_cidr, pod_cidr6};
 use crate::error::{LabError, Result};
-use crate::exec::run;
 use crate::lab::Lab;
 use crate::options::SWITCH_IP;
 
 use super::{kube_api_url, KUBE_API_PORT};
-
-const KUSTOMIZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// The kinds the API server's `--rbac` reads.
-const RBAC_KINDS: [&str; 4] = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
 
 /// kubectl's user: a cluster admin (`system:masters` passes every RBAC check).
 pub const ADMIN_USER: &str = "kubernetes-admin";
@@ -97,34 +92,15 @@ pub(crate) fn write_all(lab: &Lab, rbac: Option<&str>) -> Result<()> {
     write(&api.rbac_path(), &rbac)
 }
 
-/// The RBAC documents (roles and bindings) of `deploy/kubernetes`, as `kubectl kustomize`
-/// renders them.
+/// The RBAC documents of `deploy/kubernetes` as `kubectl kustomize` renders them (parsed and
+/// checked by [`crate::deploy::render`], which panics naming the directory on a bad render).
 pub fn deploy_rbac() -> Result<String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let deploy = manifest
         .parent()
         .unwrap_or(manifest)
         .join("deploy/kubernetes");
-    let rendered = run(
-        Command::new("kubectl").arg("kustomize").arg(&deploy),
-        KUSTOMIZE_TIMEOUT,
-    )?;
-    let rbac: Vec<&str> = rendered
-        .split("\n---\n")
-        .filter(|doc| {
-            let kind = yaml_serde::from_str::<yaml_serde::Value>(doc)
-                .ok()
-                .and_then(|v| v["kind"].as_str().map(str::to_owned));
-            kind.is_some_and(|k| RBAC_KINDS.contains(&k.as_str()))
-        })
-        .collect();
-    if rbac.is_empty() {
-        return Err(LabError::Check(format!(
-            "`kubectl kustomize {}` rendered no ClusterRole, Role or binding",
-            deploy.display()
-        )));
-    }
-    Ok(rbac.join("\n---\n"))
+    Ok(crate::deploy::render(&deploy).rbac_yaml())
 }
 
 /// `wiremesh-fake-apiserver` in the switch namespace with the lab's files and two tokens.
