@@ -171,12 +171,86 @@ fn cleanup_leaves_nothing_and_refuses_while_the_agent_runs() {
         other.iter().any(|l| l == "interface wiremesh_wg0"),
         "node-2 lost its interface: {other:#?}"
     );
-    // A second cleanup finds nothing and succeeds.
-    let again = cleanup(&lab, 1);
+    // A second cleanup, as the cleanup DaemonSet runs it (`--wait`): finds nothing, then
+    // stays up until SIGTERM and exits 0.
+    second_cleanup_waits_for_sigterm(&lab, 1);
+}
+
+fn second_cleanup_waits_for_sigterm(lab: &Lab, node: u8) {
+    use std::io::{BufRead, BufReader};
+    let bin = wiremesh_lab::agent_binary().expect("the wiremesh binary");
+    let config = lab.node(node).agent().config_path();
+    let mut child = lab
+        .node(node)
+        .cmd(&bin)
+        .args(["cleanup", "--purge", "--wait", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running wiremesh cleanup --wait");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !said
+        .iter()
+        .any(|l: &String| l.contains("waiting for SIGTERM"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("cleanup --wait never said it was waiting: {said:?}");
+            }
+        }
+    }
     assert!(
-        again.status.success() && String::from_utf8_lossy(&again.stdout).contains("nothing"),
-        "a second cleanup: {}{}",
-        String::from_utf8_lossy(&again.stdout),
-        String::from_utf8_lossy(&again.stderr)
+        said.iter()
+            .any(|l| l.contains("nothing of wiremesh's was left")),
+        "a second cleanup found something: {said:?}"
     );
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "cleanup --wait exited by itself"
+    );
+    // The child is `ip netns exec … unshare … sh -c … wiremesh`: signal the whole group
+    // of processes under it by finding the wiremesh process.
+    let pid = wiremesh_pid_under(child.id()).expect("the wiremesh cleanup process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = child.wait().expect("wait for cleanup --wait");
+    assert!(status.success(), "cleanup --wait on SIGTERM: {status}");
+}
+
+/// The `wiremesh` process among `root`'s descendants (the lab wraps commands in `ip netns exec`
+/// and `unshare`, which exec, and `sh`, which may fork).
+fn wiremesh_pid_under(root: u32) -> Option<i32> {
+    let mut frontier = vec![root];
+    for _ in 0..8 {
+        let mut next = Vec::new();
+        for pid in frontier {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "wiremesh" {
+                return i32::try_from(pid).ok();
+            }
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            next.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        frontier = next;
+    }
+    None
 }

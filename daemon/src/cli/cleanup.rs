@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use crate::config;
 
-/// `wiremesh cleanup --config FILE [--purge]`. Refuses while an agent answers on the admin
-/// socket: it would put everything back.
-pub fn run(path: PathBuf, purge: bool) -> ExitCode {
+/// `wiremesh cleanup --config FILE [--purge] [--wait]`. Refuses while an agent answers on the
+/// admin socket: it would put everything back.
+pub fn run(path: PathBuf, purge: bool, wait: bool) -> ExitCode {
     let config = match config::Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -46,6 +46,9 @@ pub fn run(path: PathBuf, purge: bool) -> ExitCode {
                 eprintln!("wiremesh cleanup: FAILED {line}");
             }
             if report.failed.is_empty() {
+                if wait {
+                    runtime.block_on(wait_for_sigterm());
+                }
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -55,5 +58,20 @@ pub fn run(path: PathBuf, purge: bool) -> ExitCode {
             eprintln!("wiremesh cleanup: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Says it is waiting (once the handlers are in place, so a SIGTERM right after the line is
+/// caught) and returns on SIGTERM or SIGINT.
+async fn wait_for_sigterm() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    let interrupted = tokio::signal::ctrl_c();
+    println!("wiremesh cleanup: done; waiting for SIGTERM");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupted => {}
     }
 }

@@ -60,6 +60,11 @@ pub enum Command {
         /// the run directory.
         #[arg(long)]
         purge: bool,
+        /// After cleaning, wait (until SIGTERM) instead of exiting: a DaemonSet's pod
+        /// (deploy/kubernetes/cleanup) stays Running, so `rollout status` says every node is
+        /// clean.
+        #[arg(long)]
+        wait: bool,
     },
     /// Encryption commands.
     Encrypt {
@@ -193,7 +198,11 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Agent { config } => agent::run_agent(config),
         Command::Guard { config } => agent::run_guard(config),
-        Command::Cleanup { config, purge } => cleanup::run(config, purge),
+        Command::Cleanup {
+            config,
+            purge,
+            wait,
+        } => cleanup::run(config, purge, wait),
         Command::Datapath {
             interface,
             listen_port,
