@@ -23,6 +23,7 @@ mod agent;
 mod capture;
 mod claim;
 mod clusters;
+pub mod container;
 mod control;
 pub mod deploy;
 mod error;

@@ -1,0 +1,62 @@
+//! The DaemonSet and ConfigMap out of rendered manifests (`kubectl kustomize` output), parsed
+//! into their k8s-openapi types.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde::Deserialize;
+
+use crate::error::{LabError, Result};
+use crate::exec::run;
+
+const KUSTOMIZE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The workload of a rendered deployment: its one DaemonSet and its ConfigMaps by name.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub daemonset: DaemonSet,
+    pub config_maps: BTreeMap<String, ConfigMap>,
+}
+
+/// `kubectl kustomize <dir>`, parsed.
+pub fn render_workload(dir: &Path) -> Result<Workload> {
+    let text = run(
+        Command::new("kubectl").arg("kustomize").arg(dir),
+        KUSTOMIZE_TIMEOUT,
+    )?;
+    parse_workload(&text)
+        .map_err(|e| LabError::Check(format!("kubectl kustomize {}: {e}", dir.display())))
+}
+
+/// The DaemonSet and ConfigMaps of multi-document YAML `text`; other kinds are skipped.
+pub fn parse_workload(text: &str) -> Result<Workload> {
+    let mut daemonsets = Vec::new();
+    let mut config_maps = BTreeMap::new();
+    for doc in yaml_serde::Deserializer::from_str(text) {
+        let value = yaml_serde::Value::deserialize(doc)
+            .map_err(|e| LabError::Check(format!("a YAML document: {e}")))?;
+        match value["kind"].as_str() {
+            Some("DaemonSet") => daemonsets.push(typed::<DaemonSet>(value, "DaemonSet")?),
+            Some("ConfigMap") => {
+                let cm = typed::<ConfigMap>(value, "ConfigMap")?;
+                let name = cm.metadata.name.clone().unwrap_or_default();
+                config_maps.insert(name, cm);
+            }
+            _ => {}
+        }
+    }
+    let [daemonset] = <[DaemonSet; 1]>::try_from(daemonsets)
+        .map_err(|d| LabError::Check(format!("expected one DaemonSet, found {}", d.len())))?;
+    Ok(Workload {
+        daemonset,
+        config_maps,
+    })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: yaml_serde::Value, kind: &str) -> Result<T> {
+    yaml_serde::from_value(value).map_err(|e| LabError::Check(format!("a {kind}: {e}")))
+}

@@ -1,0 +1,367 @@
+//! A pod's container on a lab node, run with `runc` the way kubelet and containerd would run it:
+//! the image unpacked by `umoci` into a bundle whose `config.json` is rewritten from the pod
+//! spec ([`spec`]), the ConfigMap and service-account volumes written out as kubelet projects
+//! them, and the container's readiness probe polled as kubelet polls it (an HTTP GET in the
+//! node's network namespace).
+//!
+//! It must never touch a container it did not create: runc keeps its state under a root of
+//! this container's own (inside its work directory), the container ID is unique per run, and
+//! drop deletes only that ID.
+
+pub mod manifests;
+mod node;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{HTTPGetAction, PodSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::error::{LabError, Result};
+use crate::exec::{output, run};
+pub use manifests::{parse_workload, render_workload, Workload};
+pub use spec::{
+    capabilities, runtime_config, PodHost, CONTAINERD_DEFAULT_CAPS, SERVICE_ACCOUNT_DIR,
+};
+
+const RUNC_TIMEOUT: Duration = Duration::from_secs(30);
+const UNPACK_TIMEOUT: Duration = Duration::from_secs(120);
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(200);
+
+/// An OCI image in a local layout: `<layout>:<tag>` as umoci names it.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub layout: PathBuf,
+    pub tag: String,
+}
+
+impl Image {
+    /// `umoci`'s name for it.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.layout.display(), self.tag)
+    }
+}
+
+/// Builds the wiremesh image from `binary` with `scripts/build-image.sh` into `out`, tagged
+/// `version`; returns the image and the script's report (its size lines).
+pub fn build_image(binary: &Path, version: &str, out: &Path) -> Result<(Image, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-image.sh");
+    let report = run(
+        Command::new(&script)
+            .arg("--binary")
+            .arg(binary)
+            .args(["--version", version, "--out"])
+            .arg(out),
+        BUILD_TIMEOUT,
+    )?;
+    let image = Image {
+        layout: out.join("wiremesh"),
+        tag: version.to_string(),
+    };
+    Ok((image, report))
+}
+
+/// The service-account token volume's content, as kubelet projects it.
+#[derive(Clone)]
+pub struct ServiceAccountToken {
+    pub token: String,
+    pub ca_crt: Vec<u8>,
+    pub namespace: String,
+}
+
+impl std::fmt::Debug for ServiceAccountToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountToken")
+            .field("token", &"<redacted>")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to run: one container of a pod spec, with the data of the ConfigMaps it mounts.
+#[derive(Debug, Clone)]
+pub struct PodRun<'a> {
+    pub pod: &'a PodSpec,
+    pub container: &'a str,
+    /// Each mounted ConfigMap's `data`, by ConfigMap name.
+    pub config_maps: Vec<(String, BTreeMap<String, String>)>,
+    pub service_account: Option<ServiceAccountToken>,
+}
+
+/// A container created and started by `runc`, stopped and deleted on drop.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    work: PathBuf,
+    netns: String,
+    readiness: Option<HTTPGetAction>,
+    deleted: bool,
+}
+
+impl Container {
+    /// Unpacks `image` into `work/bundle`, writes the volumes' files under `work`, rewrites the
+    /// bundle's config from `run` for `host` (whose `config_maps` and `service_account` it
+    /// fills in) and starts the container as `id` with `runc run -d`; its output goes to
+    /// `work/container.log`. `netns` is the node's namespace name (`ip netns`).
+    pub fn run(
+        id: &str,
+        work: &Path,
+        image: &Image,
+        run_spec: &PodRun<'_>,
+        mut host: PodHost,
+        netns: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(work).map_err(|e| LabError::io(work, e))?;
+        let bundle = work.join("bundle");
+        if bundle.exists() {
+            std::fs::remove_dir_all(&bundle).map_err(|e| LabError::io(&bundle, e))?;
+        }
+        crate::exec::run(
+            Command::new("umoci")
+                .args(["unpack", "--image", &image.reference()])
+                .arg(&bundle),
+            UNPACK_TIMEOUT,
+        )?;
+        write_volumes(work, run_spec, &mut host)?;
+        let config_path = bundle.join("config.json");
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| LabError::io(&config_path, e))?;
+        let base: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LabError::Check(format!("{}: {e}", config_path.display())))?;
+        let container = spec::container(run_spec.pod, run_spec.container)?;
+        let config = runtime_config(base, run_spec.pod, container, &host)?;
+        let pretty = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
+        std::fs::write(&config_path, pretty).map_err(|e| LabError::io(&config_path, e))?;
+        let mut this = Self {
+            id: id.to_string(),
+            work: work.to_path_buf(),
+            netns: netns.to_string(),
+            readiness: container
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.clone()),
+            deleted: false,
+        };
+        let log = work.join("container.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| LabError::io(&log, e))?;
+        let err_file = log_file.try_clone().map_err(|e| LabError::io(&log, e))?;
+        let mut cmd = this.runc();
+        cmd.args(["run", "-d", "--pid-file"])
+            .arg(work.join("container.pid"))
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file);
+        let status = run_status(&mut cmd)?;
+        if !status.success() {
+            this.deleted = true;
+            return Err(LabError::Check(format!(
+                "runc run {id} failed ({status}); its output:\n{}",
+                this.log()
+            )));
+        }
+        Ok(this)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Everything the container wrote to stdout and stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work.join("container.log")).unwrap_or_default()
+    }
+
+    /// The container's init process (the agent) as the host sees it.
+    pub fn pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.work.join("container.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// `runc state`'s status: `created`, `running`, `stopped`.
+    pub fn status(&self) -> Result<String> {
+        let out = run(self.runc().args(["state", &self.id]), RUNC_TIMEOUT)?;
+        let state: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| LabError::Check(format!("runc state {}: {e}: {out}", self.id)))?;
+        Ok(state["status"].as_str().unwrap_or("unknown").to_string())
+    }
+
+    /// Runs `args` inside the container (`runc exec`), its output whatever the exit status.
+    pub fn exec(&self, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.runc();
+        cmd.args(["exec", &self.id]).args(args);
+        output(&mut cmd, None, RUNC_TIMEOUT)
+    }
+
+    /// One readiness probe as kubelet sends it: its status code (0: no answer).
+    pub fn probe_readiness(&self) -> Result<u16> {
+        let probe = self.readiness.as_ref().ok_or_else(|| {
+            LabError::Check(format!(
+                "container {} has no httpGet readinessProbe",
+                self.id
+            ))
+        })?;
+        let port = match &probe.port {
+            IntOrString::Int(p) => p.to_string(),
+            IntOrString::String(name) => {
+                return Err(LabError::Check(format!(
+                    "readinessProbe port '{name}': named ports are not reproduced"
+                )))
+            }
+        };
+        let host = probe.host.as_deref().unwrap_or("127.0.0.1");
+        let path = probe.path.as_deref().unwrap_or("/");
+        let url = format!("http://{host}:{port}{path}");
+        let out = output(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.netns,
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                ])
+                .args(["-w", "%{http_code}", "--max-time"])
+                .arg(PROBE_TIMEOUT.as_secs().to_string())
+                .arg(&url),
+            None,
+            PROBE_TIMEOUT + Duration::from_secs(2),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    }
+
+    /// Polls the readiness probe until it answers 200, for at most `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let code = self.probe_readiness()?;
+            if code == 200 {
+                return Ok(());
+            }
+            if self.status().is_ok_and(|s| s == "stopped") || Instant::now() >= deadline {
+                return Err(LabError::Check(format!(
+                    "container {} not ready after {timeout:?} (last probe {code}, state {:?}); \
+                     its log:\n{}",
+                    self.id,
+                    self.status().ok(),
+                    tail_lines(&self.log(), crate::LOG_TAIL_LINES)
+                )));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// SIGTERM, up to `grace` to exit, SIGKILL, then `runc delete`.
+    pub fn stop(&mut self, grace: Duration) -> Result<()> {
+        if self.deleted {
+            return Ok(());
+        }
+        let _ = output(
+            self.runc().args(["kill", &self.id, "TERM"]),
+            None,
+            RUNC_TIMEOUT,
+        );
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.status().is_ok_and(|s| s != "stopped") {
+            std::thread::sleep(POLL);
+        }
+        if self.status().is_ok_and(|s| s != "stopped") {
+            let _ = output(
+                self.runc().args(["kill", &self.id, "KILL"]),
+                None,
+                RUNC_TIMEOUT,
+            );
+        }
+        run(
+            self.runc().args(["delete", "--force", &self.id]),
+            RUNC_TIMEOUT,
+        )?;
+        self.deleted = true;
+        Ok(())
+    }
+
+    /// `runc` with this container's private state root.
+    fn runc(&self) -> Command {
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root").arg(self.work.join("runc-state"));
+        cmd
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop(Duration::from_secs(5)) {
+            eprintln!("wiremesh-lab: deleting container {}: {e}", self.id);
+        }
+    }
+}
+
+fn run_status(cmd: &mut Command) -> Result<std::process::ExitStatus> {
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| LabError::Check(format!("spawning {}: {e}", crate::exec::describe(cmd))))?;
+    let deadline = Instant::now() + RUNC_TIMEOUT;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| LabError::Check(format!("waiting for runc: {e}")))?
+        {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LabError::Check(format!(
+                "{} did not return within {RUNC_TIMEOUT:?}",
+                crate::exec::describe(cmd)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes each ConfigMap's files and the service-account projection under `work`, and points
+/// `host` at them.
+fn write_volumes(work: &Path, run_spec: &PodRun<'_>, host: &mut PodHost) -> Result<()> {
+    for (name, data) in &run_spec.config_maps {
+        let dir = work.join("configmaps").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        for (key, value) in data {
+            let path = dir.join(key);
+            std::fs::write(&path, value).map_err(|e| LabError::io(&path, e))?;
+        }
+        host.config_maps.push((name.clone(), dir));
+    }
+    if let Some(sa) = &run_spec.service_account {
+        let dir = work.join("serviceaccount");
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        let files: [(&str, &[u8]); 3] = [
+            ("token", sa.token.as_bytes()),
+            ("ca.crt", &sa.ca_crt),
+            ("namespace", sa.namespace.as_bytes()),
+        ];
+        for (name, content) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, content).map_err(|e| LabError::io(&path, e))?;
+        }
+        host.service_account = Some(dir);
+    }
+    Ok(())
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
