@@ -8,12 +8,15 @@
 //! error naming the kind, the name and the JSON path. A kind not listed in [`Document`] is an
 //! error too. This module only reads: it never applies anything to a cluster.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Secret, ServiceAccount, Volume,
+};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
@@ -40,7 +43,7 @@ pub enum Document {
     RoleBinding(RoleBinding),
     ConfigMap(ConfigMap),
     Secret(Secret),
-    DaemonSet(DaemonSet),
+    DaemonSet(Box<DaemonSet>),
     CustomResourceDefinition(Box<CustomResourceDefinition>),
 }
 
@@ -218,7 +221,7 @@ impl Rendered {
     /// The one DaemonSet. Panics unless there is exactly one.
     pub fn daemonset(&self) -> &DaemonSet {
         one(self.documents().filter_map(|d| match d {
-            Document::DaemonSet(ds) => Some(ds),
+            Document::DaemonSet(ds) => Some(ds.as_ref()),
             _ => None,
         }))
         .unwrap_or_else(|n| panic!("deploy/kubernetes: {n} DaemonSets, expected exactly one"))
@@ -296,6 +299,69 @@ impl Rendered {
         }
         out
     }
+}
+
+/// The pod template of the DaemonSet.
+pub fn pod(ds: &DaemonSet) -> &PodSpec {
+    ds.spec
+        .template
+        .spec
+        .as_ref()
+        .expect("DaemonSet wiremesh: no spec.template.spec")
+}
+
+/// The agent's container (named `wiremesh`).
+pub fn agent_container(ds: &DaemonSet) -> &Container {
+    pod(ds)
+        .containers
+        .iter()
+        .find(|c| c.name == "wiremesh")
+        .expect("DaemonSet wiremesh: no container named wiremesh")
+}
+
+/// The pod's volume `name`.
+pub fn volume<'a>(ds: &'a DaemonSet, name: &str) -> &'a Volume {
+    pod(ds)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("DaemonSet wiremesh: volumeMount {name} has no volume"))
+}
+
+/// The mount of the `wiremesh` container holding `path` (the deepest one), its read-only flag and its volume.
+pub fn mount_of<'a>(ds: &'a DaemonSet, path: &Path) -> Option<(PathBuf, bool, &'a Volume)> {
+    agent_container(ds)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| path.starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())
+        .map(|m| {
+            let read_only = m.read_only.unwrap_or(false);
+            (PathBuf::from(&m.mount_path), read_only, volume(ds, &m.name))
+        })
+}
+
+/// The capabilities scripts/systemd/wiremesh.service grants (bounding and ambient sets).
+pub fn systemd_capabilities() -> BTreeSet<String> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd/wiremesh.service");
+    let text = std::fs::read_to_string(&unit).unwrap_or_else(|e| panic!("{}: {e}", unit.display()));
+    let caps: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("CapabilityBoundingSet=")
+                .or_else(|| l.strip_prefix("AmbientCapabilities="))
+        })
+        .flat_map(str::split_whitespace)
+        .map(|c| c.trim_start_matches("CAP_").to_owned())
+        .collect();
+    assert!(
+        !caps.is_empty(),
+        "{}: no capabilities found",
+        unit.display()
+    );
+    caps
 }
 
 /// The only item, or how many there were.
