@@ -93,6 +93,8 @@ fn daemonset_container_joins_the_mesh_and_carries_pod_traffic() {
     let lab = common::lab_with(3, 1, LabOptions::kubernetes().default_route());
     common::start_some(&lab, &[1, 2]);
     let mut container = run_agent_container(&lab, &workload, &out, &tag);
+    // The bundle holds its own copy of the root file system: the image is no longer needed.
+    let _ = std::fs::remove_dir_all(&out);
     if let Err(e) = container.wait_ready(READY) {
         lab.dump_logs();
         panic!("{e}");
@@ -116,7 +118,6 @@ fn daemonset_container_joins_the_mesh_and_carries_pod_traffic() {
         .stop(Duration::from_secs(10))
         .expect("the container stops");
     strict_mode_outlives_the_container(&lab);
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// A marker over TCP and in pings between node-3's pod and node-1's crosses the underlay only
