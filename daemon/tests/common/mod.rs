@@ -116,6 +116,7 @@ pub fn device_state() -> DeviceState {
             ready_for: Vec::new(),
         }],
         handshakes: None,
+        process: None,
     }
 }
 
