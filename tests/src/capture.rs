@@ -300,8 +300,9 @@ fn is_node(addr: IpAddr) -> bool {
     }
 }
 
+/// The lab's store on the switch: an etcd client port, or the Kubernetes API server's.
 fn is_store_end((addr, port): (IpAddr, u16)) -> bool {
-    addr == SWITCH_IP && is_etcd_port(port)
+    addr == SWITCH_IP && (is_etcd_port(port) || port == crate::kube::KUBE_API_PORT)
 }
 
 /// Whether `needle` occurs in `haystack`.

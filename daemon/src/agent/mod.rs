@@ -6,6 +6,7 @@ pub mod clustermesh;
 mod event_loop;
 pub mod flows;
 pub mod host;
+mod node_cidrs;
 pub mod peers;
 pub mod persist;
 pub mod policy;
@@ -126,6 +127,7 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn run(config: Config) -> Result<()> {
     tracing::debug!(?config, "configuration");
+    let config = node_cidrs::from_node(config).await?;
     // Before the data path, the store or the key: pod traffic must never find a moment with
     // neither the tunnel nor the guard.
     let mut supervisor = Supervisor::default();

@@ -284,6 +284,41 @@ fn current_server(kc: &Kubeconfig) -> Option<String> {
     entry.cluster.as_ref()?.server.clone()
 }
 
+/// This node's pod CIDRs as its `Node` says (`spec.podCIDRs`, else `spec.podCIDR`): what an
+/// agent in a DaemonSet runs with, since one ConfigMap serves every node and the downward API
+/// does not carry them. One GET, within [`RPC_TIMEOUT`].
+pub async fn node_pod_cidrs(
+    config: &KubeConfig,
+    node: &str,
+) -> Result<Vec<ipnet::IpNet>, StoreError> {
+    let api = ApiServer::open(config.kubeconfig.as_deref())?;
+    let unavailable = |reason: String| StoreError::KubeUnavailable {
+        server: api.server.clone(),
+        reason,
+    };
+    let client = api.client().await.map_err(|e| unavailable(e.to_string()))?;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let got = tokio::time::timeout(RPC_TIMEOUT, nodes.get(node))
+        .await
+        .map_err(|_| unavailable(format!("get Node {node}: no answer within {RPC_TIMEOUT:?}")))?
+        .map_err(|e| unavailable(format!("get Node {node}: {e}")))?;
+    let spec = got.spec.unwrap_or_default();
+    let cidrs = match spec.pod_cidrs {
+        Some(list) if !list.is_empty() => list,
+        _ => spec.pod_cidr.into_iter().collect(),
+    };
+    cidrs
+        .iter()
+        .map(|c| {
+            c.parse().map_err(|_| StoreError::Config {
+                field: "Node spec.podCIDRs",
+                value: c.clone(),
+                reason: "not a CIDR",
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 pub use dir::DirStore;
 pub use etcd::{ClaimOutcome, EtcdConfig, EtcdStore, EtcdTls};
-pub use kubernetes::{KubeConfig, KubeStore};
+pub use kubernetes::{node_pod_cidrs, KubeConfig, KubeStore};
 
 use crate::{Admission, NodeRecord, RecordError};
 
