@@ -251,6 +251,7 @@ fn uapi_get_seeds(dir: &Path) -> std::io::Result<()> {
             cookie_suppressed: 7,
             rate_limited: 900,
         }),
+        process: None,
     };
     // The client collects the answer up to (not including) the empty line.
     let answer = |extended| format_get(&state, extended).trim_end_matches('\n').to_owned() + "\n";
