@@ -180,12 +180,7 @@ pub async fn run(config: Config) -> Result<()> {
         clustermesh: mesh.subscribe(),
     };
     let (ready_tx, ready) = watch::channel(false);
-    let probes = Arc::new(ProbeView {
-        health: supervisor.health(),
-        started: ready,
-        datapath: datapath.clone(),
-    });
-    let _admin = serve_admin(&mut supervisor, &config, mtu, published, probes).await?;
+    let _admin = serve_admin(&mut supervisor, &config, mtu, published, ready).await?;
 
     let reconciler = Reconciler {
         names: names_tx,
@@ -445,8 +440,13 @@ async fn serve_admin(
     config: &Config,
     mtu: u32,
     published: views::Published,
-    probes: Arc<ProbeView>,
+    started: watch::Receiver<bool>,
 ) -> Result<AdminServer> {
+    let probes = Arc::new(ProbeView {
+        health: supervisor.health(),
+        started,
+        datapath: published.datapath.clone(),
+    });
     let admin_views = views::admin_views(config, mtu, published);
     let access = Access {
         reader_gid: config.admin_group,

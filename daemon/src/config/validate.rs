@@ -53,13 +53,8 @@ impl ConfigFile {
         }
         let store = store_config(self.store, &mut errors);
         let key_rotation = key_rotation(self.key_rotation, &mut errors);
-        let metrics_address = socket_address("metricsAddress", self.metrics_address, &mut errors);
-        let health_address = socket_address("healthAddress", self.health_address, &mut errors);
-        if let Some(h) = health_address.filter(|h| Some(*h) == metrics_address) {
-            errors.push(format!(
-                "healthAddress: {h} is also metricsAddress; give the probes their own port"
-            ));
-        }
+        let (metrics_address, health_address) =
+            listen_addresses(self.metrics_address, self.health_address, &mut errors);
         let admin_group = self
             .admin_group
             .as_deref()
@@ -349,6 +344,22 @@ fn key_rotation(raw: Option<KeyRotationSection>, errors: &mut Vec<String>) -> Ke
             Duration::from_secs(60),
         ),
     }
+}
+
+/// `metricsAddress` and `healthAddress`, which must differ.
+fn listen_addresses(
+    metrics: Option<String>,
+    health: Option<String>,
+    errors: &mut Vec<String>,
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let metrics = socket_address("metricsAddress", metrics, errors);
+    let health = socket_address("healthAddress", health, errors);
+    if let Some(h) = health.filter(|h| Some(*h) == metrics) {
+        errors.push(format!(
+            "healthAddress: {h} is also metricsAddress; give the probes their own port"
+        ));
+    }
+    (metrics, health)
 }
 
 /// An optional listening address (`metricsAddress`, `healthAddress`); empty is off.
