@@ -5,8 +5,6 @@
 //! socket at `/metrics` and, when `metricsAddress` is set, on that TCP address (which serves
 //! nothing else).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -20,9 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use wiremesh_datapath::listen::{self, Limits};
+use wiremesh_datapath::listen::Limits;
 use wiremesh_datapath::model::{DeviceView, PeerState};
 
 use super::encrypt::EncryptView;
@@ -131,49 +129,16 @@ fn reply(view: &MetricsView) -> Reply {
     }
 }
 
-/// Why `metricsAddress` could not be served.
-#[derive(Debug, thiserror::Error)]
-#[error("binding metricsAddress {addr}")]
-pub struct BindError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
-/// Binds `metricsAddress` (network-facing), so that a taken port fails start-up.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
-}
-
-/// Serves `GET /metrics` only (never the admin endpoints) on `listener`, for Prometheus: the
-/// accept loop, which the agent runs as a supervised task (a restarted loop serves the same
-/// listening socket). It only ends by panicking.
+/// Serves `GET /metrics` only (never the admin endpoints) on `listener`, for Prometheus.
 pub fn serve(
     listener: Arc<TcpListener>,
     view: Arc<MetricsView>,
     limits: Limits,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    listen::accept_loop(
-        "metrics",
-        limits.max_conns,
-        move || {
-            let listener = listener.clone();
-            async move { listener.accept().await.map(|(s, _)| s) }
-        },
-        move |stream: TcpStream, permit| {
-            let view = view.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let view = view.clone();
-                    async move { Ok::<_, Infallible>(scrape(&req, &view)) }
-                });
-                crate::http::serve_http(stream, limits, svc).await;
-                drop(permit);
-            });
-        },
-    )
+    super::tcp::serve("metrics", listener, limits, move |req| {
+        let answer = scrape(&req, &view);
+        async move { answer }
+    })
 }
 
 fn scrape(req: &Request<Incoming>, view: &MetricsView) -> Response<Full<Bytes>> {

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod objects;
 pub mod probes;
 mod server;
+pub mod tcp;
 pub mod trace;
 pub mod view;
 

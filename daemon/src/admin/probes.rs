@@ -11,18 +11,16 @@
 //!
 //! Like the metrics port, it is network-facing and hardened by [`Limits`].
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wiremesh_datapath::backend::Datapath;
-use wiremesh_datapath::listen::{self, Limits};
+use wiremesh_datapath::listen::Limits;
 
 use crate::api::{paths, Health};
 
@@ -37,48 +35,16 @@ pub struct ProbeView {
     pub datapath: Arc<Datapath>,
 }
 
-/// Why `healthAddress` could not be served.
-#[derive(Debug, thiserror::Error)]
-#[error("binding healthAddress {addr}")]
-pub struct BindError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
-/// Binds `healthAddress`, so that a taken port fails start-up.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
-}
-
-/// The accept loop, run by the agent as a supervised task (a restarted loop serves the same
-/// listening socket). It only ends by panicking.
+/// Serves the two probes on `listener`.
 pub fn serve(
     listener: Arc<TcpListener>,
     view: Arc<ProbeView>,
     limits: Limits,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    listen::accept_loop(
-        "health",
-        limits.max_conns,
-        move || {
-            let listener = listener.clone();
-            async move { listener.accept().await.map(|(s, _)| s) }
-        },
-        move |stream: TcpStream, permit| {
-            let view = view.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let view = view.clone();
-                    async move { Ok::<_, Infallible>(probe(&req, &view).await) }
-                });
-                crate::http::serve_http(stream, limits, svc).await;
-                drop(permit);
-            });
-        },
-    )
+    super::tcp::serve("health", listener, limits, move |req| {
+        let view = view.clone();
+        async move { probe(&req, &view).await }
+    })
 }
 
 async fn probe(req: &Request<Incoming>, view: &ProbeView) -> Response<Full<Bytes>> {

@@ -466,7 +466,7 @@ async fn serve_admin(
         }
     });
     if let Some(addr) = config.metrics_address {
-        let listener = Arc::new(crate::admin::metrics::bind(addr).await?);
+        let listener = Arc::new(crate::admin::tcp::bind("metricsAddress", addr).await?);
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
         let view = admin_views.metrics;
         supervisor.spawn("metrics", move || {
@@ -479,7 +479,7 @@ async fn serve_admin(
         });
     }
     if let Some(addr) = config.health_address {
-        let listener = Arc::new(crate::admin::probes::bind(addr).await?);
+        let listener = Arc::new(crate::admin::tcp::bind("healthAddress", addr).await?);
         tracing::info!(%addr, "serving /healthz and /readyz");
         supervisor.spawn("health", move || {
             let accepting =
