@@ -405,8 +405,8 @@ fn supervised_tasks(lab: &Lab) -> Vec<String> {
 
 /// Every long-running loop of the agent runs under its supervisor, so none can die unnoticed:
 /// with strict mode and a metrics listener, `/healthz?verbose` lists the key rotator, the
-/// policy loop, the L7 proxy's keeper, the flow collector, the strict guard's watcher and both
-/// accept loops. The control: an agent without strict mode or metrics runs (and lists) neither
+/// policy loop, the L7 proxy's keeper, the flow collector, the strict guard's watcher and the
+/// accept loops (admin, metrics, and health: every lab agent serves kubelet's probes). The control: an agent without strict mode or metrics runs (and lists) neither
 /// of those two tasks.
 #[test]
 fn every_long_running_loop_of_the_agent_is_supervised() {
@@ -418,6 +418,7 @@ fn every_long_running_loop_of_the_agent_is_supervised() {
         [
             "admin",
             "flows",
+            "health",
             "metrics",
             "policy",
             "proxy",
@@ -431,6 +432,6 @@ fn every_long_running_loop_of_the_agent_is_supervised() {
     common::start_mesh(&lab);
     assert_eq!(
         supervised_tasks(&lab),
-        ["admin", "flows", "policy", "proxy", "rotation"]
+        ["admin", "flows", "health", "policy", "proxy", "rotation"]
     );
 }
