@@ -220,7 +220,7 @@ async fn attach_after_a_commit() {
     };
 
     // The key file holds `new` (committed); the data path still runs on `old`.
-    let started = start::start(&config, &netlink, &new, 1420, &exited)
+    let started = start::start(&config, &netlink, &new, 1420, &exited, None)
         .await
         .expect("attach to the running data path");
     assert_eq!(started.origin, Origin::Attached);
@@ -233,7 +233,7 @@ async fn attach_after_a_commit() {
 
     // The control: a data path on the file's key keeps the successor it staged.
     datapath.set(stage(&later)).await.expect("stage again");
-    start::start(&config, &netlink, &new, 1420, &exited)
+    start::start(&config, &netlink, &new, 1420, &exited, None)
         .await
         .expect("attach again");
     let state = datapath.get().await.expect("get");

@@ -26,6 +26,11 @@ use serde_json::Value;
 /// The ConfigMap holding the agent's config, and its key.
 pub const CONFIG_MAP: &str = "wiremesh-config";
 pub const CONFIG_KEY: &str = "agent.yaml";
+/// The agent's DaemonSet (its container: `wiremesh`) and the data path's (its container:
+/// `datapath`).
+pub const AGENT_DAEMONSET: &str = "wiremesh";
+pub const DATAPATH_DAEMONSET: &str = "wiremesh-datapath";
+pub const DATAPATH_CONTAINER: &str = "datapath";
 
 /// `deploy/kubernetes` in this source tree (the default kustomization).
 pub fn deploy_dir() -> PathBuf {
@@ -218,13 +223,30 @@ impl Rendered {
         self.documents.iter().map(|(_, d)| d)
     }
 
-    /// The one DaemonSet. Panics unless there is exactly one.
+    /// The agent's DaemonSet ([`AGENT_DAEMONSET`]).
     pub fn daemonset(&self) -> &DaemonSet {
+        self.daemonset_named(AGENT_DAEMONSET)
+    }
+
+    /// The DaemonSet `name`. Panics unless there is exactly one.
+    pub fn daemonset_named(&self, name: &str) -> &DaemonSet {
         one(self.documents().filter_map(|d| match d {
-            Document::DaemonSet(ds) => Some(ds.as_ref()),
+            Document::DaemonSet(ds) if ds.metadata.name.as_deref() == Some(name) => {
+                Some(ds.as_ref())
+            }
             _ => None,
         }))
-        .unwrap_or_else(|n| panic!("deploy/kubernetes: {n} DaemonSets, expected exactly one"))
+        .unwrap_or_else(|n| panic!("deploy/kubernetes: {n} DaemonSets {name}, expected one"))
+    }
+
+    /// Every DaemonSet's name.
+    pub fn daemonset_names(&self) -> Vec<&str> {
+        self.documents()
+            .filter_map(|d| match d {
+                Document::DaemonSet(ds) => ds.metadata.name.as_deref(),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The agent's ConfigMap ([`CONFIG_MAP`]).
@@ -307,16 +329,26 @@ pub fn pod(ds: &DaemonSet) -> &PodSpec {
         .template
         .spec
         .as_ref()
-        .expect("DaemonSet wiremesh: no spec.template.spec")
+        .unwrap_or_else(|| panic!("DaemonSet {:?}: no spec.template.spec", ds.metadata.name))
 }
 
 /// The agent's container (named `wiremesh`).
 pub fn agent_container(ds: &DaemonSet) -> &Container {
+    container(ds, "wiremesh")
+}
+
+/// The pod's container `name`.
+pub fn container<'a>(ds: &'a DaemonSet, name: &str) -> &'a Container {
     pod(ds)
         .containers
         .iter()
-        .find(|c| c.name == "wiremesh")
-        .expect("DaemonSet wiremesh: no container named wiremesh")
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "DaemonSet {:?}: no container named {name}",
+                ds.metadata.name
+            )
+        })
 }
 
 /// The pod's volume `name`.
@@ -326,13 +358,27 @@ pub fn volume<'a>(ds: &'a DaemonSet, name: &str) -> &'a Volume {
         .iter()
         .flatten()
         .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("DaemonSet wiremesh: volumeMount {name} has no volume"))
+        .unwrap_or_else(|| {
+            panic!(
+                "DaemonSet {:?}: volumeMount {name} has no volume",
+                ds.metadata.name
+            )
+        })
 }
 
 /// The mount of the `wiremesh` container holding `path` (the deepest one), its read-only flag and its volume.
 pub fn mount_of<'a>(ds: &'a DaemonSet, path: &Path) -> Option<(PathBuf, bool, &'a Volume)> {
-    agent_container(ds)
-        .volume_mounts
+    mount_in(ds, agent_container(ds), path)
+}
+
+/// The mount of container `c` of `ds` holding `path` (the deepest one), its read-only flag and
+/// its volume.
+pub fn mount_in<'a>(
+    ds: &'a DaemonSet,
+    c: &'a Container,
+    path: &Path,
+) -> Option<(PathBuf, bool, &'a Volume)> {
+    c.volume_mounts
         .iter()
         .flatten()
         .filter(|m| path.starts_with(&m.mount_path))

@@ -1,28 +1,34 @@
-//! The wiremesh image (scripts/build-image.sh) run with `runc` exactly as the DaemonSet in
-//! deploy/kubernetes says — the node's network namespace as host network, the DaemonSet's
-//! capabilities (containerd's defaults adjusted by its securityContext), its hostPath volumes
-//! as the node's own directories, its ConfigMap unmodified, kubelet's service environment and
-//! the service account's projected token (the lab's fake API server, on the Kubernetes
-//! store: the agent uses the in-cluster config as in a pod) — stands in for
-//! node-3's agent: it becomes ready by its readiness probe, the other nodes' agents list it,
-//! pods ping across nodes both ways with nothing but WireGuard on the underlay, `wiremesh
-//! encrypt status` inside the container lists its peers, and once the container is stopped
-//! strict mode still drops node-3's pod traffic.
+//! The wiremesh image (scripts/build-image.sh) run with `runc` exactly as the DaemonSets in
+//! deploy/kubernetes say — the node's network namespace as host network, each container's
+//! capabilities (containerd's defaults adjusted by its securityContext), the hostPath volumes
+//! as the node's own directories, emptyDirs of the pod's own, the ConfigMap unmodified,
+//! kubelet's service environment and the service account's projected token (the lab's fake API
+//! server, on the Kubernetes store: the agent uses the in-cluster config as in a pod) — stands
+//! in for node-3's agent and data path: both become ready by their readiness probes, the other
+//! nodes' agents list node-3, pods ping across nodes both ways with nothing but WireGuard on the
+//! underlay, `wiremesh encrypt status` inside the agent's container lists its peers, and once
+//! the containers are stopped strict mode still drops node-3's pod traffic.
+//!
+//! The rolling update of both DaemonSets, image v1 to v2 (the v2 binary of
+//! [`common::versions::v2_binary`]), under 100 pings/s each way, loses nothing; see
+//! [`rolling_updates_of_both_daemonsets_lose_no_packet`].
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wiremesh_lab::container::{build_image, render_workload, Container, PodRun, Workload};
+use common::versions::{v2_binary, version_of};
+
+use wiremesh_lab::container::{build_image, render_workload, Container, Image, Workload};
 use wiremesh_lab::{marker, peer_names, Host, Lab, LabOptions, Ping};
 
 /// How long the containerised agent has to answer its readiness probe.
 const READY: Duration = Duration::from_secs(60);
 const CONVERGE: Duration = Duration::from_secs(30);
 const CONTAINER_NODE: u8 = 3;
-/// The DaemonSet's container.
-const CONTAINER: &str = "wiremesh";
+/// Pings each way run this long around the rolling updates.
+const ROLLOUT_TRAFFIC_SECS: u32 = 60;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,74 +37,70 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// node-3's agent as the DaemonSet's container, from the image tagged `tag` in `out`.
-fn run_agent_container(lab: &Lab, workload: &Workload, image_out: &Path, tag: &str) -> Container {
-    let pod = workload
-        .daemonset
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .expect("the DaemonSet has a pod template");
-    // The ConfigMaps as rendered: the config is the DaemonSet's, unmodified.
-    let config_maps = workload
-        .config_maps
-        .iter()
-        .map(|(name, cm)| (name.clone(), cm.data.clone().unwrap_or_default()))
-        .collect();
-    let namespace = workload
-        .daemonset
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let spec = PodRun {
-        pod,
-        container: CONTAINER,
-        config_maps,
-        service_account: Some(
-            lab.service_account_token(&namespace)
-                .expect("the lab's service-account token"),
-        ),
-    };
-    let host = lab.pod_host(CONTAINER_NODE).expect("node-3's host side");
-    let image = wiremesh_lab::container::Image {
-        layout: image_out.join("wiremesh"),
-        tag: tag.to_string(),
-    };
-    let id = format!("{}-{tag}", lab.prefix());
-    let work = lab.dir().join(format!("container-{tag}"));
-    let netns = lab.node(CONTAINER_NODE).ns();
-    Container::run(&id, &work, &image, &spec, host, &netns)
-        .unwrap_or_else(|e| panic!("running the DaemonSet's container on node-3: {e}"))
+/// The agent's DaemonSet and container; the data path's.
+const AGENT: (&str, &str) = ("wiremesh", "wiremesh");
+const DATAPATH: (&str, &str) = ("wiremesh-datapath", "datapath");
+
+/// Builds the image of `binary` tagged `tag` into a directory of its own; returns the image.
+fn image(binary: &Path, tag: &str) -> Image {
+    let out = std::env::temp_dir().join(format!("wiremesh-image-{tag}"));
+    let (image, report) =
+        build_image(binary, tag, &out).unwrap_or_else(|e| panic!("scripts/build-image.sh: {e}"));
+    eprintln!("{report}");
+    image
 }
 
-#[test]
-fn daemonset_container_joins_the_mesh_and_carries_pod_traffic() {
-    common::require_agent();
-    wiremesh_lab::require_tools(&["runc", "umoci", "skopeo", "kubectl", "curl"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let binary = wiremesh_lab::agent_binary().expect("agent binary");
-    let tag = format!("e2e-{}", std::process::id());
-    let out = std::env::temp_dir().join(format!("wiremesh-image-{tag}"));
-    let (_, report) =
-        build_image(&binary, &tag, &out).unwrap_or_else(|e| panic!("scripts/build-image.sh: {e}"));
-    eprintln!("{report}");
-    // WIREMESH_LAB_DEPLOY_DIR: a modified copy of the manifests, to try a change to them.
+/// The manifests: `deploy/kubernetes`, or WIREMESH_LAB_DEPLOY_DIR (a modified copy, to try a
+/// change to them).
+fn workload() -> Workload {
     let deploy = std::env::var_os("WIREMESH_LAB_DEPLOY_DIR")
         .map_or_else(|| repo().join("deploy/kubernetes"), PathBuf::from);
-    let workload =
-        render_workload(&deploy).unwrap_or_else(|e| panic!("rendering deploy/kubernetes: {e}"));
+    render_workload(&deploy).unwrap_or_else(|e| panic!("rendering deploy/kubernetes: {e}"))
+}
 
-    let lab = common::lab_with(3, 1, LabOptions::kubernetes().default_route());
-    common::start_some(&lab, &[1, 2]);
-    let mut container = run_agent_container(&lab, &workload, &out, &tag);
-    // The bundle holds its own copy of the root file system: the image is no longer needed.
-    let _ = std::fs::remove_dir_all(&out);
+/// Container `which` on node-3 from `image`, started.
+fn run(lab: &Lab, workload: &Workload, which: (&str, &str), image: &Image) -> Container {
+    let name = format!("{}-{}", which.1, image.tag);
+    lab.run_pod_container(CONTAINER_NODE, workload, which, image, &name)
+        .unwrap_or_else(|e| panic!("running {} of {} on node-3: {e}", which.1, which.0))
+}
+
+/// Container `which` on node-3 from `image`, ready by its readiness probe.
+fn run_ready(lab: &Lab, workload: &Workload, which: (&str, &str), image: &Image) -> Container {
+    let container = run(lab, workload, which, image);
     if let Err(e) = container.wait_ready(READY) {
         lab.dump_logs();
         panic!("{e}");
     }
+    container
+}
+
+/// node-3's two pods from `image`, both ready: (agent, data path). Kubelet starts them in no
+/// particular order; the agent first here, so the data path waits for the node key and the
+/// agent for the data path.
+fn start_node3(lab: &Lab, workload: &Workload, image: &Image) -> (Container, Container) {
+    let agent = run(lab, workload, AGENT, image);
+    let datapath = run_ready(lab, workload, DATAPATH, image);
+    if let Err(e) = agent.wait_ready(READY) {
+        lab.dump_logs();
+        panic!("{e}\nthe data path's log:\n{}", datapath.log());
+    }
+    // Each bundle holds its own copy of the root file system: the image is no longer needed.
+    if let Some(out) = image.layout.parent() {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    others_see_node3(lab);
+    (agent, datapath)
+}
+
+fn require_container_tools() {
+    common::require_agent();
+    wiremesh_lab::require_tools(&["runc", "umoci", "skopeo", "kubectl", "curl"])
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// node-1's and node-2's agents list node-3.
+fn others_see_node3(lab: &Lab) {
     for node in [1, 2] {
         lab.node(node)
             .agent()
@@ -107,17 +109,104 @@ fn daemonset_container_joins_the_mesh_and_carries_pod_traffic() {
             })
             .unwrap_or_else(|e| panic!("node-{node}'s agent never saw node-3: {e}"));
     }
+}
+
+#[test]
+fn daemonset_container_joins_the_mesh_and_carries_pod_traffic() {
+    require_container_tools();
+    let binary = wiremesh_lab::agent_binary().expect("agent binary");
+    let image = image(&binary, &format!("e2e-{}", std::process::id()));
+    let workload = workload();
+
+    let lab = common::lab_with(3, 1, LabOptions::kubernetes().default_route());
+    common::start_some(&lab, &[1, 2]);
+    let (mut agent, mut datapath) = start_node3(&lab, &workload, &image);
     for other in [1, 2] {
         common::assert_ping(&lab, Host::Pod(CONTAINER_NODE, 1), Host::Pod(other, 1));
         common::assert_ping(&lab, Host::Pod(other, 1), Host::Pod(CONTAINER_NODE, 1));
     }
     underlay_carries_only_wireguard(&lab);
-    status_inside_the_container(&container);
+    let _ = status_inside_the_container(&agent);
 
-    container
-        .stop(Duration::from_secs(10))
-        .expect("the container stops");
+    for c in [&mut agent, &mut datapath] {
+        c.stop(Duration::from_secs(10))
+            .expect("the container stops");
+    }
     strict_mode_outlives_the_container(&lab);
+}
+
+/// Both DaemonSets roll from image v1 to v2 on node-3 while its pod and node-1's ping each other
+/// at 100/s: the agent's as its strategy says (maxUnavailable: 1, the old pod stopped before the
+/// new one starts), then the data path's (maxSurge: 1: the new pod beside the old one, the old
+/// one deleted once the new one is ready). 0 lost each way; the old data-path pod is not ready
+/// but alive once its successor is (so kubelet neither keeps routing to it nor restarts it);
+/// `encrypt status` in the v2 agent's container names v2's data path. The control run proves the
+/// loss counter: the data path's pod replaced old-first instead loses pings.
+#[test]
+fn rolling_updates_of_both_daemonsets_lose_no_packet() {
+    require_container_tools();
+    let v1_bin = wiremesh_lab::agent_binary().expect("agent binary");
+    let v1_bin = v1_bin.canonicalize().unwrap_or(v1_bin);
+    let (v2_bin, v2_version) = v2_binary(&version_of(&v1_bin));
+    let pid = std::process::id();
+    let v1 = image(&v1_bin, &format!("v1-{pid}"));
+    let v2 = image(&v2_bin, &format!("v2-{pid}"));
+    let workload = workload();
+
+    let lab = common::lab_with(3, 1, LabOptions::kubernetes().default_route());
+    common::start_some(&lab, &[1, 2]);
+    let (mut agent_v1, mut datapath_v1) = start_node3(&lab, &workload, &v1);
+    let (a, b) = (Host::Pod(CONTAINER_NODE, 1), Host::Pod(1, 1));
+    common::assert_ping(&lab, a, b);
+    common::assert_ping(&lab, b, a);
+
+    let there = common::fast_ping(&lab, a, b, ROLLOUT_TRAFFIC_SECS);
+    let back = common::fast_ping(&lab, b, a, ROLLOUT_TRAFFIC_SECS);
+    std::thread::sleep(Duration::from_secs(3));
+    agent_v1
+        .stop(Duration::from_secs(30))
+        .expect("the v1 agent's container stops");
+    let agent_v2 = run_ready(&lab, &workload, AGENT, &v2);
+    let mut datapath_v2 = run_ready(&lab, &workload, DATAPATH, &v2);
+    let old = datapath_v1.probe_readiness().expect("readiness probe runs");
+    assert!(
+        !old.passed,
+        "the v1 data-path pod is still ready beside its successor: {old:?}"
+    );
+    let old = datapath_v1.probe_liveness().expect("liveness probe runs");
+    assert!(
+        old.passed,
+        "the v1 data-path pod fails liveness after handing over (kubelet would restart it): {old:?}"
+    );
+    datapath_v1
+        .stop(Duration::from_secs(40))
+        .expect("the v1 data path's container stops");
+    common::assert_no_loss(there.0, &there.1, "pod(3) -> pod(1) across both rollouts");
+    common::assert_no_loss(back.0, &back.1, "pod(1) -> pod(3) across both rollouts");
+    let status = status_inside_the_container(&agent_v2);
+    assert_eq!(
+        status["datapathProcess"]["version"].as_str(),
+        Some(v2_version.as_str()),
+        "the data path after the rollout: {status}"
+    );
+
+    // The control run: the data path's pod replaced old-first, as a DaemonSet without surge does.
+    let there = common::fast_ping(&lab, a, b, 15);
+    std::thread::sleep(Duration::from_secs(2));
+    datapath_v2
+        .stop(Duration::from_secs(40))
+        .expect("the v2 data path's container stops");
+    let _restarted = run_ready(&lab, &workload, DATAPATH, &v2);
+    let log = common::finish_ping(there.0, &there.1);
+    let sent = log.summary.map_or(0, |s| s.sent);
+    let lost = log.missing(sent).len();
+    eprintln!(
+        "control run: {lost} of {sent} pings lost with the data path's pod replaced old-first"
+    );
+    assert!(
+        lost > 0,
+        "the control run lost nothing: the loss counter sees nothing"
+    );
 }
 
 /// A marker over TCP and in pings between node-3's pod and node-1's crosses the underlay only
@@ -161,8 +250,8 @@ fn underlay_carries_only_wireguard(lab: &Lab) {
     );
 }
 
-/// `wiremesh encrypt status` run inside the container lists node-1 and node-2.
-fn status_inside_the_container(container: &Container) {
+/// `wiremesh encrypt status` run inside the container lists node-1 and node-2; the status.
+fn status_inside_the_container(container: &Container) -> serde_json::Value {
     let out = container
         .exec(&["wiremesh", "encrypt", "status", "--json"])
         .expect("runc exec runs");
@@ -182,6 +271,7 @@ fn status_inside_the_container(container: &Container) {
         ["node-1", "node-2"],
         "peers inside the container: {status}"
     );
+    status
 }
 
 /// With the container gone, node-3's guard table is still in place and drops its pod's

@@ -39,3 +39,23 @@ pub fn version() -> &'static str {
         _ => env!("CARGO_PKG_VERSION"),
     }
 }
+
+/// This process's instance: random, drawn once. The UAPI answer carries it so that a data-path
+/// pod's probe can tell whether the data path answering on the interface's socket is its own
+/// (PIDs cannot: each pod has its own PID namespace).
+pub fn instance() -> u64 {
+    static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INSTANCE.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        // SAFETY: getrandom(2) writes at most `bytes.len()` bytes into the buffer it is given.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n != 8 {
+            // No entropy source: the start time and PID still differ between two processes.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            return nanos ^ u64::from(std::process::id()).rotate_left(32);
+        }
+        u64::from_ne_bytes(bytes)
+    })
+}

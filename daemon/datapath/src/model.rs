@@ -96,7 +96,10 @@ pub struct DeviceState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub version: String,
+    /// In the data path's own PID namespace.
     pub pid: u32,
+    /// [`crate::instance`]: which process this is, whatever the PID namespace.
+    pub instance: u64,
 }
 
 /// Handshake initiations received from the underlay, by outcome: every initiation lands in

@@ -135,7 +135,15 @@ impl EventLoop<'_> {
         let config = self.config;
         let restarted = async {
             let key = keymgr::KeyFile::new(config.key_path()).load()?;
-            start::start(config, &self.netlink, &key, self.mtu, &self.datapath_exited).await
+            start::start(
+                config,
+                &self.netlink,
+                &key,
+                self.mtu,
+                &self.datapath_exited,
+                Some(start::EXTERNAL_RESTART_WAIT),
+            )
+            .await
         };
         match restarted.await {
             Ok(s) => {

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use keymgr::{PrivateKey, PublicKey};
 use tokio::sync::Notify;
 
-use crate::config::{Config, DatapathKind, WIREGUARD_OVERHEAD};
+use crate::config::{Config, DatapathKind, DatapathProcess, WIREGUARD_OVERHEAD};
 use wiremesh_datapath::backend::Datapath;
 use wiremesh_datapath::kernel::Kernel;
 use wiremesh_datapath::model::{DeviceState, ProcessInfo, SetRequest};
@@ -49,14 +49,22 @@ pub async fn auto_mtu(netlink: &Netlink, config: &Config) -> u32 {
     1500 - WIREGUARD_OVERHEAD
 }
 
+/// How long a restart waits for an external data path (`datapathProcess: external`) to answer;
+/// at the agent's start it is waited for without end.
+pub const EXTERNAL_RESTART_WAIT: Duration = Duration::from_secs(10);
+/// How often an agent waiting for an external data path says so.
+const EXTERNAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Brings up the data path; `exited` is notified if a data-path process this agent starts
-/// exits, so that a new one starts at once rather than at the next resync.
+/// exits, so that a new one starts at once rather than at the next resync. An external data
+/// path is waited for, for `patience` (`None`: until it comes).
 pub async fn start(
     config: &Config,
     netlink: &Netlink,
     key: &PrivateKey,
     mtu: u32,
     exited: &Arc<Notify>,
+    patience: Option<Duration>,
 ) -> Result<Started> {
     // A userspace data path already running (its TUN device is there) is re-attached to, never
     // probed for the kernel backend: configuring the kernel module on that interface would
@@ -81,7 +89,7 @@ pub async fn start(
             ),
         }
     }
-    let (client, origin) = attach_or_spawn(config, key, exited).await?;
+    let (client, origin) = attach_or_spawn(config, key, exited, patience).await?;
     let ifindex = netlink.link_index(&config.interface).await?;
     netlink.set_up(ifindex, mtu).await?;
     host_address(config, netlink, ifindex).await?;
@@ -135,13 +143,27 @@ async fn attach_or_spawn(
     config: &Config,
     key: &PrivateKey,
     exited: &Arc<Notify>,
+    patience: Option<Duration>,
 ) -> Result<(UapiClient, Origin)> {
     let client = uapi_client(config);
+    let external = config.datapath_process == DatapathProcess::External;
+    if external {
+        wait_external(&client, patience).await?;
+    }
     if let Ok(mut state) = client.get().await {
-        if let Some(running) = state.process.clone() {
-            if running.version != wiremesh_datapath::version() {
+        match state.process.clone() {
+            Some(running) if running.version != wiremesh_datapath::version() && external => {
+                tracing::info!(
+                    datapath = %running.version,
+                    agent = wiremesh_datapath::version(),
+                    "the data path is another version; it is upgraded by its own DaemonSet \
+                     (datapathProcess: external), not by the agent"
+                );
+            }
+            Some(running) if running.version != wiremesh_datapath::version() => {
                 state = upgrade(config, &client, &running, exited).await?;
             }
+            _ => {}
         }
         let running = state.private_key.as_ref().map(|k| k.public_key());
         let adoption = adopt(running, state.next_public_key, key.public_key());
@@ -186,6 +208,35 @@ async fn attach_or_spawn(
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `datapathProcess: external`: waits until a data path answers on the interface's socket (the
+/// agent never starts one: the data-path DaemonSet's pod does).
+async fn wait_external(client: &UapiClient, patience: Option<Duration>) -> Result<()> {
+    let started = Instant::now();
+    let mut said = started;
+    loop {
+        if client.get().await.is_ok() {
+            return Ok(());
+        }
+        if patience.is_some_and(|p| started.elapsed() >= p) {
+            bail!(
+                "no data path answers on {} (datapathProcess: external: is the data-path \
+                 DaemonSet's pod running on this node?)",
+                client.path().display()
+            );
+        }
+        if said.elapsed() >= EXTERNAL_LOG_EVERY {
+            tracing::warn!(
+                socket = %client.path().display(),
+                waited_s = started.elapsed().as_secs(),
+                "waiting for the data-path pod (datapathProcess: external); until it answers, \
+                 strict mode drops this node's pod traffic to other nodes"
+            );
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -241,7 +292,8 @@ async fn upgrade(
             }
             Ok(state) if Instant::now() > deadline => {
                 tracing::warn!(
-                    "the new data path did not take over within 10 s (see its log lines);                      keeping the running one"
+                    "the new data path did not take over within 10 s (see its log lines); \
+                     keeping the running one"
                 );
                 return Ok(state);
             }

@@ -6,6 +6,7 @@
 mod agent;
 mod ask;
 mod cleanup;
+mod datapath;
 mod encrypt;
 mod objects;
 mod observe;
@@ -15,8 +16,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-use crate::config;
 
 pub use trace::{Output, TraceArgs};
 
@@ -103,33 +102,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Run the userspace data path (started by the agent; it outlives agent restarts).
-    Datapath {
-        /// Interface to create (config key `interface`).
-        #[arg(long, default_value = config::DEFAULT_INTERFACE)]
-        interface: String,
-        /// UDP port (config key `listenPort`).
-        #[arg(long, default_value_t = config::DEFAULT_PORT)]
-        listen_port: u16,
-        /// The node's private key file, created by the agent (`<stateDir>/<interface>.key`).
-        #[arg(long)]
-        key_file: PathBuf,
-        /// Where to write this process's PID.
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        /// Members of this group (gid) may read (`get`, without keys) on the UAPI socket
-        /// (config key `adminGroup`).
-        #[arg(long)]
-        admin_group: Option<u32>,
-        /// Move one packet per system call: no TUN segmentation/coalescing, no UDP GSO/GRO
-        /// (config key `offload: false`). For kernels or drivers where they misbehave.
-        #[arg(long)]
-        no_offload: bool,
-        /// Take the interface, sockets and peers over from the data path running now (an
-        /// in-place upgrade; the agent passes it when the running data path's version differs).
-        #[arg(long)]
-        take_over: bool,
-    },
+    /// Run the userspace data path (started by the agent, it outlives agent restarts; or, with
+    /// --config, as the data-path DaemonSet's container).
+    Datapath(datapath::DatapathArgs),
+    /// The data-path container's readiness (or, with --liveness, liveness) probe.
+    DatapathProbe(datapath::ProbeArgs),
     /// Run the L7 filter: the transparent HTTP proxy that enforces HTTP rules (started by the
     /// agent; it outlives agent restarts).
     Proxy {
@@ -203,23 +180,8 @@ pub fn run(cli: Cli) -> ExitCode {
             purge,
             wait,
         } => cleanup::run(config, purge, wait),
-        Command::Datapath {
-            interface,
-            listen_port,
-            key_file,
-            pid_file,
-            admin_group,
-            no_offload,
-            take_over,
-        } => agent::run_datapath(wiremesh_datapath::process::Options {
-            interface,
-            listen_port,
-            key_file,
-            pid_file,
-            admin_group,
-            offload: !no_offload,
-            take_over,
-        }),
+        Command::Datapath(args) => datapath::run(args),
+        Command::DatapathProbe(args) => datapath::probe(&args),
         Command::Proxy {
             ingress_port,
             egress_port,

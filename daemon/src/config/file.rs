@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{DatapathKind, Enforcement, StoreKind};
+use super::{DatapathKind, DatapathProcess, Enforcement, StoreKind};
 
 /// The whole file. An empty file is `ConfigFile::default()`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,9 @@ pub struct ConfigFile {
     pub persistent_keepalive: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub datapath: Option<DatapathKind>,
+    /// `agent` (default) or `external` (the data-path DaemonSet runs it; needs `userspace`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datapath_process: Option<DatapathProcess>,
     /// Userspace data path: the kernel's TUN and UDP segmentation/coalescing offloads.
     /// Default true.
     #[serde(skip_serializing_if = "Option::is_none")]

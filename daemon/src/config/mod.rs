@@ -53,6 +53,19 @@ pub enum DatapathKind {
     Kernel,
 }
 
+/// Who runs the userspace data-path process (`datapathProcess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathProcess {
+    /// The agent starts it (detached, so it outlives agent restarts) and upgrades it in place
+    /// when the agent's version differs: a systemd host.
+    #[default]
+    Agent,
+    /// Something else runs `wiremesh datapath --config` (the `wiremesh-datapath` DaemonSet):
+    /// the agent only attaches to it and waits for it, never starts or replaces it.
+    External,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
@@ -97,6 +110,7 @@ pub struct Config {
     pub strict_mode: bool,
     pub persistent_keepalive: u16,
     pub datapath: DatapathKind,
+    pub datapath_process: DatapathProcess,
     /// The userspace data path uses the kernel's TUN and UDP offloads.
     pub offload: bool,
     pub store: StoreConfig,

@@ -53,6 +53,30 @@ fn defaults_apply() {
 }
 
 #[test]
+fn an_external_data_path_is_the_userspace_one_only() {
+    let base = "nodeName: n1\nnodeIPs: [198.18.0.7]\n";
+    let c = parse(base).unwrap();
+    assert_eq!(c.datapath_process, DatapathProcess::Agent);
+    let c = parse(&format!(
+        "{base}datapath: userspace\ndatapathProcess: external\n"
+    ))
+    .unwrap();
+    assert_eq!(c.datapath_process, DatapathProcess::External);
+    for datapath in ["auto", "kernel"] {
+        let e = parse(&format!(
+            "{base}datapath: {datapath}\ndatapathProcess: external\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("datapathProcess: external needs datapath: userspace"),
+            "{e}"
+        );
+    }
+    let e = parse(&format!("{base}datapathProcess: systemd\n")).unwrap_err();
+    assert!(e.contains("datapathProcess"), "{e}");
+}
+
+#[test]
 fn offloads_can_be_switched_off() {
     let c = parse("nodeName: n1\nnodeIPs: [198.18.0.7]\noffload: false\n").unwrap();
     assert!(!c.offload);

@@ -11,8 +11,9 @@ use ipnet::IpNet;
 use super::host::host;
 use super::store::{etcd_config, kube_config};
 use super::{
-    Config, ConfigFile, DatapathKind, Enforcement, KeyRotation, KeyRotationSection, PolicyConfig,
-    PolicySection, StoreConfig, StoreKind, StoreSection, DEFAULT_INTERFACE, DEFAULT_PORT,
+    Config, ConfigFile, DatapathKind, DatapathProcess, Enforcement, KeyRotation,
+    KeyRotationSection, PolicyConfig, PolicySection, StoreConfig, StoreKind, StoreSection,
+    DEFAULT_INTERFACE, DEFAULT_PORT,
 };
 
 impl ConfigFile {
@@ -62,6 +63,15 @@ impl ConfigFile {
             .filter(|g| !g.is_empty())
             .and_then(|g| resolve_group(g, &mut errors));
         let policy = policy_config(self.policy, &mut errors);
+        let datapath = self.datapath.unwrap_or(DatapathKind::Auto);
+        let datapath_process = self.datapath_process.unwrap_or_default();
+        if datapath_process == DatapathProcess::External && datapath != DatapathKind::Userspace {
+            errors.push(
+                "datapathProcess: external needs datapath: userspace (the data-path process \
+                 runs the userspace data path; the kernel module needs no process)"
+                    .into(),
+            );
+        }
         let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
             return Err(errors);
         };
@@ -87,7 +97,8 @@ impl ConfigFile {
             cluster_pod_cidrs,
             strict_mode,
             persistent_keepalive: self.persistent_keepalive.unwrap_or(0),
-            datapath: self.datapath.unwrap_or(DatapathKind::Auto),
+            datapath,
+            datapath_process,
             offload: self.offload.unwrap_or(true),
             store,
             key_rotation,

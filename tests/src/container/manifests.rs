@@ -1,4 +1,4 @@
-//! The DaemonSet and ConfigMap out of rendered manifests (`kubectl kustomize` output), parsed
+//! The DaemonSets and ConfigMaps out of rendered manifests (`kubectl kustomize` output), parsed
 //! into their k8s-openapi types.
 
 use std::collections::BTreeMap;
@@ -15,11 +15,21 @@ use crate::exec::run;
 
 const KUSTOMIZE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The workload of a rendered deployment: its one DaemonSet and its ConfigMaps by name.
+/// The workload of a rendered deployment: its DaemonSets and its ConfigMaps, by name.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    pub daemonset: DaemonSet,
+    pub daemonsets: BTreeMap<String, DaemonSet>,
     pub config_maps: BTreeMap<String, ConfigMap>,
+}
+
+impl Workload {
+    /// The DaemonSet `name`.
+    pub fn daemonset(&self, name: &str) -> Result<&DaemonSet> {
+        self.daemonsets.get(name).ok_or_else(|| {
+            let names: Vec<_> = self.daemonsets.keys().collect();
+            LabError::Check(format!("no DaemonSet {name} (there are {names:?})"))
+        })
+    }
 }
 
 /// `kubectl kustomize <dir>`, parsed.
@@ -32,15 +42,18 @@ pub fn render_workload(dir: &Path) -> Result<Workload> {
         .map_err(|e| LabError::Check(format!("kubectl kustomize {}: {e}", dir.display())))
 }
 
-/// The DaemonSet and ConfigMaps of multi-document YAML `text`; other kinds are skipped.
+/// The DaemonSets and ConfigMaps of multi-document YAML `text`; other kinds are skipped.
 pub fn parse_workload(text: &str) -> Result<Workload> {
-    let mut daemonsets = Vec::new();
+    let mut daemonsets = BTreeMap::new();
     let mut config_maps = BTreeMap::new();
     for doc in yaml_serde::Deserializer::from_str(text) {
         let value = yaml_serde::Value::deserialize(doc)
             .map_err(|e| LabError::Check(format!("a YAML document: {e}")))?;
         match value["kind"].as_str() {
-            Some("DaemonSet") => daemonsets.push(typed::<DaemonSet>(value, "DaemonSet")?),
+            Some("DaemonSet") => {
+                let ds = typed::<DaemonSet>(value, "DaemonSet")?;
+                daemonsets.insert(ds.metadata.name.clone().unwrap_or_default(), ds);
+            }
             Some("ConfigMap") => {
                 let cm = typed::<ConfigMap>(value, "ConfigMap")?;
                 let name = cm.metadata.name.clone().unwrap_or_default();
@@ -49,10 +62,11 @@ pub fn parse_workload(text: &str) -> Result<Workload> {
             _ => {}
         }
     }
-    let [daemonset] = <[DaemonSet; 1]>::try_from(daemonsets)
-        .map_err(|d| LabError::Check(format!("expected one DaemonSet, found {}", d.len())))?;
+    if daemonsets.is_empty() {
+        return Err(LabError::Check("no DaemonSet".into()));
+    }
     Ok(Workload {
-        daemonset,
+        daemonsets,
         config_maps,
     })
 }

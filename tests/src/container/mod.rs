@@ -1,8 +1,8 @@
 //! A pod's container on a lab node, run with `runc` the way kubelet and containerd would run it:
 //! the image unpacked by `umoci` into a bundle whose `config.json` is rewritten from the pod
 //! spec ([`spec`]), the ConfigMap and service-account volumes written out as kubelet projects
-//! them, and the container's readiness probe polled as kubelet polls it (an HTTP GET in the
-//! node's network namespace).
+//! them, and the container's probes run as kubelet runs them (an HTTP GET in the node's network
+//! namespace, or the command inside the container: `runc exec`).
 //!
 //! It must never touch a container it did not create: runc keeps its state under a root of
 //! this container's own (inside its work directory), the container ID is unique per run, and
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{HTTPGetAction, PodSpec};
+use k8s_openapi::api::core::v1::{HTTPGetAction, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{LabError, Result};
@@ -99,8 +99,18 @@ pub struct Container {
     id: String,
     work: PathBuf,
     netns: String,
-    readiness: Option<HTTPGetAction>,
+    readiness: Option<Probe>,
+    liveness: Option<Probe>,
     deleted: bool,
+}
+
+/// One probe's outcome, as kubelet judges it: an HTTP status from 200 to 399, or a command
+/// that exits 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    pub passed: bool,
+    /// The HTTP status, or the command's exit status and output.
+    pub detail: String,
 }
 
 impl Container {
@@ -141,10 +151,8 @@ impl Container {
             id: id.to_string(),
             work: work.to_path_buf(),
             netns: netns.to_string(),
-            readiness: container
-                .readiness_probe
-                .as_ref()
-                .and_then(|p| p.http_get.clone()),
+            readiness: container.readiness_probe.clone(),
+            liveness: container.liveness_probe.clone(),
             deleted: false,
         };
         let log = work.join("container.log");
@@ -200,19 +208,59 @@ impl Container {
         output(&mut cmd, None, RUNC_TIMEOUT)
     }
 
-    /// One readiness probe as kubelet sends it: its status code (0: no answer).
-    pub fn probe_readiness(&self) -> Result<u16> {
-        let probe = self.readiness.as_ref().ok_or_else(|| {
-            LabError::Check(format!(
-                "container {} has no httpGet readinessProbe",
-                self.id
-            ))
-        })?;
+    /// One readiness probe as kubelet runs it.
+    pub fn probe_readiness(&self) -> Result<ProbeOutcome> {
+        self.probe(self.readiness.as_ref(), "readinessProbe")
+    }
+
+    /// One liveness probe as kubelet runs it.
+    pub fn probe_liveness(&self) -> Result<ProbeOutcome> {
+        self.probe(self.liveness.as_ref(), "livenessProbe")
+    }
+
+    fn probe(&self, probe: Option<&Probe>, what: &str) -> Result<ProbeOutcome> {
+        let probe =
+            probe.ok_or_else(|| LabError::Check(format!("container {} has no {what}", self.id)))?;
+        // Kubelet's default timeoutSeconds is 1.
+        let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+        if let Some(get) = &probe.http_get {
+            let code = self.http_probe(get, timeout)?;
+            return Ok(ProbeOutcome {
+                passed: (200..400).contains(&code),
+                detail: format!("HTTP {code}"),
+            });
+        }
+        let command = probe
+            .exec
+            .as_ref()
+            .and_then(|e| e.command.clone())
+            .ok_or_else(|| {
+                LabError::Check(format!(
+                    "container {}: {what}: only httpGet and exec are reproduced",
+                    self.id
+                ))
+            })?;
+        let mut cmd = self.runc();
+        cmd.args(["exec", &self.id]).args(&command);
+        let out = output(&mut cmd, None, timeout + Duration::from_secs(2))?;
+        Ok(ProbeOutcome {
+            passed: out.status.success(),
+            detail: format!(
+                "{}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+
+    /// An HTTP GET probe from the node's network namespace: its status code (0: no answer).
+    fn http_probe(&self, probe: &HTTPGetAction, timeout: Duration) -> Result<u16> {
         let port = match &probe.port {
             IntOrString::Int(p) => p.to_string(),
             IntOrString::String(name) => {
                 return Err(LabError::Check(format!(
-                    "readinessProbe port '{name}': named ports are not reproduced"
+                    "probe port '{name}': named ports are not reproduced"
                 )))
             }
         };
@@ -231,10 +279,10 @@ impl Container {
                     "/dev/null",
                 ])
                 .args(["-w", "%{http_code}", "--max-time"])
-                .arg(PROBE_TIMEOUT.as_secs().to_string())
+                .arg(timeout.max(PROBE_TIMEOUT).as_secs().to_string())
                 .arg(&url),
             None,
-            PROBE_TIMEOUT + Duration::from_secs(2),
+            timeout.max(PROBE_TIMEOUT) + Duration::from_secs(2),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .trim()
@@ -242,19 +290,20 @@ impl Container {
             .unwrap_or(0))
     }
 
-    /// Polls the readiness probe until it answers 200, for at most `timeout`.
+    /// Polls the readiness probe until it passes, for at most `timeout`.
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let code = self.probe_readiness()?;
-            if code == 200 {
+            let outcome = self.probe_readiness()?;
+            if outcome.passed {
                 return Ok(());
             }
             if self.status().is_ok_and(|s| s == "stopped") || Instant::now() >= deadline {
                 return Err(LabError::Check(format!(
-                    "container {} not ready after {timeout:?} (last probe {code}, state {:?}); \
+                    "container {} not ready after {timeout:?} (last probe: {}, state {:?}); \
                      its log:\n{}",
                     self.id,
+                    outcome.detail,
                     self.status().ok(),
                     tail_lines(&self.log(), crate::LOG_TAIL_LINES)
                 )));
@@ -332,9 +381,20 @@ fn run_status(cmd: &mut Command) -> Result<std::process::ExitStatus> {
     }
 }
 
-/// Writes each ConfigMap's files and the service-account projection under `work`, and points
-/// `host` at them.
+/// Writes each ConfigMap's files and the service-account projection under `work`, creates each
+/// emptyDir afresh, and points `host` at them.
 fn write_volumes(work: &Path, run_spec: &PodRun<'_>, host: &mut PodHost) -> Result<()> {
+    for volume in run_spec.pod.volumes.iter().flatten() {
+        if volume.empty_dir.is_none() {
+            continue;
+        }
+        let dir = work.join("empty-dirs").join(&volume.name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;
+        host.empty_dirs.push((volume.name.clone(), dir));
+    }
     for (name, data) in &run_spec.config_maps {
         let dir = work.join("configmaps").join(name);
         std::fs::create_dir_all(&dir).map_err(|e| LabError::io(&dir, e))?;

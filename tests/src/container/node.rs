@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{PodHost, ServiceAccountToken};
+use super::{Container, Image, PodHost, PodRun, ServiceAccountToken, Workload};
 use crate::addr::{node_ip, node_name};
 use crate::error::{LabError, Result};
 use crate::lab::Lab;
@@ -54,6 +54,7 @@ impl Lab {
             host_paths,
             config_maps: Vec::new(),
             service_account: None,
+            empty_dirs: Vec::new(),
             injected_env: vec![
                 ("KUBERNETES_SERVICE_HOST".into(), SWITCH_IP.to_string()),
                 (
@@ -78,5 +79,44 @@ impl Lab {
             ca_crt,
             namespace: namespace.to_string(),
         })
+    }
+
+    /// Runs container `container` of DaemonSet `daemonset` of `workload` on node `node` from
+    /// `image`, as kubelet would: the ConfigMaps as rendered (unmodified), the service
+    /// account's token if the pod mounts one, the node's host side. `name` tells this container
+    /// apart from others of the lab (its ID and work directory).
+    pub fn run_pod_container(
+        &self,
+        node: u8,
+        workload: &Workload,
+        (daemonset, container): (&str, &str),
+        image: &Image,
+        name: &str,
+    ) -> Result<Container> {
+        let ds = workload.daemonset(daemonset)?;
+        let pod =
+            ds.spec.template.spec.as_ref().ok_or_else(|| {
+                LabError::Check(format!("DaemonSet {daemonset} has no pod template"))
+            })?;
+        let config_maps = workload
+            .config_maps
+            .iter()
+            .map(|(name, cm)| (name.clone(), cm.data.clone().unwrap_or_default()))
+            .collect();
+        let namespace = ds.metadata.namespace.as_deref().unwrap_or("default");
+        let service_account = match pod.automount_service_account_token {
+            Some(false) => None,
+            _ => Some(self.service_account_token(namespace)?),
+        };
+        let spec = PodRun {
+            pod,
+            container,
+            config_maps,
+            service_account,
+        };
+        let id = format!("{}-{name}", self.prefix());
+        let work = self.dir().join(format!("container-{name}"));
+        let netns = self.node(node).ns();
+        Container::run(&id, &work, image, &spec, self.pod_host(node)?, &netns)
     }
 }

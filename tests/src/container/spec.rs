@@ -7,8 +7,8 @@
 //! `status.podIP` field references), the
 //! capabilities (containerd's default set adjusted by `securityContext.capabilities`),
 //! `privileged` (refused: the DaemonSet must not need it), `readOnlyRootFilesystem`,
-//! `allowPrivilegeEscalation`, hostPath / ConfigMap / projected service-account volumes as bind
-//! mounts with their propagation. Anything else in the pod spec that would change how the
+//! `allowPrivilegeEscalation`, hostPath / ConfigMap / emptyDir / projected service-account
+//! volumes as bind mounts with their propagation. Anything else in the pod spec that would change how the
 //! container runs is an error naming the field, so the test never runs something the manifest
 //! does not say.
 
@@ -58,6 +58,9 @@ pub struct PodHost {
     /// The projected service-account directory (`token`, `ca.crt`, `namespace`), if the pod
     /// mounts one.
     pub service_account: Option<PathBuf>,
+    /// Each emptyDir volume's directory, by volume name: the pod's own, empty at its start
+    /// (`medium: Memory` is a tmpfs under kubelet; here a directory of the container's).
+    pub empty_dirs: Vec<(String, PathBuf)>,
     /// Environment variables kubelet injects (`KUBERNETES_SERVICE_HOST`/`_PORT`).
     pub injected_env: Vec<(String, String)>,
 }
@@ -69,6 +72,10 @@ impl PodHost {
 
     fn config_map(&self, name: &str) -> Result<&Path> {
         lookup(&self.config_maps, name, "configMap")
+    }
+
+    fn empty_dir(&self, name: &str) -> Result<&Path> {
+        lookup(&self.empty_dirs, name, "emptyDir")
     }
 }
 
@@ -339,6 +346,8 @@ fn bind_mount(volume: &Volume, vm: &VolumeMount, host: &PodHost) -> Result<Value
     } else if let Some(cm) = &volume.config_map {
         // kubelet projects ConfigMaps read-only whatever the mount says.
         (host.config_map(&cm.name)?.to_path_buf(), true)
+    } else if volume.empty_dir.is_some() {
+        (host.empty_dir(&volume.name)?.to_path_buf(), false)
     } else if volume.projected.is_some() && vm.mount_path == SERVICE_ACCOUNT_DIR {
         let dir = host.service_account.clone().ok_or_else(|| {
             LabError::Check("the pod mounts a service-account token but none was given".into())
@@ -346,8 +355,8 @@ fn bind_mount(volume: &Volume, vm: &VolumeMount, host: &PodHost) -> Result<Value
         (dir, true)
     } else {
         return Err(LabError::Check(format!(
-            "volume '{}': only hostPath, configMap and the service-account projection are \
-             reproduced",
+            "volume '{}': only hostPath, configMap, emptyDir and the service-account \
+             projection are reproduced",
             volume.name
         )));
     };

@@ -34,12 +34,12 @@ spec:
 
 fn pod() -> PodSpec {
     let workload = parse_workload(POD).expect("the test DaemonSet parses");
-    workload
-        .daemonset
-        .spec
-        .template
-        .spec
-        .expect("a pod template")
+    let (_, ds) = workload
+        .daemonsets
+        .into_iter()
+        .next()
+        .expect("one DaemonSet");
+    ds.spec.template.spec.expect("a pod template")
 }
 
 fn host() -> PodHost {
@@ -50,6 +50,7 @@ fn host() -> PodHost {
         netns: PathBuf::from("/"),
         host_paths: vec![("/sys/fs/bpf".into(), "/lab/bpffs/node-3-pod".into())],
         config_maps: vec![("agent-config".into(), "/work/cm".into())],
+        empty_dirs: Vec::new(),
         service_account: Some("/work/sa".into()),
         injected_env: vec![("KUBERNETES_SERVICE_HOST".into(), "198.18.0.254".into())],
     }

@@ -3,6 +3,8 @@
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod versions;
+
 use std::time::Duration;
 
 use wiremesh_lab::{Host, Lab};

@@ -21,7 +21,7 @@ use crate::uapi::{self, Request};
 use crate::userspace::{self, Handle, Successor};
 
 /// The longest a predecessor stays after handing over.
-const CAP: Duration = Duration::from_secs(30);
+pub const CAP: Duration = Duration::from_secs(30);
 /// How long a predecessor stays after every peer has a session with the successor: packets the
 /// peers sent on the old sessions just before may still be in flight.
 const LINGER: Duration = Duration::from_secs(2);
@@ -95,18 +95,48 @@ fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) ->
     Ok(())
 }
 
-/// Successor: takes the data path over from the process serving the handover socket.
-pub async fn take_over(opts: &Options) -> Result<Handle> {
-    let pid_file = opts.pid_file.as_deref().ok_or_else(|| {
-        anyhow!("--take-over needs --pid-file (the handover socket is next to it)")
-    })?;
-    let path = handover::socket_path(pid_file);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "--take-over: no data path to take over at {} (is one running?)",
-            path.display()
-        )
-    })?;
+/// A connection to the handover socket if a data path serves it; `None` if none does (no
+/// socket, or one left by a process that is gone).
+pub fn connect_if_running(opts: &Options) -> Result<Option<UnixStream>> {
+    let path = handover::socket_path(pid_file(opts)?);
+    match UnixStream::connect(&path) {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("connecting to {}", path.display())),
+    }
+}
+
+fn pid_file(opts: &Options) -> Result<&Path> {
+    opts.pid_file
+        .as_deref()
+        .ok_or_else(|| anyhow!("taking over needs --pid-file (the handover socket is next to it)"))
+}
+
+/// Successor: takes the data path over from the process serving the handover socket (on
+/// `stream`, if already connected); the task resolves once the predecessor has been let go.
+pub async fn take_over(
+    opts: &Options,
+    stream: Option<UnixStream>,
+) -> Result<(Handle, tokio::task::JoinHandle<()>)> {
+    let mut stream = match stream {
+        Some(s) => s,
+        None => {
+            let path = handover::socket_path(pid_file(opts)?);
+            UnixStream::connect(&path).with_context(|| {
+                format!(
+                    "--take-over: no data path to take over at {} (is one running?)",
+                    path.display()
+                )
+            })?
+        }
+    };
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let (offer, sockets, stream) = tokio::task::spawn_blocking(move || {
         handover::receive_offer(&mut stream).map(|(o, s)| (o, s, stream))
@@ -138,8 +168,8 @@ pub async fn take_over(opts: &Options) -> Result<Handle> {
         .write_all(b"detach\n")
         .context("telling the predecessor to detach its TUN queue")?;
     tracing::info!(from = %version, to = crate::version(), peers, "took the data path over; handshaking every peer");
-    tokio::spawn(let_go(handle.clone(), stream));
-    Ok(handle)
+    let let_go = tokio::spawn(let_go(handle.clone(), stream));
+    Ok((handle, let_go))
 }
 
 /// Successor: once every peer has a session with it (and [`LINGER`] has passed), or after

@@ -22,6 +22,11 @@ use crate::listen::{self, Access, Limits, Role};
 
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
+/// Where `wg` looks for `interface`'s UAPI socket.
+pub fn socket_path(interface: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{interface}.sock"))
+}
+
 pub struct UapiServer {
     path: PathBuf,
 }
@@ -36,12 +41,7 @@ impl UapiServer {
         let dir = Path::new(SOCKET_DIR);
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        Self::bind_at(
-            &dir.join(format!("{interface}.sock")),
-            datapath,
-            access,
-            limits,
-        )
+        Self::bind_at(&socket_path(interface), datapath, access, limits)
     }
 
     /// Serves on `path` (tests use their own directory).

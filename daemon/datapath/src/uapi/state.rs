@@ -17,6 +17,7 @@ const HANDSHAKES_PREFIX: &str = "wiremesh_handshakes_";
 /// Device-level extension keys naming the data-path process ([`ProcessInfo`]).
 const VERSION_KEY: &str = "wiremesh_version";
 const PID_KEY: &str = "wiremesh_pid";
+const INSTANCE_KEY: &str = "wiremesh_instance";
 
 /// Formats a `get` answer, including the final `errno=0` and empty line. The answer holds the
 /// private key: it is zeroed on drop, and built without a reallocation after the key is in.
@@ -47,6 +48,7 @@ fn format_public(state: &DeviceState, extended: bool) -> String {
     if let (true, Some(p)) = (extended, &state.process) {
         let _ = writeln!(out, "{VERSION_KEY}={}", p.version);
         let _ = writeln!(out, "{PID_KEY}={}", p.pid);
+        let _ = writeln!(out, "{INSTANCE_KEY}={:016x}", p.instance);
     }
     if let (true, Some(stats)) = (extended, state.handshakes) {
         for (outcome, n) in stats.outcomes() {
@@ -162,6 +164,9 @@ fn device_line(
         }
         VERSION_KEY => process(state).version = value.to_string(),
         PID_KEY => process(state).pid = value.parse().map_err(|_| bad())?,
+        INSTANCE_KEY => {
+            process(state).instance = u64::from_str_radix(value, 16).map_err(|_| bad())?;
+        }
         k if k.starts_with(HANDSHAKES_PREFIX) => {
             let n = value.parse().map_err(|_| bad())?;
             let stats = state.handshakes.get_or_insert_with(HandshakeStats::default);
@@ -225,6 +230,7 @@ fn process(state: &mut DeviceState) -> &mut ProcessInfo {
     state.process.get_or_insert_with(|| ProcessInfo {
         version: String::new(),
         pid: 0,
+        instance: 0,
     })
 }
 
@@ -284,6 +290,7 @@ mod tests {
             process: Some(ProcessInfo {
                 version: "1.2.3-v2".into(),
                 pid: 4242,
+                instance: 0x00c0_ffee_1234_5678,
             }),
         }
     }

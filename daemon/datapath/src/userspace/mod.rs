@@ -397,6 +397,7 @@ fn handle_command(
             state.process = Some(crate::model::ProcessInfo {
                 version: crate::version().to_string(),
                 pid: std::process::id(),
+                instance: crate::instance(),
             });
             let _ = reply.send(state);
         }
