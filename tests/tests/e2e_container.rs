@@ -207,6 +207,9 @@ fn rolling_updates_of_both_daemonsets_lose_no_packet() {
         lost > 0,
         "the control run lost nothing: the loss counter sees nothing"
     );
+    // Fail closed, then heal: the agent configures the new data path by itself.
+    common::assert_ping(&lab, a, b);
+    common::assert_ping(&lab, b, a);
 }
 
 /// A marker over TCP and in pings between node-3's pod and node-1's crosses the underlay only

@@ -69,18 +69,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     tracing::info!(interface = %opts.interface, port = opts.listen_port, pid = std::process::id(), version = crate::version(), "data path ready");
     if let Some(status) = &status {
-        if let Some(let_go) = let_go {
-            status.set(Phase::TakingOver)?;
-            let status = status.clone();
-            tokio::spawn(async move {
-                let _ = let_go.await;
-                if !upgrade::handed_over() {
-                    let _ = status.set(Phase::Active);
-                }
-            });
-        } else {
-            status.set(Phase::Active)?;
-        }
+        follow_phase(status, let_go)?;
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut left = std::pin::pin!(async {
@@ -98,19 +87,7 @@ pub async fn run(opts: Options) -> Result<()> {
             // The successor serves the UAPI socket, owns the PID file and holds the interface:
             // leave all three alone.
             std::mem::forget(uapi);
-            let Some(status) = &status else {
-                tracing::info!(interface = %opts.interface, "data path handed over to its successor; leaving, the interface stays");
-                return Ok(());
-            };
-            // A pod's process that exited would be restarted by kubelet, and take the data
-            // path back: it stays until its pod is deleted.
-            status.set(Phase::HandedOver)?;
-            tracing::info!(interface = %opts.interface, "data path handed over to its successor; idle until stopped");
-            tokio::select! {
-                _ = sigterm.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return Ok(());
+            return after_handover(&opts.interface, status.as_ref(), &mut sigterm).await;
         }
     }
     if upgrade::handed_over() {
@@ -126,6 +103,42 @@ pub async fn run(opts: Options) -> Result<()> {
         let _ = std::fs::remove_file(pid_file);
     }
     tracing::info!(interface = %opts.interface, "data path stopping; the interface goes with it");
+    Ok(())
+}
+
+/// A pod's phase: active at once, or (a successor) taking over until its predecessor is let go.
+fn follow_phase(status: &Status, let_go: Option<tokio::task::JoinHandle<()>>) -> Result<()> {
+    let Some(let_go) = let_go else {
+        return status.set(Phase::Active);
+    };
+    status.set(Phase::TakingOver)?;
+    let status = status.clone();
+    tokio::spawn(async move {
+        let _ = let_go.await;
+        if !upgrade::handed_over() {
+            let _ = status.set(Phase::Active);
+        }
+    });
+    Ok(())
+}
+
+/// Handed over and let go: a process leaves; a pod's stays, idle, until stopped (one that
+/// exited would be restarted by kubelet and take the data path back).
+async fn after_handover(
+    interface: &str,
+    status: Option<&Status>,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> Result<()> {
+    let Some(status) = status else {
+        tracing::info!(%interface, "data path handed over to its successor; leaving, the interface stays");
+        return Ok(());
+    };
+    status.set(Phase::HandedOver)?;
+    tracing::info!(%interface, "data path handed over to its successor; idle until stopped");
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(())
 }
 

@@ -56,22 +56,10 @@ impl ConfigFile {
         let key_rotation = key_rotation(self.key_rotation, &mut errors);
         let (metrics_address, health_address) =
             listen_addresses(self.metrics_address, self.health_address, &mut errors);
-        let admin_group = self
-            .admin_group
-            .as_deref()
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .and_then(|g| resolve_group(g, &mut errors));
+        let admin_group = admin_group(self.admin_group.as_deref(), &mut errors);
         let policy = policy_config(self.policy, &mut errors);
-        let datapath = self.datapath.unwrap_or(DatapathKind::Auto);
-        let datapath_process = self.datapath_process.unwrap_or_default();
-        if datapath_process == DatapathProcess::External && datapath != DatapathKind::Userspace {
-            errors.push(
-                "datapathProcess: external needs datapath: userspace (the data-path process \
-                 runs the userspace data path; the kernel module needs no process)"
-                    .into(),
-            );
-        }
+        let (datapath, datapath_process) =
+            datapath(self.datapath, self.datapath_process, &mut errors);
         let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
             return Err(errors);
         };
@@ -108,6 +96,31 @@ impl ConfigFile {
             policy,
         })
     }
+}
+
+/// `adminGroup`: absent or empty is none.
+fn admin_group(raw: Option<&str>, errors: &mut Vec<String>) -> Option<u32> {
+    raw.map(str::trim)
+        .filter(|g| !g.is_empty())
+        .and_then(|g| resolve_group(g, errors))
+}
+
+/// `datapath` and `datapathProcess`: an external process runs only the userspace data path.
+fn datapath(
+    kind: Option<DatapathKind>,
+    process: Option<DatapathProcess>,
+    errors: &mut Vec<String>,
+) -> (DatapathKind, DatapathProcess) {
+    let kind = kind.unwrap_or(DatapathKind::Auto);
+    let process = process.unwrap_or_default();
+    if process == DatapathProcess::External && kind != DatapathKind::Userspace {
+        errors.push(
+            "datapathProcess: external needs datapath: userspace (the data-path process runs \
+             the userspace data path; the kernel module needs no process)"
+                .into(),
+        );
+    }
+    (kind, process)
 }
 
 fn node_name(raw: Option<String>, errors: &mut Vec<String>) -> String {
