@@ -150,3 +150,50 @@ fn a_data_path_upgrade_loses_no_packet_and_killing_it_instead_does() {
         "the control run lost nothing: the loss counter sees nothing"
     );
 }
+
+/// A successor that takes the offer and goes away before attaching (it crashed, or its pod was
+/// deleted) leaves the data path serving: it reads its UDP sockets again, same process, same
+/// sessions. The detector: while the would-be successor holds the offer, node-1's pod gets no
+/// reply (the data path stopped reading UDP), so the test did trigger a handover.
+#[test]
+fn a_successor_that_fails_before_taking_over_leaves_the_data_path_serving() {
+    common::require_agent();
+    let lab = common::lab(2, 1);
+    common::start_mesh(&lab);
+    let (a, b) = (Host::Pod(1, 1), Host::Pod(2, 1));
+    common::assert_ping(&lab, a, b);
+    let pid = lab.node(1).datapath().pid().expect("node-1's data path");
+    let socket = lab
+        .layout()
+        .node_dir(1)
+        .join("run")
+        .join(wiremesh_datapath::handover::SOCKET_NAME);
+    let ping = common::fast_ping(&lab, a, b, 8);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    let (offer, sockets) =
+        wiremesh_datapath::handover::receive_offer(&mut stream).expect("the handover offer");
+    eprintln!("took the offer of {offer:?}, then failing");
+    drop(sockets);
+    std::thread::sleep(Duration::from_secs(3));
+    drop(stream);
+    let log = common::finish_ping(ping.0, &ping.1);
+    let missing = log.missing(log.summary.map_or(0, |s| s.sent)).len();
+    assert!(
+        log.longest_gap() >= Duration::from_secs(2) || missing > 0,
+        "no gap while the offer was held ({:?}, none missing): the data path never handed \
+         over, so the test proves nothing",
+        log.longest_gap()
+    );
+    common::assert_ping(&lab, a, b);
+    common::assert_ping(&lab, b, a);
+    assert_eq!(
+        lab.node(1).datapath().pid(),
+        Some(pid),
+        "node-1's data path was replaced"
+    );
+}

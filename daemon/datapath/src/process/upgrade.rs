@@ -65,12 +65,18 @@ pub fn serve(pid_file: &Path, handle: Handle) -> Result<oneshot::Receiver<()>> {
     Ok(done_rx)
 }
 
-/// Predecessor: hands over, then follows the successor's `detach` and `leave`.
+/// Predecessor: hands over, then follows the successor's `detach` and `leave`. If the
+/// successor fails before `detach` (the offer cannot be sent, or it goes away), this data path
+/// resumes reading its sockets and the handover socket stays open for another attempt.
 fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) -> Result<()> {
     let handed = rt.block_on(handle.hand_over())?;
     let fds: Vec<_> = handed.fds.iter().map(AsRawFd::as_raw_fd).collect();
-    handover::send_offer(&mut stream, &handed.offer, &fds).context("sending the handover offer")?;
+    let sent = handover::send_offer(&mut stream, &handed.offer, &fds);
     drop(handed);
+    if let Err(e) = sent {
+        rt.block_on(handle.resume())?;
+        return Err(anyhow::Error::new(e).context("sending the handover offer"));
+    }
     HANDED_OVER.store(true, Ordering::SeqCst);
     tracing::info!(
         version = crate::version(),
@@ -79,6 +85,7 @@ fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) ->
     let deadline = Instant::now() + CAP;
     let mut lines = BufReader::new(stream);
     let mut line = String::new();
+    let mut detached = false;
     while Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
         lines
@@ -86,8 +93,17 @@ fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) ->
             .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
         line.clear();
         match lines.read_line(&mut line) {
+            Ok(0) | Err(_) if !detached => {
+                // The successor never attached: nothing was taken from this data path.
+                HANDED_OVER.store(false, Ordering::SeqCst);
+                rt.block_on(handle.resume())?;
+                bail!("the successor went away before taking over");
+            }
             Ok(0) | Err(_) => break,
-            Ok(_) if line.trim_end() == "detach" => rt.block_on(handle.detach())?,
+            Ok(_) if line.trim_end() == "detach" => {
+                rt.block_on(handle.detach())?;
+                detached = true;
+            }
             Ok(_) if line.trim_end() == "leave" => break,
             Ok(_) => {}
         }

@@ -53,6 +53,8 @@ enum Command {
     HandOver(oneshot::Sender<Result<succession::HandedOver, DeviceError>>),
     /// The successor's TUN queue is attached: drain ours and detach it.
     Detach(oneshot::Sender<()>),
+    /// The successor failed before `Detach`: read the UDP sockets again, as before `HandOver`.
+    Resume(oneshot::Sender<()>),
 }
 
 pub use succession::{start_successor, HandedOver, Successor};
@@ -92,6 +94,17 @@ impl Handle {
             .await
             .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)?
+    }
+
+    /// Undoes [`Handle::hand_over`] (before any [`Handle::detach`]): the successor never came
+    /// up, so this data path reads its UDP sockets again.
+    pub async fn resume(&self) -> Result<(), DeviceError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Resume(tx))
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
+        rx.await.map_err(|_| DeviceError::Stopped)
     }
 
     /// Drains and detaches this data path's TUN queue.
@@ -403,6 +416,10 @@ fn handle_command(
         }
         Command::HandOver(reply) => {
             let _ = reply.send(succession::hand_over(device, shell));
+        }
+        Command::Resume(reply) => {
+            succession::resume(shell);
+            let _ = reply.send(());
         }
         Command::Detach(reply) => {
             succession::detach(device, shell, tun_reads)?;

@@ -61,6 +61,14 @@ pub(super) fn hand_over(device: &Device, shell: &mut Shell) -> Result<HandedOver
     Ok(HandedOver { offer, fds })
 }
 
+/// Predecessor whose successor failed before it attached: reads its UDP sockets again (its
+/// duplicates went with the failed offer) and stops taking forwarded datagrams.
+pub(super) fn resume(shell: &mut Shell) {
+    shell.reading_udp = true;
+    shell.forwarded = None;
+    tracing::warn!("the successor failed before taking over; this data path serves on");
+}
+
 /// Predecessor: encrypts what still waits in its TUN queue (its sessions are valid), then
 /// detaches the queue so that the kernel sends everything to the successor's.
 pub(super) fn detach(
