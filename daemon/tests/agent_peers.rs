@@ -85,7 +85,9 @@ async fn reconcile_in_netns() {
     let mut peers = Reconciler {
         datapath: datapath.clone(),
         netlink: netlink.clone(),
+        interface: INTERFACE.into(),
         ifindex,
+        instance: None,
         self_name: "node-1".into(),
         own: own_rx,
         keepalive: 0,

@@ -190,13 +190,26 @@ fn rolling_updates_of_both_daemonsets_lose_no_packet() {
         "the data path after the rollout: {status}"
     );
 
-    // The control run: the data path's pod replaced old-first, as a DaemonSet without surge does.
+    // The control run: the data path's pod replaced old-first, as a DaemonSet without surge
+    // does (its image already pulled, so the node is without a data path for well under the
+    // agent's resync: the agent must notice the new one by itself).
+    let mut replacement = lab
+        .prepare_pod_container(CONTAINER_NODE, &workload, DATAPATH, &v2, "datapath-again")
+        .unwrap_or_else(|e| panic!("preparing the replacement data path: {e}"));
+    if let Some(out) = v2.layout.parent() {
+        let _ = std::fs::remove_dir_all(out);
+    }
     let there = common::fast_ping(&lab, a, b, 15);
     std::thread::sleep(Duration::from_secs(2));
     datapath_v2
         .stop(Duration::from_secs(40))
         .expect("the v2 data path's container stops");
-    let _restarted = run_ready(&lab, &workload, DATAPATH, &v2);
+    replacement
+        .start()
+        .expect("the replacement data path starts");
+    replacement
+        .wait_ready(READY)
+        .unwrap_or_else(|e| panic!("the replacement data path: {e}"));
     let log = common::finish_ping(there.0, &there.1);
     let sent = log.summary.map_or(0, |s| s.sent);
     let lost = log.missing(sent).len();

@@ -123,6 +123,21 @@ impl Container {
         work: &Path,
         image: &Image,
         run_spec: &PodRun<'_>,
+        host: PodHost,
+        netns: &str,
+    ) -> Result<Self> {
+        let mut this = Self::prepare(id, work, image, run_spec, host, netns)?;
+        this.start()?;
+        Ok(this)
+    }
+
+    /// [`Container::run`] up to the start: the image unpacked and the bundle written (kubelet
+    /// has pulled the image), nothing running yet.
+    pub fn prepare(
+        id: &str,
+        work: &Path,
+        image: &Image,
+        run_spec: &PodRun<'_>,
         mut host: PodHost,
         netns: &str,
     ) -> Result<Self> {
@@ -147,35 +162,43 @@ impl Container {
         let config = runtime_config(base, run_spec.pod, container, &host)?;
         let pretty = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
         std::fs::write(&config_path, pretty).map_err(|e| LabError::io(&config_path, e))?;
-        let mut this = Self {
+        let this = Self {
             id: id.to_string(),
             work: work.to_path_buf(),
             netns: netns.to_string(),
             readiness: container.readiness_probe.clone(),
             liveness: container.liveness_probe.clone(),
-            deleted: false,
+            // Nothing to delete until it is started.
+            deleted: true,
         };
+        Ok(this)
+    }
+
+    /// Starts a prepared container (`runc run -d`).
+    pub fn start(&mut self) -> Result<()> {
+        let (id, work) = (self.id.clone(), self.work.clone());
+        let bundle = work.join("bundle");
         let log = work.join("container.log");
         let log_file = std::fs::File::create(&log).map_err(|e| LabError::io(&log, e))?;
         let err_file = log_file.try_clone().map_err(|e| LabError::io(&log, e))?;
-        let mut cmd = this.runc();
+        let mut cmd = self.runc();
         cmd.args(["run", "-d", "--pid-file"])
             .arg(work.join("container.pid"))
             .arg("--bundle")
             .arg(&bundle)
-            .arg(id)
+            .arg(&id)
             .stdin(std::process::Stdio::null())
             .stdout(log_file)
             .stderr(err_file);
         let status = run_status(&mut cmd)?;
         if !status.success() {
-            this.deleted = true;
             return Err(LabError::Check(format!(
                 "runc run {id} failed ({status}); its output:\n{}",
-                this.log()
+                self.log()
             )));
         }
-        Ok(this)
+        self.deleted = false;
+        Ok(())
     }
 
     pub fn id(&self) -> &str {

@@ -89,6 +89,20 @@ impl Lab {
         &self,
         node: u8,
         workload: &Workload,
+        which: (&str, &str),
+        image: &Image,
+        name: &str,
+    ) -> Result<Container> {
+        let mut container = self.prepare_pod_container(node, workload, which, image, name)?;
+        container.start()?;
+        Ok(container)
+    }
+
+    /// [`Lab::run_pod_container`] up to the start ([`Container::prepare`]).
+    pub fn prepare_pod_container(
+        &self,
+        node: u8,
+        workload: &Workload,
         (daemonset, container): (&str, &str),
         image: &Image,
         name: &str,
@@ -117,6 +131,6 @@ impl Lab {
         let id = format!("{}-{name}", self.prefix());
         let work = self.dir().join(format!("container-{name}"));
         let netns = self.node(node).ns();
-        Container::run(&id, &work, image, &spec, self.pod_host(node)?, &netns)
+        Container::prepare(&id, &work, image, &spec, self.pod_host(node)?, &netns)
     }
 }

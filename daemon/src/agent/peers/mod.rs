@@ -15,13 +15,18 @@ use super::rotation::OwnKey;
 use super::start::{Origin, Started};
 use crate::config::Config;
 use wiremesh_datapath::backend::Datapath;
-use wiremesh_datapath::model::{DeviceError, DeviceView, SetRequest};
+use wiremesh_datapath::model::{DeviceError, DeviceState, DeviceView, SetRequest};
 use wiremesh_datapath::netlink::Netlink;
 
 pub struct Reconciler {
     pub datapath: Arc<Datapath>,
     pub netlink: Netlink,
+    /// The WireGuard interface, by name and by index.
+    pub interface: String,
     pub ifindex: u32,
+    /// The data-path process last seen ([`wiremesh_datapath::instance`]; `None`: not yet, or the
+    /// kernel module).
+    pub instance: Option<u64>,
     pub self_name: String,
     pub own: watch::Receiver<OwnKey>,
     pub keepalive: u16,
@@ -58,7 +63,9 @@ impl Reconciler {
         Self {
             datapath: started.datapath.clone(),
             netlink: netlink.clone(),
+            interface: config.interface.clone(),
             ifindex: started.ifindex,
+            instance: None,
             self_name: config.node_name.clone(),
             own,
             keepalive: config.persistent_keepalive,
@@ -130,10 +137,12 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Reads the data path and publishes what it holds for metrics; `Err` only when it is gone.
-    async fn refresh_view(&self) -> Result<(), DeviceError> {
+    /// Reads the data path and publishes what it holds for metrics; `Err` only when it is gone
+    /// (or replaced by one that holds nothing of what was applied).
+    async fn refresh_view(&mut self) -> Result<(), DeviceError> {
         match self.datapath.get().await {
             Ok(state) => {
+                self.check_replaced(&state).await?;
                 let view = DeviceView::of(state, std::time::SystemTime::now());
                 self.view.send_replace(Some(Arc::new(view)));
                 Ok(())
@@ -142,6 +151,32 @@ impl Reconciler {
             Err(e) => {
                 tracing::debug!(error = %e, "reading the data path for metrics");
                 Ok(())
+            }
+        }
+    }
+
+    /// Another data-path process on a new interface — an external data path's pod restarted
+    /// between two resyncs — holds none of the peers and routes applied: it counts as the old
+    /// one gone, so that the event loop starts over with it. A successor that took over in
+    /// place (same interface) holds everything and is only noted.
+    async fn check_replaced(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        let instance = state.process.as_ref().map(|p| p.instance);
+        let previous = std::mem::replace(&mut self.instance, instance);
+        if previous.is_none() || previous == instance {
+            return Ok(());
+        }
+        match self.netlink.link_index(&self.interface).await {
+            Ok(index) if index == self.ifindex => {
+                tracing::info!("the data path was taken over in place by a new process");
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(
+                    interface = %self.interface,
+                    "a new data path replaced the one configured (the interface was re-created); \
+                     configuring it from scratch"
+                );
+                Err(DeviceError::Stopped)
             }
         }
     }
