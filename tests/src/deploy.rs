@@ -332,6 +332,26 @@ pub fn pod(ds: &DaemonSet) -> &PodSpec {
         .unwrap_or_else(|| panic!("DaemonSet {:?}: no spec.template.spec", ds.metadata.name))
 }
 
+/// Asserts the pod runs on every node: `system-node-critical`, and a toleration of every taint.
+pub fn assert_runs_on_every_node(ds: &DaemonSet) {
+    let spec = pod(ds);
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical"),
+        "DaemonSet {:?}: priorityClassName",
+        ds.metadata.name
+    );
+    let every_taint =
+        spec.tolerations.iter().flatten().any(|t| {
+            t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
+        });
+    assert!(
+        every_taint,
+        "DaemonSet {:?}: tolerations {:?}",
+        ds.metadata.name, spec.tolerations
+    );
+}
+
 /// The agent's container (named `wiremesh`).
 pub fn agent_container(ds: &DaemonSet) -> &Container {
     container(ds, "wiremesh")

@@ -14,8 +14,8 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use wiremesh::config::{Config, DatapathKind, DatapathProcess};
 use wiremesh_lab::deploy::{
-    agent_container, container, deploy_dir, mount_in, mount_of, pod, render, Rendered, CONFIG_KEY,
-    CONFIG_MAP, DATAPATH_CONTAINER, DATAPATH_DAEMONSET,
+    agent_container, assert_runs_on_every_node, container, deploy_dir, mount_in, mount_of, pod,
+    render, Rendered, CONFIG_KEY, CONFIG_MAP, DATAPATH_CONTAINER, DATAPATH_DAEMONSET,
 };
 
 fn config(rendered: &Rendered) -> Config {
@@ -156,15 +156,7 @@ fn it_rolls_by_a_surge_with_no_port_to_block_it() {
             c.name
         );
     }
-    assert_eq!(
-        spec.priority_class_name.as_deref(),
-        Some("system-node-critical")
-    );
-    let every =
-        spec.tolerations.iter().flatten().any(|t| {
-            t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
-        });
-    assert!(every, "tolerations: {:?}", spec.tolerations);
+    assert_runs_on_every_node(ds);
     // A pod stopped in the middle of a handover serves the old sessions until let go.
     let grace = spec
         .termination_grace_period_seconds

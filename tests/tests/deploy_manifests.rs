@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use policy::kinds::KINDS;
 use wiremesh::config::{Config, StoreConfig};
 use wiremesh_lab::deploy::{
-    agent_container, deploy_dir, mount_of, parse, pod, render, systemd_capabilities, Document,
-    ManifestError, Rendered, CONFIG_KEY, CONFIG_MAP,
+    agent_container, assert_runs_on_every_node, deploy_dir, mount_of, parse, pod, render,
+    systemd_capabilities, Document, ManifestError, Rendered, CONFIG_KEY, CONFIG_MAP,
 };
 
 /// Capabilities beyond the systemd unit's a container needs, each with its reason: none.
@@ -277,16 +277,7 @@ fn the_pod_is_unprivileged_with_the_units_capabilities() {
 fn every_node_runs_it_and_updates_never_hang() {
     let rendered = default_render();
     let ds = rendered.daemonset();
-    let spec = pod(ds);
-    assert_eq!(
-        spec.priority_class_name.as_deref(),
-        Some("system-node-critical")
-    );
-    let every_taint =
-        spec.tolerations.iter().flatten().any(|t| {
-            t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
-        });
-    assert!(every_taint, "tolerations: {:?}", spec.tolerations);
+    assert_runs_on_every_node(ds);
     let strategy = ds.spec.update_strategy.as_ref().expect("updateStrategy");
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
     let rolling = strategy.rolling_update.as_ref().expect("rollingUpdate");

@@ -68,50 +68,39 @@ pub struct Handle {
 
 impl Handle {
     pub async fn set(&self, req: SetRequest) -> Result<(), DeviceError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Set(req, tx))
-            .await
-            .map_err(|_| DeviceError::Stopped)?;
-        rx.await.map_err(|_| DeviceError::Stopped)?
+        self.ask(|tx| Command::Set(req, tx)).await?
     }
 
     pub async fn get(&self) -> Result<DeviceState, DeviceError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Get(tx))
-            .await
-            .map_err(|_| DeviceError::Stopped)?;
-        rx.await.map_err(|_| DeviceError::Stopped)
+        self.ask(Command::Get).await
     }
 
     /// Hands the sockets and the configuration over (see [`crate::handover`]); from then on
     /// this data path reads no datagram but those the successor forwards.
     pub async fn hand_over(&self) -> Result<HandedOver, DeviceError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::HandOver(tx))
-            .await
-            .map_err(|_| DeviceError::Stopped)?;
-        rx.await.map_err(|_| DeviceError::Stopped)?
+        self.ask(Command::HandOver).await?
     }
 
     /// Undoes [`Handle::hand_over`] (before any [`Handle::detach`]): the successor never came
     /// up, so this data path reads its UDP sockets again.
     pub async fn resume(&self) -> Result<(), DeviceError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Resume(tx))
-            .await
-            .map_err(|_| DeviceError::Stopped)?;
-        rx.await.map_err(|_| DeviceError::Stopped)
+        self.ask(Command::Resume).await
     }
 
     /// Drains and detaches this data path's TUN queue.
     pub async fn detach(&self) -> Result<(), DeviceError> {
+        self.ask(Command::Detach).await
+    }
+
+    /// Sends the command `make` builds around a reply channel, and waits for the reply; a data
+    /// path that has stopped answers neither.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DeviceError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Detach(tx))
+            .send(make(tx))
             .await
             .map_err(|_| DeviceError::Stopped)?;
         rx.await.map_err(|_| DeviceError::Stopped)
