@@ -247,7 +247,9 @@ impl<T> Link<T> {
 }
 
 /// The pause before the next session: doubling from [`MIN_BACKOFF`] up to [`MAX_BACKOFF`], and
-/// back to the minimum after a session that lasted [`STABLE`].
+/// back to the minimum after a session that lasted [`STABLE`]. Each pause is jittered (between
+/// half and all of it), so that the agents of every node, which lose a restarted server at the
+/// same moment, do not come back to it in lockstep.
 #[derive(Debug)]
 pub(super) struct Backoff {
     next: Duration,
@@ -267,8 +269,14 @@ impl Backoff {
         }
         let pause = self.next;
         self.next = (self.next * 2).min(MAX_BACKOFF);
-        pause
+        jittered(pause, rand_core::RngCore::next_u32(&mut rand_core::OsRng))
     }
+}
+
+/// `pause` scaled into [pause/2, pause] by `random`.
+fn jittered(pause: Duration, random: u32) -> Duration {
+    let half = pause / 2;
+    half + half.mul_f64(f64::from(random) / f64::from(u32::MAX))
 }
 
 /// Why one request to a server failed, naming what was attempted.
@@ -307,6 +315,24 @@ pub(super) async fn rpc<T, E: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pauses_are_jittered_between_half_and_all_of_the_backoff() {
+        let pause = Duration::from_millis(800);
+        assert_eq!(jittered(pause, 0), Duration::from_millis(400));
+        assert_eq!(jittered(pause, u32::MAX), pause);
+        let mut backoff = Backoff::default();
+        let began = Instant::now();
+        let pauses: Vec<Duration> = (0..6).map(|_| backoff.after(began)).collect();
+        for (got, nominal) in pauses.iter().zip([100, 200, 400, 800, 1000, 1000]) {
+            let nominal = Duration::from_millis(nominal);
+            assert!(*got >= nominal / 2 && *got <= nominal, "{got:?} for {nominal:?}");
+        }
+        // Two agents starting together do not retry together.
+        let spread: std::collections::BTreeSet<Duration> =
+            (0..8).map(|_| Backoff::default().after(began)).collect();
+        assert!(spread.len() > 1, "no jitter: {spread:?}");
+    }
 
     /// A failed request reads `what: why`, as the store's health and errors have always shown it.
     #[tokio::test]
