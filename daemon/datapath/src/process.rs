@@ -65,7 +65,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", pid_file.display()))?;
-        handed_over = Some(upgrade::serve(pid_file, handle.clone())?);
+        handed_over = Some(upgrade::serve(pid_file, handle.clone(), status.clone())?);
     }
     tracing::info!(interface = %opts.interface, port = opts.listen_port, pid = std::process::id(), version = crate::version(), "data path ready");
     if let Some(status) = &status {
@@ -87,7 +87,7 @@ pub async fn run(opts: Options) -> Result<()> {
             // The successor serves the UAPI socket, owns the PID file and holds the interface:
             // leave all three alone.
             std::mem::forget(uapi);
-            return after_handover(&opts.interface, status.as_ref(), &mut sigterm).await;
+            return after_handover(&opts.interface, opts.pod.is_some(), &mut sigterm).await;
         }
     }
     if upgrade::handed_over() {
@@ -122,18 +122,17 @@ fn follow_phase(status: &Status, let_go: Option<tokio::task::JoinHandle<()>>) ->
     Ok(())
 }
 
-/// Handed over and let go: a process leaves; a pod's stays, idle, until stopped (one that
-/// exited would be restarted by kubelet and take the data path back).
+/// Handed over and let go: a process leaves; a pod's (`stay`) stays, idle, until stopped (one
+/// that exited would be restarted by kubelet and take the data path back).
 async fn after_handover(
     interface: &str,
-    status: Option<&Status>,
+    stay: bool,
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<()> {
-    let Some(status) = status else {
+    if !stay {
         tracing::info!(%interface, "data path handed over to its successor; leaving, the interface stays");
         return Ok(());
-    };
-    status.set(Phase::HandedOver)?;
+    }
     tracing::info!(%interface, "data path handed over to its successor; idle until stopped");
     tokio::select! {
         _ = sigterm.recv() => {}

@@ -326,7 +326,10 @@ mod tests {
         let pauses: Vec<Duration> = (0..6).map(|_| backoff.after(began)).collect();
         for (got, nominal) in pauses.iter().zip([100, 200, 400, 800, 1000, 1000]) {
             let nominal = Duration::from_millis(nominal);
-            assert!(*got >= nominal / 2 && *got <= nominal, "{got:?} for {nominal:?}");
+            assert!(
+                *got >= nominal / 2 && *got <= nominal,
+                "{got:?} for {nominal:?}"
+            );
         }
         // Two agents starting together do not retry together.
         let spread: std::collections::BTreeSet<Duration> =

@@ -2,7 +2,7 @@
 //! the image unpacked by `umoci` into a bundle whose `config.json` is rewritten from the pod
 //! spec ([`spec`]), the ConfigMap and service-account volumes written out as kubelet projects
 //! them, and the container's probes run as kubelet runs them (an HTTP GET in the node's network
-//! namespace, or the command inside the container: `runc exec`).
+//! namespace, or the command inside the container: see [`Container::exec`]).
 //!
 //! It must never touch a container it did not create: runc keeps its state under a root of
 //! this container's own (inside its work directory), the container ID is unique per run, and
@@ -224,11 +224,43 @@ impl Container {
         Ok(state["status"].as_str().unwrap_or("unknown").to_string())
     }
 
-    /// Runs `args` inside the container (`runc exec`), its output whatever the exit status.
+    /// Runs `args` inside the container, its output whatever the exit status.
     pub fn exec(&self, args: &[&str]) -> Result<Output> {
-        let mut cmd = self.runc();
-        cmd.args(["exec", &self.id]).args(args);
+        let mut cmd = self.exec_command(args)?;
         output(&mut cmd, None, RUNC_TIMEOUT)
+    }
+
+    /// `args` as a process of the container: in its init's mount, UTS, IPC, network and PID
+    /// namespaces, with its init's root and working directory and the environment of its
+    /// config, where `runc exec` would put it. Not `runc exec` itself: inside a chroot (the
+    /// fresh-machine tool) the container's `pivot_root` does not move its mount namespace's
+    /// root, so a process joining that namespace by `setns` — `runc exec` — finds the host's
+    /// root instead of the image's; `nsenter --root` takes the init's own. Unlike `runc exec`,
+    /// the process keeps this one's credentials (root, every capability).
+    fn exec_command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<Command> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| LabError::Check(format!("container {} has no init PID", self.id)))?;
+        let config_path = self.work.join("bundle/config.json");
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| LabError::io(&config_path, e))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LabError::Check(format!("{}: {e}", config_path.display())))?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--target={pid}"))
+            .args([
+                "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--",
+            ])
+            .args(args)
+            .env_clear();
+        let env = config["process"]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (k, v) in env.iter().filter_map(|e| e.as_str()?.split_once('=')) {
+            cmd.env(k, v);
+        }
+        Ok(cmd)
     }
 
     /// One readiness probe as kubelet runs it.
@@ -263,8 +295,7 @@ impl Container {
                     self.id
                 ))
             })?;
-        let mut cmd = self.runc();
-        cmd.args(["exec", &self.id]).args(&command);
+        let mut cmd = self.exec_command(&command)?;
         let out = output(&mut cmd, None, timeout + Duration::from_secs(2))?;
         Ok(ProbeOutcome {
             passed: out.status.success(),

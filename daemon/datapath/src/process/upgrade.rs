@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::oneshot;
 
-use super::Options;
+use super::{Options, Phase, Status};
 use crate::handover::{self, Offer};
 use crate::model::DeviceState;
 use crate::uapi::{self, Request};
@@ -36,7 +36,13 @@ pub fn handed_over() -> bool {
 
 /// Serves the handover socket next to `pid_file`; the receiver fires when the successor has
 /// let this process go.
-pub fn serve(pid_file: &Path, handle: Handle) -> Result<oneshot::Receiver<()>> {
+/// A pod's `status` says `handed-over` from the moment the offer is sent (and `active` again
+/// if the successor fails before taking over).
+pub fn serve(
+    pid_file: &Path,
+    handle: Handle,
+    status: Option<Status>,
+) -> Result<oneshot::Receiver<()>> {
     let path = handover::socket_path(pid_file);
     let _ = std::fs::remove_file(&path);
     let listener =
@@ -54,7 +60,7 @@ pub fn serve(pid_file: &Path, handle: Handle) -> Result<oneshot::Receiver<()>> {
                     tracing::warn!("handover refused: the connecting process is not root");
                     continue;
                 }
-                match give(stream, &handle, &rt) {
+                match give(stream, &handle, &rt, status.as_ref()) {
                     Ok(()) => break,
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "handover failed"),
                 }
@@ -68,7 +74,12 @@ pub fn serve(pid_file: &Path, handle: Handle) -> Result<oneshot::Receiver<()>> {
 /// Predecessor: hands over, then follows the successor's `detach` and `leave`. If the
 /// successor fails before `detach` (the offer cannot be sent, or it goes away), this data path
 /// resumes reading its sockets and the handover socket stays open for another attempt.
-fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) -> Result<()> {
+fn give(
+    mut stream: UnixStream,
+    handle: &Handle,
+    rt: &tokio::runtime::Handle,
+    status: Option<&Status>,
+) -> Result<()> {
     let handed = rt.block_on(handle.hand_over())?;
     let fds: Vec<_> = handed.fds.iter().map(AsRawFd::as_raw_fd).collect();
     let sent = handover::send_offer(&mut stream, &handed.offer, &fds);
@@ -78,6 +89,7 @@ fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) ->
         return Err(anyhow::Error::new(e).context("sending the handover offer"));
     }
     HANDED_OVER.store(true, Ordering::SeqCst);
+    set_phase(status, Phase::HandedOver);
     tracing::info!(
         version = crate::version(),
         "data path handed over to a successor; serving its old sessions until it lets go"
@@ -97,6 +109,7 @@ fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) ->
                 // The successor never attached: nothing was taken from this data path.
                 HANDED_OVER.store(false, Ordering::SeqCst);
                 rt.block_on(handle.resume())?;
+                set_phase(status, Phase::Active);
                 bail!("the successor went away before taking over");
             }
             Ok(0) | Err(_) => break,
@@ -109,6 +122,13 @@ fn give(mut stream: UnixStream, handle: &Handle, rt: &tokio::runtime::Handle) ->
         }
     }
     Ok(())
+}
+
+/// Records a pod's phase; a status file that cannot be written only costs a probe's verdict.
+fn set_phase(status: Option<&Status>, phase: Phase) {
+    if let Some(Err(e)) = status.map(|s| s.set(phase)) {
+        tracing::warn!(error = %format!("{e:#}"), "writing the data-path status");
+    }
 }
 
 /// A connection to the handover socket if a data path serves it; `None` if none does (no
