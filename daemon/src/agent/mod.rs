@@ -141,15 +141,8 @@ pub async fn run(config: Config) -> Result<()> {
         m => m,
     };
     let datapath_exited = Arc::new(Notify::new());
-    let started = start::start(
-        &config,
-        &netlink,
-        &keys.current,
-        mtu,
-        &datapath_exited,
-        None,
-    )
-    .await?;
+    let exited = &datapath_exited;
+    let started = start::start(&config, &netlink, &keys.current, mtu, exited, None).await?;
     let datapath = started.datapath.clone();
     tracing::info!(interface = %config.interface, datapath = datapath.kind(), mtu, port = config.listen_port, "interface up");
 

@@ -66,6 +66,24 @@ pub enum DatapathProcess {
     External,
 }
 
+/// `datapath` and `datapathProcess`: an external process runs only the userspace data path.
+pub(super) fn datapath(
+    kind: Option<DatapathKind>,
+    process: Option<DatapathProcess>,
+    errors: &mut Vec<String>,
+) -> (DatapathKind, DatapathProcess) {
+    let kind = kind.unwrap_or(DatapathKind::Auto);
+    let process = process.unwrap_or_default();
+    if process == DatapathProcess::External && kind != DatapathKind::Userspace {
+        errors.push(
+            "datapathProcess: external needs datapath: userspace (the data-path process runs \
+             the userspace data path; the kernel module needs no process)"
+                .into(),
+        );
+    }
+    (kind, process)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {

@@ -11,9 +11,8 @@ use ipnet::IpNet;
 use super::host::host;
 use super::store::{etcd_config, kube_config};
 use super::{
-    Config, ConfigFile, DatapathKind, DatapathProcess, Enforcement, KeyRotation,
-    KeyRotationSection, PolicyConfig, PolicySection, StoreConfig, StoreKind, StoreSection,
-    DEFAULT_INTERFACE, DEFAULT_PORT,
+    Config, ConfigFile, Enforcement, KeyRotation, KeyRotationSection, PolicyConfig, PolicySection,
+    StoreConfig, StoreKind, StoreSection, DEFAULT_INTERFACE, DEFAULT_PORT,
 };
 
 impl ConfigFile {
@@ -59,7 +58,7 @@ impl ConfigFile {
         let admin_group = admin_group(self.admin_group.as_deref(), &mut errors);
         let policy = policy_config(self.policy, &mut errors);
         let (datapath, datapath_process) =
-            datapath(self.datapath, self.datapath_process, &mut errors);
+            super::datapath(self.datapath, self.datapath_process, &mut errors);
         let (Some(endpoint), Some(store), true) = (endpoint, store, errors.is_empty()) else {
             return Err(errors);
         };
@@ -103,24 +102,6 @@ fn admin_group(raw: Option<&str>, errors: &mut Vec<String>) -> Option<u32> {
     raw.map(str::trim)
         .filter(|g| !g.is_empty())
         .and_then(|g| resolve_group(g, errors))
-}
-
-/// `datapath` and `datapathProcess`: an external process runs only the userspace data path.
-fn datapath(
-    kind: Option<DatapathKind>,
-    process: Option<DatapathProcess>,
-    errors: &mut Vec<String>,
-) -> (DatapathKind, DatapathProcess) {
-    let kind = kind.unwrap_or(DatapathKind::Auto);
-    let process = process.unwrap_or_default();
-    if process == DatapathProcess::External && kind != DatapathKind::Userspace {
-        errors.push(
-            "datapathProcess: external needs datapath: userspace (the data-path process runs \
-             the userspace data path; the kernel module needs no process)"
-                .into(),
-        );
-    }
-    (kind, process)
 }
 
 fn node_name(raw: Option<String>, errors: &mut Vec<String>) -> String {
